@@ -1,1 +1,141 @@
-//! placeholder
+//! fedmesh coordinator: serves `fedmesh.v1.Federation` over mutual TLS,
+//! runs one federation per tenant (rounds, validation, aggregation), signs
+//! every committed global version and keeps it in a hash-chained sled store.
+//!
+//! The binary (`src/main.rs`) is glue: CLI, config, [`Coordinator::open`],
+//! [`Coordinator::serve`].
+#![deny(missing_docs)]
+
+pub mod aggregate;
+pub mod config;
+pub mod federation;
+pub mod pki;
+pub mod service;
+pub mod store;
+pub mod transport;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedmesh_crypto::{CertSigner, TenantId};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::info;
+
+pub use config::CoordinatorConfig;
+pub use federation::{Federation, RoundStatus, RoundSummary};
+pub use pki::Pki;
+pub use store::Store;
+
+/// Start-up and serving failures.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// TLS material unusable.
+    #[error("TLS: {0}")]
+    Crypto(#[from] fedmesh_crypto::CryptoError),
+    /// Store failure.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// Federation failed to open.
+    #[error("tenant {tenant}: {source}")]
+    Federation {
+        /// Tenant.
+        tenant: String,
+        /// Cause.
+        source: federation::FedError,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// A PKI file is missing or unreadable.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+}
+
+/// A configured coordinator, ready to serve.
+pub struct Coordinator {
+    feds: BTreeMap<TenantId, Arc<Federation>>,
+    tls: Arc<rustls::ServerConfig>,
+    max_message_bytes: usize,
+    store: Store,
+}
+
+impl Coordinator {
+    /// Validates the config, opens the store and every tenant's federation.
+    pub fn open(cfg: &CoordinatorConfig, pki: &Pki) -> Result<Self, CoordinatorError> {
+        cfg.validate()?;
+        let tls = fedmesh_crypto::tls::server_config(&pki.ca_pem, &pki.cert_pem, &pki.key_pem)?;
+        let signer = Arc::new(CertSigner::from_pem(&pki.cert_pem, &pki.key_pem)?);
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| pki::PkiError::Io {
+            path: cfg.data_dir.clone(),
+            source,
+        })?;
+        let store = Store::open(&cfg.data_dir)?;
+        let mut feds = BTreeMap::new();
+        for t in &cfg.tenants {
+            let tenant: TenantId = t.name.parse()?;
+            let fed = Federation::open(tenant.clone(), t.clone(), store.clone(), signer.clone()).map_err(|source| {
+                CoordinatorError::Federation {
+                    tenant: t.name.clone(),
+                    source,
+                }
+            })?;
+            feds.insert(tenant, fed);
+        }
+        Ok(Self {
+            feds,
+            tls: Arc::new(tls),
+            max_message_bytes: cfg.max_message_bytes,
+            store,
+        })
+    }
+
+    /// A tenant's federation.
+    pub fn federation(&self, tenant: &str) -> Option<Arc<Federation>> {
+        self.feds.iter().find(|(t, _)| t.as_str() == tenant).map(|(_, f)| f.clone())
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves gRPC (federation + health) on `listener` and drives every
+    /// federation's rounds until `shutdown` resolves.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), CoordinatorError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut drivers = Vec::new();
+        for fed in self.feds.values() {
+            drivers.push(tokio::spawn(fed.clone().run(stop_rx.clone())));
+        }
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<fedmesh_proto::v1::federation_server::FederationServer<service::FederationService>>()
+            .await;
+        let svc = fedmesh_proto::v1::federation_server::FederationServer::new(service::FederationService::new(self.feds.clone()))
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes);
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, tenants = self.feds.len(), "coordinator serving");
+        }
+        let incoming = transport::tls_incoming(listener, self.tls.clone(), Duration::from_secs(10));
+        let result = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(health_service)
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        let _ = stop_tx.send(true);
+        for d in drivers {
+            let _ = d.await;
+        }
+        result?;
+        Ok(())
+    }
+}

@@ -1,1 +1,22 @@
-//! placeholder
+//! fedmesh edge node: watches containers, turns telemetry into
+//! per-container feature windows, scores them with a dense autoencoder,
+//! raises alerts, and learns with its federation by sending model updates
+//! (never telemetry) to the coordinator.
+//!
+//! The binary (`src/main.rs`) is glue: CLI, config, [`agent::Agent`],
+//! [`runtime`] loops.
+#![deny(missing_docs)]
+
+pub mod agent;
+pub mod alert;
+pub mod client;
+pub mod config;
+pub mod detector;
+pub mod eval;
+pub mod features;
+pub mod metrics;
+pub mod model;
+pub mod runtime;
+pub mod scaler;
+pub mod store;
+pub mod telemetry;

@@ -1,1 +1,328 @@
-fn main() {}
+//! `fedmesh-node`: the edge agent. `run` watches containers, scores them,
+//! raises alerts and takes part in federated rounds; `inspect` and
+//! `evaluate` read a stopped node's store.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use fedmesh_crypto::{CertVerifier, Identity, SecretPem};
+use fedmesh_node::agent::{Agent, AgentSettings, verify_global_model};
+use fedmesh_node::alert::AlertSinks;
+use fedmesh_node::client::Connector;
+use fedmesh_node::config::{NodeConfig, SourceConfig};
+use fedmesh_node::runtime::{FederationSettings, run_federation, run_synthetic_detection};
+use fedmesh_node::store::NodeStore;
+use fedmesh_node::telemetry::synthetic::SyntheticSource;
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(
+    name = "fedmesh-node",
+    version,
+    about = "fedmesh edge node: detects container attacks and learns with its federation"
+)]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "FEDMESH_LOG", default_value = "info", global = true)]
+    log: String,
+    /// Log as JSON lines.
+    #[arg(long, env = "FEDMESH_LOG_JSON", global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs the agent.
+    Run {
+        /// Config file (TOML).
+        #[arg(long, env = "FEDMESH_CONFIG")]
+        config: PathBuf,
+        /// Overrides `data_dir`.
+        #[arg(long, env = "FEDMESH_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Overrides `coordinator.endpoint`.
+        #[arg(long, env = "FEDMESH_COORDINATOR")]
+        coordinator: Option<String>,
+    },
+    /// Prints the stored global model of a stopped node (JSON).
+    Inspect {
+        /// Data directory.
+        #[arg(long, env = "FEDMESH_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Mesh CA certificate, to verify the model's signature.
+        #[arg(long)]
+        ca_cert: PathBuf,
+        /// Tenant the model must belong to.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Evaluates a stopped node's detector on a synthetic held-out set with
+    /// every attack kind (JSON).
+    Evaluate {
+        /// Data directory.
+        #[arg(long, env = "FEDMESH_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Mesh CA certificate.
+        #[arg(long)]
+        ca_cert: PathBuf,
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Seed of the held-out set.
+        #[arg(long, default_value_t = 9001)]
+        seed: u64,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        b.json().init()
+    } else {
+        b.init()
+    }
+    match run(cli.cmd) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn read(p: &Path, what: &str) -> Result<String> {
+    std::fs::read_to_string(p).with_context(|| format!("cannot read {what} {}", p.display()))
+}
+
+fn open_agent_offline(data_dir: &Path, ca_cert: &Path, tenant: &str) -> Result<(Agent, NodeStore)> {
+    if !data_dir.is_dir() {
+        bail!("data directory {} does not exist", data_dir.display());
+    }
+    let store = NodeStore::open(data_dir).with_context(|| {
+        format!(
+            "cannot open {} (is the node still running?)",
+            data_dir.display()
+        )
+    })?;
+    let verifier = CertVerifier::new(&read(ca_cert, "CA certificate")?)?;
+    let settings = AgentSettings {
+        tenant: tenant.to_string(),
+        node: String::new(),
+        detector: Default::default(),
+        seed: 0,
+    };
+    let agent = Agent::new(
+        settings,
+        Some(store.clone()),
+        Some(&verifier),
+        time::OffsetDateTime::now_utc(),
+    )?;
+    Ok((agent, store))
+}
+
+fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Run {
+            config,
+            data_dir,
+            coordinator,
+        } => {
+            let mut cfg = NodeConfig::load(&config)?;
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
+            if let (Some(ep), Some(c)) = (coordinator, cfg.coordinator.as_mut()) {
+                c.endpoint = ep;
+            }
+            cfg.validate()?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(run_node(cfg))
+        }
+        Cmd::Inspect {
+            data_dir,
+            ca_cert,
+            tenant,
+        } => {
+            let (agent, store) = open_agent_offline(&data_dir, &ca_cert, &tenant)?;
+            let verifier = CertVerifier::new(&read(&ca_cert, "CA certificate")?)?;
+            let Some(bytes) = store.global_model()? else {
+                println!(
+                    "{}",
+                    serde_json::json!({ "version": null, "verified": false })
+                );
+                return Ok(());
+            };
+            let verified = verify_global_model(
+                &bytes,
+                &verifier,
+                &tenant,
+                None,
+                time::OffsetDateTime::now_utc(),
+            );
+            println!(
+                "{}",
+                serde_json::json!({
+                    "version": agent.global_version(),
+                    "round": agent.global().map(|g| g.round),
+                    "sha256": fedmesh_crypto::sha256_hex(&bytes),
+                    "verified": verified.is_ok(),
+                    "error": verified.err().map(|e| e.to_string()),
+                    "threshold": agent.detector().map(|d| d.threshold),
+                })
+            );
+            Ok(())
+        }
+        Cmd::Evaluate {
+            data_dir,
+            ca_cert,
+            tenant,
+            seed,
+        } => {
+            let (agent, _) = open_agent_offline(&data_dir, &ca_cert, &tenant)?;
+            let Some(det) = agent.detector() else {
+                bail!("the node in {} has no model yet", data_dir.display());
+            };
+            let data = fedmesh_node::eval::standard_heldout(seed, 2, 60, 10_000)?;
+            let report = fedmesh_node::eval::evaluate(det, &data)?;
+            println!(
+                "{}",
+                serde_json::to_string(
+                    &serde_json::json!({ "version": agent.global_version(), "report": report })
+                )?
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn run_node(cfg: NodeConfig) -> Result<()> {
+    let (mut tenant, mut node) = (cfg.tenant.clone(), cfg.node.clone());
+    let mut federation = None;
+    let mut verifier = None;
+    if let (Some(c), Some(tls)) = (&cfg.coordinator, &cfg.tls) {
+        let ca = read(&tls.ca_cert, "CA certificate")?;
+        let cert = read(&tls.cert, "certificate")?;
+        let key = SecretPem::new(read(&tls.key, "private key")?);
+        let der = fedmesh_crypto::tls::cert_der_from_pem(&cert)?;
+        let Identity::Node {
+            tenant: ct,
+            node: cn,
+        } = fedmesh_crypto::tls::identity_from_cert_der(&der)?
+        else {
+            bail!("{} is not a node certificate", tls.cert.display());
+        };
+        for (field, cfgv, certv) in [
+            ("tenant", &tenant, ct.as_str()),
+            ("node", &node, cn.as_str()),
+        ] {
+            if let Some(v) = cfgv
+                && v != certv
+            {
+                bail!("config {field} = {v:?} but the certificate names {certv:?}");
+            }
+        }
+        tenant = Some(ct.to_string());
+        node = Some(cn.to_string());
+        let v = Arc::new(CertVerifier::new(&ca)?);
+        let client_tls = fedmesh_crypto::tls::client_config(&ca, &cert, &key)?;
+        federation = Some(FederationSettings {
+            connector: Connector::new(
+                &c.endpoint,
+                &c.server_name,
+                client_tls,
+                fedmesh_proto::DEFAULT_MAX_MESSAGE_BYTES,
+            )?,
+            verifier: v.clone(),
+            max_backoff: Duration::from_secs(10),
+        });
+        verifier = Some(v);
+    }
+    let (Some(tenant), Some(node)) = (tenant, node) else {
+        bail!("tenant and node must be set in the config when no coordinator/TLS is configured");
+    };
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+    let store = NodeStore::open(&cfg.data_dir)
+        .with_context(|| format!("cannot open store in {}", cfg.data_dir.display()))?;
+    let settings = AgentSettings {
+        tenant: tenant.clone(),
+        node: node.clone(),
+        detector: cfg.detector.clone(),
+        seed: cfg.seed,
+    };
+    let agent = Agent::new(
+        settings,
+        Some(store),
+        verifier.as_deref(),
+        time::OffsetDateTime::now_utc(),
+    )?;
+    let agent = Arc::new(Mutex::new(agent));
+    let sinks = AlertSinks::open(cfg.alerts.stdout, cfg.alerts.file.as_deref())?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    match &cfg.source {
+        SourceConfig::Synthetic {
+            seed,
+            containers,
+            attacks,
+        } => {
+            let list: Vec<(String, _)> = containers
+                .iter()
+                .map(|c| (c.id.clone(), c.profile))
+                .collect();
+            let mut source = SyntheticSource::new(*seed, &list, cfg.window_ms);
+            for a in attacks {
+                source.inject(&a.container, a.kind, a.start_window, a.duration_windows)?;
+            }
+            let tick = Duration::from_millis(cfg.tick_ms.unwrap_or(cfg.window_ms).max(1));
+            tasks.push(tokio::spawn(run_synthetic_detection(
+                agent.clone(),
+                source,
+                sinks,
+                tick,
+                stop_rx.clone(),
+            )));
+        }
+    }
+    if let Some(fs) = federation {
+        tasks.push(tokio::spawn(run_federation(
+            agent.clone(),
+            fs,
+            stop_rx.clone(),
+        )));
+    } else {
+        tracing::info!("no coordinator configured: running stand-alone");
+    }
+    tracing::info!(%tenant, %node, "node running");
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,349 @@
+//! Coordinator configuration: defaults < TOML file < `FEDMESH_*` env < flags.
+//!
+//! The file is parsed with `deny_unknown_fields`, so a misspelt key is an
+//! error that names the key and its line. All semantic problems are collected
+//! and reported together by [`CoordinatorConfig::validate`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use fedmesh_crypto::TenantId;
+use serde::Deserialize;
+
+/// Errors from loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (message names key and line).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Parser message with line, column and key.
+        message: String,
+    },
+    /// Semantic problems, all of them.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// Paths to the coordinator's TLS material.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    /// Mesh CA certificate (PEM).
+    pub ca_cert: PathBuf,
+    /// This coordinator's certificate (PEM), issued by the mesh CA.
+    pub cert: PathBuf,
+    /// This coordinator's private key (PEM, PKCS#8).
+    pub key: PathBuf,
+}
+
+/// Model architecture for a tenant.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Input width: the number of features (v1 schema: see `fedmesh-node`).
+    pub input_dim: usize,
+    /// Encoder widths; the decoder mirrors them.
+    pub hidden: Vec<usize>,
+    /// Hex SHA-256 of the feature schema the nodes run.
+    pub feature_schema_digest: String,
+}
+
+/// Local training parameters sent to nodes with every round.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingConfig {
+    /// Local epochs per round.
+    #[serde(default = "d_epochs")]
+    pub local_epochs: u32,
+    /// Minibatch size.
+    #[serde(default = "d_batch")]
+    pub batch_size: u32,
+    /// Adam learning rate.
+    #[serde(default = "d_lr")]
+    pub learning_rate: f32,
+    /// FedProx proximal coefficient μ.
+    #[serde(default = "d_prox")]
+    pub prox_mu: f32,
+}
+
+fn d_epochs() -> u32 {
+    3
+}
+fn d_batch() -> u32 {
+    32
+}
+fn d_lr() -> f32 {
+    0.003
+}
+fn d_prox() -> f32 {
+    0.01
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        Self {
+            local_epochs: d_epochs(),
+            batch_size: d_batch(),
+            learning_rate: d_lr(),
+            prox_mu: d_prox(),
+        }
+    }
+}
+
+/// One tenant's federation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Tenant name, as in node certificates.
+    pub name: String,
+    /// Nodes that must be connected before a round opens.
+    #[serde(default = "d_min_nodes")]
+    pub min_nodes: usize,
+    /// Updates needed to commit a round at its deadline.
+    #[serde(default = "d_min_nodes")]
+    pub quorum: usize,
+    /// Upper bound on participants sampled per round (0 = all connected).
+    #[serde(default)]
+    pub max_participants: usize,
+    /// Round deadline, milliseconds after opening.
+    #[serde(default = "d_round_timeout")]
+    pub round_timeout_ms: u64,
+    /// Pause between rounds, milliseconds.
+    #[serde(default = "d_round_interval")]
+    pub round_interval_ms: u64,
+    /// Stop opening rounds after this many commits (0 = never stop).
+    #[serde(default)]
+    pub max_rounds: u64,
+    /// Aggregation rule (`fedavg`).
+    #[serde(default = "d_rule")]
+    pub rule: String,
+    /// Server learning rate applied to the aggregated delta.
+    #[serde(default = "d_server_lr")]
+    pub server_lr: f32,
+    /// Seed for the genesis model and participant sampling.
+    #[serde(default)]
+    pub seed: u64,
+    /// Bound on each update's L2 norm; larger updates are refused.
+    #[serde(default = "d_max_norm")]
+    pub max_update_norm: f32,
+    /// Model architecture.
+    pub model: ModelConfig,
+    /// Local training parameters.
+    #[serde(default)]
+    pub training: TrainingConfig,
+}
+
+fn d_min_nodes() -> usize {
+    2
+}
+fn d_round_timeout() -> u64 {
+    30_000
+}
+fn d_round_interval() -> u64 {
+    1_000
+}
+fn d_rule() -> String {
+    "fedavg".into()
+}
+fn d_server_lr() -> f32 {
+    1.0
+}
+fn d_max_norm() -> f32 {
+    1.0e4
+}
+
+/// The whole coordinator configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// sled data directory.
+    pub data_dir: PathBuf,
+    /// TLS material.
+    pub tls: TlsPaths,
+    /// Largest accepted gRPC message in bytes.
+    #[serde(default = "d_max_msg")]
+    pub max_message_bytes: usize,
+    /// Federations, one per tenant.
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+}
+
+fn d_max_msg() -> usize {
+    fedmesh_proto::DEFAULT_MAX_MESSAGE_BYTES
+}
+
+impl CoordinatorConfig {
+    /// Parses TOML text; `path` is only used in messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads and parses a TOML file. Relative paths inside it are resolved
+    /// against the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg = Self::from_toml(&text, path)?;
+        if let Some(base) = path.parent() {
+            for p in [
+                &mut cfg.data_dir,
+                &mut cfg.tls.ca_cert,
+                &mut cfg.tls.cert,
+                &mut cfg.tls.key,
+            ] {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Checks every semantic constraint and reports all violations at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        if self.tenants.is_empty() {
+            errs.push("at least one [[tenants]] entry is required".to_string());
+        }
+        if self.max_message_bytes < 1024 {
+            errs.push(format!(
+                "max_message_bytes = {} is too small (minimum 1024)",
+                self.max_message_bytes
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let at = format!("tenants[{i}] ({})", t.name);
+            if let Err(e) = t.name.parse::<TenantId>() {
+                errs.push(format!("{at}: name: {e}"));
+            }
+            if !seen.insert(t.name.clone()) {
+                errs.push(format!("{at}: duplicate tenant name"));
+            }
+            if t.min_nodes == 0 {
+                errs.push(format!("{at}: min_nodes must be at least 1"));
+            }
+            if t.quorum == 0 {
+                errs.push(format!("{at}: quorum must be at least 1"));
+            }
+            if t.max_participants != 0 && t.max_participants < t.quorum {
+                errs.push(format!(
+                    "{at}: max_participants = {} is below quorum = {}, no round could commit",
+                    t.max_participants, t.quorum
+                ));
+            }
+            if t.round_timeout_ms == 0 {
+                errs.push(format!("{at}: round_timeout_ms must be positive"));
+            }
+            if t.rule != "fedavg" {
+                errs.push(format!("{at}: rule = {:?} is not known (known: fedavg)", t.rule));
+            }
+            if !(t.server_lr.is_finite() && t.server_lr > 0.0) {
+                errs.push(format!("{at}: server_lr must be a positive number"));
+            }
+            if !(t.max_update_norm.is_finite() && t.max_update_norm > 0.0) {
+                errs.push(format!("{at}: max_update_norm must be a positive number"));
+            }
+            if t.model.input_dim == 0 || t.model.hidden.is_empty() || t.model.hidden.contains(&0) {
+                errs.push(format!(
+                    "{at}: model needs input_dim > 0 and non-empty, non-zero hidden widths"
+                ));
+            }
+            match fedmesh_proto::model::param_count(t.model.input_dim, &t.model.hidden) {
+                Some(p) if p * 4 + 4096 > self.max_message_bytes => errs.push(format!(
+                    "{at}: model has {p} parameters, an update would exceed max_message_bytes = {}",
+                    self.max_message_bytes
+                )),
+                None => errs.push(format!("{at}: model size overflows")),
+                _ => {}
+            }
+            if decode_digest(&t.model.feature_schema_digest).is_none() {
+                errs.push(format!(
+                    "{at}: model.feature_schema_digest must be 64 hex characters"
+                ));
+            }
+            let tr = &t.training;
+            if tr.local_epochs == 0 || tr.batch_size == 0 {
+                errs.push(format!("{at}: training.local_epochs and batch_size must be positive"));
+            }
+            if !(tr.learning_rate.is_finite() && tr.learning_rate > 0.0) {
+                errs.push(format!("{at}: training.learning_rate must be a positive number"));
+            }
+            if !(tr.prox_mu.is_finite() && tr.prox_mu >= 0.0) {
+                errs.push(format!("{at}: training.prox_mu must be a non-negative number"));
+            }
+        }
+        if errs.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errs)) }
+    }
+}
+
+/// Decodes a 64-hex-character digest.
+pub fn decode_digest(s: &str) -> Option<[u8; 32]> {
+    let v = hex::decode(s).ok()?;
+    v.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:7443"
+data_dir = "data"
+[tls]
+ca_cert = "ca.crt"
+cert = "c.crt"
+key = "c.key"
+[[tenants]]
+name = "acme"
+[tenants.model]
+input_dim = 22
+hidden = [16, 4]
+feature_schema_digest = "0000000000000000000000000000000000000000000000000000000000000000"
+"#;
+
+    #[test]
+    fn parses_and_validates_a_minimal_file() {
+        let c = CoordinatorConfig::from_toml(GOOD, Path::new("c.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.tenants[0].quorum, 2);
+        assert_eq!(c.tenants[0].training.local_epochs, 3);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let bad = GOOD.replace("min_nodes", "x").replace("name = \"acme\"", "name = \"acme\"\nquorom = 3");
+        let e = CoordinatorConfig::from_toml(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.contains("quorom"), "{e}");
+        assert!(e.contains("line 10"), "{e}");
+    }
+
+    #[test]
+    fn all_semantic_errors_are_reported_together() {
+        let bad = GOOD
+            .replace("name = \"acme\"", "name = \"Acme!\"\nquorum = 0\nrule = \"krum2\"")
+            .replace("hidden = [16, 4]", "hidden = []");
+        let c = CoordinatorConfig::from_toml(&bad, Path::new("c.toml")).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        for needle in ["name", "quorum", "krum2", "hidden"] {
+            assert!(e.contains(needle), "missing {needle} in {e}");
+        }
+    }
+}

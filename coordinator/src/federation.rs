@@ -1,0 +1,807 @@
+//! One tenant's federation: the round state machine, update validation and
+//! commits.
+//!
+//! States: `Idle` (waiting for `min_nodes` watchers) → `Open` (collecting
+//! until every selected node has submitted, or the deadline) → either commit
+//! (quorum reached: aggregate, sign, append to the store, publish) or abort
+//! (no quorum: nothing is written but the used round number; the round is
+//! retried under a new number). Nodes learn about state changes through a
+//! `watch` channel, so a node that (re)subscribes always sees the latest
+//! state first and never needs to poll.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fedmesh_crypto::{CertSigner, NodeId, TenantId};
+use fedmesh_proto::v1;
+use prost::Message;
+use rand::seq::IteratorRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::{Notify, broadcast, watch};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::aggregate::{self, AggregateError};
+use crate::config::TenantConfig;
+use crate::store::{AuditEntry, Store, StoreError};
+
+/// Refusals and failures of federation operations. The gRPC layer maps each
+/// variant to one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum FedError {
+    /// No round is open.
+    #[error("no round is open (current model version {version})")]
+    NoOpenRound {
+        /// Current version.
+        version: u64,
+    },
+    /// The update names another round.
+    #[error("round {got} is not open; the open round is {open}")]
+    WrongRound {
+        /// Round in the request.
+        got: u64,
+        /// Open round.
+        open: u64,
+    },
+    /// The update was computed against another global version.
+    #[error("update is based on version {got}, round {round} trains from version {expected}")]
+    StaleVersion {
+        /// Round.
+        round: u64,
+        /// Version in the request.
+        got: u64,
+        /// Base version of the round.
+        expected: u64,
+    },
+    /// The node was not selected for this round.
+    #[error("node {node} is not a participant of round {round}")]
+    NotSelected {
+        /// Node.
+        node: String,
+        /// Round.
+        round: u64,
+    },
+    /// A second update from the same node for the same round.
+    #[error("node {node} already submitted an update for round {round}")]
+    Duplicate {
+        /// Node.
+        node: String,
+        /// Round.
+        round: u64,
+    },
+    /// Wrong schema hash or shape or values.
+    #[error("invalid update: {0}")]
+    Invalid(String),
+    /// The requested model version is not stored.
+    #[error("model version {0} not found")]
+    UnknownVersion(u64),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Aggregation failed.
+    #[error(transparent)]
+    Aggregate(#[from] AggregateError),
+    /// A stored model failed to decode.
+    #[error("stored model is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// What nodes see of the federation's state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RoundStatus {
+    /// No round open.
+    Idle {
+        /// Latest committed version.
+        version: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A round is collecting updates.
+    Open(Arc<OpenInfo>),
+    /// A round committed a new version.
+    Committed {
+        /// Round.
+        round: u64,
+        /// New version.
+        version: u64,
+    },
+    /// A round was aborted.
+    Aborted {
+        /// Round.
+        round: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Public facts of an open round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenInfo {
+    /// Round number.
+    pub round: u64,
+    /// Version participants train from.
+    pub base_version: u64,
+    /// Selected participants.
+    pub selected: BTreeSet<NodeId>,
+    /// Deadline, unix ms.
+    pub deadline_unix_ms: i64,
+    /// Local training parameters.
+    pub training: v1::TrainingParams,
+}
+
+impl RoundStatus {
+    /// The event a given node receives for this status.
+    pub fn event_for(&self, node: &NodeId) -> v1::RoundEvent {
+        use v1::round_event::Event;
+        let event = match self {
+            RoundStatus::Idle { version, reason } => Event::Idle(v1::Idle {
+                current_version: *version,
+                reason: reason.clone(),
+            }),
+            RoundStatus::Open(o) => Event::Open(v1::RoundOpen {
+                round: o.round,
+                base_version: o.base_version,
+                selected: o.selected.contains(node),
+                deadline_unix_ms: o.deadline_unix_ms,
+                training: Some(o.training),
+            }),
+            RoundStatus::Committed { round, version } => Event::Committed(v1::ModelCommitted {
+                round: *round,
+                version: *version,
+            }),
+            RoundStatus::Aborted { round, reason } => Event::Aborted(v1::RoundAborted {
+                round: *round,
+                reason: reason.clone(),
+            }),
+        };
+        v1::RoundEvent { event: Some(event) }
+    }
+}
+
+/// Summary of a committed round, for operators and the demo.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundSummary {
+    /// Tenant.
+    pub tenant: String,
+    /// Round.
+    pub round: u64,
+    /// New version.
+    pub version: u64,
+    /// Updates aggregated.
+    pub participants: usize,
+    /// Nodes selected.
+    pub selected: usize,
+    /// Mean of the participants' reported local training loss.
+    pub mean_train_loss: f32,
+    /// Bytes of accepted update messages.
+    pub bytes_received: u64,
+    /// Time from opening to commit.
+    pub duration: Duration,
+}
+
+/// A validated update, ready for aggregation.
+#[derive(Debug, Clone)]
+pub struct ValidUpdate {
+    /// The node.
+    pub node: NodeId,
+    /// Round.
+    pub round: u64,
+    /// Base version.
+    pub base_version: u64,
+    /// Delta.
+    pub delta: Vec<f32>,
+    /// Local samples.
+    pub num_samples: u64,
+    /// Scaler sums, if sent.
+    pub scaler: Option<v1::ScalerStats>,
+    /// Reported training loss.
+    pub train_loss: f32,
+    /// Encoded size of the request.
+    pub wire_bytes: u64,
+}
+
+struct OpenRound {
+    info: Arc<OpenInfo>,
+    started: tokio::time::Instant,
+    updates: BTreeMap<NodeId, ValidUpdate>,
+}
+
+struct Inner {
+    version: u64,
+    params: Arc<Vec<f32>>,
+    signed: Arc<Vec<u8>>,
+    watchers: BTreeMap<NodeId, usize>,
+    joined: BTreeSet<NodeId>,
+    round: Option<OpenRound>,
+    committed_this_run: u64,
+}
+
+/// A tenant's federation.
+pub struct Federation {
+    tenant: TenantId,
+    cfg: TenantConfig,
+    schema_hash: [u8; 32],
+    feature_digest: [u8; 32],
+    param_count: usize,
+    store: Store,
+    signer: Arc<CertSigner>,
+    inner: Mutex<Inner>,
+    status: watch::Sender<RoundStatus>,
+    summaries: broadcast::Sender<RoundSummary>,
+    wake: Notify,
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Decodes and checks a stored signed model, returning its body.
+pub fn decode_signed(bytes: &[u8]) -> Result<(v1::SignedModel, v1::GlobalModel), FedError> {
+    let signed = v1::SignedModel::decode(bytes).map_err(|e| FedError::Corrupt(e.to_string()))?;
+    let body = v1::GlobalModel::decode(signed.body.as_slice()).map_err(|e| FedError::Corrupt(e.to_string()))?;
+    Ok((signed, body))
+}
+
+/// Xavier-uniform initial parameters for the genesis model.
+fn genesis_params(input_dim: usize, hidden: &[usize], seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    for (i, o) in fedmesh_proto::model::layer_shapes(input_dim, hidden) {
+        let a = (6.0 / (i + o) as f64).sqrt() as f32;
+        out.extend((0..i * o).map(|_| rng.random_range(-a..a)));
+        out.extend(std::iter::repeat_n(0.0, o));
+    }
+    out
+}
+
+impl Federation {
+    /// Opens a federation: loads the latest committed version from the
+    /// store, or creates and commits the genesis version 0.
+    pub fn open(tenant: TenantId, cfg: TenantConfig, store: Store, signer: Arc<CertSigner>) -> Result<Arc<Self>, FedError> {
+        let digest = crate::config::decode_digest(&cfg.model.feature_schema_digest)
+            .ok_or_else(|| FedError::Invalid("feature_schema_digest".into()))?;
+        let schema_hash = fedmesh_proto::model::model_schema_hash(&digest, cfg.model.input_dim, &cfg.model.hidden);
+        let param_count = fedmesh_proto::model::param_count(cfg.model.input_dim, &cfg.model.hidden)
+            .ok_or_else(|| FedError::Invalid("model size overflows".into()))?;
+        let (version, signed, params) = match store.latest_model(tenant.as_str())? {
+            Some((v, bytes)) => {
+                let (_, body) = decode_signed(&bytes)?;
+                if body.schema_hash != schema_hash {
+                    return Err(FedError::Corrupt(format!(
+                        "stored model v{v} has another schema than the configured model; \
+                         use a new data directory or the old model settings"
+                    )));
+                }
+                let params = body
+                    .params
+                    .as_ref()
+                    .map(|t| fedmesh_proto::decode_f32(t, param_count))
+                    .transpose()
+                    .map_err(|e| FedError::Corrupt(e.to_string()))?
+                    .ok_or_else(|| FedError::Corrupt("model without parameters".into()))?;
+                info!(tenant = %tenant, version = v, "resuming from committed version");
+                (v, bytes, params)
+            }
+            None => {
+                let params = genesis_params(cfg.model.input_dim, &cfg.model.hidden, cfg.seed);
+                let body = v1::GlobalModel {
+                    tenant: tenant.to_string(),
+                    version: 0,
+                    round: 0,
+                    schema_hash: schema_hash.to_vec(),
+                    spec: Some(spec_of(&cfg)),
+                    params: Some(fedmesh_proto::encode_f32(&params, &[params.len() as u64])),
+                    scaler: None,
+                    prev_hash: vec![0; 32],
+                    rule: "genesis".into(),
+                    participants: 0,
+                    created_unix_ms: unix_ms(SystemTime::now()),
+                };
+                let signed = sign_model(&signer, &body);
+                store.commit(
+                    tenant.as_str(),
+                    0,
+                    &signed,
+                    AuditEntry {
+                        tenant: tenant.to_string(),
+                        version: 0,
+                        round: 0,
+                        rule: "genesis".into(),
+                        participants: vec![],
+                        excluded: vec![],
+                        model_sha256: String::new(),
+                        prev_entry_sha256: String::new(),
+                        unix_ms: body.created_unix_ms,
+                    },
+                )?;
+                info!(tenant = %tenant, params = params.len(), "created genesis version 0");
+                (0, signed, params)
+            }
+        };
+        let (status, _) = watch::channel(RoundStatus::Idle {
+            version,
+            reason: "waiting for nodes".into(),
+        });
+        let (summaries, _) = broadcast::channel(64);
+        Ok(Arc::new(Self {
+            tenant,
+            cfg,
+            schema_hash,
+            feature_digest: digest,
+            param_count,
+            store,
+            signer,
+            inner: Mutex::new(Inner {
+                version,
+                params: Arc::new(params),
+                signed: Arc::new(signed),
+                watchers: BTreeMap::new(),
+                joined: BTreeSet::new(),
+                round: None,
+                committed_this_run: 0,
+            }),
+            status,
+            summaries,
+            wake: Notify::new(),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock means a panic elsewhere; the data is still
+        // consistent because every mutation is completed before unlock.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tenant name.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// Model schema hash.
+    pub fn schema_hash(&self) -> [u8; 32] {
+        self.schema_hash
+    }
+
+    /// Latest committed version.
+    pub fn version(&self) -> u64 {
+        self.lock().version
+    }
+
+    /// Join parameters for a node.
+    pub fn join(&self, node: &NodeId, feature_schema: &[u8]) -> Result<v1::JoinResponse, FedError> {
+        if feature_schema != self.feature_digest {
+            return Err(FedError::Invalid(format!(
+                "node extracts feature schema {}, this federation uses {}",
+                short_hex(feature_schema),
+                short_hex(&self.feature_digest)
+            )));
+        }
+        let mut g = self.lock();
+        if g.joined.insert(node.clone()) {
+            info!(tenant = %self.tenant, node = %node, "node joined");
+        }
+        Ok(v1::JoinResponse {
+            tenant: self.tenant.to_string(),
+            node: node.to_string(),
+            current_version: g.version,
+            schema_hash: self.schema_hash.to_vec(),
+            model_spec: Some(spec_of(&self.cfg)),
+            training: Some(training_of(&self.cfg)),
+        })
+    }
+
+    /// Signed bytes of `version` (0 = latest).
+    pub fn model(&self, version: u64) -> Result<Arc<Vec<u8>>, FedError> {
+        {
+            let g = self.lock();
+            if version == 0 || version == g.version {
+                return Ok(g.signed.clone());
+            }
+            if version > g.version {
+                return Err(FedError::UnknownVersion(version));
+            }
+        }
+        self.store
+            .model(self.tenant.as_str(), version)?
+            .map(Arc::new)
+            .ok_or(FedError::UnknownVersion(version))
+    }
+
+    /// Subscribes a node to round status; the node counts as connected
+    /// while the returned guard lives.
+    pub fn subscribe(self: &Arc<Self>, node: &NodeId) -> (watch::Receiver<RoundStatus>, WatchGuard) {
+        *self.lock().watchers.entry(node.clone()).or_insert(0) += 1;
+        self.wake.notify_one();
+        (
+            self.status.subscribe(),
+            WatchGuard {
+                fed: self.clone(),
+                node: node.clone(),
+            },
+        )
+    }
+
+    /// Committed-round summaries.
+    pub fn summaries(&self) -> broadcast::Receiver<RoundSummary> {
+        self.summaries.subscribe()
+    }
+
+    /// Current status.
+    pub fn status(&self) -> RoundStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Nodes currently holding a round stream open.
+    pub fn connected(&self) -> BTreeSet<NodeId> {
+        self.lock()
+            .watchers
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Validates and records an update.
+    pub fn submit(&self, node: &NodeId, req: v1::UpdateRequest, wire_bytes: u64) -> Result<v1::SubmitAck, FedError> {
+        if req.schema_hash != self.schema_hash {
+            return Err(FedError::Invalid("schema hash does not match the federation's model".into()));
+        }
+        let mut g = self.lock();
+        let version = g.version;
+        let round = g.round.as_mut().ok_or(FedError::NoOpenRound { version })?;
+        let info = round.info.clone();
+        if req.round != info.round {
+            return Err(FedError::WrongRound {
+                got: req.round,
+                open: info.round,
+            });
+        }
+        if req.base_version != info.base_version {
+            return Err(FedError::StaleVersion {
+                round: info.round,
+                got: req.base_version,
+                expected: info.base_version,
+            });
+        }
+        if !info.selected.contains(node) {
+            return Err(FedError::NotSelected {
+                node: node.to_string(),
+                round: info.round,
+            });
+        }
+        if round.updates.contains_key(node) {
+            return Err(FedError::Duplicate {
+                node: node.to_string(),
+                round: info.round,
+            });
+        }
+        let tensor = req.delta.as_ref().ok_or_else(|| FedError::Invalid("missing delta".into()))?;
+        let delta = fedmesh_proto::decode_f32(tensor, self.param_count).map_err(|e| FedError::Invalid(e.to_string()))?;
+        if delta.len() != self.param_count || tensor.shape != [self.param_count as u64] {
+            return Err(FedError::Invalid(format!(
+                "delta has shape {:?}, the model needs [{}]",
+                tensor.shape, self.param_count
+            )));
+        }
+        let norm = aggregate::l2_norm(&delta);
+        if norm > f64::from(self.cfg.max_update_norm) {
+            return Err(FedError::Invalid(format!(
+                "delta norm {norm:.3} exceeds the bound {}",
+                self.cfg.max_update_norm
+            )));
+        }
+        if req.num_samples == 0 {
+            return Err(FedError::Invalid("num_samples must be positive".into()));
+        }
+        if !req.train_loss.is_finite() || req.train_loss < 0.0 {
+            return Err(FedError::Invalid("train_loss must be a finite non-negative number".into()));
+        }
+        if let Some(s) = &req.scaler_stats {
+            let dim = self.cfg.model.input_dim;
+            if s.sum.len() != dim || s.sum_sq.len() != dim || s.count == 0 {
+                return Err(FedError::Invalid(format!("scaler_stats must have count > 0 and {dim} sums")));
+            }
+            if s.sum.iter().chain(&s.sum_sq).any(|x| !x.is_finite()) || s.sum_sq.iter().any(|x| *x < 0.0) {
+                return Err(FedError::Invalid("scaler_stats values must be finite".into()));
+            }
+        }
+        round.updates.insert(
+            node.clone(),
+            ValidUpdate {
+                node: node.clone(),
+                round: req.round,
+                base_version: req.base_version,
+                delta,
+                num_samples: req.num_samples,
+                scaler: req.scaler_stats,
+                train_loss: req.train_loss,
+                wire_bytes,
+            },
+        );
+        let ack = v1::SubmitAck {
+            round: info.round,
+            received: round.updates.len() as u32,
+            expected: info.selected.len() as u32,
+        };
+        drop(g);
+        self.wake.notify_one();
+        Ok(ack)
+    }
+
+    /// Drives rounds until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let span = info_span!("federation", tenant = %self.tenant);
+        async move {
+            loop {
+                if *shutdown.borrow() {
+                    return;
+                }
+                let max = self.cfg.max_rounds;
+                if max != 0 && self.lock().committed_this_run >= max {
+                    let version = self.version();
+                    self.status.send_replace(RoundStatus::Idle {
+                        version,
+                        reason: format!("max_rounds = {max} reached"),
+                    });
+                    let _ = shutdown.changed().await;
+                    return;
+                }
+                let connected = self.connected();
+                if connected.len() < self.cfg.min_nodes {
+                    let version = self.version();
+                    let reason = format!("waiting for nodes: {} of {} connected", connected.len(), self.cfg.min_nodes);
+                    self.status.send_if_modified(|s| {
+                        let next = RoundStatus::Idle { version, reason: reason.clone() };
+                        if matches!(s, RoundStatus::Idle { .. }) && *s != next {
+                            *s = next;
+                            true
+                        } else if !matches!(s, RoundStatus::Idle { .. }) {
+                            *s = next;
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = shutdown.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    continue;
+                }
+                match self.run_round(connected, &mut shutdown).await {
+                    Ok(()) => {}
+                    Err(e) => warn!(error = %e, "round failed"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(self.cfg.round_interval_ms)) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn run_round(&self, connected: BTreeSet<NodeId>, shutdown: &mut watch::Receiver<bool>) -> Result<(), FedError> {
+        let round_no = self.store.next_round(self.tenant.as_str())?;
+        self.store.set_next_round(self.tenant.as_str(), round_no + 1)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed ^ round_no.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let selected: BTreeSet<NodeId> = if self.cfg.max_participants == 0 || connected.len() <= self.cfg.max_participants {
+            connected
+        } else {
+            connected.into_iter().choose_multiple(&mut rng, self.cfg.max_participants).into_iter().collect()
+        };
+        let timeout = Duration::from_millis(self.cfg.round_timeout_ms);
+        let base_version;
+        let info;
+        {
+            let mut g = self.lock();
+            base_version = g.version;
+            info = Arc::new(OpenInfo {
+                round: round_no,
+                base_version,
+                selected: selected.clone(),
+                deadline_unix_ms: unix_ms(SystemTime::now() + timeout),
+                training: training_of(&self.cfg),
+            });
+            g.round = Some(OpenRound {
+                info: info.clone(),
+                started: tokio::time::Instant::now(),
+                updates: BTreeMap::new(),
+            });
+        }
+        let span = info_span!("round", tenant = %self.tenant, round = round_no);
+        let _e = span.enter();
+        info!(base_version, selected = selected.len(), "round open");
+        drop(_e);
+        self.status.send_replace(RoundStatus::Open(info.clone()));
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let done = self.lock().round.as_ref().map(|r| r.updates.len()).unwrap_or(0) >= selected.len();
+            if done || *shutdown.borrow() {
+                break;
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = shutdown.changed() => {}
+            }
+        }
+        let round = self.lock().round.take();
+        let Some(round) = round else { return Ok(()) };
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let got = round.updates.len();
+        if got < self.cfg.quorum {
+            let reason = format!("quorum not reached: {got} of {} updates (quorum {})", selected.len(), self.cfg.quorum);
+            warn!(parent: &span, %reason, "round aborted");
+            self.status.send_replace(RoundStatus::Aborted { round: round_no, reason });
+            return Ok(());
+        }
+        let summary = self.commit(round, &selected)?;
+        info!(parent: &span, version = summary.version, participants = summary.participants,
+            mean_train_loss = summary.mean_train_loss, ms = summary.duration.as_millis() as u64, "round committed");
+        self.status.send_replace(RoundStatus::Committed {
+            round: round_no,
+            version: summary.version,
+        });
+        let _ = self.summaries.send(summary);
+        Ok(())
+    }
+
+    fn commit(&self, round: OpenRound, selected: &BTreeSet<NodeId>) -> Result<RoundSummary, FedError> {
+        let updates: Vec<&ValidUpdate> = round.updates.values().collect();
+        let deltas: Vec<&[f32]> = updates.iter().map(|u| u.delta.as_slice()).collect();
+        let weights: Vec<f64> = updates.iter().map(|u| u.num_samples as f64).collect();
+        let agg = aggregate::fedavg(&deltas, &weights)?;
+        let (base, prev_signed, version) = {
+            let g = self.lock();
+            (g.params.clone(), g.signed.clone(), g.version + 1)
+        };
+        let lr = self.cfg.server_lr;
+        let params: Vec<f32> = base.iter().zip(&agg).map(|(w, d)| w + lr * d).collect();
+        let scaler = merged_scaler(updates.iter().filter_map(|u| u.scaler.as_ref()), self.cfg.model.input_dim);
+        let now = unix_ms(SystemTime::now());
+        let body = v1::GlobalModel {
+            tenant: self.tenant.to_string(),
+            version,
+            round: round.info.round,
+            schema_hash: self.schema_hash.to_vec(),
+            spec: Some(spec_of(&self.cfg)),
+            params: Some(fedmesh_proto::encode_f32(&params, &[params.len() as u64])),
+            scaler,
+            prev_hash: fedmesh_crypto::sha256(&prev_signed).to_vec(),
+            rule: self.cfg.rule.clone(),
+            participants: updates.len() as u32,
+            created_unix_ms: now,
+        };
+        let signed = sign_model(&self.signer, &body);
+        let excluded: Vec<(String, String)> = selected
+            .iter()
+            .filter(|n| !round.updates.contains_key(*n))
+            .map(|n| (n.to_string(), "no update before the deadline".to_string()))
+            .collect();
+        let mean_train_loss = updates.iter().map(|u| u.train_loss).sum::<f32>() / updates.len() as f32;
+        let bytes_received = updates.iter().map(|u| u.wire_bytes).sum();
+        self.store.commit(
+            self.tenant.as_str(),
+            version,
+            &signed,
+            AuditEntry {
+                tenant: self.tenant.to_string(),
+                version,
+                round: round.info.round,
+                rule: self.cfg.rule.clone(),
+                participants: updates.iter().map(|u| u.node.to_string()).collect(),
+                excluded,
+                model_sha256: String::new(),
+                prev_entry_sha256: String::new(),
+                unix_ms: now,
+            },
+        )?;
+        {
+            let mut g = self.lock();
+            g.version = version;
+            g.params = Arc::new(params);
+            g.signed = Arc::new(signed);
+            g.committed_this_run += 1;
+        }
+        Ok(RoundSummary {
+            tenant: self.tenant.to_string(),
+            round: round.info.round,
+            version,
+            participants: updates.len(),
+            selected: selected.len(),
+            mean_train_loss,
+            bytes_received,
+            duration: round.started.elapsed(),
+        })
+    }
+}
+
+/// Decrements a node's watcher count when its round stream ends.
+pub struct WatchGuard {
+    fed: Arc<Federation>,
+    node: NodeId,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        let mut g = self.fed.lock();
+        if let Some(n) = g.watchers.get_mut(&self.node) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                g.watchers.remove(&self.node);
+            }
+        }
+        drop(g);
+        self.fed.wake.notify_one();
+    }
+}
+
+fn spec_of(cfg: &TenantConfig) -> v1::ModelSpec {
+    v1::ModelSpec {
+        input_dim: cfg.model.input_dim as u32,
+        hidden: cfg.model.hidden.iter().map(|&h| h as u32).collect(),
+    }
+}
+
+fn training_of(cfg: &TenantConfig) -> v1::TrainingParams {
+    v1::TrainingParams {
+        local_epochs: cfg.training.local_epochs,
+        batch_size: cfg.training.batch_size,
+        learning_rate: cfg.training.learning_rate,
+        prox_mu: cfg.training.prox_mu,
+    }
+}
+
+fn sign_model(signer: &CertSigner, body: &v1::GlobalModel) -> Vec<u8> {
+    let body = body.encode_to_vec();
+    let signature = signer.sign(&body);
+    v1::SignedModel {
+        body,
+        signature,
+        signer_cert: signer.cert_der().to_vec(),
+    }
+    .encode_to_vec()
+}
+
+/// Floor on a published standard deviation, so constant features do not
+/// blow up after scaling. Must equal the node's scaler floor.
+pub const SCALER_STD_FLOOR: f32 = 1e-3;
+
+fn merged_scaler<'a>(stats: impl Iterator<Item = &'a v1::ScalerStats>, dim: usize) -> Option<v1::Scaler> {
+    let mut count = 0u64;
+    let mut sum = vec![0f64; dim];
+    let mut sq = vec![0f64; dim];
+    for s in stats {
+        count = count.saturating_add(s.count);
+        for j in 0..dim {
+            sum[j] += s.sum[j];
+            sq[j] += s.sum_sq[j];
+        }
+    }
+    if count == 0 {
+        return None;
+    }
+    let n = count as f64;
+    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+    let std = sum
+        .iter()
+        .zip(&sq)
+        .map(|(s, q)| {
+            let m = s / n;
+            ((q / n - m * m).max(0.0).sqrt() as f32).max(SCALER_STD_FLOOR)
+        })
+        .collect();
+    Some(v1::Scaler { mean, std })
+}
+
+fn short_hex(b: &[u8]) -> String {
+    hex::encode(&b[..b.len().min(6)])
+}

@@ -1,0 +1,341 @@
+//! Durable coordinator state in sled.
+//!
+//! Trees: `models` (tenant ‖ 0 ‖ version BE → signed model bytes), `audit`
+//! (same key → JSON [`AuditEntry`]) and `meta` (tenant ‖ 0 ‖ name → value).
+//! A commit writes all three in one sled transaction and flushes before it
+//! returns, so a committed version survives `kill -9` and a restart resumes
+//! from it. sled is kept behind this type so it can be replaced.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed.
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored record did not decode.
+    #[error("store: corrupt record {key}: {reason}")]
+    Corrupt {
+        /// Which record.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The version to commit is not the successor of the latest one.
+    #[error("store: version {version} for tenant {tenant} does not follow {latest:?}")]
+    NotSuccessor {
+        /// Tenant.
+        tenant: String,
+        /// Offered version.
+        version: u64,
+        /// Latest stored version.
+        latest: Option<u64>,
+    },
+    /// The audit chain does not verify.
+    #[error("audit chain of tenant {tenant} broken at version {version}: {reason}")]
+    ChainBroken {
+        /// Tenant.
+        tenant: String,
+        /// First bad version.
+        version: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One audit-log entry per committed version, hash-chained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Tenant.
+    pub tenant: String,
+    /// Committed version.
+    pub version: u64,
+    /// Round that produced it (0 for genesis).
+    pub round: u64,
+    /// Aggregation rule.
+    pub rule: String,
+    /// Nodes whose updates were aggregated, sorted.
+    pub participants: Vec<String>,
+    /// Nodes selected but excluded, with the reason.
+    pub excluded: Vec<(String, String)>,
+    /// SHA-256 (hex) of the signed model bytes.
+    pub model_sha256: String,
+    /// Hash (hex) of the previous entry ("" for the first).
+    pub prev_entry_sha256: String,
+    /// Commit time, unix milliseconds.
+    pub unix_ms: i64,
+}
+
+impl AuditEntry {
+    /// SHA-256 (hex) of this entry's canonical JSON.
+    pub fn digest(&self) -> String {
+        // serde_json of a struct is deterministic (field order is fixed).
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        fedmesh_crypto::sha256_hex(&bytes)
+    }
+}
+
+/// The coordinator's store.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    models: sled::Tree,
+    audit: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn key(tenant: &str, version: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + 9);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+fn prefix(tenant: &str) -> Vec<u8> {
+    let mut k = tenant.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn version_of(k: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = k.get(k.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).open()?;
+        Ok(Self {
+            models: db.open_tree("models")?,
+            audit: db.open_tree("audit")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    /// Latest committed version and its signed bytes.
+    pub fn latest_model(&self, tenant: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        match self.models.scan_prefix(prefix(tenant)).next_back() {
+            None => Ok(None),
+            Some(r) => {
+                let (k, v) = r?;
+                let version = version_of(&k).ok_or_else(|| StoreError::Corrupt {
+                    key: format!("models/{tenant}"),
+                    reason: "short key".into(),
+                })?;
+                Ok(Some((version, v.to_vec())))
+            }
+        }
+    }
+
+    /// Signed bytes of a given version.
+    pub fn model(&self, tenant: &str, version: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.models.get(key(tenant, version))?.map(|v| v.to_vec()))
+    }
+
+    /// The latest audit entry.
+    pub fn latest_audit(&self, tenant: &str) -> Result<Option<AuditEntry>, StoreError> {
+        match self.audit.scan_prefix(prefix(tenant)).next_back() {
+            None => Ok(None),
+            Some(r) => {
+                let (_, v) = r?;
+                Ok(Some(decode_entry(tenant, &v)?))
+            }
+        }
+    }
+
+    /// Next round number to use for a tenant (rounds never repeat, even
+    /// across aborted rounds and restarts).
+    pub fn next_round(&self, tenant: &str) -> Result<u64, StoreError> {
+        let mut k = prefix(tenant);
+        k.extend_from_slice(b"next_round");
+        Ok(self
+            .meta
+            .get(&k)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(1))
+    }
+
+    /// Records that round numbers below `next` are used, durably.
+    pub fn set_next_round(&self, tenant: &str, next: u64) -> Result<(), StoreError> {
+        let mut k = prefix(tenant);
+        k.extend_from_slice(b"next_round");
+        self.meta.insert(k, &next.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Atomically appends a new version and its audit entry, then flushes.
+    /// `entry.prev_entry_sha256` is filled in here from the chain.
+    pub fn commit(
+        &self,
+        tenant: &str,
+        version: u64,
+        signed_model: &[u8],
+        mut entry: AuditEntry,
+    ) -> Result<AuditEntry, StoreError> {
+        let latest = self.latest_model(tenant)?.map(|(v, _)| v);
+        let expected = latest.map_or(0, |v| v + 1);
+        if version != expected {
+            return Err(StoreError::NotSuccessor {
+                tenant: tenant.into(),
+                version,
+                latest,
+            });
+        }
+        entry.prev_entry_sha256 = self
+            .latest_audit(tenant)?
+            .map(|e| e.digest())
+            .unwrap_or_default();
+        entry.model_sha256 = fedmesh_crypto::sha256_hex(signed_model);
+        let entry_bytes = serde_json::to_vec(&entry).map_err(|e| StoreError::Corrupt {
+            key: format!("audit/{tenant}/{version}"),
+            reason: e.to_string(),
+        })?;
+        let k = key(tenant, version);
+        (&self.models, &self.audit)
+            .transaction(|(m, a)| {
+                m.insert(k.as_slice(), signed_model)?;
+                a.insert(k.as_slice(), entry_bytes.as_slice())?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(s) => StoreError::Sled(s),
+                sled::transaction::TransactionError::Abort(()) => StoreError::Corrupt {
+                    key: format!("models/{tenant}/{version}"),
+                    reason: "transaction aborted".into(),
+                },
+            })?;
+        self.db.flush()?;
+        Ok(entry)
+    }
+
+    /// All audit entries of a tenant, in version order.
+    pub fn audit_log(&self, tenant: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit
+            .scan_prefix(prefix(tenant))
+            .map(|r| {
+                let (_, v) = r?;
+                decode_entry(tenant, &v)
+            })
+            .collect()
+    }
+
+    /// Verifies the audit chain: versions contiguous from 0, every entry
+    /// links to its predecessor's digest, and every model hash matches the
+    /// stored model bytes. Returns the number of entries checked.
+    pub fn verify_chain(&self, tenant: &str) -> Result<usize, StoreError> {
+        let log = self.audit_log(tenant)?;
+        let mut prev = String::new();
+        for (i, e) in log.iter().enumerate() {
+            let broken = |reason: String| StoreError::ChainBroken {
+                tenant: tenant.into(),
+                version: e.version,
+                reason,
+            };
+            if e.version != i as u64 {
+                return Err(broken(format!("expected version {i}")));
+            }
+            if e.prev_entry_sha256 != prev {
+                return Err(broken("previous-entry hash mismatch".into()));
+            }
+            let model = self
+                .model(tenant, e.version)?
+                .ok_or_else(|| broken("model missing".into()))?;
+            if fedmesh_crypto::sha256_hex(&model) != e.model_sha256 {
+                return Err(broken("model hash mismatch".into()));
+            }
+            prev = e.digest();
+        }
+        Ok(log.len())
+    }
+
+    /// Tenants that have at least one stored version.
+    pub fn tenants(&self) -> Result<Vec<String>, StoreError> {
+        let mut out: Vec<String> = Vec::new();
+        for r in self.models.iter() {
+            let (k, _) = r?;
+            if let Some(pos) = k.iter().position(|&b| b == 0) {
+                let t = String::from_utf8_lossy(&k[..pos]).into_owned();
+                if out.last() != Some(&t) {
+                    out.push(t);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn decode_entry(tenant: &str, v: &[u8]) -> Result<AuditEntry, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+        key: format!("audit/{tenant}"),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(v: u64) -> AuditEntry {
+        AuditEntry {
+            tenant: "t".into(),
+            version: v,
+            round: v,
+            rule: "fedavg".into(),
+            participants: vec!["a".into()],
+            excluded: vec![],
+            model_sha256: String::new(),
+            prev_entry_sha256: String::new(),
+            unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn commits_chain_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.commit("t", 0, b"m0", entry(0)).unwrap();
+            s.commit("t", 1, b"m1", entry(1)).unwrap();
+            assert!(matches!(
+                s.commit("t", 3, b"m3", entry(3)),
+                Err(StoreError::NotSuccessor { .. })
+            ));
+            s.set_next_round("t", 5).unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.latest_model("t").unwrap(), Some((1, b"m1".to_vec())));
+        assert_eq!(s.verify_chain("t").unwrap(), 2);
+        assert_eq!(s.next_round("t").unwrap(), 5);
+        assert_eq!(s.next_round("other").unwrap(), 1);
+        assert_eq!(s.tenants().unwrap(), vec!["t".to_string()]);
+    }
+
+    #[test]
+    fn tampering_breaks_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.commit("t", 0, b"m0", entry(0)).unwrap();
+        s.commit("t", 1, b"m1", entry(1)).unwrap();
+        s.models.insert(key("t", 0), b"evil".as_slice()).unwrap();
+        assert!(matches!(s.verify_chain("t"), Err(StoreError::ChainBroken { version: 0, .. })));
+    }
+
+    #[test]
+    fn tenants_do_not_share_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.commit("a", 0, b"a0", entry(0)).unwrap();
+        s.commit("ab", 0, b"ab0", entry(0)).unwrap();
+        assert_eq!(s.latest_model("a").unwrap(), Some((0, b"a0".to_vec())));
+        assert_eq!(s.audit_log("a").unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,360 @@
+//! Node configuration: defaults < TOML file < `FEDMESH_*` env < flags.
+//!
+//! Parsed with `deny_unknown_fields` so a misspelt key is named with its
+//! line; semantic checks are collected and reported together.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::telemetry::synthetic::{AttackKind, Profile};
+
+/// Errors from loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TOML or schema error (names key and line).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Message.
+        message: String,
+    },
+    /// Semantic problems, all of them.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// Where the coordinator is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorEndpoint {
+    /// `host:port` to dial.
+    pub endpoint: String,
+    /// Name the coordinator certificate must carry (DNS or IP SAN).
+    #[serde(default = "d_server_name")]
+    pub server_name: String,
+}
+
+fn d_server_name() -> String {
+    "localhost".into()
+}
+
+/// TLS material paths.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    /// Mesh CA certificate.
+    pub ca_cert: PathBuf,
+    /// This node's certificate.
+    pub cert: PathBuf,
+    /// This node's key.
+    pub key: PathBuf,
+}
+
+/// One synthetic container.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticContainer {
+    /// Container id.
+    pub id: String,
+    /// Workload profile.
+    pub profile: Profile,
+}
+
+/// An attack to inject into a synthetic container.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticAttack {
+    /// Target container id.
+    pub container: String,
+    /// Attack kind.
+    pub kind: AttackKind,
+    /// First window of the attack.
+    pub start_window: u64,
+    /// Length in windows.
+    pub duration_windows: u64,
+}
+
+/// Telemetry source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum SourceConfig {
+    /// Synthetic workloads (demo, harness, tests).
+    Synthetic {
+        /// Seed.
+        #[serde(default)]
+        seed: u64,
+        /// Containers.
+        containers: Vec<SyntheticContainer>,
+        /// Attacks to inject.
+        #[serde(default)]
+        attacks: Vec<SyntheticAttack>,
+    },
+}
+
+/// Detector settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorConfig {
+    /// Target false-alarm rate used to calibrate the threshold.
+    #[serde(default = "d_far")]
+    pub false_alarm_rate: f32,
+    /// Windows kept for local training.
+    #[serde(default = "d_buffer")]
+    pub train_buffer: usize,
+    /// Windows needed before the node trains or joins a round.
+    #[serde(default = "d_min_train")]
+    pub min_train_windows: usize,
+    /// Train a local model after this many windows if no global model has
+    /// arrived (the node then detects on its own). 0 = never.
+    #[serde(default = "d_bootstrap")]
+    pub bootstrap_after_windows: usize,
+    /// Features named in each alert.
+    #[serde(default = "d_top")]
+    pub top_features: usize,
+}
+
+fn d_far() -> f32 {
+    0.01
+}
+fn d_buffer() -> usize {
+    4096
+}
+fn d_min_train() -> usize {
+    64
+}
+fn d_bootstrap() -> usize {
+    256
+}
+fn d_top() -> usize {
+    3
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            false_alarm_rate: d_far(),
+            train_buffer: d_buffer(),
+            min_train_windows: d_min_train(),
+            bootstrap_after_windows: d_bootstrap(),
+            top_features: d_top(),
+        }
+    }
+}
+
+/// Alert sinks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    /// Print alerts as JSON lines on stdout.
+    #[serde(default = "d_true")]
+    pub stdout: bool,
+    /// Append alerts as JSON lines to this file.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+fn d_true() -> bool {
+    true
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        Self {
+            stdout: true,
+            file: None,
+        }
+    }
+}
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Tenant; must match the certificate (taken from it when omitted).
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Node name; must match the certificate (taken from it when omitted).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// sled data directory.
+    pub data_dir: PathBuf,
+    /// Window length in milliseconds.
+    #[serde(default = "d_window")]
+    pub window_ms: u64,
+    /// Synthetic sources only: wall-clock pause between windows in
+    /// milliseconds (default `window_ms`, i.e. real time). Smaller values
+    /// replay synthetic time faster; features use the source clock.
+    #[serde(default)]
+    pub tick_ms: Option<u64>,
+    /// Coordinator; omit to run stand-alone.
+    #[serde(default)]
+    pub coordinator: Option<CoordinatorEndpoint>,
+    /// TLS material (required with a coordinator).
+    #[serde(default)]
+    pub tls: Option<TlsPaths>,
+    /// Telemetry source.
+    pub source: SourceConfig,
+    /// Detector.
+    #[serde(default)]
+    pub detector: DetectorConfig,
+    /// Alert sinks.
+    #[serde(default)]
+    pub alerts: AlertConfig,
+    /// Seed for local training.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn d_window() -> u64 {
+    10_000
+}
+
+impl NodeConfig {
+    /// Parses TOML text (`path` only for messages).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads a file; relative paths in it are resolved against its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg = Self::from_toml(&text, path)?;
+        if let Some(base) = path.parent() {
+            let fix = |p: &mut PathBuf| {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            };
+            fix(&mut cfg.data_dir);
+            if let Some(t) = cfg.tls.as_mut() {
+                fix(&mut t.ca_cert);
+                fix(&mut t.cert);
+                fix(&mut t.key);
+            }
+            if let Some(f) = cfg.alerts.file.as_mut() {
+                fix(f);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Checks all constraints and reports every violation.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        if self.window_ms == 0 {
+            errs.push("window_ms must be positive".to_string());
+        }
+        if self.coordinator.is_some() && self.tls.is_none() {
+            errs.push("[tls] is required when [coordinator] is set".to_string());
+        }
+        let d = &self.detector;
+        if !(d.false_alarm_rate > 0.0 && d.false_alarm_rate <= 0.5) {
+            errs.push(format!(
+                "detector.false_alarm_rate = {} must be in (0, 0.5]",
+                d.false_alarm_rate
+            ));
+        }
+        if d.min_train_windows < 8 {
+            errs.push("detector.min_train_windows must be at least 8".to_string());
+        }
+        if d.train_buffer < d.min_train_windows {
+            errs.push("detector.train_buffer must be at least min_train_windows".to_string());
+        }
+        match &self.source {
+            SourceConfig::Synthetic {
+                containers,
+                attacks,
+                ..
+            } => {
+                if containers.is_empty() {
+                    errs.push("source.containers must not be empty".to_string());
+                }
+                let mut ids = std::collections::BTreeSet::new();
+                for c in containers {
+                    if c.id.is_empty() || !ids.insert(c.id.as_str()) {
+                        errs.push(format!(
+                            "source.containers: id {:?} is empty or repeated",
+                            c.id
+                        ));
+                    }
+                }
+                for a in attacks {
+                    if !ids.contains(a.container.as_str()) {
+                        errs.push(format!(
+                            "source.attacks: container {:?} is not in source.containers",
+                            a.container
+                        ));
+                    }
+                }
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errs))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+data_dir = "data"
+window_ms = 1000
+[coordinator]
+endpoint = "127.0.0.1:7443"
+[tls]
+ca_cert = "ca.crt"
+cert = "n.crt"
+key = "n.key"
+[source]
+kind = "synthetic"
+seed = 3
+containers = [ { id = "web-1", profile = "web" }, { id = "db-1", profile = "database" } ]
+attacks = [ { container = "web-1", kind = "cryptojacking", start_window = 5, duration_windows = 3 } ]
+"#;
+
+    #[test]
+    fn parses_a_full_file() {
+        let c = NodeConfig::from_toml(GOOD, Path::new("n.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.detector.false_alarm_rate, 0.01);
+    }
+
+    #[test]
+    fn bad_key_and_bad_values_are_named() {
+        let e = NodeConfig::from_toml(&GOOD.replace("window_ms", "windw_ms"), Path::new("n.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("windw_ms") && e.contains("line 3"), "{e}");
+        let e = NodeConfig::from_toml(&GOOD.replace("\"web\"", "\"webb\""), Path::new("n.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("webb"), "{e}");
+        let c = NodeConfig::from_toml(
+            &GOOD.replace("container = \"web-1\"", "container = \"nope\""),
+            Path::new("n.toml"),
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+}

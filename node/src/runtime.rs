@@ -1,0 +1,335 @@
+//! The node's async runtime: the detection loop (never stops, with or
+//! without a coordinator) and the federation loop (dial out, join, follow
+//! the round stream, train when selected, install verified models,
+//! reconnect with backoff).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use fedmesh_crypto::CertVerifier;
+use fedmesh_proto::v1::{self, round_event::Event as Ev};
+use rand::Rng;
+use tokio::sync::watch;
+use tonic::Code;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::agent::{Agent, AgentError, verify_global_model};
+use crate::alert::AlertSinks;
+use crate::client::{ClientError, Connector};
+use crate::features::{NUM_FEATURES, feature_schema_hash};
+use crate::telemetry::synthetic::SyntheticSource;
+
+/// Shared handle to the agent. The lock is never held across an await or
+/// during training.
+pub type SharedAgent = Arc<Mutex<Agent>>;
+
+/// Locks the agent (a poisoned lock still holds consistent data: every
+/// mutation completes before unlock).
+pub fn lock(agent: &SharedAgent) -> MutexGuard<'_, Agent> {
+    agent.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Federation loop failures within one session.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Transport.
+    #[error(transparent)]
+    Connect(#[from] ClientError),
+    /// An RPC failed.
+    #[error("{rpc}: {status}")]
+    Rpc {
+        /// Which call.
+        rpc: &'static str,
+        /// Status.
+        status: tonic::Status,
+    },
+    /// The coordinator's federation does not fit this node.
+    #[error("incompatible federation: {0}")]
+    Incompatible(String),
+    /// Agent failure.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+fn rpc(rpc: &'static str) -> impl FnOnce(tonic::Status) -> SessionError {
+    move |status| SessionError::Rpc { rpc, status }
+}
+
+/// Everything the federation loop needs.
+#[derive(Clone)]
+pub struct FederationSettings {
+    /// How to reach the coordinator.
+    pub connector: Connector,
+    /// Verifies global-model signatures against the mesh CA.
+    pub verifier: Arc<CertVerifier>,
+    /// Longest pause between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+/// Runs the federation loop until `shutdown` flips to true.
+pub async fn run_federation(
+    agent: SharedAgent,
+    fs: FederationSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (tenant, node) = {
+        let a = lock(&agent);
+        (a.settings().tenant.clone(), a.settings().node.clone())
+    };
+    let span = info_span!("node", tenant = %tenant, node = %node);
+    async move {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let result = tokio::select! {
+                r = session(&agent, &fs, &mut backoff) => r,
+                _ = shutdown.changed() => return,
+            };
+            match result {
+                Ok(()) => debug!("round stream ended; reconnecting"),
+                Err(SessionError::Incompatible(m)) => {
+                    warn!(reason = %m, "federation incompatible; retrying later")
+                }
+                Err(e) => warn!(error = %e, "federation session failed; detection continues"),
+            }
+            let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 4);
+            let pause = backoff + Duration::from_millis(jitter);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(fs.max_backoff);
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn session(
+    agent: &SharedAgent,
+    fs: &FederationSettings,
+    backoff: &mut Duration,
+) -> Result<(), SessionError> {
+    let (tenant, node, have) = {
+        let a = lock(agent);
+        (
+            a.settings().tenant.clone(),
+            a.settings().node.clone(),
+            a.global_version(),
+        )
+    };
+    let mut client = fs.connector.connect().await?;
+    let join = client
+        .join(v1::JoinRequest {
+            tenant: tenant.clone(),
+            node: node.clone(),
+            feature_schema: feature_schema_hash().to_vec(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+        .await
+        .map_err(rpc("Join"))?
+        .into_inner();
+    let spec = join.model_spec.unwrap_or_default();
+    let hidden: Vec<usize> = spec.hidden.iter().map(|&h| h as usize).collect();
+    if spec.input_dim as usize != NUM_FEATURES
+        || join.schema_hash
+            != fedmesh_proto::model::model_schema_hash(
+                &feature_schema_hash(),
+                NUM_FEATURES,
+                &hidden,
+            )
+    {
+        return Err(SessionError::Incompatible(
+            "model schema differs from this node's".into(),
+        ));
+    }
+    info!(version = join.current_version, have = ?have, "joined federation");
+    sync_model(agent, fs, &mut client, 0).await?;
+    let have_version = lock(agent).global_version().unwrap_or(0);
+    let mut stream = client
+        .watch_rounds(v1::WatchRoundsRequest { have_version })
+        .await
+        .map_err(rpc("WatchRounds"))?
+        .into_inner();
+    *backoff = Duration::from_millis(200);
+    while let Some(ev) = stream.message().await.map_err(rpc("WatchRounds"))? {
+        match ev.event {
+            Some(Ev::Open(o)) if o.selected => {
+                let span = info_span!("round", tenant = %tenant, round = o.round, node = %node);
+                participate(agent, fs, &mut client, &o)
+                    .instrument(span)
+                    .await?;
+            }
+            Some(Ev::Open(o)) => debug!(round = o.round, "round open without this node"),
+            Some(Ev::Committed(c)) => {
+                if lock(agent).global_version().is_none_or(|v| v < c.version) {
+                    sync_model(agent, fs, &mut client, c.version).await?;
+                }
+            }
+            Some(Ev::Aborted(a)) => info!(round = a.round, reason = %a.reason, "round aborted"),
+            Some(Ev::Idle(i)) => {
+                debug!(version = i.current_version, reason = %i.reason, "federation idle")
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Fetches `version` (0 = latest), verifies and installs it if newer.
+async fn sync_model(
+    agent: &SharedAgent,
+    fs: &FederationSettings,
+    client: &mut v1::federation_client::FederationClient<tonic::transport::Channel>,
+    version: u64,
+) -> Result<(), SessionError> {
+    let signed = client
+        .get_model(v1::GetModelRequest { version })
+        .await
+        .map_err(rpc("GetModel"))?
+        .into_inner();
+    let bytes = prost::Message::encode_to_vec(&signed);
+    let mut a = lock(agent);
+    let have = a.global_version();
+    let g = verify_global_model(
+        &bytes,
+        &fs.verifier,
+        &a.settings().tenant.clone(),
+        have,
+        time::OffsetDateTime::now_utc(),
+    )?;
+    if have.is_some_and(|h| h >= g.version) {
+        return Ok(());
+    }
+    a.install_global(g)?;
+    Ok(())
+}
+
+async fn participate(
+    agent: &SharedAgent,
+    fs: &FederationSettings,
+    client: &mut v1::federation_client::FederationClient<tonic::transport::Channel>,
+    open: &v1::RoundOpen,
+) -> Result<(), SessionError> {
+    if lock(agent).global_version() != Some(open.base_version) {
+        sync_model(agent, fs, client, open.base_version).await?;
+    }
+    let training = open.training.unwrap_or_default();
+    let job = {
+        let a = lock(agent);
+        let Some(base) = a.global() else {
+            return Ok(());
+        };
+        if base.version != open.base_version {
+            warn!(
+                have = base.version,
+                want = open.base_version,
+                "cannot train from the round's base version"
+            );
+            return Ok(());
+        }
+        match a.training_job(base, &training, open.round) {
+            Ok(job) => job,
+            Err(AgentError::NotEnoughData { have, need }) => {
+                info!(have, need, "not enough local windows to train this round");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let update = tokio::task::spawn_blocking(move || job.run())
+        .await
+        .map_err(|e| AgentError::Model(format!("training task failed: {e}")))??;
+    let (tenant, node, schema) = {
+        let a = lock(agent);
+        let schema = a
+            .global()
+            .map(|g| g.schema_hash.to_vec())
+            .unwrap_or_default();
+        (
+            a.settings().tenant.clone(),
+            a.settings().node.clone(),
+            schema,
+        )
+    };
+    let req = v1::UpdateRequest {
+        tenant,
+        node,
+        round: open.round,
+        base_version: open.base_version,
+        delta: Some(fedmesh_proto::encode_f32(
+            &update.delta,
+            &[update.delta.len() as u64],
+        )),
+        num_samples: update.num_samples,
+        scaler_stats: Some(v1::ScalerStats {
+            count: update.stats.count,
+            sum: update.stats.sum.clone(),
+            sum_sq: update.stats.sum_sq.clone(),
+        }),
+        train_loss: update.train_loss,
+        schema_hash: schema,
+    };
+    match client.submit_update(req).await {
+        Ok(ack) => {
+            let ack = ack.into_inner();
+            lock(agent).note_trained();
+            info!(
+                loss = update.train_loss,
+                samples = update.num_samples,
+                received = ack.received,
+                expected = ack.expected,
+                "update submitted"
+            );
+            Ok(())
+        }
+        Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::AlreadyExists) => {
+            info!(status = %s, "update not accepted for this round");
+            Ok(())
+        }
+        Err(s) => Err(SessionError::Rpc {
+            rpc: "SubmitUpdate",
+            status: s,
+        }),
+    }
+}
+
+/// Runs the synthetic source in real time: one window every `window_ms`
+/// (scaled by `speedup`), scoring and alerting, until `shutdown`.
+pub async fn run_synthetic_detection(
+    agent: SharedAgent,
+    mut source: SyntheticSource,
+    mut sinks: AlertSinks,
+    tick: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let (idx, events) = source.next_window();
+        let end_ms = (idx + 1) * source.window_ms();
+        let alerts = {
+            let mut a = lock(&agent);
+            for e in &events {
+                a.observe(e);
+            }
+            a.close_window(end_ms)
+        };
+        match alerts {
+            Ok(alerts) => {
+                for al in &alerts {
+                    if let Err(e) = sinks.emit(al) {
+                        warn!(error = %e, "alert sink failed");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "window processing failed"),
+        }
+    }
+}

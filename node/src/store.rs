@@ -1,0 +1,98 @@
+//! The node's durable state in sled: the current verified global model (as
+//! the signed bytes received, re-verified on load), a local bootstrap model
+//! when no global model exists yet, and the calibrated threshold.
+
+use std::path::Path;
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeStoreError {
+    /// sled failed.
+    #[error("node store: {0}")]
+    Sled(#[from] sled::Error),
+    /// A record did not decode.
+    #[error("node store: corrupt record {0}")]
+    Corrupt(&'static str),
+}
+
+/// A local (non-federated) model, kept so detection survives restarts
+/// before any global model arrived.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LocalModelRecord {
+    /// Encoder widths.
+    pub hidden: Vec<usize>,
+    /// Flat parameters.
+    pub params: Vec<f32>,
+    /// Scaler mean.
+    pub mean: Vec<f32>,
+    /// Scaler std.
+    pub std: Vec<f32>,
+    /// Threshold.
+    pub threshold: f32,
+}
+
+/// The node store.
+#[derive(Clone)]
+pub struct NodeStore {
+    db: sled::Db,
+}
+
+const GLOBAL: &[u8] = b"global_model";
+const THRESHOLD: &[u8] = b"threshold";
+const LOCAL: &[u8] = b"local_model";
+
+impl NodeStore {
+    /// Opens or creates the store.
+    pub fn open(dir: &Path) -> Result<Self, NodeStoreError> {
+        Ok(Self {
+            db: sled::Config::new().path(dir).open()?,
+        })
+    }
+
+    /// Signed bytes of the current global model.
+    pub fn global_model(&self) -> Result<Option<Vec<u8>>, NodeStoreError> {
+        Ok(self.db.get(GLOBAL)?.map(|v| v.to_vec()))
+    }
+
+    /// Replaces the global model and its threshold atomically, then flushes.
+    pub fn put_global(&self, signed: &[u8], threshold: f32) -> Result<(), NodeStoreError> {
+        let mut b = sled::Batch::default();
+        b.insert(GLOBAL, signed);
+        b.insert(THRESHOLD, &threshold.to_le_bytes());
+        self.db.apply_batch(b)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Threshold calibrated for the global model.
+    pub fn threshold(&self) -> Result<Option<f32>, NodeStoreError> {
+        match self.db.get(THRESHOLD)? {
+            None => Ok(None),
+            Some(v) => {
+                let b: [u8; 4] = v
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| NodeStoreError::Corrupt("threshold"))?;
+                Ok(Some(f32::from_le_bytes(b)))
+            }
+        }
+    }
+
+    /// The local bootstrap model.
+    pub fn local_model(&self) -> Result<Option<LocalModelRecord>, NodeStoreError> {
+        match self.db.get(LOCAL)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|_| NodeStoreError::Corrupt("local_model")),
+        }
+    }
+
+    /// Stores the local bootstrap model.
+    pub fn put_local(&self, rec: &LocalModelRecord) -> Result<(), NodeStoreError> {
+        let bytes = serde_json::to_vec(rec).map_err(|_| NodeStoreError::Corrupt("local_model"))?;
+        self.db.insert(LOCAL, bytes)?;
+        self.db.flush()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,141 @@
+//! Telemetry event model shared by every source (cgroup v2 + /proc readers,
+//! Falco/Tetragon JSON, and the [`synthetic`] generator).
+//!
+//! Sources turn whatever they read into a stream of [`Event`]s; the
+//! [`crate::features::WindowBuilder`] aggregates them into per-container
+//! feature windows. Resource counters are *cumulative* (as the kernel exposes
+//! them); rates are computed downstream from deltas with reset detection.
+
+pub mod synthetic;
+
+use serde::{Deserialize, Serialize};
+
+/// Identifier of a container (runtime id, pod/container name, or synthetic name).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ContainerId(pub String);
+
+impl std::fmt::Display for ContainerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Cumulative counters as read from cgroup v2 + /proc/<pid>/net/dev.
+///
+/// `memory_bytes` and `pids` are gauges (current values); every other field is
+/// a monotonically increasing counter that may reset (e.g. container restart).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResourceCounters {
+    /// `cpu.stat usage_usec`: cumulative CPU time in microseconds.
+    pub cpu_usage_usec: u64,
+    /// `cpu.stat nr_periods`: enforcement periods elapsed.
+    pub nr_periods: u64,
+    /// `cpu.stat nr_throttled`: periods in which the group was throttled.
+    pub nr_throttled: u64,
+    /// `memory.current` in bytes (gauge).
+    pub memory_bytes: u64,
+    /// `io.stat rbytes` summed over devices.
+    pub io_read_bytes: u64,
+    /// `io.stat wbytes` summed over devices.
+    pub io_write_bytes: u64,
+    /// Received bytes (all interfaces of the container's netns except `lo`).
+    pub net_rx_bytes: u64,
+    /// Transmitted bytes.
+    pub net_tx_bytes: u64,
+    /// Received packets.
+    pub net_rx_packets: u64,
+    /// Transmitted packets.
+    pub net_tx_packets: u64,
+    /// `pids.current` (gauge).
+    pub pids: u64,
+}
+
+/// Kind of a security-relevant kernel event (from Falco/Tetragon or synthetic).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KernelEventKind {
+    /// `setuid`/`setresuid`/`setgid` family.
+    Setuid,
+    /// `capset`.
+    Capset,
+    /// `mount`.
+    Mount,
+    /// `unshare`.
+    Unshare,
+    /// `setns`.
+    Setns,
+    /// `ptrace` attach.
+    Ptrace,
+    /// `init_module`/`finit_module`.
+    ModuleLoad,
+    /// Read of a sensitive file (/etc/shadow, SA token, ...).
+    SensitiveFileRead,
+    /// Write of a sensitive file (release_agent, core_pattern, /etc/passwd, ...).
+    SensitiveFileWrite,
+    /// Creation of an `AF_PACKET` socket.
+    PacketSocket,
+}
+
+/// One telemetry event for one container.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// A snapshot of cumulative resource counters.
+    Sample {
+        /// Container the counters belong to.
+        container: ContainerId,
+        /// Milliseconds timestamp of the read.
+        ts_ms: u64,
+        /// Cumulative counters.
+        counters: ResourceCounters,
+    },
+    /// A process exec.
+    Exec {
+        /// Container the process runs in.
+        container: ContainerId,
+        /// Milliseconds timestamp.
+        ts_ms: u64,
+        /// Executed binary (path or comm).
+        binary: String,
+    },
+    /// An outbound connection attempt.
+    Connect {
+        /// Container that connected.
+        container: ContainerId,
+        /// Milliseconds timestamp.
+        ts_ms: u64,
+        /// Destination address.
+        dst_ip: std::net::IpAddr,
+        /// Destination port.
+        dst_port: u16,
+    },
+    /// A security-relevant kernel event.
+    Kernel {
+        /// Container the event happened in.
+        container: ContainerId,
+        /// Milliseconds timestamp.
+        ts_ms: u64,
+        /// What happened.
+        kind: KernelEventKind,
+    },
+}
+
+impl Event {
+    /// The container this event belongs to.
+    pub fn container(&self) -> &ContainerId {
+        match self {
+            Event::Sample { container, .. }
+            | Event::Exec { container, .. }
+            | Event::Connect { container, .. }
+            | Event::Kernel { container, .. } => container,
+        }
+    }
+
+    /// The event timestamp in milliseconds.
+    pub fn ts_ms(&self) -> u64 {
+        match self {
+            Event::Sample { ts_ms, .. }
+            | Event::Exec { ts_ms, .. }
+            | Event::Connect { ts_ms, .. }
+            | Event::Kernel { ts_ms, .. } => *ts_ms,
+        }
+    }
+}
