@@ -59,7 +59,10 @@ pub fn fedavg(updates: &[&[f32]], weights: &[f64]) -> Result<Vec<f32>, Aggregate
 
 /// Euclidean norm, accumulated in f64.
 pub fn l2_norm(v: &[f32]) -> f64 {
-    v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt()
+    v.iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt()
 }
 
 #[cfg(test)]
@@ -80,7 +83,10 @@ mod tests {
         assert_eq!(fedavg(&[], &[]), Err(AggregateError::Empty));
         let a = [1.0f32, 2.0];
         let b = [1.0f32];
-        assert!(matches!(fedavg(&[&a, &b], &[1.0, 1.0]), Err(AggregateError::Shape { index: 1, .. })));
+        assert!(matches!(
+            fedavg(&[&a, &b], &[1.0, 1.0]),
+            Err(AggregateError::Shape { index: 1, .. })
+        ));
         assert_eq!(fedavg(&[&a], &[0.0]), Err(AggregateError::Weights));
         assert_eq!(fedavg(&[&a], &[f64::NAN]), Err(AggregateError::Weights));
     }

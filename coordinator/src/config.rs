@@ -50,12 +50,35 @@ pub struct TlsPaths {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Input width: the number of features (v1 schema: see `fedmesh-node`).
+    /// Input width: the number of features (default: the v1 schema's).
+    #[serde(default = "d_input_dim")]
     pub input_dim: usize,
     /// Encoder widths; the decoder mirrors them.
+    #[serde(default = "d_hidden")]
     pub hidden: Vec<usize>,
-    /// Hex SHA-256 of the feature schema the nodes run.
+    /// Hex SHA-256 of the feature schema the nodes run (default: v1).
+    #[serde(default = "d_digest")]
     pub feature_schema_digest: String,
+}
+
+fn d_input_dim() -> usize {
+    fedmesh_proto::model::FEATURE_SCHEMA_V1_DIM
+}
+fn d_hidden() -> Vec<usize> {
+    fedmesh_proto::model::DEFAULT_HIDDEN.to_vec()
+}
+fn d_digest() -> String {
+    fedmesh_proto::model::FEATURE_SCHEMA_V1_DIGEST.to_string()
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            input_dim: d_input_dim(),
+            hidden: d_hidden(),
+            feature_schema_digest: d_digest(),
+        }
+    }
 }
 
 /// Local training parameters sent to nodes with every round.
@@ -137,6 +160,7 @@ pub struct TenantConfig {
     #[serde(default = "d_max_norm")]
     pub max_update_norm: f32,
     /// Model architecture.
+    #[serde(default)]
     pub model: ModelConfig,
     /// Local training parameters.
     #[serde(default)]
@@ -253,7 +277,10 @@ impl CoordinatorConfig {
                 errs.push(format!("{at}: round_timeout_ms must be positive"));
             }
             if t.rule != "fedavg" {
-                errs.push(format!("{at}: rule = {:?} is not known (known: fedavg)", t.rule));
+                errs.push(format!(
+                    "{at}: rule = {:?} is not known (known: fedavg)",
+                    t.rule
+                ));
             }
             if !(t.server_lr.is_finite() && t.server_lr > 0.0) {
                 errs.push(format!("{at}: server_lr must be a positive number"));
@@ -281,16 +308,26 @@ impl CoordinatorConfig {
             }
             let tr = &t.training;
             if tr.local_epochs == 0 || tr.batch_size == 0 {
-                errs.push(format!("{at}: training.local_epochs and batch_size must be positive"));
+                errs.push(format!(
+                    "{at}: training.local_epochs and batch_size must be positive"
+                ));
             }
             if !(tr.learning_rate.is_finite() && tr.learning_rate > 0.0) {
-                errs.push(format!("{at}: training.learning_rate must be a positive number"));
+                errs.push(format!(
+                    "{at}: training.learning_rate must be a positive number"
+                ));
             }
             if !(tr.prox_mu.is_finite() && tr.prox_mu >= 0.0) {
-                errs.push(format!("{at}: training.prox_mu must be a non-negative number"));
+                errs.push(format!(
+                    "{at}: training.prox_mu must be a non-negative number"
+                ));
             }
         }
-        if errs.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errs)) }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errs))
+        }
     }
 }
 
@@ -329,8 +366,12 @@ feature_schema_digest = "0000000000000000000000000000000000000000000000000000000
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let bad = GOOD.replace("min_nodes", "x").replace("name = \"acme\"", "name = \"acme\"\nquorom = 3");
-        let e = CoordinatorConfig::from_toml(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        let bad = GOOD
+            .replace("min_nodes", "x")
+            .replace("name = \"acme\"", "name = \"acme\"\nquorom = 3");
+        let e = CoordinatorConfig::from_toml(&bad, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("quorom"), "{e}");
         assert!(e.contains("line 10"), "{e}");
     }
@@ -338,7 +379,10 @@ feature_schema_digest = "0000000000000000000000000000000000000000000000000000000
     #[test]
     fn all_semantic_errors_are_reported_together() {
         let bad = GOOD
-            .replace("name = \"acme\"", "name = \"Acme!\"\nquorum = 0\nrule = \"krum2\"")
+            .replace(
+                "name = \"acme\"",
+                "name = \"Acme!\"\nquorum = 0\nrule = \"krum2\"",
+            )
             .replace("hidden = [16, 4]", "hidden = []");
         let c = CoordinatorConfig::from_toml(&bad, Path::new("c.toml")).unwrap();
         let e = c.validate().unwrap_err().to_string();

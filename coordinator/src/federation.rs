@@ -241,7 +241,8 @@ fn unix_ms(t: SystemTime) -> i64 {
 /// Decodes and checks a stored signed model, returning its body.
 pub fn decode_signed(bytes: &[u8]) -> Result<(v1::SignedModel, v1::GlobalModel), FedError> {
     let signed = v1::SignedModel::decode(bytes).map_err(|e| FedError::Corrupt(e.to_string()))?;
-    let body = v1::GlobalModel::decode(signed.body.as_slice()).map_err(|e| FedError::Corrupt(e.to_string()))?;
+    let body = v1::GlobalModel::decode(signed.body.as_slice())
+        .map_err(|e| FedError::Corrupt(e.to_string()))?;
     Ok((signed, body))
 }
 
@@ -260,10 +261,19 @@ fn genesis_params(input_dim: usize, hidden: &[usize], seed: u64) -> Vec<f32> {
 impl Federation {
     /// Opens a federation: loads the latest committed version from the
     /// store, or creates and commits the genesis version 0.
-    pub fn open(tenant: TenantId, cfg: TenantConfig, store: Store, signer: Arc<CertSigner>) -> Result<Arc<Self>, FedError> {
+    pub fn open(
+        tenant: TenantId,
+        cfg: TenantConfig,
+        store: Store,
+        signer: Arc<CertSigner>,
+    ) -> Result<Arc<Self>, FedError> {
         let digest = crate::config::decode_digest(&cfg.model.feature_schema_digest)
             .ok_or_else(|| FedError::Invalid("feature_schema_digest".into()))?;
-        let schema_hash = fedmesh_proto::model::model_schema_hash(&digest, cfg.model.input_dim, &cfg.model.hidden);
+        let schema_hash = fedmesh_proto::model::model_schema_hash(
+            &digest,
+            cfg.model.input_dim,
+            &cfg.model.hidden,
+        );
         let param_count = fedmesh_proto::model::param_count(cfg.model.input_dim, &cfg.model.hidden)
             .ok_or_else(|| FedError::Invalid("model size overflows".into()))?;
         let (version, signed, params) = match store.latest_model(tenant.as_str())? {
@@ -412,7 +422,10 @@ impl Federation {
 
     /// Subscribes a node to round status; the node counts as connected
     /// while the returned guard lives.
-    pub fn subscribe(self: &Arc<Self>, node: &NodeId) -> (watch::Receiver<RoundStatus>, WatchGuard) {
+    pub fn subscribe(
+        self: &Arc<Self>,
+        node: &NodeId,
+    ) -> (watch::Receiver<RoundStatus>, WatchGuard) {
         *self.lock().watchers.entry(node.clone()).or_insert(0) += 1;
         self.wake.notify_one();
         (
@@ -445,9 +458,16 @@ impl Federation {
     }
 
     /// Validates and records an update.
-    pub fn submit(&self, node: &NodeId, req: v1::UpdateRequest, wire_bytes: u64) -> Result<v1::SubmitAck, FedError> {
+    pub fn submit(
+        &self,
+        node: &NodeId,
+        req: v1::UpdateRequest,
+        wire_bytes: u64,
+    ) -> Result<v1::SubmitAck, FedError> {
         if req.schema_hash != self.schema_hash {
-            return Err(FedError::Invalid("schema hash does not match the federation's model".into()));
+            return Err(FedError::Invalid(
+                "schema hash does not match the federation's model".into(),
+            ));
         }
         let mut g = self.lock();
         let version = g.version;
@@ -478,8 +498,12 @@ impl Federation {
                 round: info.round,
             });
         }
-        let tensor = req.delta.as_ref().ok_or_else(|| FedError::Invalid("missing delta".into()))?;
-        let delta = fedmesh_proto::decode_f32(tensor, self.param_count).map_err(|e| FedError::Invalid(e.to_string()))?;
+        let tensor = req
+            .delta
+            .as_ref()
+            .ok_or_else(|| FedError::Invalid("missing delta".into()))?;
+        let delta = fedmesh_proto::decode_f32(tensor, self.param_count)
+            .map_err(|e| FedError::Invalid(e.to_string()))?;
         if delta.len() != self.param_count || tensor.shape != [self.param_count as u64] {
             return Err(FedError::Invalid(format!(
                 "delta has shape {:?}, the model needs [{}]",
@@ -497,15 +521,23 @@ impl Federation {
             return Err(FedError::Invalid("num_samples must be positive".into()));
         }
         if !req.train_loss.is_finite() || req.train_loss < 0.0 {
-            return Err(FedError::Invalid("train_loss must be a finite non-negative number".into()));
+            return Err(FedError::Invalid(
+                "train_loss must be a finite non-negative number".into(),
+            ));
         }
         if let Some(s) = &req.scaler_stats {
             let dim = self.cfg.model.input_dim;
             if s.sum.len() != dim || s.sum_sq.len() != dim || s.count == 0 {
-                return Err(FedError::Invalid(format!("scaler_stats must have count > 0 and {dim} sums")));
+                return Err(FedError::Invalid(format!(
+                    "scaler_stats must have count > 0 and {dim} sums"
+                )));
             }
-            if s.sum.iter().chain(&s.sum_sq).any(|x| !x.is_finite()) || s.sum_sq.iter().any(|x| *x < 0.0) {
-                return Err(FedError::Invalid("scaler_stats values must be finite".into()));
+            if s.sum.iter().chain(&s.sum_sq).any(|x| !x.is_finite())
+                || s.sum_sq.iter().any(|x| *x < 0.0)
+            {
+                return Err(FedError::Invalid(
+                    "scaler_stats values must be finite".into(),
+                ));
             }
         }
         round.updates.insert(
@@ -552,18 +584,21 @@ impl Federation {
                 let connected = self.connected();
                 if connected.len() < self.cfg.min_nodes {
                     let version = self.version();
-                    let reason = format!("waiting for nodes: {} of {} connected", connected.len(), self.cfg.min_nodes);
+                    let reason = format!(
+                        "waiting for nodes: {} of {} connected",
+                        connected.len(),
+                        self.cfg.min_nodes
+                    );
                     self.status.send_if_modified(|s| {
-                        let next = RoundStatus::Idle { version, reason: reason.clone() };
-                        if matches!(s, RoundStatus::Idle { .. }) && *s != next {
-                            *s = next;
-                            true
-                        } else if !matches!(s, RoundStatus::Idle { .. }) {
-                            *s = next;
-                            true
-                        } else {
-                            false
+                        let next = RoundStatus::Idle {
+                            version,
+                            reason: reason.clone(),
+                        };
+                        if *s == next {
+                            return false;
                         }
+                        *s = next;
+                        true
                     });
                     tokio::select! {
                         _ = self.wake.notified() => {}
@@ -586,15 +621,26 @@ impl Federation {
         .await
     }
 
-    async fn run_round(&self, connected: BTreeSet<NodeId>, shutdown: &mut watch::Receiver<bool>) -> Result<(), FedError> {
+    async fn run_round(
+        &self,
+        connected: BTreeSet<NodeId>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), FedError> {
         let round_no = self.store.next_round(self.tenant.as_str())?;
-        self.store.set_next_round(self.tenant.as_str(), round_no + 1)?;
-        let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed ^ round_no.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let selected: BTreeSet<NodeId> = if self.cfg.max_participants == 0 || connected.len() <= self.cfg.max_participants {
-            connected
-        } else {
-            connected.into_iter().choose_multiple(&mut rng, self.cfg.max_participants).into_iter().collect()
-        };
+        self.store
+            .set_next_round(self.tenant.as_str(), round_no + 1)?;
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(self.cfg.seed ^ round_no.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let selected: BTreeSet<NodeId> =
+            if self.cfg.max_participants == 0 || connected.len() <= self.cfg.max_participants {
+                connected
+            } else {
+                connected
+                    .into_iter()
+                    .choose_multiple(&mut rng, self.cfg.max_participants)
+                    .into_iter()
+                    .collect()
+            };
         let timeout = Duration::from_millis(self.cfg.round_timeout_ms);
         let base_version;
         let info;
@@ -621,7 +667,13 @@ impl Federation {
         self.status.send_replace(RoundStatus::Open(info.clone()));
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let done = self.lock().round.as_ref().map(|r| r.updates.len()).unwrap_or(0) >= selected.len();
+            let done = self
+                .lock()
+                .round
+                .as_ref()
+                .map(|r| r.updates.len())
+                .unwrap_or(0)
+                >= selected.len();
             if done || *shutdown.borrow() {
                 break;
             }
@@ -638,9 +690,16 @@ impl Federation {
         }
         let got = round.updates.len();
         if got < self.cfg.quorum {
-            let reason = format!("quorum not reached: {got} of {} updates (quorum {})", selected.len(), self.cfg.quorum);
+            let reason = format!(
+                "quorum not reached: {got} of {} updates (quorum {})",
+                selected.len(),
+                self.cfg.quorum
+            );
             warn!(parent: &span, %reason, "round aborted");
-            self.status.send_replace(RoundStatus::Aborted { round: round_no, reason });
+            self.status.send_replace(RoundStatus::Aborted {
+                round: round_no,
+                reason,
+            });
             return Ok(());
         }
         let summary = self.commit(round, &selected)?;
@@ -654,7 +713,11 @@ impl Federation {
         Ok(())
     }
 
-    fn commit(&self, round: OpenRound, selected: &BTreeSet<NodeId>) -> Result<RoundSummary, FedError> {
+    fn commit(
+        &self,
+        round: OpenRound,
+        selected: &BTreeSet<NodeId>,
+    ) -> Result<RoundSummary, FedError> {
         let updates: Vec<&ValidUpdate> = round.updates.values().collect();
         let deltas: Vec<&[f32]> = updates.iter().map(|u| u.delta.as_slice()).collect();
         let weights: Vec<f64> = updates.iter().map(|u| u.num_samples as f64).collect();
@@ -665,7 +728,10 @@ impl Federation {
         };
         let lr = self.cfg.server_lr;
         let params: Vec<f32> = base.iter().zip(&agg).map(|(w, d)| w + lr * d).collect();
-        let scaler = merged_scaler(updates.iter().filter_map(|u| u.scaler.as_ref()), self.cfg.model.input_dim);
+        let scaler = merged_scaler(
+            updates.iter().filter_map(|u| u.scaler.as_ref()),
+            self.cfg.model.input_dim,
+        );
         let now = unix_ms(SystemTime::now());
         let body = v1::GlobalModel {
             tenant: self.tenant.to_string(),
@@ -686,7 +752,8 @@ impl Federation {
             .filter(|n| !round.updates.contains_key(*n))
             .map(|n| (n.to_string(), "no update before the deadline".to_string()))
             .collect();
-        let mean_train_loss = updates.iter().map(|u| u.train_loss).sum::<f32>() / updates.len() as f32;
+        let mean_train_loss =
+            updates.iter().map(|u| u.train_loss).sum::<f32>() / updates.len() as f32;
         let bytes_received = updates.iter().map(|u| u.wire_bytes).sum();
         self.store.commit(
             self.tenant.as_str(),
@@ -775,7 +842,10 @@ fn sign_model(signer: &CertSigner, body: &v1::GlobalModel) -> Vec<u8> {
 /// blow up after scaling. Must equal the node's scaler floor.
 pub const SCALER_STD_FLOOR: f32 = 1e-3;
 
-fn merged_scaler<'a>(stats: impl Iterator<Item = &'a v1::ScalerStats>, dim: usize) -> Option<v1::Scaler> {
+fn merged_scaler<'a>(
+    stats: impl Iterator<Item = &'a v1::ScalerStats>,
+    dim: usize,
+) -> Option<v1::Scaler> {
     let mut count = 0u64;
     let mut sum = vec![0f64; dim];
     let mut sq = vec![0f64; dim];

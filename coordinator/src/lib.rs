@@ -79,12 +79,11 @@ impl Coordinator {
         let mut feds = BTreeMap::new();
         for t in &cfg.tenants {
             let tenant: TenantId = t.name.parse()?;
-            let fed = Federation::open(tenant.clone(), t.clone(), store.clone(), signer.clone()).map_err(|source| {
-                CoordinatorError::Federation {
+            let fed = Federation::open(tenant.clone(), t.clone(), store.clone(), signer.clone())
+                .map_err(|source| CoordinatorError::Federation {
                     tenant: t.name.clone(),
                     source,
-                }
-            })?;
+                })?;
             feds.insert(tenant, fed);
         }
         Ok(Self {
@@ -97,7 +96,10 @@ impl Coordinator {
 
     /// A tenant's federation.
     pub fn federation(&self, tenant: &str) -> Option<Arc<Federation>> {
-        self.feds.iter().find(|(t, _)| t.as_str() == tenant).map(|(_, f)| f.clone())
+        self.feds
+            .iter()
+            .find(|(t, _)| t.as_str() == tenant)
+            .map(|(_, f)| f.clone())
     }
 
     /// The store.
@@ -107,7 +109,11 @@ impl Coordinator {
 
     /// Serves gRPC (federation + health) on `listener` and drives every
     /// federation's rounds until `shutdown` resolves.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), CoordinatorError> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), CoordinatorError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut drivers = Vec::new();
         for fed in self.feds.values() {
@@ -117,9 +123,11 @@ impl Coordinator {
         health_reporter
             .set_serving::<fedmesh_proto::v1::federation_server::FederationServer<service::FederationService>>()
             .await;
-        let svc = fedmesh_proto::v1::federation_server::FederationServer::new(service::FederationService::new(self.feds.clone()))
-            .max_decoding_message_size(self.max_message_bytes)
-            .max_encoding_message_size(self.max_message_bytes);
+        let svc = fedmesh_proto::v1::federation_server::FederationServer::new(
+            service::FederationService::new(self.feds.clone()),
+        )
+        .max_decoding_message_size(self.max_message_bytes)
+        .max_encoding_message_size(self.max_message_bytes);
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, tenants = self.feds.len(), "coordinator serving");
         }

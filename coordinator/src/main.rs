@@ -11,7 +11,11 @@ use fedmesh_coordinator::{Coordinator, CoordinatorConfig, Pki, Store};
 use fedmesh_crypto::{MeshCa, NodeId, SecretPem, TenantId};
 
 #[derive(Parser)]
-#[command(name = "fedmesh-coordinator", version, about = "fedmesh coordinator: aggregates encrypted model updates from edge nodes")]
+#[command(
+    name = "fedmesh-coordinator",
+    version,
+    about = "fedmesh coordinator: aggregates encrypted model updates from edge nodes"
+)]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "FEDMESH_LOG", default_value = "info", global = true)]
@@ -106,8 +110,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn init_tracing(filter: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         b.json().init();
     } else {
@@ -118,7 +125,11 @@ fn init_tracing(filter: &str, json: bool) {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Ca { cmd } => ca(cmd),
-        Cmd::Serve { config, listen, data_dir } => {
+        Cmd::Serve {
+            config,
+            listen,
+            data_dir,
+        } => {
             let mut cfg = CoordinatorConfig::load(&config)?;
             if let Some(l) = listen {
                 cfg.listen = l;
@@ -141,7 +152,10 @@ fn run(cli: Cli) -> Result<()> {
             let store = open_existing(&data_dir)?;
             let tenants = store.tenants()?;
             if tenants.is_empty() {
-                bail!("no tenant has a committed version in {}", data_dir.display());
+                bail!(
+                    "no tenant has a committed version in {}",
+                    data_dir.display()
+                );
             }
             for t in tenants {
                 let n = store.verify_chain(&t)?;
@@ -186,19 +200,33 @@ fn open_existing(dir: &Path) -> Result<Store> {
     if !dir.is_dir() {
         bail!("data directory {} does not exist", dir.display());
     }
-    Store::open(dir).with_context(|| format!("cannot open store in {} (is the coordinator still running?)", dir.display()))
+    Store::open(dir).with_context(|| {
+        format!(
+            "cannot open store in {} (is the coordinator still running?)",
+            dir.display()
+        )
+    })
 }
 
 fn ca(cmd: CaCmd) -> Result<()> {
     let now = time::OffsetDateTime::now_utc();
     match cmd {
-        CaCmd::Init { dir, name, sans, days } => {
+        CaCmd::Init {
+            dir,
+            name,
+            sans,
+            days,
+        } => {
             if layout::ca_key(&dir).exists() {
-                bail!("{} already exists; refusing to replace the mesh CA", layout::ca_key(&dir).display());
+                bail!(
+                    "{} already exists; refusing to replace the mesh CA",
+                    layout::ca_key(&dir).display()
+                );
             }
             let ca = MeshCa::generate("fedmesh mesh CA", now, days * 10)?;
             let name: NodeId = name.parse()?;
-            let (ips, dns): (Vec<_>, Vec<_>) = sans.into_iter().partition(|s| s.parse::<IpAddr>().is_ok());
+            let (ips, dns): (Vec<_>, Vec<_>) =
+                sans.into_iter().partition(|s| s.parse::<IpAddr>().is_ok());
             let ips: Vec<IpAddr> = ips.iter().filter_map(|s| s.parse().ok()).collect();
             let coord = ca.issue_coordinator(&name, &dns, &ips, now, days)?;
             pki::write_secret(&layout::ca_key(&dir), ca.key_pem())?;
@@ -206,15 +234,30 @@ fn ca(cmd: CaCmd) -> Result<()> {
             pki::write_secret(&layout::coordinator_key(&dir), &coord.key_pem)?;
             pki::write_public(&layout::coordinator_cert(&dir), &coord.cert_pem)?;
             println!("mesh CA created in {}", dir.display());
-            println!("  CA certificate:          {}", layout::ca_cert(&dir).display());
-            println!("  coordinator certificate: {}", layout::coordinator_cert(&dir).display());
+            println!(
+                "  CA certificate:          {}",
+                layout::ca_cert(&dir).display()
+            );
+            println!(
+                "  coordinator certificate: {}",
+                layout::coordinator_cert(&dir).display()
+            );
             Ok(())
         }
-        CaCmd::Issue { dir, tenant, node, days } => {
+        CaCmd::Issue {
+            dir,
+            tenant,
+            node,
+            days,
+        } => {
             let tenant: TenantId = tenant.parse()?;
             let node: NodeId = node.parse()?;
-            let ca_pem = std::fs::read_to_string(layout::ca_cert(&dir))
-                .with_context(|| format!("cannot read {} (run `ca init` first)", layout::ca_cert(&dir).display()))?;
+            let ca_pem = std::fs::read_to_string(layout::ca_cert(&dir)).with_context(|| {
+                format!(
+                    "cannot read {} (run `ca init` first)",
+                    layout::ca_cert(&dir).display()
+                )
+            })?;
             let key = SecretPem::new(
                 std::fs::read_to_string(layout::ca_key(&dir))
                     .with_context(|| format!("cannot read {}", layout::ca_key(&dir).display()))?,
@@ -237,13 +280,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -27,7 +27,9 @@ pub struct FederationService {
 impl FederationService {
     /// Serves the given federations.
     pub fn new(feds: BTreeMap<TenantId, Arc<Federation>>) -> Self {
-        Self { feds: Arc::new(feds) }
+        Self {
+            feds: Arc::new(feds),
+        }
     }
 
     fn caller<T>(&self, req: &Request<T>) -> Result<(Arc<Federation>, NodeId), Status> {
@@ -36,17 +38,25 @@ impl FederationService {
             .get::<PeerInfo>()
             .ok_or_else(|| Status::unauthenticated("no verified client certificate"))?;
         let Identity::Node { tenant, node } = &info.identity else {
-            return Err(Status::permission_denied("only node identities may call the federation service"));
+            return Err(Status::permission_denied(
+                "only node identities may call the federation service",
+            ));
         };
-        let fed = self
-            .feds
-            .get(tenant)
-            .ok_or_else(|| Status::permission_denied(format!("tenant {tenant} has no federation on this coordinator")))?;
+        let fed = self.feds.get(tenant).ok_or_else(|| {
+            Status::permission_denied(format!(
+                "tenant {tenant} has no federation on this coordinator"
+            ))
+        })?;
         Ok((fed.clone(), node.clone()))
     }
 }
 
-fn check_binding(fed: &Federation, node: &NodeId, tenant_field: &str, node_field: &str) -> Result<(), Status> {
+fn check_binding(
+    fed: &Federation,
+    node: &NodeId,
+    tenant_field: &str,
+    node_field: &str,
+) -> Result<(), Status> {
     if tenant_field != fed.tenant().as_str() || node_field != node.as_str() {
         return Err(Status::permission_denied(format!(
             "request is bound to {tenant_field}/{node_field} but the certificate names {}/{node}",
@@ -78,14 +88,22 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<v1::RoundEvent, Status>> + S
 
 #[tonic::async_trait]
 impl FederationRpc for FederationService {
-    async fn join(&self, req: Request<v1::JoinRequest>) -> Result<Response<v1::JoinResponse>, Status> {
+    async fn join(
+        &self,
+        req: Request<v1::JoinRequest>,
+    ) -> Result<Response<v1::JoinResponse>, Status> {
         let (fed, node) = self.caller(&req)?;
         let r = req.into_inner();
         check_binding(&fed, &node, &r.tenant, &r.node)?;
-        fed.join(&node, &r.feature_schema).map(Response::new).map_err(to_status)
+        fed.join(&node, &r.feature_schema)
+            .map(Response::new)
+            .map_err(to_status)
     }
 
-    async fn get_model(&self, req: Request<v1::GetModelRequest>) -> Result<Response<v1::SignedModel>, Status> {
+    async fn get_model(
+        &self,
+        req: Request<v1::GetModelRequest>,
+    ) -> Result<Response<v1::SignedModel>, Status> {
         let (fed, _) = self.caller(&req)?;
         let bytes = fed.model(req.get_ref().version).map_err(to_status)?;
         let m = v1::SignedModel::decode(bytes.as_slice()).map_err(|e| {
@@ -97,7 +115,10 @@ impl FederationRpc for FederationService {
 
     type WatchRoundsStream = EventStream;
 
-    async fn watch_rounds(&self, req: Request<v1::WatchRoundsRequest>) -> Result<Response<EventStream>, Status> {
+    async fn watch_rounds(
+        &self,
+        req: Request<v1::WatchRoundsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         let (fed, node) = self.caller(&req)?;
         let (rx, guard) = fed.subscribe(&node);
         let span = info_span!("watch", tenant = %fed.tenant(), node = %node);
@@ -109,14 +130,21 @@ impl FederationRpc for FederationService {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn submit_update(&self, req: Request<v1::UpdateRequest>) -> Result<Response<v1::SubmitAck>, Status> {
+    async fn submit_update(
+        &self,
+        req: Request<v1::UpdateRequest>,
+    ) -> Result<Response<v1::SubmitAck>, Status> {
         let (fed, node) = self.caller(&req)?;
         let r = req.into_inner();
         check_binding(&fed, &node, &r.tenant, &r.node)?;
         let span = info_span!("submit", tenant = %fed.tenant(), round = r.round, node = %node);
         let wire = r.encoded_len() as u64;
-        async move { fed.submit(&node, r, wire).map(Response::new).map_err(to_status) }
-            .instrument(span)
-            .await
+        async move {
+            fed.submit(&node, r, wire)
+                .map(Response::new)
+                .map_err(to_status)
+        }
+        .instrument(span)
+        .await
     }
 }

@@ -326,7 +326,10 @@ mod tests {
         s.commit("t", 0, b"m0", entry(0)).unwrap();
         s.commit("t", 1, b"m1", entry(1)).unwrap();
         s.models.insert(key("t", 0), b"evil".as_slice()).unwrap();
-        assert!(matches!(s.verify_chain("t"), Err(StoreError::ChainBroken { version: 0, .. })));
+        assert!(matches!(
+            s.verify_chain("t"),
+            Err(StoreError::ChainBroken { version: 0, .. })
+        ));
     }
 
     #[test]

@@ -44,13 +44,21 @@ impl tonic::transport::server::Connected for TlsConn {
 }
 
 impl AsyncRead for TlsConn {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -125,9 +133,16 @@ pub fn tls_incoming(
                 };
                 match identity {
                     Some(Ok(identity)) => {
-                        let _ = tx.send(Ok(TlsConn { io, info: PeerInfo { identity, remote } })).await;
+                        let _ = tx
+                            .send(Ok(TlsConn {
+                                io,
+                                info: PeerInfo { identity, remote },
+                            }))
+                            .await;
                     }
-                    Some(Err(e)) => debug!(%remote, error = %e, "client certificate has no fedmesh identity"),
+                    Some(Err(e)) => {
+                        debug!(%remote, error = %e, "client certificate has no fedmesh identity")
+                    }
                     None => debug!(%remote, "no client certificate"),
                 }
             });

@@ -236,6 +236,8 @@ pub struct Agent {
     store: Option<NodeStore>,
     stats: AgentStats,
     trained_rounds: u64,
+    /// Calibration windows behind the current threshold.
+    calibrated_on: usize,
 }
 
 impl Agent {
@@ -256,13 +258,14 @@ impl Agent {
             store,
             stats: AgentStats::default(),
             trained_rounds: 0,
+            calibrated_on: 0,
         };
         let Some(store) = agent.store.clone() else {
             return Ok(agent);
         };
         if let (Some(bytes), Some(verifier)) = (store.global_model()?, verifier) {
             match verify_global_model(&bytes, verifier, &agent.settings.tenant, None, now) {
-                Ok(g) => {
+                Ok(g) if g.round > 0 => {
                     let threshold = store.threshold()?.unwrap_or(f32::MAX);
                     let model =
                         Autoencoder::from_flat(g.spec.clone(), &g.params).map_err(model_err)?;
@@ -282,6 +285,7 @@ impl Agent {
                     agent.global = Some(g);
                     return Ok(agent);
                 }
+                Ok(g) => agent.global = Some(g),
                 Err(e) => warn!(error = %e, "stored global model no longer verifies; ignoring it"),
             }
         }
@@ -351,6 +355,7 @@ impl Agent {
         let windows = self.builder.close(end_ms);
         self.stats.windows += windows.len() as u64;
         let alerts = self.score_and_buffer(&windows)?;
+        self.maybe_recalibrate()?;
         if self.detector.is_none()
             && self.global.is_none()
             && self.settings.detector.bootstrap_after_windows > 0
@@ -395,8 +400,12 @@ impl Agent {
             }
         }
         self.stats.alerts += alerts.len() as u64;
+        // Alerted windows stay out of the training data only once the
+        // threshold rests on enough benign windows; before that a poorly
+        // calibrated threshold would starve the buffer.
+        let trusted = self.calibrated_on >= self.settings.detector.min_train_windows / 5;
         for (w, f) in windows.iter().zip(flagged) {
-            if !f {
+            if !(f && trusted) {
                 self.buffer.push_back(w.features);
                 while self.buffer.len() > self.settings.detector.train_buffer {
                     self.buffer.pop_front();
@@ -404,6 +413,28 @@ impl Agent {
             }
         }
         Ok(alerts)
+    }
+
+    /// Recalibrates the threshold whenever the calibration split has doubled
+    /// since the last calibration (thresholds from few windows are noisy).
+    fn maybe_recalibrate(&mut self) -> Result<(), AgentError> {
+        let available = self.buffer.len() / 5;
+        if self.detector.is_none() || available < 2 * self.calibrated_on.max(4) {
+            return Ok(());
+        }
+        if let Some(det) = &self.detector {
+            let (t, n) = self.calibrate(det)?;
+            if let Some(t) = t {
+                self.calibrated_on = n;
+                if let Some(d) = self.detector.as_mut() {
+                    d.threshold = t;
+                }
+                if let (Some(store), Some(g)) = (&self.store, &self.global) {
+                    store.put_global(&g.signed, t)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Splits the buffer: every fifth window calibrates, the rest train.
@@ -507,34 +538,41 @@ impl Agent {
             scaler,
             threshold: f32::MAX,
         };
-        det.threshold = self.calibrate(&det)?.unwrap_or(f32::MAX);
+        let (t, n) = self.calibrate(&det)?;
+        det.threshold = t.unwrap_or(f32::MAX);
         if let Some(store) = &self.store {
             store.put_global(&g.signed, det.threshold)?;
         }
-        info!(
-            version = g.version,
-            threshold = det.threshold,
-            "installed global model"
-        );
         let threshold = det.threshold;
-        self.detector = Some(det);
+        // The genesis version is an untrained starting point: a base for
+        // training, never a detector.
+        if g.round > 0 {
+            info!(version = g.version, threshold, "installed global model");
+            self.detector = Some(det);
+            self.calibrated_on = n;
+        } else {
+            info!(
+                version = g.version,
+                "received genesis model (training base only)"
+            );
+        }
         self.global = Some(g);
         Ok(threshold)
     }
 
-    fn calibrate(&self, det: &Detector) -> Result<Option<f32>, AgentError> {
+    fn calibrate(&self, det: &Detector) -> Result<(Option<f32>, usize), AgentError> {
         let (_, calib) = self.split();
         if calib.is_empty() {
-            return Ok(None);
+            return Ok((None, 0));
         }
         let m = det
             .scaler
             .transform(Self::matrix(&calib).view())
             .map_err(model_err)?;
         let scores = det.model.scores(m.view()).map_err(model_err)?;
-        calibrate_threshold(&scores, self.settings.detector.false_alarm_rate)
-            .map(Some)
-            .map_err(model_err)
+        let t = calibrate_threshold(&scores, self.settings.detector.false_alarm_rate)
+            .map_err(model_err)?;
+        Ok((Some(t), calib.len()))
     }
 
     /// Trains a model on this node's data alone (no federation): the same
@@ -566,7 +604,7 @@ impl Agent {
             scaler,
             threshold: f32::MAX,
         };
-        det.threshold = self.calibrate(&det)?.unwrap_or(f32::MAX);
+        det.threshold = self.calibrate(&det)?.0.unwrap_or(f32::MAX);
         Ok(det)
     }
 
@@ -586,6 +624,7 @@ impl Agent {
             threshold = det.threshold,
             "no global model yet: detecting with a local bootstrap model"
         );
+        self.calibrated_on = self.split().1.len();
         self.detector = Some(det);
         Ok(())
     }

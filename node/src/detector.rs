@@ -180,8 +180,9 @@ mod tests {
             ..TrainConfig::default()
         };
         let t = std::time::Instant::now();
-        model.train(z.view(), &cfg, None).unwrap();
+        let report = model.train(z.view(), &cfg, None).unwrap();
         let took = t.elapsed();
+        println!("train report {report:?} in {took:?}");
         let mut det = Detector {
             model,
             scaler,
@@ -255,6 +256,31 @@ mod tests {
         let mut bad = w.clone();
         bad.features[2] = f32::NAN;
         assert!(det.score_windows(&[bad]).is_err());
+    }
+
+    /// Timing reference: 2000 windows x 5 epochs (run with `--nocapture`).
+    #[test]
+    fn training_2000_windows_5_epochs() {
+        let data = labelled_windows(5, &fleet(4), 126, 10_000, &[]).unwrap();
+        let ws: Vec<FeatureWindow> = data.into_iter().take(2000).map(|(w, _)| w).collect();
+        assert_eq!(ws.len(), 2000);
+        let x = windows_to_matrix(&ws);
+        let scaler = Scaler::from_stats(&ScalerStats::from_rows(x.view()).unwrap()).unwrap();
+        let z = scaler.transform(x.view()).unwrap();
+        let mut model = Autoencoder::new_random(
+            ModelSpec::default_for_features(),
+            &mut ChaCha8Rng::seed_from_u64(5),
+        )
+        .unwrap();
+        let cfg = TrainConfig {
+            patience: 0,
+            ..TrainConfig::default()
+        };
+        let t = std::time::Instant::now();
+        let report = model.train(z.view(), &cfg, None).unwrap();
+        println!("2000 windows x 5 epochs: {:?} ({report:?})", t.elapsed());
+        assert_eq!(report.epochs_run, 5);
+        assert!(report.val_loss < 1.0);
     }
 
     #[test]

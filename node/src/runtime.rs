@@ -163,11 +163,17 @@ async fn session(
                     .await?;
             }
             Some(Ev::Open(o)) => debug!(round = o.round, "round open without this node"),
-            Some(Ev::Committed(c)) => {
-                if lock(agent).global_version().is_none_or(|v| v < c.version) {
-                    sync_model(agent, fs, &mut client, c.version).await?;
-                }
+            Some(Ev::Committed(v1::ModelCommitted { version, .. }))
+            | Some(Ev::Idle(v1::Idle {
+                current_version: version,
+                ..
+            })) if lock(agent)
+                .global_version()
+                .is_none_or(|have| have < version) =>
+            {
+                sync_model(agent, fs, &mut client, version).await?;
             }
+            Some(Ev::Committed(_)) => {}
             Some(Ev::Aborted(a)) => info!(round = a.round, reason = %a.reason, "round aborted"),
             Some(Ev::Idle(i)) => {
                 debug!(version = i.current_version, reason = %i.reason, "federation idle")

@@ -9,6 +9,18 @@ use sha2::{Digest, Sha256};
 /// feature list; part of every model schema hash.
 pub const FEATURE_SCHEMA_V1: &str = "fedmesh.features.v1";
 
+/// Hex SHA-256 digest of the v1 feature schema (version and feature names)
+/// as computed by `fedmesh_node::features::feature_schema_hash`; a node test
+/// keeps the two equal. Coordinators use it as the default federation schema.
+pub const FEATURE_SCHEMA_V1_DIGEST: &str =
+    "2d34de5e3895548c56f14a3ff9cd89200db4007a157b57a9463a5447eb410f02";
+
+/// Number of features in the v1 schema (the autoencoder's input width).
+pub const FEATURE_SCHEMA_V1_DIM: usize = 22;
+
+/// Default encoder widths of the autoencoder.
+pub const DEFAULT_HIDDEN: [usize; 2] = [32, 8];
+
 /// `(in, out)` widths of each dense layer for an autoencoder with the given
 /// input width and encoder widths; the decoder mirrors the encoder.
 pub fn layer_shapes(input_dim: usize, hidden: &[usize]) -> Vec<(usize, usize)> {
@@ -24,13 +36,19 @@ pub fn layer_shapes(input_dim: usize, hidden: &[usize]) -> Vec<(usize, usize)> {
 pub fn param_count(input_dim: usize, hidden: &[usize]) -> Option<usize> {
     layer_shapes(input_dim, hidden)
         .iter()
-        .try_fold(0usize, |acc, &(i, o)| acc.checked_add(i.checked_mul(o)?.checked_add(o)?))
+        .try_fold(0usize, |acc, &(i, o)| {
+            acc.checked_add(i.checked_mul(o)?.checked_add(o)?)
+        })
 }
 
 /// Schema hash binding a parameter vector to its meaning: the feature schema
 /// (name and digest of its feature names), the architecture tag and every
 /// width. Two parties with equal hashes interpret a flat vector identically.
-pub fn model_schema_hash(feature_schema_digest: &[u8; 32], input_dim: usize, hidden: &[usize]) -> [u8; 32] {
+pub fn model_schema_hash(
+    feature_schema_digest: &[u8; 32],
+    input_dim: usize,
+    hidden: &[usize],
+) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"fedmesh-ae-v1\0");
     h.update(FEATURE_SCHEMA_V1.as_bytes());
@@ -50,7 +68,10 @@ mod tests {
 
     #[test]
     fn layout_mirrors_the_encoder() {
-        assert_eq!(layer_shapes(22, &[32, 8]), vec![(22, 32), (32, 8), (8, 32), (32, 22)]);
+        assert_eq!(
+            layer_shapes(22, &[32, 8]),
+            vec![(22, 32), (32, 8), (8, 32), (32, 22)]
+        );
         assert_eq!(layer_shapes(4, &[2]), vec![(4, 2), (2, 4)]);
         assert_eq!(param_count(4, &[2]), Some(4 * 2 + 2 + 2 * 4 + 4));
         assert_eq!(param_count(usize::MAX, &[usize::MAX]), None);

@@ -106,9 +106,16 @@ mod tests {
         short.data.pop();
         assert!(matches!(
             decode_f32(&short, 10),
-            Err(TensorError::LengthMismatch { expected: 12, actual: 11, .. })
+            Err(TensorError::LengthMismatch {
+                expected: 12,
+                actual: 11,
+                ..
+            })
         ));
-        assert!(matches!(decode_f32(&t, 2), Err(TensorError::TooLarge { .. })));
+        assert!(matches!(
+            decode_f32(&t, 2),
+            Err(TensorError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -126,7 +133,10 @@ mod tests {
             shape: vec![u64::MAX, 4],
             data: vec![],
         };
-        assert!(matches!(decode_f32(&t, usize::MAX), Err(TensorError::TooLarge { .. })));
+        assert!(matches!(
+            decode_f32(&t, usize::MAX),
+            Err(TensorError::TooLarge { .. })
+        ));
         let t = Tensor {
             dtype: 7,
             shape: vec![1],
