@@ -1,0 +1,1 @@
+//! Real binaries: coordinator + nodes over mTLS on loopback.

@@ -1,0 +1,1 @@
+//! Protocol refusals over real mTLS.
