@@ -1,1 +1,4 @@
-//! placeholder
+//! fedmesh simulation harness: the `demo` (a whole mesh on loopback).
+#![deny(missing_docs)]
+
+pub mod demo;
