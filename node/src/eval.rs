@@ -87,17 +87,23 @@ pub fn evaluate(
     })
 }
 
-/// A standard held-out set: `per_profile` containers of every profile for
-/// `windows` windows, every attack kind injected into one container each,
-/// starting halfway through.
+/// A standard held-out set: `per_profile` containers of each of `profiles`
+/// for `windows` windows, every attack kind injected into one container
+/// each (round-robin), starting halfway through.
 pub fn standard_heldout(
     seed: u64,
+    profiles: &[Profile],
     per_profile: usize,
     windows: u64,
     window_ms: u64,
 ) -> Result<Vec<(FeatureWindow, Option<AttackKind>)>, EvalError> {
+    if profiles.is_empty() || per_profile == 0 || windows < 4 {
+        return Err(EvalError(
+            "need at least one profile, one container and four windows".into(),
+        ));
+    }
     let mut containers = Vec::new();
-    for p in Profile::ALL {
+    for &p in profiles {
         for i in 0..per_profile {
             containers.push((format!("eval-{p}-{i}"), p));
         }

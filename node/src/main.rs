@@ -15,7 +15,7 @@ use fedmesh_node::client::Connector;
 use fedmesh_node::config::{NodeConfig, SourceConfig};
 use fedmesh_node::runtime::{FederationSettings, run_federation, run_synthetic_detection};
 use fedmesh_node::store::NodeStore;
-use fedmesh_node::telemetry::synthetic::SyntheticSource;
+use fedmesh_node::telemetry::synthetic::{Profile, SyntheticSource};
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -76,6 +76,9 @@ enum Cmd {
         /// Seed of the held-out set.
         #[arg(long, default_value_t = 9001)]
         seed: u64,
+        /// Workload profiles of the held-out containers (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values = ["web", "database", "batch", "ml"])]
+        profiles: Vec<Profile>,
     },
 }
 
@@ -187,12 +190,13 @@ fn run(cmd: Cmd) -> Result<()> {
             ca_cert,
             tenant,
             seed,
+            profiles,
         } => {
             let (agent, _) = open_agent_offline(&data_dir, &ca_cert, &tenant)?;
             let Some(det) = agent.detector() else {
                 bail!("the node in {} has no model yet", data_dir.display());
             };
-            let data = fedmesh_node::eval::standard_heldout(seed, 2, 60, 10_000)?;
+            let data = fedmesh_node::eval::standard_heldout(seed, &profiles, 2, 60, 10_000)?;
             let report = fedmesh_node::eval::evaluate(det, &data)?;
             println!(
                 "{}",

@@ -646,6 +646,10 @@ local_epochs = 4
 /// injected into one of them for the second half.
 fn heldout_set(seed: u64) -> Result<Vec<(FeatureWindow, Option<AttackKind>)>> {
     Ok(fedmesh_node::eval::standard_heldout(
-        seed, 2, 80, WINDOW_MS,
+        seed,
+        &Profile::ALL,
+        2,
+        80,
+        WINDOW_MS,
     )?)
 }
