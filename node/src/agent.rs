@@ -629,3 +629,614 @@ impl Agent {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use fedmesh_crypto::{CertSigner, MeshCa};
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::telemetry::synthetic::{AttackKind, Profile, SyntheticSource};
+
+    const TENANT: &str = "acme";
+    const WINDOW_MS: u64 = 10_000;
+
+    /// A fixed "now" (2030-01-01T00:00:00Z), inside every test certificate.
+    fn now() -> time::OffsetDateTime {
+        time::OffsetDateTime::from_unix_timestamp(1_893_456_000).unwrap()
+    }
+
+    /// A mesh CA, a coordinator signer issued by it and a verifier trusting it.
+    struct Pki {
+        ca: MeshCa,
+        signer: CertSigner,
+        verifier: CertVerifier,
+    }
+
+    fn pki(name: &str) -> Pki {
+        let ca = MeshCa::generate(&format!("{name} CA"), now(), 30).unwrap();
+        let issued = ca
+            .issue_coordinator(&name.parse().unwrap(), &[], &[], now(), 30)
+            .unwrap();
+        let signer = CertSigner::from_pem(&issued.cert_pem, &issued.key_pem).unwrap();
+        let verifier = CertVerifier::new(ca.cert_pem()).unwrap();
+        Pki {
+            ca,
+            signer,
+            verifier,
+        }
+    }
+
+    fn hidden() -> Vec<usize> {
+        ModelSpec::default_for_features().hidden
+    }
+
+    fn schema_hash(hidden: &[usize]) -> [u8; 32] {
+        fedmesh_proto::model::model_schema_hash(&feature_schema_hash(), NUM_FEATURES, hidden)
+    }
+
+    fn genesis_params() -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
+        Autoencoder::new_random(ModelSpec::default_for_features(), &mut rng)
+            .unwrap()
+            .to_flat()
+    }
+
+    fn scaler_msg(s: &Scaler) -> v1::Scaler {
+        v1::Scaler {
+            mean: s.mean.clone(),
+            std: s.std.clone(),
+        }
+    }
+
+    /// A model body as the coordinator builds it.
+    fn body(version: u64, round: u64, params: &[f32], scaler: Option<v1::Scaler>) -> v1::GlobalModel {
+        let hidden = hidden();
+        v1::GlobalModel {
+            tenant: TENANT.into(),
+            version,
+            round,
+            schema_hash: schema_hash(&hidden).to_vec(),
+            spec: Some(v1::ModelSpec {
+                input_dim: NUM_FEATURES as u32,
+                hidden: hidden.iter().map(|&h| h as u32).collect(),
+            }),
+            params: Some(fedmesh_proto::encode_f32(params, &[params.len() as u64])),
+            scaler,
+            prev_hash: vec![0; 32],
+            rule: "fedavg".into(),
+            participants: 1,
+            created_unix_ms: 0,
+        }
+    }
+
+    /// Signs a body the way `coordinator::federation::sign_model` does.
+    fn sign(signer: &CertSigner, body: &v1::GlobalModel) -> Vec<u8> {
+        let body = body.encode_to_vec();
+        v1::SignedModel {
+            signature: signer.sign(&body),
+            body,
+            signer_cert: signer.cert_der().to_vec(),
+        }
+        .encode_to_vec()
+    }
+
+    fn verify(p: &Pki, bytes: &[u8], min: Option<u64>) -> Result<GlobalModel, AgentError> {
+        verify_global_model(bytes, &p.verifier, TENANT, min, now())
+    }
+
+    fn assert_refused(r: Result<GlobalModel, AgentError>, what: &str) {
+        match r {
+            Err(AgentError::Refused(_)) => {}
+            Err(e) => panic!("{what}: expected Refused, got {e}"),
+            Ok(g) => panic!("{what}: accepted version {}", g.version),
+        }
+    }
+
+    fn settings(min_train: usize, bootstrap: usize) -> AgentSettings {
+        AgentSettings {
+            tenant: TENANT.into(),
+            node: "node-1".into(),
+            detector: DetectorConfig {
+                false_alarm_rate: 0.01,
+                train_buffer: 4096,
+                min_train_windows: min_train,
+                bootstrap_after_windows: bootstrap,
+                top_features: 3,
+            },
+            seed: 7,
+        }
+    }
+
+    fn containers() -> Vec<(String, Profile)> {
+        vec![
+            ("web-1".into(), Profile::Web),
+            ("db-1".into(), Profile::Database),
+            ("batch-1".into(), Profile::Batch),
+            ("ml-1".into(), Profile::Ml),
+        ]
+    }
+
+    /// Feeds one synthetic window; returns its index and the alerts.
+    fn step(agent: &mut Agent, src: &mut SyntheticSource) -> (u64, Vec<Alert>) {
+        let (w, events) = src.next_window();
+        for e in &events {
+            agent.observe(e);
+        }
+        let alerts = agent.close_window((w + 1) * src.window_ms()).unwrap();
+        (w, alerts)
+    }
+
+    fn run(agent: &mut Agent, src: &mut SyntheticSource, windows: u64) -> Vec<Alert> {
+        (0..windows).flat_map(|_| step(agent, src).1).collect()
+    }
+
+    fn training() -> v1::TrainingParams {
+        v1::TrainingParams {
+            local_epochs: 20,
+            batch_size: 32,
+            learning_rate: 3e-3,
+            prox_mu: 0.0,
+        }
+    }
+
+    #[test]
+    fn feature_schema_constants_match_the_node() {
+        assert_eq!(
+            fedmesh_proto::model::FEATURE_SCHEMA_V1_DIGEST,
+            hex::encode(feature_schema_hash())
+        );
+        assert_eq!(fedmesh_proto::model::FEATURE_SCHEMA_V1_DIM, NUM_FEATURES);
+        assert_eq!(
+            fedmesh_proto::model::DEFAULT_HIDDEN.to_vec(),
+            ModelSpec::default_for_features().hidden
+        );
+    }
+
+    #[test]
+    fn verify_accepts_a_good_model() {
+        let p = pki("coord");
+        let params = genesis_params();
+        let scaler = Scaler::identity(NUM_FEATURES);
+        let bytes = sign(&p.signer, &body(3, 2, &params, Some(scaler_msg(&scaler))));
+        let g = verify(&p, &bytes, Some(3)).unwrap();
+        assert_eq!((g.version, g.round), (3, 2));
+        assert_eq!(g.params, params);
+        assert_eq!(g.scaler, Some(scaler));
+        assert_eq!(g.signed, bytes);
+        assert_eq!(g.schema_hash, schema_hash(&hidden()));
+        assert_eq!(g.spec, ModelSpec::default_for_features());
+        // No scaler is fine (the federation has none before round 1).
+        let g = verify(&p, &sign(&p.signer, &body(0, 0, &params, None)), None).unwrap();
+        assert!(g.scaler.is_none());
+    }
+
+    #[test]
+    fn verify_refuses_bad_signatures() {
+        let p = pki("coord");
+        let params = genesis_params();
+        let good = sign(&p.signer, &body(1, 1, &params, None));
+
+        // Tampered body (one parameter byte flipped after signing).
+        let mut signed = v1::SignedModel::decode(good.as_slice()).unwrap();
+        let last = signed.body.len() - 1;
+        signed.body[last] ^= 0x01;
+        assert_refused(verify(&p, &signed.encode_to_vec(), None), "tampered body");
+
+        // Tampered signature.
+        let mut signed = v1::SignedModel::decode(good.as_slice()).unwrap();
+        signed.signature[0] ^= 0x01;
+        assert_refused(verify(&p, &signed.encode_to_vec(), None), "tampered signature");
+
+        // Signed by a node certificate of the same CA.
+        let node = p
+            .ca
+            .issue_node(
+                &TENANT.parse().unwrap(),
+                &"node-1".parse().unwrap(),
+                now(),
+                30,
+            )
+            .unwrap();
+        let node_signer = CertSigner::from_pem(&node.cert_pem, &node.key_pem).unwrap();
+        assert_refused(
+            verify(&p, &sign(&node_signer, &body(1, 1, &params, None)), None),
+            "node signer",
+        );
+
+        // Signed by a coordinator of another CA.
+        let other = pki("rogue");
+        let rogue = sign(&other.signer, &body(1, 1, &params, None));
+        assert!(verify_global_model(&rogue, &other.verifier, TENANT, None, now()).is_ok());
+        assert_refused(verify(&p, &rogue, None), "foreign CA");
+
+        // Valid signature, but the signer certificate is not valid any more.
+        let later = now() + time::Duration::days(60);
+        assert_refused(
+            verify_global_model(&good, &p.verifier, TENANT, None, later),
+            "expired signer",
+        );
+
+        // Undecodable bytes.
+        assert_refused(verify(&p, &[0xff; 16], None), "garbage");
+        assert_refused(verify(&p, &good[..good.len() / 2], None), "truncated");
+        assert_refused(verify(&p, &[], None), "empty");
+    }
+
+    #[test]
+    fn verify_refuses_bad_contents() {
+        let p = pki("coord");
+        let params = genesis_params();
+        let scaler = scaler_msg(&Scaler::identity(NUM_FEATURES));
+        let base = body(5, 5, &params, Some(scaler.clone()));
+        assert!(verify(&p, &sign(&p.signer, &base), Some(5)).is_ok());
+        let check = |b: v1::GlobalModel, min: Option<u64>, what: &str| {
+            assert_refused(verify(&p, &sign(&p.signer, &b), min), what);
+        };
+
+        check(
+            v1::GlobalModel {
+                tenant: "other".into(),
+                ..base.clone()
+            },
+            None,
+            "other tenant",
+        );
+        check(base.clone(), Some(6), "downgrade");
+
+        let mut b = base.clone();
+        b.schema_hash = schema_hash(&[32, 9]).to_vec();
+        check(b, None, "schema hash of another architecture");
+        let mut b = base.clone();
+        b.schema_hash[0] ^= 0xff;
+        check(b, None, "corrupted schema hash");
+        let mut b = base.clone();
+        b.schema_hash.clear();
+        check(b, None, "no schema hash");
+
+        // A spec that disagrees with the node's features (with a matching hash).
+        let mut b = base.clone();
+        b.spec = Some(v1::ModelSpec {
+            input_dim: NUM_FEATURES as u32 + 1,
+            hidden: vec![32, 8],
+        });
+        b.schema_hash =
+            fedmesh_proto::model::model_schema_hash(&feature_schema_hash(), NUM_FEATURES + 1, &[32, 8])
+                .to_vec();
+        check(b, None, "wrong input width");
+        let mut b = base.clone();
+        b.spec = None;
+        check(b, None, "no spec");
+
+        let short = &params[..params.len() - 1];
+        check(body(5, 5, short, None), None, "one parameter short");
+        let mut long = params.clone();
+        long.push(0.0);
+        check(body(5, 5, &long, None), None, "one parameter too many");
+        let mut b = base.clone();
+        b.params = None;
+        check(b, None, "no parameters");
+        let mut b = base.clone();
+        if let Some(t) = b.params.as_mut() {
+            t.data.pop();
+        }
+        check(b, None, "ragged tensor");
+
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut p2 = params.clone();
+            p2[17] = bad;
+            check(body(5, 5, &p2, None), None, "non-finite parameter");
+        }
+
+        let bad_scalers = [
+            v1::Scaler {
+                mean: vec![0.0; NUM_FEATURES - 1],
+                std: vec![1.0; NUM_FEATURES],
+            },
+            v1::Scaler {
+                mean: vec![0.0; NUM_FEATURES],
+                std: vec![1.0; NUM_FEATURES + 1],
+            },
+            v1::Scaler {
+                mean: vec![0.0; NUM_FEATURES],
+                std: {
+                    let mut s = vec![1.0; NUM_FEATURES];
+                    s[3] = 0.0;
+                    s
+                },
+            },
+            v1::Scaler {
+                mean: vec![0.0; NUM_FEATURES],
+                std: {
+                    let mut s = vec![1.0; NUM_FEATURES];
+                    s[0] = -1.0;
+                    s
+                },
+            },
+            v1::Scaler {
+                mean: {
+                    let mut m = vec![0.0; NUM_FEATURES];
+                    m[5] = f32::NAN;
+                    m
+                },
+                std: vec![1.0; NUM_FEATURES],
+            },
+            v1::Scaler {
+                mean: vec![0.0; NUM_FEATURES],
+                std: {
+                    let mut s = vec![1.0; NUM_FEATURES];
+                    s[21] = f32::INFINITY;
+                    s
+                },
+            },
+        ];
+        for s in bad_scalers {
+            check(body(5, 5, &params, Some(s)), None, "malformed scaler");
+        }
+    }
+
+    /// Fills an agent with benign windows of [`containers`].
+    fn benign_source(seed: u64) -> SyntheticSource {
+        SyntheticSource::new(seed, &containers(), WINDOW_MS)
+    }
+
+    #[test]
+    fn install_global_genesis_then_trained_then_refuses_stale() {
+        let p = pki("coord");
+        let mut agent = Agent::new(settings(64, 0), None, Some(&p.verifier), now()).unwrap();
+        let mut src = benign_source(1);
+        run(&mut agent, &mut src, 30);
+        assert!(agent.detector().is_none());
+        assert_eq!(agent.buffered(), 120);
+
+        let params = genesis_params();
+        let genesis = verify(&p, &sign(&p.signer, &body(0, 0, &params, None)), None).unwrap();
+        agent.install_global(genesis).unwrap();
+        assert!(agent.detector().is_none(), "genesis must not detect");
+        assert_eq!(agent.global_version(), Some(0));
+        assert_eq!(agent.global().map(|g| g.round), Some(0));
+
+        let v1 = verify(&p, &sign(&p.signer, &body(1, 1, &params, None)), Some(1)).unwrap();
+        let t = agent.install_global(v1.clone()).unwrap();
+        assert!(t.is_finite() && t < f32::MAX, "threshold {t}");
+        let det = agent.detector().unwrap();
+        assert_eq!(det.threshold, t);
+        assert_eq!(det.model.to_flat(), params);
+        assert_eq!(agent.global_version(), Some(1));
+
+        // Equal and older versions are refused and change nothing.
+        assert!(matches!(
+            agent.install_global(v1),
+            Err(AgentError::Refused(_))
+        ));
+        let v0 = verify(&p, &sign(&p.signer, &body(0, 0, &params, None)), None).unwrap();
+        assert!(matches!(
+            agent.install_global(v0),
+            Err(AgentError::Refused(_))
+        ));
+        assert_eq!(agent.global_version(), Some(1));
+        assert_eq!(agent.detector().map(|d| d.threshold), Some(t));
+    }
+
+    #[test]
+    fn detects_after_restart_without_coordinator() {
+        let p = pki("coord");
+        let dir = tempfile::tempdir().unwrap();
+        let store = NodeStore::open(dir.path()).unwrap();
+        let mut agent =
+            Agent::new(settings(64, 0), Some(store.clone()), Some(&p.verifier), now()).unwrap();
+        let mut src = benign_source(11);
+        run(&mut agent, &mut src, 150);
+        assert!(agent.detector().is_none());
+
+        // Round 1 as the coordinator would run it with this node alone.
+        let base = genesis_params();
+        let genesis = verify(&p, &sign(&p.signer, &body(0, 0, &base, None)), None).unwrap();
+        agent.install_global(genesis.clone()).unwrap();
+        let update = agent.training_job(&genesis, &training(), 1).unwrap().run().unwrap();
+        assert_eq!(update.delta.len(), base.len());
+        assert!(update.train_loss.is_finite());
+        let params: Vec<f32> = base.iter().zip(&update.delta).map(|(g, d)| g + d).collect();
+        let scaler = Scaler::from_stats(&update.stats).unwrap();
+        let signed = sign(&p.signer, &body(1, 1, &params, Some(scaler_msg(&scaler))));
+        let g1 = verify(&p, &signed, Some(1)).unwrap();
+        let threshold = agent.install_global(g1).unwrap();
+        assert!(threshold.is_finite() && threshold < f32::MAX);
+        drop(agent);
+        drop(store);
+
+        // Restart: no coordinator, the store is all there is.
+        let store = NodeStore::open(dir.path()).unwrap();
+        assert_eq!(store.global_model().unwrap(), Some(signed));
+        let mut agent =
+            Agent::new(settings(64, 0), Some(store), Some(&p.verifier), now()).unwrap();
+        assert_eq!(agent.global_version(), Some(1));
+        let det = agent.detector().expect("detector restored");
+        assert_eq!(det.threshold, threshold);
+        assert_eq!(det.model.to_flat(), params);
+        assert_eq!(det.scaler, scaler);
+
+        // A fresh window builder has no baselines: skip one window, then
+        // attack two containers while the other two stay benign.
+        step(&mut agent, &mut src);
+        let start = src.next_window_index();
+        let duration = 20;
+        src.inject("web-1", AttackKind::PortScan, start + 2, duration)
+            .unwrap();
+        src.inject("batch-1", AttackKind::ForkBomb, start + 2, duration)
+            .unwrap();
+        let (mut hits, mut attacked, mut false_alarms, mut benign) = (0, 0, 0, 0);
+        for _ in 0..duration + 4 {
+            let (w, alerts) = step(&mut agent, &mut src);
+            for c in containers().iter().map(|(c, _)| c) {
+                let alerted = alerts.iter().any(|a| &a.container == c);
+                if src.active_attack(c, w).is_some() {
+                    attacked += 1;
+                    hits += usize::from(alerted);
+                } else {
+                    benign += 1;
+                    false_alarms += usize::from(alerted);
+                }
+            }
+            for a in &alerts {
+                assert_eq!(a.model_version, Some(1));
+                assert_eq!(a.tenant, TENANT);
+                assert!(a.score > a.threshold);
+                assert_eq!(a.top_features.len(), 3);
+            }
+        }
+        assert_eq!(attacked, 2 * duration as usize);
+        assert!(
+            hits * 10 >= attacked * 9,
+            "only {hits}/{attacked} attacked windows alerted"
+        );
+        assert!(
+            false_alarms * 10 <= benign,
+            "{false_alarms}/{benign} benign windows alerted"
+        );
+    }
+
+    #[test]
+    fn bootstraps_a_local_model_and_restores_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NodeStore::open(dir.path()).unwrap();
+        let mut agent = Agent::new(settings(32, 20), Some(store.clone()), None, now()).unwrap();
+        let mut src = benign_source(5);
+        // 4 containers per window: 80 windows after 20 closes.
+        for i in 0..20 {
+            assert!(agent.detector().is_none(), "detector before window {i}");
+            assert!(store.local_model().unwrap().is_none());
+            step(&mut agent, &mut src);
+        }
+        let det = agent.detector().expect("bootstrapped").clone();
+        assert!(agent.global().is_none());
+        assert!(det.threshold.is_finite() && det.threshold < f32::MAX);
+        let rec = store.local_model().unwrap().expect("persisted");
+        assert_eq!(rec.params, det.model.to_flat());
+        assert_eq!(rec.threshold, det.threshold);
+        assert_eq!(rec.hidden, hidden());
+
+        // It detects: benign windows mostly pass.
+        let alerts = run(&mut agent, &mut src, 10);
+        assert!(alerts.len() <= 8, "{} alerts on 40 benign windows", alerts.len());
+        drop(agent);
+
+        let agent = Agent::new(settings(32, 20), Some(store), None, now()).unwrap();
+        assert!(agent.global().is_none());
+        let restored = agent.detector().expect("restored");
+        assert_eq!(restored.model.to_flat(), det.model.to_flat());
+        assert_eq!(restored.scaler, det.scaler);
+        assert_eq!(restored.threshold, det.threshold);
+    }
+
+    #[test]
+    fn no_bootstrap_once_a_genesis_model_arrived_or_when_disabled() {
+        let p = pki("coord");
+        let mut disabled = Agent::new(settings(32, 0), None, None, now()).unwrap();
+        let mut src = benign_source(5);
+        run(&mut disabled, &mut src, 30);
+        assert!(disabled.detector().is_none());
+
+        let mut agent = Agent::new(settings(32, 20), None, None, now()).unwrap();
+        let genesis = verify(
+            &p,
+            &sign(&p.signer, &body(0, 0, &genesis_params(), None)),
+            None,
+        )
+        .unwrap();
+        agent.install_global(genesis).unwrap();
+        let mut src = benign_source(5);
+        run(&mut agent, &mut src, 30);
+        assert!(agent.detector().is_none(), "the federation trains instead");
+    }
+
+    /// Installs `threshold` as the detector's threshold, calibrated on `n`
+    /// windows.
+    fn force_threshold(agent: &mut Agent, threshold: f32, calibrated_on: usize) {
+        agent.detector.as_mut().unwrap().threshold = threshold;
+        agent.calibrated_on = calibrated_on;
+    }
+
+    fn trained_agent(p: &Pki, min_train: usize) -> (Agent, SyntheticSource) {
+        let mut agent = Agent::new(settings(min_train, 0), None, None, now()).unwrap();
+        let mut src = benign_source(21);
+        let params = genesis_params();
+        let g = verify(&p, &sign(&p.signer, &body(1, 1, &params, None)), None).unwrap();
+        agent.install_global(g).unwrap();
+        (agent, src_warm(&mut src))
+    }
+
+    fn src_warm(src: &mut SyntheticSource) -> SyntheticSource {
+        src.clone()
+    }
+
+    #[test]
+    fn an_untrusted_threshold_does_not_starve_the_buffer() {
+        let p = pki("coord");
+        let (mut agent, mut src) = trained_agent(&p, 64);
+        let bar = 64 / 5;
+        force_threshold(&mut agent, 1e-12, 0);
+        // Every window alerts, yet every window is buffered while the
+        // calibration is untrusted.
+        let mut before = agent.buffered();
+        let mut recalibrated = false;
+        for _ in 0..30 {
+            let (_, alerts) = step(&mut agent, &mut src);
+            let threshold = agent.detector().unwrap().threshold;
+            if threshold == 1e-12 {
+                assert_eq!(alerts.len(), 4, "absurd threshold: everything alerts");
+                assert_eq!(agent.buffered(), before + 4, "alerted windows buffered");
+            } else {
+                recalibrated = true;
+                break;
+            }
+            before = agent.buffered();
+        }
+        assert!(recalibrated, "the buffer grew enough to recalibrate");
+        assert!(agent.calibrated_on >= bar, "calibration now trusted");
+        let t = agent.detector().unwrap().threshold;
+        assert!(t > 1e-12 && t.is_finite());
+
+        // Once trusted, alerted windows stay out of the buffer.
+        force_threshold(&mut agent, 1e-12, agent.calibrated_on);
+        let before = agent.buffered();
+        let (_, alerts) = step(&mut agent, &mut src);
+        assert_eq!(alerts.len(), 4);
+        assert_eq!(agent.buffered(), before);
+    }
+
+    #[test]
+    fn trusted_calibration_keeps_alerted_windows_out_of_the_buffer() {
+        let p = pki("coord");
+        let (mut agent, mut src) = trained_agent(&p, 64);
+        force_threshold(&mut agent, 1e-12, 64 / 5);
+        for _ in 0..10 {
+            let before = agent.buffered();
+            let (_, alerts) = step(&mut agent, &mut src);
+            assert_eq!(alerts.len(), 4);
+            assert_eq!(agent.buffered(), before);
+        }
+        assert_eq!(agent.stats().alerts, 40);
+        assert_eq!(agent.stats().windows, 40);
+    }
+
+    #[test]
+    fn training_needs_enough_windows() {
+        let p = pki("coord");
+        let mut agent = Agent::new(settings(64, 0), None, None, now()).unwrap();
+        let g = verify(
+            &p,
+            &sign(&p.signer, &body(0, 0, &genesis_params(), None)),
+            None,
+        )
+        .unwrap();
+        let mut src = benign_source(3);
+        run(&mut agent, &mut src, 10);
+        assert!(matches!(
+            agent.training_job(&g, &training(), 1),
+            Err(AgentError::NotEnoughData { have: 40, need: 64 })
+        ));
+        run(&mut agent, &mut src, 10);
+        assert!(agent.training_job(&g, &training(), 1).is_ok());
+    }
+}

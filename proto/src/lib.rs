@@ -7,6 +7,7 @@
 //! coordinator and the node.
 #![deny(missing_docs)]
 
+pub mod codec;
 pub mod model;
 pub mod tensor;
 

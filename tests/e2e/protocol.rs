@@ -147,6 +147,14 @@ async fn raw_client(
     addr: SocketAddr,
     tls: rustls::ClientConfig,
 ) -> Result<Client, tonic::transport::Error> {
+    Ok(FederationClient::new(raw_channel(addr, tls).await?))
+}
+
+/// An HTTP/2 channel over TLS with the given client configuration.
+async fn raw_channel(
+    addr: SocketAddr,
+    tls: rustls::ClientConfig,
+) -> Result<Channel, tonic::transport::Error> {
     let tls = tokio_rustls::TlsConnector::from(Arc::new(tls));
     let connector = tower::service_fn(move |_: Uri| {
         let tls = tls.clone();
@@ -158,12 +166,11 @@ async fn raw_client(
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
         }
     });
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+    Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(WAIT)
         .timeout(WAIT)
         .connect_with_connector(connector)
-        .await?;
-    Ok(FederationClient::new(channel))
+        .await
 }
 
 /// TLS 1.3 + h2 client trusting `ca_pem`, presenting no certificate.
@@ -982,5 +989,71 @@ async fn committed_round_is_the_signed_fedavg_of_the_updates() -> Result<()> {
         Code::NotFound,
         "version 2",
     );
+    Ok(())
+}
+
+/// Sends raw bytes as a request body, so malformed protobuf can be tested.
+struct RawCodec;
+
+struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = v1::SubmitAck;
+    type Encoder = RawEncoder;
+    type Decoder = fedmesh_proto::codec::CheckedDecoder<v1::SubmitAck>;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic::codec::Codec::decoder(&mut fedmesh_proto::codec::CheckedCodec::<
+            v1::SubmitAck,
+            v1::SubmitAck,
+        >::default())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_protobuf_is_invalid_argument() -> Result<()> {
+    let mesh = Mesh::start(&[tenant("acme", 1, &[4])], 64 << 20).await?;
+    let channel = raw_channel(mesh.addr, mesh.node_tls("acme", "n1")?).await?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    // Field 5 (delta) declares 5 bytes but only 1 follows; then a field with
+    // wire type 7 (invalid); then a varint that never ends.
+    for body in [
+        vec![0x2a, 0x05, 0xff],
+        vec![0x0f],
+        vec![0x18, 0xff, 0xff, 0xff],
+    ] {
+        tokio::time::timeout(WAIT, grpc.ready()).await??;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/fedmesh.v1.Federation/SubmitUpdate",
+        );
+        let r = tokio::time::timeout(
+            WAIT,
+            grpc.unary(tonic::Request::new(body.clone()), path, RawCodec),
+        )
+        .await?;
+        let status = r.expect_err("malformed body accepted");
+        assert_eq!(status.code(), Code::InvalidArgument, "{body:?}: {status:?}");
+        assert!(status.message().contains("malformed message"), "{status:?}");
+    }
+    // Nothing was recorded and the federation still works.
+    assert_eq!(mesh.fed("acme").version(), 0);
+    let mut c = mesh.node("acme", "n1").await?;
+    join(&mut c, "acme", "n1").await?;
     Ok(())
 }
