@@ -390,4 +390,15 @@ feature_schema_digest = "0000000000000000000000000000000000000000000000000000000
             assert!(e.contains(needle), "missing {needle} in {e}");
         }
     }
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let text = include_str!("../../deploy/examples/coordinator.toml");
+        let c = CoordinatorConfig::from_toml(text, Path::new("coordinator.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.tenants[0].model.input_dim,
+            fedmesh_proto::model::FEATURE_SCHEMA_V1_DIM
+        );
+    }
 }

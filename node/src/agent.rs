@@ -267,6 +267,10 @@ impl Agent {
             match verify_global_model(&bytes, verifier, &agent.settings.tenant, None, now) {
                 Ok(g) if g.round > 0 => {
                     let threshold = store.threshold()?.unwrap_or(f32::MAX);
+                    // The threshold keeps the trust it had before the
+                    // restart; otherwise the first windows after it (attacks
+                    // included) would enter the buffer and recalibrate it.
+                    agent.calibrated_on = store.calibrated_on()?.unwrap_or(0);
                     let model =
                         Autoencoder::from_flat(g.spec.clone(), &g.params).map_err(model_err)?;
                     let scaler = g
@@ -303,6 +307,7 @@ impl Agent {
                 },
                 threshold: rec.threshold,
             });
+            agent.calibrated_on = rec.calibrated_on;
             info!("restored local bootstrap model from store");
         }
         Ok(agent)
@@ -430,7 +435,7 @@ impl Agent {
                     d.threshold = t;
                 }
                 if let (Some(store), Some(g)) = (&self.store, &self.global) {
-                    store.put_global(&g.signed, t)?;
+                    store.put_global(&g.signed, t, n)?;
                 }
             }
         }
@@ -541,7 +546,7 @@ impl Agent {
         let (t, n) = self.calibrate(&det)?;
         det.threshold = t.unwrap_or(f32::MAX);
         if let Some(store) = &self.store {
-            store.put_global(&g.signed, det.threshold)?;
+            store.put_global(&g.signed, det.threshold, n)?;
         }
         let threshold = det.threshold;
         // The genesis version is an untrained starting point: a base for
@@ -611,6 +616,7 @@ impl Agent {
     fn bootstrap_local(&mut self) -> Result<(), AgentError> {
         let spec = ModelSpec::default_for_features();
         let det = self.fit_local(&spec, 20)?;
+        let calibrated_on = self.split().1.len();
         if let Some(store) = &self.store {
             store.put_local(&LocalModelRecord {
                 hidden: spec.hidden.clone(),
@@ -618,13 +624,14 @@ impl Agent {
                 mean: det.scaler.mean.clone(),
                 std: det.scaler.std.clone(),
                 threshold: det.threshold,
+                calibrated_on,
             })?;
         }
         info!(
             threshold = det.threshold,
             "no global model yet: detecting with a local bootstrap model"
         );
-        self.calibrated_on = self.split().1.len();
+        self.calibrated_on = calibrated_on;
         self.detector = Some(det);
         Ok(())
     }
@@ -690,7 +697,12 @@ mod tests {
     }
 
     /// A model body as the coordinator builds it.
-    fn body(version: u64, round: u64, params: &[f32], scaler: Option<v1::Scaler>) -> v1::GlobalModel {
+    fn body(
+        version: u64,
+        round: u64,
+        params: &[f32],
+        scaler: Option<v1::Scaler>,
+    ) -> v1::GlobalModel {
         let hidden = hidden();
         v1::GlobalModel {
             tenant: TENANT.into(),
@@ -826,12 +838,14 @@ mod tests {
         // Tampered signature.
         let mut signed = v1::SignedModel::decode(good.as_slice()).unwrap();
         signed.signature[0] ^= 0x01;
-        assert_refused(verify(&p, &signed.encode_to_vec(), None), "tampered signature");
+        assert_refused(
+            verify(&p, &signed.encode_to_vec(), None),
+            "tampered signature",
+        );
 
         // Signed by a node certificate of the same CA.
-        let node = p
-            .ca
-            .issue_node(
+        let node =
+            p.ca.issue_node(
                 &TENANT.parse().unwrap(),
                 &"node-1".parse().unwrap(),
                 now(),
@@ -900,9 +914,12 @@ mod tests {
             input_dim: NUM_FEATURES as u32 + 1,
             hidden: vec![32, 8],
         });
-        b.schema_hash =
-            fedmesh_proto::model::model_schema_hash(&feature_schema_hash(), NUM_FEATURES + 1, &[32, 8])
-                .to_vec();
+        b.schema_hash = fedmesh_proto::model::model_schema_hash(
+            &feature_schema_hash(),
+            NUM_FEATURES + 1,
+            &[32, 8],
+        )
+        .to_vec();
         check(b, None, "wrong input width");
         let mut b = base.clone();
         b.spec = None;
@@ -1023,8 +1040,13 @@ mod tests {
         let p = pki("coord");
         let dir = tempfile::tempdir().unwrap();
         let store = NodeStore::open(dir.path()).unwrap();
-        let mut agent =
-            Agent::new(settings(64, 0), Some(store.clone()), Some(&p.verifier), now()).unwrap();
+        let mut agent = Agent::new(
+            settings(64, 0),
+            Some(store.clone()),
+            Some(&p.verifier),
+            now(),
+        )
+        .unwrap();
         let mut src = benign_source(11);
         run(&mut agent, &mut src, 150);
         assert!(agent.detector().is_none());
@@ -1033,7 +1055,11 @@ mod tests {
         let base = genesis_params();
         let genesis = verify(&p, &sign(&p.signer, &body(0, 0, &base, None)), None).unwrap();
         agent.install_global(genesis.clone()).unwrap();
-        let update = agent.training_job(&genesis, &training(), 1).unwrap().run().unwrap();
+        let update = agent
+            .training_job(&genesis, &training(), 1)
+            .unwrap()
+            .run()
+            .unwrap();
         assert_eq!(update.delta.len(), base.len());
         assert!(update.train_loss.is_finite());
         let params: Vec<f32> = base.iter().zip(&update.delta).map(|(g, d)| g + d).collect();
@@ -1042,24 +1068,28 @@ mod tests {
         let g1 = verify(&p, &signed, Some(1)).unwrap();
         let threshold = agent.install_global(g1).unwrap();
         assert!(threshold.is_finite() && threshold < f32::MAX);
+        let calibrated_on = agent.calibrated_on;
+        assert_eq!(calibrated_on, 120, "every fifth of 600 windows");
         drop(agent);
         drop(store);
 
         // Restart: no coordinator, the store is all there is.
         let store = NodeStore::open(dir.path()).unwrap();
         assert_eq!(store.global_model().unwrap(), Some(signed));
-        let mut agent =
-            Agent::new(settings(64, 0), Some(store), Some(&p.verifier), now()).unwrap();
+        let mut agent = Agent::new(settings(64, 0), Some(store), Some(&p.verifier), now()).unwrap();
         assert_eq!(agent.global_version(), Some(1));
         let det = agent.detector().expect("detector restored");
         assert_eq!(det.threshold, threshold);
         assert_eq!(det.model.to_flat(), params);
         assert_eq!(det.scaler, scaler);
+        // The restored threshold stays trusted: attacks right after the
+        // restart neither enter the buffer nor recalibrate it away.
+        assert_eq!(agent.calibrated_on, calibrated_on);
 
         // A fresh window builder has no baselines: skip one window, then
         // attack two containers while the other two stay benign.
-        step(&mut agent, &mut src);
-        let start = src.next_window_index();
+        let (last, _) = step(&mut agent, &mut src);
+        let start = last + 1;
         let duration = 20;
         src.inject("web-1", AttackKind::PortScan, start + 2, duration)
             .unwrap();
@@ -1094,15 +1124,16 @@ mod tests {
             false_alarms * 10 <= benign,
             "{false_alarms}/{benign} benign windows alerted"
         );
+        assert_eq!(agent.detector().map(|d| d.threshold), Some(threshold));
     }
 
     #[test]
     fn bootstraps_a_local_model_and_restores_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = NodeStore::open(dir.path()).unwrap();
-        let mut agent = Agent::new(settings(32, 20), Some(store.clone()), None, now()).unwrap();
+        let mut agent = Agent::new(settings(32, 80), Some(store.clone()), None, now()).unwrap();
         let mut src = benign_source(5);
-        // 4 containers per window: 80 windows after 20 closes.
+        // Windows count per container: 4 containers, 80 windows after 20 closes.
         for i in 0..20 {
             assert!(agent.detector().is_none(), "detector before window {i}");
             assert!(store.local_model().unwrap().is_none());
@@ -1115,18 +1146,25 @@ mod tests {
         assert_eq!(rec.params, det.model.to_flat());
         assert_eq!(rec.threshold, det.threshold);
         assert_eq!(rec.hidden, hidden());
+        assert_eq!(rec.calibrated_on, agent.calibrated_on);
+        assert!(rec.calibrated_on > 0);
 
         // It detects: benign windows mostly pass.
         let alerts = run(&mut agent, &mut src, 10);
-        assert!(alerts.len() <= 8, "{} alerts on 40 benign windows", alerts.len());
+        assert!(
+            alerts.len() <= 8,
+            "{} alerts on 40 benign windows",
+            alerts.len()
+        );
         drop(agent);
 
-        let agent = Agent::new(settings(32, 20), Some(store), None, now()).unwrap();
+        let agent = Agent::new(settings(32, 80), Some(store), None, now()).unwrap();
         assert!(agent.global().is_none());
         let restored = agent.detector().expect("restored");
         assert_eq!(restored.model.to_flat(), det.model.to_flat());
         assert_eq!(restored.scaler, det.scaler);
         assert_eq!(restored.threshold, det.threshold);
+        assert_eq!(agent.calibrated_on, rec.calibrated_on);
     }
 
     #[test]
@@ -1137,7 +1175,7 @@ mod tests {
         run(&mut disabled, &mut src, 30);
         assert!(disabled.detector().is_none());
 
-        let mut agent = Agent::new(settings(32, 20), None, None, now()).unwrap();
+        let mut agent = Agent::new(settings(32, 80), None, None, now()).unwrap();
         let genesis = verify(
             &p,
             &sign(&p.signer, &body(0, 0, &genesis_params(), None)),
@@ -1159,15 +1197,10 @@ mod tests {
 
     fn trained_agent(p: &Pki, min_train: usize) -> (Agent, SyntheticSource) {
         let mut agent = Agent::new(settings(min_train, 0), None, None, now()).unwrap();
-        let mut src = benign_source(21);
         let params = genesis_params();
-        let g = verify(&p, &sign(&p.signer, &body(1, 1, &params, None)), None).unwrap();
+        let g = verify(p, &sign(&p.signer, &body(1, 1, &params, None)), None).unwrap();
         agent.install_global(g).unwrap();
-        (agent, src_warm(&mut src))
-    }
-
-    fn src_warm(src: &mut SyntheticSource) -> SyntheticSource {
-        src.clone()
+        (agent, benign_source(21))
     }
 
     #[test]
@@ -1198,7 +1231,8 @@ mod tests {
         assert!(t > 1e-12 && t.is_finite());
 
         // Once trusted, alerted windows stay out of the buffer.
-        force_threshold(&mut agent, 1e-12, agent.calibrated_on);
+        let n = agent.calibrated_on;
+        force_threshold(&mut agent, 1e-12, n);
         let before = agent.buffered();
         let (_, alerts) = step(&mut agent, &mut src);
         assert_eq!(alerts.len(), 4);

@@ -357,4 +357,11 @@ attacks = [ { container = "web-1", kind = "cryptojacking", start_window = 5, dur
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");
     }
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let text = include_str!("../../deploy/examples/node.toml");
+        let c = NodeConfig::from_toml(text, Path::new("node.toml")).unwrap();
+        c.validate().unwrap();
+    }
 }

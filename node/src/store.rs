@@ -29,6 +29,10 @@ pub struct LocalModelRecord {
     pub std: Vec<f32>,
     /// Threshold.
     pub threshold: f32,
+    /// Calibration windows behind the threshold (0 in records written
+    /// before this field existed: the threshold is then not trusted).
+    #[serde(default)]
+    pub calibrated_on: usize,
 }
 
 /// The node store.
@@ -40,6 +44,7 @@ pub struct NodeStore {
 const GLOBAL: &[u8] = b"global_model";
 const THRESHOLD: &[u8] = b"threshold";
 const LOCAL: &[u8] = b"local_model";
+const CALIBRATED_ON: &[u8] = b"calibrated_on";
 
 impl NodeStore {
     /// Opens or creates the store.
@@ -54,11 +59,18 @@ impl NodeStore {
         Ok(self.db.get(GLOBAL)?.map(|v| v.to_vec()))
     }
 
-    /// Replaces the global model and its threshold atomically, then flushes.
-    pub fn put_global(&self, signed: &[u8], threshold: f32) -> Result<(), NodeStoreError> {
+    /// Replaces the global model, its threshold and the number of
+    /// calibration windows behind it atomically, then flushes.
+    pub fn put_global(
+        &self,
+        signed: &[u8],
+        threshold: f32,
+        calibrated_on: usize,
+    ) -> Result<(), NodeStoreError> {
         let mut b = sled::Batch::default();
         b.insert(GLOBAL, signed);
         b.insert(THRESHOLD, &threshold.to_le_bytes());
+        b.insert(CALIBRATED_ON, &(calibrated_on as u64).to_le_bytes());
         self.db.apply_batch(b)?;
         self.db.flush()?;
         Ok(())
@@ -74,6 +86,22 @@ impl NodeStore {
                     .try_into()
                     .map_err(|_| NodeStoreError::Corrupt("threshold"))?;
                 Ok(Some(f32::from_le_bytes(b)))
+            }
+        }
+    }
+
+    /// Calibration windows behind the global model's threshold.
+    pub fn calibrated_on(&self) -> Result<Option<usize>, NodeStoreError> {
+        match self.db.get(CALIBRATED_ON)? {
+            None => Ok(None),
+            Some(v) => {
+                let b: [u8; 8] = v
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| NodeStoreError::Corrupt("calibrated_on"))?;
+                usize::try_from(u64::from_le_bytes(b))
+                    .map(Some)
+                    .map_err(|_| NodeStoreError::Corrupt("calibrated_on"))
             }
         }
     }

@@ -1,0 +1,68 @@
+//! The demo runs end to end (small fleet) and shows what it claims: every
+//! round committed by every node, attacked containers flagged, and the
+//! federated model better than local-only models on the same held-out set.
+
+use fedmesh_sim::demo::{DemoOptions, run};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_demo_federates_and_beats_local_only() {
+    let report = run(DemoOptions {
+        nodes: 4,
+        rounds: 4,
+        warmup_windows: 160,
+        attack_windows: 24,
+        seed: 7,
+        quiet: true,
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.final_version, 4);
+    assert_eq!(report.rounds.len(), 4);
+    assert!(
+        report.rounds.iter().all(|r| r.participants == 4),
+        "{:?}",
+        report.rounds
+    );
+    assert!(
+        report
+            .rounds
+            .windows(2)
+            .all(|w| w[1].version == w[0].version + 1)
+    );
+    // The attack is live in the last 16 of the 24 live windows. Every
+    // attacked container is flagged in at least a quarter of them (measured:
+    // cryptojacking on a web server 4-6, the others 20-24) and more often
+    // than any benign container of its node.
+    let mut attacked = 0;
+    for per in report.flagged.values() {
+        let benign_max = per
+            .values()
+            .filter(|(_, t)| t.is_none())
+            .map(|(a, _)| *a)
+            .max()
+            .unwrap_or(0);
+        for (container, (alerts, truth)) in per {
+            if truth.is_some() {
+                attacked += 1;
+                assert!(*alerts >= 4, "{container} flagged only {alerts} times");
+                assert!(
+                    *alerts > benign_max,
+                    "{container}: {alerts} alerts, a benign container had {benign_max}"
+                );
+            }
+        }
+    }
+    assert!(attacked >= 2, "at least two attack kinds are injected");
+    // Measured with this seed: federated 0.96-0.97, local-only 0.86-0.90.
+    assert!(
+        report.mean_federated_auc >= 0.90,
+        "{}",
+        report.mean_federated_auc
+    );
+    assert!(
+        report.mean_federated_auc > report.mean_local_auc,
+        "federated {} vs local {}",
+        report.mean_federated_auc,
+        report.mean_local_auc
+    );
+}
