@@ -42,6 +42,14 @@ pub struct CoordinatorEndpoint {
     /// Name the coordinator certificate must carry (DNS or IP SAN).
     #[serde(default = "d_server_name")]
     pub server_name: String,
+    /// Longest pause between reconnection attempts (exponential backoff
+    /// with jitter, starting at 200 ms).
+    #[serde(default = "d_max_backoff")]
+    pub max_backoff_ms: u64,
+}
+
+fn d_max_backoff() -> u64 {
+    10_000
 }
 
 fn d_server_name() -> String {

@@ -247,7 +247,7 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
                 fedmesh_proto::DEFAULT_MAX_MESSAGE_BYTES,
             )?,
             verifier: v.clone(),
-            max_backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_millis(c.max_backoff_ms.max(200)),
         });
         verifier = Some(v);
     }

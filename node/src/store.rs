@@ -124,3 +124,32 @@ impl NodeStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_threshold_and_calibration_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = NodeStore::open(dir.path()).unwrap();
+        assert_eq!(s.global_model().unwrap(), None);
+        assert_eq!(s.threshold().unwrap(), None);
+        assert_eq!(s.calibrated_on().unwrap(), None);
+        s.put_global(b"signed", 0.25, 120).unwrap();
+        assert_eq!(s.global_model().unwrap().as_deref(), Some(&b"signed"[..]));
+        assert_eq!(s.threshold().unwrap(), Some(0.25));
+        assert_eq!(s.calibrated_on().unwrap(), Some(120));
+    }
+
+    #[test]
+    fn local_records_without_calibration_count_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = NodeStore::open(dir.path()).unwrap();
+        let legacy = br#"{"hidden":[2],"params":[0.5],"mean":[0.0],"std":[1.0],"threshold":0.5}"#;
+        s.db.insert(LOCAL, &legacy[..]).unwrap();
+        let rec = s.local_model().unwrap().unwrap();
+        assert_eq!(rec.calibrated_on, 0);
+        assert_eq!(rec.threshold, 0.5);
+    }
+}
