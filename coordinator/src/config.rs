@@ -194,6 +194,10 @@ pub struct CoordinatorConfig {
     pub listen: SocketAddr,
     /// sled data directory.
     pub data_dir: PathBuf,
+    /// HTTP address for `/metrics` (Prometheus), `/status` and `/healthz`;
+    /// omit to disable.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// TLS material.
     pub tls: TlsPaths,
     /// Largest accepted gRPC message in bytes.

@@ -24,6 +24,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::aggregate::{self, AggregateError};
 use crate::config::TenantConfig;
+use crate::metrics::Metrics;
 use crate::store::{AuditEntry, Store, StoreError};
 
 /// Refusals and failures of federation operations. The gRPC layer maps each
@@ -230,6 +231,7 @@ pub struct Federation {
     status: watch::Sender<RoundStatus>,
     summaries: broadcast::Sender<RoundSummary>,
     wake: Notify,
+    metrics: Arc<Metrics>,
 }
 
 fn unix_ms(t: SystemTime) -> i64 {
@@ -266,6 +268,7 @@ impl Federation {
         cfg: TenantConfig,
         store: Store,
         signer: Arc<CertSigner>,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, FedError> {
         let digest = crate::config::decode_digest(&cfg.model.feature_schema_digest)
             .ok_or_else(|| FedError::Invalid("feature_schema_digest".into()))?;
@@ -356,6 +359,7 @@ impl Federation {
             status,
             summaries,
             wake: Notify::new(),
+            metrics,
         }))
     }
 
@@ -457,8 +461,22 @@ impl Federation {
             .collect()
     }
 
-    /// Validates and records an update.
+    /// Validates and records an update, counting the outcome in metrics.
     pub fn submit(
+        &self,
+        node: &NodeId,
+        req: v1::UpdateRequest,
+        wire_bytes: u64,
+    ) -> Result<v1::SubmitAck, FedError> {
+        let r = self.record_update(node, req, wire_bytes);
+        match &r {
+            Ok(_) => self.metrics.accepted(self.tenant.as_str(), wire_bytes),
+            Err(e) => self.metrics.refused(self.tenant.as_str(), e),
+        }
+        r
+    }
+
+    fn record_update(
         &self,
         node: &NodeId,
         req: v1::UpdateRequest,
@@ -696,6 +714,7 @@ impl Federation {
                 self.cfg.quorum
             );
             warn!(parent: &span, %reason, "round aborted");
+            self.metrics.aborted(self.tenant.as_str());
             self.status.send_replace(RoundStatus::Aborted {
                 round: round_no,
                 reason,
@@ -709,6 +728,7 @@ impl Federation {
             round: round_no,
             version: summary.version,
         });
+        self.metrics.committed(&summary);
         let _ = self.summaries.send(summary);
         Ok(())
     }

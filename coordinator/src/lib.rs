@@ -9,6 +9,7 @@
 pub mod aggregate;
 pub mod config;
 pub mod federation;
+pub mod metrics;
 pub mod pki;
 pub mod service;
 pub mod store;
@@ -52,6 +53,14 @@ pub enum CoordinatorError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// A PKI file is missing or unreadable.
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
@@ -63,6 +72,8 @@ pub struct Coordinator {
     tls: Arc<rustls::ServerConfig>,
     max_message_bytes: usize,
     store: Store,
+    metrics: Arc<metrics::Metrics>,
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Coordinator {
@@ -76,14 +87,21 @@ impl Coordinator {
             source,
         })?;
         let store = Store::open(&cfg.data_dir)?;
+        let metrics = Arc::new(metrics::Metrics::new());
         let mut feds = BTreeMap::new();
         for t in &cfg.tenants {
             let tenant: TenantId = t.name.parse()?;
-            let fed = Federation::open(tenant.clone(), t.clone(), store.clone(), signer.clone())
-                .map_err(|source| CoordinatorError::Federation {
-                    tenant: t.name.clone(),
-                    source,
-                })?;
+            let fed = Federation::open(
+                tenant.clone(),
+                t.clone(),
+                store.clone(),
+                signer.clone(),
+                metrics.clone(),
+            )
+            .map_err(|source| CoordinatorError::Federation {
+                tenant: t.name.clone(),
+                source,
+            })?;
             feds.insert(tenant, fed);
         }
         Ok(Self {
@@ -91,6 +109,8 @@ impl Coordinator {
             tls: Arc::new(tls),
             max_message_bytes: cfg.max_message_bytes,
             store,
+            metrics,
+            metrics_listen: cfg.metrics_listen,
         })
     }
 
@@ -105,6 +125,11 @@ impl Coordinator {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> Arc<metrics::Metrics> {
+        self.metrics.clone()
     }
 
     /// Serves gRPC (federation + health) on `listener` and drives every
@@ -131,6 +156,27 @@ impl Coordinator {
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, tenants = self.feds.len(), "coordinator serving");
         }
+        let mut http = None;
+        if let Some(addr) = self.metrics_listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| CoordinatorError::Listen { addr, source })?;
+            info!(url = %metrics::describe(l.local_addr().unwrap_or(addr)), "metrics serving");
+            let feds = self
+                .feds
+                .iter()
+                .map(|(t, f)| (t.to_string(), f.clone()))
+                .collect();
+            let mut rx = stop_rx.clone();
+            http = Some(tokio::spawn(metrics::serve_http(
+                l,
+                self.metrics.clone(),
+                feds,
+                async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                },
+            )));
+        }
         let incoming = transport::tls_incoming(listener, self.tls.clone(), Duration::from_secs(10));
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -142,6 +188,9 @@ impl Coordinator {
         let _ = stop_tx.send(true);
         for d in drivers {
             let _ = d.await;
+        }
+        if let Some(h) = http {
+            let _ = h.await;
         }
         result?;
         Ok(())

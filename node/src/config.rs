@@ -107,6 +107,53 @@ pub enum SourceConfig {
         #[serde(default)]
         attacks: Vec<SyntheticAttack>,
     },
+    /// cgroup v2 or v1/hybrid tree plus /proc (Docker, containerd,
+    /// Kubernetes, CRI-O layouts), sampled once per window.
+    Cgroup {
+        /// cgroup root.
+        #[serde(default = "d_cgroup_root")]
+        root: PathBuf,
+        /// /proc root (network counters of a member process).
+        #[serde(default = "d_proc_root")]
+        proc_root: PathBuf,
+    },
+    /// Falco JSON lines (`json_output: true`), from a followed file or stdin.
+    Falco {
+        /// File to follow as it grows (rotation and truncation handled);
+        /// omit to read stdin.
+        #[serde(default)]
+        path: Option<PathBuf>,
+        /// Read the file from its start instead of its end.
+        #[serde(default)]
+        from_start: bool,
+    },
+    /// Tetragon JSON export lines, from a followed file or stdin.
+    Tetragon {
+        /// File to follow; omit to read stdin.
+        #[serde(default)]
+        path: Option<PathBuf>,
+        /// Read the file from its start instead of its end.
+        #[serde(default)]
+        from_start: bool,
+    },
+}
+
+fn d_cgroup_root() -> PathBuf {
+    PathBuf::from("/sys/fs/cgroup")
+}
+
+fn d_proc_root() -> PathBuf {
+    PathBuf::from("/proc")
+}
+
+impl SourceConfig {
+    /// Whether this source reads standard input.
+    pub fn reads_stdin(&self) -> bool {
+        matches!(
+            self,
+            SourceConfig::Falco { path: None, .. } | SourceConfig::Tetragon { path: None, .. }
+        )
+    }
 }
 
 /// Detector settings.
@@ -210,8 +257,12 @@ pub struct NodeConfig {
     /// TLS material (required with a coordinator).
     #[serde(default)]
     pub tls: Option<TlsPaths>,
-    /// Telemetry source.
-    pub source: SourceConfig,
+    /// One telemetry source (`[source]`) ...
+    #[serde(default)]
+    pub source: Option<SourceConfig>,
+    /// ... or several (`[[sources]]`), e.g. cgroup + Falco.
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
     /// Detector.
     #[serde(default)]
     pub detector: DetectorConfig,
@@ -228,6 +279,11 @@ fn d_window() -> u64 {
 }
 
 impl NodeConfig {
+    /// Every configured source, `[source]` first.
+    pub fn all_sources(&self) -> Vec<&SourceConfig> {
+        self.source.iter().chain(&self.sources).collect()
+    }
+
     /// Parses TOML text (`path` only for messages).
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -258,6 +314,17 @@ impl NodeConfig {
             if let Some(f) = cfg.alerts.file.as_mut() {
                 fix(f);
             }
+            for src in cfg.source.iter_mut().chain(cfg.sources.iter_mut()) {
+                match src {
+                    SourceConfig::Cgroup { root, proc_root } => {
+                        fix(root);
+                        fix(proc_root);
+                    }
+                    SourceConfig::Falco { path: Some(p), .. }
+                    | SourceConfig::Tetragon { path: Some(p), .. } => fix(p),
+                    _ => {}
+                }
+            }
         }
         Ok(cfg)
     }
@@ -284,12 +351,30 @@ impl NodeConfig {
         if d.train_buffer < d.min_train_windows {
             errs.push("detector.train_buffer must be at least min_train_windows".to_string());
         }
-        match &self.source {
-            SourceConfig::Synthetic {
+        let all = self.all_sources();
+        if all.is_empty() {
+            errs.push("a [source] or at least one [[sources]] entry is required".to_string());
+        }
+        let synthetic = all
+            .iter()
+            .filter(|s| matches!(s, SourceConfig::Synthetic { .. }))
+            .count();
+        if synthetic > 0 && all.len() > 1 {
+            errs.push("a synthetic source runs on its own clock and cannot be combined with other sources".to_string());
+        }
+        if all.iter().filter(|s| s.reads_stdin()).count() > 1 {
+            errs.push("only one source can read stdin (set `path` on the others)".to_string());
+        }
+        for src in all {
+            let SourceConfig::Synthetic {
                 containers,
                 attacks,
                 ..
-            } => {
+            } = src
+            else {
+                continue;
+            };
+            {
                 if containers.is_empty() {
                     errs.push("source.containers must not be empty".to_string());
                 }
@@ -371,5 +456,45 @@ attacks = [ { container = "web-1", kind = "cryptojacking", start_window = 5, dur
         let text = include_str!("../../deploy/examples/node.toml");
         let c = NodeConfig::from_toml(text, Path::new("node.toml")).unwrap();
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn several_real_sources_and_their_limits() {
+        let text = r#"
+data_dir = "d"
+[[sources]]
+kind = "cgroup"
+root = "/sys/fs/cgroup"
+[[sources]]
+kind = "falco"
+path = "/var/log/falco/events.json"
+[[sources]]
+kind = "tetragon"
+"#;
+        let c = NodeConfig::from_toml(text, Path::new("n.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.all_sources().len(), 3);
+        let two_stdin = text.replace("path = \"/var/log/falco/events.json\"\n", "");
+        let e = NodeConfig::from_toml(&two_stdin, Path::new("n.toml"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stdin"), "{e}");
+        let e = NodeConfig::from_toml("data_dir = \"d\"\n", Path::new("n.toml"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("source"), "{e}");
+        let mixed = format!(
+            "{text}[source]\nkind = \"synthetic\"\ncontainers = [ {{ id = \"w\", profile = \"web\" }} ]\n"
+        );
+        let e = NodeConfig::from_toml(&mixed, Path::new("n.toml"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot be combined"), "{e}");
     }
 }

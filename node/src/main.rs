@@ -13,9 +13,15 @@ use fedmesh_node::agent::{Agent, AgentSettings, verify_global_model};
 use fedmesh_node::alert::AlertSinks;
 use fedmesh_node::client::Connector;
 use fedmesh_node::config::{NodeConfig, SourceConfig};
-use fedmesh_node::runtime::{FederationSettings, run_federation, run_synthetic_detection};
+use fedmesh_node::runtime::{
+    FederationSettings, run_federation, run_live_detection, run_synthetic_detection,
+    spawn_line_source,
+};
 use fedmesh_node::store::NodeStore;
+use fedmesh_node::telemetry::cgroup::CgroupCollector;
+use fedmesh_node::telemetry::falco::parse_falco_line;
 use fedmesh_node::telemetry::synthetic::{Profile, SyntheticSource};
+use fedmesh_node::telemetry::tetragon::parse_tetragon_line;
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -274,29 +280,78 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
     let sinks = AlertSinks::open(cfg.alerts.stdout, cfg.alerts.file.as_deref())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    match &cfg.source {
+    let sources = cfg.all_sources();
+    if let [
         SourceConfig::Synthetic {
             seed,
             containers,
             attacks,
-        } => {
-            let list: Vec<(String, _)> = containers
-                .iter()
-                .map(|c| (c.id.clone(), c.profile))
-                .collect();
-            let mut source = SyntheticSource::new(*seed, &list, cfg.window_ms);
-            for a in attacks {
-                source.inject(&a.container, a.kind, a.start_window, a.duration_windows)?;
-            }
-            let tick = Duration::from_millis(cfg.tick_ms.unwrap_or(cfg.window_ms).max(1));
-            tasks.push(tokio::spawn(run_synthetic_detection(
-                agent.clone(),
-                source,
-                sinks,
-                tick,
-                stop_rx.clone(),
-            )));
+        },
+    ] = sources.as_slice()
+    {
+        let list: Vec<(String, _)> = containers
+            .iter()
+            .map(|c| (c.id.clone(), c.profile))
+            .collect();
+        let mut source = SyntheticSource::new(*seed, &list, cfg.window_ms);
+        for a in attacks {
+            source.inject(&a.container, a.kind, a.start_window, a.duration_windows)?;
         }
+        let tick = Duration::from_millis(cfg.tick_ms.unwrap_or(cfg.window_ms).max(1));
+        tasks.push(tokio::spawn(run_synthetic_detection(
+            agent.clone(),
+            source,
+            sinks,
+            tick,
+            stop_rx.clone(),
+        )));
+    } else {
+        let mut cgroup = None;
+        let (tx, rx) = tokio::sync::mpsc::channel(65_536);
+        for src in sources {
+            match src {
+                SourceConfig::Synthetic { .. } => {
+                    bail!("a synthetic source cannot be combined with other sources")
+                }
+                SourceConfig::Cgroup { root, proc_root } => {
+                    let c = CgroupCollector::new(root.clone())
+                        .with_context(|| format!("cgroup source at {}", root.display()))?
+                        .with_proc_root(proc_root.clone());
+                    tracing::info!(root = %root.display(), version = ?c.version(), "watching cgroup tree");
+                    cgroup = Some(c);
+                }
+                SourceConfig::Falco { path, from_start } => {
+                    spawn_line_source(
+                        "falco",
+                        path.clone(),
+                        *from_start,
+                        parse_falco_line,
+                        tx.clone(),
+                        stop_rx.clone(),
+                    );
+                }
+                SourceConfig::Tetragon { path, from_start } => {
+                    spawn_line_source(
+                        "tetragon",
+                        path.clone(),
+                        *from_start,
+                        parse_tetragon_line,
+                        tx.clone(),
+                        stop_rx.clone(),
+                    );
+                }
+            }
+        }
+        drop(tx);
+        let tick = Duration::from_millis(cfg.tick_ms.unwrap_or(cfg.window_ms).max(1));
+        tasks.push(tokio::spawn(run_live_detection(
+            agent.clone(),
+            cgroup,
+            rx,
+            sinks,
+            tick,
+            stop_rx.clone(),
+        )));
     }
     if let Some(fs) = federation {
         tasks.push(tokio::spawn(run_federation(

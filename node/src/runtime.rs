@@ -339,3 +339,171 @@ pub async fn run_synthetic_detection(
         }
     }
 }
+
+/// Parser of one JSON line into events.
+pub type LineParser =
+    fn(&str) -> Result<Vec<crate::telemetry::Event>, crate::telemetry::events::ParseError>;
+
+/// Starts a blocking reader thread for a JSON-lines source (a followed file
+/// or stdin) that sends parsed events into `tx` until `stop` flips or the
+/// receiver is gone. Parse statistics are logged when it ends.
+pub fn spawn_line_source(
+    name: &'static str,
+    path: Option<std::path::PathBuf>,
+    from_start: bool,
+    parser: LineParser,
+    tx: tokio::sync::mpsc::Sender<crate::telemetry::Event>,
+    stop: watch::Receiver<bool>,
+) {
+    use crate::telemetry::events::{FollowFile, JsonLineReader, StartAt};
+    let send_all =
+        move |events: Vec<crate::telemetry::Event>,
+              tx: &tokio::sync::mpsc::Sender<crate::telemetry::Event>| {
+            for e in events {
+                if tx.blocking_send(e).is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+    let spawned = std::thread::Builder::new()
+        .name(format!("{name}-reader"))
+        .spawn(move || match path {
+            Some(path) => {
+                let start = if from_start {
+                    StartAt::Beginning
+                } else {
+                    StartAt::End
+                };
+                let mut follow = FollowFile::new(path.clone(), start, parser);
+                info!(source = name, path = %path.display(), "following event file");
+                while !*stop.borrow() {
+                    match follow.wait_events(Duration::from_millis(250)) {
+                        Ok(events) => {
+                            if !send_all(events, &tx) {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(source = name, error = %e, "event file unreadable; retrying");
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                }
+                info!(
+                    source = name,
+                    lines = follow.stats().lines,
+                    events = follow.stats().events,
+                    skipped = follow.stats().skipped(),
+                    "event reader stopped"
+                );
+            }
+            None => {
+                info!(source = name, "reading events from stdin");
+                let mut reader = JsonLineReader::new(std::io::stdin().lock(), parser);
+                for ev in reader.by_ref() {
+                    match ev {
+                        Ok(e) => {
+                            if tx.blocking_send(e).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(source = name, error = %e, "stdin failed");
+                            break;
+                        }
+                    }
+                }
+                let st = reader.stats();
+                info!(
+                    source = name,
+                    lines = st.lines,
+                    events = st.events,
+                    skipped = st.skipped(),
+                    "stdin closed"
+                );
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(source = name, error = %e, "cannot start reader thread");
+    }
+}
+
+/// Real-time detection over real sources: every `tick`, samples the cgroup
+/// collector (if any), drains the events the JSON-line readers delivered,
+/// closes a window at the wall-clock time, scores it and emits alerts.
+pub async fn run_live_detection(
+    agent: SharedAgent,
+    mut cgroup: Option<crate::telemetry::cgroup::CgroupCollector>,
+    mut events: tokio::sync::mpsc::Receiver<crate::telemetry::Event>,
+    mut sinks: AlertSinks,
+    tick: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cgroup_skips = 0u64;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut batch = Vec::new();
+        if let Some(c) = cgroup.take() {
+            let (c, r) = match tokio::task::spawn_blocking(move || {
+                let mut c = c;
+                let r = c.sample(now_ms);
+                (c, r)
+            })
+            .await
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "cgroup sampling task failed; cgroup source disabled");
+                    continue;
+                }
+            };
+            cgroup = Some(c);
+            match r {
+                Ok((evs, stats)) => {
+                    let skipped =
+                        stats.missing_files + stats.unreadable_files + stats.malformed_lines;
+                    if skipped > cgroup_skips {
+                        debug!(
+                            skipped,
+                            containers = stats.containers,
+                            "cgroup files skipped"
+                        );
+                    }
+                    cgroup_skips = skipped;
+                    batch.extend(evs);
+                }
+                Err(e) => warn!(error = %e, "cgroup sampling failed"),
+            }
+        }
+        while let Ok(e) = events.try_recv() {
+            batch.push(e);
+        }
+        let alerts = {
+            let mut a = lock(&agent);
+            for e in &batch {
+                a.observe(e);
+            }
+            a.close_window(now_ms)
+        };
+        match alerts {
+            Ok(alerts) => {
+                for al in &alerts {
+                    if let Err(e) = sinks.emit(al) {
+                        warn!(error = %e, "alert sink failed");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "window processing failed"),
+        }
+    }
+}

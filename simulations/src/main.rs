@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use fedmesh_sim::bench::{self, AggregateBench};
 use fedmesh_sim::demo::{self, DemoOptions};
 
 #[derive(Parser)]
@@ -31,6 +32,34 @@ enum Cmd {
         /// Write the report as JSON to this file.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Times every aggregation rule on random batches against a plain
+    /// memory-bandwidth pass over the same data; prints a Markdown table.
+    Aggregate {
+        /// Batch sizes (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "10,100")]
+        n: Vec<usize>,
+        /// Parameters per update (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+        p: Vec<usize>,
+        /// Runs per measurement; the best is reported.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Rules (comma-separated) or `all`.
+        #[arg(long, value_delimiter = ',', default_value = "all")]
+        rules: Vec<String>,
+        /// Seed of the random updates.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
     },
 }
 
@@ -70,6 +99,27 @@ fn run(cmd: Cmd) -> Result<()> {
                 std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
                 println!("report written to {}", path.display());
             }
+            Ok(())
+        }
+        Cmd::Bench {
+            what:
+                BenchCmd::Aggregate {
+                    n,
+                    p,
+                    reps,
+                    rules,
+                    seed,
+                },
+        } => {
+            let rows = bench::run_aggregate(&AggregateBench {
+                n,
+                p,
+                reps,
+                rules,
+                seed,
+                quiet: false,
+            })?;
+            print!("{}", bench::table(&rows));
             Ok(())
         }
     }

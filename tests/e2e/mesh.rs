@@ -148,6 +148,24 @@ fn run(bin: &str, args: &[&str], dir: &Path) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A plain HTTP/1.1 GET on loopback; returns the body.
+fn http_get(port: u16, path: &str) -> Result<String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    ensure!(resp.starts_with("HTTP/1.1 200"), "GET {path}: {resp}");
+    Ok(resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -187,11 +205,13 @@ fn coordinator_and_three_nodes_federate_over_mtls() -> Result<()> {
         )?;
     }
     let port = free_port()?;
+    let mport = free_port()?;
     std::fs::write(
         dir.join("coordinator.toml"),
         format!(
             r#"
 listen = "127.0.0.1:{port}"
+metrics_listen = "127.0.0.1:{mport}"
 data_dir = "coordinator-data"
 [tls]
 ca_cert = "pki/ca.crt"
@@ -277,6 +297,20 @@ containers = [ {containers} ]
     for p in &mut nodes {
         p.wait_for(&done, Duration::from_secs(120))?;
     }
+    // Prometheus metrics and the live status of the running coordinator.
+    let metrics = http_get(mport, "/metrics")?;
+    for needle in [
+        format!("fedmesh_model_version{{tenant=\"acme\"}} {FINAL}"),
+        format!("fedmesh_rounds_committed_total{{tenant=\"acme\"}} {ROUNDS}"),
+        "fedmesh_connected_nodes{tenant=\"acme\"} 3".to_string(),
+    ] {
+        assert!(metrics.contains(&needle), "missing {needle} in\n{metrics}");
+    }
+    let status = http_get(mport, "/status")?;
+    assert!(
+        status.contains("\"tenant\":\"acme\"") && status.contains(&format!("\"version\":{FINAL}")),
+        "{status}"
+    );
     for p in &mut nodes {
         p.stop()?;
     }

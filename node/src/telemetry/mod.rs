@@ -6,7 +6,12 @@
 //! feature windows. Resource counters are *cumulative* (as the kernel exposes
 //! them); rates are computed downstream from deltas with reset detection.
 
+pub mod cgroup;
+pub mod events;
+pub mod falco;
+pub mod proc;
 pub mod synthetic;
+pub mod tetragon;
 
 use serde::{Deserialize, Serialize};
 
