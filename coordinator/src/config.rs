@@ -147,9 +147,11 @@ pub struct TenantConfig {
     /// Stop opening rounds after this many commits (0 = never stop).
     #[serde(default)]
     pub max_rounds: u64,
-    /// Aggregation rule (`fedavg`).
+    /// Aggregation rule and its parameters (`[tenants.aggregation]`,
+    /// e.g. `rule = "trimmed_mean"`, `f = 1`, `max_norm = 5.0`); FedAvg
+    /// when omitted.
     #[serde(default = "d_rule")]
-    pub rule: String,
+    pub aggregation: crate::aggregate::RuleConfig,
     /// Server learning rate applied to the aggregated delta.
     #[serde(default = "d_server_lr")]
     pub server_lr: f32,
@@ -176,8 +178,8 @@ fn d_round_timeout() -> u64 {
 fn d_round_interval() -> u64 {
     1_000
 }
-fn d_rule() -> String {
-    "fedavg".into()
+fn d_rule() -> crate::aggregate::RuleConfig {
+    crate::aggregate::Rule::FedAvg.into()
 }
 fn d_server_lr() -> f32 {
     1.0
@@ -280,10 +282,11 @@ impl CoordinatorConfig {
             if t.round_timeout_ms == 0 {
                 errs.push(format!("{at}: round_timeout_ms must be positive"));
             }
-            if t.rule != "fedavg" {
+            // The rule must hold for the smallest batch that can commit.
+            if let Err(e) = t.aggregation.check(t.quorum.max(1)) {
                 errs.push(format!(
-                    "{at}: rule = {:?} is not known (known: fedavg)",
-                    t.rule
+                    "{at}: aggregation (with quorum = {} updates): {e}",
+                    t.quorum
                 ));
             }
             if !(t.server_lr.is_finite() && t.server_lr > 0.0) {
@@ -385,12 +388,12 @@ feature_schema_digest = "0000000000000000000000000000000000000000000000000000000
         let bad = GOOD
             .replace(
                 "name = \"acme\"",
-                "name = \"Acme!\"\nquorum = 0\nrule = \"krum2\"",
+                "name = \"Acme!\"\nquorum = 0\n[tenants.aggregation]\nrule = \"krum\"\nf = 2",
             )
             .replace("hidden = [16, 4]", "hidden = []");
         let c = CoordinatorConfig::from_toml(&bad, Path::new("c.toml")).unwrap();
         let e = c.validate().unwrap_err().to_string();
-        for needle in ["name", "quorum", "krum2", "hidden"] {
+        for needle in ["name", "quorum", "krum needs", "hidden"] {
             assert!(e.contains(needle), "missing {needle} in {e}");
         }
     }

@@ -216,6 +216,8 @@ struct Inner {
     joined: BTreeSet<NodeId>,
     round: Option<OpenRound>,
     committed_this_run: u64,
+    /// Last aggregated delta: the centre for centered clipping.
+    last_delta: Option<Arc<Vec<f32>>>,
 }
 
 /// A tenant's federation.
@@ -355,6 +357,7 @@ impl Federation {
                 joined: BTreeSet::new(),
                 round: None,
                 committed_this_run: 0,
+                last_delta: None,
             }),
             status,
             summaries,
@@ -741,13 +744,24 @@ impl Federation {
         let updates: Vec<&ValidUpdate> = round.updates.values().collect();
         let deltas: Vec<&[f32]> = updates.iter().map(|u| u.delta.as_slice()).collect();
         let weights: Vec<f64> = updates.iter().map(|u| u.num_samples as f64).collect();
-        let agg = aggregate::fedavg(&deltas, &weights)?;
-        let (base, prev_signed, version) = {
+        let (base, prev_signed, version, prev_delta) = {
             let g = self.lock();
-            (g.params.clone(), g.signed.clone(), g.version + 1)
+            (
+                g.params.clone(),
+                g.signed.clone(),
+                g.version + 1,
+                g.last_delta.clone(),
+            )
         };
+        let outcome = self.cfg.aggregation.aggregate_from(
+            &deltas,
+            &weights,
+            prev_delta.as_deref().map(|v| v.as_slice()),
+        )?;
+        let agg = &outcome.value;
         let lr = self.cfg.server_lr;
-        let params: Vec<f32> = base.iter().zip(&agg).map(|(w, d)| w + lr * d).collect();
+        let params: Vec<f32> = base.iter().zip(agg).map(|(w, d)| w + lr * d).collect();
+        let rule = self.cfg.aggregation.rule.name().to_string();
         let scaler = merged_scaler(
             updates.iter().filter_map(|u| u.scaler.as_ref()),
             self.cfg.model.input_dim,
@@ -762,16 +776,21 @@ impl Federation {
             params: Some(fedmesh_proto::encode_f32(&params, &[params.len() as u64])),
             scaler,
             prev_hash: fedmesh_crypto::sha256(&prev_signed).to_vec(),
-            rule: self.cfg.rule.clone(),
+            rule: rule.clone(),
             participants: updates.len() as u32,
             created_unix_ms: now,
         };
         let signed = sign_model(&self.signer, &body);
-        let excluded: Vec<(String, String)> = selected
+        let mut excluded: Vec<(String, String)> = selected
             .iter()
             .filter(|n| !round.updates.contains_key(*n))
             .map(|n| (n.to_string(), "no update before the deadline".to_string()))
             .collect();
+        for (i, u) in updates.iter().enumerate() {
+            if outcome.selected.binary_search(&i).is_err() {
+                excluded.push((u.node.to_string(), format!("not selected by {rule}")));
+            }
+        }
         let mean_train_loss =
             updates.iter().map(|u| u.train_loss).sum::<f32>() / updates.len() as f32;
         let bytes_received = updates.iter().map(|u| u.wire_bytes).sum();
@@ -783,7 +802,7 @@ impl Federation {
                 tenant: self.tenant.to_string(),
                 version,
                 round: round.info.round,
-                rule: self.cfg.rule.clone(),
+                rule: rule.clone(),
                 participants: updates.iter().map(|u| u.node.to_string()).collect(),
                 excluded,
                 model_sha256: String::new(),
@@ -796,6 +815,7 @@ impl Federation {
             g.version = version;
             g.params = Arc::new(params);
             g.signed = Arc::new(signed);
+            g.last_delta = Some(Arc::new(outcome.value));
             g.committed_this_run += 1;
         }
         Ok(RoundSummary {

@@ -236,6 +236,7 @@ pub struct Agent {
     store: Option<NodeStore>,
     stats: AgentStats,
     trained_rounds: u64,
+    last_train_loss: Option<f32>,
     /// Calibration windows behind the current threshold.
     calibrated_on: usize,
 }
@@ -258,6 +259,7 @@ impl Agent {
             store,
             stats: AgentStats::default(),
             trained_rounds: 0,
+            last_train_loss: None,
             calibrated_on: 0,
         };
         let Some(store) = agent.store.clone() else {
@@ -512,9 +514,15 @@ impl Agent {
         })
     }
 
-    /// Records that a round's update was sent.
-    pub fn note_trained(&mut self) {
+    /// Records that a round's update was sent, with its training loss.
+    pub fn note_trained(&mut self, train_loss: f32) {
         self.trained_rounds += 1;
+        self.last_train_loss = Some(train_loss);
+    }
+
+    /// Training loss of the last update sent.
+    pub fn last_train_loss(&self) -> Option<f32> {
+        self.last_train_loss
     }
 
     /// Installs a verified global model: builds its detector, calibrates

@@ -272,6 +272,10 @@ pub struct NodeConfig {
     /// Seed for local training.
     #[serde(default)]
     pub seed: u64,
+    /// HTTP address for `/metrics` (Prometheus) and `/healthz`; omit to
+    /// disable.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn d_window() -> u64 {

@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod detector;
 pub mod eval;
+pub mod exposition;
 pub mod features;
 pub mod metrics;
 pub mod model;

@@ -13,6 +13,7 @@ use fedmesh_node::agent::{Agent, AgentSettings, verify_global_model};
 use fedmesh_node::alert::AlertSinks;
 use fedmesh_node::client::Connector;
 use fedmesh_node::config::{NodeConfig, SourceConfig};
+use fedmesh_node::exposition::{self, NodeMetrics, SourceCounters};
 use fedmesh_node::runtime::{
     FederationSettings, run_federation, run_live_detection, run_synthetic_detection,
     spawn_line_source,
@@ -280,6 +281,24 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
     let sinks = AlertSinks::open(cfg.alerts.stdout, cfg.alerts.file.as_deref())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    let counters = Arc::new(SourceCounters::default());
+    if let Some(addr) = cfg.metrics_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        let m = Arc::new(NodeMetrics::new(agent.clone(), counters.clone()));
+        let mut rx = stop_rx.clone();
+        tracing::info!(%addr, "metrics serving on /metrics");
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = exposition::serve(l, m, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+            {
+                tracing::warn!(error = %e, "metrics server failed");
+            }
+        }));
+    }
     let sources = cfg.all_sources();
     if let [
         SourceConfig::Synthetic {
@@ -328,6 +347,7 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
                         parse_falco_line,
                         tx.clone(),
                         stop_rx.clone(),
+                        counters.clone(),
                     );
                 }
                 SourceConfig::Tetragon { path, from_start } => {
@@ -338,6 +358,7 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
                         parse_tetragon_line,
                         tx.clone(),
                         stop_rx.clone(),
+                        counters.clone(),
                     );
                 }
             }
@@ -351,6 +372,7 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
             sinks,
             tick,
             stop_rx.clone(),
+            counters.clone(),
         )));
     }
     if let Some(fs) = federation {

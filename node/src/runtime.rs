@@ -281,7 +281,7 @@ async fn participate(
     match client.submit_update(req).await {
         Ok(ack) => {
             let ack = ack.into_inner();
-            lock(agent).note_trained();
+            lock(agent).note_trained(update.train_loss);
             info!(
                 loss = update.train_loss,
                 samples = update.num_samples,
@@ -354,7 +354,9 @@ pub fn spawn_line_source(
     parser: LineParser,
     tx: tokio::sync::mpsc::Sender<crate::telemetry::Event>,
     stop: watch::Receiver<bool>,
+    counters: Arc<crate::exposition::SourceCounters>,
 ) {
+    let slot = crate::exposition::source_index(name);
     use crate::telemetry::events::{FollowFile, JsonLineReader, StartAt};
     let send_all =
         move |events: Vec<crate::telemetry::Event>,
@@ -378,7 +380,12 @@ pub fn spawn_line_source(
                 let mut follow = FollowFile::new(path.clone(), start, parser);
                 info!(source = name, path = %path.display(), "following event file");
                 while !*stop.borrow() {
-                    match follow.wait_events(Duration::from_millis(250)) {
+                    let r = follow.wait_events(Duration::from_millis(250));
+                    counters.parse_errors[slot].store(
+                        follow.stats().skipped(),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    match r {
                         Ok(events) => {
                             if !send_all(events, &tx) {
                                 break;
@@ -401,7 +408,11 @@ pub fn spawn_line_source(
             None => {
                 info!(source = name, "reading events from stdin");
                 let mut reader = JsonLineReader::new(std::io::stdin().lock(), parser);
-                for ev in reader.by_ref() {
+                while let Some(ev) = reader.next() {
+                    counters.parse_errors[slot].store(
+                        reader.stats().skipped(),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     match ev {
                         Ok(e) => {
                             if tx.blocking_send(e).is_err() {
@@ -439,6 +450,7 @@ pub async fn run_live_detection(
     mut sinks: AlertSinks,
     tick: Duration,
     mut shutdown: watch::Receiver<bool>,
+    counters: Arc<crate::exposition::SourceCounters>,
 ) {
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -480,6 +492,10 @@ pub async fn run_live_detection(
                         );
                     }
                     cgroup_skips = skipped;
+                    counters.parse_errors[crate::exposition::source_index("cgroup")].fetch_add(
+                        stats.malformed_lines + stats.unreadable_files,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     batch.extend(evs);
                 }
                 Err(e) => warn!(error = %e, "cgroup sampling failed"),

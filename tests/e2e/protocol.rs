@@ -1057,3 +1057,68 @@ async fn malformed_protobuf_is_invalid_argument() -> Result<()> {
     join(&mut c, "acme", "n1").await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn robust_rule_keeps_a_poisoned_update_out_of_the_model() -> Result<()> {
+    // Five nodes, Krum with f = 1 (needs n >= 2f + 3 = 5): one node sends a
+    // large (but norm-valid) update; the committed model is an honest one.
+    let t = tenant("acme", 5, &[4]).replace(
+        "[tenants.model]",
+        "[tenants.aggregation]\nrule = \"krum\"\nf = 1\n[tenants.model]",
+    );
+    let mesh = Mesh::start(&[t], 64 << 20).await?;
+    let names = ["n1", "n2", "n3", "n4", "evil"];
+    let mut clients = Vec::new();
+    for n in names {
+        let mut c = mesh.node("acme", n).await?;
+        let j = join(&mut c, "acme", n).await?;
+        clients.push((c, j));
+    }
+    let (_, genesis) = get_model(&mut clients[0].0, 0).await?;
+    let genesis = params(&genesis)?;
+    let mut streams = Vec::new();
+    for (c, _) in &mut clients {
+        streams.push(watch(c).await?);
+    }
+    let mut opens = Vec::new();
+    for s in &mut streams {
+        opens.push(wait_open(s).await?);
+    }
+    for (i, ((c, j), o)) in clients.iter_mut().zip(&opens).enumerate() {
+        let value = if names[i] == "evil" {
+            0.05
+        } else {
+            0.01 + 0.0001 * i as f32
+        };
+        c.submit_update(update(j, o, value)).await?;
+    }
+    let committed = wait_committed(&mut streams[0]).await?;
+    assert_eq!(committed.version, 1);
+    let (_, v1) = get_model(&mut clients[0].0, 1).await?;
+    assert_eq!((v1.rule.as_str(), v1.participants), ("krum", 5));
+    for (w, g) in params(&v1)?.iter().zip(&genesis) {
+        let d = w - g;
+        assert!(
+            (0.0099..=0.0105).contains(&d),
+            "the poisoned update leaked in: delta {d}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn rule_assumptions_are_checked_against_the_quorum() {
+    let t = tenant("acme", 4, &[4]).replace(
+        "[tenants.model]",
+        "[tenants.aggregation]\nrule = \"bulyan\"\nf = 1\n[tenants.model]",
+    );
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"d\"\n[tls]\nca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\n{t}"
+    );
+    let cfg = CoordinatorConfig::from_toml(&text, Path::new("t.toml")).unwrap();
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("bulyan needs") && e.contains("quorum = 4"),
+        "{e}"
+    );
+}

@@ -1,0 +1,239 @@
+//! Prometheus metrics of the node (`/metrics`) and a liveness probe
+//! (`/healthz`). Counters are read from the agent at scrape time, so the
+//! detection path pays nothing for them; telemetry parse errors are counted
+//! by the readers into [`SourceCounters`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::runtime::{SharedAgent, lock};
+
+/// Per-source ingest counters shared with the reader threads.
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    /// Lines or files skipped as malformed, per source.
+    pub parse_errors: [AtomicU64; 4],
+}
+
+/// Index of a source in [`SourceCounters`].
+pub fn source_index(name: &str) -> usize {
+    match name {
+        "cgroup" => 0,
+        "falco" => 1,
+        "tetragon" => 2,
+        _ => 3,
+    }
+}
+
+const SOURCE_NAMES: [&str; 4] = ["cgroup", "falco", "tetragon", "synthetic"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Source {
+    source: &'static str,
+}
+
+/// The node's metrics.
+pub struct NodeMetrics {
+    registry: Registry,
+    agent: SharedAgent,
+    sources: Arc<SourceCounters>,
+    events: Counter,
+    windows: Counter,
+    scored: Counter,
+    alerts: Counter,
+    rounds: Counter,
+    parse_errors: Family<Source, Counter>,
+    version: Gauge,
+    threshold: Gauge<f64, AtomicU64>,
+    train_loss: Gauge<f64, AtomicU64>,
+    buffered: Gauge,
+}
+
+impl NodeMetrics {
+    /// Registers the metrics of `agent`.
+    pub fn new(agent: SharedAgent, sources: Arc<SourceCounters>) -> Self {
+        let mut registry = Registry::with_prefix("fedmesh_node");
+        let m = Self {
+            registry: Registry::default(),
+            agent,
+            sources,
+            events: Counter::default(),
+            windows: Counter::default(),
+            scored: Counter::default(),
+            alerts: Counter::default(),
+            rounds: Counter::default(),
+            parse_errors: Family::default(),
+            version: Gauge::default(),
+            threshold: Gauge::default(),
+            train_loss: Gauge::default(),
+            buffered: Gauge::default(),
+        };
+        registry.register(
+            "events_ingested",
+            "Telemetry events ingested",
+            m.events.clone(),
+        );
+        registry.register("windows", "Per-container windows closed", m.windows.clone());
+        registry.register(
+            "windows_scored",
+            "Windows scored by a model",
+            m.scored.clone(),
+        );
+        registry.register("alerts", "Alerts raised", m.alerts.clone());
+        registry.register(
+            "rounds_trained",
+            "Federated rounds this node trained for",
+            m.rounds.clone(),
+        );
+        registry.register(
+            "parse_errors",
+            "Telemetry input skipped as malformed, per source",
+            m.parse_errors.clone(),
+        );
+        registry.register(
+            "model_version",
+            "Installed global model version (-1: none)",
+            m.version.clone(),
+        );
+        registry.register(
+            "threshold",
+            "Calibrated anomaly threshold",
+            m.threshold.clone(),
+        );
+        registry.register(
+            "train_loss",
+            "Local training loss of the last update sent",
+            m.train_loss.clone(),
+        );
+        registry.register(
+            "buffered_windows",
+            "Benign windows buffered for training",
+            m.buffered.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Prometheus text exposition of the current state.
+    pub fn encode(&self) -> String {
+        {
+            let a = lock(&self.agent);
+            let st = a.stats();
+            self.events.inner().store(st.events, Ordering::Relaxed);
+            self.windows.inner().store(st.windows, Ordering::Relaxed);
+            self.scored.inner().store(st.scored, Ordering::Relaxed);
+            self.alerts.inner().store(st.alerts, Ordering::Relaxed);
+            self.rounds
+                .inner()
+                .store(a.trained_rounds(), Ordering::Relaxed);
+            self.version.set(
+                a.global_version()
+                    .map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX)),
+            );
+            self.threshold
+                .set(a.detector().map_or(f64::NAN, |d| f64::from(d.threshold)));
+            self.train_loss
+                .set(a.last_train_loss().map_or(f64::NAN, f64::from));
+            self.buffered.set(a.buffered() as i64);
+        }
+        for (i, name) in SOURCE_NAMES.iter().enumerate() {
+            let v = self.sources.parse_errors[i].load(Ordering::Relaxed);
+            self.parse_errors
+                .get_or_create(&Source { source: name })
+                .inner()
+                .store(v, Ordering::Relaxed);
+        }
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Serves `/metrics` and `/healthz` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<NodeMetrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::{Agent, AgentSettings};
+    use std::sync::Mutex;
+
+    #[test]
+    fn exposes_agent_counters_and_parse_errors() {
+        let agent = Agent::new(
+            AgentSettings {
+                tenant: "t".into(),
+                node: "n".into(),
+                detector: Default::default(),
+                seed: 0,
+            },
+            None,
+            None,
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        let agent = Arc::new(Mutex::new(agent));
+        let mut src = crate::telemetry::synthetic::SyntheticSource::new(
+            1,
+            &[("w".into(), crate::telemetry::synthetic::Profile::Web)],
+            10_000,
+        );
+        for _ in 0..3 {
+            let (w, evs) = src.next_window();
+            let mut a = lock(&agent);
+            for e in &evs {
+                a.observe(e);
+            }
+            a.close_window((w + 1) * 10_000).unwrap();
+        }
+        let counters = Arc::new(SourceCounters::default());
+        counters.parse_errors[source_index("falco")].fetch_add(5, Ordering::Relaxed);
+        let m = NodeMetrics::new(agent.clone(), counters);
+        let text = m.encode();
+        let (events, windows) = (lock(&agent).stats().events, lock(&agent).stats().windows);
+        assert!(events > 0 && windows == 3);
+        for needle in [
+            format!("fedmesh_node_events_ingested_total {events}"),
+            format!("fedmesh_node_windows_total {windows}"),
+            "fedmesh_node_parse_errors_total{source=\"falco\"} 5".to_string(),
+            "fedmesh_node_parse_errors_total{source=\"cgroup\"} 0".to_string(),
+            "fedmesh_node_model_version -1".to_string(),
+            "fedmesh_node_alerts_total 0".to_string(),
+        ] {
+            assert!(text.contains(&needle), "missing {needle} in\n{text}");
+        }
+    }
+}
