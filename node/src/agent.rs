@@ -476,15 +476,9 @@ impl Agent {
         Ok((stats, scaler))
     }
 
-    /// Prepares a round's training: the buffer's training split, scaled
-    /// with the global scaler (or the local one before the federation has
-    /// one).
-    pub fn training_job(
-        &self,
-        base: &GlobalModel,
-        tp: &v1::TrainingParams,
-        round: u64,
-    ) -> Result<TrainingJob, AgentError> {
+    /// The buffer's training split as a raw matrix, its scaler sums and the
+    /// local scaler built from them; refuses with too few windows.
+    fn training_data(&self) -> Result<(Array2<f32>, ScalerStats, Scaler), AgentError> {
         let need = self.settings.detector.min_train_windows;
         if self.buffer.len() < need {
             return Err(AgentError::NotEnoughData {
@@ -494,7 +488,20 @@ impl Agent {
         }
         let (train, _) = self.split();
         let raw = Self::matrix(&train);
-        let (stats, local) = Self::local_scaler(&raw)?;
+        let (stats, scaler) = Self::local_scaler(&raw)?;
+        Ok((raw, stats, scaler))
+    }
+
+    /// Prepares a round's training: the buffer's training split, scaled
+    /// with the global scaler (or the local one before the federation has
+    /// one).
+    pub fn training_job(
+        &self,
+        base: &GlobalModel,
+        tp: &v1::TrainingParams,
+        round: u64,
+    ) -> Result<TrainingJob, AgentError> {
+        let (raw, stats, local) = self.training_data()?;
         let scaler = base.scaler.as_ref().unwrap_or(&local);
         let data = scaler.transform(raw.view()).map_err(model_err)?;
         let cfg = TrainConfig {
@@ -592,16 +599,7 @@ impl Agent {
     /// architecture, `epochs` epochs from a seeded initialisation, local
     /// scaler, threshold calibrated like a global model's.
     pub fn fit_local(&self, spec: &ModelSpec, epochs: usize) -> Result<Detector, AgentError> {
-        let need = self.settings.detector.min_train_windows;
-        if self.buffer.len() < need {
-            return Err(AgentError::NotEnoughData {
-                have: self.buffer.len(),
-                need,
-            });
-        }
-        let (train, _) = self.split();
-        let raw = Self::matrix(&train);
-        let (_, scaler) = Self::local_scaler(&raw)?;
+        let (raw, _, scaler) = self.training_data()?;
         let data = scaler.transform(raw.view()).map_err(model_err)?;
         let mut rng =
             <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(self.settings.seed);
@@ -647,6 +645,18 @@ impl Agent {
 
 #[cfg(test)]
 mod tests {
+    /// Opens a store, retrying (bounded) while sled's background flusher of
+    /// a just-dropped handle in this process still holds the file lock.
+    fn open_store(dir: &std::path::Path) -> NodeStore {
+        for _ in 0..100 {
+            if let Ok(s) = NodeStore::open(dir) {
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        NodeStore::open(dir).unwrap()
+    }
+
     use fedmesh_crypto::{CertSigner, MeshCa};
     use rand::SeedableRng;
 
@@ -1047,7 +1057,7 @@ mod tests {
     fn detects_after_restart_without_coordinator() {
         let p = pki("coord");
         let dir = tempfile::tempdir().unwrap();
-        let store = NodeStore::open(dir.path()).unwrap();
+        let store = open_store(dir.path());
         let mut agent = Agent::new(
             settings(64, 0),
             Some(store.clone()),
@@ -1082,7 +1092,7 @@ mod tests {
         drop(store);
 
         // Restart: no coordinator, the store is all there is.
-        let store = NodeStore::open(dir.path()).unwrap();
+        let store = open_store(dir.path());
         assert_eq!(store.global_model().unwrap(), Some(signed));
         let mut agent = Agent::new(settings(64, 0), Some(store), Some(&p.verifier), now()).unwrap();
         assert_eq!(agent.global_version(), Some(1));
@@ -1138,7 +1148,7 @@ mod tests {
     #[test]
     fn bootstraps_a_local_model_and_restores_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = NodeStore::open(dir.path()).unwrap();
+        let store = open_store(dir.path());
         let mut agent = Agent::new(settings(32, 80), Some(store.clone()), None, now()).unwrap();
         let mut src = benign_source(5);
         // Windows count per container: 4 containers, 80 windows after 20 closes.

@@ -223,7 +223,8 @@ mod tests {
         counters.parse_errors[source_index("falco")].fetch_add(5, Ordering::Relaxed);
         let m = NodeMetrics::new(agent.clone(), counters);
         let text = m.encode();
-        let (events, windows) = (lock(&agent).stats().events, lock(&agent).stats().windows);
+        let stats = lock(&agent).stats();
+        let (events, windows) = (stats.events, stats.windows);
         assert!(events > 0 && windows == 3);
         for needle in [
             format!("fedmesh_node_events_ingested_total {events}"),

@@ -319,24 +319,34 @@ pub async fn run_synthetic_detection(
             _ = shutdown.changed() => return,
         }
         let (idx, events) = source.next_window();
-        let end_ms = (idx + 1) * source.window_ms();
-        let alerts = {
-            let mut a = lock(&agent);
-            for e in &events {
-                a.observe(e);
-            }
-            a.close_window(end_ms)
-        };
-        match alerts {
-            Ok(alerts) => {
-                for al in &alerts {
-                    if let Err(e) = sinks.emit(al) {
-                        warn!(error = %e, "alert sink failed");
-                    }
+        process_window(&agent, &events, (idx + 1) * source.window_ms(), &mut sinks);
+    }
+}
+
+/// Feeds one window's events to the agent, closes the window at `end_ms`
+/// and sends its alerts to the sinks. Failures are logged; the loop goes on.
+fn process_window(
+    agent: &SharedAgent,
+    events: &[crate::telemetry::Event],
+    end_ms: u64,
+    sinks: &mut AlertSinks,
+) {
+    let alerts = {
+        let mut a = lock(agent);
+        for e in events {
+            a.observe(e);
+        }
+        a.close_window(end_ms)
+    };
+    match alerts {
+        Ok(alerts) => {
+            for al in &alerts {
+                if let Err(e) = sinks.emit(al) {
+                    warn!(error = %e, "alert sink failed");
                 }
             }
-            Err(e) => warn!(error = %e, "window processing failed"),
         }
+        Err(e) => warn!(error = %e, "window processing failed"),
     }
 }
 
@@ -504,22 +514,6 @@ pub async fn run_live_detection(
         while let Ok(e) = events.try_recv() {
             batch.push(e);
         }
-        let alerts = {
-            let mut a = lock(&agent);
-            for e in &batch {
-                a.observe(e);
-            }
-            a.close_window(now_ms)
-        };
-        match alerts {
-            Ok(alerts) => {
-                for al in &alerts {
-                    if let Err(e) = sinks.emit(al) {
-                        warn!(error = %e, "alert sink failed");
-                    }
-                }
-            }
-            Err(e) => warn!(error = %e, "window processing failed"),
-        }
+        process_window(&agent, &batch, now_ms, &mut sinks);
     }
 }
