@@ -96,6 +96,9 @@ pub struct DemoReport {
     pub rounds: Vec<RoundRow>,
     /// Final global version held by every node.
     pub final_version: u64,
+    /// SHA-256 of the final global parameters (f32 little-endian): equal
+    /// for equal seeds.
+    pub final_params_sha256: String,
     /// Per-node quality.
     pub quality: Vec<NodeQuality>,
     /// Live alerts: node → container → (alerted windows, attack injected there).
@@ -442,6 +445,12 @@ local_epochs = 4
         ),
     );
 
+    let final_params_sha256 = {
+        let a = lock(&nodes[0].agent);
+        let params = a.global().map(|g| g.params.clone()).unwrap_or_default();
+        let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
+        fedmesh_crypto::sha256_hex(&bytes)
+    };
     // Phase 5: local-only baselines, same data, same architecture, same
     // number of epochs as the federated model saw.
     let spec = ModelSpec::default_for_features();
@@ -634,6 +643,7 @@ local_epochs = 4
     Ok(DemoReport {
         rounds: rows,
         final_version,
+        final_params_sha256,
         quality,
         flagged,
         mean_federated_auc,

@@ -66,3 +66,36 @@ async fn small_demo_federates_and_beats_local_only() {
         report.mean_local_auc
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_seed_same_numbers() {
+    let opts = DemoOptions {
+        nodes: 3,
+        rounds: 2,
+        warmup_windows: 120,
+        attack_windows: 12,
+        seed: 11,
+        quiet: true,
+    };
+    let a = run(opts.clone()).await.unwrap();
+    let b = run(opts.clone()).await.unwrap();
+    assert_eq!(a.final_params_sha256, b.final_params_sha256);
+    let losses = |r: &fedmesh_sim::demo::DemoReport| {
+        r.rounds
+            .iter()
+            .map(|x| (x.version, x.participants, x.mean_loss.to_bits(), x.bytes))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(losses(&a), losses(&b));
+    assert_eq!(a.flagged, b.flagged);
+    assert_eq!(
+        a.mean_federated_auc.to_bits(),
+        b.mean_federated_auc.to_bits()
+    );
+    assert_eq!(a.mean_local_auc.to_bits(), b.mean_local_auc.to_bits());
+    let c = run(DemoOptions { seed: 12, ..opts }).await.unwrap();
+    assert_ne!(
+        a.final_params_sha256, c.final_params_sha256,
+        "the seed matters"
+    );
+}
