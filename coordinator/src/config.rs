@@ -155,6 +155,10 @@ pub struct TenantConfig {
     /// Server learning rate applied to the aggregated delta.
     #[serde(default = "d_server_lr")]
     pub server_lr: f32,
+    /// Server momentum β in [0, 1): v = β·v + Δ, w = w + server_lr·v
+    /// (0 = plain FedAvg step). The buffer is committed with every version.
+    #[serde(default)]
+    pub server_momentum: f32,
     /// Seed for the genesis model and participant sampling.
     #[serde(default)]
     pub seed: u64,
@@ -288,6 +292,9 @@ impl CoordinatorConfig {
                     "{at}: aggregation (with quorum = {} updates): {e}",
                     t.quorum
                 ));
+            }
+            if !(t.server_momentum.is_finite() && (0.0..1.0).contains(&t.server_momentum)) {
+                errs.push(format!("{at}: server_momentum must be in [0, 1)"));
             }
             if !(t.server_lr.is_finite() && t.server_lr > 0.0) {
                 errs.push(format!("{at}: server_lr must be a positive number"));

@@ -218,6 +218,8 @@ struct Inner {
     committed_this_run: u64,
     /// Last aggregated delta: the centre for centered clipping.
     last_delta: Option<Arc<Vec<f32>>>,
+    /// Server momentum buffer (persisted with every commit).
+    momentum: Option<Arc<Vec<f32>>>,
 }
 
 /// A tenant's federation.
@@ -331,10 +333,23 @@ impl Federation {
                         prev_entry_sha256: String::new(),
                         unix_ms: body.created_unix_ms,
                     },
+                    None,
                 )?;
                 info!(tenant = %tenant, params = params.len(), "created genesis version 0");
                 (0, signed, params)
             }
+        };
+        let momentum = match store.server_state(tenant.as_str())? {
+            Some(b) if b.len() == param_count * 4 => Some(Arc::new(
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect::<Vec<f32>>(),
+            )),
+            Some(_) => {
+                warn!(tenant = %tenant, "stored server momentum has another size; starting from zero");
+                None
+            }
+            None => None,
         };
         let (status, _) = watch::channel(RoundStatus::Idle {
             version,
@@ -358,6 +373,7 @@ impl Federation {
                 round: None,
                 committed_this_run: 0,
                 last_delta: None,
+                momentum,
             }),
             status,
             summaries,
@@ -744,13 +760,14 @@ impl Federation {
         let updates: Vec<&ValidUpdate> = round.updates.values().collect();
         let deltas: Vec<&[f32]> = updates.iter().map(|u| u.delta.as_slice()).collect();
         let weights: Vec<f64> = updates.iter().map(|u| u.num_samples as f64).collect();
-        let (base, prev_signed, version, prev_delta) = {
+        let (base, prev_signed, version, prev_delta, prev_momentum) = {
             let g = self.lock();
             (
                 g.params.clone(),
                 g.signed.clone(),
                 g.version + 1,
                 g.last_delta.clone(),
+                g.momentum.clone(),
             )
         };
         let outcome = self.cfg.aggregation.aggregate_from(
@@ -760,7 +777,17 @@ impl Federation {
         )?;
         let agg = &outcome.value;
         let lr = self.cfg.server_lr;
-        let params: Vec<f32> = base.iter().zip(agg).map(|(w, d)| w + lr * d).collect();
+        // Server momentum (heavy-ball): v = β·v + Δ, w = w + lr·v.
+        let beta = self.cfg.server_momentum;
+        let momentum: Option<Vec<f32>> = (beta > 0.0).then(|| match &prev_momentum {
+            Some(v) => v.iter().zip(agg).map(|(v, d)| beta * v + d).collect(),
+            None => agg.clone(),
+        });
+        let step = momentum.as_ref().unwrap_or(agg);
+        let params: Vec<f32> = base.iter().zip(step).map(|(w, d)| w + lr * d).collect();
+        let momentum_bytes: Option<Vec<u8>> = momentum
+            .as_ref()
+            .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect());
         let rule = self.cfg.aggregation.rule.name().to_string();
         let scaler = merged_scaler(
             updates.iter().filter_map(|u| u.scaler.as_ref()),
@@ -809,6 +836,7 @@ impl Federation {
                 prev_entry_sha256: String::new(),
                 unix_ms: now,
             },
+            momentum_bytes.as_deref(),
         )?;
         {
             let mut g = self.lock();
@@ -816,6 +844,7 @@ impl Federation {
             g.params = Arc::new(params);
             g.signed = Arc::new(signed);
             g.last_delta = Some(Arc::new(outcome.value));
+            g.momentum = momentum.map(Arc::new);
             g.committed_this_run += 1;
         }
         Ok(RoundSummary {

@@ -102,6 +102,12 @@ fn prefix(tenant: &str) -> Vec<u8> {
     k
 }
 
+fn meta_key(tenant: &str, name: &[u8]) -> Vec<u8> {
+    let mut k = prefix(tenant);
+    k.extend_from_slice(name);
+    k
+}
+
 fn version_of(k: &[u8]) -> Option<u64> {
     let tail: [u8; 8] = k.get(k.len().checked_sub(8)?..)?.try_into().ok()?;
     Some(u64::from_be_bytes(tail))
@@ -150,6 +156,14 @@ impl Store {
         }
     }
 
+    /// Optimizer state (server momentum) committed with the latest version.
+    pub fn server_state(&self, tenant: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .meta
+            .get(meta_key(tenant, b"server_state"))?
+            .map(|v| v.to_vec()))
+    }
+
     /// Next round number to use for a tenant (rounds never repeat, even
     /// across aborted rounds and restarts).
     pub fn next_round(&self, tenant: &str) -> Result<u64, StoreError> {
@@ -180,6 +194,7 @@ impl Store {
         version: u64,
         signed_model: &[u8],
         mut entry: AuditEntry,
+        server_state: Option<&[u8]>,
     ) -> Result<AuditEntry, StoreError> {
         let latest = self.latest_model(tenant)?.map(|(v, _)| v);
         let expected = latest.map_or(0, |v| v + 1);
@@ -200,10 +215,19 @@ impl Store {
             reason: e.to_string(),
         })?;
         let k = key(tenant, version);
-        (&self.models, &self.audit)
-            .transaction(|(m, a)| {
+        let state_key = meta_key(tenant, b"server_state");
+        (&self.models, &self.audit, &self.meta)
+            .transaction(|(m, a, t)| {
                 m.insert(k.as_slice(), signed_model)?;
                 a.insert(k.as_slice(), entry_bytes.as_slice())?;
+                match server_state {
+                    Some(bytes) => {
+                        t.insert(state_key.as_slice(), bytes)?;
+                    }
+                    None => {
+                        t.remove(state_key.as_slice())?;
+                    }
+                }
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| match e {
@@ -303,10 +327,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path()).unwrap();
-            s.commit("t", 0, b"m0", entry(0)).unwrap();
-            s.commit("t", 1, b"m1", entry(1)).unwrap();
+            s.commit("t", 0, b"m0", entry(0), None).unwrap();
+            s.commit("t", 1, b"m1", entry(1), Some(b"state")).unwrap();
             assert!(matches!(
-                s.commit("t", 3, b"m3", entry(3)),
+                s.commit("t", 3, b"m3", entry(3), None),
                 Err(StoreError::NotSuccessor { .. })
             ));
             s.set_next_round("t", 5).unwrap();
@@ -324,6 +348,7 @@ mod tests {
         let s = reopened.unwrap();
         assert_eq!(s.latest_model("t").unwrap(), Some((1, b"m1".to_vec())));
         assert_eq!(s.verify_chain("t").unwrap(), 2);
+        assert_eq!(s.server_state("t").unwrap(), Some(b"state".to_vec()));
         assert_eq!(s.next_round("t").unwrap(), 5);
         assert_eq!(s.next_round("other").unwrap(), 1);
         assert_eq!(s.tenants().unwrap(), vec!["t".to_string()]);
@@ -333,8 +358,8 @@ mod tests {
     fn tampering_breaks_the_chain() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        s.commit("t", 0, b"m0", entry(0)).unwrap();
-        s.commit("t", 1, b"m1", entry(1)).unwrap();
+        s.commit("t", 0, b"m0", entry(0), None).unwrap();
+        s.commit("t", 1, b"m1", entry(1), None).unwrap();
         s.models.insert(key("t", 0), b"evil".as_slice()).unwrap();
         assert!(matches!(
             s.verify_chain("t"),
@@ -346,8 +371,8 @@ mod tests {
     fn tenants_do_not_share_keys() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        s.commit("a", 0, b"a0", entry(0)).unwrap();
-        s.commit("ab", 0, b"ab0", entry(0)).unwrap();
+        s.commit("a", 0, b"a0", entry(0), None).unwrap();
+        s.commit("ab", 0, b"ab0", entry(0), None).unwrap();
         assert_eq!(s.latest_model("a").unwrap(), Some((0, b"a0".to_vec())));
         assert_eq!(s.audit_log("a").unwrap().len(), 1);
     }

@@ -1122,3 +1122,31 @@ fn rule_assumptions_are_checked_against_the_quorum() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_momentum_accumulates_across_rounds() -> Result<()> {
+    // β = 0.5, two rounds, every update 0.01: v1 = g + 0.01,
+    // v2 = v1 + (0.5·0.01 + 0.01) = g + 0.025.
+    let t =
+        tenant("acme", 2, &[4]).replace("max_rounds = 1", "max_rounds = 2\nserver_momentum = 0.5");
+    let mesh = Mesh::start(&[t], 64 << 20).await?;
+    let mut n1 = mesh.node("acme", "n1").await?;
+    let mut n2 = mesh.node("acme", "n2").await?;
+    let j1 = join(&mut n1, "acme", "n1").await?;
+    let j2 = join(&mut n2, "acme", "n2").await?;
+    let genesis = params(&get_model(&mut n1, 0).await?.1)?;
+    let mut s1 = watch(&mut n1).await?;
+    let mut s2 = watch(&mut n2).await?;
+    for expected_version in [1u64, 2] {
+        let (o1, o2) = (wait_open(&mut s1).await?, wait_open(&mut s2).await?);
+        n1.submit_update(update(&j1, &o1, 0.01)).await?;
+        n2.submit_update(update(&j2, &o2, 0.01)).await?;
+        let c = wait_committed(&mut s1).await?;
+        assert_eq!(c.version, expected_version);
+    }
+    let v2 = params(&get_model(&mut n1, 2).await?.1)?;
+    for (w, g) in v2.iter().zip(&genesis) {
+        assert!((w - g - 0.025).abs() <= 1e-6, "{w} - {g} != 0.025");
+    }
+    Ok(())
+}
