@@ -114,7 +114,13 @@ fn read(p: &Path, what: &str) -> Result<String> {
     std::fs::read_to_string(p).with_context(|| format!("cannot read {what} {}", p.display()))
 }
 
-fn open_agent_offline(data_dir: &Path, ca_cert: &Path, tenant: &str) -> Result<(Agent, NodeStore)> {
+/// Opens a stopped node's store and agent; also returns the CA verifier so
+/// callers need not read and parse the CA file again.
+fn open_agent_offline(
+    data_dir: &Path,
+    ca_cert: &Path,
+    tenant: &str,
+) -> Result<(Agent, NodeStore, CertVerifier)> {
     if !data_dir.is_dir() {
         bail!("data directory {} does not exist", data_dir.display());
     }
@@ -137,7 +143,7 @@ fn open_agent_offline(data_dir: &Path, ca_cert: &Path, tenant: &str) -> Result<(
         Some(&verifier),
         time::OffsetDateTime::now_utc(),
     )?;
-    Ok((agent, store))
+    Ok((agent, store, verifier))
 }
 
 fn run(cmd: Cmd) -> Result<()> {
@@ -163,8 +169,7 @@ fn run(cmd: Cmd) -> Result<()> {
             ca_cert,
             tenant,
         } => {
-            let (agent, store) = open_agent_offline(&data_dir, &ca_cert, &tenant)?;
-            let verifier = CertVerifier::new(&read(&ca_cert, "CA certificate")?)?;
+            let (agent, store, verifier) = open_agent_offline(&data_dir, &ca_cert, &tenant)?;
             let Some(bytes) = store.global_model()? else {
                 println!(
                     "{}",
@@ -199,7 +204,7 @@ fn run(cmd: Cmd) -> Result<()> {
             seed,
             profiles,
         } => {
-            let (agent, _) = open_agent_offline(&data_dir, &ca_cert, &tenant)?;
+            let (agent, _, _) = open_agent_offline(&data_dir, &ca_cert, &tenant)?;
             let Some(det) = agent.detector() else {
                 bail!("the node in {} has no model yet", data_dir.display());
             };
