@@ -9,6 +9,7 @@
 //! `watch` channel, so a node that (re)subscribes always sees the latest
 //! state first and never needs to poll.
 
+use crate::server_step::{ServerStep, genesis_params, merged_scaler, server_step};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -250,18 +251,6 @@ pub fn decode_signed(bytes: &[u8]) -> Result<(v1::SignedModel, v1::GlobalModel),
     let body = v1::GlobalModel::decode(signed.body.as_slice())
         .map_err(|e| FedError::Corrupt(e.to_string()))?;
     Ok((signed, body))
-}
-
-/// Xavier-uniform initial parameters for the genesis model.
-fn genesis_params(input_dim: usize, hidden: &[usize], seed: u64) -> Vec<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut out = Vec::new();
-    for (i, o) in fedmesh_proto::model::layer_shapes(input_dim, hidden) {
-        let a = (6.0 / (i + o) as f64).sqrt() as f32;
-        out.extend((0..i * o).map(|_| rng.random_range(-a..a)));
-        out.extend(std::iter::repeat_n(0.0, o));
-    }
-    out
 }
 
 impl Federation {
@@ -776,15 +765,13 @@ impl Federation {
             prev_delta.as_deref().map(|v| v.as_slice()),
         )?;
         let agg = &outcome.value;
-        let lr = self.cfg.server_lr;
-        // Server momentum (heavy-ball): v = β·v + Δ, w = w + lr·v.
-        let beta = self.cfg.server_momentum;
-        let momentum: Option<Vec<f32>> = (beta > 0.0).then(|| match &prev_momentum {
-            Some(v) => v.iter().zip(agg).map(|(v, d)| beta * v + d).collect(),
-            None => agg.clone(),
-        });
-        let step = momentum.as_ref().unwrap_or(agg);
-        let params: Vec<f32> = base.iter().zip(step).map(|(w, d)| w + lr * d).collect();
+        let ServerStep { params, momentum } = server_step(
+            &base,
+            agg,
+            prev_momentum.as_deref().map(|v| v.as_slice()),
+            self.cfg.server_lr,
+            self.cfg.server_momentum,
+        );
         let momentum_bytes: Option<Vec<u8>> = momentum
             .as_ref()
             .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect());
@@ -905,40 +892,6 @@ fn sign_model(signer: &CertSigner, body: &v1::GlobalModel) -> Vec<u8> {
         signer_cert: signer.cert_der().to_vec(),
     }
     .encode_to_vec()
-}
-
-/// Floor on a published standard deviation, so constant features do not
-/// blow up after scaling. Must equal the node's scaler floor.
-pub const SCALER_STD_FLOOR: f32 = 1e-3;
-
-fn merged_scaler<'a>(
-    stats: impl Iterator<Item = &'a v1::ScalerStats>,
-    dim: usize,
-) -> Option<v1::Scaler> {
-    let mut count = 0u64;
-    let mut sum = vec![0f64; dim];
-    let mut sq = vec![0f64; dim];
-    for s in stats {
-        count = count.saturating_add(s.count);
-        for j in 0..dim {
-            sum[j] += s.sum[j];
-            sq[j] += s.sum_sq[j];
-        }
-    }
-    if count == 0 {
-        return None;
-    }
-    let n = count as f64;
-    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
-    let std = sum
-        .iter()
-        .zip(&sq)
-        .map(|(s, q)| {
-            let m = s / n;
-            ((q / n - m * m).max(0.0).sqrt() as f32).max(SCALER_STD_FLOOR)
-        })
-        .collect();
-    Some(v1::Scaler { mean, std })
 }
 
 fn short_hex(b: &[u8]) -> String {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod federation;
 pub mod metrics;
 pub mod pki;
+pub mod server_step;
 pub mod service;
 pub mod store;
 pub mod transport;
