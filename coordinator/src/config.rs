@@ -171,6 +171,9 @@ pub struct TenantConfig {
     /// Local training parameters.
     #[serde(default)]
     pub training: TrainingConfig,
+    /// Reputation and quarantine (`[tenants.reputation]`).
+    #[serde(default)]
+    pub reputation: crate::reputation::ReputationConfig,
 }
 
 fn d_min_nodes() -> usize {
@@ -204,6 +207,12 @@ pub struct CoordinatorConfig {
     /// omit to disable.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Plaintext address serving only the standard gRPC health service
+    /// (`grpc.health.v1.Health`), for Kubernetes gRPC probes, which cannot
+    /// present a client certificate; omit to disable. The federation service
+    /// is never served here.
+    #[serde(default)]
+    pub health_listen: Option<SocketAddr>,
     /// TLS material.
     pub tls: TlsPaths,
     /// Largest accepted gRPC message in bytes.
@@ -295,6 +304,9 @@ impl CoordinatorConfig {
             }
             if !(t.server_momentum.is_finite() && (0.0..1.0).contains(&t.server_momentum)) {
                 errs.push(format!("{at}: server_momentum must be in [0, 1)"));
+            }
+            for p in t.reputation.problems() {
+                errs.push(format!("{at}: reputation: {p}"));
             }
             if !(t.server_lr.is_finite() && t.server_lr > 0.0) {
                 errs.push(format!("{at}: server_lr must be a positive number"));

@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fedmesh_crypto::{CertSigner, NodeId, TenantId};
 use fedmesh_proto::v1;
 use prost::Message;
+use rand::SeedableRng;
 use rand::seq::IteratorRandom;
-use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::{Notify, broadcast, watch};
 use tracing::{Instrument, info, info_span, warn};
@@ -26,6 +26,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::aggregate::{self, AggregateError};
 use crate::config::TenantConfig;
 use crate::metrics::Metrics;
+use crate::reputation::{Decision, Reputation, plaintext_evidence};
 use crate::store::{AuditEntry, Store, StoreError};
 
 /// Refusals and failures of federation operations. The gRPC layer maps each
@@ -126,6 +127,10 @@ pub struct OpenInfo {
     pub base_version: u64,
     /// Selected participants.
     pub selected: BTreeSet<NodeId>,
+    /// Quarantined nodes asked to train anyway: their updates are validated
+    /// and scored as evidence, never aggregated, and the round does not
+    /// wait for them.
+    pub shadow: BTreeSet<NodeId>,
     /// Deadline, unix ms.
     pub deadline_unix_ms: i64,
     /// Local training parameters.
@@ -144,7 +149,7 @@ impl RoundStatus {
             RoundStatus::Open(o) => Event::Open(v1::RoundOpen {
                 round: o.round,
                 base_version: o.base_version,
-                selected: o.selected.contains(node),
+                selected: o.selected.contains(node) || o.shadow.contains(node),
                 deadline_unix_ms: o.deadline_unix_ms,
                 training: Some(o.training),
             }),
@@ -178,6 +183,10 @@ pub struct RoundSummary {
     pub mean_train_loss: f32,
     /// Bytes of accepted update messages.
     pub bytes_received: u64,
+    /// Updates left out by the aggregation rule.
+    pub excluded: usize,
+    /// Quarantined nodes (updates ignored) during the round.
+    pub quarantined: usize,
     /// Time from opening to commit.
     pub duration: Duration,
 }
@@ -221,6 +230,10 @@ struct Inner {
     last_delta: Option<Arc<Vec<f32>>>,
     /// Server momentum buffer (persisted with every commit).
     momentum: Option<Arc<Vec<f32>>>,
+    /// Per-node reputation (persisted with every commit).
+    reputation: Reputation,
+    /// Decisions taken since the last commit (violations), for its audit entry.
+    pending_decisions: Vec<Decision>,
 }
 
 /// A tenant's federation.
@@ -321,7 +334,10 @@ impl Federation {
                         model_sha256: String::new(),
                         prev_entry_sha256: String::new(),
                         unix_ms: body.created_unix_ms,
+                        quarantined: vec![],
+                        reputation: vec![],
                     },
+                    None,
                     None,
                 )?;
                 info!(tenant = %tenant, params = params.len(), "created genesis version 0");
@@ -339,6 +355,11 @@ impl Federation {
                 None
             }
             None => None,
+        };
+        let reputation = match store.reputation_state(tenant.as_str())? {
+            Some(b) => Reputation::from_bytes(cfg.reputation.clone(), &b)
+                .map_err(|e| FedError::Corrupt(e.to_string()))?,
+            None => Reputation::new(cfg.reputation.clone()),
         };
         let (status, _) = watch::channel(RoundStatus::Idle {
             version,
@@ -363,6 +384,8 @@ impl Federation {
                 committed_this_run: 0,
                 last_delta: None,
                 momentum,
+                reputation,
+                pending_decisions: Vec::new(),
             }),
             status,
             summaries,
@@ -479,9 +502,40 @@ impl Federation {
         let r = self.record_update(node, req, wire_bytes);
         match &r {
             Ok(_) => self.metrics.accepted(self.tenant.as_str(), wire_bytes),
-            Err(e) => self.metrics.refused(self.tenant.as_str(), e),
+            Err(e) => {
+                self.metrics.refused(self.tenant.as_str(), e);
+                if let FedError::Invalid(reason) = e {
+                    self.note_violation(node, reason);
+                }
+            }
         }
         r
+    }
+
+    /// An authenticated node sent an invalid update (norm over the bound,
+    /// NaN, wrong shape or schema): attributable evidence for reputation.
+    fn note_violation(&self, node: &NodeId, reason: &str) {
+        let mut g = self.lock();
+        let version = g.version;
+        if let Some(d) = g.reputation.violation(node.as_str(), version, reason) {
+            warn!(tenant = %self.tenant, node = %node, reason = %d.reason, "node quarantined");
+            g.pending_decisions.push(d);
+        }
+    }
+
+    /// This tenant's audit log, in version order.
+    pub fn audit_log(&self) -> Result<Vec<AuditEntry>, FedError> {
+        Ok(self.store.audit_log(self.tenant.as_str())?)
+    }
+
+    /// Nodes currently quarantined.
+    pub fn quarantined(&self) -> BTreeSet<String> {
+        self.lock().reputation.quarantined()
+    }
+
+    /// Reputation records of every node seen, for `/status`.
+    pub fn reputation(&self) -> BTreeMap<String, crate::reputation::NodeRecord> {
+        self.lock().reputation.records().clone()
     }
 
     fn record_update(
@@ -512,7 +566,7 @@ impl Federation {
                 expected: info.base_version,
             });
         }
-        if !info.selected.contains(node) {
+        if !info.selected.contains(node) && !info.shadow.contains(node) {
             return Err(FedError::NotSelected {
                 node: node.to_string(),
                 round: info.round,
@@ -657,11 +711,15 @@ impl Federation {
             .set_next_round(self.tenant.as_str(), round_no + 1)?;
         let mut rng =
             ChaCha8Rng::seed_from_u64(self.cfg.seed ^ round_no.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let quarantined = self.lock().reputation.quarantined();
+        let (shadow, eligible): (BTreeSet<NodeId>, BTreeSet<NodeId>) = connected
+            .into_iter()
+            .partition(|n| quarantined.contains(n.as_str()));
         let selected: BTreeSet<NodeId> =
-            if self.cfg.max_participants == 0 || connected.len() <= self.cfg.max_participants {
-                connected
+            if self.cfg.max_participants == 0 || eligible.len() <= self.cfg.max_participants {
+                eligible
             } else {
-                connected
+                eligible
                     .into_iter()
                     .choose_multiple(&mut rng, self.cfg.max_participants)
                     .into_iter()
@@ -677,6 +735,7 @@ impl Federation {
                 round: round_no,
                 base_version,
                 selected: selected.clone(),
+                shadow: shadow.clone(),
                 deadline_unix_ms: unix_ms(SystemTime::now() + timeout),
                 training: training_of(&self.cfg),
             });
@@ -688,7 +747,12 @@ impl Federation {
         }
         let span = info_span!("round", tenant = %self.tenant, round = round_no);
         let _e = span.enter();
-        info!(base_version, selected = selected.len(), "round open");
+        info!(
+            base_version,
+            selected = selected.len(),
+            shadow = shadow.len(),
+            "round open"
+        );
         drop(_e);
         self.status.send_replace(RoundStatus::Open(info.clone()));
         let deadline = tokio::time::Instant::now() + timeout;
@@ -697,7 +761,7 @@ impl Federation {
                 .lock()
                 .round
                 .as_ref()
-                .map(|r| r.updates.len())
+                .map(|r| r.updates.keys().filter(|n| selected.contains(*n)).count())
                 .unwrap_or(0)
                 >= selected.len();
             if done || *shutdown.borrow() {
@@ -714,14 +778,21 @@ impl Federation {
         if *shutdown.borrow() {
             return Ok(());
         }
-        let got = round.updates.len();
-        if got < self.cfg.quorum {
+        let got = round
+            .updates
+            .keys()
+            .filter(|n| selected.contains(*n))
+            .count();
+        if got < self.cfg.quorum || got == 0 {
             let reason = format!(
                 "quorum not reached: {got} of {} updates (quorum {})",
                 selected.len(),
                 self.cfg.quorum
             );
             warn!(parent: &span, %reason, "round aborted");
+            // Keep violations seen in this round across a crash.
+            let rep = self.lock().reputation.to_bytes();
+            self.store.save_reputation(self.tenant.as_str(), &rep)?;
             self.metrics.aborted(self.tenant.as_str());
             self.status.send_replace(RoundStatus::Aborted {
                 round: round_no,
@@ -746,7 +817,10 @@ impl Federation {
         round: OpenRound,
         selected: &BTreeSet<NodeId>,
     ) -> Result<RoundSummary, FedError> {
-        let updates: Vec<&ValidUpdate> = round.updates.values().collect();
+        let (updates, shadow): (Vec<&ValidUpdate>, Vec<&ValidUpdate>) = round
+            .updates
+            .values()
+            .partition(|u| selected.contains(&u.node));
         let deltas: Vec<&[f32]> = updates.iter().map(|u| u.delta.as_slice()).collect();
         let weights: Vec<f64> = updates.iter().map(|u| u.num_samples as f64).collect();
         let (base, prev_signed, version, prev_delta, prev_momentum) = {
@@ -805,6 +879,33 @@ impl Federation {
                 excluded.push((u.node.to_string(), format!("not selected by {rule}")));
             }
         }
+        let outcome_selected = outcome.selected.len();
+        let nodes: Vec<String> = updates.iter().map(|u| u.node.to_string()).collect();
+        let shadow_deltas: Vec<(String, &[f32])> = shadow
+            .iter()
+            .map(|u| (u.node.to_string(), u.delta.as_slice()))
+            .collect();
+        let evidence = plaintext_evidence(
+            &self.cfg.reputation,
+            &nodes,
+            &deltas,
+            agg,
+            &outcome.selected,
+            &shadow_deltas,
+        );
+        // Reputation moves under the lock, so violations reported by
+        // concurrent submissions are never overwritten.
+        let (decisions, reputation_bytes) = {
+            let mut g = self.lock();
+            let mut decisions = std::mem::take(&mut g.pending_decisions);
+            decisions.extend(g.reputation.observe_round(version, &evidence));
+            (decisions, g.reputation.to_bytes())
+        };
+        for d in &decisions {
+            info!(tenant = %self.tenant, node = %d.node, action = d.action.label(), reason = %d.reason, "reputation");
+        }
+        let quarantined_now: Vec<String> =
+            round.info.shadow.iter().map(|n| n.to_string()).collect();
         let mean_train_loss =
             updates.iter().map(|u| u.train_loss).sum::<f32>() / updates.len() as f32;
         let bytes_received = updates.iter().map(|u| u.wire_bytes).sum();
@@ -822,8 +923,11 @@ impl Federation {
                 model_sha256: String::new(),
                 prev_entry_sha256: String::new(),
                 unix_ms: now,
+                quarantined: quarantined_now,
+                reputation: decisions.clone(),
             },
             momentum_bytes.as_deref(),
+            Some(&reputation_bytes),
         )?;
         {
             let mut g = self.lock();
@@ -834,6 +938,10 @@ impl Federation {
             g.momentum = momentum.map(Arc::new);
             g.committed_this_run += 1;
         }
+        for d in &decisions {
+            self.metrics
+                .reputation_decision(self.tenant.as_str(), d.action.label());
+        }
         Ok(RoundSummary {
             tenant: self.tenant.to_string(),
             round: round.info.round,
@@ -842,6 +950,8 @@ impl Federation {
             selected: selected.len(),
             mean_train_loss,
             bytes_received,
+            excluded: updates.len().saturating_sub(outcome_selected),
+            quarantined: round.info.shadow.len(),
             duration: round.started.elapsed(),
         })
     }

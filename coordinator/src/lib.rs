@@ -11,6 +11,7 @@ pub mod config;
 pub mod federation;
 pub mod metrics;
 pub mod pki;
+pub mod reputation;
 pub mod server_step;
 pub mod service;
 pub mod store;
@@ -75,6 +76,7 @@ pub struct Coordinator {
     store: Store,
     metrics: Arc<metrics::Metrics>,
     metrics_listen: Option<std::net::SocketAddr>,
+    health_listen: Option<std::net::SocketAddr>,
 }
 
 impl Coordinator {
@@ -112,6 +114,7 @@ impl Coordinator {
             store,
             metrics,
             metrics_listen: cfg.metrics_listen,
+            health_listen: cfg.health_listen,
         })
     }
 
@@ -178,6 +181,26 @@ impl Coordinator {
                 },
             )));
         }
+        let mut health = None;
+        if let Some(addr) = self.health_listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| CoordinatorError::Listen { addr, source })?;
+            info!(addr = %l.local_addr().unwrap_or(addr), "plaintext gRPC health serving");
+            let mut rx = stop_rx.clone();
+            let svc = health_service.clone();
+            health = Some(tokio::spawn(async move {
+                tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(l),
+                        async move {
+                            let _ = rx.wait_for(|stop| *stop).await;
+                        },
+                    )
+                    .await
+            }));
+        }
         let incoming = transport::tls_incoming(listener, self.tls.clone(), Duration::from_secs(10));
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -191,6 +214,9 @@ impl Coordinator {
             let _ = d.await;
         }
         if let Some(h) = http {
+            let _ = h.await;
+        }
+        if let Some(h) = health {
             let _ = h.await;
         }
         result?;

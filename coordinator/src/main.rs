@@ -52,11 +52,17 @@ enum Cmd {
         #[arg(long, env = "FEDMESH_DATA_DIR")]
         data_dir: PathBuf,
     },
-    /// Prints each tenant's committed versions and latest audit entry (coordinator stopped).
+    /// Prints the federation state: live from a running coordinator's
+    /// `/status` (`--url`, the `metrics_listen` address), or from a stopped
+    /// coordinator's store (`--data-dir`).
     Status {
-        /// Data directory.
+        /// Base URL of a running coordinator's metrics listener, e.g.
+        /// `http://127.0.0.1:9464`.
+        #[arg(long, env = "FEDMESH_STATUS_URL", conflicts_with = "data_dir")]
+        url: Option<String>,
+        /// Data directory of a stopped coordinator.
         #[arg(long, env = "FEDMESH_DATA_DIR")]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -163,37 +169,65 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Status { data_dir, json } => {
-            let store = open_existing(&data_dir)?;
-            let mut out = Vec::new();
-            for t in store.tenants()? {
-                let latest = store.latest_audit(&t)?;
-                out.push(serde_json::json!({
-                    "tenant": t,
-                    "version": latest.as_ref().map(|e| e.version),
-                    "round": latest.as_ref().map(|e| e.round),
-                    "participants": latest.as_ref().map(|e| e.participants.clone()),
-                    "excluded": latest.as_ref().map(|e| e.excluded.clone()),
-                    "next_round": store.next_round(&t)?,
-                }));
-            }
+        Cmd::Status {
+            url,
+            data_dir,
+            json,
+        } => {
+            let out = match (url, data_dir) {
+                (Some(url), _) => {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(fedmesh_coordinator::metrics::fetch_status(&url))?
+                }
+                (None, Some(dir)) => offline_status(&open_existing(&dir)?)?,
+                (None, None) => bail!("give --url (running coordinator) or --data-dir (stopped)"),
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                for o in out {
-                    println!(
-                        "tenant {}: version {} (round {}), participants {}, next round {}",
-                        o["tenant"].as_str().unwrap_or("?"),
-                        o["version"],
-                        o["round"],
-                        o["participants"],
-                        o["next_round"]
-                    );
-                }
+                print!("{}", fedmesh_coordinator::metrics::render_status(&out));
             }
             Ok(())
         }
     }
+}
+
+/// The same JSON shape as `/status`, from a stopped coordinator's store.
+fn offline_status(store: &Store) -> Result<serde_json::Value> {
+    let mut out = Vec::new();
+    for t in store.tenants()? {
+        let latest = store.latest_audit(&t)?;
+        let reputation: serde_json::Value = match store.reputation_state(&t)? {
+            Some(b) => serde_json::from_slice(&b).context("stored reputation state")?,
+            None => serde_json::json!({}),
+        };
+        let quarantined: Vec<String> = reputation
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, r)| !r["quarantined_at"].is_null())
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(serde_json::json!({
+            "tenant": t,
+            "version": latest.as_ref().map(|e| e.version),
+            "round": {
+                "state": "stopped",
+                "last_round": latest.as_ref().map(|e| e.round),
+                "next_round": store.next_round(&t)?,
+                "participants": latest.as_ref().map(|e| e.participants.clone()),
+                "excluded": latest.as_ref().map(|e| e.excluded.clone()),
+            },
+            "connected": [],
+            "quarantined": quarantined,
+            "reputation": reputation,
+        }));
+    }
+    Ok(serde_json::Value::Array(out))
 }
 
 fn open_existing(dir: &Path) -> Result<Store> {

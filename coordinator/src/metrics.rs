@@ -22,6 +22,12 @@ struct Tenant {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReputationLabel {
+    tenant: String,
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Refusal {
     tenant: String,
     reason: &'static str,
@@ -45,6 +51,9 @@ pub struct Metrics {
     dropped: Family<Tenant, Gauge>,
     version: Family<Tenant, Gauge>,
     connected: Family<Tenant, Gauge>,
+    excluded: Family<Tenant, Gauge>,
+    quarantined: Family<Tenant, Gauge>,
+    decisions: Family<ReputationLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -83,6 +92,24 @@ impl Metrics {
         let dropped = Family::<Tenant, Gauge>::default();
         let version = Family::<Tenant, Gauge>::default();
         let connected = Family::<Tenant, Gauge>::default();
+        let excluded = Family::<Tenant, Gauge>::default();
+        let quarantined = Family::<Tenant, Gauge>::default();
+        let decisions = Family::<ReputationLabel, Counter>::default();
+        registry.register(
+            "round_excluded",
+            "Updates left out by the aggregation rule in the last committed round",
+            excluded.clone(),
+        );
+        registry.register(
+            "quarantined_nodes",
+            "Nodes whose updates are currently ignored",
+            quarantined.clone(),
+        );
+        registry.register(
+            "reputation_decisions",
+            "Reputation decisions (quarantined, released, probation_restarted)",
+            decisions.clone(),
+        );
         registry.register("rounds_committed", "Rounds committed", committed.clone());
         registry.register(
             "rounds_aborted",
@@ -137,6 +164,9 @@ impl Metrics {
             dropped,
             version,
             connected,
+            excluded,
+            quarantined,
+            decisions,
         }
     }
 
@@ -162,6 +192,18 @@ impl Metrics {
         self.version
             .get_or_create(&t)
             .set(i64::try_from(s.version).unwrap_or(i64::MAX));
+        self.excluded.get_or_create(&t).set(s.excluded as i64);
+        self.quarantined.get_or_create(&t).set(s.quarantined as i64);
+    }
+
+    /// A reputation decision (`action` from a fixed set).
+    pub fn reputation_decision(&self, tenant: &str, action: &'static str) {
+        self.decisions
+            .get_or_create(&ReputationLabel {
+                tenant: tenant.to_string(),
+                action,
+            })
+            .inc();
     }
 
     /// An aborted round.
@@ -186,9 +228,10 @@ impl Metrics {
             .inc();
     }
 
-    /// Current version and connected nodes.
-    pub fn observe_state(&self, tenant: &str, version: u64, connected: usize) {
+    /// Current version, connected and quarantined nodes.
+    pub fn observe_state(&self, tenant: &str, version: u64, connected: usize, quarantined: usize) {
         let t = Self::t(tenant);
+        self.quarantined.get_or_create(&t).set(quarantined as i64);
         self.version
             .get_or_create(&t)
             .set(i64::try_from(version).unwrap_or(i64::MAX));
@@ -227,6 +270,12 @@ pub fn status_json(fed: &Federation) -> serde_json::Value {
         "tenant": fed.tenant().to_string(),
         "version": fed.version(),
         "connected": fed.connected().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        "quarantined": fed.quarantined(),
+        "reputation": fed.reputation().iter().map(|(n, r)| (n.clone(), serde_json::json!({
+            "score": r.score, "rounds": r.rounds, "flagged": r.flagged,
+            "violations": r.violations, "quarantined_at": r.quarantined_at,
+            "release_at": r.release_at, "offences": r.offences, "last_reason": r.last_reason,
+        }))).collect::<serde_json::Map<String, serde_json::Value>>(),
         "round": status,
     })
 }
@@ -250,7 +299,7 @@ pub async fn serve_http(
                 let feds = f2.clone();
                 async move {
                     for (t, f) in feds.iter() {
-                        m.observe_state(t, f.version(), f.connected().len());
+                        m.observe_state(t, f.version(), f.connected().len(), f.quarantined().len());
                     }
                     (
                         [(
@@ -279,6 +328,145 @@ pub async fn serve_http(
         .await
 }
 
+/// Failures of the live `status` command.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusFetchError {
+    /// The URL is not `http://host:port[/]`.
+    #[error("status URL {0:?} must look like http://HOST:PORT (the coordinator's metrics_listen)")]
+    BadUrl(String),
+    /// Connecting or reading failed.
+    #[error("cannot read {url}/status: {source}")]
+    Io {
+        /// URL.
+        url: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// No answer in time.
+    #[error("no answer from {0}/status within 5 s")]
+    Timeout(String),
+    /// Not a 200 response with a JSON body.
+    #[error("unexpected answer from {url}/status: {reason}")]
+    BadResponse {
+        /// URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Fetches `/status` from a running coordinator's metrics listener.
+pub async fn fetch_status(url: &str) -> Result<serde_json::Value, StatusFetchError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let base = url.trim_end_matches('/');
+    let host = base
+        .strip_prefix("http://")
+        .filter(|h| !h.is_empty() && !h.contains('/'))
+        .ok_or_else(|| StatusFetchError::BadUrl(url.to_string()))?;
+    let io = |source| StatusFetchError::Io {
+        url: base.to_string(),
+        source,
+    };
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(host).await.map_err(io)?;
+        let req =
+            format!("GET /status HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.map_err(io)?;
+        let mut buf = Vec::new();
+        stream
+            .take(16 << 20)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(io)?;
+        Ok::<_, StatusFetchError>(buf)
+    };
+    let buf = tokio::time::timeout(std::time::Duration::from_secs(5), fetch)
+        .await
+        .map_err(|_| StatusFetchError::Timeout(base.to_string()))??;
+    let bad = |reason: String| StatusFetchError::BadResponse {
+        url: base.to_string(),
+        reason,
+    };
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no HTTP header".into()))?;
+    let head = String::from_utf8_lossy(&buf[..split]);
+    let status_line = head.lines().next().unwrap_or_default();
+    if status_line.split_whitespace().nth(1) != Some("200") {
+        return Err(bad(format!("status line {status_line:?}")));
+    }
+    serde_json::from_slice(&buf[split + 4..]).map_err(|e| bad(format!("body is not JSON: {e}")))
+}
+
+/// Renders `/status` JSON (or the offline equivalent) as text.
+pub fn render_status(v: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let empty = Vec::new();
+    for t in v.as_array().unwrap_or(&empty) {
+        let round = &t["round"];
+        let state = round["state"].as_str().unwrap_or("?");
+        let _ = writeln!(
+            out,
+            "tenant {}: version {}, {state}{}",
+            t["tenant"].as_str().unwrap_or("?"),
+            t["version"],
+            match state {
+                "open" => format!(
+                    " round {} from v{} ({} selected)",
+                    round["round"],
+                    round["base_version"],
+                    round["selected"].as_array().map_or(0, |a| a.len())
+                ),
+                "idle" | "aborted" => format!(": {}", round["reason"].as_str().unwrap_or("")),
+                "committed" => format!(" round {}", round["round"]),
+                "stopped" => format!(
+                    " (last round {}, next {})",
+                    round["last_round"], round["next_round"]
+                ),
+                _ => String::new(),
+            }
+        );
+        let names = |x: &serde_json::Value| -> String {
+            let v: Vec<&str> = x
+                .as_array()
+                .map(|a| a.iter().filter_map(|n| n.as_str()).collect())
+                .unwrap_or_default();
+            if v.is_empty() {
+                "-".into()
+            } else {
+                v.join(", ")
+            }
+        };
+        let _ = writeln!(out, "  connected:   {}", names(&t["connected"]));
+        let _ = writeln!(out, "  quarantined: {}", names(&t["quarantined"]));
+        if let Some(rep) = t["reputation"].as_object().filter(|m| !m.is_empty()) {
+            let _ = writeln!(
+                out,
+                "  {:<24} {:>7} {:>8} {:>10} {:>9}  state",
+                "node", "score", "flagged", "violations", "rounds"
+            );
+            for (node, r) in rep {
+                let state = match (r["quarantined_at"].as_u64(), r["release_at"].as_u64()) {
+                    (Some(at), Some(until)) => format!("quarantined at v{at}, release at v{until}"),
+                    _ => "ok".to_string(),
+                };
+                let _ = writeln!(
+                    out,
+                    "  {:<24} {:>7.2} {:>8} {:>10} {:>9}  {state}",
+                    node,
+                    r["score"].as_f64().unwrap_or(0.0),
+                    r["flagged"],
+                    r["violations"],
+                    r["rounds"],
+                );
+            }
+        }
+    }
+    out
+}
+
 /// Address helper for logs.
 pub fn describe(addr: SocketAddr) -> String {
     format!("http://{addr}/metrics")
@@ -300,6 +488,8 @@ mod tests {
             selected: 5,
             mean_train_loss: 0.1,
             bytes_received: 1000,
+            excluded: 1,
+            quarantined: 2,
             duration: Duration::from_millis(40),
         });
         m.aborted("acme");
@@ -312,7 +502,8 @@ mod tests {
             },
         );
         m.refused("beta", &FedError::Invalid("nan".into()));
-        m.observe_state("acme", 2, 4);
+        m.reputation_decision("acme", "quarantined");
+        m.observe_state("acme", 2, 4, 1);
         let text = m.encode();
         for needle in [
             "fedmesh_rounds_committed_total{tenant=\"acme\"} 1",
@@ -326,6 +517,53 @@ mod tests {
             "fedmesh_model_version{tenant=\"acme\"} 2",
             "fedmesh_connected_nodes{tenant=\"acme\"} 4",
             "fedmesh_round_duration_seconds_count{tenant=\"acme\"} 1",
+            "fedmesh_round_excluded{tenant=\"acme\"} 1",
+            "fedmesh_quarantined_nodes{tenant=\"acme\"} 1",
+            "fedmesh_reputation_decisions_total{tenant=\"acme\",action=\"quarantined\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn live_status_is_fetched_and_rendered() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_http(
+            l,
+            Arc::new(Metrics::new()),
+            BTreeMap::new(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        let v = fetch_status(&format!("http://{addr}/")).await.unwrap();
+        assert_eq!(v, serde_json::json!([]));
+        assert!(matches!(
+            fetch_status("https://example.org").await,
+            Err(StatusFetchError::BadUrl(_))
+        ));
+        let _ = tx.send(());
+        server.await.unwrap().unwrap();
+        assert!(matches!(
+            fetch_status(&format!("http://{addr}")).await,
+            Err(StatusFetchError::Io { .. })
+        ));
+
+        let v = serde_json::json!([{
+            "tenant": "acme", "version": 3,
+            "round": {"state": "open", "round": 4, "base_version": 3, "selected": ["a", "b"]},
+            "connected": ["a", "b", "evil"], "quarantined": ["evil"],
+            "reputation": {"evil": {"score": 7.5, "flagged": 3, "violations": 0, "rounds": 3,
+                                     "quarantined_at": 3, "release_at": 8}}
+        }]);
+        let text = render_status(&v);
+        for needle in [
+            "tenant acme: version 3, open round 4 from v3 (2 selected)",
+            "connected:   a, b, evil",
+            "quarantined: evil",
+            "quarantined at v3, release at v8",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -102,8 +102,16 @@ mod tests {
 
     #[test]
     fn scaler_merge_is_pooled_mean_and_std() {
-        let a = v1::ScalerStats { count: 2, sum: vec![2.0], sum_sq: vec![2.0] };
-        let b = v1::ScalerStats { count: 2, sum: vec![6.0], sum_sq: vec![18.0] };
+        let a = v1::ScalerStats {
+            count: 2,
+            sum: vec![2.0],
+            sum_sq: vec![2.0],
+        };
+        let b = v1::ScalerStats {
+            count: 2,
+            sum: vec![6.0],
+            sum_sq: vec![18.0],
+        };
         let s = merged_scaler([&a, &b].into_iter(), 1).unwrap();
         assert!((s.mean[0] - 2.0).abs() < 1e-6);
         assert!((s.std[0] - 1.0).abs() < 1e-6);

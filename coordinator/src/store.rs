@@ -68,6 +68,12 @@ pub struct AuditEntry {
     pub prev_entry_sha256: String,
     /// Commit time, unix milliseconds.
     pub unix_ms: i64,
+    /// Quarantined nodes whose updates were ignored in this round.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<String>,
+    /// Reputation decisions taken since the previous version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reputation: Vec<crate::reputation::Decision>,
 }
 
 impl AuditEntry {
@@ -164,6 +170,23 @@ impl Store {
             .map(|v| v.to_vec()))
     }
 
+    /// Reputation state committed with the latest version (or saved after
+    /// an aborted round).
+    pub fn reputation_state(&self, tenant: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .meta
+            .get(meta_key(tenant, b"reputation"))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Saves the reputation state outside a commit (after an aborted round,
+    /// so violations seen in it are not forgotten), durably.
+    pub fn save_reputation(&self, tenant: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.meta.insert(meta_key(tenant, b"reputation"), bytes)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Next round number to use for a tenant (rounds never repeat, even
     /// across aborted rounds and restarts).
     pub fn next_round(&self, tenant: &str) -> Result<u64, StoreError> {
@@ -195,6 +218,7 @@ impl Store {
         signed_model: &[u8],
         mut entry: AuditEntry,
         server_state: Option<&[u8]>,
+        reputation: Option<&[u8]>,
     ) -> Result<AuditEntry, StoreError> {
         let latest = self.latest_model(tenant)?.map(|(v, _)| v);
         let expected = latest.map_or(0, |v| v + 1);
@@ -216,10 +240,14 @@ impl Store {
         })?;
         let k = key(tenant, version);
         let state_key = meta_key(tenant, b"server_state");
+        let rep_key = meta_key(tenant, b"reputation");
         (&self.models, &self.audit, &self.meta)
             .transaction(|(m, a, t)| {
                 m.insert(k.as_slice(), signed_model)?;
                 a.insert(k.as_slice(), entry_bytes.as_slice())?;
+                if let Some(bytes) = reputation {
+                    t.insert(rep_key.as_slice(), bytes)?;
+                }
                 match server_state {
                     Some(bytes) => {
                         t.insert(state_key.as_slice(), bytes)?;
@@ -319,6 +347,8 @@ mod tests {
             model_sha256: String::new(),
             prev_entry_sha256: String::new(),
             unix_ms: 0,
+            quarantined: vec![],
+            reputation: vec![],
         }
     }
 
@@ -327,10 +357,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path()).unwrap();
-            s.commit("t", 0, b"m0", entry(0), None).unwrap();
-            s.commit("t", 1, b"m1", entry(1), Some(b"state")).unwrap();
+            s.commit("t", 0, b"m0", entry(0), None, None).unwrap();
+            s.commit("t", 1, b"m1", entry(1), Some(b"state"), Some(b"{}"))
+                .unwrap();
             assert!(matches!(
-                s.commit("t", 3, b"m3", entry(3), None),
+                s.commit("t", 3, b"m3", entry(3), None, None),
                 Err(StoreError::NotSuccessor { .. })
             ));
             s.set_next_round("t", 5).unwrap();
@@ -358,8 +389,8 @@ mod tests {
     fn tampering_breaks_the_chain() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        s.commit("t", 0, b"m0", entry(0), None).unwrap();
-        s.commit("t", 1, b"m1", entry(1), None).unwrap();
+        s.commit("t", 0, b"m0", entry(0), None, None).unwrap();
+        s.commit("t", 1, b"m1", entry(1), None, None).unwrap();
         s.models.insert(key("t", 0), b"evil".as_slice()).unwrap();
         assert!(matches!(
             s.verify_chain("t"),
@@ -371,8 +402,8 @@ mod tests {
     fn tenants_do_not_share_keys() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        s.commit("a", 0, b"a0", entry(0), None).unwrap();
-        s.commit("ab", 0, b"ab0", entry(0), None).unwrap();
+        s.commit("a", 0, b"a0", entry(0), None, None).unwrap();
+        s.commit("ab", 0, b"ab0", entry(0), None, None).unwrap();
         assert_eq!(s.latest_model("a").unwrap(), Some((0, b"a0".to_vec())));
         assert_eq!(s.audit_log("a").unwrap().len(), 1);
     }

@@ -206,12 +206,14 @@ fn coordinator_and_three_nodes_federate_over_mtls() -> Result<()> {
     }
     let port = free_port()?;
     let mport = free_port()?;
+    let hport = free_port()?;
     std::fs::write(
         dir.join("coordinator.toml"),
         format!(
             r#"
 listen = "127.0.0.1:{port}"
 metrics_listen = "127.0.0.1:{mport}"
+health_listen = "127.0.0.1:{hport}"
 data_dir = "coordinator-data"
 [tls]
 ca_cert = "pki/ca.crt"
@@ -310,6 +312,35 @@ containers = [ {containers} ]
     assert!(
         status.contains("\"tenant\":\"acme\"") && status.contains(&format!("\"version\":{FINAL}")),
         "{status}"
+    );
+    // Kubernetes-style gRPC probe on the plaintext health port.
+    let serving = tokio::runtime::Runtime::new()?.block_on(async {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{hport}"))?
+            .connect()
+            .await?;
+        let mut c = tonic_health::pb::health_client::HealthClient::new(ch);
+        let mut out = Vec::new();
+        for service in ["", "fedmesh.v1.Federation"] {
+            let r = c
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await?;
+            out.push(r.into_inner().status);
+        }
+        anyhow::Ok(out)
+    })?;
+    let ok = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    assert_eq!(serving, vec![ok, ok]);
+    // The operator's view of the same: `status --url` against the live coordinator.
+    let live = run(
+        COORD,
+        &["status", "--url", &format!("http://127.0.0.1:{mport}")],
+        dir,
+    )?;
+    assert!(
+        live.contains(&format!("tenant acme: version {FINAL}")) && live.contains("connected:"),
+        "{live}"
     );
     for p in &mut nodes {
         p.stop()?;

@@ -1150,3 +1150,105 @@ async fn server_momentum_accumulates_across_rounds() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_outlier_is_quarantined_ignored_and_released() -> Result<()> {
+    // Five nodes, FedAvg, probation 2 versions. "evil" sends a norm-valid
+    // but far-off update every round (0.05 against the honest 0.01; its
+    // distance to the mean is 4× the honest ones'): flagged in rounds 1–3
+    // (score 2.77, 5.27, 7.52 ≥ 6.9) and quarantined at version 3; in
+    // rounds 4 and 5 it is a shadow participant (still told to train, its
+    // update accepted but ignored: the step is the honest 0.01, not
+    // 0.018); released when version 5 commits; back in round 6, where one
+    // more flag quarantines the repeat offender again at once.
+    let t = tenant("acme", 5, &[4])
+        .replace("max_rounds = 1", "max_rounds = 6\nquorum = 4")
+        .replace("quorum = 5\n", "")
+        .replace(
+            "[tenants.model]",
+            "[tenants.reputation]\nprobation_rounds = 2\n[tenants.model]",
+        );
+    let mesh = Mesh::start(&[t], 64 << 20).await?;
+    let fed = mesh.fed("acme");
+    let names = ["n1", "n2", "n3", "n4", "evil"];
+    let mut clients = Vec::new();
+    for n in names {
+        let mut c = mesh.node("acme", n).await?;
+        let j = join(&mut c, "acme", n).await?;
+        clients.push((c, j));
+    }
+    let mut streams = Vec::new();
+    for (c, _) in &mut clients {
+        streams.push(watch(c).await?);
+    }
+    let mut prev = params(&get_model(&mut clients[0].0, 0).await?.1)?;
+    for round in 1..=6u64 {
+        let mut opens = Vec::new();
+        for s in &mut streams {
+            opens.push(wait_open(s).await?);
+        }
+        // Every node, quarantined or not, is asked to train.
+        assert!(opens.iter().all(|o| o.selected), "round {round}: {opens:?}");
+        // The quarantined node submits first: accepted, never waited for.
+        for i in [4, 0, 1, 2, 3] {
+            let (c, j) = &mut clients[i];
+            let value = if i == 4 { 0.05 } else { 0.01 };
+            c.submit_update(update(j, &opens[i], value)).await?;
+        }
+        let committed = wait_committed(&mut streams[0]).await?;
+        assert_eq!(committed.version, round);
+        for s in &mut streams[1..] {
+            wait_committed(s).await?;
+        }
+        let (_, m) = get_model(&mut clients[4].0, round).await?;
+        let now = params(&m)?;
+        let shadow = round == 4 || round == 5;
+        assert_eq!(m.participants, if shadow { 4 } else { 5 }, "round {round}");
+        let expected = if shadow { 0.01 } else { 0.018 };
+        for (w, p) in now.iter().zip(&prev) {
+            assert!(
+                ((w - p) - expected).abs() < 1e-5,
+                "round {round}: step {} != {expected}",
+                w - p
+            );
+        }
+        prev = now;
+        let quarantined = fed.quarantined();
+        match round {
+            1 | 2 => assert!(quarantined.is_empty(), "round {round}: {quarantined:?}"),
+            5 => assert!(quarantined.is_empty(), "round {round}: {quarantined:?}"),
+            _ => assert_eq!(quarantined.iter().collect::<Vec<_>>(), vec!["evil"]),
+        }
+    }
+    let log = fed.audit_log()?;
+    assert_eq!(log.len(), 7);
+    let actions = |v: usize| -> Vec<(String, String)> {
+        log[v]
+            .reputation
+            .iter()
+            .map(|d| (d.node.clone(), d.action.label().to_string()))
+            .collect()
+    };
+    assert_eq!(
+        actions(3),
+        vec![("evil".to_string(), "quarantined".to_string())]
+    );
+    assert_eq!(
+        actions(5),
+        vec![("evil".to_string(), "released".to_string())]
+    );
+    assert_eq!(
+        actions(6),
+        vec![("evil".to_string(), "quarantined".to_string())]
+    );
+    assert!(actions(1).is_empty() && actions(4).is_empty());
+    assert!(
+        log[3].reputation[0].reason.contains("× the median"),
+        "{:?}",
+        log[3]
+    );
+    assert_eq!(log[4].quarantined, vec!["evil".to_string()]);
+    assert!(!log[4].participants.contains(&"evil".to_string()));
+    assert!(log[6].participants.contains(&"evil".to_string()));
+    Ok(())
+}
