@@ -378,6 +378,7 @@ impl Reputation {
             let r = self.nodes.entry(node.clone()).or_default();
             if r.quarantined_at.is_some() {
                 // Shadow evidence: a flagged update restarts probation.
+                r.rounds += 1;
                 if flagged {
                     let factor = 1u64 << r.offences.saturating_sub(1).min(6);
                     r.release_at = Some(version.saturating_add(probation.saturating_mul(factor)));
@@ -468,14 +469,14 @@ pub fn plaintext_evidence(
     let limit = cfg.outlier_factor * median;
     let judge = |d: f64, excluded: bool| -> Evidence {
         if d > limit && d > 1e-12 {
-            let ratio = if median > 0.0 {
-                d / median
+            let reason = if median > 0.0 {
+                format!("distance to the aggregate {:.1}× the median", d / median)
             } else {
-                f64::INFINITY
+                format!("distance to the aggregate {d:.3e}, the median is 0")
             };
             Evidence::Flagged {
                 bucket_size: 1,
-                reason: format!("distance to the aggregate {ratio:.1}× the median"),
+                reason,
             }
         } else if excluded {
             Evidence::Flagged {
