@@ -520,3 +520,178 @@ impl UnmaskResponse {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        "[a-z0-9][a-z0-9._-]{0,20}"
+    }
+
+    fn node() -> impl Strategy<Value = NodeId> {
+        name().prop_map(|s| s.parse().unwrap())
+    }
+
+    fn tenant() -> impl Strategy<Value = TenantId> {
+        name().prop_map(|s| s.parse().unwrap())
+    }
+
+    fn sorted_nodes() -> impl Strategy<Value = Vec<NodeId>> {
+        proptest::collection::btree_set(node(), 0..6).prop_map(|s| s.into_iter().collect())
+    }
+
+    fn shares() -> impl Strategy<Value = Vec<(NodeId, [u8; 32])>> {
+        proptest::collection::btree_map(node(), any::<[u8; 32]>(), 0..5)
+            .prop_map(|m| m.into_iter().collect())
+    }
+
+    fn sig() -> impl Strategy<Value = Signature> {
+        proptest::collection::vec(any::<u8>(), 64).prop_map(|v| v.try_into().unwrap())
+    }
+
+    /// Every strict prefix and every extension by one byte must be refused.
+    fn check_canonical<T, F>(bytes: &[u8], decode: F)
+    where
+        F: Fn(&[u8]) -> Result<T, SecAggError>,
+    {
+        for cut in [0, 1, 2, bytes.len() / 2, bytes.len() - 1] {
+            assert!(
+                decode(&bytes[..cut]).is_err(),
+                "prefix of {cut} bytes accepted"
+            );
+        }
+        let mut longer = bytes.to_vec();
+        longer.push(0);
+        assert!(decode(&longer).is_err(), "trailing byte accepted");
+    }
+
+    proptest! {
+        #[test]
+        fn advert_round_trip(
+            tenant in tenant(), node in node(), round in any::<u64>(), bucket in any::<u32>(),
+            mask in any::<[u8; 32]>(), enc in any::<[u8; 32]>(), commit in any::<[u8; 32]>(),
+            cert in proptest::collection::vec(any::<u8>(), 0..300), signature in sig(),
+        ) {
+            let m = KeyAdvert { tenant, round, bucket, node, mask_public: mask, enc_public: enc,
+                seed_commitment: commit, cert_der: cert, signature };
+            let bytes = m.encode();
+            prop_assert_eq!(&KeyAdvert::decode(&bytes).unwrap(), &m);
+            check_canonical(&bytes, KeyAdvert::decode);
+            // Another message type's decoder refuses it.
+            prop_assert!(MaskedInput::decode(&bytes).is_err());
+        }
+
+        #[test]
+        fn share_round_trip(
+            tenant in tenant(), src in node(), dst in node(), round in any::<u64>(),
+            bucket in any::<u32>(),
+            ct in proptest::collection::vec(any::<u8>(), SHARE_CIPHERTEXT_LEN),
+        ) {
+            let m = EncryptedShare { tenant, round, bucket, src, dst, ciphertext: ct };
+            let bytes = m.encode();
+            prop_assert_eq!(&EncryptedShare::decode(&bytes).unwrap(), &m);
+            check_canonical(&bytes, EncryptedShare::decode);
+        }
+
+        #[test]
+        fn masked_round_trip(
+            tenant in tenant(), node in node(), round in any::<u64>(), version in any::<u64>(),
+            bucket in any::<u32>(), words in proptest::collection::vec(any::<u32>(), 0..200),
+            signature in sig(),
+        ) {
+            let m = MaskedInput { tenant, round, model_version: version, bucket, node,
+                words, signature };
+            let bytes = m.encode();
+            // 4 bytes per parameter plus a header of at most 2 + 64 + 8 + 8 + 4 + 64 + 4 + 64.
+            prop_assert!(bytes.len() <= 4 * m.words.len() + 218);
+            prop_assert_eq!(&MaskedInput::decode(&bytes).unwrap(), &m);
+            check_canonical(&bytes, MaskedInput::decode);
+        }
+
+        #[test]
+        fn request_round_trip(
+            tenant in tenant(), round in any::<u64>(), bucket in any::<u32>(),
+            survivors in sorted_nodes(), dropped in sorted_nodes(),
+        ) {
+            let m = UnmaskRequest { tenant, round, bucket, survivors, dropped };
+            let bytes = m.encode();
+            prop_assert_eq!(&UnmaskRequest::decode(&bytes).unwrap(), &m);
+            check_canonical(&bytes, UnmaskRequest::decode);
+        }
+
+        #[test]
+        fn response_round_trip(
+            tenant in tenant(), node in node(), round in any::<u64>(), bucket in any::<u32>(),
+            seed_shares in shares(), key_shares in shares(), signature in sig(),
+        ) {
+            let m = UnmaskResponse { tenant, round, bucket, node, seed_shares, key_shares,
+                signature };
+            let bytes = m.encode();
+            prop_assert_eq!(&UnmaskResponse::decode(&bytes).unwrap(), &m);
+            check_canonical(&bytes, UnmaskResponse::decode);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            // Also with a valid header so the decoders get past the tag.
+            for tag in 1..=5u8 {
+                let mut b = vec![super::super::wire::VERSION, tag];
+                b.extend_from_slice(&bytes);
+                let _ = KeyAdvert::decode(&b);
+                let _ = EncryptedShare::decode(&b);
+                let _ = MaskedInput::decode(&b);
+                let _ = UnmaskRequest::decode(&b);
+                let _ = UnmaskResponse::decode(&b);
+            }
+        }
+    }
+
+    #[test]
+    fn unsorted_or_oversized_fields_are_refused() {
+        let t: TenantId = "acme".parse().unwrap();
+        let (a, b): (NodeId, NodeId) = ("a".parse().unwrap(), "b".parse().unwrap());
+        let m = UnmaskRequest {
+            tenant: t.clone(),
+            round: 1,
+            bucket: 0,
+            survivors: vec![b.clone(), a.clone()],
+            dropped: vec![],
+        };
+        assert!(UnmaskRequest::decode(&m.encode()).is_err());
+        let m = UnmaskRequest {
+            tenant: t.clone(),
+            round: 1,
+            bucket: 0,
+            survivors: vec![a.clone(), a.clone()],
+            dropped: vec![],
+        };
+        assert!(UnmaskRequest::decode(&m.encode()).is_err());
+        // A word count far beyond the bytes present fails without allocating it.
+        let mut w = Writer::with_header(TAG_MASKED, 64);
+        w.name("acme");
+        w.u64(1);
+        w.u64(1);
+        w.u32(0);
+        w.name("a");
+        w.u32(u32::MAX);
+        let e = MaskedInput::decode(&w.buf).unwrap_err();
+        assert!(e.to_string().contains("limit"), "{e}");
+        // A bad name is a decode error.
+        let mut w = Writer::with_header(TAG_REQUEST, 64);
+        w.name("Not Valid");
+        assert!(UnmaskRequest::decode(&w.buf).is_err());
+        // Wrong ciphertext length.
+        let s = EncryptedShare {
+            tenant: t,
+            round: 1,
+            bucket: 0,
+            src: a,
+            dst: b,
+            ciphertext: vec![0; 10],
+        };
+        assert!(EncryptedShare::decode(&s.encode()).is_err());
+        assert!(KeyAdvert::decode(&[2, 1]).is_err(), "unknown version");
+    }
+}
