@@ -208,7 +208,7 @@ fn log_add(a: f64, b: f64) -> f64 {
 /// RDP at integer order `alpha ≥ 2` of one round of the Gaussian mechanism
 /// with sampling rate `q` and noise multiplier `z`.
 pub fn rdp_sampled_gaussian(q: f64, z: f64, alpha: u32) -> Result<f64, SecAggError> {
-    if !(q.is_finite() && (0.0..=1.0).contains(&q)) || !(z.is_finite() && z > 0.0) || alpha < 2 {
+    if !(q.is_finite() && (0.0..=1.0).contains(&q) && z.is_finite() && z > 0.0) || alpha < 2 {
         return Err(SecAggError::Dp(format!(
             "need 0 ≤ q ≤ 1, z > 0, α ≥ 2; got q = {q}, z = {z}, α = {alpha}"
         )));

@@ -1,3 +1,4 @@
+#![allow(clippy::needless_range_loop)] // clients, signers and updates are parallel arrays
 //! End-to-end runs of the bucket protocol between `ClientRound`s and a
 //! `BucketUnmasker`, with and without dropouts, and its refusals.
 

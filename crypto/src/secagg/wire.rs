@@ -3,9 +3,10 @@
 //! Hand-written rather than serde/bincode so that the encoding is fixed by
 //! this file alone (signatures are computed over it) and the decoder checks
 //! every length against a limit and against the bytes actually present
-//! before allocating. Layout: integers little-endian; a name is `u8` length
-//! + UTF-8 (validated as a fedmesh name); a byte string is `u32` length +
-//! bytes; a word vector is `u32` count + `4·count` bytes. Every message
+//! before allocating. Layout: integers little-endian; a name is a `u8`
+//! length and UTF-8 (validated as a fedmesh name); a byte string is a `u32`
+//! length and the bytes; a word vector is a `u32` count and `4·count`
+//! bytes. Every message
 //! starts with [`VERSION`] and a type tag and must be consumed exactly:
 //! trailing bytes are an error, so each value has exactly one encoding.
 
