@@ -20,6 +20,7 @@ pub mod ca;
 mod error;
 pub mod identity;
 mod pem;
+pub mod secagg;
 mod secret;
 pub mod sign;
 pub mod tls;
@@ -27,6 +28,7 @@ pub mod tls;
 pub use ca::{IssuedCert, MeshCa};
 pub use error::CryptoError;
 pub use identity::{Identity, NodeId, TenantId};
+pub use secagg::{BucketSum, BucketUnmasker, ClientRound, SecAggError};
 pub use secret::SecretPem;
 pub use sign::{CertSigner, CertVerifier};
 

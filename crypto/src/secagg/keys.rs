@@ -1,0 +1,291 @@
+//! Per-round X25519 keys, key agreement, key derivation and share
+//! encryption.
+//!
+//! `x25519-dalek` (with `static_secrets` and `zeroize`) rather than ring's
+//! X25519: Bonawitz's dropout recovery Shamir-shares the *mask secret key*,
+//! and ring's agreement keys cannot be exported. Secrets zeroize on drop.
+
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use ring::hkdf::{HKDF_SHA256, Salt};
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::SecAggError;
+use crate::identity::{NodeId, TenantId};
+
+const HKDF_SALT: &[u8] = b"fedmesh/secagg/v1/hkdf-salt";
+const MASK_LABEL: &[u8] = b"fedmesh/secagg/v1/pairwise-mask";
+const SHARE_KEY_LABEL: &[u8] = b"fedmesh/secagg/v1/share-key";
+const SEED_COMMIT_DOMAIN: &[u8] = b"fedmesh/secagg/v1/self-seed-commitment";
+
+/// A 32-byte secret that zeroizes on drop and never prints.
+#[derive(Clone, Zeroize, zeroize::ZeroizeOnDrop)]
+pub struct Secret32(pub(crate) [u8; 32]);
+
+impl std::fmt::Debug for Secret32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret32(<redacted>)")
+    }
+}
+
+impl Secret32 {
+    /// The secret bytes.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+/// SHA-256 commitment to a self-mask seed.
+pub fn seed_commitment(seed: &[u8; 32]) -> [u8; 32] {
+    let mut buf = Zeroizing::new(Vec::with_capacity(SEED_COMMIT_DOMAIN.len() + 32));
+    buf.extend_from_slice(SEED_COMMIT_DOMAIN);
+    buf.extend_from_slice(seed);
+    crate::sha256(&buf)
+}
+
+/// The X25519 public key of a secret key.
+pub fn public_key(secret: &[u8; 32]) -> [u8; 32] {
+    PublicKey::from(&StaticSecret::from(*secret)).to_bytes()
+}
+
+fn info(
+    label: &[u8],
+    tenant: &TenantId,
+    round: u64,
+    bucket: u32,
+    a: &NodeId,
+    b: &NodeId,
+) -> Vec<u8> {
+    let mut v = Vec::with_capacity(label.len() + 160);
+    v.extend_from_slice(label);
+    for s in [tenant.as_str(), a.as_str(), b.as_str()] {
+        // Names are at most 63 bytes.
+        v.push(s.len() as u8);
+        v.extend_from_slice(s.as_bytes());
+    }
+    v.extend_from_slice(&round.to_be_bytes());
+    v.extend_from_slice(&bucket.to_be_bytes());
+    v
+}
+
+fn hkdf(ikm: &[u8], info: &[u8]) -> Result<Secret32, SecAggError> {
+    let prk = Salt::new(HKDF_SHA256, HKDF_SALT).extract(ikm);
+    let mut out = Secret32([0; 32]);
+    prk.expand(&[info], HKDF_SHA256)
+        .and_then(|okm| okm.fill(&mut out.0))
+        .map_err(|_| SecAggError::Config("HKDF output length".into()))?;
+    Ok(out)
+}
+
+/// X25519 of `secret` with `peer_public`; refuses a non-contributory result
+/// (a low-order peer key).
+fn agree(
+    secret: &[u8; 32],
+    peer_public: &[u8; 32],
+    peer: &NodeId,
+) -> Result<Zeroizing<[u8; 32]>, SecAggError> {
+    let sk = StaticSecret::from(*secret);
+    let shared = sk.diffie_hellman(&PublicKey::from(*peer_public));
+    if !shared.was_contributory() {
+        return Err(SecAggError::WeakKey(peer.clone()));
+    }
+    Ok(Zeroizing::new(shared.to_bytes()))
+}
+
+/// Pairwise mask seed s_{u,v} = HKDF(X25519(s_u^SK, s_v^PK), label ‖ tenant ‖
+/// u<v sorted ids ‖ round ‖ bucket). Symmetric in (u, v).
+#[allow(clippy::too_many_arguments)]
+pub fn pairwise_seed(
+    my_secret: &[u8; 32],
+    me: &NodeId,
+    peer_public: &[u8; 32],
+    peer: &NodeId,
+    tenant: &TenantId,
+    round: u64,
+    bucket: u32,
+) -> Result<Secret32, SecAggError> {
+    let shared = agree(my_secret, peer_public, peer)?;
+    let (lo, hi) = if me < peer { (me, peer) } else { (peer, me) };
+    hkdf(
+        shared.as_ref(),
+        &info(MASK_LABEL, tenant, round, bucket, lo, hi),
+    )
+}
+
+/// Directional share-encryption key for `src → dst`:
+/// HKDF(X25519(c_src, c_dst), label ‖ tenant ‖ src ‖ dst ‖ round ‖ bucket).
+/// Each key encrypts exactly one message, so a fixed nonce is safe.
+#[allow(clippy::too_many_arguments)]
+fn share_key(
+    my_secret: &[u8; 32],
+    peer_public: &[u8; 32],
+    peer: &NodeId,
+    src: &NodeId,
+    dst: &NodeId,
+    tenant: &TenantId,
+    round: u64,
+    bucket: u32,
+) -> Result<LessSafeKey, SecAggError> {
+    let shared = agree(my_secret, peer_public, peer)?;
+    let key = hkdf(
+        shared.as_ref(),
+        &info(SHARE_KEY_LABEL, tenant, round, bucket, src, dst),
+    )?;
+    let unbound = UnboundKey::new(&CHACHA20_POLY1305, key.expose())
+        .map_err(|_| SecAggError::Config("ChaCha20-Poly1305 key length".into()))?;
+    Ok(LessSafeKey::new(unbound))
+}
+
+/// Binding of one encrypted share.
+pub(crate) struct ShareBinding<'a> {
+    pub tenant: &'a TenantId,
+    pub round: u64,
+    pub bucket: u32,
+    pub src: &'a NodeId,
+    pub dst: &'a NodeId,
+}
+
+/// Encrypts `plaintext` from `src` (holding `enc_secret`) to `dst` (`dst_public`).
+pub(crate) fn seal(
+    enc_secret: &[u8; 32],
+    dst_public: &[u8; 32],
+    b: &ShareBinding<'_>,
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, SecAggError> {
+    let key = share_key(
+        enc_secret, dst_public, b.dst, b.src, b.dst, b.tenant, b.round, b.bucket,
+    )?;
+    let mut buf = plaintext.to_vec();
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key([0; 12]),
+        Aad::from(aad),
+        &mut buf,
+    )
+    .map_err(|_| SecAggError::Config("share encryption failed".into()))?;
+    Ok(buf)
+}
+
+/// Decrypts a share sent by `src` to `dst` (holding `enc_secret`).
+pub(crate) fn open(
+    enc_secret: &[u8; 32],
+    src_public: &[u8; 32],
+    b: &ShareBinding<'_>,
+    aad: &[u8],
+    ciphertext: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, SecAggError> {
+    let key = share_key(
+        enc_secret, src_public, b.src, b.src, b.dst, b.tenant, b.round, b.bucket,
+    )?;
+    let mut buf = Zeroizing::new(ciphertext.to_vec());
+    let len = key
+        .open_in_place(
+            Nonce::assume_unique_for_key([0; 12]),
+            Aad::from(aad),
+            &mut buf,
+        )
+        .map_err(|_| SecAggError::ShareDecrypt {
+            sender: b.src.clone(),
+            recipient: b.dst.clone(),
+        })?
+        .len();
+    buf.truncate(len);
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> NodeId {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn pairwise_seed_is_symmetric_and_bound() {
+        let t: TenantId = "acme".parse().unwrap();
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let (pa, pb) = (public_key(&a), public_key(&b));
+        let ab = pairwise_seed(&a, &n("a"), &pb, &n("b"), &t, 3, 0).unwrap();
+        let ba = pairwise_seed(&b, &n("b"), &pa, &n("a"), &t, 3, 0).unwrap();
+        assert_eq!(ab.expose(), ba.expose());
+        let other_round = pairwise_seed(&a, &n("a"), &pb, &n("b"), &t, 4, 0).unwrap();
+        assert_ne!(ab.expose(), other_round.expose());
+        let other_bucket = pairwise_seed(&a, &n("a"), &pb, &n("b"), &t, 3, 1).unwrap();
+        assert_ne!(ab.expose(), other_bucket.expose());
+        // A low-order point is refused.
+        assert!(matches!(
+            pairwise_seed(&a, &n("a"), &[0; 32], &n("b"), &t, 3, 0),
+            Err(SecAggError::WeakKey(_))
+        ));
+        assert_eq!(format!("{ab:?}"), "Secret32(<redacted>)");
+    }
+
+    #[test]
+    fn rfc7748_x25519_vector() {
+        // RFC 7748 §6.1: Alice's and Bob's keys.
+        let alice: [u8; 32] =
+            hex::decode("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+                .unwrap()
+                .try_into()
+                .unwrap();
+        assert_eq!(
+            hex::encode(public_key(&alice)),
+            "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+        );
+    }
+
+    #[test]
+    fn share_encryption_round_trip_and_binding() {
+        let t: TenantId = "acme".parse().unwrap();
+        let (cu, cv) = ([5u8; 32], [6u8; 32]);
+        let (pu, pv) = (public_key(&cu), public_key(&cv));
+        let (u, v, w) = (n("u"), n("v"), n("w"));
+        let bind = ShareBinding {
+            tenant: &t,
+            round: 1,
+            bucket: 2,
+            src: &u,
+            dst: &v,
+        };
+        let ct = seal(&cu, &pv, &bind, b"ad", b"secret share").unwrap();
+        assert_eq!(ct.len(), 12 + 16);
+        assert_eq!(
+            &open(&cv, &pu, &bind, b"ad", &ct).unwrap()[..],
+            b"secret share"
+        );
+        // Wrong AD, tampered ciphertext, wrong direction, other recipient: attributable errors.
+        let e = open(&cv, &pu, &bind, b"ae", &ct).unwrap_err();
+        assert!(
+            matches!(&e, SecAggError::ShareDecrypt { sender, .. } if sender == &u),
+            "{e}"
+        );
+        let mut bad = ct.clone();
+        bad[0] ^= 1;
+        assert!(open(&cv, &pu, &bind, b"ad", &bad).is_err());
+        let back = ShareBinding {
+            tenant: &t,
+            round: 1,
+            bucket: 2,
+            src: &v,
+            dst: &u,
+        };
+        assert!(open(&cu, &pv, &back, b"ad", &ct).is_err());
+        let third = ShareBinding {
+            tenant: &t,
+            round: 1,
+            bucket: 2,
+            src: &u,
+            dst: &w,
+        };
+        assert!(open(&cv, &pu, &third, b"ad", &ct).is_err());
+        let later = ShareBinding {
+            tenant: &t,
+            round: 2,
+            bucket: 2,
+            src: &u,
+            dst: &v,
+        };
+        assert!(open(&cv, &pu, &later, b"ad", &ct).is_err());
+    }
+}

@@ -1,0 +1,538 @@
+#![allow(clippy::needless_range_loop)] // clients, signers and updates are parallel arrays
+//! End-to-end runs of the bucket protocol between `ClientRound`s and a
+//! `BucketUnmasker`, with and without dropouts, and its refusals.
+
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use super::*;
+use crate::identity::NodeId;
+use crate::test_util::{ca, now, tenant};
+use crate::{CertSigner, CertVerifier, MeshCa};
+
+struct Mesh {
+    ca: MeshCa,
+    verifier: CertVerifier,
+}
+
+impl Mesh {
+    fn new() -> Self {
+        let ca = ca();
+        let verifier = CertVerifier::new(ca.cert_pem()).unwrap();
+        Self { ca, verifier }
+    }
+    fn signer(&self, t: &str, n: &NodeId) -> CertSigner {
+        let issued = self.ca.issue_node(&tenant(t), n, now(), 30).unwrap();
+        CertSigner::from_pem(&issued.cert_pem, &issued.key_pem).unwrap()
+    }
+}
+
+fn ids(n: usize) -> Vec<NodeId> {
+    (0..n)
+        .map(|i| format!("node-{i:02}").parse().unwrap())
+        .collect()
+}
+
+fn params(n: usize, dim: usize, scale: f64, noise: Option<f64>) -> BucketParams {
+    BucketParams::new(
+        tenant("acme"),
+        5,
+        4,
+        2,
+        ids(n),
+        None,
+        dim,
+        QuantConfig::new(1.0, scale).unwrap(),
+        noise,
+    )
+    .unwrap()
+}
+
+/// A bucket mid-protocol: clients after receive_shares, server after close_shares.
+struct Bucket {
+    params: BucketParams,
+    clients: Vec<ClientRound>,
+    signers: Vec<CertSigner>,
+    server: BucketUnmasker,
+}
+
+fn setup(mesh: &Mesh, params: BucketParams, seed: u64) -> Bucket {
+    let members = params.members().to_vec();
+    let signers: Vec<CertSigner> = members.iter().map(|m| mesh.signer("acme", m)).collect();
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut clients: Vec<ClientRound> = members
+        .iter()
+        .map(|m| ClientRound::new(params.clone(), m.clone(), &mut rng).unwrap())
+        .collect();
+    let mut server = BucketUnmasker::new(params.clone(), mesh.verifier.clone());
+    for (c, s) in clients.iter().zip(&signers) {
+        let advert = c.advertise(s).unwrap();
+        // Through the wire.
+        server
+            .accept_advert(KeyAdvert::decode(&advert.encode()).unwrap(), now())
+            .unwrap();
+    }
+    let adverts = server.close_adverts().unwrap();
+    for c in &mut clients {
+        c.receive_adverts(&adverts, &mesh.verifier, now()).unwrap();
+    }
+    for (c, m) in clients.iter_mut().zip(&members) {
+        let shares = c.share_keys(&mut rng).unwrap();
+        let shares = shares
+            .iter()
+            .map(|s| EncryptedShare::decode(&s.encode()).unwrap())
+            .collect();
+        server.accept_shares(m, shares).unwrap();
+    }
+    server.close_shares().unwrap();
+    for (c, m) in clients.iter_mut().zip(&members) {
+        c.receive_shares(&server.shares_for(m).unwrap()).unwrap();
+    }
+    Bucket {
+        params,
+        clients,
+        signers,
+        server,
+    }
+}
+
+fn updates(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0xfeed);
+    (0..n)
+        .map(|_| (0..dim).map(|_| rng.random_range(-0.5f32..0.5)).collect())
+        .collect()
+}
+
+/// Runs rounds 2 and 3 with `dropped` members never sending a masked input.
+/// Returns the bucket sum and the survivors' plain quantized sum.
+fn finish(
+    b: &mut Bucket,
+    ups: &[Vec<f32>],
+    dropped: &BTreeSet<usize>,
+    seed: u64,
+) -> (BucketSum, Vec<u32>) {
+    let mut plain = vec![0u32; b.params.dim()];
+    for (i, (c, s)) in b.clients.iter_mut().zip(&b.signers).enumerate() {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed + i as u64);
+        let q = b
+            .params
+            .quant()
+            .quantize(&ups[i], &mut rng.clone())
+            .unwrap();
+        let input = c.mask_update(&ups[i], s, &mut rng).unwrap();
+        if dropped.contains(&i) {
+            continue;
+        }
+        for (p, w) in plain.iter_mut().zip(&q) {
+            *p = p.wrapping_add(*w);
+        }
+        b.server
+            .accept_masked(MaskedInput::decode(&input.encode()).unwrap(), now())
+            .unwrap();
+    }
+    let request = b.server.unmask_request().unwrap();
+    let request = UnmaskRequest::decode(&request.encode()).unwrap();
+    for (i, (c, s)) in b.clients.iter_mut().zip(&b.signers).enumerate() {
+        if dropped.contains(&i) {
+            continue;
+        }
+        let response = c.unmask(&request, s).unwrap();
+        b.server
+            .accept_response(UnmaskResponse::decode(&response.encode()).unwrap(), now())
+            .unwrap();
+    }
+    (b.server.finish().unwrap(), plain)
+}
+
+fn float_sum(b: &Bucket, ups: &[Vec<f32>], dropped: &BTreeSet<usize>) -> Vec<f64> {
+    let mut sum = vec![0f64; b.params.dim()];
+    for (i, u) in ups.iter().enumerate() {
+        if dropped.contains(&i) {
+            continue;
+        }
+        let (clipped, _) = b.params.quant().clip(u).unwrap();
+        for (s, v) in sum.iter_mut().zip(clipped) {
+            *s += v;
+        }
+    }
+    sum
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn unmasked_sum_is_exact_with_dropouts(
+        n in 1usize..9,
+        dim in 1usize..300,
+        seed in any::<u64>(),
+        drop_pick in any::<u64>(),
+    ) {
+        let mesh = Mesh::new();
+        let p = params(n, dim, 4096.0, None);
+        let max_drop = n - p.threshold();
+        let mut pick = ChaCha20Rng::seed_from_u64(drop_pick);
+        let ndrop = if max_drop == 0 { 0 } else { pick.random_range(0..=max_drop) };
+        let mut dropped = BTreeSet::new();
+        while dropped.len() < ndrop {
+            dropped.insert(pick.random_range(0..n));
+        }
+        let mut b = setup(&mesh, p, seed);
+        let ups = updates(n, dim, seed);
+        let (sum, plain) = finish(&mut b, &ups, &dropped, seed);
+        prop_assert_eq!(sum.raw(), &plain[..]);
+        prop_assert_eq!(sum.member_count(), n - ndrop);
+        let float = float_sum(&b, &ups, &dropped);
+        let bound = b.params.quant().max_sum_error(n - ndrop);
+        for (got, want) in sum.sum().iter().zip(&float) {
+            prop_assert!((got - want).abs() < bound, "{} vs {}", got, want);
+        }
+    }
+}
+
+#[test]
+fn masked_words_look_uniform() {
+    // A zero update masked in a bucket of 4: the top byte of 2^16 words must
+    // pass a chi-square test with 255 degrees of freedom at the 10^-6 level
+    // (critical value 377.2 by the Wilson–Hilferty approximation), i.e. a
+    // correct implementation fails this with probability 10^-6 per seed; the
+    // seed is fixed, so the test is deterministic.
+    let mesh = Mesh::new();
+    let dim = 1 << 16;
+    let mut b = setup(&mesh, params(4, dim, 1024.0, None), 77);
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let input = b.clients[0]
+        .mask_update(&vec![0.0; dim], &b.signers[0], &mut rng)
+        .unwrap();
+    let mut bins = [0u32; 256];
+    for w in &input.words {
+        bins[(w >> 24) as usize] += 1;
+    }
+    let expected = dim as f64 / 256.0;
+    let chi2: f64 = bins
+        .iter()
+        .map(|&o| (f64::from(o) - expected).powi(2) / expected)
+        .sum();
+    assert!(chi2 < 377.2, "chi-square {chi2}");
+    // Unmasked, the same update is all zeros: the test can fail.
+    assert!(input.words.iter().filter(|w| **w == 0).count() < 10);
+}
+
+#[test]
+fn too_few_survivors_drop_the_bucket_not_the_round() {
+    let mesh = Mesh::new();
+    let p = params(4, 8, 1024.0, None); // t = 3
+    let mut b = setup(&mesh, p, 3);
+    let ups = updates(4, 8, 3);
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    for i in 0..2 {
+        let input = b.clients[i]
+            .mask_update(&ups[i], &b.signers[i], &mut rng)
+            .unwrap();
+        b.server.accept_masked(input, now()).unwrap();
+    }
+    let e = b.server.unmask_request().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            SecAggError::BucketDropped {
+                bucket: 2,
+                survivors: 2,
+                threshold: 3
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn never_both_secrets_of_one_node() {
+    let mesh = Mesh::new();
+    let p = params(4, 8, 1024.0, None);
+    let mut b = setup(&mesh, p, 4);
+    let ups = updates(4, 8, 4);
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let mut inputs = Vec::new();
+    for i in 0..4 {
+        inputs.push(
+            b.clients[i]
+                .mask_update(&ups[i], &b.signers[i], &mut rng)
+                .unwrap(),
+        );
+    }
+    let members = b.params.members().to_vec();
+    let first = UnmaskRequest {
+        tenant: tenant("acme"),
+        round: 5,
+        bucket: 2,
+        survivors: members[..3].to_vec(),
+        dropped: vec![members[3].clone()],
+    };
+    let r1 = b.clients[0].unmask(&first, &b.signers[0]).unwrap();
+    // Repeating the same request is fine and gives the same answer.
+    assert_eq!(b.clients[0].unmask(&first, &b.signers[0]).unwrap(), r1);
+    // A second request claiming node 2 dropped (after its seed share went out) is refused.
+    let second = UnmaskRequest {
+        survivors: vec![members[0].clone(), members[1].clone(), members[3].clone()],
+        dropped: vec![members[2].clone()],
+        ..first.clone()
+    };
+    let e = b.clients[0].unmask(&second, &b.signers[0]).unwrap_err();
+    // Node 3's key share went out before; node 2's seed share too: either is reported.
+    assert!(
+        matches!(&e, SecAggError::BothSecrets(n) if *n == members[3] || *n == members[2]),
+        "{e}"
+    );
+    // A request naming a node both ways is refused.
+    let both = UnmaskRequest {
+        survivors: members.clone(),
+        dropped: vec![members[3].clone()],
+        ..first.clone()
+    };
+    assert!(matches!(
+        b.clients[1].unmask(&both, &b.signers[1]),
+        Err(SecAggError::BothSecrets(_))
+    ));
+    // Server side: every node survived, so a response carrying a mask-key
+    // share of a survivor is a hard error.
+    for input in inputs {
+        b.server.accept_masked(input, now()).unwrap();
+    }
+    let request = b.server.unmask_request().unwrap();
+    assert!(request.dropped.is_empty());
+    let mut response = b.clients[1].unmask(&request, &b.signers[1]).unwrap();
+    response.key_shares.push((members[0].clone(), [7; 32]));
+    let e = b.server.accept_response(response, now()).unwrap_err();
+    assert!(
+        matches!(&e, SecAggError::BothSecrets(n) if *n == members[0]),
+        "{e}"
+    );
+    // A client that answered with seed shares refuses to reveal the key share.
+    let later = UnmaskRequest {
+        survivors: members[1..].to_vec(),
+        dropped: vec![members[0].clone()],
+        ..request.clone()
+    };
+    assert!(matches!(
+        b.clients[1].unmask(&later, &b.signers[1]),
+        Err(SecAggError::BothSecrets(_))
+    ));
+}
+
+#[test]
+fn replayed_and_forged_messages_are_refused() {
+    let mesh = Mesh::new();
+    let p = params(3, 8, 1024.0, None);
+    let mut b = setup(&mesh, p, 5);
+    let ups = updates(3, 8, 5);
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let input = b.clients[0]
+        .mask_update(&ups[0], &b.signers[0], &mut rng)
+        .unwrap();
+    // Stale model version (re-signed so only the binding is wrong).
+    let mut stale = input.clone();
+    stale.model_version = 3;
+    let stale = stale.sign(&b.signers[0]).unwrap();
+    assert!(matches!(
+        b.server.accept_masked(stale, now()),
+        Err(SecAggError::Binding(_))
+    ));
+    // Replay from another round.
+    let mut old = input.clone();
+    old.round = 4;
+    let old = old.sign(&b.signers[0]).unwrap();
+    assert!(matches!(
+        b.server.accept_masked(old, now()),
+        Err(SecAggError::Binding(_))
+    ));
+    // Tampered words: the signature fails and names the node.
+    let mut tampered = input.clone();
+    tampered.words[0] ^= 1;
+    let e = b.server.accept_masked(tampered, now()).unwrap_err();
+    assert!(
+        matches!(&e, SecAggError::Signature { node, .. } if *node == b.params.members()[0]),
+        "{e}"
+    );
+    // Node 1 signing an input that claims to be node 0.
+    let mut forged = input.clone();
+    forged.words[0] ^= 1;
+    let forged = forged.sign(&b.signers[1]).unwrap();
+    assert!(b.server.accept_masked(forged, now()).is_err());
+    // The genuine one is accepted once.
+    b.server.accept_masked(input.clone(), now()).unwrap();
+    assert!(matches!(
+        b.server.accept_masked(input, now()),
+        Err(SecAggError::Protocol { .. })
+    ));
+    // Out-of-order client call.
+    assert!(matches!(
+        b.clients[0].share_keys(&mut rng),
+        Err(SecAggError::State { .. })
+    ));
+}
+
+#[test]
+fn key_substitution_and_share_tampering_are_detected() {
+    let mesh = Mesh::new();
+    let p = params(3, 4, 1024.0, None);
+    let members = p.members().to_vec();
+    let signers: Vec<CertSigner> = members.iter().map(|m| mesh.signer("acme", m)).collect();
+    let mut rng = ChaCha20Rng::seed_from_u64(6);
+    let mut clients: Vec<ClientRound> = members
+        .iter()
+        .map(|m| ClientRound::new(p.clone(), m.clone(), &mut rng).unwrap())
+        .collect();
+    let adverts: Vec<KeyAdvert> = clients
+        .iter()
+        .zip(&signers)
+        .map(|(c, s)| c.advertise(s).unwrap())
+        .collect();
+    // A coordinator swapping node 1's mask key breaks its signature.
+    let mut swapped = adverts.clone();
+    swapped[1].mask_public = [9; 32];
+    let e = clients[0]
+        .receive_adverts(&swapped, &mesh.verifier, now())
+        .unwrap_err();
+    assert!(
+        matches!(&e, SecAggError::Signature { node, .. } if *node == members[1]),
+        "{e}"
+    );
+    // An advert from another tenant's node, or of another round, is refused.
+    let outsider = mesh.signer("other", &members[1]);
+    let foreign = ClientRound::new(
+        BucketParams::new(
+            tenant("other"),
+            5,
+            4,
+            2,
+            members.clone(),
+            None,
+            4,
+            *p.quant(),
+            None,
+        )
+        .unwrap(),
+        members[1].clone(),
+        &mut rng,
+    )
+    .unwrap()
+    .advertise(&outsider)
+    .unwrap();
+    let mut mixed = adverts.clone();
+    mixed[1] = foreign;
+    assert!(matches!(
+        clients[0].receive_adverts(&mixed, &mesh.verifier, now()),
+        Err(SecAggError::Binding(_))
+    ));
+    // A signer for another node cannot advertise as this one.
+    assert!(matches!(
+        clients[0].advertise(&signers[1]),
+        Err(SecAggError::WrongSigner { .. })
+    ));
+    for c in &mut clients {
+        c.receive_adverts(&adverts, &mesh.verifier, now()).unwrap();
+    }
+    let from0 = clients[0].share_keys(&mut rng).unwrap();
+    let _ = clients[1].share_keys(&mut rng).unwrap();
+    let to1 = from0.iter().find(|s| s.dst == members[1]).unwrap().clone();
+    let mut bad = to1.clone();
+    bad.ciphertext[5] ^= 1;
+    let e = clients[1].receive_shares(&[bad]).unwrap_err();
+    assert!(
+        matches!(&e, SecAggError::ShareDecrypt { sender, .. } if *sender == members[0]),
+        "{e}"
+    );
+    // Re-labelled binding (another bucket) fails authentication.
+    let mut moved = to1.clone();
+    moved.bucket = 2;
+    moved.round = 5;
+    moved.dst = members[2].clone();
+    assert!(clients[1].receive_shares(&[moved]).is_err());
+    // The genuine share is accepted.
+    let from2 = clients[2].share_keys(&mut rng).unwrap();
+    let to1_from2 = from2.iter().find(|s| s.dst == members[1]).unwrap().clone();
+    clients[1].receive_shares(&[to1, to1_from2]).unwrap();
+}
+
+#[test]
+fn wrong_shares_fail_reconstruction_checks() {
+    let mesh = Mesh::new();
+    let p = params(4, 8, 1024.0, None);
+    let mut b = setup(&mesh, p, 8);
+    let ups = updates(4, 8, 8);
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    for i in 0..3 {
+        let input = b.clients[i]
+            .mask_update(&ups[i], &b.signers[i], &mut rng)
+            .unwrap();
+        b.server.accept_masked(input, now()).unwrap();
+    }
+    let request = b.server.unmask_request().unwrap();
+    assert_eq!(request.dropped, vec![b.params.members()[3].clone()]);
+    for i in 0..3 {
+        let mut r = b.clients[i].unmask(&request, &b.signers[i]).unwrap();
+        if i == 1 {
+            // A lying responder (re-signs its corrupted response).
+            r.seed_shares[0].1[0] ^= 1;
+            r = r.sign(&b.signers[1]).unwrap();
+        }
+        b.server.accept_response(r, now()).unwrap();
+    }
+    let e = b.server.finish().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            SecAggError::Reconstruction {
+                what: "self-mask seed",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn one_member_bucket_is_not_masked() {
+    let mesh = Mesh::new();
+    let mut b = setup(&mesh, params(1, 16, 1024.0, None), 10);
+    let ups = updates(1, 16, 10);
+    let (sum, plain) = finish(&mut b, &ups, &BTreeSet::new(), 10);
+    assert_eq!(sum.raw(), &plain[..]);
+    assert_eq!(sum.member_count(), 1);
+}
+
+#[test]
+fn distributed_noise_reaches_the_sum() {
+    let mesh = Mesh::new();
+    let dim = 4000;
+    // z = 0.01, C = 1, scale 1024: σ = 10.24 quantized units on the sum.
+    let mut b = setup(&mesh, params(4, dim, 1024.0, Some(0.01)), 11);
+    let ups = updates(4, dim, 11);
+    let (sum, plain) = finish(&mut b, &ups, &BTreeSet::new(), 11);
+    let noise: Vec<f64> = sum
+        .raw()
+        .iter()
+        .zip(&plain)
+        .map(|(s, p)| f64::from(s.wrapping_sub(*p) as i32))
+        .collect();
+    let var = noise.iter().map(|x| x * x).sum::<f64>() / dim as f64;
+    // Sum of 4 discrete Gaussians of variance σ²/4 = 26.2; estimate within ±10% (≈ 4.5 sd).
+    assert!((var / (10.24f64 * 10.24) - 1.0).abs() < 0.1, "{var}");
+    assert!(sum.mean_l2_norm() < sum.mean_norm_bound(10.0));
+}
+
+#[test]
+fn bucket_sum_helpers() {
+    let mesh = Mesh::new();
+    let mut b = setup(&mesh, params(3, 2, 1024.0, None), 12);
+    let ups = vec![vec![0.5f32, 0.0], vec![0.25, 0.0], vec![0.75, 0.5]];
+    let (sum, _) = finish(&mut b, &ups, &BTreeSet::new(), 12);
+    assert_eq!(sum.sum(), vec![1.5, 0.5]);
+    assert_eq!(sum.mean(), vec![0.5, 0.5 / 3.0]);
+    assert!((sum.sum_l2_norm() - (2.5f64).sqrt()).abs() < 1e-12);
+    assert!((sum.mean_l2_norm() - (2.5f64).sqrt() / 3.0).abs() < 1e-12);
+    assert_eq!(sum.bucket(), 2);
+    assert_eq!(sum.contributors(), b.params.members());
+}
