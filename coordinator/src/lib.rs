@@ -12,6 +12,7 @@ pub mod federation;
 pub mod metrics;
 pub mod pki;
 pub mod reputation;
+pub mod secure;
 pub mod server_step;
 pub mod service;
 pub mod store;

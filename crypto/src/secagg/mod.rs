@@ -32,6 +32,7 @@ pub mod client;
 pub mod dp;
 mod error;
 pub mod keys;
+pub mod local;
 pub mod messages;
 pub mod params;
 pub mod prg;
