@@ -14,7 +14,7 @@ use tonic::Code;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::agent::{Agent, AgentError, verify_global_model};
-use crate::alert::AlertSinks;
+use crate::alert::AlertPipeline;
 use crate::client::{ClientError, Connector};
 use crate::features::{NUM_FEATURES, feature_schema_hash};
 use crate::telemetry::synthetic::SyntheticSource;
@@ -307,7 +307,7 @@ async fn participate(
 pub async fn run_synthetic_detection(
     agent: SharedAgent,
     mut source: SyntheticSource,
-    mut sinks: AlertSinks,
+    mut pipeline: AlertPipeline,
     tick: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -319,35 +319,40 @@ pub async fn run_synthetic_detection(
             _ = shutdown.changed() => return,
         }
         let (idx, events) = source.next_window();
-        process_window(&agent, &events, (idx + 1) * source.window_ms(), &mut sinks);
+        process_window(
+            &agent,
+            &events,
+            (idx + 1) * source.window_ms(),
+            &mut pipeline,
+        );
     }
 }
 
-/// Feeds one window's events to the agent, closes the window at `end_ms`
-/// and sends its alerts to the sinks. Failures are logged; the loop goes on.
-fn process_window(
+/// Feeds one window's events to the agent, closes the window at `end_ms`,
+/// runs the rule layer over the same events and sends every alert (rule
+/// alerts first) through the pipeline. Failures are logged; the loop goes
+/// on. Returns the alerts.
+pub fn process_window(
     agent: &SharedAgent,
     events: &[crate::telemetry::Event],
     end_ms: u64,
-    sinks: &mut AlertSinks,
-) {
-    let alerts = {
+    pipeline: &mut AlertPipeline,
+) -> Vec<crate::alert::Alert> {
+    let (model_alerts, tenant, node) = {
         let mut a = lock(agent);
         for e in events {
             a.observe(e);
         }
-        a.close_window(end_ms)
+        let r = a.close_window(end_ms);
+        (r, a.settings().tenant.clone(), a.settings().node.clone())
     };
-    match alerts {
-        Ok(alerts) => {
-            for al in &alerts {
-                if let Err(e) = sinks.emit(al) {
-                    warn!(error = %e, "alert sink failed");
-                }
-            }
-        }
-        Err(e) => warn!(error = %e, "window processing failed"),
-    }
+    let span = tracing::debug_span!("window", tenant = %tenant, node = %node, end_ms);
+    let _g = span.enter();
+    let model_alerts = model_alerts.unwrap_or_else(|e| {
+        warn!(error = %e, "window processing failed");
+        Vec::new()
+    });
+    pipeline.dispatch(events, model_alerts, &tenant, &node)
 }
 
 /// Parser of one JSON line into events.
@@ -457,7 +462,7 @@ pub async fn run_live_detection(
     agent: SharedAgent,
     mut cgroup: Option<crate::telemetry::cgroup::CgroupCollector>,
     mut events: tokio::sync::mpsc::Receiver<crate::telemetry::Event>,
-    mut sinks: AlertSinks,
+    mut pipeline: AlertPipeline,
     tick: Duration,
     mut shutdown: watch::Receiver<bool>,
     counters: Arc<crate::exposition::SourceCounters>,
@@ -514,6 +519,6 @@ pub async fn run_live_detection(
         while let Ok(e) = events.try_recv() {
             batch.push(e);
         }
-        process_window(&agent, &batch, now_ms, &mut sinks);
+        process_window(&agent, &batch, now_ms, &mut pipeline);
     }
 }
