@@ -318,4 +318,58 @@ mod tests {
             assert!(text.contains(&needle), "missing {needle} in\n{text}");
         }
     }
+
+    #[test]
+    fn exposes_rule_webhook_docker_and_response_counters() {
+        let agent = Agent::new(
+            AgentSettings {
+                tenant: "t".into(),
+                node: "n".into(),
+                detector: Default::default(),
+                seed: 0,
+            },
+            None,
+            None,
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        let agent = Arc::new(Mutex::new(agent));
+        let ops = OpsMetrics::default();
+        let rules =
+            crate::rules::RuleEngine::new(&Default::default()).with_counters(ops.rule_hits.clone());
+        let ev = crate::telemetry::Event::Exec {
+            container: crate::telemetry::ContainerId("c".into()),
+            ts_ms: 1,
+            binary: "/tmp/xmrig".into(),
+        };
+        rules.evaluate(&[ev.clone(), ev]);
+        ops.webhook.delivered.inc();
+        ops.webhook.failed.inc_by(3);
+        ops.webhook.dropped.inc();
+        ops.webhook.depth.set(7);
+        ops.docker_errors.inc_by(2);
+        ops.responses
+            .get_or_create(&crate::response::ResponseLabels {
+                action: "pause",
+                mode: "dry-run",
+                result: "would",
+            })
+            .inc();
+        let m = NodeMetrics::new(agent, Arc::new(SourceCounters::default())).with_ops(&ops);
+        let text = m.encode();
+        for needle in [
+            "fedmesh_node_rule_hits_total{rule=\"exec_from_tmpfs\"} 2",
+            "fedmesh_node_rule_hits_total{rule=\"miner_binary\"} 2",
+            "fedmesh_node_rule_hits_total{rule=\"setuid_root\"} 0",
+            "fedmesh_node_webhook_delivered_total 1",
+            "fedmesh_node_webhook_failed_total 3",
+            "fedmesh_node_webhook_rejected_total 0",
+            "fedmesh_node_webhook_dropped_total 1",
+            "fedmesh_node_webhook_outbox_depth 7",
+            "fedmesh_node_docker_errors_total 2",
+            "fedmesh_node_responses_total{action=\"pause\",mode=\"dry-run\",result=\"would\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
 }

@@ -522,3 +522,113 @@ pub async fn run_live_detection(
         process_window(&agent, &batch, now_ms, &mut pipeline);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::AgentSettings;
+    use crate::alert::AlertSinks;
+    use crate::config::DetectorConfig;
+    use crate::rules::{RuleEngine, RulesConfig};
+    use crate::telemetry::synthetic::Profile;
+    use crate::telemetry::{ContainerId, Event, KernelDetail, KernelEventKind};
+
+    fn agent() -> SharedAgent {
+        let settings = AgentSettings {
+            tenant: "acme".into(),
+            node: "n1".into(),
+            detector: DetectorConfig {
+                false_alarm_rate: 0.01,
+                train_buffer: 4096,
+                min_train_windows: 32,
+                bootstrap_after_windows: 80,
+                top_features: 3,
+            },
+            seed: 7,
+        };
+        Arc::new(Mutex::new(
+            Agent::new(settings, None, None, time::OffsetDateTime::now_utc()).unwrap(),
+        ))
+    }
+
+    fn setuid_root(container: &str, ts_ms: u64) -> Event {
+        Event::Kernel {
+            container: ContainerId(container.into()),
+            ts_ms,
+            kind: KernelEventKind::Setuid,
+            detail: KernelDetail {
+                process: Some("/usr/bin/su".into()),
+                user: Some("www-data".into()),
+                uid: Some(33),
+                target_uid: Some(0),
+                ..KernelDetail::default()
+            }
+            .boxed(),
+        }
+    }
+
+    #[test]
+    fn one_setuid_root_event_in_a_normal_window_alerts() {
+        let agent = agent();
+        let mut src = SyntheticSource::new(
+            5,
+            &[
+                ("web-1".into(), Profile::Web),
+                ("db-1".into(), Profile::Database),
+                ("batch-1".into(), Profile::Batch),
+                ("ml-1".into(), Profile::Ml),
+            ],
+            10_000,
+        );
+        let mut pipeline =
+            AlertPipeline::new(RuleEngine::new(&RulesConfig::default()), AlertSinks::none());
+        // No model yet: the rule alerts on its own.
+        let (w, mut events) = src.next_window();
+        events.push(setuid_root("web-1", w * 10_000 + 4_321));
+        let alerts = process_window(&agent, &events, (w + 1) * 10_000, &mut pipeline);
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        let a = &alerts[0];
+        let rule = a.rule.as_ref().unwrap();
+        assert_eq!(rule.id, "setuid_root");
+        assert_eq!(
+            (a.container.as_str(), a.ts_ms),
+            ("web-1", w * 10_000 + 4_321)
+        );
+        assert_eq!(a.severity, crate::alert::Severity::Critical);
+        assert_eq!((a.score, a.threshold), (None, None));
+        assert!(rule.event.contains("uid=33") && rule.event.contains("target_uid=0"));
+        // Train the local model on benign windows.
+        for _ in 0..25 {
+            let (w, events) = src.next_window();
+            process_window(&agent, &events, (w + 1) * 10_000, &mut pipeline);
+        }
+        assert!(lock(&agent).detector().is_some(), "bootstrapped");
+        // A normal window with one decisive event: the rule alert is there
+        // whatever the model says (here the model flags the window too, on
+        // the privilege-event feature; both alerts are kept, rule first).
+        let (w, mut events) = src.next_window();
+        let n = events.len();
+        events.push(setuid_root("web-1", w * 10_000 + 10));
+        let alerts = process_window(&agent, &events, (w + 1) * 10_000, &mut pipeline);
+        assert!(n >= 8, "an otherwise normal window ({n} events)");
+        let web: Vec<_> = alerts.iter().filter(|a| a.container == "web-1").collect();
+        assert_eq!(
+            web[0].rule.as_ref().map(|r| r.id.as_str()),
+            Some("setuid_root")
+        );
+        assert_eq!(
+            web[0].ts_ms,
+            w * 10_000 + 10,
+            "rule alerts carry the event time"
+        );
+        assert!(
+            web[1..]
+                .iter()
+                .all(|a| a.rule.is_none() && a.score.is_some())
+        );
+        assert!(
+            alerts.iter().all(|a| a.container == "web-1"),
+            "benign containers stay quiet: {alerts:?}"
+        );
+    }
+}
