@@ -659,7 +659,7 @@ mod tests {
         assert_eq!(hits[0].rule.id, "reverse_shell");
         assert_eq!(hits[0].ts_ms, 5);
         assert_eq!(hits[0].event, "exec /bin/sh and connect 45.9.148.21:4444");
-        assert!(e.evaluate(&[shell.clone()]).is_empty());
+        assert!(e.evaluate(std::slice::from_ref(&shell)).is_empty());
         assert!(
             e.evaluate(&[shell.clone(), conn("db", "45.9.148.21")])
                 .is_empty()

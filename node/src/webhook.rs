@@ -811,4 +811,112 @@ mod tests {
         .to_string();
         assert!(e.contains("missing.pem"), "{e}");
     }
+
+    /// A one-connection-per-request HTTPS receiver (TLS from the mesh CA's
+    /// tooling) that answers 204 and records each request head.
+    async fn tls_receiver(
+        cert_pem: String,
+        key_pem: String,
+    ) -> (u16, Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+        use rustls_pki_types::pem::PemObject;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let certs =
+            vec![rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let s2 = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read the head and the Content-Length body.
+                loop {
+                    let n = tls.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            s2.lock().unwrap().push(text);
+                            break;
+                        }
+                    }
+                }
+                let _ = tls
+                    .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        (port, seen, task)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn https_delivery_with_a_private_ca_and_bearer_token() {
+        let now = time::OffsetDateTime::now_utc();
+        let ca = fedmesh_crypto::MeshCa::generate("siem test CA", now, 1).unwrap();
+        let name: fedmesh_crypto::NodeId = "siem".parse().unwrap();
+        let server = ca
+            .issue_coordinator(&name, &["localhost".into()], &[], now, 1)
+            .unwrap();
+        let (port, seen, task) =
+            tls_receiver(server.cert_pem.clone(), server.key_pem.expose().to_string()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        let tok = dir.path().join("token");
+        std::fs::write(&tok, "tok-123\n").unwrap();
+        let cfg = WebhookConfig {
+            ca_file: Some(ca_file.clone()),
+            bearer_token_file: Some(tok),
+            ..fast(&format!("https://localhost:{port}/ingest"))
+        };
+        let hook = Webhook::new(&cfg).unwrap();
+        let a = alert(1);
+        let body = Bytes::from(serde_json::to_vec(&a).unwrap());
+        assert_eq!(
+            hook.post(body.clone(), &a.id).await.unwrap(),
+            Delivery::Delivered
+        );
+        let head = seen.lock().unwrap()[0].clone();
+        assert!(head.starts_with("POST /ingest HTTP/1.1\r\n"), "{head}");
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.contains("authorization: bearer tok-123"), "{head}");
+        assert!(
+            lower.contains(&format!("idempotency-key: {}", a.id)),
+            "{head}"
+        );
+        assert!(head.contains(&a.id));
+        // A CA that did not sign the server certificate: TLS fails, retryable.
+        let other = fedmesh_crypto::MeshCa::generate("other CA", now, 1).unwrap();
+        std::fs::write(&ca_file, other.cert_pem()).unwrap();
+        let wrong = Webhook::new(&cfg).unwrap();
+        let e = wrong.post(body, &a.id).await.unwrap_err().to_string();
+        assert!(e.contains("TLS"), "{e}");
+        task.abort();
+    }
 }
