@@ -3,6 +3,8 @@
 //! one `Non sudo setuid` line reaches the webhook as a named rule alert,
 //! the dry-run is counted on `/metrics`, and no request but the container
 //! list reaches the Docker API.
+// Test crate: helpers outside `#[test]` fns may unwrap and panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
