@@ -19,7 +19,7 @@
 //! | `miner_binary` | critical | exec of a known miner binary (`xmrig`, `minerd`, …) |
 //! | `stratum_port` | high | a connection to a mining-pool port (3333, 4444, 5555, 7777, 14444, 45700, …; configurable) |
 //! | `module_load` | critical | `init_module`/`finit_module` |
-//! | `reverse_shell` | high | exec of a shell or netcat **and** an outbound connection by the same container in the same window |
+//! | `reverse_shell` | high | exec of a shell or netcat **and** a connection to an external address (not loopback, private, link-local, unique-local or CGNAT) by the same container in the same window |
 //!
 //! Falco's own "Redirect STDOUT/STDIN to Network Connection" rule reaches
 //! the node as a connection event only, so `reverse_shell` is the pair
@@ -104,7 +104,7 @@ pub const RULES: &[Rule] = &[
     Rule {
         id: "reverse_shell",
         severity: Severity::High,
-        description: "shell or netcat exec together with an outbound connection in the same window",
+        description: "shell or netcat exec together with a connection to an external address in the same window",
     },
 ];
 
@@ -248,6 +248,34 @@ pub struct RuleEngine {
 
 fn index(id: &str) -> Option<usize> {
     RULES.iter().position(|r| r.id == id)
+}
+
+/// Whether `ip` is outside loopback, private, link-local, unique-local,
+/// CGNAT and unspecified ranges: where a reverse shell calls home, and
+/// where a container's ordinary in-cluster traffic (databases, DNS, health
+/// checks) does not go.
+fn is_external(ip: &std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || (o[0] == 100 && (64..128).contains(&o[1])))
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80)
+                && v6
+                    .to_ipv4_mapped()
+                    .is_none_or(|v4| is_external(&std::net::IpAddr::V4(v4)))
+        }
+    }
 }
 
 fn basename(path: &str) -> &str {
@@ -468,7 +496,7 @@ impl RuleEngine {
                     ts_ms,
                     dst_ip,
                     dst_port,
-                } if !dst_ip.is_loopback() => {
+                } if is_external(dst_ip) => {
                     let e = connects
                         .entry(container)
                         .or_insert((*ts_ms, format!("{dst_ip}:{dst_port}")));
@@ -664,7 +692,26 @@ mod tests {
             e.evaluate(&[shell.clone(), conn("db", "45.9.148.21")])
                 .is_empty()
         );
-        assert!(e.evaluate(&[shell, conn("web", "127.0.0.1")]).is_empty());
+        // In-cluster and local destinations are ordinary traffic (health
+        // checks run `sh -c`, apps talk to their databases).
+        for ip in [
+            "127.0.0.1",
+            "10.0.0.9",
+            "192.168.1.4",
+            "172.20.0.2",
+            "100.64.0.1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(
+                e.evaluate(&[shell.clone(), conn("web", ip)]).is_empty(),
+                "{ip}"
+            );
+        }
+        assert_eq!(
+            e.evaluate(&[shell, conn("web", "2001:4860::8888")]).len(),
+            1
+        );
     }
 
     #[test]
@@ -712,5 +759,61 @@ mod tests {
             };
             assert_eq!(fired(&[ev]), vec![id], "{kind:?}");
         }
+    }
+
+    #[test]
+    fn synthetic_workloads_benign_quiet_attacks_caught() {
+        use crate::telemetry::synthetic::{AttackKind, Profile, SyntheticSource};
+        let profiles = [Profile::Web, Profile::Database, Profile::Batch, Profile::Ml];
+        let list: Vec<(String, Profile)> = profiles
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("c{i}"), *p))
+            .collect();
+        let e = RuleEngine::new(&RulesConfig::default());
+        // 500 benign windows of every profile: no rule fires.
+        let mut src = SyntheticSource::new(11, &list, 10_000);
+        for _ in 0..500 {
+            let (_, evs) = src.next_window();
+            let hits = e.evaluate(&evs);
+            assert!(hits.is_empty(), "benign hit: {hits:?}");
+        }
+        // Every attack kind on a web container: which rules fire.
+        let mut caught = Vec::new();
+        for kind in AttackKind::ALL {
+            let mut src = SyntheticSource::new(3, &list, 10_000);
+            src.inject("c0", kind, 2, 3).unwrap();
+            let mut ids = std::collections::BTreeSet::new();
+            for _ in 0..6 {
+                let (_, evs) = src.next_window();
+                for h in e.evaluate(&evs) {
+                    assert_eq!(h.container.0, "c0", "{kind:?} hit elsewhere: {h:?}");
+                    ids.insert(h.rule.id);
+                }
+            }
+            caught.push((kind, ids));
+        }
+        let fired = |k: AttackKind| {
+            caught
+                .iter()
+                .find(|(x, _)| *x == k)
+                .map(|(_, s)| s.clone())
+                .unwrap()
+        };
+        assert!(
+            fired(AttackKind::PrivilegeEscalation).contains("setuid_root"),
+            "{caught:?}"
+        );
+        assert!(
+            fired(AttackKind::EscapeAttempt).contains("namespace_change"),
+            "{caught:?}"
+        );
+        assert!(
+            fired(AttackKind::ReverseShell).contains("reverse_shell"),
+            "{caught:?}"
+        );
+        // Resource-only attacks are the model's job.
+        assert!(fired(AttackKind::ForkBomb).is_empty(), "{caught:?}");
+        println!("rules per synthetic attack: {caught:?}");
     }
 }
