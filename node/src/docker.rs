@@ -60,6 +60,9 @@ pub enum DockerError {
         /// Cause.
         message: String,
     },
+    /// A response action needs the Docker API but no `[docker]` section is set.
+    #[error("no [docker] section configured: cannot act on container {0}")]
+    NotConfigured(String),
     /// A container id or network name that cannot go into a URL path.
     #[error("refusing to call the docker API for {0:?}: not a container or network name")]
     BadName(String),

@@ -283,9 +283,9 @@ impl Responder {
         container: &str,
     ) -> Result<Vec<String>, crate::docker::DockerError> {
         let Some(docker) = &self.docker else {
-            return Err(crate::docker::DockerError::BadName(format!(
-                "{container} (no [docker] section configured)"
-            )));
+            return Err(crate::docker::DockerError::NotConfigured(
+                container.to_string(),
+            ));
         };
         match action {
             ResponseAction::Pause => docker.pause(container).await.map(|()| Vec::new()),
@@ -459,5 +459,20 @@ mod tests {
         );
         assert_eq!(errors.get(), 1);
         assert_eq!(count(&c, "pause", "enforce", "failed"), 1);
+        // Without a Docker client (validation refuses such a config) the
+        // action fails cleanly too.
+        let counters = ResponseCounters::default();
+        let mut bare = Responder::new(
+            ResponseConfig {
+                mode: ResponseMode::Pause,
+                ..ResponseConfig::default()
+            },
+            None,
+            None,
+            counters.clone(),
+            Counter::default(),
+        );
+        bare.handle(&crit(WEB)).await;
+        assert_eq!(count(&counters, "pause", "enforce", "failed"), 1);
     }
 }
