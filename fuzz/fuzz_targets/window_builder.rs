@@ -111,6 +111,7 @@ fuzz_target!(|data: &[u8]| {
                 container,
                 ts_ms,
                 kind: KINDS[usize::from(r.u8()) % KINDS.len()],
+                detail: None,
             },
             _ => {
                 // Close the window at a later end.

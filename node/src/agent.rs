@@ -390,19 +390,19 @@ impl Agent {
             for (i, (w, s)) in windows.iter().zip(&scores).enumerate() {
                 if s.value > det.threshold {
                     flagged[i] = true;
-                    alerts.push(Alert {
-                        ts_ms: w.end_ms,
-                        tenant: self.settings.tenant.clone(),
-                        node: self.settings.node.clone(),
-                        container: w.container.0.clone(),
-                        score: s.value,
-                        threshold: det.threshold,
-                        model_version: self.global.as_ref().map(|g| g.version),
-                        top_features: top_features(s, self.settings.detector.top_features)
+                    alerts.push(Alert::model(
+                        w.end_ms,
+                        &self.settings.tenant,
+                        &self.settings.node,
+                        &w.container.0,
+                        s.value,
+                        det.threshold,
+                        self.global.as_ref().map(|g| g.version),
+                        top_features(s, self.settings.detector.top_features)
                             .into_iter()
                             .map(|(n, v)| (n.to_string(), v))
                             .collect(),
-                    });
+                    ));
                 }
             }
         }
@@ -1129,7 +1129,7 @@ mod tests {
             for a in &alerts {
                 assert_eq!(a.model_version, Some(1));
                 assert_eq!(a.tenant, TENANT);
-                assert!(a.score > a.threshold);
+                assert!(a.score.unwrap() > a.threshold.unwrap());
                 assert_eq!(a.top_features.len(), 3);
             }
         }

@@ -1,15 +1,87 @@
-//! Alerts and their sinks (JSON lines on stdout and/or a file).
+//! Alerts and where they go: JSON lines on stdout and/or a file, the webhook
+//! outbox ([`crate::webhook`]) and the response queue ([`crate::response`]).
+//!
+//! Two kinds of alert share one record: a **model** alert (a window scored
+//! above the calibrated threshold; it names the score, the threshold and the
+//! top contributing features) and a **rule** alert (a decisive rare event
+//! matched by [`crate::rules`]; it names the rule and the triggering event and
+//! is raised whatever the model says). Every alert carries a deterministic
+//! [`Alert::id`] so receivers can drop re-deliveries.
 
 use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tracing::warn;
 
-/// One alert: which container, how anomalous, against which threshold, and
-/// which features contributed most, so an operator can see why.
+use crate::docker::ContainerInfo;
+use crate::rules::{RuleEngine, RuleHit};
+
+/// How serious an alert is; ordered `low < medium < high < critical`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Worth a look.
+    Low,
+    /// Suspicious.
+    Medium,
+    /// Likely an attack.
+    High,
+    /// An attack step that should not happen in a container at all.
+    Critical,
+}
+
+impl Severity {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+
+    /// Severity of a model alert: `high` from twice the threshold on,
+    /// `medium` below.
+    pub fn of_score(score: f32, threshold: f32) -> Severity {
+        if threshold > 0.0 && score >= 2.0 * threshold {
+            Severity::High
+        } else {
+            Severity::Medium
+        }
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The rule behind a rule alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleMatch {
+    /// Rule id, e.g. `setuid_root`.
+    pub id: String,
+    /// What the rule detects.
+    pub description: String,
+    /// The (first) triggering event, in words.
+    pub event: String,
+    /// Events of this container that matched the rule in this window.
+    pub count: u32,
+}
+
+/// One alert: which container, why (score against threshold with the top
+/// contributing features, or the rule and its event), and how serious.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
-    /// Window end, milliseconds (source clock).
+    /// Deterministic id (hex): the same detection always gets the same id,
+    /// so a receiver can deduplicate re-deliveries.
+    #[serde(default)]
+    pub id: String,
+    /// Window end (model) or event time (rule), milliseconds (source clock).
     pub ts_ms: u64,
     /// Tenant.
     pub tenant: String,
@@ -17,14 +89,126 @@ pub struct Alert {
     pub node: String,
     /// Container id.
     pub container: String,
-    /// Anomaly score (mean squared reconstruction error, scaled space).
-    pub score: f32,
-    /// Calibrated threshold in force.
-    pub threshold: f32,
-    /// Global model version in force (`None` for a local bootstrap model).
+    /// Container name (from the Docker Engine API) when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    /// Container image when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Kubernetes pod (`io.kubernetes.pod.name` label) when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Kubernetes namespace (`io.kubernetes.pod.namespace` label) when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Severity.
+    pub severity: Severity,
+    /// Anomaly score (mean squared reconstruction error, scaled space);
+    /// `None` for a rule alert.
+    #[serde(default)]
+    pub score: Option<f32>,
+    /// Calibrated threshold in force; `None` for a rule alert.
+    #[serde(default)]
+    pub threshold: Option<f32>,
+    /// Global model version in force (`None` for a local bootstrap model or
+    /// a rule alert).
     pub model_version: Option<u64>,
-    /// Top contributing features with their reconstruction error.
+    /// Top contributing features with their reconstruction error (model
+    /// alerts).
+    #[serde(default)]
     pub top_features: Vec<(String, f32)>,
+    /// The rule that fired (rule alerts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<RuleMatch>,
+}
+
+impl Alert {
+    /// A model alert (its id is set).
+    #[allow(clippy::too_many_arguments)]
+    pub fn model(
+        ts_ms: u64,
+        tenant: &str,
+        node: &str,
+        container: &str,
+        score: f32,
+        threshold: f32,
+        model_version: Option<u64>,
+        top_features: Vec<(String, f32)>,
+    ) -> Alert {
+        let mut a = Alert {
+            id: String::new(),
+            ts_ms,
+            tenant: tenant.to_string(),
+            node: node.to_string(),
+            container: container.to_string(),
+            container_name: None,
+            image: None,
+            pod: None,
+            namespace: None,
+            severity: Severity::of_score(score, threshold),
+            score: Some(score),
+            threshold: Some(threshold),
+            model_version,
+            top_features,
+            rule: None,
+        };
+        a.id = a.compute_id();
+        a
+    }
+
+    /// A rule alert for one [`RuleHit`] (its id is set).
+    pub fn rule(hit: &RuleHit, tenant: &str, node: &str) -> Alert {
+        let mut a = Alert {
+            id: String::new(),
+            ts_ms: hit.ts_ms,
+            tenant: tenant.to_string(),
+            node: node.to_string(),
+            container: hit.container.0.clone(),
+            container_name: None,
+            image: None,
+            pod: None,
+            namespace: None,
+            severity: hit.rule.severity,
+            score: None,
+            threshold: None,
+            model_version: None,
+            top_features: Vec::new(),
+            rule: Some(RuleMatch {
+                id: hit.rule.id.to_string(),
+                description: hit.rule.description.to_string(),
+                event: hit.event.clone(),
+                count: hit.count,
+            }),
+        };
+        a.id = a.compute_id();
+        a
+    }
+
+    /// SHA-256 over tenant, node, container, time and the rule id (or
+    /// `model`), first 16 bytes in hex.
+    pub fn compute_id(&self) -> String {
+        let mut h = Sha256::new();
+        let source = self.rule.as_ref().map_or("model", |r| r.id.as_str());
+        for part in [
+            self.tenant.as_bytes(),
+            self.node.as_bytes(),
+            self.container.as_bytes(),
+            &self.ts_ms.to_be_bytes(),
+            source.as_bytes(),
+        ] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        hex::encode(&h.finalize()[..16])
+    }
+
+    /// Adds the container's name, image and pod labels.
+    pub fn set_identity(&mut self, info: &ContainerInfo) {
+        self.container_name = info.name.clone();
+        self.image = info.image.clone();
+        self.pod = info.pod.clone();
+        self.namespace = info.namespace.clone();
+    }
 }
 
 /// Sink errors.
@@ -38,12 +222,16 @@ pub enum AlertError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The webhook outbox failed to record the alert.
+    #[error(transparent)]
+    Outbox(#[from] crate::webhook::WebhookError),
 }
 
 /// Where alerts go.
 pub struct AlertSinks {
     stdout: bool,
     file: Option<(String, std::fs::File)>,
+    outbox: Option<crate::webhook::Outbox>,
 }
 
 impl AlertSinks {
@@ -63,7 +251,11 @@ impl AlertSinks {
                 Some((p.display().to_string(), f))
             }
         };
-        Ok(Self { stdout, file })
+        Ok(Self {
+            stdout,
+            file,
+            outbox: None,
+        })
     }
 
     /// Sinks that drop everything (the demo prints its own view).
@@ -71,25 +263,169 @@ impl AlertSinks {
         Self {
             stdout: false,
             file: None,
+            outbox: None,
         }
     }
 
-    /// Emits one alert to every sink.
+    /// Also records every alert in the webhook outbox (delivered by
+    /// [`crate::webhook::run_delivery`]).
+    pub fn with_outbox(mut self, outbox: crate::webhook::Outbox) -> Self {
+        self.outbox = Some(outbox);
+        self
+    }
+
+    /// Emits one alert to every sink. Every sink is tried; the first error
+    /// is returned.
     pub fn emit(&mut self, alert: &Alert) -> Result<(), AlertError> {
         let mut line = serde_json::to_string(alert).unwrap_or_default();
         line.push('\n');
+        let mut result = Ok(());
         if self.stdout {
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(line.as_bytes());
             let _ = out.flush();
         }
-        if let Some((path, f)) = self.file.as_mut() {
-            f.write_all(line.as_bytes())
-                .map_err(|source| AlertError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
+        if let Some((path, f)) = self.file.as_mut()
+            && let Err(source) = f.write_all(line.as_bytes())
+        {
+            result = Err(AlertError::Io {
+                path: path.clone(),
+                source,
+            });
         }
-        Ok(())
+        if let Some(ob) = &self.outbox
+            && let Err(e) = ob.push(alert)
+            && result.is_ok()
+        {
+            result = Err(e.into());
+        }
+        result
+    }
+}
+
+/// Everything that happens to the events and alerts of one window after the
+/// agent scored it: the rule layer, container identity, the sinks and the
+/// response queue.
+pub struct AlertPipeline {
+    rules: RuleEngine,
+    sinks: AlertSinks,
+    identity: Option<crate::docker::IdentityCache>,
+    responses: Option<tokio::sync::mpsc::Sender<Alert>>,
+}
+
+impl AlertPipeline {
+    /// A pipeline with rules and sinks only.
+    pub fn new(rules: RuleEngine, sinks: AlertSinks) -> Self {
+        Self {
+            rules,
+            sinks,
+            identity: None,
+            responses: None,
+        }
+    }
+
+    /// Names containers from this cache.
+    pub fn with_identity(mut self, cache: crate::docker::IdentityCache) -> Self {
+        self.identity = Some(cache);
+        self
+    }
+
+    /// Sends every alert to the response task (dropped with a warning when
+    /// its queue is full; detection never waits for a response).
+    pub fn with_responses(mut self, tx: tokio::sync::mpsc::Sender<Alert>) -> Self {
+        self.responses = Some(tx);
+        self
+    }
+
+    /// Runs the rules over the window's `events` and returns the rule alerts
+    /// followed by `model_alerts`, each named and with its id.
+    pub fn collect(
+        &mut self,
+        events: &[crate::telemetry::Event],
+        model_alerts: Vec<Alert>,
+        tenant: &str,
+        node: &str,
+    ) -> Vec<Alert> {
+        let mut all: Vec<Alert> = self
+            .rules
+            .evaluate(events)
+            .iter()
+            .map(|h| Alert::rule(h, tenant, node))
+            .collect();
+        all.extend(model_alerts);
+        if let Some(cache) = &self.identity {
+            for a in &mut all {
+                match cache.get(&a.container) {
+                    Some(info) => a.set_identity(&info),
+                    None => cache.request_refresh(),
+                }
+            }
+        }
+        all
+    }
+
+    /// Rules, identity, sinks and responses for one window.
+    pub fn dispatch(
+        &mut self,
+        events: &[crate::telemetry::Event],
+        model_alerts: Vec<Alert>,
+        tenant: &str,
+        node: &str,
+    ) -> Vec<Alert> {
+        let all = self.collect(events, model_alerts, tenant, node);
+        for a in &all {
+            if let Err(e) = self.sinks.emit(a) {
+                warn!(error = %e, alert = %a.id, "alert sink failed");
+            }
+            if let Some(tx) = &self.responses
+                && let Err(e) = tx.try_send(a.clone())
+            {
+                warn!(error = %e, alert = %a.id, container = %a.container, "response queue full or closed; no response for this alert");
+            }
+        }
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_deterministic_and_distinguish_sources() {
+        let a = Alert::model(10, "t", "n", "c", 2.0, 1.0, Some(3), vec![]);
+        let b = Alert::model(10, "t", "n", "c", 5.0, 1.0, Some(3), vec![]);
+        assert_eq!(a.id, b.id, "same window, same container: same id");
+        assert_eq!(a.id.len(), 32);
+        let c = Alert::model(11, "t", "n", "c", 2.0, 1.0, Some(3), vec![]);
+        assert_ne!(a.id, c.id);
+        let mut r = a.clone();
+        r.rule = Some(RuleMatch {
+            id: "setuid_root".into(),
+            description: String::new(),
+            event: String::new(),
+            count: 1,
+        });
+        assert_ne!(r.compute_id(), a.id);
+        assert_eq!(a.severity, Severity::High);
+        let low = Alert::model(10, "t", "n", "c", 1.5, 1.0, None, vec![]);
+        assert_eq!(low.severity, Severity::Medium);
+    }
+
+    #[test]
+    fn json_round_trip_keeps_every_field() {
+        let mut a = Alert::model(10, "t", "n", "c", 2.0, 1.0, None, vec![("cpu".into(), 0.5)]);
+        a.set_identity(&ContainerInfo {
+            id: "c".into(),
+            name: Some("web".into()),
+            image: Some("nginx:1".into()),
+            pod: Some("web-0".into()),
+            namespace: Some("prod".into()),
+            networks: vec![],
+        });
+        let text = serde_json::to_string(&a).unwrap();
+        assert!(text.contains("\"severity\":\"high\""), "{text}");
+        let back: Alert = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, a);
     }
 }

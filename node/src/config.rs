@@ -216,6 +216,10 @@ pub struct AlertConfig {
     /// Append alerts as JSON lines to this file.
     #[serde(default)]
     pub file: Option<PathBuf>,
+    /// POST each alert to a webhook (`[alerts.webhook]`), through an
+    /// on-disk outbox.
+    #[serde(default)]
+    pub webhook: Option<crate::webhook::WebhookConfig>,
 }
 
 fn d_true() -> bool {
@@ -227,6 +231,7 @@ impl Default for AlertConfig {
         Self {
             stdout: true,
             file: None,
+            webhook: None,
         }
     }
 }
@@ -269,6 +274,17 @@ pub struct NodeConfig {
     /// Alert sinks.
     #[serde(default)]
     pub alerts: AlertConfig,
+    /// Rule layer (`[rules]`): decisive rare events alert at once.
+    #[serde(default)]
+    pub rules: crate::rules::RulesConfig,
+    /// Docker Engine API (`[docker]`): container names, images and pod
+    /// labels in alerts; required by the enforcing response modes. Omit to
+    /// run without it.
+    #[serde(default)]
+    pub docker: Option<crate::docker::DockerConfig>,
+    /// Response actions (`[response]`), off by default.
+    #[serde(default)]
+    pub response: crate::response::ResponseConfig,
     /// Seed for local training.
     #[serde(default)]
     pub seed: u64,
@@ -318,6 +334,14 @@ impl NodeConfig {
             if let Some(f) = cfg.alerts.file.as_mut() {
                 fix(f);
             }
+            if let Some(w) = cfg.alerts.webhook.as_mut() {
+                if let Some(p) = w.ca_file.as_mut() {
+                    fix(p);
+                }
+                if let Some(p) = w.bearer_token_file.as_mut() {
+                    fix(p);
+                }
+            }
             for src in cfg.source.iter_mut().chain(cfg.sources.iter_mut()) {
                 match src {
                     SourceConfig::Cgroup { root, proc_root } => {
@@ -354,6 +378,24 @@ impl NodeConfig {
         }
         if d.train_buffer < d.min_train_windows {
             errs.push("detector.train_buffer must be at least min_train_windows".to_string());
+        }
+        errs.extend(self.rules.problems());
+        if let Some(w) = &self.alerts.webhook {
+            errs.extend(w.problems());
+        }
+        if let Some(d) = &self.docker {
+            errs.extend(d.problems());
+        }
+        use crate::response::ResponseMode;
+        if matches!(
+            self.response.mode,
+            ResponseMode::Pause | ResponseMode::Disconnect
+        ) && self.docker.is_none()
+        {
+            errs.push(format!(
+                "response.mode = {:?} needs a [docker] section (the Docker Engine API socket)",
+                self.response.mode
+            ));
         }
         let all = self.all_sources();
         if all.is_empty() {
@@ -500,5 +542,54 @@ kind = "tetragon"
             .unwrap_err()
             .to_string();
         assert!(e.contains("cannot be combined"), "{e}");
+    }
+
+    #[test]
+    fn ops_sections_parse_and_are_validated() {
+        let base = "data_dir = \"d\"\n[source]\nkind = \"falco\"\npath = \"f.json\"\n";
+        let good = format!(
+            "{base}[rules]\ndisable = [\"reverse_shell\"]\nminer_ports = [3333]\n\
+             [alerts.webhook]\nurl = \"https://siem.example.invalid/hook\"\nmax_pending = 50\n\
+             [docker]\nsocket = \"/run/docker.sock\"\n\
+             [response]\nmode = \"disconnect\"\nmin_severity = \"high\"\nallow_images = [\"infra/*\"]\n"
+        );
+        let c = NodeConfig::from_toml(&good, Path::new("n.toml")).unwrap();
+        c.validate().unwrap();
+        assert!(!c.rules.disable.is_empty());
+        assert_eq!(c.alerts.webhook.as_ref().unwrap().max_pending, 50);
+        assert_eq!(c.response.mode, crate::response::ResponseMode::Disconnect);
+        assert_eq!(c.response.min_severity, crate::alert::Severity::High);
+        // Defaults: rules on, response off, no docker, no webhook.
+        let d = NodeConfig::from_toml(base, Path::new("n.toml")).unwrap();
+        assert!(d.rules.enabled && d.docker.is_none() && d.alerts.webhook.is_none());
+        assert_eq!(d.response.mode, crate::response::ResponseMode::Off);
+        // Unknown keys and values are refused with their names.
+        for (bad, needle) in [
+            ("[response]\nmode = \"kill\"\n", "kill"),
+            (
+                "[alerts.webhook]\nurl = \"http://h/x\"\nretries = 3\n",
+                "retries",
+            ),
+            ("[docker]\nsockett = \"/x\"\n", "sockett"),
+            ("[rules]\nenable = true\n", "enable"),
+        ] {
+            let e = NodeConfig::from_toml(&format!("{base}{bad}"), Path::new("n.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+        // Semantic problems are all reported.
+        let text = format!(
+            "{base}[rules]\ndisable = [\"nope\"]\n[alerts.webhook]\nurl = \"ftp://h\"\n[response]\nmode = \"pause\"\n"
+        );
+        let e = NodeConfig::from_toml(&text, Path::new("n.toml"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"nope\"") && e.contains("ftp") && e.contains("[docker]"),
+            "{e}"
+        );
     }
 }

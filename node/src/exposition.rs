@@ -38,6 +38,25 @@ struct Source {
     source: &'static str,
 }
 
+/// Counters of the rule layer, the webhook, the Docker API and the
+/// response actions; clones share their values with the tasks that count.
+#[derive(Debug, Clone, Default)]
+pub struct OpsMetrics {
+    /// Rule hits (read at scrape time).
+    pub rule_hits: Arc<crate::rules::RuleCounters>,
+    /// Webhook delivery counters and outbox depth.
+    pub webhook: crate::webhook::WebhookCounters,
+    /// Failed Docker Engine API calls (identity refresh and responses).
+    pub docker_errors: Counter,
+    /// Responses by action, mode and result.
+    pub responses: crate::response::ResponseCounters,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: &'static str,
+}
+
 /// The node's metrics.
 pub struct NodeMetrics {
     registry: Registry,
@@ -53,6 +72,7 @@ pub struct NodeMetrics {
     threshold: Gauge<f64, AtomicU64>,
     train_loss: Gauge<f64, AtomicU64>,
     buffered: Gauge,
+    rule_hits: Option<(Arc<crate::rules::RuleCounters>, Family<RuleLabel, Counter>)>,
 }
 
 impl NodeMetrics {
@@ -73,6 +93,7 @@ impl NodeMetrics {
             threshold: Gauge::default(),
             train_loss: Gauge::default(),
             buffered: Gauge::default(),
+            rule_hits: None,
         };
         registry.register(
             "events_ingested",
@@ -119,6 +140,58 @@ impl NodeMetrics {
         Self { registry, ..m }
     }
 
+    /// Also exposes `ops`: `rule_hits_total{rule}`, `webhook_delivered_total`,
+    /// `webhook_failed_total` (attempts), `webhook_rejected_total`,
+    /// `webhook_dropped_total` (lost from a full outbox),
+    /// `webhook_outbox_depth`, `docker_errors_total` and
+    /// `responses_total{action,mode,result}`.
+    pub fn with_ops(mut self, ops: &OpsMetrics) -> Self {
+        let r = &mut self.registry;
+        let hits = Family::<RuleLabel, Counter>::default();
+        r.register(
+            "rule_hits",
+            "Rule-layer hits (matching events), per rule",
+            hits.clone(),
+        );
+        r.register(
+            "webhook_delivered",
+            "Alerts delivered to the webhook (2xx)",
+            ops.webhook.delivered.clone(),
+        );
+        r.register(
+            "webhook_failed",
+            "Failed webhook delivery attempts (retried)",
+            ops.webhook.failed.clone(),
+        );
+        r.register(
+            "webhook_rejected",
+            "Alerts refused by the webhook with a permanent 4xx (removed)",
+            ops.webhook.rejected.clone(),
+        );
+        r.register(
+            "webhook_dropped",
+            "Alerts lost because the webhook outbox was full (oldest dropped)",
+            ops.webhook.dropped.clone(),
+        );
+        r.register(
+            "webhook_outbox_depth",
+            "Alerts pending in the webhook outbox",
+            ops.webhook.depth.clone(),
+        );
+        r.register(
+            "docker_errors",
+            "Failed Docker Engine API calls",
+            ops.docker_errors.clone(),
+        );
+        r.register(
+            "responses",
+            "Response actions by action, mode and result",
+            ops.responses.clone(),
+        );
+        self.rule_hits = Some((ops.rule_hits.clone(), hits));
+        self
+    }
+
     /// Prometheus text exposition of the current state.
     pub fn encode(&self) -> String {
         {
@@ -147,6 +220,14 @@ impl NodeMetrics {
                 .get_or_create(&Source { source: name })
                 .inner()
                 .store(v, Ordering::Relaxed);
+        }
+        if let Some((counts, family)) = &self.rule_hits {
+            for (rule, n) in counts.snapshot() {
+                family
+                    .get_or_create(&RuleLabel { rule })
+                    .inner()
+                    .store(n, Ordering::Relaxed);
+            }
         }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
@@ -235,6 +316,60 @@ mod tests {
             "fedmesh_node_alerts_total 0".to_string(),
         ] {
             assert!(text.contains(&needle), "missing {needle} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn exposes_rule_webhook_docker_and_response_counters() {
+        let agent = Agent::new(
+            AgentSettings {
+                tenant: "t".into(),
+                node: "n".into(),
+                detector: Default::default(),
+                seed: 0,
+            },
+            None,
+            None,
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        let agent = Arc::new(Mutex::new(agent));
+        let ops = OpsMetrics::default();
+        let rules =
+            crate::rules::RuleEngine::new(&Default::default()).with_counters(ops.rule_hits.clone());
+        let ev = crate::telemetry::Event::Exec {
+            container: crate::telemetry::ContainerId("c".into()),
+            ts_ms: 1,
+            binary: "/tmp/xmrig".into(),
+        };
+        rules.evaluate(&[ev.clone(), ev]);
+        ops.webhook.delivered.inc();
+        ops.webhook.failed.inc_by(3);
+        ops.webhook.dropped.inc();
+        ops.webhook.depth.set(7);
+        ops.docker_errors.inc_by(2);
+        ops.responses
+            .get_or_create(&crate::response::ResponseLabels {
+                action: "pause",
+                mode: "dry-run",
+                result: "would",
+            })
+            .inc();
+        let m = NodeMetrics::new(agent, Arc::new(SourceCounters::default())).with_ops(&ops);
+        let text = m.encode();
+        for needle in [
+            "fedmesh_node_rule_hits_total{rule=\"exec_from_tmpfs\"} 2",
+            "fedmesh_node_rule_hits_total{rule=\"miner_binary\"} 2",
+            "fedmesh_node_rule_hits_total{rule=\"setuid_root\"} 0",
+            "fedmesh_node_webhook_delivered_total 1",
+            "fedmesh_node_webhook_failed_total 3",
+            "fedmesh_node_webhook_rejected_total 0",
+            "fedmesh_node_webhook_dropped_total 1",
+            "fedmesh_node_webhook_outbox_depth 7",
+            "fedmesh_node_docker_errors_total 2",
+            "fedmesh_node_responses_total{action=\"pause\",mode=\"dry-run\",result=\"would\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
     }
 }

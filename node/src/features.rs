@@ -503,6 +503,7 @@ mod tests {
                 container: cid(c),
                 ts_ms: 1,
                 kind: KernelEventKind::Mount,
+                detail: None,
             });
         }
         let w = b.close(10);
@@ -576,6 +577,7 @@ mod tests {
                     container,
                     ts_ms,
                     kind: kinds[k % kinds.len()],
+                    detail: None,
                 }
             }),
         ]

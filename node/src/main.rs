@@ -10,10 +10,14 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use fedmesh_crypto::{CertVerifier, Identity, SecretPem};
 use fedmesh_node::agent::{Agent, AgentSettings, verify_global_model};
-use fedmesh_node::alert::AlertSinks;
+use fedmesh_node::alert::{AlertPipeline, AlertSinks};
 use fedmesh_node::client::Connector;
 use fedmesh_node::config::{NodeConfig, SourceConfig};
+use fedmesh_node::docker::{DockerClient, IdentityCache, run_identity_refresher};
+use fedmesh_node::exposition::OpsMetrics;
 use fedmesh_node::exposition::{self, NodeMetrics, SourceCounters};
+use fedmesh_node::response::{Responder, ResponseMode, run_responses};
+use fedmesh_node::rules::RuleEngine;
 use fedmesh_node::runtime::{
     FederationSettings, run_federation, run_live_detection, run_synthetic_detection,
     spawn_line_source,
@@ -23,6 +27,7 @@ use fedmesh_node::telemetry::cgroup::CgroupCollector;
 use fedmesh_node::telemetry::falco::parse_falco_line;
 use fedmesh_node::telemetry::synthetic::{Profile, SyntheticSource};
 use fedmesh_node::telemetry::tetragon::parse_tetragon_line;
+use fedmesh_node::webhook::{Outbox, Webhook, run_delivery};
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -276,6 +281,7 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
         detector: cfg.detector.clone(),
         seed: cfg.seed,
     };
+    let outbox_store = store.clone();
     let agent = Agent::new(
         settings,
         Some(store),
@@ -283,7 +289,8 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
         time::OffsetDateTime::now_utc(),
     )?;
     let agent = Arc::new(Mutex::new(agent));
-    let sinks = AlertSinks::open(cfg.alerts.stdout, cfg.alerts.file.as_deref())?;
+    let ops = OpsMetrics::default();
+    let mut sinks = AlertSinks::open(cfg.alerts.stdout, cfg.alerts.file.as_deref())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let counters = Arc::new(SourceCounters::default());
@@ -291,7 +298,7 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} for metrics"))?;
-        let m = Arc::new(NodeMetrics::new(agent.clone(), counters.clone()));
+        let m = Arc::new(NodeMetrics::new(agent.clone(), counters.clone()).with_ops(&ops));
         let mut rx = stop_rx.clone();
         tracing::info!(%addr, "metrics serving on /metrics");
         tasks.push(tokio::spawn(async move {
@@ -303,6 +310,47 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
                 tracing::warn!(error = %e, "metrics server failed");
             }
         }));
+    }
+    if let Some(w) = &cfg.alerts.webhook {
+        let hook = Webhook::new(w).context("webhook sink")?;
+        let outbox = Outbox::open(&outbox_store, w.max_pending, ops.webhook.clone())
+            .context("webhook outbox")?;
+        sinks = sinks.with_outbox(outbox.clone());
+        tasks.push(tokio::spawn(run_delivery(outbox, hook, stop_rx.clone())));
+    }
+    let rules = RuleEngine::new(&cfg.rules).with_counters(ops.rule_hits.clone());
+    let mut pipeline = AlertPipeline::new(rules, sinks);
+    let docker = cfg
+        .docker
+        .as_ref()
+        .map(|d| DockerClient::new(&d.socket, Duration::from_millis(d.timeout_ms)));
+    let identity = match (&cfg.docker, &docker) {
+        (Some(d), Some(client)) => {
+            let cache = IdentityCache::new();
+            tasks.push(tokio::spawn(run_identity_refresher(
+                client.clone(),
+                cache.clone(),
+                d.clone(),
+                ops.docker_errors.clone(),
+                stop_rx.clone(),
+            )));
+            pipeline = pipeline.with_identity(cache.clone());
+            Some(cache)
+        }
+        _ => None,
+    };
+    if cfg.response.mode != ResponseMode::Off {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let responder = Responder::new(
+            cfg.response.clone(),
+            docker.clone(),
+            identity.clone(),
+            ops.responses.clone(),
+            ops.docker_errors.clone(),
+        );
+        tracing::info!(mode = ?cfg.response.mode, min_severity = %cfg.response.min_severity, "response actions enabled");
+        tasks.push(tokio::spawn(run_responses(responder, rx, stop_rx.clone())));
+        pipeline = pipeline.with_responses(tx);
     }
     let sources = cfg.all_sources();
     if let [
@@ -325,7 +373,7 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
         tasks.push(tokio::spawn(run_synthetic_detection(
             agent.clone(),
             source,
-            sinks,
+            pipeline,
             tick,
             stop_rx.clone(),
         )));
@@ -374,7 +422,7 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
             agent.clone(),
             cgroup,
             rx,
-            sinks,
+            pipeline,
             tick,
             stop_rx.clone(),
             counters.clone(),

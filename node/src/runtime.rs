@@ -14,7 +14,7 @@ use tonic::Code;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::agent::{Agent, AgentError, verify_global_model};
-use crate::alert::AlertSinks;
+use crate::alert::AlertPipeline;
 use crate::client::{ClientError, Connector};
 use crate::features::{NUM_FEATURES, feature_schema_hash};
 use crate::telemetry::synthetic::SyntheticSource;
@@ -307,7 +307,7 @@ async fn participate(
 pub async fn run_synthetic_detection(
     agent: SharedAgent,
     mut source: SyntheticSource,
-    mut sinks: AlertSinks,
+    mut pipeline: AlertPipeline,
     tick: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -319,35 +319,40 @@ pub async fn run_synthetic_detection(
             _ = shutdown.changed() => return,
         }
         let (idx, events) = source.next_window();
-        process_window(&agent, &events, (idx + 1) * source.window_ms(), &mut sinks);
+        process_window(
+            &agent,
+            &events,
+            (idx + 1) * source.window_ms(),
+            &mut pipeline,
+        );
     }
 }
 
-/// Feeds one window's events to the agent, closes the window at `end_ms`
-/// and sends its alerts to the sinks. Failures are logged; the loop goes on.
-fn process_window(
+/// Feeds one window's events to the agent, closes the window at `end_ms`,
+/// runs the rule layer over the same events and sends every alert (rule
+/// alerts first) through the pipeline. Failures are logged; the loop goes
+/// on. Returns the alerts.
+pub fn process_window(
     agent: &SharedAgent,
     events: &[crate::telemetry::Event],
     end_ms: u64,
-    sinks: &mut AlertSinks,
-) {
-    let alerts = {
+    pipeline: &mut AlertPipeline,
+) -> Vec<crate::alert::Alert> {
+    let (model_alerts, tenant, node) = {
         let mut a = lock(agent);
         for e in events {
             a.observe(e);
         }
-        a.close_window(end_ms)
+        let r = a.close_window(end_ms);
+        (r, a.settings().tenant.clone(), a.settings().node.clone())
     };
-    match alerts {
-        Ok(alerts) => {
-            for al in &alerts {
-                if let Err(e) = sinks.emit(al) {
-                    warn!(error = %e, "alert sink failed");
-                }
-            }
-        }
-        Err(e) => warn!(error = %e, "window processing failed"),
-    }
+    let span = tracing::debug_span!("window", tenant = %tenant, node = %node, end_ms);
+    let _g = span.enter();
+    let model_alerts = model_alerts.unwrap_or_else(|e| {
+        warn!(error = %e, "window processing failed");
+        Vec::new()
+    });
+    pipeline.dispatch(events, model_alerts, &tenant, &node)
 }
 
 /// Parser of one JSON line into events.
@@ -457,7 +462,7 @@ pub async fn run_live_detection(
     agent: SharedAgent,
     mut cgroup: Option<crate::telemetry::cgroup::CgroupCollector>,
     mut events: tokio::sync::mpsc::Receiver<crate::telemetry::Event>,
-    mut sinks: AlertSinks,
+    mut pipeline: AlertPipeline,
     tick: Duration,
     mut shutdown: watch::Receiver<bool>,
     counters: Arc<crate::exposition::SourceCounters>,
@@ -514,6 +519,116 @@ pub async fn run_live_detection(
         while let Ok(e) = events.try_recv() {
             batch.push(e);
         }
-        process_window(&agent, &batch, now_ms, &mut sinks);
+        process_window(&agent, &batch, now_ms, &mut pipeline);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::AgentSettings;
+    use crate::alert::AlertSinks;
+    use crate::config::DetectorConfig;
+    use crate::rules::{RuleEngine, RulesConfig};
+    use crate::telemetry::synthetic::Profile;
+    use crate::telemetry::{ContainerId, Event, KernelDetail, KernelEventKind};
+
+    fn agent() -> SharedAgent {
+        let settings = AgentSettings {
+            tenant: "acme".into(),
+            node: "n1".into(),
+            detector: DetectorConfig {
+                false_alarm_rate: 0.01,
+                train_buffer: 4096,
+                min_train_windows: 32,
+                bootstrap_after_windows: 80,
+                top_features: 3,
+            },
+            seed: 7,
+        };
+        Arc::new(Mutex::new(
+            Agent::new(settings, None, None, time::OffsetDateTime::now_utc()).unwrap(),
+        ))
+    }
+
+    fn setuid_root(container: &str, ts_ms: u64) -> Event {
+        Event::Kernel {
+            container: ContainerId(container.into()),
+            ts_ms,
+            kind: KernelEventKind::Setuid,
+            detail: KernelDetail {
+                process: Some("/usr/bin/su".into()),
+                user: Some("www-data".into()),
+                uid: Some(33),
+                target_uid: Some(0),
+                ..KernelDetail::default()
+            }
+            .boxed(),
+        }
+    }
+
+    #[test]
+    fn one_setuid_root_event_in_a_normal_window_alerts() {
+        let agent = agent();
+        let mut src = SyntheticSource::new(
+            5,
+            &[
+                ("web-1".into(), Profile::Web),
+                ("db-1".into(), Profile::Database),
+                ("batch-1".into(), Profile::Batch),
+                ("ml-1".into(), Profile::Ml),
+            ],
+            10_000,
+        );
+        let mut pipeline =
+            AlertPipeline::new(RuleEngine::new(&RulesConfig::default()), AlertSinks::none());
+        // No model yet: the rule alerts on its own.
+        let (w, mut events) = src.next_window();
+        events.push(setuid_root("web-1", w * 10_000 + 4_321));
+        let alerts = process_window(&agent, &events, (w + 1) * 10_000, &mut pipeline);
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        let a = &alerts[0];
+        let rule = a.rule.as_ref().unwrap();
+        assert_eq!(rule.id, "setuid_root");
+        assert_eq!(
+            (a.container.as_str(), a.ts_ms),
+            ("web-1", w * 10_000 + 4_321)
+        );
+        assert_eq!(a.severity, crate::alert::Severity::Critical);
+        assert_eq!((a.score, a.threshold), (None, None));
+        assert!(rule.event.contains("uid=33") && rule.event.contains("target_uid=0"));
+        // Train the local model on benign windows.
+        for _ in 0..25 {
+            let (w, events) = src.next_window();
+            process_window(&agent, &events, (w + 1) * 10_000, &mut pipeline);
+        }
+        assert!(lock(&agent).detector().is_some(), "bootstrapped");
+        // A normal window with one decisive event: the rule alert is there
+        // whatever the model says (here the model flags the window too, on
+        // the privilege-event feature; both alerts are kept, rule first).
+        let (w, mut events) = src.next_window();
+        let n = events.len();
+        events.push(setuid_root("web-1", w * 10_000 + 10));
+        let alerts = process_window(&agent, &events, (w + 1) * 10_000, &mut pipeline);
+        assert!(n >= 8, "an otherwise normal window ({n} events)");
+        let web: Vec<_> = alerts.iter().filter(|a| a.container == "web-1").collect();
+        assert_eq!(
+            web[0].rule.as_ref().map(|r| r.id.as_str()),
+            Some("setuid_root")
+        );
+        assert_eq!(
+            web[0].ts_ms,
+            w * 10_000 + 10,
+            "rule alerts carry the event time"
+        );
+        assert!(
+            web[1..]
+                .iter()
+                .all(|a| a.rule.is_none() && a.score.is_some())
+        );
+        assert!(
+            alerts.iter().all(|a| a.container == "web-1"),
+            "benign containers stay quiet: {alerts:?}"
+        );
     }
 }

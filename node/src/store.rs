@@ -45,6 +45,7 @@ const GLOBAL: &[u8] = b"global_model";
 const THRESHOLD: &[u8] = b"threshold";
 const LOCAL: &[u8] = b"local_model";
 const CALIBRATED_ON: &[u8] = b"calibrated_on";
+const OUTBOX: &[u8] = b"alert_outbox";
 
 impl NodeStore {
     /// Opens or creates the store.
@@ -114,6 +115,17 @@ impl NodeStore {
                 .map(Some)
                 .map_err(|_| NodeStoreError::Corrupt("local_model")),
         }
+    }
+
+    /// The tree of the webhook alert outbox ([`crate::webhook::Outbox`]):
+    /// big-endian sequence numbers to alert JSON.
+    pub fn alert_outbox(&self) -> Result<sled::Tree, NodeStoreError> {
+        Ok(self.db.open_tree(OUTBOX)?)
+    }
+
+    /// A number larger than every one returned before, across restarts.
+    pub fn next_sequence(&self) -> Result<u64, NodeStoreError> {
+        Ok(self.db.generate_id()?)
     }
 
     /// Stores the local bootstrap model.

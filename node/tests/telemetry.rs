@@ -360,8 +360,13 @@ where
 {
     let f = fs::File::open(fixtures().join(name)).unwrap();
     let mut r = JsonLineReader::new(std::io::BufReader::new(f), parser);
-    let evs = r.read_all().unwrap();
+    let evs = plain(r.read_all().unwrap());
     (evs, r.into_stats())
+}
+
+/// Events without their kernel details (compared separately in the rule tests).
+fn plain(evs: Vec<Event>) -> Vec<Event> {
+    evs.into_iter().map(Event::without_detail).collect()
 }
 
 fn skips(stats: &ParseStats) -> Vec<(&'static str, u64)> {
@@ -385,6 +390,7 @@ fn kernel(c: &str, ts_ms: u64, kind: KernelEventKind) -> Event {
         container: cid(c),
         ts_ms,
         kind,
+        detail: None,
     }
 }
 
@@ -595,7 +601,7 @@ fn follow_file_appends_truncation_rotation() {
     assert!(ff.poll().unwrap().is_empty());
     writeln!(f, "{tail}").unwrap();
     assert_eq!(
-        ff.wait_events(Duration::from_secs(2)).unwrap(),
+        plain(ff.wait_events(Duration::from_secs(2)).unwrap()),
         vec![kernel(
             "551e161c47d8",
             1_773_533_223_123,
@@ -606,7 +612,7 @@ fn follow_file_appends_truncation_rotation() {
     drop(f);
     fs::write(&path, format!("{}\n", lines[5])).unwrap();
     assert_eq!(
-        ff.poll().unwrap(),
+        plain(ff.poll().unwrap()),
         vec![kernel(
             "551e161c47d8",
             1_773_533_226_123,
@@ -842,4 +848,62 @@ proptest! {
             prop_assert_eq!(st.skipped(), st.lines);
         }
     }
+}
+
+#[test]
+fn kernel_details_from_falco_and_tetragon_fixtures() {
+    use fedmesh_node::telemetry::KernelDetail;
+    fn details(name: &str, parser: fedmesh_node::runtime::LineParser) -> Vec<KernelDetail> {
+        let text = fs::read_to_string(fixtures().join(name)).unwrap();
+        text.lines()
+            .filter_map(|l| parser(l).ok())
+            .flatten()
+            .filter_map(|e| match e {
+                Event::Kernel { detail, .. } => Some(detail.map(|d| *d).unwrap_or_default()),
+                _ => None,
+            })
+            .collect()
+    }
+    let falco = details("falco-rules.jsonl", parse_falco_line);
+    let su = falco
+        .iter()
+        .find(|d| d.process.as_deref() == Some("su"))
+        .unwrap();
+    assert_eq!(su.user.as_deref(), Some("www-data"));
+    assert!(
+        falco
+            .iter()
+            .any(|d| d.path.as_deref() == Some("/sys/fs/cgroup/rdma/release_agent"))
+    );
+    assert!(
+        falco
+            .iter()
+            .any(|d| d.request.as_deref() == Some("PTRACE_ATTACH"))
+    );
+    let tet = details("tetragon-kprobes.jsonl", parse_tetragon_line);
+    let setuid = tet.iter().find(|d| d.target_uid.is_some()).unwrap();
+    assert_eq!((setuid.uid, setuid.target_uid), (Some(0), Some(0)));
+    assert_eq!(setuid.process.as_deref(), Some("/usr/bin/python3"));
+    assert!(
+        tet.iter()
+            .any(|d| d.capability.as_deref() == Some("CAP_SYS_ADMIN"))
+    );
+    assert!(
+        tet.iter()
+            .any(|d| d.request.as_deref() == Some("PTRACE_ATTACH"))
+    );
+    assert!(tet.iter().any(|d| d.path.as_deref() == Some("/etc/shadow")));
+    // Falco renders uids as `0(root)`: the leading number is taken.
+    let line = r#"{"rule":"Non sudo setuid","time":"2021-01-14T23:40:00Z","output_fields":{"container.id":"28c0c7a20575","evt.type":"setuid","evt.arg.uid":"0(root)","user.uid":1000,"proc.name":"exploit"}}"#;
+    let evs = parse_falco_line(line).unwrap();
+    let Event::Kernel {
+        detail: Some(d), ..
+    } = &evs[0]
+    else {
+        panic!("{evs:?}")
+    };
+    assert_eq!((d.uid, d.target_uid), (Some(1000), Some(0)));
+    // Serialized events without details keep their old shape.
+    let plain = serde_json::to_string(&kernel("c", 1, KernelEventKind::Mount)).unwrap();
+    assert!(!plain.contains("detail"), "{plain}");
 }

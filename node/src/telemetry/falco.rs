@@ -40,7 +40,7 @@ use super::events::{
     ParseError, classify_file_access, ip, lenient_bool, lenient_u64, normalize_container_id,
     parse_object, parse_rfc3339_ms, port,
 };
-use super::{ContainerId, Event, KernelEventKind};
+use super::{ContainerId, Event, KernelDetail, KernelEventKind};
 
 /// What a Falco alert describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,6 +209,7 @@ pub fn parse_falco_line(line: &str) -> Result<Vec<Event>, ParseError> {
                 container: container.clone(),
                 ts_ms,
                 kind,
+                detail: detail(of),
             };
             // A rule about a launched tool (`mount`, `insmod`): keep the exec too.
             let by_exec = matches!(of_str(of, "evt.type"), Some("execve" | "execveat"));
@@ -228,9 +229,54 @@ pub fn parse_falco_line(line: &str) -> Result<Vec<Event>, ParseError> {
             container,
             ts_ms,
             kind: file_kind(rule, of),
+            detail: detail(of),
         },
     };
     Ok(vec![ev])
+}
+
+/// Particulars of a kernel-class alert for the rule layer: `proc.*`,
+/// `user.name`/`user.uid`, `evt.arg.uid` (Falco renders it `0(root)`), the
+/// file path, `evt.arg.cap*` and `evt.arg.request`.
+fn detail(of: &Map<String, Value>) -> Option<Box<KernelDetail>> {
+    let text = |k: &str| {
+        of_str(of, k)
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && *s != "<NA>")
+            .map(str::to_string)
+    };
+    let leading_u32 = |k: &str| -> Option<u32> {
+        match of.get(k)? {
+            Value::Number(n) => n.as_u64().and_then(|v| u32::try_from(v).ok()),
+            Value::String(s) => {
+                let digits: String = s.trim().chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            }
+            _ => None,
+        }
+    };
+    KernelDetail {
+        process: binary(of).ok(),
+        user: text("user.name"),
+        uid: leading_u32("user.uid"),
+        target_uid: leading_u32("evt.arg.uid")
+            .or_else(|| leading_u32("evt.arg.ruid"))
+            .or_else(|| leading_u32("evt.arg.euid")),
+        path: ["fd.name", "evt.arg.name", "evt.arg.path", "fs.path.name"]
+            .iter()
+            .find_map(|k| text(k))
+            .filter(|p| p.starts_with('/')),
+        capability: [
+            "evt.arg.cap_effective",
+            "evt.arg.cap_permitted",
+            "evt.arg.cap_inheritable",
+        ]
+        .iter()
+        .filter_map(|k| text(k))
+        .reduce(|a, b| format!("{a} {b}")),
+        request: text("evt.arg.request"),
+    }
+    .boxed()
 }
 
 /// A string value of a flat `output_fields` key (`null` = absent).

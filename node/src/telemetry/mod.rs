@@ -120,7 +120,46 @@ pub enum Event {
         ts_ms: u64,
         /// What happened.
         kind: KernelEventKind,
+        /// What the source told about it (process, uids, path, capability),
+        /// when it told anything; read by the rule layer, not by features.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<Box<KernelDetail>>,
     },
+}
+
+/// Optional particulars of a [`Event::Kernel`] event, as far as the source
+/// exposes them. Every field may be absent; the rule layer
+/// ([`crate::rules`]) treats an absent field as "unknown", never as benign.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelDetail {
+    /// Binary of the acting process (path or comm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    /// User name of the acting process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Uid of the acting process (before the call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Uid requested by a `setuid`-family call (or the new credentials' uid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_uid: Option<u32>,
+    /// File path opened, read or written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Capability (set) named by a `capset`/capability check, e.g. `CAP_SYS_ADMIN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<String>,
+    /// `ptrace` request, e.g. `PTRACE_ATTACH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+}
+
+impl KernelDetail {
+    /// `None` when nothing is known, so events without details stay small.
+    pub fn boxed(self) -> Option<Box<KernelDetail>> {
+        (self != KernelDetail::default()).then(|| Box::new(self))
+    }
 }
 
 impl Event {
@@ -143,4 +182,45 @@ impl Event {
             | Event::Kernel { ts_ms, .. } => *ts_ms,
         }
     }
+
+    /// The event with its [`KernelDetail`] removed (what the feature
+    /// pipeline sees; handy to compare events by their essentials).
+    pub fn without_detail(self) -> Event {
+        match self {
+            Event::Kernel {
+                container,
+                ts_ms,
+                kind,
+                ..
+            } => Event::Kernel {
+                container,
+                ts_ms,
+                kind,
+                detail: None,
+            },
+            other => other,
+        }
+    }
+}
+
+/// Name of a `ptrace(2)` request number (x86-64/arm64 values).
+pub fn ptrace_request_name(n: u64) -> Option<&'static str> {
+    Some(match n {
+        0 => "PTRACE_TRACEME",
+        1 => "PTRACE_PEEKTEXT",
+        2 => "PTRACE_PEEKDATA",
+        3 => "PTRACE_PEEKUSER",
+        4 => "PTRACE_POKETEXT",
+        5 => "PTRACE_POKEDATA",
+        6 => "PTRACE_POKEUSER",
+        7 => "PTRACE_CONT",
+        8 => "PTRACE_KILL",
+        9 => "PTRACE_SINGLESTEP",
+        12 => "PTRACE_GETREGS",
+        13 => "PTRACE_SETREGS",
+        16 => "PTRACE_ATTACH",
+        17 => "PTRACE_DETACH",
+        0x4206 => "PTRACE_SEIZE",
+        _ => return None,
+    })
 }

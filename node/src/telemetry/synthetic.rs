@@ -767,6 +767,7 @@ impl SyntheticSource {
                     container: c.id.clone(),
                     ts_ms: offset(rng),
                     kind: *k,
+                    detail: None,
                 });
             }
             // Counter samples at the middle and the end of the window.

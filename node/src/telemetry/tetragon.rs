@@ -40,7 +40,7 @@ use super::events::{
     ParseError, classify_file_access, field, ip, lenient_u64, normalize_container_id, parse_object,
     parse_rfc3339_ms, port,
 };
-use super::{ContainerId, Event, KernelEventKind};
+use super::{ContainerId, Event, KernelDetail, KernelEventKind};
 
 /// Kinds of Tetragon events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,9 +174,72 @@ pub fn parse_tetragon_line(line: &str) -> Result<Vec<Event>, ParseError> {
                 container,
                 ts_ms,
                 kind: kernel_kind,
+                detail: detail(process, args, kernel_kind),
             }])
         }
     }
+}
+
+/// Particulars for the rule layer: the process binary and uid; the first
+/// `int_arg` of a `setuid`-family call (or `cred_arg.euid`/`uid` of
+/// `commit_creds`) as the target uid; a `capability_arg` name; the `ptrace`
+/// request; a file path.
+fn detail(process: &Value, args: &[Value], kind: KernelEventKind) -> Option<Box<KernelDetail>> {
+    let u32_of = |v: &Value| lenient_u64(v).and_then(|n| u32::try_from(n).ok());
+    let first_int = || {
+        args.iter()
+            .find_map(|a| field(a, "int_arg").and_then(lenient_u64))
+    };
+    let target_uid = match kind {
+        KernelEventKind::Setuid => args
+            .iter()
+            .find_map(|a| {
+                field(a, "cred_arg").and_then(|c| {
+                    field(c, "euid")
+                        .or_else(|| field(c, "uid"))
+                        .and_then(u32_of)
+                })
+            })
+            .or_else(|| first_int().and_then(|n| u32::try_from(n).ok())),
+        _ => None,
+    };
+    let capability = args.iter().find_map(|a| {
+        field(a, "capability_arg")
+            .and_then(|c| field(c, "name"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    let request = match kind {
+        KernelEventKind::Ptrace => first_int()
+            .map(|n| super::ptrace_request_name(n).map_or_else(|| n.to_string(), str::to_string)),
+        _ => None,
+    };
+    let path = args.iter().find_map(|a| {
+        field(a, "file_arg")
+            .or_else(|| field(a, "path_arg"))
+            .and_then(|f| field(f, "path"))
+            .and_then(Value::as_str)
+            .or_else(|| {
+                field(a, "string_arg")
+                    .and_then(Value::as_str)
+                    .filter(|s| s.starts_with('/'))
+            })
+            .map(str::to_string)
+    });
+    KernelDetail {
+        process: field(process, "binary")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(str::to_string),
+        user: None,
+        uid: field(process, "uid").and_then(u32_of),
+        target_uid,
+        path,
+        capability,
+        request,
+    }
+    .boxed()
 }
 
 fn classify_function(func: &str) -> Result<Action, ParseError> {

@@ -1,0 +1,819 @@
+//! The rule layer: decisive rare events that must never be averaged away in
+//! a feature window.
+//!
+//! The autoencoder scores whole windows, so one `setuid(0)` among hundreds
+//! of ordinary events barely moves the reconstruction error. Each rule here
+//! looks at single events (one rule, `reverse_shell`, at a pair in the same
+//! window) and a hit raises an alert at once, whatever the model score.
+//!
+//! | id | severity | fires on |
+//! |---|---|---|
+//! | `setuid_root` | critical | a `setuid`-family call to uid 0 by a non-root process (unknown uids count as a hit; a known root caller or a known non-zero target does not) |
+//! | `cgroup_release_agent` | critical | an open/write of a cgroup `release_agent` or `notify_on_release` |
+//! | `kernel_tunable_write` | critical | a write of `/proc/sys/kernel/core_pattern` or `/proc/sysrq-trigger` |
+//! | `exec_from_tmpfs` | high | exec of a binary under `/dev/shm`, `/tmp`, `/var/tmp`, `/run/shm` or from a `memfd:` |
+//! | `namespace_change` | critical | `mount`, `unshare` or `setns` from a container, or exec of `nsenter`/`unshare` |
+//! | `ptrace_attach` | high | `ptrace` (attach, seize, poke, setregs; any request when it is unknown) |
+//! | `cap_sys_admin` | high | `capset`/capability check naming `CAP_SYS_ADMIN` |
+//! | `shadow_read` | high | a read of `/etc/shadow` or `/etc/gshadow` |
+//! | `miner_binary` | critical | exec of a known miner binary (`xmrig`, `minerd`, …) |
+//! | `stratum_port` | high | a connection to a mining-pool port (3333, 4444, 5555, 7777, 14444, 45700, …; configurable) |
+//! | `module_load` | critical | `init_module`/`finit_module` |
+//! | `reverse_shell` | high | exec of a shell or netcat **and** a connection to an external address (not loopback, private, link-local, unique-local or CGNAT) by the same container in the same window |
+//!
+//! Falco's own "Redirect STDOUT/STDIN to Network Connection" rule reaches
+//! the node as a connection event only, so `reverse_shell` is the pair
+//! heuristic above rather than the `dup2` signature itself.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::alert::Severity;
+use crate::telemetry::{ContainerId, Event, KernelDetail, KernelEventKind};
+
+/// One rule: id, severity and what it detects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// Stable id (config, metrics, alerts).
+    pub id: &'static str,
+    /// Severity of its alerts.
+    pub severity: Severity,
+    /// What it detects.
+    pub description: &'static str,
+}
+
+/// Every rule, in a fixed order (the index is used for counters).
+pub const RULES: &[Rule] = &[
+    Rule {
+        id: "setuid_root",
+        severity: Severity::Critical,
+        description: "setuid/setgid to root by a non-root process",
+    },
+    Rule {
+        id: "cgroup_release_agent",
+        severity: Severity::Critical,
+        description: "open or write of a cgroup release_agent/notify_on_release (container escape)",
+    },
+    Rule {
+        id: "kernel_tunable_write",
+        severity: Severity::Critical,
+        description: "write of /proc/sys/kernel/core_pattern or /proc/sysrq-trigger (container escape)",
+    },
+    Rule {
+        id: "exec_from_tmpfs",
+        severity: Severity::High,
+        description: "exec of a binary from /dev/shm, /tmp, /var/tmp or a memfd (dropper, fileless)",
+    },
+    Rule {
+        id: "namespace_change",
+        severity: Severity::Critical,
+        description: "mount, unshare, setns or nsenter from a container (escape attempt)",
+    },
+    Rule {
+        id: "ptrace_attach",
+        severity: Severity::High,
+        description: "ptrace attach/poke of another process",
+    },
+    Rule {
+        id: "cap_sys_admin",
+        severity: Severity::High,
+        description: "capset or capability check naming CAP_SYS_ADMIN",
+    },
+    Rule {
+        id: "shadow_read",
+        severity: Severity::High,
+        description: "read of /etc/shadow (credential access)",
+    },
+    Rule {
+        id: "miner_binary",
+        severity: Severity::Critical,
+        description: "exec of a known cryptocurrency miner",
+    },
+    Rule {
+        id: "stratum_port",
+        severity: Severity::High,
+        description: "connection to a mining-pool (stratum) port",
+    },
+    Rule {
+        id: "module_load",
+        severity: Severity::Critical,
+        description: "kernel module load from a container",
+    },
+    Rule {
+        id: "reverse_shell",
+        severity: Severity::High,
+        description: "shell or netcat exec together with a connection to an external address in the same window",
+    },
+];
+
+/// Default mining-pool ports (Falco's miner port list without the generic
+/// web ports 25/80/443/8000/8080/...).
+pub const DEFAULT_MINER_PORTS: &[u16] = &[
+    3333, 3334, 3335, 3336, 3357, 4444, 5555, 5556, 5588, 5730, 6099, 6666, 7777, 7778, 9999,
+    14433, 14444, 45560, 45700,
+];
+
+/// Basenames of known miner binaries.
+const MINER_BINARIES: &[&str] = &[
+    "xmrig",
+    "xmrig-notls",
+    "xmr-stak",
+    "xmr-stak-cpu",
+    "minerd",
+    "cpuminer",
+    "cpuminer-multi",
+    "ccminer",
+    "cgminer",
+    "bfgminer",
+    "ethminer",
+    "nbminer",
+    "t-rex",
+    "lolminer",
+    "phoenixminer",
+    "nanominer",
+    "gminer",
+    "teamredminer",
+    "xmr-miner",
+];
+
+/// Shells and netcat variants (reverse-shell pair rule).
+const SHELLS: &[&str] = &[
+    "sh", "bash", "dash", "zsh", "ash", "ksh", "mksh", "tcsh", "csh", "fish", "busybox", "nc",
+    "ncat", "netcat", "socat",
+];
+
+/// Directories a legitimate container binary is not executed from.
+const TMPFS_DIRS: &[&str] = &["/dev/shm/", "/tmp/", "/var/tmp/", "/run/shm/"];
+
+/// `ptrace` requests that touch another process.
+const PTRACE_HOSTILE: &[&str] = &[
+    "PTRACE_ATTACH",
+    "PTRACE_SEIZE",
+    "PTRACE_POKETEXT",
+    "PTRACE_POKEDATA",
+    "PTRACE_POKEUSER",
+    "PTRACE_SETREGS",
+];
+
+/// `[rules]` configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    /// Run the rule layer at all.
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// Rule ids to switch off.
+    #[serde(default)]
+    pub disable: Vec<String>,
+    /// Mining-pool ports for `stratum_port` (default [`DEFAULT_MINER_PORTS`]).
+    #[serde(default)]
+    pub miner_ports: Option<Vec<u16>>,
+}
+
+fn d_true() -> bool {
+    true
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            disable: Vec::new(),
+            miner_ports: None,
+        }
+    }
+}
+
+impl RulesConfig {
+    /// Problems with this section (unknown rule ids, empty port list).
+    pub fn problems(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        for id in &self.disable {
+            if !RULES.iter().any(|r| r.id == id) {
+                errs.push(format!(
+                    "rules.disable: unknown rule {id:?} (known: {})",
+                    RULES.iter().map(|r| r.id).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        if self.miner_ports.as_ref().is_some_and(|p| p.is_empty()) {
+            errs.push("rules.miner_ports must not be empty (disable stratum_port instead)".into());
+        }
+        errs
+    }
+}
+
+/// One rule hit: the rule, the container, the first matching event (time
+/// and words) and how many events of the window matched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleHit {
+    /// The rule.
+    pub rule: &'static Rule,
+    /// Container.
+    pub container: ContainerId,
+    /// Time of the first matching event.
+    pub ts_ms: u64,
+    /// The first matching event, in words.
+    pub event: String,
+    /// Matching events in the window.
+    pub count: u32,
+}
+
+/// Per-rule hit counters, shared with the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct RuleCounters {
+    hits: [std::sync::atomic::AtomicU64; RULES.len()],
+}
+
+impl RuleCounters {
+    /// Hits of every rule, `(id, hits)` in [`RULES`] order.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        RULES
+            .iter()
+            .zip(&self.hits)
+            .map(|(r, h)| (r.id, h.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// The rule engine: the enabled rules and their parameters.
+#[derive(Debug, Clone)]
+pub struct RuleEngine {
+    enabled: [bool; RULES.len()],
+    miner_ports: Vec<u16>,
+    counters: Arc<RuleCounters>,
+}
+
+fn index(id: &str) -> Option<usize> {
+    RULES.iter().position(|r| r.id == id)
+}
+
+/// Whether `ip` is outside loopback, private, link-local, unique-local,
+/// CGNAT and unspecified ranges: where a reverse shell calls home, and
+/// where a container's ordinary in-cluster traffic (databases, DNS, health
+/// checks) does not go.
+fn is_external(ip: &std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || (o[0] == 100 && (64..128).contains(&o[1])))
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80)
+                && v6
+                    .to_ipv4_mapped()
+                    .is_none_or(|v4| is_external(&std::net::IpAddr::V4(v4)))
+        }
+    }
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+fn detail_words(d: Option<&KernelDetail>) -> String {
+    let Some(d) = d else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    if let Some(p) = &d.process {
+        parts.push(format!("process={p}"));
+    }
+    if let Some(u) = &d.user {
+        parts.push(format!("user={u}"));
+    }
+    if let Some(u) = d.uid {
+        parts.push(format!("uid={u}"));
+    }
+    if let Some(u) = d.target_uid {
+        parts.push(format!("target_uid={u}"));
+    }
+    if let Some(p) = &d.path {
+        parts.push(format!("path={p}"));
+    }
+    if let Some(c) = &d.capability {
+        parts.push(format!("capability={c}"));
+    }
+    if let Some(r) = &d.request {
+        parts.push(format!("request={r}"));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(" "))
+    }
+}
+
+impl RuleEngine {
+    /// An engine for `cfg` (call [`RulesConfig::problems`] first: unknown
+    /// ids in `disable` are ignored here).
+    pub fn new(cfg: &RulesConfig) -> Self {
+        let mut enabled = [cfg.enabled; RULES.len()];
+        for id in &cfg.disable {
+            if let Some(i) = index(id) {
+                enabled[i] = false;
+            }
+        }
+        Self {
+            enabled,
+            miner_ports: cfg
+                .miner_ports
+                .clone()
+                .unwrap_or_else(|| DEFAULT_MINER_PORTS.to_vec()),
+            counters: Arc::new(RuleCounters::default()),
+        }
+    }
+
+    /// An engine that matches nothing.
+    pub fn disabled() -> Self {
+        Self::new(&RulesConfig {
+            enabled: false,
+            ..RulesConfig::default()
+        })
+    }
+
+    /// Counts hits into `counters` (shared with `/metrics`).
+    pub fn with_counters(mut self, counters: Arc<RuleCounters>) -> Self {
+        self.counters = counters;
+        self
+    }
+
+    /// The hit counters (for `/metrics`).
+    pub fn counters(&self) -> Arc<RuleCounters> {
+        self.counters.clone()
+    }
+
+    /// Whether the rule `id` is enabled.
+    pub fn is_enabled(&self, id: &str) -> bool {
+        index(id).is_some_and(|i| self.enabled[i])
+    }
+
+    /// The rules one event matches, with the event in words.
+    pub fn match_event(&self, ev: &Event) -> Vec<(usize, String)> {
+        let mut out = Vec::new();
+        let mut hit = |id: &str, words: String| {
+            if let Some(i) = index(id)
+                && self.enabled[i]
+            {
+                out.push((i, words));
+            }
+        };
+        match ev {
+            Event::Exec { binary, .. } => {
+                let base = basename(binary);
+                let lower = base.to_ascii_lowercase();
+                if TMPFS_DIRS.iter().any(|d| binary.starts_with(d)) || binary.contains("memfd:") {
+                    hit("exec_from_tmpfs", format!("exec {binary}"));
+                }
+                if MINER_BINARIES.contains(&lower.as_str()) {
+                    hit("miner_binary", format!("exec {binary}"));
+                }
+                if matches!(lower.as_str(), "nsenter" | "unshare") {
+                    hit("namespace_change", format!("exec {binary}"));
+                }
+            }
+            Event::Connect {
+                dst_ip, dst_port, ..
+            } => {
+                if self.miner_ports.contains(dst_port) {
+                    hit("stratum_port", format!("connect {dst_ip}:{dst_port}"));
+                }
+            }
+            Event::Kernel { kind, detail, .. } => {
+                let d = detail.as_deref();
+                let words = |what: &str| format!("{what}{}", detail_words(d));
+                let path = d.and_then(|d| d.path.as_deref()).unwrap_or("");
+                match kind {
+                    KernelEventKind::Setuid => {
+                        let caller_root = d
+                            .is_some_and(|d| d.uid == Some(0) || d.user.as_deref() == Some("root"));
+                        let target_not_root = d.and_then(|d| d.target_uid).is_some_and(|u| u != 0);
+                        if !caller_root && !target_not_root {
+                            hit("setuid_root", words("setuid"));
+                        }
+                    }
+                    KernelEventKind::Capset => {
+                        let cap = d.and_then(|d| d.capability.as_deref()).unwrap_or("");
+                        if cap.to_ascii_uppercase().contains("SYS_ADMIN") {
+                            hit("cap_sys_admin", words("capability"));
+                        }
+                    }
+                    KernelEventKind::Mount | KernelEventKind::Unshare | KernelEventKind::Setns => {
+                        let name = match kind {
+                            KernelEventKind::Mount => "mount",
+                            KernelEventKind::Unshare => "unshare",
+                            _ => "setns",
+                        };
+                        hit("namespace_change", words(name));
+                    }
+                    KernelEventKind::Ptrace => {
+                        let req = d.and_then(|d| d.request.as_deref());
+                        if req.is_none_or(|r| {
+                            PTRACE_HOSTILE.iter().any(|h| r.eq_ignore_ascii_case(h))
+                        }) {
+                            hit("ptrace_attach", words("ptrace"));
+                        }
+                    }
+                    KernelEventKind::ModuleLoad => hit("module_load", words("module load")),
+                    KernelEventKind::SensitiveFileRead | KernelEventKind::SensitiveFileWrite => {
+                        let base = basename(path);
+                        if base == "release_agent" || base == "notify_on_release" {
+                            hit("cgroup_release_agent", words("open"));
+                        }
+                        if *kind == KernelEventKind::SensitiveFileWrite
+                            && (path == "/proc/sys/kernel/core_pattern"
+                                || path == "/proc/sysrq-trigger")
+                        {
+                            hit("kernel_tunable_write", words("write"));
+                        }
+                        if *kind == KernelEventKind::SensitiveFileRead
+                            && (path == "/etc/shadow" || path == "/etc/gshadow")
+                        {
+                            hit("shadow_read", words("read"));
+                        }
+                    }
+                    KernelEventKind::PacketSocket => {}
+                }
+            }
+            Event::Sample { .. } => {}
+        }
+        out
+    }
+
+    /// Evaluates one window's events: one hit per (container, rule), with
+    /// the first matching event and the number of matches, ordered by
+    /// container then rule. Counts every hit in the counters.
+    pub fn evaluate(&self, events: &[Event]) -> Vec<RuleHit> {
+        let mut hits: BTreeMap<(ContainerId, usize), RuleHit> = BTreeMap::new();
+        let mut record = |i: usize, c: &ContainerId, ts_ms: u64, words: String| {
+            hits.entry((c.clone(), i))
+                .and_modify(|h| {
+                    h.count = h.count.saturating_add(1);
+                    if ts_ms < h.ts_ms {
+                        h.ts_ms = ts_ms;
+                        h.event = words.clone();
+                    }
+                })
+                .or_insert_with(|| RuleHit {
+                    rule: &RULES[i],
+                    container: c.clone(),
+                    ts_ms,
+                    event: words,
+                    count: 1,
+                });
+        };
+        // reverse_shell: first shell exec and first outbound connection per container.
+        let mut shells: BTreeMap<&ContainerId, (u64, &str)> = BTreeMap::new();
+        let mut connects: BTreeMap<&ContainerId, (u64, String)> = BTreeMap::new();
+        for ev in events {
+            for (i, words) in self.match_event(ev) {
+                record(i, ev.container(), ev.ts_ms(), words);
+            }
+            match ev {
+                Event::Exec {
+                    container,
+                    ts_ms,
+                    binary,
+                } if SHELLS.contains(&basename(binary).to_ascii_lowercase().as_str()) => {
+                    let e = shells.entry(container).or_insert((*ts_ms, binary));
+                    if *ts_ms < e.0 {
+                        *e = (*ts_ms, binary);
+                    }
+                }
+                Event::Connect {
+                    container,
+                    ts_ms,
+                    dst_ip,
+                    dst_port,
+                } if is_external(dst_ip) => {
+                    let e = connects
+                        .entry(container)
+                        .or_insert((*ts_ms, format!("{dst_ip}:{dst_port}")));
+                    if *ts_ms < e.0 {
+                        *e = (*ts_ms, format!("{dst_ip}:{dst_port}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(i) = index("reverse_shell").filter(|i| self.enabled[*i]) {
+            for (c, (ts, bin)) in &shells {
+                if let Some((cts, dst)) = connects.get(c) {
+                    record(
+                        i,
+                        c,
+                        (*ts).min(*cts),
+                        format!("exec {bin} and connect {dst}"),
+                    );
+                }
+            }
+        }
+        let out: Vec<RuleHit> = hits.into_values().collect();
+        for h in &out {
+            if let Some(i) = index(h.rule.id) {
+                self.counters.hits[i]
+                    .fetch_add(u64::from(h.count), std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::falco::parse_falco_line;
+    use crate::telemetry::tetragon::parse_tetragon_line;
+
+    const FALCO: &str = include_str!("../tests/fixtures/falco-rules.jsonl");
+    const TETRAGON: &str = include_str!("../tests/fixtures/tetragon-kprobes.jsonl");
+
+    /// Events of the fixture line whose text contains `needle`.
+    fn line_events(text: &str, needle: &str, parse: crate::runtime::LineParser) -> Vec<Event> {
+        let line = text
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no fixture line with {needle}"));
+        parse(line).unwrap()
+    }
+
+    fn fired(events: &[Event]) -> Vec<&'static str> {
+        RuleEngine::new(&RulesConfig::default())
+            .evaluate(events)
+            .iter()
+            .map(|h| h.rule.id)
+            .collect()
+    }
+
+    fn falco(needle: &str) -> Vec<&'static str> {
+        fired(&line_events(FALCO, needle, parse_falco_line))
+    }
+
+    fn tetragon(needle: &str) -> Vec<&'static str> {
+        fired(&line_events(TETRAGON, needle, parse_tetragon_line))
+    }
+
+    #[test]
+    fn setuid_root_by_non_root_fires_and_root_caller_does_not() {
+        // Falco "Non sudo setuid" by www-data.
+        assert_eq!(falco("Non sudo setuid"), vec!["setuid_root"]);
+        // Tetragon setuid(0) by a process already running as uid 0: nothing gained.
+        assert_eq!(tetragon("__x64_sys_setuid"), Vec::<&str>::new());
+        // The same call by uid 1000 is the escalation.
+        let line = TETRAGON
+            .lines()
+            .find(|l| l.contains("__x64_sys_setuid"))
+            .unwrap()
+            .replacen("\"uid\":0", "\"uid\":1000", 1);
+        let evs = parse_tetragon_line(&line).unwrap();
+        let hits = RuleEngine::new(&RulesConfig::default()).evaluate(&evs);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].rule.id, "setuid_root");
+        assert!(hits[0].event.contains("uid=1000") && hits[0].event.contains("target_uid=0"));
+        // setuid to a non-root uid is a privilege drop.
+        let drop = line.replace("{\"int_arg\":0}", "{\"int_arg\":33}");
+        assert!(fired(&parse_tetragon_line(&drop).unwrap()).is_empty());
+        // commit_creds to uid 0 from root: no hit either.
+        assert!(tetragon("commit_creds").is_empty());
+    }
+
+    #[test]
+    fn release_agent_and_core_pattern_writes() {
+        assert_eq!(falco("release_agent"), vec!["cgroup_release_agent"]);
+        assert_eq!(
+            tetragon("memory/release_agent"),
+            vec!["cgroup_release_agent"]
+        );
+        assert_eq!(falco("core_pattern"), vec!["kernel_tunable_write"]);
+    }
+
+    #[test]
+    fn exec_from_tmp_and_miner_binaries() {
+        assert_eq!(falco("Drop and execute"), vec!["exec_from_tmpfs"]);
+        let ev = Event::Exec {
+            container: ContainerId("c".into()),
+            ts_ms: 1,
+            binary: "/dev/shm/xmrig".into(),
+        };
+        assert_eq!(fired(&[ev]), vec!["exec_from_tmpfs", "miner_binary"]);
+        let memfd = Event::Exec {
+            container: ContainerId("c".into()),
+            ts_ms: 1,
+            binary: "memfd:payload (deleted)".into(),
+        };
+        assert_eq!(fired(&[memfd]), vec!["exec_from_tmpfs"]);
+        let normal = Event::Exec {
+            container: ContainerId("c".into()),
+            ts_ms: 1,
+            binary: "/usr/sbin/nginx".into(),
+        };
+        assert!(fired(&[normal]).is_empty());
+    }
+
+    #[test]
+    fn stratum_ports_and_their_config() {
+        // Falco miner-pool rule: connection to 45.9.148.21:3333.
+        assert_eq!(falco("common miner pool ports"), vec!["stratum_port"]);
+        assert!(
+            falco("Unexpected outbound connection").is_empty(),
+            "443 is no pool port"
+        );
+        let evs = line_events(FALCO, "common miner pool ports", parse_falco_line);
+        let other = RuleEngine::new(&RulesConfig {
+            miner_ports: Some(vec![9000]),
+            ..RulesConfig::default()
+        });
+        assert!(other.evaluate(&evs).is_empty());
+    }
+
+    #[test]
+    fn namespace_ptrace_module_capability_and_shadow() {
+        assert_eq!(falco("Mount Launched"), vec!["namespace_change"]);
+        assert_eq!(falco("via unshare"), vec!["namespace_change"]);
+        assert_eq!(falco("setns [custom]"), vec!["namespace_change"]);
+        assert_eq!(tetragon("__x64_sys_mount"), vec!["namespace_change"]);
+        assert_eq!(tetragon("__x64_sys_setns"), vec!["namespace_change"]);
+        assert_eq!(falco("PTRACE attached"), vec!["ptrace_attach"]);
+        assert_eq!(tetragon("__x64_sys_ptrace"), vec!["ptrace_attach"]);
+        assert_eq!(falco("Kernel module loaded"), vec!["module_load"]);
+        assert_eq!(tetragon("finit_module"), vec!["module_load"]);
+        assert_eq!(tetragon("cap_capable"), vec!["cap_sys_admin"]);
+        // Falco's capset line names no capability: a capability drop is
+        // ordinary, so no hit without CAP_SYS_ADMIN.
+        assert!(falco("Capability raised").is_empty());
+        assert_eq!(falco("Read sensitive file untrusted"), vec!["shadow_read"]);
+        assert_eq!(tetragon("\"/etc/shadow\""), vec!["shadow_read"]);
+        assert!(falco("Service account token").is_empty());
+        // A PTRACE_PEEKDATA is a read of a traced child, not an attach.
+        let peek = TETRAGON
+            .lines()
+            .find(|l| l.contains("__x64_sys_ptrace"))
+            .unwrap()
+            .replace("{\"int_arg\":16}", "{\"int_arg\":2}");
+        assert!(fired(&parse_tetragon_line(&peek).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn reverse_shell_needs_shell_and_connection_in_one_container() {
+        let c = |s: &str| ContainerId(s.into());
+        let shell = Event::Exec {
+            container: c("web"),
+            ts_ms: 5,
+            binary: "/bin/sh".into(),
+        };
+        let conn = |who: &str, ip: &str| Event::Connect {
+            container: c(who),
+            ts_ms: 7,
+            dst_ip: ip.parse().unwrap(),
+            dst_port: 4444,
+        };
+        let e = RuleEngine::new(&RulesConfig {
+            disable: vec!["stratum_port".into()],
+            ..RulesConfig::default()
+        });
+        let hits = e.evaluate(&[shell.clone(), conn("web", "45.9.148.21")]);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].rule.id, "reverse_shell");
+        assert_eq!(hits[0].ts_ms, 5);
+        assert_eq!(hits[0].event, "exec /bin/sh and connect 45.9.148.21:4444");
+        assert!(e.evaluate(std::slice::from_ref(&shell)).is_empty());
+        assert!(
+            e.evaluate(&[shell.clone(), conn("db", "45.9.148.21")])
+                .is_empty()
+        );
+        // In-cluster and local destinations are ordinary traffic (health
+        // checks run `sh -c`, apps talk to their databases).
+        for ip in [
+            "127.0.0.1",
+            "10.0.0.9",
+            "192.168.1.4",
+            "172.20.0.2",
+            "100.64.0.1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(
+                e.evaluate(&[shell.clone(), conn("web", ip)]).is_empty(),
+                "{ip}"
+            );
+        }
+        assert_eq!(
+            e.evaluate(&[shell, conn("web", "2001:4860::8888")]).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn disabled_rules_and_counts() {
+        let evs = line_events(FALCO, "Non sudo setuid", parse_falco_line);
+        let e = RuleEngine::new(&RulesConfig {
+            disable: vec!["setuid_root".into()],
+            ..RulesConfig::default()
+        });
+        assert!(!e.is_enabled("setuid_root"));
+        assert!(e.evaluate(&evs).is_empty());
+        assert!(RuleEngine::disabled().evaluate(&evs).is_empty());
+        // Three matching events of one container: one hit with count 3.
+        let e = RuleEngine::new(&RulesConfig::default());
+        let three: Vec<Event> = (0..3).flat_map(|_| evs.clone()).collect();
+        let hits = e.evaluate(&three);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].count, 3);
+        let snap = e.counters().snapshot();
+        assert!(snap.contains(&("setuid_root", 3)), "{snap:?}");
+        let bad = RulesConfig {
+            disable: vec!["setuid".into()],
+            miner_ports: Some(vec![]),
+            ..RulesConfig::default()
+        };
+        let p = bad.problems();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].contains("\"setuid\""));
+    }
+
+    #[test]
+    fn synthetic_attacks_without_details_still_hit() {
+        let c = ContainerId("c".into());
+        for (kind, id) in [
+            (KernelEventKind::Setuid, "setuid_root"),
+            (KernelEventKind::Ptrace, "ptrace_attach"),
+            (KernelEventKind::Mount, "namespace_change"),
+            (KernelEventKind::ModuleLoad, "module_load"),
+        ] {
+            let ev = Event::Kernel {
+                container: c.clone(),
+                ts_ms: 1,
+                kind,
+                detail: None,
+            };
+            assert_eq!(fired(&[ev]), vec![id], "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn synthetic_workloads_benign_quiet_attacks_caught() {
+        use crate::telemetry::synthetic::{AttackKind, Profile, SyntheticSource};
+        let profiles = [Profile::Web, Profile::Database, Profile::Batch, Profile::Ml];
+        let list: Vec<(String, Profile)> = profiles
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("c{i}"), *p))
+            .collect();
+        let e = RuleEngine::new(&RulesConfig::default());
+        // 500 benign windows of every profile: no rule fires.
+        let mut src = SyntheticSource::new(11, &list, 10_000);
+        for _ in 0..500 {
+            let (_, evs) = src.next_window();
+            let hits = e.evaluate(&evs);
+            assert!(hits.is_empty(), "benign hit: {hits:?}");
+        }
+        // Every attack kind on a web container: which rules fire.
+        let mut caught = Vec::new();
+        for kind in AttackKind::ALL {
+            let mut src = SyntheticSource::new(3, &list, 10_000);
+            src.inject("c0", kind, 2, 3).unwrap();
+            let mut ids = std::collections::BTreeSet::new();
+            for _ in 0..6 {
+                let (_, evs) = src.next_window();
+                for h in e.evaluate(&evs) {
+                    assert_eq!(h.container.0, "c0", "{kind:?} hit elsewhere: {h:?}");
+                    ids.insert(h.rule.id);
+                }
+            }
+            caught.push((kind, ids));
+        }
+        let fired = |k: AttackKind| {
+            caught
+                .iter()
+                .find(|(x, _)| *x == k)
+                .map(|(_, s)| s.clone())
+                .unwrap()
+        };
+        assert!(
+            fired(AttackKind::PrivilegeEscalation).contains("setuid_root"),
+            "{caught:?}"
+        );
+        assert!(
+            fired(AttackKind::EscapeAttempt).contains("namespace_change"),
+            "{caught:?}"
+        );
+        assert!(
+            fired(AttackKind::ReverseShell).contains("reverse_shell"),
+            "{caught:?}"
+        );
+        // Resource-only attacks are the model's job.
+        assert!(fired(AttackKind::ForkBomb).is_empty(), "{caught:?}");
+        println!("rules per synthetic attack: {caught:?}");
+    }
+}
