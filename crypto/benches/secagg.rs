@@ -11,8 +11,8 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use fedmesh_crypto::identity::{NodeId, TenantId};
 use fedmesh_crypto::secagg::prg::{Sign, apply_mask};
 use fedmesh_crypto::secagg::{
-    BucketParams, BucketUnmasker, ClientRound, EncryptedShare, KeyAdvert, QuantConfig,
-    UnmaskRequest,
+    BucketParams, BucketUnmasker, ClientRound, DiscreteGaussian, EncryptedShare, KeyAdvert,
+    QuantConfig, UnmaskRequest,
 };
 use fedmesh_crypto::{CertSigner, CertVerifier, MeshCa};
 use rand::{Rng, SeedableRng};
@@ -201,6 +201,14 @@ fn benches(c: &mut Criterion) {
             },
             BatchSize::LargeInput,
         )
+    });
+    // One node's distributed-DP noise share for d = 10^5 (σ_local = 2^16 / √8
+    // quantized units, i.e. z = 1 at C = 1, scale 2^16, k = 8).
+    let gauss = DiscreteGaussian::from_variance(f64::powi(65536.0, 2) / K as f64).unwrap();
+    g.bench_function("discrete_gaussian_noise_d1e5", |b| {
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let mut words = vec![0u32; D];
+        b.iter(|| gauss.add_noise(&mut words, &mut rng).unwrap())
     });
     g.finish();
 }

@@ -86,7 +86,6 @@ impl BucketSum {
 /// messages, then removes the masks. Methods are called in protocol order
 /// (see the module docs of [`super`]); every refusal is an error that
 /// changes nothing and names the node at fault where there is one.
-#[derive(Debug)]
 pub struct BucketUnmasker {
     params: BucketParams,
     verifier: CertVerifier,
@@ -98,6 +97,20 @@ pub struct BucketUnmasker {
     masked: BTreeMap<NodeId, Vec<u32>>,
     request: Option<UnmaskRequest>,
     responses: BTreeMap<NodeId, UnmaskResponse>,
+}
+
+impl std::fmt::Debug for BucketUnmasker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BucketUnmasker")
+            .field("tenant", self.params.tenant())
+            .field("round", &self.params.round())
+            .field("bucket", &self.params.bucket())
+            .field("adverts", &self.adverts.len())
+            .field("share_senders", &self.share_senders.len())
+            .field("masked", &self.masked.len())
+            .field("responses", &self.responses.len())
+            .finish_non_exhaustive()
+    }
 }
 
 fn state(state: &'static str, reason: &str) -> SecAggError {
