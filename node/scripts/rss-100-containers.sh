@@ -9,7 +9,8 @@
 # `[source] kind = "cgroup"` on it (1 s windows; the node bootstraps and
 # trains a local model after 256 windows, so training is included) for SECS
 # seconds, sampling VmRSS every second, and prints VmRSS (max and last) and
-# VmHWM from /proc/<pid>/status.
+# VmHWM from /proc/<pid>/status, and the node's own window/event counters
+# from its /metrics endpoint (needs curl).
 #
 # Usage: node/scripts/rss-100-containers.sh [path/to/fedmesh-node]
 #   (default: $CARGO_TARGET_DIR/release/fedmesh-node, else target/release)
@@ -65,11 +66,13 @@ write_counters 1
 ( t=2; while :; do sleep 1; write_counters "$t"; t=$((t + 1)); done ) &
 bump_pid=$!
 
+port=$((30000 + RANDOM % 20000))
 cat > "$dir/node.toml" <<TOML
 tenant = "bench"
 node = "rss"
 data_dir = "$dir/data"
 window_ms = 1000
+metrics_listen = "127.0.0.1:$port"
 [source]
 kind = "cgroup"
 root = "$root"
@@ -92,9 +95,10 @@ for _ in $(seq 1 "$SECS"); do
 done
 hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$node_pid/status")
 threads=$(awk '/^Threads:/ {print $2}' "/proc/$node_pid/status")
+scraped=$(curl -s "http://127.0.0.1:$port/metrics" | grep -E '^fedmesh_node_(windows|events_ingested)_total' | tr '\n' ' ' || true)
 bootstrapped=no
 grep -q "local bootstrap model" "$dir/node.log" && bootstrapped=yes
-echo "fedmesh-node watching $N containers for $SECS s (1 s windows): VmRSS max ${max_rss} kB ($((max_rss / 1024)) MiB), last ${last_rss} kB, VmHWM ${hwm} kB ($((hwm / 1024)) MiB), threads ${threads}, local model trained: ${bootstrapped}"
+echo "fedmesh-node watching $N containers for $SECS s (1 s windows): VmRSS max ${max_rss} kB ($((max_rss / 1024)) MiB), last ${last_rss} kB, VmHWM ${hwm} kB ($((hwm / 1024)) MiB), threads ${threads}, local model trained: ${bootstrapped}; ${scraped}"
 if grep -q " ERROR \| WARN \|panicked" "$dir/node.log"; then
   echo "node log has warnings or errors:" >&2; cat "$dir/node.log" >&2; exit 1
 fi
