@@ -8,7 +8,8 @@
 //! - `parse_features/*`: the same lines through the parser into a
 //!   [`WindowBuilder`], closing a window every 10,000 lines.
 //! - `score/*`: windows scored per second by a [`Detector`] with the
-//!   default model and with a ~1.1M-parameter model.
+//!   default model and with a ~1.1M-parameter model, in batches
+//!   (`score/*`) and one window at a time (`score_one/*`).
 //!
 //! Run: `cargo bench -p fedmesh-node --bench pipeline`. Throughput is in
 //! elements (lines, windows) per second.
@@ -189,6 +190,9 @@ fn bench_score(c: &mut Criterion) {
         g.bench_function(format!("{name}_batch_{n}"), |b| {
             b.iter(|| black_box(det.score_windows(&ws).map_or(0, |s| s.len())))
         });
+        g.finish();
+        let mut g = c.benchmark_group("score_one");
+        g.throughput(Throughput::Elements(1));
         g.bench_function(format!("{name}_one_window"), |b| {
             b.iter(|| black_box(det.score_windows(&ws[..1]).map_or(0, |s| s.len())))
         });
