@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod alert;
+pub mod baseline;
 pub mod client;
 pub mod config;
 pub mod detector;

@@ -19,8 +19,9 @@ use fedmesh_crypto::{CertVerifier, MeshCa, NodeId, SecretPem, TenantId};
 use fedmesh_node::agent::{Agent, AgentSettings};
 use fedmesh_node::client::Connector;
 use fedmesh_node::config::DetectorConfig;
+use fedmesh_node::detector::Detector;
 use fedmesh_node::eval::{EvalReport, evaluate};
-use fedmesh_node::features::FeatureWindow;
+use fedmesh_node::features::{FeatureWindow, WindowBuilder};
 use fedmesh_node::model::ModelSpec;
 use fedmesh_node::runtime::{FederationSettings, SharedAgent, lock, run_federation};
 use fedmesh_node::store::NodeStore;
@@ -112,10 +113,11 @@ pub struct DemoReport {
 }
 
 const TENANT: &str = "demo";
-const WINDOW_MS: u64 = 10_000;
+/// Window length of the demo's synthetic telemetry.
+pub const WINDOW_MS: u64 = 10_000;
 
 /// Non-IID fleet: each node's containers lean to one workload.
-fn fleet(i: usize) -> Vec<(String, Profile)> {
+pub fn fleet(i: usize) -> Vec<(String, Profile)> {
     let mixes: [&[(Profile, usize)]; 6] = [
         &[(Profile::Web, 4), (Profile::Database, 1)],
         &[(Profile::Database, 3), (Profile::Web, 1)],
@@ -189,8 +191,29 @@ struct DemoNode {
     agent: SharedAgent,
 }
 
+/// The detectors one demo node ends with, for further evaluation
+/// ([`crate::quality`]).
+#[derive(Debug, Clone)]
+pub struct NodeModels {
+    /// Node.
+    pub node: String,
+    /// The node's containers and their workloads.
+    pub containers: Vec<(String, Profile)>,
+    /// The final global model with this node's calibrated threshold.
+    pub federated: Detector,
+    /// The model this node trained alone (same data, epochs, architecture).
+    pub local: Detector,
+    /// The feature windows of the node's warm-up telemetry (what it trained on).
+    pub warmup: Vec<FeatureWindow>,
+}
+
 /// Runs the demo.
 pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
+    Ok(run_with_models(opts).await?.0)
+}
+
+/// Runs the demo and also returns every node's detectors.
+pub async fn run_with_models(opts: DemoOptions) -> Result<(DemoReport, Vec<NodeModels>)> {
     if opts.nodes < 3 {
         bail!("the demo needs at least 3 nodes");
     }
@@ -324,16 +347,23 @@ local_epochs = 4
         });
     }
     let pb = bar(q, opts.warmup_windows * nodes.len() as u64, "telemetry");
+    let mut warmups = Vec::new();
     for n in &mut nodes {
+        // The same events through a second builder: the windows the agent saw.
+        let mut builder = WindowBuilder::new();
+        let mut seen = Vec::new();
         for _ in 0..opts.warmup_windows {
             let (w, events) = n.source.next_window();
             let mut a = lock(&n.agent);
             for e in &events {
                 a.observe(e);
+                builder.push(e);
             }
             a.close_window((w + 1) * WINDOW_MS)?;
+            seen.extend(builder.close((w + 1) * WINDOW_MS));
             pb.inc(1);
         }
+        warmups.push(seen);
     }
     done(
         &pb,
@@ -554,7 +584,8 @@ local_epochs = 4
     // fleet, every attack kind, fresh seed.
     let heldout = heldout_set(opts.seed ^ 0xE7A1)?;
     let mut quality = Vec::new();
-    for (n, local) in nodes.iter().zip(&locals) {
+    let mut models = Vec::new();
+    for ((n, local), warmup) in nodes.iter().zip(&locals).zip(warmups) {
         let fed_det = {
             let a = lock(&n.agent);
             a.detector()
@@ -566,6 +597,13 @@ local_epochs = 4
             workloads: workloads_label(&n.containers),
             federated: evaluate(&fed_det, &heldout)?,
             local: evaluate(local, &heldout)?,
+        });
+        models.push(NodeModels {
+            node: n.name.clone(),
+            containers: n.containers.clone(),
+            federated: fed_det,
+            local: local.clone(),
+            warmup,
         });
     }
     let mean =
@@ -640,16 +678,19 @@ local_epochs = 4
             rows.iter().map(|r| r.participants).sum::<usize>()
         ),
     );
-    Ok(DemoReport {
-        rounds: rows,
-        final_version,
-        final_params_sha256,
-        quality,
-        flagged,
-        mean_federated_auc,
-        mean_local_auc,
-        seconds,
-    })
+    Ok((
+        DemoReport {
+            rounds: rows,
+            final_version,
+            final_params_sha256,
+            quality,
+            flagged,
+            mean_federated_auc,
+            mean_local_auc,
+            seconds,
+        },
+        models,
+    ))
 }
 
 /// Held-out windows: two containers of every workload, each attack kind

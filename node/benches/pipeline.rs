@@ -1,0 +1,204 @@
+//! Throughput of the detection path (criterion):
+//!
+//! - `parse/*`: Falco and Tetragon JSON lines (the reference examples and
+//!   the parser fixtures, re-labelled across 100 containers) through the
+//!   parsers alone, against two baselines over the same bytes: a
+//!   memory-bandwidth pass (byte sum) and `serde_json::from_str` into a
+//!   `serde_json::Value`.
+//! - `parse_features/*`: the same lines through the parser into a
+//!   [`WindowBuilder`], closing a window every 10,000 lines.
+//! - `score/*`: windows scored per second by a [`Detector`] with the
+//!   default model and with a ~1.1M-parameter model, in batches
+//!   (`score/*`) and one window at a time (`score_one/*`).
+//!
+//! Run: `cargo bench -p fedmesh-node --bench pipeline`. Throughput is in
+//! elements (lines, windows) per second.
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use fedmesh_node::detector::Detector;
+use fedmesh_node::features::{FeatureWindow, NUM_FEATURES, WindowBuilder};
+use fedmesh_node::model::{Autoencoder, ModelSpec};
+use fedmesh_node::scaler::Scaler;
+use fedmesh_node::telemetry::events::ParseError;
+use fedmesh_node::telemetry::falco::parse_falco_line;
+use fedmesh_node::telemetry::tetragon::parse_tetragon_line;
+use fedmesh_node::telemetry::{ContainerId, Event};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+type Parser = fn(&str) -> Result<Vec<Event>, ParseError>;
+
+const FALCO: [&str; 2] = [
+    include_str!("../tests/fixtures/falco.jsonl"),
+    include_str!("../tests/fixtures/falco-rules.jsonl"),
+];
+const TETRAGON: [&str; 2] = [
+    include_str!("../tests/fixtures/tetragon.jsonl"),
+    include_str!("../tests/fixtures/tetragon-kprobes.jsonl"),
+];
+
+/// Container ids that appear in the fixtures, replaced per container.
+const IDS: [&str; 3] = [
+    "551e161c47d8ff0eb665438a7bcd5b4e3ef5a297282b40a92b7c77d6bd168eb3",
+    "28c0c7a20575",
+    "5892b41bcf46",
+];
+
+/// Every fixture line that yields at least one event, copied for 100
+/// containers (the first four hex digits of every known id replaced), in an
+/// interleaved order.
+fn corpus(sources: &[&str], parser: Parser) -> Vec<String> {
+    let base: Vec<&str> = sources
+        .iter()
+        .flat_map(|s| s.lines())
+        .filter(|l| parser(l).is_ok_and(|e| !e.is_empty()))
+        .collect();
+    assert!(!base.is_empty(), "no usable fixture lines");
+    let mut out = Vec::with_capacity(base.len() * 100);
+    for c in 0..100u32 {
+        for l in &base {
+            let mut line = l.to_string();
+            for id in IDS {
+                line = line.replace(id, &format!("{c:04x}{}", &id[4..]));
+            }
+            out.push(line);
+        }
+    }
+    // Deterministic shuffle so consecutive lines hit different containers.
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for i in (1..out.len()).rev() {
+        out.swap(i, rng.random_range(0..=i));
+    }
+    out
+}
+
+fn bench_parse(c: &mut Criterion) {
+    for (name, sources, parser) in [
+        ("falco", &FALCO[..], parse_falco_line as Parser),
+        ("tetragon", &TETRAGON[..], parse_tetragon_line as Parser),
+    ] {
+        let lines = corpus(sources, parser);
+        let bytes: usize = lines.iter().map(String::len).sum();
+        let mut g = c.benchmark_group(format!("parse/{name}"));
+        g.throughput(Throughput::Elements(lines.len() as u64));
+        println!(
+            "{name}: {} lines, {:.0} bytes/line",
+            lines.len(),
+            bytes as f64 / lines.len() as f64
+        );
+        g.bench_function("baseline_byte_sum", |b| {
+            b.iter(|| {
+                let mut s = 0u64;
+                for l in &lines {
+                    for &x in l.as_bytes() {
+                        s = s.wrapping_add(u64::from(x));
+                    }
+                }
+                black_box(s)
+            })
+        });
+        g.bench_function("baseline_serde_json_value", |b| {
+            b.iter(|| {
+                let mut n = 0usize;
+                for l in &lines {
+                    let json = l.find('{').map_or(l.as_str(), |i| &l[i..]);
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(json) {
+                        n += v.as_object().map_or(0, |o| o.len());
+                    }
+                }
+                black_box(n)
+            })
+        });
+        g.bench_function("parser", |b| {
+            b.iter(|| {
+                let mut n = 0usize;
+                for l in &lines {
+                    n += parser(l).map_or(0, |e| e.len());
+                }
+                black_box(n)
+            })
+        });
+        g.finish();
+
+        let mut g = c.benchmark_group(format!("parse_features/{name}"));
+        g.throughput(Throughput::Elements(lines.len() as u64));
+        g.bench_function("parser_into_window_builder", |b| {
+            b.iter_batched_ref(
+                WindowBuilder::new,
+                |wb| {
+                    let mut windows = 0usize;
+                    for (i, l) in lines.iter().enumerate() {
+                        if let Ok(evs) = parser(l) {
+                            for e in &evs {
+                                wb.push(e);
+                            }
+                        }
+                        if i % 10_000 == 9_999 {
+                            windows += wb.close(i as u64).len();
+                        }
+                    }
+                    windows += wb.close(u64::MAX).len();
+                    black_box(windows)
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        g.finish();
+    }
+}
+
+fn windows(n: usize) -> Vec<FeatureWindow> {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    (0..n)
+        .map(|i| {
+            let mut features = [0.0f32; NUM_FEATURES];
+            for f in &mut features {
+                *f = rng.random_range(0.0..3.0);
+            }
+            FeatureWindow {
+                container: ContainerId(format!("c{}", i % 100)),
+                start_ms: 0,
+                end_ms: 10_000,
+                features,
+            }
+        })
+        .collect()
+}
+
+fn bench_score(c: &mut Criterion) {
+    let big = ModelSpec {
+        input_dim: NUM_FEATURES,
+        hidden: vec![1024, 512],
+    };
+    for (name, spec, n) in [
+        ("default", ModelSpec::default_for_features(), 1000usize),
+        ("1.1M_params", big, 100),
+    ] {
+        let params = spec.param_count();
+        let det = Detector {
+            model: Autoencoder::new_random(spec, &mut ChaCha8Rng::seed_from_u64(1))
+                .unwrap_or_else(|e| unreachable!("bench model: {e}")),
+            scaler: Scaler::identity(NUM_FEATURES),
+            threshold: 1.0,
+        };
+        let ws = windows(n);
+        let mut g = c.benchmark_group("score");
+        g.throughput(Throughput::Elements(n as u64));
+        println!("score/{name}: {params} parameters, batches of {n} windows");
+        g.bench_function(format!("{name}_batch_{n}"), |b| {
+            b.iter(|| black_box(det.score_windows(&ws).map_or(0, |s| s.len())))
+        });
+        g.finish();
+        let mut g = c.benchmark_group("score_one");
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(format!("{name}_one_window"), |b| {
+            b.iter(|| black_box(det.score_windows(&ws[..1]).map_or(0, |s| s.len())))
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench_parse, bench_score);
+criterion_main!(benches);

@@ -1,0 +1,332 @@
+//! `fedmesh-sim quality`: detection quality per attack kind on the synthetic
+//! fleet, for three detectors of every node:
+//!
+//! - **federated**: the demo's final global model (real coordinator, real
+//!   mTLS rounds: [`crate::demo::run_with_models`]) with the node's own
+//!   calibrated threshold;
+//! - **local**: the autoencoder the node trains alone on the same windows
+//!   (same architecture and epochs);
+//! - **pca**: the linfa PCA reconstruction-error baseline
+//!   ([`fedmesh_node::baseline::PcaDetector`]) fitted on the same windows.
+//!
+//! Evaluation data (fresh seeds, every workload of the fleet, two
+//! containers each): a benign set of `benign_windows` windows per container
+//! for false alarms per container-hour, and per attack kind a set where
+//! every container runs that attack in the second half. Per kind: ROC AUC
+//! of the attacked windows against the benign set, recall at the node's
+//! calibrated threshold. Figures are means over nodes.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, bail};
+use fedmesh_node::baseline::{PcaConfig, PcaDetector};
+use fedmesh_node::detector::Detector;
+use fedmesh_node::features::FeatureWindow;
+use fedmesh_node::metrics::roc_auc;
+use fedmesh_node::telemetry::synthetic::{AttackKind, Profile, labelled_windows};
+use serde::Serialize;
+
+use crate::demo::{self, DemoOptions, WINDOW_MS};
+
+/// Parameters of the quality report.
+#[derive(Debug, Clone)]
+pub struct QualityOptions {
+    /// Edge nodes of the federation (at least 3).
+    pub nodes: usize,
+    /// Federated rounds.
+    pub rounds: u64,
+    /// Warm-up windows per node (training data).
+    pub warmup_windows: u64,
+    /// Benign evaluation windows per container (360 = one hour of 10 s windows).
+    pub benign_windows: u64,
+    /// Windows per container of each attack set (the attack runs in the second half).
+    pub attack_set_windows: u64,
+    /// Seed for everything.
+    pub seed: u64,
+}
+
+impl Default for QualityOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 6,
+            rounds: 8,
+            warmup_windows: 240,
+            benign_windows: 360,
+            attack_set_windows: 60,
+            seed: 42,
+        }
+    }
+}
+
+/// Figures of one detector kind for one attack kind, means over nodes.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KindFigures {
+    /// ROC AUC of the attacked windows against the benign set.
+    pub auc: f32,
+    /// Fraction of attacked windows above the node's threshold.
+    pub recall: f32,
+}
+
+/// One detector kind over all attack kinds.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DetectorFigures {
+    /// Per attack kind.
+    pub per_kind: BTreeMap<String, KindFigures>,
+    /// Mean AUC over attack kinds.
+    pub mean_auc: f32,
+    /// Mean recall over attack kinds.
+    pub mean_recall: f32,
+    /// Benign windows above the threshold per container-hour.
+    pub false_alarms_per_container_hour: f32,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct QualityReport {
+    /// Nodes.
+    pub nodes: usize,
+    /// Rounds.
+    pub rounds: u64,
+    /// Seed.
+    pub seed: u64,
+    /// Benign evaluation windows (all containers).
+    pub benign_windows: usize,
+    /// Benign container-hours evaluated.
+    pub benign_container_hours: f32,
+    /// Attacked windows per attack kind.
+    pub attack_windows_per_kind: usize,
+    /// Mean number of principal components the PCA baselines keep.
+    pub pca_components: f32,
+    /// Federated global model, node thresholds.
+    pub federated: DetectorFigures,
+    /// Local-only autoencoders.
+    pub local: DetectorFigures,
+    /// linfa PCA baseline (local data).
+    pub pca: DetectorFigures,
+    /// Wall time, seconds.
+    pub seconds: f32,
+}
+
+/// Evaluation containers: two of every workload.
+fn eval_containers() -> Vec<(String, Profile)> {
+    let mut v = Vec::new();
+    for p in Profile::ALL {
+        for i in 0..2 {
+            v.push((format!("q-{p}-{i}"), p));
+        }
+    }
+    v
+}
+
+/// The evaluation data: benign windows and attacked windows per kind.
+struct EvalSets {
+    benign: Vec<FeatureWindow>,
+    attacks: Vec<(AttackKind, Vec<FeatureWindow>)>,
+}
+
+fn eval_sets(opts: &QualityOptions) -> Result<EvalSets> {
+    let containers = eval_containers();
+    let benign: Vec<FeatureWindow> = labelled_windows(
+        opts.seed ^ 0xB0_0B,
+        &containers,
+        opts.benign_windows + 1,
+        WINDOW_MS,
+        &[],
+    )?
+    .into_iter()
+    .map(|(w, _)| w)
+    .collect();
+    let start = opts.attack_set_windows / 2;
+    let mut attacks = Vec::new();
+    for (i, kind) in AttackKind::ALL.iter().enumerate() {
+        let injected: Vec<(String, AttackKind, u64, u64)> = containers
+            .iter()
+            .map(|(id, _)| (id.clone(), *kind, start, opts.attack_set_windows - start))
+            .collect();
+        let set = labelled_windows(
+            opts.seed ^ (0xA7_7A + i as u64),
+            &containers,
+            opts.attack_set_windows,
+            WINDOW_MS,
+            &injected,
+        )?;
+        let attacked: Vec<FeatureWindow> = set
+            .into_iter()
+            .filter(|(_, l)| *l == Some(*kind))
+            .map(|(w, _)| w)
+            .collect();
+        if attacked.is_empty() {
+            bail!("no attacked windows for {kind}");
+        }
+        attacks.push((*kind, attacked));
+    }
+    Ok(EvalSets { benign, attacks })
+}
+
+/// Scores of one node's detector on the evaluation data.
+struct Scored {
+    threshold: f32,
+    benign: Vec<f32>,
+    attacks: Vec<Vec<f32>>,
+}
+
+fn score_ae(det: &Detector, sets: &EvalSets) -> Result<Scored> {
+    let s = |w: &[FeatureWindow]| -> Result<Vec<f32>> {
+        Ok(det.score_windows(w)?.into_iter().map(|s| s.value).collect())
+    };
+    Ok(Scored {
+        threshold: det.threshold,
+        benign: s(&sets.benign)?,
+        attacks: sets
+            .attacks
+            .iter()
+            .map(|(_, w)| s(w))
+            .collect::<Result<_>>()?,
+    })
+}
+
+fn score_pca(det: &PcaDetector, sets: &EvalSets) -> Result<Scored> {
+    Ok(Scored {
+        threshold: det.threshold,
+        benign: det.score_windows(&sets.benign)?,
+        attacks: sets
+            .attacks
+            .iter()
+            .map(|(_, w)| det.score_windows(w))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn figures(per_node: &[Scored], sets: &EvalSets, container_hours: f32) -> Result<DetectorFigures> {
+    if per_node.is_empty() {
+        bail!("no nodes to evaluate");
+    }
+    let n = per_node.len() as f32;
+    let mut per_kind = BTreeMap::new();
+    for (k, (kind, _)) in sets.attacks.iter().enumerate() {
+        let (mut auc, mut recall) = (0.0f32, 0.0f32);
+        for s in per_node {
+            let att = &s.attacks[k];
+            let scores: Vec<f32> = s.benign.iter().chain(att).copied().collect();
+            let labels: Vec<bool> = std::iter::repeat_n(false, s.benign.len())
+                .chain(std::iter::repeat_n(true, att.len()))
+                .collect();
+            auc += roc_auc(&scores, &labels).with_context(|| format!("AUC of {kind}"))?;
+            recall += att.iter().filter(|v| **v > s.threshold).count() as f32 / att.len() as f32;
+        }
+        per_kind.insert(
+            kind.to_string(),
+            KindFigures {
+                auc: auc / n,
+                recall: recall / n,
+            },
+        );
+    }
+    let kinds = per_kind.len().max(1) as f32;
+    let false_alarms: f32 = per_node
+        .iter()
+        .map(|s| s.benign.iter().filter(|v| **v > s.threshold).count() as f32)
+        .sum::<f32>()
+        / n;
+    Ok(DetectorFigures {
+        mean_auc: per_kind.values().map(|f| f.auc).sum::<f32>() / kinds,
+        mean_recall: per_kind.values().map(|f| f.recall).sum::<f32>() / kinds,
+        per_kind,
+        false_alarms_per_container_hour: false_alarms / container_hours,
+    })
+}
+
+/// Runs the federation (the demo's code path, quietly), fits the PCA
+/// baselines and evaluates all three detector kinds.
+pub async fn run(opts: QualityOptions) -> Result<QualityReport> {
+    if opts.nodes < 3 {
+        bail!("the quality report needs at least 3 nodes");
+    }
+    if opts.benign_windows < 1 || opts.attack_set_windows < 4 {
+        bail!("need at least 1 benign window and 4 attack-set windows per container");
+    }
+    let started = std::time::Instant::now();
+    let (_, models) = demo::run_with_models(DemoOptions {
+        nodes: opts.nodes,
+        rounds: opts.rounds,
+        warmup_windows: opts.warmup_windows,
+        attack_windows: 12,
+        seed: opts.seed,
+        quiet: true,
+    })
+    .await?;
+    let sets = eval_sets(&opts)?;
+    let (mut fed, mut local, mut pca) = (Vec::new(), Vec::new(), Vec::new());
+    let mut components = 0usize;
+    for m in &models {
+        fed.push(score_ae(&m.federated, &sets)?);
+        local.push(score_ae(&m.local, &sets)?);
+        let p = PcaDetector::fit(&m.warmup, &PcaConfig::default())
+            .with_context(|| format!("PCA baseline of {}", m.node))?;
+        components += p.components();
+        pca.push(score_pca(&p, &sets)?);
+    }
+    let container_hours = sets.benign.len() as f32 * WINDOW_MS as f32 / 3_600_000.0;
+    Ok(QualityReport {
+        nodes: opts.nodes,
+        rounds: opts.rounds,
+        seed: opts.seed,
+        benign_windows: sets.benign.len(),
+        benign_container_hours: container_hours,
+        attack_windows_per_kind: sets.attacks.first().map_or(0, |(_, w)| w.len()),
+        pca_components: components as f32 / models.len().max(1) as f32,
+        federated: figures(&fed, &sets, container_hours)?,
+        local: figures(&local, &sets, container_hours)?,
+        pca: figures(&pca, &sets, container_hours)?,
+        seconds: started.elapsed().as_secs_f32(),
+    })
+}
+
+/// The report as a Markdown table.
+pub fn table(r: &QualityReport) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "Detection quality, {} nodes, {} rounds, seed {}: means over nodes; {} attacked windows per kind, \
+         {} benign windows ({:.1} container-hours)\n\n",
+        r.nodes, r.rounds, r.seed, r.attack_windows_per_kind, r.benign_windows, r.benign_container_hours
+    ));
+    out.push_str("| attack kind | AUC federated | AUC local-only | AUC PCA (linfa) | recall federated | recall local-only | recall PCA |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+    for (kind, f) in &r.federated.per_kind {
+        let l = r.local.per_kind.get(kind);
+        let p = r.pca.per_kind.get(kind);
+        let g = |x: Option<&KindFigures>, auc: bool| {
+            x.map_or("-".to_string(), |v| {
+                format!("{:.3}", if auc { v.auc } else { v.recall })
+            })
+        };
+        out.push_str(&format!(
+            "| {kind} | {:.3} | {} | {} | {:.3} | {} | {} |\n",
+            f.auc,
+            g(l, true),
+            g(p, true),
+            f.recall,
+            g(l, false),
+            g(p, false)
+        ));
+    }
+    out.push_str(&format!(
+        "| **mean** | **{:.3}** | **{:.3}** | **{:.3}** | **{:.3}** | **{:.3}** | **{:.3}** |\n",
+        r.federated.mean_auc,
+        r.local.mean_auc,
+        r.pca.mean_auc,
+        r.federated.mean_recall,
+        r.local.mean_recall,
+        r.pca.mean_recall
+    ));
+    out.push_str(&format!(
+        "\nFalse alarms per container-hour (benign windows above the node's threshold): \
+         federated {:.2}, local-only {:.2}, PCA {:.2}. PCA keeps {:.1} components on average. {:.1} s.\n",
+        r.federated.false_alarms_per_container_hour,
+        r.local.false_alarms_per_container_hour,
+        r.pca.false_alarms_per_container_hour,
+        r.pca_components,
+        r.seconds
+    ));
+    out
+}
