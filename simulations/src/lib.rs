@@ -1,6 +1,12 @@
-//! fedmesh simulation harness: the `demo` (a whole mesh on loopback) and
-//! `bench` (aggregation-rule timings).
+//! fedmesh simulation harness: the `demo` (a whole mesh on loopback),
+//! `bench` (aggregation-rule timings) and the research harness: attacks,
+//! scenarios, the in-process engine, reports, the `matrix` grid and offline
+//! replay of recorded updates (`.npy`).
 #![deny(missing_docs)]
 
+pub mod attacks;
 pub mod bench;
 pub mod demo;
+pub mod npy;
+pub mod replay;
+pub mod scenario;

@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use fedmesh_sim::bench::{self, AggregateBench};
 use fedmesh_sim::demo::{self, DemoOptions};
+use fedmesh_sim::replay;
 
 #[derive(Parser)]
 #[command(name = "fedmesh-sim", version, about = "fedmesh simulation harness")]
@@ -33,11 +34,55 @@ enum Cmd {
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
+    /// Aggregates a recorded batch of updates (`N × P` float32 `.npy`)
+    /// offline with any coordinator rule and writes the result as `.npy`.
+    Aggregate(AggregateCmd),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
         what: BenchCmd,
     },
+}
+
+#[derive(clap::Args)]
+struct AggregateCmd {
+    /// Rule: fedavg, median, trimmed_mean, krum, multi_krum, bulyan,
+    /// geometric_median, centered_clipping.
+    #[arg(long)]
+    rule: String,
+    /// Byzantine clients tolerated (krum, multi_krum, bulyan).
+    #[arg(long)]
+    f: Option<usize>,
+    /// Values trimmed at each end of every coordinate (trimmed_mean).
+    #[arg(long)]
+    trim: Option<usize>,
+    /// Updates averaged (multi_krum).
+    #[arg(long)]
+    m: Option<usize>,
+    /// Clipping radius (centered_clipping).
+    #[arg(long)]
+    tau: Option<f64>,
+    /// Iterations (geometric_median, centered_clipping).
+    #[arg(long)]
+    iters: Option<usize>,
+    /// Weiszfeld smoothing (geometric_median).
+    #[arg(long)]
+    nu: Option<f64>,
+    /// Scale every update to at most this L2 norm first.
+    #[arg(long)]
+    max_norm: Option<f32>,
+    /// Updates, `N × P` little-endian float32, C order.
+    #[arg(long)]
+    input: std::path::PathBuf,
+    /// Where to write the aggregate (`P` float32).
+    #[arg(long)]
+    output: std::path::PathBuf,
+    /// Optional weights (`N` float32 or float64), e.g. sample counts.
+    #[arg(long)]
+    weights: Option<std::path::PathBuf>,
+    /// Print the report as one JSON line instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -98,6 +143,34 @@ fn run(cmd: Cmd) -> Result<()> {
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
                 println!("report written to {}", path.display());
+            }
+            Ok(())
+        }
+        Cmd::Aggregate(a) => {
+            let cfg = replay::RuleArgs {
+                rule: a.rule,
+                f: a.f,
+                trim: a.trim,
+                m: a.m,
+                tau: a.tau,
+                iters: a.iters,
+                nu: a.nu,
+                max_norm: a.max_norm,
+            }
+            .to_config()?;
+            let r = replay::replay_files(&a.input, a.weights.as_deref(), &a.output, &cfg)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{}: {} updates × {} parameters in {:.3} ms; selected {:?}; written to {}",
+                    r.rule,
+                    r.n,
+                    r.p,
+                    r.ms,
+                    r.selected,
+                    a.output.display()
+                );
             }
             Ok(())
         }
