@@ -7,6 +7,7 @@
 pub mod attacks;
 pub mod bench;
 pub mod demo;
+pub mod engine;
 pub mod npy;
 pub mod replay;
 pub mod scenario;
