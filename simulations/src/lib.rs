@@ -8,6 +8,8 @@ pub mod attacks;
 pub mod bench;
 pub mod demo;
 pub mod engine;
+pub mod matrix;
 pub mod npy;
 pub mod replay;
+pub mod report;
 pub mod scenario;
