@@ -99,6 +99,9 @@ pub struct Scenario {
     pub eval: Eval,
 }
 
+/// Windows a node needs before it trains (the engine's agent setting).
+pub const MIN_TRAIN_WINDOWS: usize = 16;
+
 fn d_seed() -> u64 {
     42
 }
@@ -599,6 +602,13 @@ impl Scenario {
         if self.fleet.windows < 4 {
             return bad("fleet.windows must be at least 4".into());
         }
+        let per_node = self.fleet.containers_per_node as u64 * (self.fleet.windows - 1);
+        if per_node < MIN_TRAIN_WINDOWS as u64 {
+            return bad(format!(
+                "fleet: containers_per_node × (windows − 1) = {per_node} training windows per \
+                 node, at least {MIN_TRAIN_WINDOWS} needed"
+            ));
+        }
         if self.fleet.mixes.is_empty() {
             return bad("fleet.mixes needs at least one mix".into());
         }
@@ -781,6 +791,13 @@ kind = "alie"
         let err = |t: &str| Scenario::from_toml(t).unwrap_err().to_string();
         assert!(err(&BASE.replace("rounds = 3", "rounds = 3\nroundz = 1")).contains("roundz"));
         assert!(err(&BASE.replace("web = 3", "webb = 3")).contains("unknown profile \"webb\""));
+        assert!(
+            err(&BASE.replace(
+                "nodes = 10",
+                "nodes = 10\ncontainers_per_node = 1\nwindows = 8"
+            ))
+            .contains("7 training windows per node")
+        );
         assert!(
             err(&BASE.replace("f = 2", "f = 4")).contains("krum needs n >= 2f+3: n = 10, f = 4"),
             "{}",

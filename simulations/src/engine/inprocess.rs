@@ -42,8 +42,8 @@ use super::{EngineError, RoundMetrics, RunReport, RunTiming, derive_seed};
 use crate::attacks::{self, ZRule};
 use crate::scenario::{AttackKindSpec, Misbehaviour, Scenario, ZRuleName};
 
-const WINDOW_MS: u64 = 10_000;
-const TENANT: &str = "sim";
+pub(crate) const WINDOW_MS: u64 = 10_000;
+pub(crate) const TENANT: &str = "sim";
 
 // Purposes of derived seeds.
 const P_TELEMETRY: u64 = 1;
@@ -53,7 +53,7 @@ const P_ROUND: u64 = 4;
 const P_NODE_ROUND: u64 = 5;
 const P_EVAL: u64 = 6;
 const P_CALIB: u64 = 7;
-const P_GENESIS: u64 = 8;
+pub(crate) const P_GENESIS: u64 = 8;
 
 /// Run options besides the scenario.
 #[derive(Debug, Clone, Default)]
@@ -76,22 +76,26 @@ struct Submission {
     bad_shares: bool,
 }
 
-struct SimNode {
-    name: String,
-    agent: Agent,
+pub(crate) struct SimNode {
+    pub(crate) name: String,
+    pub(crate) agent: Agent,
 }
 
 fn node_err(node: usize) -> impl Fn(String) -> EngineError {
     move |message| EngineError::Node { node, message }
 }
 
-fn identity(i: usize) -> String {
+pub(crate) fn identity(i: usize) -> String {
     format!("node-{i:05}")
 }
 
 /// Builds node `i`: its containers, telemetry (poisoned for a data-poison
 /// attacker) and an agent whose buffer holds the windows.
-fn build_node(s: &Scenario, i: usize, poison: Option<AttackKind>) -> Result<SimNode, EngineError> {
+pub(crate) fn build_node(
+    s: &Scenario,
+    i: usize,
+    poison: Option<AttackKind>,
+) -> Result<SimNode, EngineError> {
     let err = node_err(i);
     let containers = s.fleet.containers(i)?;
     let windows = s.fleet.windows;
@@ -116,7 +120,7 @@ fn build_node(s: &Scenario, i: usize, poison: Option<AttackKind>) -> Result<SimN
         tenant: TENANT.into(),
         node: name.clone(),
         detector: DetectorConfig {
-            min_train_windows: 16,
+            min_train_windows: crate::scenario::MIN_TRAIN_WINDOWS,
             ..DetectorConfig::default()
         },
         seed: derive_seed(s.seed, &[P_AGENT, i as u64]),
@@ -194,7 +198,7 @@ fn choose_attackers(s: &Scenario) -> BTreeSet<usize> {
         .collect()
 }
 
-fn sha256_params(p: &[f32]) -> String {
+pub(crate) fn sha256_params(p: &[f32]) -> String {
     let mut h = Sha256::new();
     for v in p {
         h.update(v.to_le_bytes());

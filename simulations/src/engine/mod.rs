@@ -14,6 +14,7 @@
 
 pub mod buckets;
 pub mod inprocess;
+pub mod network;
 
 use std::collections::BTreeMap;
 
