@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use fedmesh_sim::bench::{self, AggregateBench};
 use fedmesh_sim::demo::{self, DemoOptions};
 use fedmesh_sim::engine::inprocess::{self, RunOptions};
+use fedmesh_sim::engine::network;
 use fedmesh_sim::scenario::Scenario;
 use fedmesh_sim::{matrix, replay, report};
 
@@ -63,6 +64,11 @@ enum Cmd {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Engine: `in-process` (full reports) or `network` (the real gRPC
+        /// mesh over mTLS on loopback; prints the final model digest for
+        /// comparison with the in-process engine).
+        #[arg(long, default_value = "in-process")]
+        engine: String,
     },
     /// Runs a base scenario over a grid of rules × attacks × bucket sizes
     /// and writes matrix.md and matrix.csv.
@@ -219,6 +225,7 @@ fn run(cmd: Cmd) -> Result<()> {
             nodes,
             record,
             quiet,
+            engine,
         } => {
             let mut s = Scenario::load(&scenario)?;
             if let Some(seed) = seed {
@@ -229,6 +236,25 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             if let Some(n) = nodes {
                 s.fleet.nodes = n;
+            }
+            if engine == "network" {
+                let dir = tempfile::tempdir()?;
+                let rt = tokio::runtime::Runtime::new()?;
+                let t = std::time::Instant::now();
+                let r = rt.block_on(network::run(&s, dir.path()))?;
+                println!(
+                    "{} (network engine): version {}, participants per round {:?}, final \
+                     parameters sha256 {}; {:.2} s",
+                    s.name,
+                    r.final_version,
+                    r.participants,
+                    r.final_params_sha256,
+                    t.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            if engine != "in-process" {
+                anyhow::bail!("unknown engine {engine:?} (in-process or network)");
             }
             if let Some(dir) = &record {
                 std::fs::create_dir_all(dir)?;
@@ -256,6 +282,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 timing.eval_s,
                 timing.threads,
             );
+            println!("final parameters sha256 {}", report.final_params_sha256);
             println!("report: {}", w.html.display());
             Ok(())
         }
