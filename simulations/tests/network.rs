@@ -1,6 +1,7 @@
 //! Same seed, same numbers across engines: a small scenario run in-process
 //! and over the real gRPC/mTLS mesh on loopback ends with bit-identical
 //! global parameters.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use fedmesh_sim::engine::inprocess::{self, RunOptions};
 use fedmesh_sim::engine::network;
