@@ -1,8 +1,17 @@
 //! fedmesh simulation harness: the `demo` (a whole mesh on loopback),
 //! `quality` (detection quality per attack kind: federated, local-only and a
-//! linfa baseline) and `bench` (aggregation-rule timings).
+//! linfa baseline), `bench` (aggregation-rule timings) and the research
+//! harness: attacks, scenarios, the in-process and network engines, reports,
+//! the `matrix` grid and offline replay of recorded updates (`.npy`).
 #![deny(missing_docs)]
 
+pub mod attacks;
 pub mod bench;
 pub mod demo;
+pub mod engine;
+pub mod matrix;
+pub mod npy;
 pub mod quality;
+pub mod replay;
+pub mod report;
+pub mod scenario;

@@ -1,10 +1,15 @@
-//! `fedmesh-sim`: the demo mesh and (later) research scenarios.
+//! `fedmesh-sim`: the demo mesh, research scenarios (`run`, `matrix`),
+//! offline replay of recorded updates (`aggregate`) and benchmarks.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use fedmesh_sim::bench::{self, AggregateBench};
 use fedmesh_sim::demo::{self, DemoOptions};
+use fedmesh_sim::engine::inprocess::{self, RunOptions};
+use fedmesh_sim::engine::network;
 use fedmesh_sim::quality::{self, QualityOptions};
+use fedmesh_sim::scenario::Scenario;
+use fedmesh_sim::{matrix, replay, report};
 
 #[derive(Parser)]
 #[command(name = "fedmesh-sim", version, about = "fedmesh simulation harness")]
@@ -51,11 +56,122 @@ enum Cmd {
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
+    /// Aggregates a recorded batch of updates (`N × P` float32 `.npy`)
+    /// offline with any coordinator rule and writes the result as `.npy`.
+    Aggregate(AggregateCmd),
+    /// Runs a research scenario (TOML) with the in-process engine and
+    /// writes run.json, timing.json, rounds.csv, SVG plots and report.html.
+    Run {
+        /// Scenario file.
+        scenario: std::path::PathBuf,
+        /// Output directory.
+        #[arg(long, default_value = "sim-out")]
+        out: std::path::PathBuf,
+        /// Override the scenario's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Override the scenario's rounds.
+        #[arg(long)]
+        rounds: Option<u64>,
+        /// Override the number of nodes.
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Also write every round's submissions as DIR/round_NNNN.npy.
+        #[arg(long)]
+        record: Option<std::path::PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+        /// Engine: `in-process` (full reports) or `network` (the real gRPC
+        /// mesh over mTLS on loopback; prints the final model digest for
+        /// comparison with the in-process engine).
+        #[arg(long, default_value = "in-process")]
+        engine: String,
+    },
+    /// Runs a base scenario over a grid of rules × attacks × bucket sizes
+    /// and writes matrix.md and matrix.csv.
+    Matrix {
+        /// Base scenario (fleet, rounds, training, attacker fraction).
+        #[arg(long)]
+        scenario: std::path::PathBuf,
+        /// Rules (comma-separated); parameters are derived per cell.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "fedavg,median,trimmed_mean,krum,geometric_median,centered_clipping"
+        )]
+        rules: Vec<String>,
+        /// Attacks (comma-separated): none, sign_flip, scaling, gaussian,
+        /// alie, ipm, min_max, min_sum, mimic, data_poison, bad_shares,
+        /// forced_dropout.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "none,alie,ipm,min_max,data_poison"
+        )]
+        attacks: Vec<String>,
+        /// Bucket sizes (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        k: Vec<usize>,
+        /// Attacker fraction when the base scenario has no [attack].
+        #[arg(long, default_value_t = 0.2)]
+        fraction: f64,
+        /// Override the scenario's rounds.
+        #[arg(long)]
+        rounds: Option<u64>,
+        /// Output directory.
+        #[arg(long, default_value = "sim-matrix")]
+        out: std::path::PathBuf,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
         what: BenchCmd,
     },
+}
+
+#[derive(clap::Args)]
+struct AggregateCmd {
+    /// Rule: fedavg, median, trimmed_mean, krum, multi_krum, bulyan,
+    /// geometric_median, centered_clipping.
+    #[arg(long)]
+    rule: String,
+    /// Byzantine clients tolerated (krum, multi_krum, bulyan).
+    #[arg(long)]
+    f: Option<usize>,
+    /// Values trimmed at each end of every coordinate (trimmed_mean).
+    #[arg(long)]
+    trim: Option<usize>,
+    /// Updates averaged (multi_krum).
+    #[arg(long)]
+    m: Option<usize>,
+    /// Clipping radius (centered_clipping).
+    #[arg(long)]
+    tau: Option<f64>,
+    /// Iterations (geometric_median, centered_clipping).
+    #[arg(long)]
+    iters: Option<usize>,
+    /// Weiszfeld smoothing (geometric_median).
+    #[arg(long)]
+    nu: Option<f64>,
+    /// Scale every update to at most this L2 norm first.
+    #[arg(long)]
+    max_norm: Option<f32>,
+    /// Updates, `N × P` little-endian float32, C order.
+    #[arg(long)]
+    input: std::path::PathBuf,
+    /// Where to write the aggregate (`P` float32).
+    #[arg(long)]
+    output: std::path::PathBuf,
+    /// Optional weights (`N` float32 or float64), e.g. sample counts.
+    #[arg(long)]
+    weights: Option<std::path::PathBuf>,
+    /// Print the report as one JSON line instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -136,6 +252,126 @@ fn run(cmd: Cmd) -> Result<()> {
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
                 println!("report written to {}", path.display());
+            }
+            Ok(())
+        }
+        Cmd::Run {
+            scenario,
+            out,
+            seed,
+            rounds,
+            nodes,
+            record,
+            quiet,
+            engine,
+        } => {
+            let mut s = Scenario::load(&scenario)?;
+            if let Some(seed) = seed {
+                s.seed = seed;
+            }
+            if let Some(r) = rounds {
+                s.rounds = r;
+            }
+            if let Some(n) = nodes {
+                s.fleet.nodes = n;
+            }
+            if engine == "network" {
+                let dir = tempfile::tempdir()?;
+                let rt = tokio::runtime::Runtime::new()?;
+                let t = std::time::Instant::now();
+                let r = rt.block_on(network::run(&s, dir.path()))?;
+                println!(
+                    "{} (network engine): version {}, participants per round {:?}, final \
+                     parameters sha256 {}; {:.2} s",
+                    s.name,
+                    r.final_version,
+                    r.participants,
+                    r.final_params_sha256,
+                    t.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            if engine != "in-process" {
+                anyhow::bail!("unknown engine {engine:?} (in-process or network)");
+            }
+            if let Some(dir) = &record {
+                std::fs::create_dir_all(dir)?;
+            }
+            let (report, timing) = inprocess::run(&s, &RunOptions { quiet, record })?;
+            let w = report::write_all(&report, &timing, &out)?;
+            println!(
+                "{}: {} rounds, final version {}, mean AUC {}, worst kind {}, ASR {}; {:.2} s \
+                 (train {:.2} s, aggregate {:.2} s, eval {:.2} s, {} threads)",
+                report.scenario,
+                report.rounds.len(),
+                report.final_version,
+                report
+                    .final_mean_auc()
+                    .map_or("–".into(), |v| format!("{v:.3}")),
+                report
+                    .final_worst_auc()
+                    .map_or("–".into(), |(k, v)| format!("{v:.3} ({k})")),
+                report
+                    .final_attack_success()
+                    .map_or("–".into(), |v| format!("{v:.3}")),
+                timing.total_s,
+                timing.train_s,
+                timing.aggregate_s,
+                timing.eval_s,
+                timing.threads,
+            );
+            println!("final parameters sha256 {}", report.final_params_sha256);
+            println!("report: {}", w.html.display());
+            Ok(())
+        }
+        Cmd::Matrix {
+            scenario,
+            rules,
+            attacks,
+            k,
+            fraction,
+            rounds,
+            out,
+            quiet,
+        } => {
+            let mut s = Scenario::load(&scenario)?;
+            if let Some(r) = rounds {
+                s.rounds = r;
+            }
+            let cells = matrix::run(&s, &rules, &attacks, &k, fraction, quiet)?;
+            std::fs::create_dir_all(&out)?;
+            let md = matrix::markdown(&cells);
+            std::fs::write(out.join("matrix.md"), &md)?;
+            std::fs::write(out.join("matrix.csv"), matrix::csv_text(&cells)?)?;
+            std::fs::write(out.join("matrix.json"), serde_json::to_vec_pretty(&cells)?)?;
+            print!("{md}");
+            Ok(())
+        }
+        Cmd::Aggregate(a) => {
+            let cfg = replay::RuleArgs {
+                rule: a.rule,
+                f: a.f,
+                trim: a.trim,
+                m: a.m,
+                tau: a.tau,
+                iters: a.iters,
+                nu: a.nu,
+                max_norm: a.max_norm,
+            }
+            .to_config()?;
+            let r = replay::replay_files(&a.input, a.weights.as_deref(), &a.output, &cfg)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{}: {} updates × {} parameters in {:.3} ms; selected {:?}; written to {}",
+                    r.rule,
+                    r.n,
+                    r.p,
+                    r.ms,
+                    r.selected,
+                    a.output.display()
+                );
             }
             Ok(())
         }

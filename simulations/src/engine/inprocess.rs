@@ -1,0 +1,919 @@
+//! The in-process engine: real node and coordinator code, no network.
+//!
+//! Per round: sample participants; apply offline nodes, dropouts and
+//! stragglers; honest nodes (and training attackers) train in parallel
+//! through `Agent::training_job`; crafting attackers build their update
+//! from the round's honest updates ([`crate::attacks`]); Sybils repeat it;
+//! submissions are ordered by identity as the coordinator orders them;
+//! buckets of k are summed ([`super::buckets`]); the coordinator's rule
+//! aggregates (centred on the previous aggregate, as the coordinator does);
+//! `server_step` and `merged_scaler` produce the next global model; the
+//! global detector is evaluated on held-out windows.
+//!
+//! Determinism: every random choice comes from a ChaCha20 stream seeded
+//! by [`derive_seed`] from (seed, purpose, node, round); parallel results
+//! are collected in node order, so thread count does not change a bit.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use fedmesh_coordinator::aggregate::clip_to_norm;
+use fedmesh_coordinator::server_step::{genesis_params, merged_scaler, server_step};
+use fedmesh_node::agent::{Agent, AgentSettings, GlobalModel, LocalUpdate};
+use fedmesh_node::config::DetectorConfig;
+use fedmesh_node::detector::{Detector, calibrate_threshold};
+use fedmesh_node::eval::{evaluate, standard_heldout};
+use fedmesh_node::features::{FeatureWindow, NUM_FEATURES, feature_schema_hash};
+use fedmesh_node::model::{Autoencoder, ModelSpec};
+use fedmesh_node::scaler::Scaler;
+use fedmesh_node::telemetry::synthetic::{AttackKind, Profile, labelled_windows};
+use fedmesh_proto::v1;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use rand_distr::{Distribution, Normal};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use tracing::{debug, info_span};
+
+use super::buckets::{self, BucketSummer, Member, PlaintextBuckets};
+use super::{EngineError, RoundMetrics, RunReport, RunTiming, derive_seed};
+use crate::attacks::{self, ZRule};
+use crate::scenario::{AttackKindSpec, Misbehaviour, Scenario, ZRuleName};
+
+pub(crate) const WINDOW_MS: u64 = 10_000;
+pub(crate) const TENANT: &str = "sim";
+
+// Purposes of derived seeds.
+const P_TELEMETRY: u64 = 1;
+const P_AGENT: u64 = 2;
+const P_ATTACKERS: u64 = 3;
+const P_ROUND: u64 = 4;
+const P_NODE_ROUND: u64 = 5;
+const P_EVAL: u64 = 6;
+const P_CALIB: u64 = 7;
+pub(crate) const P_GENESIS: u64 = 8;
+
+/// Run options besides the scenario.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Hide the progress bar.
+    pub quiet: bool,
+    /// Write every round's submissions to `DIR/round_NNNN.npy` (N × P).
+    pub record: Option<PathBuf>,
+}
+
+/// One submission of a round.
+#[derive(Debug, Clone)]
+struct Submission {
+    identity: String,
+    malicious: bool,
+    delta: Vec<f32>,
+    weight: f64,
+    stats: Option<v1::ScalerStats>,
+    train_loss: Option<f32>,
+    bad_shares: bool,
+}
+
+pub(crate) struct SimNode {
+    pub(crate) name: String,
+    pub(crate) agent: Agent,
+}
+
+fn node_err(node: usize) -> impl Fn(String) -> EngineError {
+    move |message| EngineError::Node { node, message }
+}
+
+pub(crate) fn identity(i: usize) -> String {
+    format!("node-{i:05}")
+}
+
+/// Builds node `i`: its containers, telemetry (poisoned for a data-poison
+/// attacker) and an agent whose buffer holds the windows.
+pub(crate) fn build_node(
+    s: &Scenario,
+    i: usize,
+    poison: Option<AttackKind>,
+) -> Result<SimNode, EngineError> {
+    let err = node_err(i);
+    let containers = s.fleet.containers(i)?;
+    let windows = s.fleet.windows;
+    let attacks: Vec<(String, AttackKind, u64, u64)> = match poison {
+        Some(kind) => containers
+            .iter()
+            .map(|(id, _)| (id.clone(), kind, windows / 4, windows - windows / 4))
+            .collect(),
+        None => Vec::new(),
+    };
+    let data = labelled_windows(
+        derive_seed(s.seed, &[P_TELEMETRY, i as u64]),
+        &containers,
+        windows,
+        WINDOW_MS,
+        &attacks,
+    )
+    .map_err(|e| err(e.to_string()))?;
+    let windows: Vec<FeatureWindow> = data.into_iter().map(|(w, _)| w).collect();
+    let name = identity(i);
+    let settings = AgentSettings {
+        tenant: TENANT.into(),
+        node: name.clone(),
+        detector: DetectorConfig {
+            min_train_windows: crate::scenario::MIN_TRAIN_WINDOWS,
+            ..DetectorConfig::default()
+        },
+        seed: derive_seed(s.seed, &[P_AGENT, i as u64]),
+    };
+    let mut agent = Agent::new(settings, None, None, time::OffsetDateTime::UNIX_EPOCH)
+        .map_err(|e| err(e.to_string()))?;
+    // No detector yet: every window goes to the training buffer.
+    agent
+        .score_and_buffer(&windows)
+        .map_err(|e| err(e.to_string()))?;
+    Ok(SimNode { name, agent })
+}
+
+/// Held-out data: labelled windows of every profile with every attack kind,
+/// and separate benign windows to calibrate the threshold on.
+struct Heldout {
+    data: Vec<(FeatureWindow, Option<AttackKind>)>,
+    benign: Vec<FeatureWindow>,
+    calibration: Vec<FeatureWindow>,
+}
+
+fn heldout(s: &Scenario) -> Result<Heldout, EngineError> {
+    let e = |x: fedmesh_node::eval::EvalError| EngineError::Eval(x.to_string());
+    let data = standard_heldout(
+        derive_seed(s.seed, &[P_EVAL]),
+        &Profile::ALL,
+        s.eval.containers_per_profile,
+        s.eval.windows,
+        WINDOW_MS,
+    )
+    .map_err(e)?;
+    let benign = data
+        .iter()
+        .filter(|(_, l)| l.is_none())
+        .map(|(w, _)| w.clone())
+        .collect();
+    let mut containers = Vec::new();
+    for p in Profile::ALL {
+        for i in 0..s.eval.containers_per_profile {
+            containers.push((format!("calib-{p}-{i}"), p));
+        }
+    }
+    let calibration = labelled_windows(
+        derive_seed(s.seed, &[P_CALIB]),
+        &containers,
+        s.eval.windows,
+        WINDOW_MS,
+        &[],
+    )
+    .map_err(|x| EngineError::Eval(x.to_string()))?
+    .into_iter()
+    .map(|(w, _)| w)
+    .collect();
+    Ok(Heldout {
+        data,
+        benign,
+        calibration,
+    })
+}
+
+/// The poisoned attack kind of a scenario's attackers, if any.
+fn poison_of(s: &Scenario) -> Option<AttackKind> {
+    match s.attack.as_ref().map(|a| &a.kind) {
+        Some(AttackKindSpec::DataPoison { target, .. }) => Some(*target),
+        Some(AttackKindSpec::Scaling { poison, .. }) => *poison,
+        _ => None,
+    }
+}
+
+/// Attacker nodes: a seeded choice of `attacker_count` nodes.
+fn choose_attackers(s: &Scenario) -> BTreeSet<usize> {
+    let mut rng = ChaCha20Rng::seed_from_u64(derive_seed(s.seed, &[P_ATTACKERS]));
+    rand::seq::index::sample(&mut rng, s.fleet.nodes, s.attacker_count())
+        .into_iter()
+        .collect()
+}
+
+pub(crate) fn sha256_params(p: &[f32]) -> String {
+    let mut h = Sha256::new();
+    for v in p {
+        h.update(v.to_le_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+fn progress(quiet: bool, len: u64, name: &str) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>20.bold} [{bar:30}] {pos}/{len} rounds {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(name.to_string());
+    pb
+}
+
+/// Outcome of one node's participation before aggregation.
+enum Presence {
+    Present,
+    Dropped,
+    Straggler,
+}
+
+/// Clips to `clip` and adds `N(0, (z·clip)²)` per coordinate.
+fn privatize(delta: &mut Vec<f32>, clip: f32, z: f64, rng: &mut ChaCha20Rng) {
+    *delta = clip_to_norm(delta, clip);
+    let sd = z * f64::from(clip);
+    if sd > 0.0
+        && let Ok(n) = Normal::new(0.0, sd)
+    {
+        for v in delta.iter_mut() {
+            *v += n.sample(rng) as f32;
+        }
+    }
+}
+
+fn stats_msg(u: &LocalUpdate) -> v1::ScalerStats {
+    v1::ScalerStats {
+        count: u.stats.count,
+        sum: u.stats.sum.clone(),
+        sum_sq: u.stats.sum_sq.clone(),
+    }
+}
+
+/// Runs a scenario in-process. Returns the deterministic report and the
+/// timings.
+pub fn run(s: &Scenario, opts: &RunOptions) -> Result<(RunReport, RunTiming), EngineError> {
+    s.validate()?;
+    let t0 = Instant::now();
+    let mut timing = RunTiming {
+        threads: rayon::current_num_threads(),
+        ..RunTiming::default()
+    };
+    let attackers = choose_attackers(s);
+    let attack = s.attack.as_ref();
+    let poison = poison_of(s);
+    let nodes: Vec<SimNode> = (0..s.fleet.nodes)
+        .into_par_iter()
+        .map(|i| build_node(s, i, poison.filter(|_| attackers.contains(&i))))
+        .collect::<Result<_, _>>()?;
+    let held = heldout(s)?;
+    timing.setup_s = t0.elapsed().as_secs_f64();
+
+    let spec = ModelSpec::default_for_features();
+    let schema_hash = fedmesh_proto::model::model_schema_hash(
+        &feature_schema_hash(),
+        spec.input_dim,
+        &spec.hidden,
+    );
+    let mut global = GlobalModel {
+        version: 0,
+        round: 0,
+        spec: spec.clone(),
+        params: genesis_params(
+            spec.input_dim,
+            &spec.hidden,
+            derive_seed(s.seed, &[P_GENESIS]),
+        ),
+        scaler: None,
+        signed: Vec::new(),
+        schema_hash,
+    };
+    let tp = v1::TrainingParams {
+        local_epochs: s.training.local_epochs,
+        batch_size: s.training.batch_size,
+        learning_rate: s.training.learning_rate,
+        prox_mu: s.training.prox_mu,
+    };
+    let offline: BTreeSet<usize> = s.dropout.always_offline.iter().copied().collect();
+    let sybils = attack.map_or(1, |a| a.sybils);
+    let mut last_agg: Option<Vec<f32>> = None;
+    let mut momentum: Option<Vec<f32>> = None;
+    let mut rounds = Vec::new();
+    let pb = progress(opts.quiet, s.rounds, &s.name);
+
+    for round in 1..=s.rounds {
+        let span = info_span!("round", tenant = TENANT, round);
+        let _e = span.enter();
+        let mut rng = ChaCha20Rng::seed_from_u64(derive_seed(s.seed, &[P_ROUND, round]));
+        let n_sample = s.sampled_per_round();
+        let mut sampled: Vec<usize> = rand::seq::index::sample(&mut rng, s.fleet.nodes, n_sample)
+            .into_iter()
+            .collect();
+        sampled.sort_unstable();
+        let active_attack = attack.filter(|a| round >= a.start_round);
+        // Presence of each sampled node (per-node stream, node order).
+        let presence: Vec<(usize, Presence)> = sampled
+            .iter()
+            .map(|&i| {
+                let mut r = ChaCha20Rng::seed_from_u64(derive_seed(
+                    s.seed,
+                    &[P_NODE_ROUND, i as u64, round, 0],
+                ));
+                let drop: f64 = r.random();
+                let late: f64 = r.random();
+                let forced = attackers.contains(&i)
+                    && matches!(
+                        active_attack.map(|a| &a.kind),
+                        Some(AttackKindSpec::Protocol {
+                            behaviour: Misbehaviour::ForcedDropout
+                        })
+                    );
+                let p = if offline.contains(&i) || forced || drop < s.dropout.rate {
+                    Presence::Dropped
+                } else if late < s.dropout.stragglers {
+                    Presence::Straggler
+                } else {
+                    Presence::Present
+                };
+                (i, p)
+            })
+            .collect();
+        let present: Vec<usize> = presence
+            .iter()
+            .filter(|(_, p)| matches!(p, Presence::Present))
+            .map(|(i, _)| *i)
+            .collect();
+        let stragglers = presence
+            .iter()
+            .filter(|(_, p)| matches!(p, Presence::Straggler))
+            .count();
+        let is_crafter = |i: usize| {
+            attackers.contains(&i)
+                && matches!(
+                    active_attack.map(|a| &a.kind),
+                    Some(
+                        AttackKindSpec::SignFlip { .. }
+                            | AttackKindSpec::Gaussian { .. }
+                            | AttackKindSpec::Alie { .. }
+                            | AttackKindSpec::Ipm { .. }
+                            | AttackKindSpec::MinMax { .. }
+                            | AttackKindSpec::MinSum { .. }
+                            | AttackKindSpec::Mimic { .. }
+                    )
+                )
+        };
+        // Everyone present who trains: honest nodes and training attackers.
+        let t_train = Instant::now();
+        let trainers: Vec<usize> = present
+            .iter()
+            .copied()
+            .filter(|&i| !is_crafter(i))
+            .collect();
+        let trained: Vec<(usize, LocalUpdate)> = trainers
+            .par_iter()
+            .map(|&i| {
+                let job = nodes[i]
+                    .agent
+                    .training_job(&global, &tp, round)
+                    .map_err(|e| node_err(i)(e.to_string()))?;
+                let u = job.run().map_err(|e| node_err(i)(e.to_string()))?;
+                Ok((i, u))
+            })
+            .collect::<Result<_, EngineError>>()?;
+        timing.train_s += t_train.elapsed().as_secs_f64();
+
+        let t_agg = Instant::now();
+        let mut subs: Vec<Submission> = Vec::new();
+        let mut honest: Vec<Vec<f32>> = Vec::new();
+        let mut honest_weights: Vec<f64> = Vec::new();
+        let mut train_attackers: Vec<(usize, LocalUpdate)> = Vec::new();
+        for (i, mut u) in trained {
+            let malicious = attackers.contains(&i) && active_attack.is_some();
+            if malicious {
+                train_attackers.push((i, u));
+                continue;
+            }
+            if let Some(clip) = s.dp.clip {
+                let mut r = ChaCha20Rng::seed_from_u64(derive_seed(
+                    s.seed,
+                    &[P_NODE_ROUND, i as u64, round, 1],
+                ));
+                privatize(&mut u.delta, clip, s.dp.noise_multiplier, &mut r);
+            }
+            honest.push(u.delta.clone());
+            honest_weights.push(u.num_samples as f64);
+            subs.push(Submission {
+                identity: nodes[i].name.clone(),
+                malicious: false,
+                stats: Some(stats_msg(&u)),
+                weight: u.num_samples as f64,
+                train_loss: Some(u.train_loss),
+                delta: u.delta,
+                bad_shares: false,
+            });
+        }
+        let crafters: Vec<usize> = present.iter().copied().filter(|&i| is_crafter(i)).collect();
+        let n_malicious = (crafters.len() + train_attackers.len()) * sybils;
+        let n_total = subs.len() + n_malicious;
+        let mean_weight = if honest_weights.is_empty() {
+            1.0
+        } else {
+            (honest_weights.iter().sum::<f64>() / honest_weights.len() as f64).round()
+        };
+        let honest_refs: Vec<&[f32]> = honest.iter().map(|v| v.as_slice()).collect();
+        let mut attack_param = None;
+        let mut lost_crafters = 0usize;
+        let push_malicious = |subs: &mut Vec<Submission>,
+                              i: usize,
+                              delta: Vec<f32>,
+                              weight: f64,
+                              stats: Option<v1::ScalerStats>,
+                              bad_shares: bool| {
+            for j in 0..sybils {
+                let identity = if j == 0 {
+                    nodes[i].name.clone()
+                } else {
+                    format!("{}-sybil{j}", nodes[i].name)
+                };
+                subs.push(Submission {
+                    identity,
+                    malicious: true,
+                    delta: delta.clone(),
+                    weight,
+                    stats: stats.clone(),
+                    train_loss: None,
+                    bad_shares,
+                });
+            }
+        };
+        if let Some(a) = active_attack {
+            let aerr = |source| EngineError::Attack { round, source };
+            // One crafted vector for all crafting attackers (Gaussian: one
+            // per attacker node), from the round's honest updates.
+            let shared: Option<Vec<f32>> = if crafters.is_empty() || honest_refs.is_empty() {
+                None
+            } else {
+                match &a.kind {
+                    AttackKindSpec::SignFlip { k } => {
+                        Some(attacks::sign_flip(&honest_refs, *k).map_err(aerr)?)
+                    }
+                    AttackKindSpec::Ipm { epsilon } => {
+                        Some(attacks::ipm(&honest_refs, *epsilon).map_err(aerr)?)
+                    }
+                    AttackKindSpec::Alie { z, z_rule } => {
+                        let rule = match (z, z_rule) {
+                            (Some(z), _) => ZRule::Fixed { z: *z },
+                            (None, ZRuleName::Epfml) => ZRule::Epfml,
+                            (None, ZRuleName::Paper) => ZRule::Paper,
+                        };
+                        let z = attacks::alie_z(n_total, n_malicious, rule).map_err(aerr)?;
+                        attack_param = Some(z);
+                        Some(attacks::alie(&honest_refs, z).map_err(aerr)?)
+                    }
+                    AttackKindSpec::MinMax {
+                        perturbation,
+                        lambda0,
+                    } if honest_refs.len() >= 2 => {
+                        let c = attacks::min_max(&honest_refs, *perturbation, *lambda0)
+                            .map_err(aerr)?;
+                        attack_param = Some(c.lambda);
+                        Some(c.update)
+                    }
+                    AttackKindSpec::MinSum {
+                        perturbation,
+                        lambda0,
+                    } if honest_refs.len() >= 2 => {
+                        let c = attacks::min_sum(&honest_refs, *perturbation, *lambda0)
+                            .map_err(aerr)?;
+                        attack_param = Some(c.lambda);
+                        Some(c.update)
+                    }
+                    AttackKindSpec::Mimic { target } => Some(
+                        attacks::mimic(&honest_refs, *target % honest_refs.len()).map_err(aerr)?,
+                    ),
+                    _ => None,
+                }
+            };
+            for &i in &crafters {
+                let delta = match (&a.kind, &shared) {
+                    (AttackKindSpec::Gaussian { sigma, relative }, _)
+                        if !honest_refs.is_empty() =>
+                    {
+                        let mut r = ChaCha20Rng::seed_from_u64(derive_seed(
+                            s.seed,
+                            &[P_NODE_ROUND, i as u64, round, 2],
+                        ));
+                        attacks::gaussian(&honest_refs, *sigma, *relative, &mut r).map_err(aerr)?
+                    }
+                    (_, Some(v)) => v.clone(),
+                    _ => {
+                        // Nothing to craft from (no honest update this round).
+                        lost_crafters += 1;
+                        continue;
+                    }
+                };
+                push_malicious(&mut subs, i, delta, mean_weight, None, false);
+            }
+            for (i, u) in train_attackers {
+                let (delta, weight, stats, bad) = match &a.kind {
+                    AttackKindSpec::Scaling { gamma, .. } => {
+                        let g = match gamma {
+                            Some(g) => *g,
+                            None => n_total as f64 / f64::from(s.server.lr),
+                        };
+                        attack_param = Some(g);
+                        (
+                            attacks::scale(&u.delta, g),
+                            u.num_samples as f64,
+                            Some(stats_msg(&u)),
+                            false,
+                        )
+                    }
+                    AttackKindSpec::DataPoison { boost, .. } => {
+                        let d = match boost {
+                            Some(b) => {
+                                attack_param = Some(*b);
+                                attacks::scale(&u.delta, *b)
+                            }
+                            None => u.delta.clone(),
+                        };
+                        (d, u.num_samples as f64, Some(stats_msg(&u)), false)
+                    }
+                    AttackKindSpec::Protocol { behaviour } => (
+                        u.delta.clone(),
+                        u.num_samples as f64,
+                        Some(stats_msg(&u)),
+                        *behaviour == Misbehaviour::BadShares,
+                    ),
+                    _ => (
+                        u.delta.clone(),
+                        u.num_samples as f64,
+                        Some(stats_msg(&u)),
+                        false,
+                    ),
+                };
+                push_malicious(&mut subs, i, delta, weight, stats, bad);
+            }
+        }
+        // The coordinator keeps updates in a BTreeMap by node id.
+        subs.sort_by(|a, b| a.identity.cmp(&b.identity));
+        if let Some(dir) = &opts.record
+            && !subs.is_empty()
+        {
+            let cols = subs[0].delta.len();
+            let m = crate::npy::Matrix {
+                rows: subs.len(),
+                cols,
+                data: subs.iter().flat_map(|x| x.delta.iter().copied()).collect(),
+            };
+            crate::npy::write(
+                &dir.join(format!("round_{round:04}.npy")),
+                &crate::npy::encode_matrix(&m),
+            )
+            .map_err(|e| EngineError::Record(e.to_string()))?;
+        }
+
+        // Buckets.
+        let groups = buckets::assign(subs.len(), s.bucket_size, &mut rng);
+        let mut inputs: Vec<Vec<f32>> = Vec::new();
+        let mut weights: Vec<f64> = Vec::new();
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        let mut lost: BTreeSet<usize> = BTreeSet::new();
+        for g in groups {
+            if s.bucket_size <= 1 {
+                // Without bucketing the rule sees each update itself (and a
+                // bad share loses only the sender's own update).
+                let i = g[0];
+                if subs[i].bad_shares {
+                    lost.insert(i);
+                    continue;
+                }
+                inputs.push(subs[i].delta.clone());
+                weights.push(subs[i].weight);
+                members.push(g);
+                continue;
+            }
+            let m: Vec<Member<'_>> = g
+                .iter()
+                .map(|&i| Member {
+                    update: &subs[i].delta,
+                    weight: subs[i].weight,
+                    bad_shares: subs[i].bad_shares,
+                })
+                .collect();
+            match PlaintextBuckets.weighted_mean(&m) {
+                Ok((v, w)) => {
+                    inputs.push(v);
+                    weights.push(w);
+                    members.push(g);
+                }
+                Err(e) => {
+                    debug!(error = %e, "bucket lost");
+                    lost.extend(g);
+                }
+            }
+        }
+        let participants = subs.len() - lost.len();
+        let lost_nodes: BTreeSet<&str> = lost
+            .iter()
+            .map(|&i| subs[i].identity.split("-sybil").next().unwrap_or(""))
+            .collect();
+        let dropped = presence.len() - present.len() + lost_crafters + lost_nodes.len();
+        let malicious = subs
+            .iter()
+            .enumerate()
+            .filter(|(i, x)| x.malicious && !lost.contains(i))
+            .count();
+        let train_losses: Vec<f32> = subs.iter().filter_map(|x| x.train_loss).collect();
+        let mean_train_loss = (!train_losses.is_empty())
+            .then(|| train_losses.iter().sum::<f32>() / train_losses.len() as f32);
+        let mut metrics = RoundMetrics {
+            round,
+            sampled: sampled.len(),
+            participants,
+            dropped,
+            stragglers,
+            malicious,
+            rule: s.rule.rule.name().to_string(),
+            rule_inputs: inputs.len(),
+            aborted: None,
+            version: global.version,
+            attack_param,
+            mean_train_loss,
+            global_loss: None,
+            auc: None,
+            auc_per_kind: BTreeMap::new(),
+            attack_success: None,
+            excluded: Vec::new(),
+            excluded_malicious: 0,
+        };
+        let check = s.rule.check(inputs.len());
+        if participants < s.min_participants || inputs.is_empty() {
+            metrics.aborted = Some(format!(
+                "{participants} submissions, at least {} needed",
+                s.min_participants
+            ));
+        } else if let Err(e) = check {
+            metrics.aborted = Some(e.to_string());
+        } else {
+            let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+            let outcome = s
+                .rule
+                .aggregate_from(&refs, &weights, last_agg.as_deref())
+                .map_err(|source| EngineError::Aggregate { round, source })?;
+            for (b, g) in members.iter().enumerate() {
+                if outcome.selected.binary_search(&b).is_err() {
+                    for &i in g {
+                        metrics.excluded.push(subs[i].identity.clone());
+                        metrics.excluded_malicious += usize::from(subs[i].malicious);
+                    }
+                }
+            }
+            metrics.excluded.sort();
+            let step = server_step(
+                &global.params,
+                &outcome.value,
+                momentum.as_deref(),
+                s.server.lr,
+                s.server.momentum,
+            );
+            let kept: Vec<&v1::ScalerStats> = members
+                .iter()
+                .flatten()
+                .filter_map(|&i| subs[i].stats.as_ref())
+                .collect();
+            let scaler = merged_scaler(kept.into_iter(), NUM_FEATURES).map(|sc| Scaler {
+                mean: sc.mean,
+                std: sc.std,
+            });
+            global = GlobalModel {
+                version: global.version + 1,
+                round,
+                spec: spec.clone(),
+                params: step.params,
+                scaler,
+                signed: Vec::new(),
+                schema_hash,
+            };
+            momentum = step.momentum;
+            last_agg = Some(outcome.value);
+            metrics.version = global.version;
+        }
+        timing.aggregate_s += t_agg.elapsed().as_secs_f64();
+
+        let t_eval = Instant::now();
+        if global.version > 0 && (round % s.eval.every == 0 || round == s.rounds) {
+            evaluate_into(&mut metrics, &global, &held, s, poison)?;
+        }
+        timing.eval_s += t_eval.elapsed().as_secs_f64();
+        pb.set_message(match (metrics.auc, &metrics.aborted) {
+            (_, Some(r)) => format!("aborted: {r}"),
+            (Some(a), None) => format!("AUC {a:.3}"),
+            _ => String::new(),
+        });
+        pb.inc(1);
+        rounds.push(metrics);
+    }
+    pb.finish();
+    timing.total_s = t0.elapsed().as_secs_f64();
+    let report = RunReport {
+        scenario: s.name.clone(),
+        engine: "in-process".into(),
+        seed: s.seed,
+        rule: s.rule.rule.name().into(),
+        attack: s
+            .attack
+            .as_ref()
+            .map_or("none", |a| a.kind.name())
+            .to_string(),
+        bucket_size: s.bucket_size,
+        nodes: s.fleet.nodes,
+        attackers: attackers.into_iter().collect(),
+        rounds,
+        final_version: global.version,
+        final_params_sha256: sha256_params(&global.params),
+    };
+    Ok((report, timing))
+}
+
+fn evaluate_into(
+    m: &mut RoundMetrics,
+    g: &GlobalModel,
+    held: &Heldout,
+    s: &Scenario,
+    poison: Option<AttackKind>,
+) -> Result<(), EngineError> {
+    let e = |x: &dyn std::fmt::Display| EngineError::Eval(x.to_string());
+    let model = Autoencoder::from_flat(g.spec.clone(), &g.params).map_err(|x| e(&x))?;
+    let scaler = g
+        .scaler
+        .clone()
+        .unwrap_or_else(|| Scaler::identity(NUM_FEATURES));
+    let mut det = Detector {
+        model,
+        scaler,
+        threshold: f32::MAX,
+    };
+    let calib: Vec<f32> = det
+        .score_windows(&held.calibration)
+        .map_err(|x| e(&x))?
+        .into_iter()
+        .map(|x| x.value)
+        .collect();
+    if calib.iter().any(|v| !v.is_finite()) {
+        // A poisoned model can overflow; it detects nothing.
+        m.auc = Some(0.5);
+        return Ok(());
+    }
+    det.threshold = calibrate_threshold(&calib, s.eval.false_alarm_rate).map_err(|x| e(&x))?;
+    let benign: Vec<f32> = det
+        .score_windows(&held.benign)
+        .map_err(|x| e(&x))?
+        .into_iter()
+        .map(|x| x.value)
+        .collect();
+    m.global_loss = Some(benign.iter().sum::<f32>() / benign.len().max(1) as f32);
+    let r = evaluate(&det, &held.data).map_err(|x| e(&x))?;
+    m.auc = Some(r.auc);
+    m.auc_per_kind = r.auc_per_kind;
+    if let Some(kind) = poison {
+        m.attack_success = r
+            .recall_per_kind
+            .get(&kind.to_string())
+            .map(|rec| 1.0 - rec);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(extra: &str) -> Scenario {
+        tiny_with("", extra)
+    }
+
+    fn tiny_with(top: &str, extra: &str) -> Scenario {
+        Scenario::from_toml(&format!(
+            r#"
+name = "t"
+seed = 9
+rounds = 2
+{top}
+[fleet]
+nodes = 6
+containers_per_node = 2
+windows = 16
+mixes = [{{ web = 1, database = 1 }}, {{ batch = 1, ml = 1 }}]
+[eval]
+containers_per_profile = 2
+windows = 16
+{extra}
+"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn fedavg_without_attack_commits_every_round() {
+        let s = tiny("[rule]\nrule = \"fedavg\"");
+        let (r, _) = run(
+            &s,
+            &RunOptions {
+                quiet: true,
+                record: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(r.final_version, 2);
+        assert_eq!(r.rounds.len(), 2);
+        for m in &r.rounds {
+            assert_eq!(m.participants, 6);
+            assert_eq!(m.dropped, 0);
+            assert!(m.auc.is_some());
+            assert_eq!(m.auc_per_kind.len(), AttackKind::ALL.len());
+        }
+    }
+
+    #[test]
+    fn krum_excludes_sign_flip_attackers() {
+        let s = tiny(
+            "[rule]\nrule = \"krum\"\nf = 1\n[attack]\nfraction = 0.2\nkind = \"sign_flip\"\nk = 10.0",
+        );
+        let (r, _) = run(
+            &s,
+            &RunOptions {
+                quiet: true,
+                record: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(r.attackers.len(), 1);
+        for m in &r.rounds {
+            assert_eq!(m.malicious, 1);
+            // Krum selects one update: everyone else is excluded, attacker included.
+            assert_eq!(m.excluded.len(), 5);
+            assert_eq!(m.excluded_malicious, 1);
+        }
+    }
+
+    #[test]
+    fn bad_shares_lose_the_bucket_and_forced_dropouts_drop() {
+        let s = tiny_with(
+            "bucket_size = 2",
+            "[rule]\nrule = \"median\"\n[attack]\nfraction = 0.2\nkind = \"protocol\"\nbehaviour = \"bad_shares\"",
+        );
+        let (r, _) = run(
+            &s,
+            &RunOptions {
+                quiet: true,
+                record: None,
+            },
+        )
+        .unwrap();
+        for m in &r.rounds {
+            assert_eq!(m.participants, 4, "{m:?}");
+            assert_eq!(m.rule_inputs, 2);
+            assert_eq!(m.dropped, 2);
+        }
+        let s = tiny(
+            "[rule]\nrule = \"median\"\n[attack]\nfraction = 0.2\nkind = \"protocol\"\nbehaviour = \"forced_dropout\"",
+        );
+        let (r, _) = run(
+            &s,
+            &RunOptions {
+                quiet: true,
+                record: None,
+            },
+        )
+        .unwrap();
+        assert!(
+            r.rounds
+                .iter()
+                .all(|m| m.participants == 5 && m.dropped == 1)
+        );
+    }
+
+    #[test]
+    fn sybils_multiply_identities_and_records_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = tiny(
+            "[rule]\nrule = \"median\"\n[attack]\nfraction = 0.2\nsybils = 3\nkind = \"alie\"",
+        );
+        let (r, _) = run(
+            &s,
+            &RunOptions {
+                quiet: true,
+                record: Some(dir.path().to_path_buf()),
+            },
+        )
+        .unwrap();
+        assert!(
+            r.rounds
+                .iter()
+                .all(|m| m.participants == 8 && m.malicious == 3)
+        );
+        assert!(r.rounds.iter().all(|m| m.attack_param.is_some()));
+        let m = crate::npy::read_matrix(&dir.path().join("round_0001.npy")).unwrap();
+        assert_eq!(m.rows, 8);
+        assert_eq!(m.cols, ModelSpec::default_for_features().param_count());
+    }
+}
