@@ -414,18 +414,18 @@ impl Reputation {
         }
         let threshold = self.cfg.threshold;
         for (node, r) in self.nodes.iter_mut() {
-            if let (Some(_), Some(release)) = (r.quarantined_at, r.release_at) {
-                if version >= release {
-                    r.quarantined_at = None;
-                    r.release_at = None;
-                    r.score = 0.75 * threshold;
-                    out.push(Decision {
-                        node: node.clone(),
-                        action: Action::Released,
-                        score: r.score,
-                        reason: format!("probation over at version {version}"),
-                    });
-                }
+            if let (Some(_), Some(release)) = (r.quarantined_at, r.release_at)
+                && version >= release
+            {
+                r.quarantined_at = None;
+                r.release_at = None;
+                r.score = 0.75 * threshold;
+                out.push(Decision {
+                    node: node.clone(),
+                    action: Action::Released,
+                    score: r.score,
+                    reason: format!("probation over at version {version}"),
+                });
             }
         }
         out
