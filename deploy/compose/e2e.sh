@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# End-to-end test of the compose mesh on this machine's Docker engine.
+#
+#   deploy/compose/e2e.sh [--no-build]
+#
+# Builds the images (deploy/build-images.sh --from-target, reusing the
+# debug binaries of `cargo test --workspace`; --no-build uses existing
+# fedmesh-*:dev images), starts the mesh under a unique project name and
+# shows:
+#   1. rounds advance (versions in the coordinator's /status);
+#   2. killing the coordinator container loses no committed version (the
+#      audit chain of the stopped store is verified) and training resumes
+#      after `start`;
+#   3. the misbehaving container is flagged by its node (node-a) and no
+#      benign workload is flagged by any node;
+#   4. a node cut off its network: rounds go on without it, and it rejoins
+#      (connected again, submits updates, installs newer versions).
+# Tears everything down (down -v --remove-orphans) on exit, bounded in time,
+# also on failure or timeout; on failure dumps every service's logs.
+#
+# Environment: FEDMESH_E2E_TIMEOUT (seconds, default 360),
+# CARGO_TARGET_DIR (binaries; default <repo>/target).
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+total="${FEDMESH_E2E_TIMEOUT:-360}"
+build=1
+[ "${1:-}" = "--no-build" ] && build=0
+
+if docker compose version >/dev/null 2>&1; then
+  compose_bin=(docker compose)
+elif command -v docker-compose >/dev/null; then
+  compose_bin=(docker-compose)
+else
+  echo "error: neither 'docker compose' nor docker-compose is installed" >&2
+  exit 1
+fi
+for tool in docker curl python3 timeout; do
+  command -v "$tool" >/dev/null || { echo "error: $tool not found" >&2; exit 1; }
+done
+
+project="fedmesh-e2e-$(date +%s)-$$"
+export FEDMESH_ATTACK_WARMUP="${FEDMESH_ATTACK_WARMUP:-100}"
+export FEDMESH_ATTACK_ON="${FEDMESH_ATTACK_ON:-150}"
+export FEDMESH_ATTACK_OFF="${FEDMESH_ATTACK_OFF:-60}"
+start_s=$SECONDS
+compose() { timeout 120 "${compose_bin[@]}" -p "$project" -f "$here/docker-compose.yml" "$@"; }
+log() { printf '[e2e %4ds] %s\n' "$((SECONDS - start_s))" "$*"; }
+fail() { log "FAIL: $*"; exit 1; }
+
+status_ok=0
+teardown() {
+  local rc=$?
+  trap - EXIT INT TERM
+  [ -n "${watchdog:-}" ] && kill "$watchdog" 2>/dev/null || true
+  if [ "$rc" -ne 0 ] && [ "${up:-0}" = 1 ]; then
+    log "failed (exit $rc): logs of every service follow"
+    timeout 60 "${compose_bin[@]}" -p "$project" -f "$here/docker-compose.yml" \
+      logs --no-color --tail 150 2>&1 || true
+  fi
+  if [ "${up:-0}" = 1 ]; then
+    log "tearing down $project"
+    timeout 120 "${compose_bin[@]}" -p "$project" -f "$here/docker-compose.yml" \
+      down -v --remove-orphans -t 5 >/dev/null 2>&1 \
+      || log "warning: teardown of $project did not finish cleanly"
+  fi
+  log "done in $((SECONDS - start_s)) s: $([ "$rc" -eq 0 ] && echo PASS || echo FAIL)"
+  exit "$rc"
+}
+trap teardown EXIT
+trap 'log "interrupted"; exit 130' INT
+trap 'log "timed out after ${total}s"; exit 124' TERM
+( sleep "$total" && kill -TERM $$ ) 2>/dev/null &
+watchdog=$!
+
+if [ "$build" = 1 ]; then
+  log "building images"
+  timeout 300 "$here/../build-images.sh" --from-target "${CARGO_TARGET_DIR:-$repo/target}"
+fi
+
+cid() { compose ps -q "$1"; }
+status_url=""
+refresh_url() {
+  local p
+  p="$(compose port coordinator 9464 2>/dev/null | tail -1)"
+  status_url="http://${p}"
+}
+# json EXPR: evaluates EXPR on the acme tenant's /status (t), prints it.
+json() {
+  curl -fsS --max-time 5 "$status_url/status" 2>/dev/null | python3 -c '
+import json, sys
+t = next(x for x in json.load(sys.stdin) if x["tenant"] == "acme")
+v = eval(sys.argv[1])
+print(" ".join(v) if isinstance(v, list) else ("" if v is None else v))' "$1"
+}
+version() { json 't["version"] or 0' || echo -1; }
+connected() { json 't["connected"]' || true; }
+# wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND every 2 s.
+wait_for() {
+  local limit=$1 what=$2; shift 2
+  local until=$((SECONDS + limit))
+  while ! "$@"; do
+    [ "$SECONDS" -lt "$until" ] || fail "$what: not within ${limit}s"
+    sleep 2
+  done
+}
+node_log() { docker logs "$(cid "$1")" 2>&1 >/dev/null | sed 's/\x1b\[[0-9;]*m//g'; }
+# alerts NODE: the node's alert JSON lines (its stdout).
+alerts() { docker logs "$(cid "$1")" 2>/dev/null | grep '^{' || true; }
+alerts_for() { # alerts_for NODE FULL_ID -> count
+  alerts "$1" | python3 -c '
+import json, sys
+n = 0
+for line in sys.stdin:
+    try: a = json.loads(line)
+    except ValueError: continue
+    if a.get("container") and sys.argv[1].startswith(a["container"]): n += 1
+print(n)' "$2"
+}
+
+log "starting $project (${compose_bin[*]})"
+up=1
+compose up -d >/dev/null
+pki_rc="$(docker inspect --format '{{.State.ExitCode}}' "$(cid pki)")"
+[ "$pki_rc" = 0 ] || fail "pki job exited with $pki_rc"
+refresh_url
+log "coordinator status at $status_url/status"
+
+# 1. Rounds advance.
+three_connected() { [ "$(connected | wc -w)" -eq 3 ]; }
+wait_for 90 "three nodes connected" three_connected
+log "connected: $(connected)"
+at_least() { [ "$(version)" -ge "$1" ]; }
+wait_for 120 "first committed version" at_least 1
+v0="$(version)"
+wait_for 90 "two more versions after v$v0" at_least $((v0 + 2))
+log "rounds advance: v$v0 -> v$(version)"
+
+# 2. Kill the coordinator: no committed version lost, training resumes.
+v_kill="$(version)"
+docker kill -s KILL "$(cid coordinator)" >/dev/null
+log "coordinator killed (last seen v$v_kill)"
+vol="${project}_coordinator-data"
+audit="$(timeout 60 docker run --rm --network none -v "$vol:/var/lib/fedmesh" \
+  "fedmesh-coordinator:${FEDMESH_TAG:-dev}" audit-verify --data-dir /var/lib/fedmesh 2>&1)" \
+  || fail "audit-verify of the killed coordinator's store: $audit"
+log "stopped store: $audit"
+n_audit="$(printf '%s' "$audit" | sed -n 's/.*OK (\([0-9]*\) versions).*/\1/p')"
+[ -n "$n_audit" ] && [ "$n_audit" -ge "$v_kill" ] \
+  || fail "audit chain holds ${n_audit:-no} versions, coordinator had committed v$v_kill"
+compose start coordinator >/dev/null
+refresh_url
+reachable() { [ "$(version)" -ge 0 ]; }
+wait_for 60 "coordinator back" reachable
+v_back="$(version)"
+[ "$v_back" -eq "$n_audit" ] || fail "restarted at v$v_back, store had v$n_audit"
+log "coordinator restarted at v$v_back (= audit chain head), status at $status_url"
+wait_for 120 "a new version after the restart" at_least $((v_back + 1))
+log "training resumed: v$(version)"
+
+# 3. The misbehaving container is flagged by its node; benign ones are not.
+bad="$(cid misbehave-a)"
+attack_started() { docker logs "$bad" 2>/dev/null | grep -q '^attack start'; }
+wait_for $((FEDMESH_ATTACK_WARMUP + 60)) "misbehave-a attack start" attack_started
+log "misbehave-a ($(printf %.12s "$bad")) started misbehaving"
+flagged() { [ "$(alerts_for node-a "$bad")" -gt 0 ]; }
+wait_for 60 "node-a alert for misbehave-a" flagged
+sleep 6
+log "node-a flagged misbehave-a $(alerts_for node-a "$bad") times;" \
+  "node-b $(alerts_for node-b "$bad"), node-c $(alerts_for node-c "$bad")"
+alerts node-a | grep -m1 "\"$(printf %.12s "$bad")\"" | sed 's/^/  alert: /'
+benign_total=0
+for svc in web-a job-a web-b job-b web-c job-c; do
+  id="$(cid "$svc")"
+  for n in node-a node-b node-c; do
+    c="$(alerts_for "$n" "$id")"
+    if [ "$c" -gt 0 ]; then
+      log "benign $svc flagged $c times by $n"
+      benign_total=$((benign_total + c))
+    fi
+  done
+done
+[ "$benign_total" -eq 0 ] || fail "benign workloads were flagged $benign_total times"
+log "no benign workload flagged by any node"
+
+# 4. Cut node-c off its network: rounds go on; it rejoins when reconnected.
+net="${project}_cluster-c"
+nc_id="$(cid node-c)"
+docker network disconnect "$net" "$nc_id"
+v_cut="$(version)"
+log "node-c disconnected from cluster-c at v$v_cut"
+gone() { ! connected | grep -qw node-c; }
+wait_for 60 "coordinator noticing node-c is gone" gone
+v_gone="$(version)"
+wait_for 90 "two versions without node-c" at_least $((v_gone + 2))
+v_partition="$(version)"
+log "rounds go on without node-c: v$v_gone -> v$v_partition (connected: $(connected))"
+docker network connect --alias node-c "$net" "$nc_id"
+log "node-c reconnected"
+back() { connected | grep -qw node-c; }
+wait_for 60 "node-c rejoining" back
+installed_newer() {
+  node_log node-c | sed -n 's/.*installed global model.*version=\([0-9]*\).*/\1/p' \
+    | awk -v v="$v_partition" '$1 > v {f=1} END {exit !f}'
+}
+wait_for 90 "node-c installing a version newer than v$v_partition" installed_newer
+log "node-c rejoined: connected ($(connected)), installed a version > v$v_partition"
+
+log "all checks passed (final version v$(version))"
