@@ -7,7 +7,8 @@
 #                             behaves like `job URL 2` for WARMUP seconds,
 #                             then repeatedly misbehaves for ON seconds
 #                             (one CPU burner and four loops opening TCP
-#                             connections to its network's gateway) and
+#                             connections to its network's gateway, on top
+#                             of its benign fetches) and
 #                             rests OFF seconds. Prints "attack start" /
 #                             "attack stop" lines with Unix times.
 #   idle                      sleeps
@@ -39,7 +40,9 @@ case "$mode" in
     while [ "$(date +%s)" -lt "$end" ]; do fetch "$url"; sleep 2; done
     while :; do
       echo "attack start $(date +%s)"
-      pids=""
+      # The benign fetches go on, so the web server sees no change.
+      (while :; do fetch "$url"; sleep 2; done) &
+      pids="$!"
       (while :; do :; done) & pids="$pids $!"
       for k in 1 2 3 4; do
         (while :; do echo x | nc -w 1 "${gw:-127.0.0.1}" 9 >/dev/null 2>&1; done) &
