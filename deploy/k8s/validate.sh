@@ -17,9 +17,17 @@ kv_version="1.37.0"   # kubernetes-validate release (schemas up to 1.37)
 kubectl="${KUBECTL:-kubectl}"
 
 command -v "$kubectl" >/dev/null || {
-  echo "error: kubectl not found (Debian: apt-get install kubernetes-client; or set KUBECTL)" >&2
+  echo "error: kubectl not found: install kubectl 1.21+ (https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/) or set KUBECTL" >&2
   exit 1
 }
+# `labels` and inline `patches` need kustomize v4+ (kubectl 1.21+);
+# Debian bookworm's kubernetes-client (1.20, kustomize v2) is too old.
+kv="$("$kubectl" version --client 2>/dev/null | sed -n 's/^Kustomize Version: v\([0-9]*\).*/\1/p')"
+if [ -z "$kv" ] || [ "$kv" -lt 4 ]; then
+  echo "error: $kubectl has kustomize ${kv:+v$kv}${kv:-of unknown version}; v4+ (kubectl 1.21+) is needed" \
+    "(https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/)" >&2
+  exit 1
+fi
 command -v python3 >/dev/null || { echo "error: python3 not found" >&2; exit 1; }
 
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/fedmesh"
