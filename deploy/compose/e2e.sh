@@ -76,7 +76,8 @@ watchdog=$!
 
 if [ "$build" = 1 ]; then
   log "building images"
-  timeout 300 "$here/../build-images.sh" --from-target "${CARGO_TARGET_DIR:-$repo/target}"
+  timeout 300 "$here/../build-images.sh" --from-target "${CARGO_TARGET_DIR:-$repo/target}" \
+    --tag "${FEDMESH_TAG:-dev}"
 fi
 
 declare -A ids=()

@@ -2,9 +2,10 @@
 # Demo workloads for the compose mesh (image fedmesh-workload, busybox).
 #
 #   web PORT                  busybox httpd serving a small page
-#   job URL SECONDS           every SECONDS: fetch URL and checksum it
+#   job URL SECONDS           every SECONDS (fractions allowed): fetch URL
+#                             and checksum it
 #   misbehave URL WARMUP ON OFF
-#                             behaves like `job URL 2` for WARMUP seconds,
+#                             behaves like `job URL 0.5` for WARMUP seconds,
 #                             then repeatedly misbehaves for ON seconds
 #                             (one CPU burner and four loops opening TCP
 #                             connections to its network's gateway, on top
@@ -37,11 +38,11 @@ case "$mode" in
     gw="$(ip route 2>/dev/null | awk '/^default/ {print $3; exit}')"
     echo "misbehave: benign for ${warmup}s, then ${on}s on / ${off}s off against gateway ${gw:-none}"
     end=$(( $(date +%s) + warmup ))
-    while [ "$(date +%s)" -lt "$end" ]; do fetch "$url"; sleep 2; done
+    while [ "$(date +%s)" -lt "$end" ]; do fetch "$url"; sleep 0.5; done
     while :; do
       echo "attack start $(date +%s)"
       # The benign fetches go on, so the web server sees no change.
-      (while :; do fetch "$url"; sleep 2; done) &
+      (while :; do fetch "$url"; sleep 0.5; done) &
       pids="$!"
       (while :; do :; done) & pids="$pids $!"
       for k in 1 2 3 4; do
@@ -53,7 +54,7 @@ case "$mode" in
       wait 2>/dev/null
       echo "attack stop $(date +%s)"
       end=$(( $(date +%s) + off ))
-      while [ "$(date +%s)" -lt "$end" ]; do fetch "$url"; sleep 2; done
+      while [ "$(date +%s)" -lt "$end" ]; do fetch "$url"; sleep 0.5; done
     done
     ;;
   idle)
