@@ -402,7 +402,7 @@ stdout = true
     );
     for a in all.iter().filter(|a| attacker_id.starts_with(&a.container)) {
         println!(
-            "  attacker alert score {:.2} > {:.2}: {:?}",
+            "  attacker alert score {:?} > {:?}: {:?}",
             a.score, a.threshold, a.top_features
         );
     }
