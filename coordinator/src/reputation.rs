@@ -541,9 +541,8 @@ mod tests {
     #[test]
     fn persistent_attacker_is_quarantined_then_released_after_probation() {
         let mut rep = Reputation::new(ReputationConfig::default());
-        let mut version = 1;
         let mut quarantined_at = None;
-        for _ in 0..10 {
+        for version in 1..=10u64 {
             let d = rep.observe_round(
                 version,
                 &[
@@ -555,7 +554,6 @@ mod tests {
                 quarantined_at = Some(version);
                 break;
             }
-            version += 1;
         }
         // ln(0.8/0.05) = 2.77 per flag with decay 0.9: quarantined on the 3rd.
         assert_eq!(quarantined_at, Some(3));

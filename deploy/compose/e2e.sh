@@ -45,6 +45,9 @@ project="fedmesh-e2e-$(date +%s)-$$"
 export FEDMESH_ATTACK_WARMUP="${FEDMESH_ATTACK_WARMUP:-120}"
 export FEDMESH_ATTACK_ON="${FEDMESH_ATTACK_ON:-150}"
 export FEDMESH_ATTACK_OFF="${FEDMESH_ATTACK_OFF:-60}"
+# The nodes run as uid 65534 and read the Docker socket for container names.
+DOCKER_GID="$(stat -c %g /var/run/docker.sock)"
+export DOCKER_GID
 start_s=$SECONDS
 compose() { timeout 120 "${compose_bin[@]}" -p "$project" -f "$here/docker-compose.yml" "$@"; }
 log() { printf '[e2e %4ds] %s\n' "$((SECONDS - start_s))" "$*"; }
@@ -202,6 +205,19 @@ attack_ms="$(docker logs "$bad" 2>/dev/null | sed -n 's/^attack start \([0-9]*\)
 log "misbehave-a ($(printf %.12s "$bad")) started misbehaving"
 flagged() { [ "$(alerts_for node-a "$bad" "$attack_ms")" -gt 0 ]; }
 wait_for 60 "node-a alert for misbehave-a" flagged
+# The alert names the container as Docker knows it (node's [docker] identity).
+named="$(alerts node-a | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: a = json.loads(line)
+    except ValueError: continue
+    if a.get("container") and sys.argv[1].startswith(a["container"]) and a.get("container_name"):
+        print(a["container_name"], a.get("image", "")); break
+' "$bad")"
+case "$named" in
+  *misbehave-a*fedmesh-workload*) log "alert names the container: $named" ;;
+  *) fail "node-a's alert for misbehave-a carries no Docker name/image (got: '$named')" ;;
+esac
 sleep 10
 # One snapshot of every node's alerts, then counts per (node, container):
 # before the attack started and since.

@@ -150,26 +150,6 @@ impl ClientRound {
         Ok(())
     }
 
-    fn check_binding(
-        &self,
-        tenant: &crate::TenantId,
-        round: u64,
-        bucket: u32,
-    ) -> Result<(), SecAggError> {
-        if tenant != self.params.tenant()
-            || round != self.params.round()
-            || bucket != self.params.bucket()
-        {
-            return Err(SecAggError::Binding(format!(
-                "message for {tenant}/round {round}/bucket {bucket}, this is {}/round {}/bucket {}",
-                self.params.tenant(),
-                self.params.round(),
-                self.params.bucket()
-            )));
-        }
-        Ok(())
-    }
-
     /// Round 0: this node's signed key advertisement (deterministic; may be resent).
     pub fn advertise(&self, signer: &CertSigner) -> Result<KeyAdvert, SecAggError> {
         check_signer(signer, self.params.tenant(), &self.me)?;
@@ -203,7 +183,7 @@ impl ClientRound {
         let my_commit = keys::seed_commitment(self.self_seed.expose());
         let mut peers = BTreeMap::new();
         for a in adverts {
-            self.check_binding(&a.tenant, a.round, a.bucket)?;
+            self.params.check_binding(&a.tenant, a.round, a.bucket)?;
             if self.params.index_of(&a.node).is_none() {
                 return Err(SecAggError::Protocol {
                     node: a.node.clone(),
@@ -327,7 +307,7 @@ impl ClientRound {
         self.expect(Stage::SharesSent, "receive_shares")?;
         let mut got: BTreeMap<NodeId, HeldShare> = BTreeMap::new();
         for s in shares {
-            self.check_binding(&s.tenant, s.round, s.bucket)?;
+            self.params.check_binding(&s.tenant, s.round, s.bucket)?;
             if s.dst != self.me {
                 return Err(SecAggError::Binding(format!(
                     "share addressed to {}",
@@ -463,7 +443,8 @@ impl ClientRound {
     ) -> Result<UnmaskResponse, SecAggError> {
         self.expect(Stage::Masked, "unmask")?;
         check_signer(signer, self.params.tenant(), &self.me)?;
-        self.check_binding(&request.tenant, request.round, request.bucket)?;
+        self.params
+            .check_binding(&request.tenant, request.round, request.bucket)?;
         let survivors: BTreeSet<&NodeId> = request.survivors.iter().collect();
         let dropped: BTreeSet<&NodeId> = request.dropped.iter().collect();
         if let Some(both) = survivors.intersection(&dropped).next() {

@@ -92,6 +92,22 @@ impl BucketParams {
         Ok(params)
     }
 
+    /// Refuses a message bound to another tenant, round or bucket.
+    pub(crate) fn check_binding(
+        &self,
+        tenant: &TenantId,
+        round: u64,
+        bucket: u32,
+    ) -> Result<(), SecAggError> {
+        if *tenant != self.tenant || round != self.round || bucket != self.bucket {
+            return Err(SecAggError::Binding(format!(
+                "message for {tenant}/round {round}/bucket {bucket}, this is {}/round {}/bucket {}",
+                self.tenant, self.round, self.bucket
+            )));
+        }
+        Ok(())
+    }
+
     /// Tenant of the round.
     pub fn tenant(&self) -> &TenantId {
         &self.tenant

@@ -142,26 +142,6 @@ impl BucketUnmasker {
         &self.params
     }
 
-    fn check_binding(
-        &self,
-        tenant: &crate::TenantId,
-        round: u64,
-        bucket: u32,
-    ) -> Result<(), SecAggError> {
-        if tenant != self.params.tenant()
-            || round != self.params.round()
-            || bucket != self.params.bucket()
-        {
-            return Err(SecAggError::Binding(format!(
-                "message for {tenant}/round {round}/bucket {bucket}, this is {}/round {}/bucket {}",
-                self.params.tenant(),
-                self.params.round(),
-                self.params.bucket()
-            )));
-        }
-        Ok(())
-    }
-
     fn member(&self, node: &NodeId) -> Result<(), SecAggError> {
         if self.params.index_of(node).is_none() {
             return Err(SecAggError::Protocol {
@@ -181,7 +161,8 @@ impl BucketUnmasker {
         if self.adverts_closed {
             return Err(state("adverts closed", "advert after close_adverts"));
         }
-        self.check_binding(&advert.tenant, advert.round, advert.bucket)?;
+        self.params
+            .check_binding(&advert.tenant, advert.round, advert.bucket)?;
         self.member(&advert.node)?;
         if self.adverts.contains_key(&advert.node) {
             return Err(SecAggError::Protocol {
@@ -241,7 +222,7 @@ impl BucketUnmasker {
         }
         let mut dsts = BTreeSet::new();
         for s in &shares {
-            self.check_binding(&s.tenant, s.round, s.bucket)?;
+            self.params.check_binding(&s.tenant, s.round, s.bucket)?;
             let bad = if &s.src != src {
                 Some("share names another sender")
             } else if s.dst == *src || !self.adverts.contains_key(&s.dst) {
@@ -313,7 +294,8 @@ impl BucketUnmasker {
         if !self.shares_closed || self.request.is_some() {
             return Err(state("not collecting", "masked input outside round 2"));
         }
-        self.check_binding(&input.tenant, input.round, input.bucket)?;
+        self.params
+            .check_binding(&input.tenant, input.round, input.bucket)?;
         if input.model_version != self.params.model_version() {
             return Err(SecAggError::Binding(format!(
                 "update from {} trained on model version {}, the round uses {}",
@@ -397,7 +379,8 @@ impl BucketUnmasker {
             .request
             .as_ref()
             .ok_or_else(|| state("collecting", "response before unmask_request"))?;
-        self.check_binding(&response.tenant, response.round, response.bucket)?;
+        self.params
+            .check_binding(&response.tenant, response.round, response.bucket)?;
         if !self.masked.contains_key(&response.node) {
             return Err(SecAggError::Protocol {
                 node: response.node.clone(),
