@@ -162,15 +162,20 @@ audit="$(timeout 60 docker run --rm --network none -v "$vol:/var/lib/fedmesh" \
   || fail "audit-verify of the killed coordinator's store: $audit"
 log "stopped store: $audit"
 n_audit="$(printf '%s' "$audit" | sed -n 's/.*OK (\([0-9]*\) versions).*/\1/p')"
-[ -n "$n_audit" ] && [ "$n_audit" -ge "$v_kill" ] \
-  || fail "audit chain holds ${n_audit:-no} versions, coordinator had committed v$v_kill"
+# The chain holds v0..vHEAD.
+[ -n "$n_audit" ] || fail "audit-verify printed no version count: $audit"
+head=$((n_audit - 1))
+[ "$head" -ge "$v_kill" ] \
+  || fail "audit chain ends at v$head, coordinator had committed v$v_kill"
 out="$(compose start coordinator 2>&1)" || { printf '%s\n' "$out"; fail "compose start coordinator"; }
 refresh_url
 reachable() { [ "$(version)" -ge 0 ]; }
 wait_for 60 "coordinator back" reachable
 v_back="$(version)"
-[ "$v_back" -eq "$n_audit" ] || fail "restarted at v$v_back, store had v$n_audit"
-log "coordinator restarted at v$v_back (= audit chain head), status at $status_url"
+# Resumed from the chain head (one round may already have committed on top).
+{ [ "$v_back" -eq "$head" ] || [ "$v_back" -eq $((head + 1)) ]; } \
+  || fail "restarted at v$v_back, the store's chain ended at v$head"
+log "coordinator restarted at v$v_back (chain head v$head), status at $status_url"
 wait_for 120 "a new version after the restart" at_least $((v_back + 1))
 log "training resumed: v$(version)"
 
@@ -264,5 +269,13 @@ while read -r n svc before since; do
 done <<< "$table"
 [ "$benign_total" -eq 0 ] || fail "benign workloads were flagged $benign_total times during the attack"
 log "no benign workload flagged by any node during the attack"
+# fedmesh's own containers are excluded by image ([alerts] ignore).
+own=0
+for svc in coordinator node-a node-b node-c; do
+  c="$(cid "$svc")"
+  for n in node-a node-b node-c; do own=$((own + $(alerts_for "$n" "$c"))); done
+done
+[ "$own" -eq 0 ] || fail "fedmesh's own containers were alerted on $own times despite [alerts] ignore"
+log "no alert on fedmesh's own containers (ignored by image)"
 
 log "all checks passed (final version v$(version))"

@@ -311,6 +311,31 @@ pub struct AlertPipeline {
     sinks: AlertSinks,
     identity: Option<crate::docker::IdentityCache>,
     responses: Option<tokio::sync::mpsc::Sender<Alert>>,
+    ignore: Vec<String>,
+}
+
+/// Whether `value` matches `pattern` (exact, or a prefix ending in `*`).
+fn matches(pattern: &str, value: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => value.starts_with(prefix),
+        None => value == pattern,
+    }
+}
+
+impl Alert {
+    /// Whether any pattern names this alert's container (id, name without
+    /// Docker's leading `/`, or image).
+    pub fn is_ignored(&self, patterns: &[String]) -> bool {
+        let name = self
+            .container_name
+            .as_deref()
+            .map(|n| n.trim_start_matches('/'));
+        patterns.iter().any(|p| {
+            matches(p, &self.container)
+                || name.is_some_and(|n| matches(p, n))
+                || self.image.as_deref().is_some_and(|i| matches(p, i))
+        })
+    }
 }
 
 impl AlertPipeline {
@@ -321,7 +346,15 @@ impl AlertPipeline {
             sinks,
             identity: None,
             responses: None,
+            ignore: Vec::new(),
         }
+    }
+
+    /// Alerts for these containers (ids, names, images; `*` suffix for a
+    /// prefix) are dropped before the sinks and responses.
+    pub fn with_ignore(mut self, patterns: Vec<String>) -> Self {
+        self.ignore = patterns;
+        self
     }
 
     /// Names containers from this cache.
@@ -372,7 +405,8 @@ impl AlertPipeline {
         tenant: &str,
         node: &str,
     ) -> Vec<Alert> {
-        let all = self.collect(events, model_alerts, tenant, node);
+        let mut all = self.collect(events, model_alerts, tenant, node);
+        all.retain(|a| !a.is_ignored(&self.ignore));
         for a in &all {
             if let Err(e) = self.sinks.emit(a) {
                 warn!(error = %e, alert = %a.id, "alert sink failed");
@@ -410,6 +444,23 @@ mod tests {
         assert_eq!(a.severity, Severity::High);
         let low = Alert::model(10, "t", "n", "c", 1.5, 1.0, None, vec![]);
         assert_eq!(low.severity, Severity::Medium);
+    }
+
+    #[test]
+    fn ignore_patterns_match_id_name_and_image() {
+        let mut a = Alert::model(10, "t", "n", "3f2a9c000001", 2.0, 1.0, None, vec![]);
+        assert!(a.is_ignored(&["3f2a9c000001".into()]));
+        assert!(!a.is_ignored(&["fedmesh-*".into()]), "no name known yet");
+        a.set_identity(&ContainerInfo {
+            id: "3f2a9c000001".into(),
+            name: Some("/mesh_node-a_1".into()),
+            image: Some("fedmesh-node:dev".into()),
+            ..Default::default()
+        });
+        assert!(a.is_ignored(&["fedmesh-*".into()]));
+        assert!(a.is_ignored(&["mesh_node-a_1".into()]));
+        assert!(!a.is_ignored(&["fedmesh".into(), "web-*".into()]));
+        assert!(!a.is_ignored(&[]));
     }
 
     #[test]

@@ -220,6 +220,12 @@ pub struct AlertConfig {
     /// on-disk outbox.
     #[serde(default)]
     pub webhook: Option<crate::webhook::WebhookConfig>,
+    /// Containers whose alerts are not emitted (still scored): container
+    /// ids, names or images, exact or a prefix ending in `*` — e.g. the
+    /// monitoring stack itself (`"fedmesh-*"`). Names and images need
+    /// `[docker]`.
+    #[serde(default)]
+    pub ignore: Vec<String>,
 }
 
 fn d_true() -> bool {
@@ -232,6 +238,7 @@ impl Default for AlertConfig {
             stdout: true,
             file: None,
             webhook: None,
+            ignore: Vec::new(),
         }
     }
 }

@@ -283,9 +283,13 @@ impl DockerClient {
         Ok(resp.body)
     }
 
-    /// `GET /containers/json`: running containers.
+    /// `GET /containers/json?all=1`: every container, stopped ones too, so
+    /// a container that is restarted (same id) keeps its name in the cache
+    /// while it comes back.
     pub async fn list_containers(&self) -> Result<Vec<ContainerInfo>, DockerError> {
-        let body = self.call(Method::GET, "/containers/json", None).await?;
+        let body = self
+            .call(Method::GET, "/containers/json?all=1", None)
+            .await?;
         parse_container_list(&body)
     }
 

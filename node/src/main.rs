@@ -319,7 +319,7 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
         tasks.push(tokio::spawn(run_delivery(outbox, hook, stop_rx.clone())));
     }
     let rules = RuleEngine::new(&cfg.rules).with_counters(ops.rule_hits.clone());
-    let mut pipeline = AlertPipeline::new(rules, sinks);
+    let mut pipeline = AlertPipeline::new(rules, sinks).with_ignore(cfg.alerts.ignore.clone());
     let docker = cfg
         .docker
         .as_ref()
