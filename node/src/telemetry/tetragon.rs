@@ -214,18 +214,7 @@ fn detail(process: &Value, args: &[Value], kind: KernelEventKind) -> Option<Box<
             .map(|n| super::ptrace_request_name(n).map_or_else(|| n.to_string(), str::to_string)),
         _ => None,
     };
-    let path = args.iter().find_map(|a| {
-        field(a, "file_arg")
-            .or_else(|| field(a, "path_arg"))
-            .and_then(|f| field(f, "path"))
-            .and_then(Value::as_str)
-            .or_else(|| {
-                field(a, "string_arg")
-                    .and_then(Value::as_str)
-                    .filter(|s| s.starts_with('/'))
-            })
-            .map(str::to_string)
-    });
+    let path = arg_path(args).map(str::to_string);
     KernelDetail {
         process: field(process, "binary")
             .and_then(Value::as_str)
@@ -320,21 +309,24 @@ fn destination(args: &[Value]) -> Result<(std::net::IpAddr, u16), ParseError> {
     Err(ParseError::MissingField("sock_arg"))
 }
 
+/// The first path among a kprobe's arguments: a `file_arg`/`path_arg`
+/// path, or an absolute `string_arg`.
+fn arg_path(args: &[Value]) -> Option<&str> {
+    args.iter().find_map(|a| {
+        field(a, "file_arg")
+            .or_else(|| field(a, "path_arg"))
+            .and_then(|f| field(f, "path"))
+            .and_then(Value::as_str)
+            .or_else(|| {
+                field(a, "string_arg")
+                    .and_then(Value::as_str)
+                    .filter(|s| s.starts_with('/'))
+            })
+    })
+}
+
 fn file_kind(args: &[Value], mask_arg: bool) -> Result<KernelEventKind, ParseError> {
-    let path = args
-        .iter()
-        .find_map(|a| {
-            field(a, "file_arg")
-                .or_else(|| field(a, "path_arg"))
-                .and_then(|f| field(f, "path"))
-                .and_then(Value::as_str)
-                .or_else(|| {
-                    field(a, "string_arg")
-                        .and_then(Value::as_str)
-                        .filter(|s| s.starts_with('/'))
-                })
-        })
-        .ok_or(ParseError::MissingField("file_arg"))?;
+    let path = arg_path(args).ok_or(ParseError::MissingField("file_arg"))?;
     let write = if mask_arg {
         args.iter()
             .find_map(|a| field(a, "int_arg").and_then(lenient_u64))
