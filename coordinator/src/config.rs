@@ -174,6 +174,147 @@ pub struct TenantConfig {
     /// Reputation and quarantine (`[tenants.reputation]`).
     #[serde(default)]
     pub reputation: crate::reputation::ReputationConfig,
+    /// Secure aggregation in random buckets (`[tenants.secure]`).
+    #[serde(default)]
+    pub secure: SecureConfig,
+}
+
+/// Secure aggregation settings of a tenant (`[tenants.secure]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecureConfig {
+    /// Bucket size k: participants are shuffled into buckets of k (the
+    /// remainder joins the last bucket) and the coordinator only unmasks
+    /// bucket sums. 1 = no masking (updates travel in plaintext over TLS).
+    #[serde(default = "d_bucket_size")]
+    pub bucket_size: usize,
+    /// Smallest bucket a node accepts (default: `bucket_size`).
+    #[serde(default)]
+    pub min_bucket_size: Option<usize>,
+    /// Clip norm C: nodes clip their update to it before quantizing; the
+    /// coordinator rejects buckets whose mean could not come from clipped
+    /// updates.
+    #[serde(default = "d_clip_norm")]
+    pub clip_norm: f64,
+    /// Fixed-point scale of the quantization into `Z_{2^32}`.
+    #[serde(default = "d_quant_scale")]
+    pub quant_scale: f64,
+    /// Distributed DP: noise multiplier z (the bucket sum carries discrete
+    /// Gaussian noise of standard deviation z·C). Off when absent.
+    #[serde(default)]
+    pub noise_multiplier: Option<f64>,
+    /// δ for the reported (ε, δ).
+    #[serde(default = "d_dp_delta")]
+    pub dp_delta: f64,
+    /// Deadline of each key-exchange and unmasking phase, milliseconds
+    /// (the masked-update phase uses `round_timeout_ms`).
+    #[serde(default = "d_phase_timeout")]
+    pub phase_timeout_ms: u64,
+    /// Optional bound on a bucket mean's norm, stricter than C.
+    #[serde(default)]
+    pub max_bucket_mean_norm: Option<f64>,
+}
+
+impl Default for SecureConfig {
+    fn default() -> Self {
+        Self {
+            bucket_size: d_bucket_size(),
+            min_bucket_size: None,
+            clip_norm: d_clip_norm(),
+            quant_scale: d_quant_scale(),
+            noise_multiplier: None,
+            dp_delta: d_dp_delta(),
+            phase_timeout_ms: d_phase_timeout(),
+            max_bucket_mean_norm: None,
+        }
+    }
+}
+
+impl SecureConfig {
+    /// Whether updates are masked (k > 1).
+    pub fn masked(&self) -> bool {
+        self.bucket_size > 1
+    }
+
+    /// The smallest acceptable bucket.
+    pub fn min_bucket(&self) -> usize {
+        self.min_bucket_size.unwrap_or(self.bucket_size)
+    }
+
+    /// Everything wrong with these settings.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let k = self.bucket_size;
+        // Buckets hold k..2k−1 members; the extra words must not wrap.
+        let max_k = fedmesh_proto::secure::MAX_EXTRA_MEMBERS.div_ceil(2);
+        if k == 0 || k > max_k {
+            out.push(format!("bucket_size must be in 1..={max_k}, got {k}"));
+        }
+        let min = self.min_bucket();
+        if k > 1 && !(2..=k).contains(&min) {
+            out.push(format!(
+                "min_bucket_size must be in 2..=bucket_size ({k}), got {min}"
+            ));
+        }
+        if !(self.clip_norm.is_finite() && self.clip_norm > 0.0) {
+            out.push("clip_norm must be a positive number".into());
+        }
+        if !(self.quant_scale.is_finite() && self.quant_scale >= 1.0) {
+            out.push("quant_scale must be at least 1".into());
+        }
+        if let Some(z) = self.noise_multiplier
+            && !(z.is_finite() && z > 0.0)
+        {
+            out.push("noise_multiplier must be a positive number".into());
+        }
+        if !(self.dp_delta > 0.0 && self.dp_delta < 1.0) {
+            out.push("dp_delta must be in (0, 1)".into());
+        }
+        if self.phase_timeout_ms == 0 {
+            out.push("phase_timeout_ms must be positive".into());
+        }
+        if let Some(m) = self.max_bucket_mean_norm
+            && !(m.is_finite() && m > 0.0)
+        {
+            out.push("max_bucket_mean_norm must be a positive number".into());
+        }
+        if out.is_empty() && k > 1 {
+            let sigma = self.noise_multiplier.unwrap_or(0.0) * self.clip_norm * self.quant_scale;
+            match self.quant() {
+                Err(e) => out.push(e.to_string()),
+                Ok(q) => {
+                    if let Err(e) = q.check_bucket(2 * k - 1, sigma) {
+                        out.push(format!(
+                            "no quantization headroom for buckets of {} members: {e}",
+                            2 * k - 1
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The quantization these settings define.
+    pub fn quant(&self) -> Result<fedmesh_crypto::secagg::QuantConfig, fedmesh_crypto::secagg::SecAggError> {
+        fedmesh_crypto::secagg::QuantConfig::new(self.clip_norm, self.quant_scale)
+    }
+}
+
+fn d_bucket_size() -> usize {
+    1
+}
+fn d_clip_norm() -> f64 {
+    10.0
+}
+fn d_quant_scale() -> f64 {
+    65_536.0
+}
+fn d_dp_delta() -> f64 {
+    1e-5
+}
+fn d_phase_timeout() -> u64 {
+    10_000
 }
 
 fn d_min_nodes() -> usize {
@@ -307,6 +448,26 @@ impl CoordinatorConfig {
             }
             for p in t.reputation.problems() {
                 errs.push(format!("{at}: reputation: {p}"));
+            }
+            for p in t.secure.problems() {
+                errs.push(format!("{at}: secure: {p}"));
+            }
+            if t.secure.masked() {
+                // The rule runs over bucket means: as many as full buckets
+                // in a quorum of participants.
+                let buckets = (t.quorum / t.secure.bucket_size).max(1);
+                if let Err(e) = t.aggregation.check(buckets) {
+                    errs.push(format!(
+                        "{at}: aggregation over {buckets} bucket means (quorum {} / bucket_size {}): {e}",
+                        t.quorum, t.secure.bucket_size
+                    ));
+                }
+                if t.quorum < t.secure.bucket_size {
+                    errs.push(format!(
+                        "{at}: quorum = {} cannot fill one bucket of {}",
+                        t.quorum, t.secure.bucket_size
+                    ));
+                }
             }
             if !(t.server_lr.is_finite() && t.server_lr > 0.0) {
                 errs.push(format!("{at}: server_lr must be a positive number"));

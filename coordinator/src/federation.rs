@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fedmesh_crypto::{CertSigner, NodeId, TenantId};
+use fedmesh_crypto::{CertSigner, CertVerifier, NodeId, TenantId};
 use fedmesh_proto::v1;
 use prost::Message;
 use rand::SeedableRng;
@@ -26,7 +26,8 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::aggregate::{self, AggregateError};
 use crate::config::TenantConfig;
 use crate::metrics::Metrics;
-use crate::reputation::{Decision, Reputation, plaintext_evidence};
+use crate::reputation::{Decision, Evidence, Reputation, plaintext_evidence};
+use crate::secure_round::{Phase, SecureRound, SecureView};
 use crate::store::{AuditEntry, Store, StoreError};
 
 /// Refusals and failures of federation operations. The gRPC layer maps each
@@ -73,9 +74,15 @@ pub enum FedError {
         /// Round.
         round: u64,
     },
-    /// Wrong schema hash or shape or values.
+    /// Wrong schema hash or shape or values, or a secure-aggregation
+    /// message that breaks the protocol (attributable to the sender).
     #[error("invalid update: {0}")]
     Invalid(String),
+    /// A message that does not fit the round's current phase or mode (for
+    /// example a plaintext update in a securely aggregated round, or an
+    /// advert after the advert phase closed).
+    #[error("{0}")]
+    Phase(String),
     /// The requested model version is not stored.
     #[error("model version {0} not found")]
     UnknownVersion(u64),
@@ -135,6 +142,8 @@ pub struct OpenInfo {
     pub deadline_unix_ms: i64,
     /// Local training parameters.
     pub training: v1::TrainingParams,
+    /// Secure aggregation state (bucket size k > 1).
+    pub secure: Option<Arc<SecureView>>,
 }
 
 impl RoundStatus {
@@ -152,6 +161,7 @@ impl RoundStatus {
                 selected: o.selected.contains(node) || o.shadow.contains(node),
                 deadline_unix_ms: o.deadline_unix_ms,
                 training: Some(o.training),
+                secure: o.secure.as_ref().map(|v| v.for_node(node)),
             }),
             RoundStatus::Committed { round, version } => Event::Committed(v1::ModelCommitted {
                 round: *round,
@@ -189,6 +199,26 @@ pub struct RoundSummary {
     pub quarantined: usize,
     /// Time from opening to commit.
     pub duration: Duration,
+    /// Secure aggregation facts, when the round was masked.
+    pub secure: Option<SecureSummary>,
+}
+
+/// What a securely aggregated round did with its buckets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecureSummary {
+    /// Bucket size k.
+    pub bucket_size: usize,
+    /// Buckets formed.
+    pub buckets: usize,
+    /// Buckets that lost too many members (no sum).
+    pub dropped: usize,
+    /// Buckets refused by the norm gate.
+    pub rejected: usize,
+    /// Buckets the rule left out.
+    pub excluded: usize,
+    /// Cumulative ε of distributed DP after this version (q = 1, no
+    /// subsampling amplification claimed), when DP is on.
+    pub epsilon: Option<f64>,
 }
 
 /// A validated update, ready for aggregation.
@@ -216,6 +246,7 @@ struct OpenRound {
     info: Arc<OpenInfo>,
     started: tokio::time::Instant,
     updates: BTreeMap<NodeId, ValidUpdate>,
+    secure: Option<SecureRound>,
 }
 
 struct Inner {
@@ -245,6 +276,7 @@ pub struct Federation {
     param_count: usize,
     store: Store,
     signer: Arc<CertSigner>,
+    verifier: CertVerifier,
     inner: Mutex<Inner>,
     status: watch::Sender<RoundStatus>,
     summaries: broadcast::Sender<RoundSummary>,
@@ -268,12 +300,14 @@ pub fn decode_signed(bytes: &[u8]) -> Result<(v1::SignedModel, v1::GlobalModel),
 
 impl Federation {
     /// Opens a federation: loads the latest committed version from the
-    /// store, or creates and commits the genesis version 0.
+    /// store, or creates and commits the genesis version 0. `verifier`
+    /// checks the nodes' signatures on secure-aggregation messages.
     pub fn open(
         tenant: TenantId,
         cfg: TenantConfig,
         store: Store,
         signer: Arc<CertSigner>,
+        verifier: CertVerifier,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, FedError> {
         let digest = crate::config::decode_digest(&cfg.model.feature_schema_digest)
@@ -336,6 +370,7 @@ impl Federation {
                         unix_ms: body.created_unix_ms,
                         quarantined: vec![],
                         reputation: vec![],
+                        secure: None,
                     },
                     None,
                     None,
@@ -374,6 +409,7 @@ impl Federation {
             param_count,
             store,
             signer,
+            verifier,
             inner: Mutex::new(Inner {
                 version,
                 params: Arc::new(params),
@@ -553,6 +589,12 @@ impl Federation {
         let version = g.version;
         let round = g.round.as_mut().ok_or(FedError::NoOpenRound { version })?;
         let info = round.info.clone();
+        if round.secure.is_some() {
+            return Err(FedError::Phase(format!(
+                "round {} aggregates securely in buckets: send SecAgg messages, not a plaintext update",
+                info.round
+            )));
+        }
         if req.round != info.round {
             return Err(FedError::WrongRound {
                 got: req.round,
@@ -725,6 +767,9 @@ impl Federation {
                     .into_iter()
                     .collect()
             };
+        if self.cfg.secure.masked() {
+            return self.run_secure_round(round_no, selected, shutdown).await;
+        }
         let timeout = Duration::from_millis(self.cfg.round_timeout_ms);
         let base_version;
         let info;
@@ -738,11 +783,13 @@ impl Federation {
                 shadow: shadow.clone(),
                 deadline_unix_ms: unix_ms(SystemTime::now() + timeout),
                 training: training_of(&self.cfg),
+                secure: None,
             });
             g.round = Some(OpenRound {
                 info: info.clone(),
                 started: tokio::time::Instant::now(),
                 updates: BTreeMap::new(),
+                secure: None,
             });
         }
         let span = info_span!("round", tenant = %self.tenant, round = round_no);
@@ -789,16 +836,7 @@ impl Federation {
                 selected.len(),
                 self.cfg.quorum
             );
-            warn!(parent: &span, %reason, "round aborted");
-            // Keep violations seen in this round across a crash.
-            let rep = self.lock().reputation.to_bytes();
-            self.store.save_reputation(self.tenant.as_str(), &rep)?;
-            self.metrics.aborted(self.tenant.as_str());
-            self.status.send_replace(RoundStatus::Aborted {
-                round: round_no,
-                reason,
-            });
-            return Ok(());
+            return self.abort_round(round_no, reason);
         }
         let summary = self.commit(round, &selected)?;
         info!(parent: &span, version = summary.version, participants = summary.participants,
@@ -823,52 +861,13 @@ impl Federation {
             .partition(|u| selected.contains(&u.node));
         let deltas: Vec<&[f32]> = updates.iter().map(|u| u.delta.as_slice()).collect();
         let weights: Vec<f64> = updates.iter().map(|u| u.num_samples as f64).collect();
-        let (base, prev_signed, version, prev_delta, prev_momentum) = {
-            let g = self.lock();
-            (
-                g.params.clone(),
-                g.signed.clone(),
-                g.version + 1,
-                g.last_delta.clone(),
-                g.momentum.clone(),
-            )
-        };
+        let prev_delta = self.lock().last_delta.clone();
         let outcome = self.cfg.aggregation.aggregate_from(
             &deltas,
             &weights,
             prev_delta.as_deref().map(|v| v.as_slice()),
         )?;
-        let agg = &outcome.value;
-        let ServerStep { params, momentum } = server_step(
-            &base,
-            agg,
-            prev_momentum.as_deref().map(|v| v.as_slice()),
-            self.cfg.server_lr,
-            self.cfg.server_momentum,
-        );
-        let momentum_bytes: Option<Vec<u8>> = momentum
-            .as_ref()
-            .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect());
-        let rule = self.cfg.aggregation.rule.name().to_string();
-        let scaler = merged_scaler(
-            updates.iter().filter_map(|u| u.scaler.as_ref()),
-            self.cfg.model.input_dim,
-        );
-        let now = unix_ms(SystemTime::now());
-        let body = v1::GlobalModel {
-            tenant: self.tenant.to_string(),
-            version,
-            round: round.info.round,
-            schema_hash: self.schema_hash.to_vec(),
-            spec: Some(spec_of(&self.cfg)),
-            params: Some(fedmesh_proto::encode_f32(&params, &[params.len() as u64])),
-            scaler,
-            prev_hash: fedmesh_crypto::sha256(&prev_signed).to_vec(),
-            rule: rule.clone(),
-            participants: updates.len() as u32,
-            created_unix_ms: now,
-        };
-        let signed = sign_model(&self.signer, &body);
+        let rule = self.cfg.aggregation.rule.name();
         let mut excluded: Vec<(String, String)> = selected
             .iter()
             .filter(|n| !round.updates.contains_key(*n))
@@ -879,7 +878,6 @@ impl Federation {
                 excluded.push((u.node.to_string(), format!("not selected by {rule}")));
             }
         }
-        let outcome_selected = outcome.selected.len();
         let nodes: Vec<String> = updates.iter().map(|u| u.node.to_string()).collect();
         let shadow_deltas: Vec<(String, &[f32])> = shadow
             .iter()
@@ -889,26 +887,84 @@ impl Federation {
             &self.cfg.reputation,
             &nodes,
             &deltas,
-            agg,
+            &outcome.value,
             &outcome.selected,
             &shadow_deltas,
         );
+        let scaler = merged_scaler(
+            updates.iter().filter_map(|u| u.scaler.as_ref()),
+            self.cfg.model.input_dim,
+        );
+        let excluded_count = updates.len().saturating_sub(outcome.selected.len());
+        self.publish_version(Commit {
+            round: round.info.round,
+            started: round.started,
+            delta: outcome.value,
+            scaler,
+            participants: nodes,
+            excluded,
+            excluded_count,
+            evidence,
+            quarantined: round.info.shadow.iter().map(|n| n.to_string()).collect(),
+            selected: selected.len(),
+            mean_train_loss: updates.iter().map(|u| u.train_loss).sum::<f32>()
+                / updates.len().max(1) as f32,
+            bytes_received: updates.iter().map(|u| u.wire_bytes).sum(),
+            secure: None,
+        })
+    }
+
+    /// Signs and stores the next version from an aggregated delta, moves
+    /// reputation, and updates the in-memory state: the tail shared by the
+    /// plaintext and the secure commit.
+    fn publish_version(&self, c: Commit) -> Result<RoundSummary, FedError> {
+        let (base, prev_signed, version, prev_momentum) = {
+            let g = self.lock();
+            (
+                g.params.clone(),
+                g.signed.clone(),
+                g.version + 1,
+                g.momentum.clone(),
+            )
+        };
+        let ServerStep { params, momentum } = server_step(
+            &base,
+            &c.delta,
+            prev_momentum.as_deref().map(|v| v.as_slice()),
+            self.cfg.server_lr,
+            self.cfg.server_momentum,
+        );
+        let momentum_bytes: Option<Vec<u8>> = momentum
+            .as_ref()
+            .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect());
+        let rule = self.cfg.aggregation.rule.name().to_string();
+        let now = unix_ms(SystemTime::now());
+        let body = v1::GlobalModel {
+            tenant: self.tenant.to_string(),
+            version,
+            round: c.round,
+            schema_hash: self.schema_hash.to_vec(),
+            spec: Some(spec_of(&self.cfg)),
+            params: Some(fedmesh_proto::encode_f32(&params, &[params.len() as u64])),
+            scaler: c.scaler,
+            prev_hash: fedmesh_crypto::sha256(&prev_signed).to_vec(),
+            rule: rule.clone(),
+            participants: c.participants.len() as u32,
+            created_unix_ms: now,
+        };
+        let signed = sign_model(&self.signer, &body);
         // Reputation moves under the lock, so violations reported by
         // concurrent submissions are never overwritten.
         let (decisions, reputation_bytes) = {
             let mut g = self.lock();
             let mut decisions = std::mem::take(&mut g.pending_decisions);
-            decisions.extend(g.reputation.observe_round(version, &evidence));
+            decisions.extend(g.reputation.observe_round(version, &c.evidence));
             (decisions, g.reputation.to_bytes())
         };
         for d in &decisions {
             info!(tenant = %self.tenant, node = %d.node, action = d.action.label(), reason = %d.reason, "reputation");
         }
-        let quarantined_now: Vec<String> =
-            round.info.shadow.iter().map(|n| n.to_string()).collect();
-        let mean_train_loss =
-            updates.iter().map(|u| u.train_loss).sum::<f32>() / updates.len() as f32;
-        let bytes_received = updates.iter().map(|u| u.wire_bytes).sum();
+        let quarantined = c.quarantined.len();
         self.store.commit(
             self.tenant.as_str(),
             version,
@@ -916,15 +972,23 @@ impl Federation {
             AuditEntry {
                 tenant: self.tenant.to_string(),
                 version,
-                round: round.info.round,
-                rule: rule.clone(),
-                participants: updates.iter().map(|u| u.node.to_string()).collect(),
-                excluded,
+                round: c.round,
+                rule,
+                participants: c.participants.clone(),
+                excluded: c.excluded,
                 model_sha256: String::new(),
                 prev_entry_sha256: String::new(),
                 unix_ms: now,
-                quarantined: quarantined_now,
+                quarantined: c.quarantined,
                 reputation: decisions.clone(),
+                secure: c.secure.as_ref().map(|s| crate::store::SecureAudit {
+                    bucket_size: s.bucket_size,
+                    buckets: s.buckets,
+                    dropped: s.dropped,
+                    rejected: s.rejected,
+                    dp_epsilon: s.epsilon,
+                    dp_delta: s.epsilon.map(|_| self.cfg.secure.dp_delta),
+                }),
             },
             momentum_bytes.as_deref(),
             Some(&reputation_bytes),
@@ -934,7 +998,7 @@ impl Federation {
             g.version = version;
             g.params = Arc::new(params);
             g.signed = Arc::new(signed);
-            g.last_delta = Some(Arc::new(outcome.value));
+            g.last_delta = Some(Arc::new(c.delta));
             g.momentum = momentum.map(Arc::new);
             g.committed_this_run += 1;
         }
@@ -944,17 +1008,335 @@ impl Federation {
         }
         Ok(RoundSummary {
             tenant: self.tenant.to_string(),
-            round: round.info.round,
+            round: c.round,
             version,
-            participants: updates.len(),
-            selected: selected.len(),
-            mean_train_loss,
-            bytes_received,
-            excluded: updates.len().saturating_sub(outcome_selected),
-            quarantined: round.info.shadow.len(),
-            duration: round.started.elapsed(),
+            participants: c.participants.len(),
+            selected: c.selected,
+            mean_train_loss: c.mean_train_loss,
+            bytes_received: c.bytes_received,
+            excluded: c.excluded_count,
+            quarantined,
+            duration: c.started.elapsed(),
+            secure: c.secure,
         })
     }
+
+    /// Validates and routes a secure-aggregation message of the open round,
+    /// counting the outcome in metrics; protocol violations count against
+    /// the sender's reputation.
+    pub fn secagg(
+        &self,
+        node: &NodeId,
+        req: v1::SecAggRequest,
+        wire_bytes: u64,
+    ) -> Result<v1::SecAggAck, FedError> {
+        let r = self.route_secagg(node, &req, wire_bytes);
+        match &r {
+            Ok(_) => {
+                let update = matches!(req.message, Some(v1::sec_agg_request::Message::Masked(_)));
+                self.metrics
+                    .secagg_accepted(self.tenant.as_str(), wire_bytes, update);
+            }
+            Err(e) => {
+                self.metrics.refused(self.tenant.as_str(), e);
+                if let FedError::Invalid(reason) = e {
+                    self.note_violation(node, reason);
+                }
+            }
+        }
+        r
+    }
+
+    fn route_secagg(
+        &self,
+        node: &NodeId,
+        req: &v1::SecAggRequest,
+        wire_bytes: u64,
+    ) -> Result<v1::SecAggAck, FedError> {
+        let mut g = self.lock();
+        let version = g.version;
+        let round = g.round.as_mut().ok_or(FedError::NoOpenRound { version })?;
+        if req.round != round.info.round {
+            return Err(FedError::WrongRound {
+                got: req.round,
+                open: round.info.round,
+            });
+        }
+        let secure = round.secure.as_mut().ok_or_else(|| {
+            FedError::Phase(format!(
+                "round {} is not securely aggregated: submit a plaintext update",
+                req.round
+            ))
+        })?;
+        let ack = secure.accept(node, req, time::OffsetDateTime::now_utc(), wire_bytes)?;
+        drop(g);
+        self.wake.notify_one();
+        Ok(ack)
+    }
+
+    fn abort_round(&self, round_no: u64, reason: String) -> Result<(), FedError> {
+        warn!(tenant = %self.tenant, round = round_no, %reason, "round aborted");
+        // Keep violations seen in this round across a crash.
+        let rep = self.lock().reputation.to_bytes();
+        self.store.save_reputation(self.tenant.as_str(), &rep)?;
+        self.metrics.aborted(self.tenant.as_str());
+        self.status.send_replace(RoundStatus::Aborted {
+            round: round_no,
+            reason,
+        });
+        Ok(())
+    }
+
+    /// One round with bucket size k > 1: buckets fixed from the committed
+    /// participant list, then the four secure-aggregation phases, each
+    /// ending when every live member answered or at its deadline, then the
+    /// robust stage over bucket sums.
+    async fn run_secure_round(
+        &self,
+        round_no: u64,
+        selected: BTreeSet<NodeId>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), FedError> {
+        let sc = &self.cfg.secure;
+        let phase_timeout = Duration::from_millis(sc.phase_timeout_ms);
+        let mask_timeout = Duration::from_millis(self.cfg.round_timeout_ms);
+        let timeout_of = |p: Phase| if p == Phase::Mask { mask_timeout } else { phase_timeout };
+        let span = info_span!("round", tenant = %self.tenant, round = round_no);
+        let opened = SystemTime::now();
+        let (base_version, digest) = {
+            let g = self.lock();
+            (
+                g.version,
+                fedmesh_proto::secure::model_digest(g.version, &g.params),
+            )
+        };
+        let secure = match SecureRound::new(
+            &self.tenant,
+            round_no,
+            base_version,
+            digest,
+            &selected,
+            sc,
+            self.param_count,
+            self.cfg.model.input_dim,
+            &self.verifier,
+            unix_ms(opened + phase_timeout),
+        ) {
+            Ok(s) => s,
+            Err(e) => return self.abort_round(round_no, e.to_string()),
+        };
+        let mut info = Arc::new(OpenInfo {
+            round: round_no,
+            base_version,
+            selected: selected.clone(),
+            shadow: BTreeSet::new(),
+            deadline_unix_ms: unix_ms(opened + 3 * phase_timeout + mask_timeout),
+            training: training_of(&self.cfg),
+            secure: Some(secure.view()),
+        });
+        info!(parent: &span, base_version, selected = selected.len(),
+            buckets = secure.bucket_count(), k = sc.bucket_size, "secure round open");
+        {
+            let mut g = self.lock();
+            g.round = Some(OpenRound {
+                info: info.clone(),
+                started: tokio::time::Instant::now(),
+                updates: BTreeMap::new(),
+                secure: Some(secure),
+            });
+        }
+        self.status.send_replace(RoundStatus::Open(info.clone()));
+        let mut phase = Phase::Advertise;
+        loop {
+            let deadline = tokio::time::Instant::now() + timeout_of(phase);
+            loop {
+                let done = self
+                    .lock()
+                    .round
+                    .as_ref()
+                    .and_then(|r| r.secure.as_ref())
+                    .is_none_or(|s| s.phase_complete());
+                if done || *shutdown.borrow() {
+                    break;
+                }
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = shutdown.changed() => {}
+                }
+            }
+            if *shutdown.borrow() {
+                self.lock().round = None;
+                return Ok(());
+            }
+            if phase == Phase::Unmask {
+                break;
+            }
+            let next = match phase {
+                Phase::Advertise => Phase::Share,
+                Phase::Share => Phase::Mask,
+                _ => Phase::Unmask,
+            };
+            let next_deadline = unix_ms(SystemTime::now() + timeout_of(next));
+            let (view, live) = {
+                let mut g = self.lock();
+                let Some(s) = g.round.as_mut().and_then(|r| r.secure.as_mut()) else {
+                    return Ok(());
+                };
+                s.advance(next_deadline)?;
+                let view = s.view();
+                let live = s.any_live();
+                let mut next_info = (*info).clone();
+                next_info.secure = Some(view);
+                info = Arc::new(next_info);
+                if let Some(r) = g.round.as_mut() {
+                    r.info = info.clone();
+                }
+                (info.clone(), live)
+            };
+            info!(parent: &span, phase = next.name(), "secure phase");
+            self.status.send_replace(RoundStatus::Open(view));
+            if !live {
+                break;
+            }
+            phase = next;
+        }
+        let Some(mut round) = self.lock().round.take() else {
+            return Ok(());
+        };
+        let Some(secure) = round.secure.take() else {
+            return Ok(());
+        };
+        let bytes = secure.bytes_received();
+        let (sums, dropped, stragglers) = secure.finish();
+        let contributors: usize = sums.iter().map(|s| s.member_count()).sum();
+        if sums.is_empty() || contributors < self.cfg.quorum {
+            let reason = format!(
+                "quorum not reached: {contributors} updates in {} unmasked buckets \
+                 ({} dropped; quorum {})",
+                sums.len(),
+                dropped.len(),
+                self.cfg.quorum
+            );
+            return self.abort_round(round_no, reason);
+        }
+        let summary = self.commit_secure(&round, &selected, sums, dropped, stragglers, bytes)?;
+        info!(parent: &span, version = summary.version, participants = summary.participants,
+            ms = summary.duration.as_millis() as u64, "secure round committed");
+        self.status.send_replace(RoundStatus::Committed {
+            round: round_no,
+            version: summary.version,
+        });
+        self.metrics.committed(&summary);
+        let _ = self.summaries.send(summary);
+        Ok(())
+    }
+
+    fn commit_secure(
+        &self,
+        round: &OpenRound,
+        selected: &BTreeSet<NodeId>,
+        sums: Vec<fedmesh_crypto::secagg::BucketSum>,
+        dropped: Vec<crate::secure_round::DroppedBucket>,
+        stragglers: Vec<crate::secure_round::Straggler>,
+        bytes_received: u64,
+    ) -> Result<RoundSummary, FedError> {
+        let sc = &self.cfg.secure;
+        let prev_delta = self.lock().last_delta.clone();
+        let agg = crate::secure::aggregate_buckets(
+            &sums,
+            &self.cfg.aggregation,
+            &self.cfg.reputation,
+            prev_delta.as_deref().map(|v| v.as_slice()),
+            sc.max_bucket_mean_norm,
+        )?;
+        let rule = self.cfg.aggregation.rule.name();
+        let mut excluded: Vec<(String, String)> = Vec::new();
+        for d in &dropped {
+            for m in &d.members {
+                excluded.push((m.to_string(), format!("bucket {} dropped: {}", d.bucket, d.reason)));
+            }
+        }
+        for st in &stragglers {
+            excluded.push((
+                st.node.to_string(),
+                format!("no {} message before the deadline", st.phase.name()),
+            ));
+        }
+        let mut extras = fedmesh_proto::secure::ExtraSums::new(self.cfg.model.input_dim);
+        let mut participants = Vec::new();
+        let mut excluded_count = 0;
+        for s in &sums {
+            let members = s.contributors().iter().map(|n| n.to_string());
+            if let Some((_, reason)) = agg.rejected.iter().find(|(b, _)| *b == s.bucket()) {
+                excluded_count += s.member_count();
+                excluded.extend(members.map(|m| (m, reason.clone())));
+            } else if agg.excluded.contains(&s.bucket()) {
+                excluded_count += s.member_count();
+                excluded.extend(members.map(|m| (m, format!("bucket {} not selected by {rule}", s.bucket()))));
+            } else {
+                extras.add_bucket(s.extra(), s.member_count());
+                participants.extend(members);
+            }
+        }
+        participants.sort();
+        excluded.sort();
+        let epsilon = sc.noise_multiplier.and_then(|z| {
+            let rounds = self.lock().version + 1;
+            fedmesh_crypto::secagg::epsilon(1.0, z, rounds, sc.dp_delta)
+                .ok()
+                .map(|e| e.improved)
+        });
+        let secure = SecureSummary {
+            bucket_size: sc.bucket_size,
+            buckets: sums.len() + dropped.len(),
+            dropped: dropped.len(),
+            rejected: agg.rejected.len(),
+            excluded: agg.excluded.len(),
+            epsilon,
+        };
+        // The previous scaler carries over if no bucket brought moments.
+        let scaler = extras
+            .scaler(crate::server_step::SCALER_STD_FLOOR)
+            .or_else(|| self.current_scaler());
+        self.publish_version(Commit {
+            round: round.info.round,
+            started: round.started,
+            delta: agg.value,
+            scaler,
+            participants,
+            excluded,
+            excluded_count,
+            evidence: agg.evidence,
+            quarantined: Vec::new(),
+            selected: selected.len(),
+            mean_train_loss: extras.mean_loss() as f32,
+            bytes_received,
+            secure: Some(secure),
+        })
+    }
+
+    fn current_scaler(&self) -> Option<v1::Scaler> {
+        let signed = self.lock().signed.clone();
+        decode_signed(&signed).ok().and_then(|(_, body)| body.scaler)
+    }
+}
+
+/// Everything a commit needs besides the federation's state.
+struct Commit {
+    round: u64,
+    started: tokio::time::Instant,
+    delta: Vec<f32>,
+    scaler: Option<v1::Scaler>,
+    participants: Vec<String>,
+    excluded: Vec<(String, String)>,
+    excluded_count: usize,
+    evidence: Vec<(String, Evidence)>,
+    quarantined: Vec<String>,
+    selected: usize,
+    mean_train_loss: f32,
+    bytes_received: u64,
+    secure: Option<SecureSummary>,
 }
 
 /// Decrements a node's watcher count when its round stream ends.

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod pki;
 pub mod reputation;
 pub mod secure;
+pub mod secure_round;
 pub mod server_step;
 pub mod service;
 pub mod store;
@@ -86,6 +87,7 @@ impl Coordinator {
         cfg.validate()?;
         let tls = fedmesh_crypto::tls::server_config(&pki.ca_pem, &pki.cert_pem, &pki.key_pem)?;
         let signer = Arc::new(CertSigner::from_pem(&pki.cert_pem, &pki.key_pem)?);
+        let verifier = fedmesh_crypto::CertVerifier::new(&pki.ca_pem)?;
         std::fs::create_dir_all(&cfg.data_dir).map_err(|source| pki::PkiError::Io {
             path: cfg.data_dir.clone(),
             source,
@@ -100,6 +102,7 @@ impl Coordinator {
                 t.clone(),
                 store.clone(),
                 signer.clone(),
+                verifier.clone(),
                 metrics.clone(),
             )
             .map_err(|source| CoordinatorError::Federation {

@@ -54,6 +54,9 @@ pub struct Metrics {
     excluded: Family<Tenant, Gauge>,
     quarantined: Family<Tenant, Gauge>,
     decisions: Family<ReputationLabel, Counter>,
+    buckets_rejected: Family<Tenant, Gauge>,
+    buckets_dropped: Family<Tenant, Gauge>,
+    dp_epsilon: Family<Tenant, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -71,6 +74,7 @@ pub fn refusal_reason(e: &FedError) -> &'static str {
         FedError::NotSelected { .. } => "not_selected",
         FedError::Duplicate { .. } => "duplicate",
         FedError::Invalid(_) => "invalid",
+        FedError::Phase(_) => "wrong_phase",
         FedError::UnknownVersion(_) => "unknown_version",
         FedError::Store(_) | FedError::Aggregate(_) | FedError::Corrupt(_) => "internal",
     }
@@ -95,6 +99,24 @@ impl Metrics {
         let excluded = Family::<Tenant, Gauge>::default();
         let quarantined = Family::<Tenant, Gauge>::default();
         let decisions = Family::<ReputationLabel, Counter>::default();
+        let buckets_rejected = Family::<Tenant, Gauge>::default();
+        let buckets_dropped = Family::<Tenant, Gauge>::default();
+        let dp_epsilon = Family::<Tenant, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "round_buckets_rejected",
+            "Secure-aggregation buckets refused by the norm gate in the last committed round",
+            buckets_rejected.clone(),
+        );
+        registry.register(
+            "round_buckets_dropped",
+            "Secure-aggregation buckets that lost too many members in the last committed round",
+            buckets_dropped.clone(),
+        );
+        registry.register(
+            "dp_epsilon",
+            "Cumulative epsilon of distributed DP (for the tenant's dp_delta) after the last version",
+            dp_epsilon.clone(),
+        );
         registry.register(
             "round_excluded",
             "Updates left out by the aggregation rule in the last committed round",
@@ -167,6 +189,9 @@ impl Metrics {
             excluded,
             quarantined,
             decisions,
+            buckets_rejected,
+            buckets_dropped,
+            dp_epsilon,
         }
     }
 
@@ -194,6 +219,15 @@ impl Metrics {
             .set(i64::try_from(s.version).unwrap_or(i64::MAX));
         self.excluded.get_or_create(&t).set(s.excluded as i64);
         self.quarantined.get_or_create(&t).set(s.quarantined as i64);
+        if let Some(sec) = &s.secure {
+            self.buckets_rejected
+                .get_or_create(&t)
+                .set(sec.rejected as i64);
+            self.buckets_dropped.get_or_create(&t).set(sec.dropped as i64);
+            if let Some(e) = sec.epsilon {
+                self.dp_epsilon.get_or_create(&t).set(e);
+            }
+        }
     }
 
     /// A reputation decision (`action` from a fixed set).
@@ -215,6 +249,15 @@ impl Metrics {
     pub fn accepted(&self, tenant: &str, bytes: u64) {
         let t = Self::t(tenant);
         self.accepted.get_or_create(&t).inc();
+        self.bytes.get_or_create(&t).inc_by(bytes);
+    }
+
+    /// An accepted secure-aggregation message (`update`: a masked input).
+    pub fn secagg_accepted(&self, tenant: &str, bytes: u64, update: bool) {
+        let t = Self::t(tenant);
+        if update {
+            self.accepted.get_or_create(&t).inc();
+        }
         self.bytes.get_or_create(&t).inc_by(bytes);
     }
 
@@ -491,6 +534,14 @@ mod tests {
             excluded: 1,
             quarantined: 2,
             duration: Duration::from_millis(40),
+            secure: Some(crate::federation::SecureSummary {
+                bucket_size: 3,
+                buckets: 2,
+                dropped: 1,
+                rejected: 1,
+                excluded: 0,
+                epsilon: Some(2.5),
+            }),
         });
         m.aborted("acme");
         m.accepted("acme", 250);
@@ -520,6 +571,9 @@ mod tests {
             "fedmesh_round_excluded{tenant=\"acme\"} 1",
             "fedmesh_quarantined_nodes{tenant=\"acme\"} 1",
             "fedmesh_reputation_decisions_total{tenant=\"acme\",action=\"quarantined\"} 1",
+            "fedmesh_round_buckets_rejected{tenant=\"acme\"} 1",
+            "fedmesh_round_buckets_dropped{tenant=\"acme\"} 1",
+            "fedmesh_dp_epsilon{tenant=\"acme\"} 2.5",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -73,7 +73,8 @@ pub fn to_status(e: FedError) -> Status {
         FedError::NoOpenRound { .. }
         | FedError::WrongRound { .. }
         | FedError::StaleVersion { .. }
-        | FedError::NotSelected { .. } => Status::failed_precondition(e.to_string()),
+        | FedError::NotSelected { .. }
+        | FedError::Phase(_) => Status::failed_precondition(e.to_string()),
         FedError::Duplicate { .. } => Status::already_exists(e.to_string()),
         FedError::Invalid(_) => Status::invalid_argument(e.to_string()),
         FedError::UnknownVersion(_) => Status::not_found(e.to_string()),
@@ -141,6 +142,24 @@ impl FederationRpc for FederationService {
         let wire = r.encoded_len() as u64;
         async move {
             fed.submit(&node, r, wire)
+                .map(Response::new)
+                .map_err(to_status)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn sec_agg(
+        &self,
+        req: Request<v1::SecAggRequest>,
+    ) -> Result<Response<v1::SecAggAck>, Status> {
+        let (fed, node) = self.caller(&req)?;
+        let r = req.into_inner();
+        check_binding(&fed, &node, &r.tenant, &r.node)?;
+        let span = info_span!("secagg", tenant = %fed.tenant(), round = r.round, node = %node, bucket = r.bucket);
+        let wire = r.encoded_len() as u64;
+        async move {
+            fed.secagg(&node, r, wire)
                 .map(Response::new)
                 .map_err(to_status)
         }

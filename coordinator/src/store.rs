@@ -74,6 +74,28 @@ pub struct AuditEntry {
     /// Reputation decisions taken since the previous version.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reputation: Vec<crate::reputation::Decision>,
+    /// Secure aggregation facts of a masked round (absent for k = 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure: Option<SecureAudit>,
+}
+
+/// The audit record of a securely aggregated round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecureAudit {
+    /// Bucket size k.
+    pub bucket_size: usize,
+    /// Buckets formed.
+    pub buckets: usize,
+    /// Buckets dropped for too few members.
+    pub dropped: usize,
+    /// Buckets refused by the norm gate.
+    pub rejected: usize,
+    /// Cumulative ε of distributed DP after this version, when DP is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp_epsilon: Option<f64>,
+    /// The δ of that ε.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp_delta: Option<f64>,
 }
 
 impl AuditEntry {
@@ -349,6 +371,7 @@ mod tests {
             unix_ms: 0,
             quarantined: vec![],
             reputation: vec![],
+            secure: None,
         }
     }
 

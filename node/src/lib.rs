@@ -24,6 +24,7 @@ pub mod response;
 pub mod rules;
 pub mod runtime;
 pub mod scaler;
+pub mod secure;
 pub mod store;
 pub mod telemetry;
 pub mod webhook;

@@ -264,6 +264,9 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
                 fedmesh_proto::DEFAULT_MAX_MESSAGE_BYTES,
             )?,
             verifier: v.clone(),
+            signer: Arc::new(fedmesh_crypto::CertSigner::from_pem(&cert, &key)?),
+            secagg_seed: None,
+            tamper: None,
             max_backoff: Duration::from_millis(c.max_backoff_ms.max(200)),
         });
         verifier = Some(v);

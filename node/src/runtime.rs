@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use fedmesh_crypto::CertVerifier;
+use fedmesh_crypto::{CertSigner, CertVerifier};
 use fedmesh_proto::v1::{self, round_event::Event as Ev};
 use rand::Rng;
 use tokio::sync::watch;
@@ -60,10 +60,50 @@ fn rpc(rpc: &'static str) -> impl FnOnce(tonic::Status) -> SessionError {
 pub struct FederationSettings {
     /// How to reach the coordinator.
     pub connector: Connector,
-    /// Verifies global-model signatures against the mesh CA.
+    /// Verifies global-model signatures against the mesh CA (and the
+    /// peers' signed secure-aggregation keys).
     pub verifier: Arc<CertVerifier>,
+    /// This node's mesh identity key: signs secure-aggregation messages.
+    pub signer: Arc<CertSigner>,
+    /// Seed for the secure-aggregation randomness (keys, masks, rounding,
+    /// DP noise). `None` (production) draws from the OS; simulations set it
+    /// so that a run replays bit for bit. Never set it on a real node.
+    pub secagg_seed: Option<u64>,
+    /// Poisoning for simulated malicious nodes (the harness runs attackers
+    /// with the real node code). `None` on every real node; the node binary
+    /// has no way to set it.
+    pub tamper: Option<Tamper>,
     /// Longest pause between reconnection attempts.
     pub max_backoff: Duration,
+}
+
+/// How a simulated malicious node poisons its update before sending it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Tamper {
+    /// Model replacement: the update times a factor, and (under secure
+    /// aggregation) quantized with a clip norm that factor times larger,
+    /// so the round's clip does not neutralize it.
+    Scale(f32),
+    /// Sign flip: the update times −factor (same clipping bypass).
+    SignFlip(f32),
+}
+
+impl Tamper {
+    /// Applies the poisoning to `delta`.
+    pub fn apply(&self, delta: &mut [f32]) {
+        let f = match *self {
+            Tamper::Scale(f) => f,
+            Tamper::SignFlip(f) => -f,
+        };
+        delta.iter_mut().for_each(|x| *x *= f);
+    }
+
+    /// How much larger than the round's clip norm the attacker quantizes.
+    pub fn clip_factor(&self) -> f64 {
+        match *self {
+            Tamper::Scale(f) | Tamper::SignFlip(f) => f64::from(f.abs()).max(1.0),
+        }
+    }
 }
 
 /// Runs the federation loop until `shutdown` flips to true.
@@ -154,8 +194,22 @@ async fn session(
         .map_err(rpc("WatchRounds"))?
         .into_inner();
     *backoff = Duration::from_millis(200);
-    while let Some(ev) = stream.message().await.map_err(rpc("WatchRounds"))? {
+    let mut pending: Option<v1::RoundEvent> = None;
+    loop {
+        let ev = match pending.take() {
+            Some(ev) => ev,
+            None => match stream.message().await.map_err(rpc("WatchRounds"))? {
+                Some(ev) => ev,
+                None => break,
+            },
+        };
         match ev.event {
+            Some(Ev::Open(o)) if o.selected && o.secure.is_some() => {
+                let span = info_span!("round", tenant = %tenant, round = o.round, node = %node);
+                pending = crate::secure::participate(agent, fs, &mut client, &mut stream, &o)
+                    .instrument(span)
+                    .await?;
+            }
             Some(Ev::Open(o)) if o.selected => {
                 let span = info_span!("round", tenant = %tenant, round = o.round, node = %node);
                 participate(agent, fs, &mut client, &o)
@@ -185,7 +239,7 @@ async fn session(
 }
 
 /// Fetches `version` (0 = latest), verifies and installs it if newer.
-async fn sync_model(
+pub(crate) async fn sync_model(
     agent: &SharedAgent,
     fs: &FederationSettings,
     client: &mut v1::federation_client::FederationClient<tonic::transport::Channel>,
@@ -245,9 +299,12 @@ async fn participate(
             Err(e) => return Err(e.into()),
         }
     };
-    let update = tokio::task::spawn_blocking(move || job.run())
+    let mut update = tokio::task::spawn_blocking(move || job.run())
         .await
         .map_err(|e| AgentError::Model(format!("training task failed: {e}")))??;
+    if let Some(t) = &fs.tamper {
+        t.apply(&mut update.delta);
+    }
     let (tenant, node, schema) = {
         let a = lock(agent);
         let schema = a

@@ -9,6 +9,7 @@
 
 pub mod codec;
 pub mod model;
+pub mod secure;
 pub mod tensor;
 
 /// Generated code for package `fedmesh.v1`.

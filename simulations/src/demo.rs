@@ -23,7 +23,7 @@ use fedmesh_node::detector::Detector;
 use fedmesh_node::eval::{EvalReport, evaluate};
 use fedmesh_node::features::{FeatureWindow, WindowBuilder};
 use fedmesh_node::model::ModelSpec;
-use fedmesh_node::runtime::{FederationSettings, SharedAgent, lock, run_federation};
+use fedmesh_node::runtime::{FederationSettings, SharedAgent, Tamper, lock, run_federation};
 use fedmesh_node::store::NodeStore;
 use fedmesh_node::telemetry::synthetic::{AttackKind, Profile, SyntheticSource};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -43,6 +43,16 @@ pub struct DemoOptions {
     pub attack_windows: u64,
     /// Seed for everything.
     pub seed: u64,
+    /// Secure-aggregation bucket size k (1 = plaintext updates over TLS).
+    pub bucket_size: usize,
+    /// The coordinator's aggregation rule (`fedavg`, `median`,
+    /// `geometric_median`, …; over bucket means when k > 1).
+    pub rule: String,
+    /// The last `attackers` nodes poison their updates with `attack`
+    /// (they run the real node code with a tamper hook).
+    pub attackers: usize,
+    /// How attackers poison.
+    pub attack: Tamper,
     /// Hide progress bars (tests).
     pub quiet: bool,
 }
@@ -55,6 +65,10 @@ impl Default for DemoOptions {
             warmup_windows: 240,
             attack_windows: 36,
             seed: 42,
+            bucket_size: 3,
+            rule: "fedavg".into(),
+            attackers: 0,
+            attack: Tamper::Scale(10.0),
             quiet: false,
         }
     }
@@ -217,6 +231,16 @@ pub async fn run_with_models(opts: DemoOptions) -> Result<(DemoReport, Vec<NodeM
     if opts.nodes < 3 {
         bail!("the demo needs at least 3 nodes");
     }
+    if opts.attackers >= opts.nodes {
+        bail!("{} attackers leave no honest node among {}", opts.attackers, opts.nodes);
+    }
+    if opts.bucket_size == 0 || opts.bucket_size > opts.nodes - 1 {
+        bail!(
+            "bucket size {} must be between 1 and {} (the demo's quorum is nodes - 1)",
+            opts.bucket_size,
+            opts.nodes - 1
+        );
+    }
     let started = Instant::now();
     let q = opts.quiet;
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
@@ -285,6 +309,10 @@ max_rounds = {rounds}
 seed = {seed}
 [tenants.training]
 local_epochs = 4
+[tenants.secure]
+bucket_size = {k}
+[tenants.aggregation]
+rule = "{rule}"
 "#,
         data = dir.path().join("coordinator").display(),
         ca = layout::ca_cert(&pki_dir).display(),
@@ -294,6 +322,8 @@ local_epochs = 4
         quorum = opts.nodes - 1,
         rounds = opts.rounds,
         seed = opts.seed,
+        k = opts.bucket_size,
+        rule = opts.rule,
     );
     let cfg = CoordinatorConfig::from_toml(&cfg_text, Path::new("demo.toml"))?;
     let coord_pki = Pki::load(&cfg.tls.ca_cert, &cfg.tls.cert, &cfg.tls.key)?;
@@ -384,7 +414,7 @@ local_epochs = 4
     // Phase 4: federated rounds over mTLS.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut fed_tasks = Vec::new();
-    for n in &nodes {
+    for (i, n) in nodes.iter().enumerate() {
         let cert = std::fs::read_to_string(layout::node_cert(&pki_dir, TENANT, &n.name))?;
         let key = SecretPem::new(std::fs::read_to_string(layout::node_key(
             &pki_dir, TENANT, &n.name,
@@ -398,6 +428,9 @@ local_epochs = 4
                 fedmesh_proto::DEFAULT_MAX_MESSAGE_BYTES,
             )?,
             verifier: verifier.clone(),
+            signer: Arc::new(fedmesh_crypto::CertSigner::from_pem(&cert, &key)?),
+            secagg_seed: Some(opts.seed.wrapping_mul(1_000_003).wrapping_add(i as u64)),
+            tamper: (i >= opts.nodes - opts.attackers).then_some(opts.attack),
             max_backoff: Duration::from_secs(2),
         };
         fed_tasks.push(tokio::spawn(run_federation(

@@ -35,6 +35,9 @@ enum Cmd {
         /// Seed.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Secure-aggregation bucket size k (1 = no masking, TLS only).
+        #[arg(long, default_value_t = 3)]
+        bucket_size: usize,
         /// Write the report as JSON to this file.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
@@ -220,6 +223,7 @@ fn run(cmd: Cmd) -> Result<()> {
             nodes,
             rounds,
             seed,
+            bucket_size,
             json,
         } => {
             let rt = tokio::runtime::Runtime::new()?;
@@ -227,6 +231,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 nodes,
                 rounds,
                 seed,
+                bucket_size,
                 ..DemoOptions::default()
             }))?;
             if let Some(path) = json {

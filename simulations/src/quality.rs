@@ -252,6 +252,9 @@ pub async fn run(opts: QualityOptions) -> Result<QualityReport> {
         warmup_windows: opts.warmup_windows,
         attack_windows: 12,
         seed: opts.seed,
+        bucket_size: DemoOptions::default()
+            .bucket_size
+            .min(opts.nodes.saturating_sub(1).max(1)),
         quiet: true,
     })
     .await?;

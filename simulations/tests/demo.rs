@@ -12,6 +12,7 @@ async fn small_demo_federates_and_beats_local_only() {
         warmup_windows: 160,
         attack_windows: 24,
         seed: 7,
+        bucket_size: 2,
         quiet: true,
     })
     .await
@@ -75,6 +76,7 @@ async fn same_seed_same_numbers() {
         warmup_windows: 120,
         attack_windows: 12,
         seed: 11,
+        bucket_size: 2,
         quiet: true,
     };
     let a = run(opts.clone()).await.unwrap();

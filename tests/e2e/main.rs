@@ -7,3 +7,4 @@ mod cli;
 mod docker;
 mod mesh;
 mod protocol;
+mod secure;

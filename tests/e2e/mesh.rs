@@ -1,6 +1,7 @@
 //! Real binaries: a coordinator and three nodes over mTLS on loopback.
 //!
-//! The mesh runs four federated rounds; then the coordinator is killed with
+//! The mesh runs four federated rounds, aggregated securely in buckets (k = 2:
+//! the coordinator only unmasks bucket sums); then the coordinator is killed with
 //! SIGKILL while the nodes keep running, restarted, and the nodes reconnect
 //! and run four more rounds. The test checks that the global version
 //! advanced to 8 with no version lost or duplicated (the audit chain
@@ -226,6 +227,9 @@ quorum = 3
 round_timeout_ms = 15000
 round_interval_ms = 100
 max_rounds = {ROUNDS}
+[tenants.secure]
+bucket_size = 2
+phase_timeout_ms = 10000
 "#
         ),
     )?;
@@ -299,6 +303,12 @@ containers = [ {containers} ]
     for p in &mut nodes {
         p.wait_for(&done, Duration::from_secs(120))?;
     }
+    // Secure aggregation (k = 2): every node sent masked updates only, and
+    // the coordinator committed from unmasked bucket sums.
+    for p in &nodes {
+        assert!(p.log().contains("masked update submitted"), "{}: {}", p.name, p.log());
+    }
+    assert!(coord.log().contains("secure round committed"), "{}", coord.log());
     // Prometheus metrics and the live status of the running coordinator.
     let metrics = http_get(mport, "/metrics")?;
     for needle in [

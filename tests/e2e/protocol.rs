@@ -22,20 +22,20 @@ use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status, Streaming};
 
-type Client = FederationClient<Channel>;
+pub(crate) type Client = FederationClient<Channel>;
 
 /// Bound on every wait for the server.
-const WAIT: Duration = Duration::from_secs(5);
+pub(crate) const WAIT: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------- helpers
 
-fn now() -> OffsetDateTime {
+pub(crate) fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
 /// A `[[tenants]]` entry: quorum = `min_nodes`, one round, 20 s deadline,
 /// update norm bound 1.0, a tiny model with the given encoder widths.
-fn tenant(name: &str, min_nodes: usize, hidden: &[usize]) -> String {
+pub(crate) fn tenant(name: &str, min_nodes: usize, hidden: &[usize]) -> String {
     format!(
         "[[tenants]]\nname = \"{name}\"\nmin_nodes = {min_nodes}\nquorum = {min_nodes}\n\
          round_timeout_ms = 20000\nround_interval_ms = 50\nmax_rounds = 1\n\
@@ -44,8 +44,8 @@ fn tenant(name: &str, min_nodes: usize, hidden: &[usize]) -> String {
 }
 
 /// A running in-process coordinator and the CA that issued its certificate.
-struct Mesh {
-    ca: MeshCa,
+pub(crate) struct Mesh {
+    pub(crate) ca: MeshCa,
     addr: SocketAddr,
     feds: BTreeMap<String, Arc<Federation>>,
     stop: Option<oneshot::Sender<()>>,
@@ -54,7 +54,7 @@ struct Mesh {
 
 impl Mesh {
     /// Starts a coordinator serving the given `[[tenants]]` entries.
-    async fn start(tenants: &[String], max_message_bytes: usize) -> Result<Self> {
+    pub(crate) async fn start(tenants: &[String], max_message_bytes: usize) -> Result<Self> {
         let ca = MeshCa::generate("test CA", now(), 30)?;
         let issued = ca.issue_coordinator(
             &"main".parse()?,
@@ -99,16 +99,16 @@ impl Mesh {
         })
     }
 
-    fn fed(&self, tenant: &str) -> Arc<Federation> {
+    pub(crate) fn fed(&self, tenant: &str) -> Arc<Federation> {
         self.feds[tenant].clone()
     }
 
-    fn ca_pem(&self) -> &str {
+    pub(crate) fn ca_pem(&self) -> &str {
         self.ca.cert_pem()
     }
 
     /// The mTLS client configuration of node `tenant/node`.
-    fn node_tls(&self, tenant: &str, node: &str) -> Result<rustls::ClientConfig> {
+    pub(crate) fn node_tls(&self, tenant: &str, node: &str) -> Result<rustls::ClientConfig> {
         let c = self
             .ca
             .issue_node(&tenant.parse()?, &node.parse()?, now(), 30)?;
@@ -121,7 +121,7 @@ impl Mesh {
 
     /// A connected client of node `tenant/node`, through the node's own
     /// connector.
-    async fn node(&self, tenant: &str, node: &str) -> Result<Client> {
+    pub(crate) async fn node(&self, tenant: &str, node: &str) -> Result<Client> {
         let tls = self.node_tls(tenant, node)?;
         let connector = fedmesh_node::client::Connector::new(
             &self.addr.to_string(),
@@ -257,11 +257,11 @@ fn join_req(tenant: &str, node: &str) -> v1::JoinRequest {
     }
 }
 
-async fn join(c: &mut Client, tenant: &str, node: &str) -> Result<v1::JoinResponse> {
+pub(crate) async fn join(c: &mut Client, tenant: &str, node: &str) -> Result<v1::JoinResponse> {
     Ok(c.join(join_req(tenant, node)).await?.into_inner())
 }
 
-fn param_count(j: &v1::JoinResponse) -> usize {
+pub(crate) fn param_count(j: &v1::JoinResponse) -> usize {
     let spec = j.model_spec.clone().unwrap_or_default();
     let hidden: Vec<usize> = spec.hidden.iter().map(|&h| h as usize).collect();
     fedmesh_proto::model::param_count(spec.input_dim as usize, &hidden).unwrap_or(0)
@@ -283,13 +283,13 @@ fn update(j: &v1::JoinResponse, open: &v1::RoundOpen, value: f32) -> v1::UpdateR
     }
 }
 
-async fn watch(c: &mut Client) -> Result<Streaming<v1::RoundEvent>> {
+pub(crate) async fn watch(c: &mut Client) -> Result<Streaming<v1::RoundEvent>> {
     Ok(c.watch_rounds(v1::WatchRoundsRequest::default())
         .await?
         .into_inner())
 }
 
-async fn next_event(s: &mut Streaming<v1::RoundEvent>) -> Result<Event> {
+pub(crate) async fn next_event(s: &mut Streaming<v1::RoundEvent>) -> Result<Event> {
     tokio::time::timeout(WAIT, s.message())
         .await
         .context("no round event in time")??
@@ -311,7 +311,7 @@ async fn wait_open(s: &mut Streaming<v1::RoundEvent>) -> Result<v1::RoundOpen> {
 }
 
 /// Reads events until a version is committed (bounded).
-async fn wait_committed(s: &mut Streaming<v1::RoundEvent>) -> Result<v1::ModelCommitted> {
+pub(crate) async fn wait_committed(s: &mut Streaming<v1::RoundEvent>) -> Result<v1::ModelCommitted> {
     tokio::time::timeout(WAIT, async {
         loop {
             match next_event(s).await? {
@@ -327,7 +327,7 @@ async fn wait_committed(s: &mut Streaming<v1::RoundEvent>) -> Result<v1::ModelCo
 
 /// Asserts `r` is the status `code` and its message contains `needle`.
 #[track_caller]
-fn assert_status<T: Debug>(r: Result<tonic::Response<T>, Status>, code: Code, needle: &str) {
+pub(crate) fn assert_status<T: Debug>(r: Result<tonic::Response<T>, Status>, code: Code, needle: &str) {
     assert!(r.is_err(), "expected {code:?} ({needle}), got {r:?}");
     if let Err(s) = r {
         assert_eq!(s.code(), code, "{s:?}");
@@ -339,7 +339,7 @@ fn assert_status<T: Debug>(r: Result<tonic::Response<T>, Status>, code: Code, ne
     }
 }
 
-async fn get_model(c: &mut Client, version: u64) -> Result<(v1::SignedModel, v1::GlobalModel)> {
+pub(crate) async fn get_model(c: &mut Client, version: u64) -> Result<(v1::SignedModel, v1::GlobalModel)> {
     let signed = c
         .get_model(v1::GetModelRequest { version })
         .await?
@@ -348,7 +348,7 @@ async fn get_model(c: &mut Client, version: u64) -> Result<(v1::SignedModel, v1:
     Ok((signed, body))
 }
 
-fn params(m: &v1::GlobalModel) -> Result<Vec<f32>> {
+pub(crate) fn params(m: &v1::GlobalModel) -> Result<Vec<f32>> {
     let t = m.params.as_ref().ok_or_else(|| anyhow!("no params"))?;
     Ok(fedmesh_proto::decode_f32(t, usize::MAX)?)
 }

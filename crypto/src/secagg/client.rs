@@ -371,7 +371,27 @@ impl ClientRound {
         signer: &CertSigner,
         rng: &mut R,
     ) -> Result<MaskedInput, SecAggError> {
+        self.mask_update_with_extra(update, &[], signer, rng)
+    }
+
+    /// [`ClientRound::mask_update`] with the bucket's extra raw words
+    /// ([`BucketParams::with_extra_words`]) appended after the quantized
+    /// update and masked with it.
+    pub fn mask_update_with_extra<R: RngCore + CryptoRng>(
+        &mut self,
+        update: &[f32],
+        extra: &[u32],
+        signer: &CertSigner,
+        rng: &mut R,
+    ) -> Result<MaskedInput, SecAggError> {
         self.expect(Stage::SharesReceived, "mask_update")?;
+        if extra.len() != self.params.extra_words() {
+            return Err(SecAggError::InvalidUpdate(format!(
+                "{} extra words, the bucket expects {}",
+                extra.len(),
+                self.params.extra_words()
+            )));
+        }
         check_signer(signer, self.params.tenant(), &self.me)?;
         if update.len() != self.params.dim() {
             return Err(SecAggError::InvalidUpdate(format!(
@@ -381,6 +401,7 @@ impl ClientRound {
             )));
         }
         let mut words = self.params.quant().quantize(update, rng)?;
+        words.extend_from_slice(extra);
         if let Some(variance) = self.params.local_noise_variance() {
             DiscreteGaussian::from_variance(variance)?.add_noise(&mut words, rng)?;
         }

@@ -39,6 +39,33 @@ pub fn run_bucket<R: RngCore + CryptoRng>(
     now: OffsetDateTime,
     rng: &mut R,
 ) -> Result<BucketSum, SecAggError> {
+    run_bucket_with_extra(
+        params,
+        updates,
+        &BTreeMap::new(),
+        signers,
+        verifier,
+        dropouts,
+        now,
+        rng,
+    )
+}
+
+/// [`run_bucket`] for buckets with extra raw words
+/// ([`BucketParams::with_extra_words`]): `extras` holds each member's words
+/// (members without an entry send zeros).
+#[allow(clippy::too_many_arguments)]
+pub fn run_bucket_with_extra<R: RngCore + CryptoRng>(
+    params: &BucketParams,
+    updates: &BTreeMap<NodeId, Vec<f32>>,
+    extras: &BTreeMap<NodeId, Vec<u32>>,
+    signers: &BTreeMap<NodeId, &CertSigner>,
+    verifier: &CertVerifier,
+    dropouts: &BTreeMap<NodeId, Dropout>,
+    now: OffsetDateTime,
+    rng: &mut R,
+) -> Result<BucketSum, SecAggError> {
+    let zeros = vec![0u32; params.extra_words()];
     let missing = |n: &NodeId| SecAggError::Config(format!("no update or signer for {n}"));
     let stops = |n: &NodeId, at: Dropout| dropouts.get(n) == Some(&at);
     let mut server = BucketUnmasker::new(params.clone(), verifier.clone());
@@ -69,7 +96,8 @@ pub fn run_bucket<R: RngCore + CryptoRng>(
         c.receive_shares(&server.shares_for(m)?)?;
         let signer = signers.get(m).ok_or_else(|| missing(m))?;
         let update = updates.get(m).ok_or_else(|| missing(m))?;
-        let y = c.mask_update(update, signer, rng)?;
+        let extra = extras.get(m).unwrap_or(&zeros);
+        let y = c.mask_update_with_extra(update, extra, signer, rng)?;
         if !stops(m, Dropout::AfterShares) {
             server.accept_masked(MaskedInput::decode(&y.encode())?, now)?;
             masked.insert(m.clone());
@@ -144,6 +172,34 @@ mod tests {
             .collect();
         assert_eq!(sum.contributors().iter().collect::<Vec<_>>(), expect);
         for (j, got) in sum.sum().iter().enumerate() {
+            let want: f64 = expect.iter().map(|n| f64::from(updates[*n][j])).sum();
+            assert!((got - want).abs() < 5.0 / 65536.0, "{got} vs {want}");
+        }
+        // Extra raw words are masked and summed exactly, after the update.
+        let extra_params = params.clone().with_extra_words(2).unwrap();
+        let extras: BTreeMap<NodeId, Vec<u32>> = members
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), vec![i as u32, 1000 + i as u32]))
+            .collect();
+        let with_extra = run_bucket_with_extra(
+            &extra_params,
+            &updates,
+            &extras,
+            &signers,
+            &verifier,
+            &dropouts,
+            now,
+            &mut rng,
+        )
+        .unwrap();
+        let idx: Vec<u32> = (0..10u32).filter(|i| *i != 1 && *i != 4).collect();
+        assert_eq!(
+            with_extra.extra(),
+            &[idx.iter().sum::<u32>(), idx.iter().map(|i| 1000 + i).sum::<u32>()]
+        );
+        assert_eq!(with_extra.raw().len(), 3);
+        for (j, got) in with_extra.sum().iter().enumerate() {
             let want: f64 = expect.iter().map(|n| f64::from(updates[*n][j])).sum();
             assert!((got - want).abs() < 5.0 / 65536.0, "{got} vs {want}");
         }

@@ -22,6 +22,7 @@ pub struct BucketParams {
     dim: usize,
     quant: QuantConfig,
     noise_multiplier: Option<f64>,
+    extra_words: usize,
 }
 
 impl BucketParams {
@@ -87,9 +88,37 @@ impl BucketParams {
             dim,
             quant,
             noise_multiplier,
+            extra_words: 0,
         };
         quant.check_bucket(n, params.noise_sigma())?;
         Ok(params)
+    }
+
+    /// Appends `n` raw words to every member's masked vector: fixed-point
+    /// values the caller encodes itself (for example the federated scaler's
+    /// moments and the training loss), masked and summed in `Z_{2^32}` like
+    /// the quantized update but neither clipped nor scaled; the caller must
+    /// leave headroom for the bucket's sum. DP noise, when on, covers them
+    /// too.
+    pub fn with_extra_words(mut self, n: usize) -> Result<Self, SecAggError> {
+        if self.dim.saturating_add(n) > MAX_DIM {
+            return Err(SecAggError::Config(format!(
+                "dimension {} plus {n} extra words exceeds {MAX_DIM}",
+                self.dim
+            )));
+        }
+        self.extra_words = n;
+        Ok(self)
+    }
+
+    /// Raw words appended after the quantized update.
+    pub fn extra_words(&self) -> usize {
+        self.extra_words
+    }
+
+    /// Words of a masked input: the quantized update, then the extra words.
+    pub fn words(&self) -> usize {
+        self.dim + self.extra_words
     }
 
     /// Refuses a message bound to another tenant, round or bucket.

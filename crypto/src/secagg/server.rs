@@ -30,6 +30,8 @@ pub struct BucketSum {
     bucket: u32,
     contributors: Vec<NodeId>,
     sum: Vec<u32>,
+    /// Quantized update words at the front of `sum`; the rest are extra.
+    dim: usize,
     quant: QuantConfig,
     noise_sigma: f64,
 }
@@ -47,13 +49,19 @@ impl BucketSum {
     pub fn contributors(&self) -> &[NodeId] {
         &self.contributors
     }
-    /// The sum in `Z_{2^32}` (two's complement, quantized units).
+    /// The update part of the sum in `Z_{2^32}` (two's complement,
+    /// quantized units).
     pub fn raw(&self) -> &[u32] {
-        &self.sum
+        &self.sum[..self.dim]
+    }
+    /// The sum of the members' extra words ([`BucketParams::with_extra_words`]),
+    /// in `Z_{2^32}`.
+    pub fn extra(&self) -> &[u32] {
+        &self.sum[self.dim..]
     }
     /// The dequantized sum.
     pub fn sum(&self) -> Vec<f64> {
-        self.quant.dequantize(&self.sum)
+        self.quant.dequantize(self.raw())
     }
     /// The dequantized mean `sum / member_count`.
     pub fn mean(&self) -> Vec<f64> {
@@ -75,7 +83,7 @@ impl BucketSum {
     /// `σ(√d + tails)` with probability at most `exp(−tails²/2)`). A bucket
     /// above it proves that some member did not clip.
     pub fn mean_norm_bound(&self, tails: f64) -> f64 {
-        let d = (self.sum.len() as f64).sqrt();
+        let d = (self.dim as f64).sqrt();
         let k = self.member_count().max(1) as f64;
         let scale = self.quant.scale();
         self.quant.clip_norm() + d / scale + (d + tails.max(0.0)) * self.noise_sigma / (k * scale)
@@ -316,13 +324,13 @@ impl BucketUnmasker {
                 reason: "sent two masked inputs".into(),
             });
         }
-        if input.words.len() != self.params.dim() {
+        if input.words.len() != self.params.words() {
             return Err(SecAggError::Protocol {
                 node: input.node.clone(),
                 reason: format!(
                     "{} words, expected {}",
                     input.words.len(),
-                    self.params.dim()
+                    self.params.words()
                 ),
             });
         }
@@ -461,8 +469,7 @@ impl BucketUnmasker {
             .request
             .as_ref()
             .ok_or_else(|| state("collecting", "finish before unmask_request"))?;
-        let dim = self.params.dim();
-        let mut sum = vec![0u32; dim];
+        let mut sum = vec![0u32; self.params.words()];
         for words in self.masked.values() {
             for (s, w) in sum.iter_mut().zip(words) {
                 *s = s.wrapping_add(*w);
@@ -531,6 +538,7 @@ impl BucketUnmasker {
             bucket: self.params.bucket(),
             contributors: request.survivors.clone(),
             sum,
+            dim: self.params.dim(),
             quant: *self.params.quant(),
             noise_sigma: self.params.noise_sigma(),
         })

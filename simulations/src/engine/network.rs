@@ -178,6 +178,9 @@ prox_mu = {mu:?}
             )
             .map_err(mesh)?,
             verifier: verifier.clone(),
+            signer: Arc::new(fedmesh_crypto::CertSigner::from_pem(&cert, &key).map_err(mesh)?),
+            secagg_seed: None,
+            tamper: None,
             max_backoff: Duration::from_secs(2),
         };
         let agent = Arc::new(Mutex::new(n.agent));

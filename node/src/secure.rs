@@ -1,0 +1,342 @@
+//! The node's side of a securely aggregated round (bucket size k > 1).
+//!
+//! On a `RoundOpen` carrying a `SecureRound`, the node recomputes the bucket
+//! assignment from the committed participant list and the base model's
+//! digest and refuses a bucket that differs or is too small; it then
+//! advertises its per-round keys at once and trains in the background while
+//! the keys and shares are exchanged. Each later event of the round is
+//! cumulative, so the node advances as far as the event allows: encrypted
+//! shares after the adverts, the masked update (clipped, quantized, with its
+//! DP noise share, masked and signed; the scaler moments and training loss
+//! ride along as extra words) after the shares, the unmask response after
+//! the request. The plaintext update never leaves the node.
+//!
+//! A protocol failure (a peer's bad advert, a dropped bucket, a phase that
+//! closed before this node answered) abandons the round, not the session.
+
+use fedmesh_crypto::NodeId;
+use fedmesh_crypto::secagg::{
+    AssignmentInput, Bucket, BucketParams, ClientRound, EncryptedShare, KeyAdvert, QuantConfig,
+    SecAggError, UnmaskRequest, verify_own_bucket,
+};
+use fedmesh_proto::v1::{self, round_event::Event as Ev, sec_agg_request::Message as M};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use tonic::Code;
+use tonic::transport::Channel;
+use tracing::{debug, info, warn};
+
+use crate::agent::{AgentError, LocalUpdate};
+use crate::features::NUM_FEATURES;
+use crate::runtime::{FederationSettings, SessionError, SharedAgent, lock, sync_model};
+
+type Client = v1::federation_client::FederationClient<Channel>;
+
+/// Why this node leaves a round early (logged; the session goes on).
+#[derive(Debug, thiserror::Error)]
+enum Abandon {
+    #[error("secure aggregation: {0}")]
+    Protocol(#[from] SecAggError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+struct Round {
+    tenant: String,
+    node: String,
+    round: u64,
+    bucket: u32,
+}
+
+impl Round {
+    /// Sends one message; `Ok(false)` when the coordinator refused it as
+    /// out of phase (the round goes on without this node).
+    async fn send(&self, client: &mut Client, message: M) -> Result<bool, SessionError> {
+        let req = v1::SecAggRequest {
+            tenant: self.tenant.clone(),
+            node: self.node.clone(),
+            round: self.round,
+            bucket: self.bucket,
+            message: Some(message),
+        };
+        match client.sec_agg(req).await {
+            Ok(_) => Ok(true),
+            Err(s)
+                if matches!(
+                    s.code(),
+                    Code::FailedPrecondition | Code::AlreadyExists | Code::InvalidArgument
+                ) =>
+            {
+                warn!(status = %s, "secure-aggregation message refused; leaving this round");
+                Ok(false)
+            }
+            Err(status) => Err(SessionError::Rpc {
+                rpc: "SecAgg",
+                status,
+            }),
+        }
+    }
+
+    fn params(
+        &self,
+        sr: &v1::SecureRound,
+        base_version: u64,
+        dim: usize,
+        digest: [u8; 32],
+        clip_factor: f64,
+    ) -> Result<(BucketParams, NodeId), Abandon> {
+        let parse = |s: &String| {
+            s.parse::<NodeId>()
+                .map_err(|e| Abandon::Refused(format!("bad node id {s:?}: {e}")))
+        };
+        let tenant = self
+            .tenant
+            .parse()
+            .map_err(|e| Abandon::Refused(format!("bad tenant: {e}")))?;
+        let me: NodeId = parse(&self.node)?;
+        let participants = sr.participants.iter().map(parse).collect::<Result<Vec<_>, _>>()?;
+        let bv = sr
+            .bucket
+            .as_ref()
+            .ok_or_else(|| Abandon::Refused("no bucket announced for this node".into()))?;
+        let announced = Bucket {
+            id: bv.id,
+            members: bv.members.iter().map(parse).collect::<Result<Vec<_>, _>>()?,
+        };
+        let input = AssignmentInput {
+            tenant: &tenant,
+            round: self.round,
+            participants: &participants,
+            model_digest: digest,
+            bucket_size: sr.bucket_size as usize,
+        };
+        let mine = verify_own_bucket(&input, &me, &announced, sr.min_bucket_size.max(2) as usize)?;
+        let extra = fedmesh_proto::secure::extra_words(NUM_FEATURES);
+        if sr.extra_words as usize != extra {
+            return Err(Abandon::Refused(format!(
+                "round expects {} extra words, this node sends {extra}",
+                sr.extra_words
+            )));
+        }
+        let noise = (sr.noise_multiplier > 0.0).then_some(sr.noise_multiplier);
+        let params = BucketParams::new(
+            tenant,
+            self.round,
+            base_version,
+            mine.id,
+            mine.members,
+            None,
+            dim,
+            QuantConfig::new(sr.clip_norm * clip_factor, sr.quant_scale)?,
+            noise,
+        )?
+        .with_extra_words(extra)?;
+        if params.threshold() != bv.threshold as usize {
+            return Err(Abandon::Refused(format!(
+                "announced threshold {} differs from the protocol's {}",
+                bv.threshold,
+                params.threshold()
+            )));
+        }
+        Ok((params, me))
+    }
+}
+
+fn extra_words(update: &LocalUpdate) -> Vec<u32> {
+    let n = update.stats.count.max(1) as f64;
+    let mean: Vec<f64> = update.stats.sum.iter().map(|s| s / n).collect();
+    let mean_sq: Vec<f64> = update.stats.sum_sq.iter().map(|s| s / n).collect();
+    fedmesh_proto::secure::encode_extra(update.train_loss, &mean, &mean_sq)
+}
+
+/// Takes part in the secure round `open`, reading the round's later events
+/// from `stream`. Returns the first event that does not belong to the
+/// round (for the session loop to handle), or `None`.
+pub(crate) async fn participate(
+    agent: &SharedAgent,
+    fs: &FederationSettings,
+    client: &mut Client,
+    stream: &mut tonic::Streaming<v1::RoundEvent>,
+    open: &v1::RoundOpen,
+) -> Result<Option<v1::RoundEvent>, SessionError> {
+    if lock(agent).global_version() != Some(open.base_version) {
+        sync_model(agent, fs, client, open.base_version).await?;
+    }
+    let Some(sr) = open.secure.as_ref() else {
+        return Ok(None);
+    };
+    let training = open.training.unwrap_or_default();
+    let (tenant, node, job, digest, dim) = {
+        let a = lock(agent);
+        let Some(base) = a.global() else {
+            return Ok(None);
+        };
+        if base.version != open.base_version {
+            warn!(have = base.version, want = open.base_version, "cannot train from the round's base version");
+            return Ok(None);
+        }
+        let job = match a.training_job(base, &training, open.round) {
+            Ok(job) => job,
+            Err(AgentError::NotEnoughData { have, need }) => {
+                info!(have, need, "not enough local windows to train this round");
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        (
+            a.settings().tenant.clone(),
+            a.settings().node.clone(),
+            job,
+            fedmesh_proto::secure::model_digest(base.version, &base.params),
+            base.params.len(),
+        )
+    };
+    let mut r = Round {
+        tenant,
+        node,
+        round: open.round,
+        bucket: 0,
+    };
+    let clip_factor = fs.tamper.map_or(1.0, |t| t.clip_factor());
+    let (params, me) = match r.params(sr, open.base_version, dim, digest, clip_factor) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "refusing the announced bucket");
+            return Ok(None);
+        }
+    };
+    r.bucket = params.bucket();
+    // Mask seeds, keys and rounding come from the OS; simulations that
+    // must replay bit for bit pass a seed.
+    let mut rng = match fs.secagg_seed {
+        Some(seed) => ChaCha20Rng::seed_from_u64(seed ^ r.round.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        None => ChaCha20Rng::from_os_rng(),
+    };
+    let mut c = match ClientRound::new(params, me, &mut rng) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "cannot start secure aggregation");
+            return Ok(None);
+        }
+    };
+    let advert = match c.advertise(&fs.signer) {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "cannot sign the key advert");
+            return Ok(None);
+        }
+    };
+    if !r.send(client, M::Advert(advert.encode())).await? {
+        return Ok(None);
+    }
+    debug!(bucket = r.bucket, "keys advertised; training");
+    let mut training = Some(tokio::task::spawn_blocking(move || job.run()));
+    let (mut shared, mut masked) = (false, false);
+    loop {
+        let Some(ev) = stream.message().await.map_err(|status| SessionError::Rpc {
+            rpc: "WatchRounds",
+            status,
+        })?
+        else {
+            return Ok(None);
+        };
+        let o = match &ev.event {
+            Some(Ev::Open(o)) if o.round == r.round => o,
+            _ => return Ok(Some(ev)),
+        };
+        let Some(bv) = o.secure.as_ref().and_then(|s| s.bucket.as_ref()) else {
+            continue;
+        };
+        if bv.dropped {
+            info!(bucket = r.bucket, "bucket dropped by the coordinator");
+            return Ok(None);
+        }
+        let phase = o.secure.as_ref().map_or(0, |s| s.phase);
+        let step = async {
+            if !shared && phase >= v1::SecAggPhase::Share as i32 && !bv.adverts.is_empty() {
+                let adverts = bv
+                    .adverts
+                    .iter()
+                    .map(|a| KeyAdvert::decode(a))
+                    .collect::<Result<Vec<_>, _>>()?;
+                c.receive_adverts(&adverts, &fs.verifier, time::OffsetDateTime::now_utc())?;
+                let shares = c.share_keys(&mut rng)?;
+                let bundle = v1::ShareBundle {
+                    shares: shares.iter().map(|s| s.encode()).collect(),
+                };
+                shared = true;
+                if !r.send(client, M::Shares(bundle)).await? {
+                    return Ok(Some(()));
+                }
+            }
+            if shared && !masked && phase >= v1::SecAggPhase::Mask as i32 {
+                let shares = bv
+                    .shares
+                    .iter()
+                    .map(|s| EncryptedShare::decode(s))
+                    .collect::<Result<Vec<_>, _>>()?;
+                c.receive_shares(&shares)?;
+                let Some(job) = training.take() else {
+                    return Ok(Some(()));
+                };
+                let mut update = job
+                    .await
+                    .map_err(|e| AgentError::Model(format!("training task failed: {e}")))??;
+                if let Some(t) = &fs.tamper {
+                    t.apply(&mut update.delta);
+                }
+                let y = c.mask_update_with_extra(
+                    &update.delta,
+                    &extra_words(&update),
+                    &fs.signer,
+                    &mut rng,
+                )?;
+                masked = true;
+                if !r.send(client, M::Masked(y.encode())).await? {
+                    return Ok(Some(()));
+                }
+                lock(agent).note_trained(update.train_loss);
+                info!(loss = update.train_loss, samples = update.num_samples, bucket = r.bucket, "masked update submitted");
+            }
+            if masked && phase == v1::SecAggPhase::Unmask as i32 && !bv.unmask_request.is_empty() {
+                let request = UnmaskRequest::decode(&bv.unmask_request)?;
+                let response = c.unmask(&request, &fs.signer)?;
+                r.send(client, M::UnmaskResponse(response.encode())).await?;
+                return Ok(Some(()));
+            }
+            Ok::<Option<()>, StepError>(None)
+        };
+        match step.await {
+            Ok(Some(())) => return Ok(None),
+            Ok(None) => {}
+            Err(StepError::Session(e)) => return Err(e),
+            Err(StepError::Abandon(e)) => {
+                warn!(error = %e, bucket = r.bucket, "leaving the secure round");
+                return Ok(None);
+            }
+        }
+    }
+}
+
+enum StepError {
+    Session(SessionError),
+    Abandon(Abandon),
+}
+
+impl From<SessionError> for StepError {
+    fn from(e: SessionError) -> Self {
+        StepError::Session(e)
+    }
+}
+
+impl From<SecAggError> for StepError {
+    fn from(e: SecAggError) -> Self {
+        StepError::Abandon(Abandon::Protocol(e))
+    }
+}
+
+impl From<AgentError> for StepError {
+    fn from(e: AgentError) -> Self {
+        StepError::Session(SessionError::Agent(e))
+    }
+}
