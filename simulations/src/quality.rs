@@ -256,6 +256,7 @@ pub async fn run(opts: QualityOptions) -> Result<QualityReport> {
             .bucket_size
             .min(opts.nodes.saturating_sub(1).max(1)),
         quiet: true,
+        ..DemoOptions::default()
     })
     .await?;
     let sets = eval_sets(&opts)?;

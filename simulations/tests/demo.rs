@@ -14,6 +14,7 @@ async fn small_demo_federates_and_beats_local_only() {
         seed: 7,
         bucket_size: 2,
         quiet: true,
+        ..DemoOptions::default()
     })
     .await
     .unwrap();
@@ -78,6 +79,7 @@ async fn same_seed_same_numbers() {
         seed: 11,
         bucket_size: 2,
         quiet: true,
+        ..DemoOptions::default()
     };
     let a = run(opts.clone()).await.unwrap();
     let b = run(opts.clone()).await.unwrap();
