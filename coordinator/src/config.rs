@@ -296,7 +296,9 @@ impl SecureConfig {
     }
 
     /// The quantization these settings define.
-    pub fn quant(&self) -> Result<fedmesh_crypto::secagg::QuantConfig, fedmesh_crypto::secagg::SecAggError> {
+    pub fn quant(
+        &self,
+    ) -> Result<fedmesh_crypto::secagg::QuantConfig, fedmesh_crypto::secagg::SecAggError> {
         fedmesh_crypto::secagg::QuantConfig::new(self.clip_norm, self.quant_scale)
     }
 }
@@ -575,6 +577,57 @@ feature_schema_digest = "0000000000000000000000000000000000000000000000000000000
         let e = c.validate().unwrap_err().to_string();
         for needle in ["name", "quorum", "krum needs", "hidden"] {
             assert!(e.contains(needle), "missing {needle} in {e}");
+        }
+    }
+
+    #[test]
+    fn secure_settings_are_checked_against_buckets_and_the_rule() {
+        let with = |secure: &str, extra: &str| {
+            let text = GOOD.replace(
+                "name = \"acme\"",
+                &format!("name = \"acme\"\nmin_nodes = 6\nquorum = 6\n{extra}\n[tenants.secure]\n{secure}"),
+            );
+            CoordinatorConfig::from_toml(&text, Path::new("c.toml"))
+                .unwrap()
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert_eq!(with("bucket_size = 3\nnoise_multiplier = 0.8", ""), None);
+        let cases = [
+            ("bucket_size = 0", "", "bucket_size must be in 1..=32"),
+            ("bucket_size = 40", "", "bucket_size must be in 1..=32"),
+            (
+                "bucket_size = 3\nmin_bucket_size = 1",
+                "",
+                "min_bucket_size must be in 2..=bucket_size",
+            ),
+            (
+                "bucket_size = 7",
+                "",
+                "quorum = 6 cannot fill one bucket of 7",
+            ),
+            ("bucket_size = 2\nclip_norm = -1.0", "", "clip_norm"),
+            (
+                "bucket_size = 2\nnoise_multiplier = 0.0",
+                "",
+                "noise_multiplier",
+            ),
+            ("bucket_size = 2\ndp_delta = 1.5", "", "dp_delta"),
+            ("bucket_size = 2\nquant_scale = 1e12", "", "headroom"),
+            // Krum with f = 1 needs 5 inputs; 6 updates in buckets of 3 give 2 means.
+            (
+                "bucket_size = 3",
+                "[tenants.aggregation]\nrule = \"krum\"\nf = 1",
+                "over 2 bucket means",
+            ),
+        ];
+        for (secure, extra, needle) in cases {
+            let e = with(secure, extra).unwrap_or_default();
+            assert!(
+                e.contains(needle),
+                "{secure:?}: missing {needle:?} in {e:?}"
+            );
         }
     }
 

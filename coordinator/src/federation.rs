@@ -1100,7 +1100,13 @@ impl Federation {
         let sc = &self.cfg.secure;
         let phase_timeout = Duration::from_millis(sc.phase_timeout_ms);
         let mask_timeout = Duration::from_millis(self.cfg.round_timeout_ms);
-        let timeout_of = |p: Phase| if p == Phase::Mask { mask_timeout } else { phase_timeout };
+        let timeout_of = |p: Phase| {
+            if p == Phase::Mask {
+                mask_timeout
+            } else {
+                phase_timeout
+            }
+        };
         let span = info_span!("round", tenant = %self.tenant, round = round_no);
         let opened = SystemTime::now();
         let (base_version, digest) = {
@@ -1254,7 +1260,10 @@ impl Federation {
         let mut excluded: Vec<(String, String)> = Vec::new();
         for d in &dropped {
             for m in &d.members {
-                excluded.push((m.to_string(), format!("bucket {} dropped: {}", d.bucket, d.reason)));
+                excluded.push((
+                    m.to_string(),
+                    format!("bucket {} dropped: {}", d.bucket, d.reason),
+                ));
             }
         }
         for st in &stragglers {
@@ -1273,7 +1282,9 @@ impl Federation {
                 excluded.extend(members.map(|m| (m, reason.clone())));
             } else if agg.excluded.contains(&s.bucket()) {
                 excluded_count += s.member_count();
-                excluded.extend(members.map(|m| (m, format!("bucket {} not selected by {rule}", s.bucket()))));
+                excluded.extend(
+                    members.map(|m| (m, format!("bucket {} not selected by {rule}", s.bucket()))),
+                );
             } else {
                 extras.add_bucket(s.extra(), s.member_count());
                 participants.extend(members);
@@ -1318,7 +1329,9 @@ impl Federation {
 
     fn current_scaler(&self) -> Option<v1::Scaler> {
         let signed = self.lock().signed.clone();
-        decode_signed(&signed).ok().and_then(|(_, body)| body.scaler)
+        decode_signed(&signed)
+            .ok()
+            .and_then(|(_, body)| body.scaler)
     }
 }
 

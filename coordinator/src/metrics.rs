@@ -223,7 +223,9 @@ impl Metrics {
             self.buckets_rejected
                 .get_or_create(&t)
                 .set(sec.rejected as i64);
-            self.buckets_dropped.get_or_create(&t).set(sec.dropped as i64);
+            self.buckets_dropped
+                .get_or_create(&t)
+                .set(sec.dropped as i64);
             if let Some(e) = sec.epsilon {
                 self.dp_epsilon.get_or_create(&t).set(e);
             }

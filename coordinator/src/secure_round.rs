@@ -318,10 +318,13 @@ impl SecureRound {
         wire_bytes: u64,
     ) -> Result<v1::SecAggAck, FedError> {
         use v1::sec_agg_request::Message as M;
-        let idx = *self.member_of.get(node).ok_or_else(|| FedError::NotSelected {
-            node: node.to_string(),
-            round: self.round,
-        })?;
+        let idx = *self
+            .member_of
+            .get(node)
+            .ok_or_else(|| FedError::NotSelected {
+                node: node.to_string(),
+                round: self.round,
+            })?;
         let phase = self.view.phase;
         let b = &mut self.buckets[idx];
         if req.bucket != b.public.id {
@@ -377,9 +380,7 @@ impl SecureRound {
             Some(M::Advert(bytes)) => {
                 let advert = KeyAdvert::decode(bytes).map_err(violation)?;
                 bound(&advert.node)?;
-                b.unmasker
-                    .accept_advert(advert, now)
-                    .map_err(violation)?;
+                b.unmasker.accept_advert(advert, now).map_err(violation)?;
             }
             Some(M::Shares(bundle)) => {
                 let shares = bundle
@@ -398,9 +399,7 @@ impl SecureRound {
             Some(M::UnmaskResponse(bytes)) => {
                 let resp = UnmaskResponse::decode(bytes).map_err(violation)?;
                 bound(&resp.node)?;
-                b.unmasker
-                    .accept_response(resp, now)
-                    .map_err(violation)?;
+                b.unmasker.accept_response(resp, now).map_err(violation)?;
             }
             None => {}
         }

@@ -195,6 +195,9 @@ async fn session(
         .into_inner();
     *backoff = Duration::from_millis(200);
     let mut pending: Option<v1::RoundEvent> = None;
+    // A secure round announces each phase with a new event; a node takes
+    // part once per round (a node that left a round does not rejoin it).
+    let mut secure_round: Option<u64> = None;
     loop {
         let ev = match pending.take() {
             Some(ev) => ev,
@@ -204,7 +207,11 @@ async fn session(
             },
         };
         match ev.event {
+            Some(Ev::Open(o)) if o.secure.is_some() && secure_round == Some(o.round) => {
+                debug!(round = o.round, "secure round already handled");
+            }
             Some(Ev::Open(o)) if o.selected && o.secure.is_some() => {
+                secure_round = Some(o.round);
                 let span = info_span!("round", tenant = %tenant, round = o.round, node = %node);
                 pending = crate::secure::participate(agent, fs, &mut client, &mut stream, &o)
                     .instrument(span)

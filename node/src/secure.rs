@@ -94,14 +94,22 @@ impl Round {
             .parse()
             .map_err(|e| Abandon::Refused(format!("bad tenant: {e}")))?;
         let me: NodeId = parse(&self.node)?;
-        let participants = sr.participants.iter().map(parse).collect::<Result<Vec<_>, _>>()?;
+        let participants = sr
+            .participants
+            .iter()
+            .map(parse)
+            .collect::<Result<Vec<_>, _>>()?;
         let bv = sr
             .bucket
             .as_ref()
             .ok_or_else(|| Abandon::Refused("no bucket announced for this node".into()))?;
         let announced = Bucket {
             id: bv.id,
-            members: bv.members.iter().map(parse).collect::<Result<Vec<_>, _>>()?,
+            members: bv
+                .members
+                .iter()
+                .map(parse)
+                .collect::<Result<Vec<_>, _>>()?,
         };
         let input = AssignmentInput {
             tenant: &tenant,
@@ -172,7 +180,11 @@ pub(crate) async fn participate(
             return Ok(None);
         };
         if base.version != open.base_version {
-            warn!(have = base.version, want = open.base_version, "cannot train from the round's base version");
+            warn!(
+                have = base.version,
+                want = open.base_version,
+                "cannot train from the round's base version"
+            );
             return Ok(None);
         }
         let job = match a.training_job(base, &training, open.round) {
@@ -209,7 +221,9 @@ pub(crate) async fn participate(
     // Mask seeds, keys and rounding come from the OS; simulations that
     // must replay bit for bit pass a seed.
     let mut rng = match fs.secagg_seed {
-        Some(seed) => ChaCha20Rng::seed_from_u64(seed ^ r.round.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        Some(seed) => {
+            ChaCha20Rng::seed_from_u64(seed ^ r.round.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        }
         None => ChaCha20Rng::from_os_rng(),
     };
     let mut c = match ClientRound::new(params, me, &mut rng) {
@@ -296,7 +310,12 @@ pub(crate) async fn participate(
                     return Ok(Some(()));
                 }
                 lock(agent).note_trained(update.train_loss);
-                info!(loss = update.train_loss, samples = update.num_samples, bucket = r.bucket, "masked update submitted");
+                info!(
+                    loss = update.train_loss,
+                    samples = update.num_samples,
+                    bucket = r.bucket,
+                    "masked update submitted"
+                );
             }
             if masked && phase == v1::SecAggPhase::Unmask as i32 && !bv.unmask_request.is_empty() {
                 let request = UnmaskRequest::decode(&bv.unmask_request)?;

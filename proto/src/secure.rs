@@ -40,7 +40,11 @@ pub fn extra_words(input_dim: usize) -> usize {
 }
 
 fn fixed(v: f64) -> u32 {
-    let v = if v.is_finite() { v.clamp(0.0, EXTRA_MAX) } else { 0.0 };
+    let v = if v.is_finite() {
+        v.clamp(0.0, EXTRA_MAX)
+    } else {
+        0.0
+    };
     // At most 2^25: fits.
     (v * EXTRA_SCALE).round() as u32
 }
@@ -135,7 +139,10 @@ mod tests {
 
     #[test]
     fn fixed_vector() {
-        assert_eq!(encode_extra(0.5, &[1.0], &[2.25]), vec![32_768, 65_536, 147_456]);
+        assert_eq!(
+            encode_extra(0.5, &[1.0], &[2.25]),
+            vec![32_768, 65_536, 147_456]
+        );
         // Clamped, and garbage becomes 0.
         assert_eq!(
             encode_extra(f32::NAN, &[-3.0], &[1e9]),

@@ -232,11 +232,15 @@ pub async fn run_with_models(opts: DemoOptions) -> Result<(DemoReport, Vec<NodeM
         bail!("the demo needs at least 3 nodes");
     }
     if opts.attackers >= opts.nodes {
-        bail!("{} attackers leave no honest node among {}", opts.attackers, opts.nodes);
+        bail!(
+            "{} attackers leave no honest node among {}",
+            opts.attackers,
+            opts.nodes
+        );
     }
     if opts.bucket_size == 0 || opts.bucket_size > opts.nodes - 1 {
         bail!(
-            "bucket size {} must be between 1 and {} (the demo's quorum is nodes - 1)",
+            "bucket size {} must be between 1 and {} (nodes - 1)",
             opts.bucket_size,
             opts.nodes - 1
         );
@@ -247,10 +251,21 @@ pub async fn run_with_models(opts: DemoOptions) -> Result<(DemoReport, Vec<NodeM
     say(
         q,
         &format!(
-            "fedmesh demo: {} nodes, {} rounds, seed {}, workspace {}",
+            "fedmesh demo: {} nodes, {} rounds, seed {}, {}, rule {}{}, workspace {}",
             opts.nodes,
             opts.rounds,
             opts.seed,
+            if opts.bucket_size > 1 {
+                format!("secure aggregation in buckets of {}", opts.bucket_size)
+            } else {
+                "plaintext updates over TLS (k = 1)".to_string()
+            },
+            opts.rule,
+            if opts.attackers > 0 {
+                format!(", {} attackers ({:?})", opts.attackers, opts.attack)
+            } else {
+                String::new()
+            },
             dir.path().display()
         ),
     );
@@ -319,7 +334,7 @@ rule = "{rule}"
         cert = layout::coordinator_cert(&pki_dir).display(),
         key = layout::coordinator_key(&pki_dir).display(),
         n = opts.nodes,
-        quorum = opts.nodes - 1,
+        quorum = (2 * opts.nodes).div_ceil(3).max(opts.bucket_size),
         rounds = opts.rounds,
         seed = opts.seed,
         k = opts.bucket_size,
@@ -707,8 +722,16 @@ rule = "{rule}"
     say(
         q,
         &format!(
-            "\nDone in {seconds:.1} s. Telemetry never left a node; only {} model updates did.",
-            rows.iter().map(|r| r.participants).sum::<usize>()
+            "\nDone in {seconds:.1} s. Telemetry never left a node; only {} model updates did{}.",
+            rows.iter().map(|r| r.participants).sum::<usize>(),
+            if opts.bucket_size > 1 {
+                format!(
+                    ", masked in buckets of {}: the coordinator saw bucket sums only",
+                    opts.bucket_size
+                )
+            } else {
+                String::new()
+            }
         ),
     );
     Ok((

@@ -38,6 +38,15 @@ enum Cmd {
         /// Secure-aggregation bucket size k (1 = no masking, TLS only).
         #[arg(long, default_value_t = 3)]
         bucket_size: usize,
+        /// Aggregation rule of the coordinator (over bucket means when k > 1).
+        #[arg(long, default_value = "fedavg")]
+        rule: String,
+        /// Number of poisoning nodes (the last ones).
+        #[arg(long, default_value_t = 0)]
+        attackers: usize,
+        /// How they poison: `scale:F` (model replacement) or `sign-flip:F`.
+        #[arg(long, default_value = "scale:10", value_parser = parse_tamper)]
+        attack: fedmesh_node::runtime::Tamper,
         /// Write the report as JSON to this file.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
@@ -224,6 +233,9 @@ fn run(cmd: Cmd) -> Result<()> {
             rounds,
             seed,
             bucket_size,
+            rule,
+            attackers,
+            attack,
             json,
         } => {
             let rt = tokio::runtime::Runtime::new()?;
@@ -232,6 +244,9 @@ fn run(cmd: Cmd) -> Result<()> {
                 rounds,
                 seed,
                 bucket_size,
+                rule,
+                attackers,
+                attack,
                 ..DemoOptions::default()
             }))?;
             if let Some(path) = json {
@@ -401,5 +416,24 @@ fn run(cmd: Cmd) -> Result<()> {
             print!("{}", bench::table(&rows));
             Ok(())
         }
+    }
+}
+
+/// Parses `scale:F` or `sign-flip:F`.
+fn parse_tamper(s: &str) -> Result<fedmesh_node::runtime::Tamper, String> {
+    use fedmesh_node::runtime::Tamper;
+    let (kind, factor) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected scale:F or sign-flip:F"))?;
+    let f: f32 = factor
+        .parse()
+        .map_err(|_| format!("{factor:?} is not a number"))?;
+    if !(f.is_finite() && f > 0.0) {
+        return Err(format!("factor {f} must be positive"));
+    }
+    match kind {
+        "scale" => Ok(Tamper::Scale(f)),
+        "sign-flip" => Ok(Tamper::SignFlip(f)),
+        _ => Err(format!("{kind:?}: expected scale or sign-flip")),
     }
 }

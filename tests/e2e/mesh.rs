@@ -306,9 +306,18 @@ containers = [ {containers} ]
     // Secure aggregation (k = 2): every node sent masked updates only, and
     // the coordinator committed from unmasked bucket sums.
     for p in &nodes {
-        assert!(p.log().contains("masked update submitted"), "{}: {}", p.name, p.log());
+        assert!(
+            p.log().contains("masked update submitted"),
+            "{}: {}",
+            p.name,
+            p.log()
+        );
     }
-    assert!(coord.log().contains("secure round committed"), "{}", coord.log());
+    assert!(
+        coord.log().contains("secure round committed"),
+        "{}",
+        coord.log()
+    );
     // Prometheus metrics and the live status of the running coordinator.
     let metrics = http_get(mport, "/metrics")?;
     for needle in [

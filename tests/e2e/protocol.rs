@@ -311,7 +311,9 @@ async fn wait_open(s: &mut Streaming<v1::RoundEvent>) -> Result<v1::RoundOpen> {
 }
 
 /// Reads events until a version is committed (bounded).
-pub(crate) async fn wait_committed(s: &mut Streaming<v1::RoundEvent>) -> Result<v1::ModelCommitted> {
+pub(crate) async fn wait_committed(
+    s: &mut Streaming<v1::RoundEvent>,
+) -> Result<v1::ModelCommitted> {
     tokio::time::timeout(WAIT, async {
         loop {
             match next_event(s).await? {
@@ -327,7 +329,11 @@ pub(crate) async fn wait_committed(s: &mut Streaming<v1::RoundEvent>) -> Result<
 
 /// Asserts `r` is the status `code` and its message contains `needle`.
 #[track_caller]
-pub(crate) fn assert_status<T: Debug>(r: Result<tonic::Response<T>, Status>, code: Code, needle: &str) {
+pub(crate) fn assert_status<T: Debug>(
+    r: Result<tonic::Response<T>, Status>,
+    code: Code,
+    needle: &str,
+) {
     assert!(r.is_err(), "expected {code:?} ({needle}), got {r:?}");
     if let Err(s) = r {
         assert_eq!(s.code(), code, "{s:?}");
@@ -339,7 +345,10 @@ pub(crate) fn assert_status<T: Debug>(r: Result<tonic::Response<T>, Status>, cod
     }
 }
 
-pub(crate) async fn get_model(c: &mut Client, version: u64) -> Result<(v1::SignedModel, v1::GlobalModel)> {
+pub(crate) async fn get_model(
+    c: &mut Client,
+    version: u64,
+) -> Result<(v1::SignedModel, v1::GlobalModel)> {
     let signed = c
         .get_model(v1::GetModelRequest { version })
         .await?

@@ -8,9 +8,7 @@ use fedmesh_crypto::secagg::{
     AssignmentInput, Bucket, BucketParams, ClientRound, EncryptedShare, KeyAdvert, QuantConfig,
     UnmaskRequest, verify_own_bucket,
 };
-use fedmesh_proto::v1::{
-    self, SecAggPhase, round_event::Event, sec_agg_request::Message as M,
-};
+use fedmesh_proto::v1::{self, SecAggPhase, round_event::Event, sec_agg_request::Message as M};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tonic::{Code, Streaming};
@@ -80,7 +78,11 @@ impl Member {
         .with_context(|| format!("{} did not see phase {phase:?}", self.name))?
     }
 
-    async fn send(&mut self, open: &v1::RoundOpen, message: M) -> Result<tonic::Response<v1::SecAggAck>, tonic::Status> {
+    async fn send(
+        &mut self,
+        open: &v1::RoundOpen,
+        message: M,
+    ) -> Result<tonic::Response<v1::SecAggAck>, tonic::Status> {
         let bucket = open
             .secure
             .as_ref()
@@ -101,7 +103,10 @@ impl Member {
     /// starts the client state machine; `clip` is the clip norm this node
     /// uses (an attacker may ignore the round's).
     fn start(&mut self, open: &v1::RoundOpen, genesis: &[f32], clip: f64) -> Result<Vec<u8>> {
-        let sr = open.secure.as_ref().ok_or_else(|| anyhow!("not a secure round"))?;
+        let sr = open
+            .secure
+            .as_ref()
+            .ok_or_else(|| anyhow!("not a secure round"))?;
         let bv = sr.bucket.as_ref().ok_or_else(|| anyhow!("no bucket"))?;
         let tenant = "acme".parse()?;
         let me = self.name.parse()?;
@@ -112,7 +117,11 @@ impl Member {
             .collect::<Result<Vec<_>, _>>()?;
         let announced = Bucket {
             id: bv.id,
-            members: bv.members.iter().map(|m| m.parse()).collect::<Result<Vec<_>, _>>()?,
+            members: bv
+                .members
+                .iter()
+                .map(|m| m.parse())
+                .collect::<Result<Vec<_>, _>>()?,
         };
         let mine = verify_own_bucket(
             &AssignmentInput {
@@ -169,8 +178,10 @@ impl Member {
             .collect::<Result<Vec<_>, _>>()?;
         let c = self.round.as_mut().ok_or_else(|| anyhow!("not started"))?;
         c.receive_shares(&shares)?;
-        Ok(c.mask_update_with_extra(update, extra, &self.signer, &mut self.rng)?
-            .encode())
+        Ok(
+            c.mask_update_with_extra(update, extra, &self.signer, &mut self.rng)?
+                .encode(),
+        )
     }
 
     fn unmask(&mut self, open: &v1::RoundOpen) -> Result<Vec<u8>> {
@@ -216,10 +227,19 @@ async fn secure_round_commits_the_mean_of_bucket_sums_despite_a_dropout() -> Res
     let mut opens = Vec::new();
     for m in ms.iter_mut() {
         let o = m.wait_phase(SecAggPhase::Advertise).await?;
-        let sr = o.secure.as_ref().ok_or_else(|| anyhow!("k > 1 must announce a secure round"))?;
-        assert_eq!(sr.participants, (0..6).map(|i| format!("n{i}")).collect::<Vec<_>>());
+        let sr = o
+            .secure
+            .as_ref()
+            .ok_or_else(|| anyhow!("k > 1 must announce a secure round"))?;
+        assert_eq!(
+            sr.participants,
+            (0..6).map(|i| format!("n{i}")).collect::<Vec<_>>()
+        );
         assert_eq!((sr.bucket_size, bucket(&o)?.members.len()), (3, 3));
-        assert_eq!(sr.extra_words as usize, fedmesh_proto::secure::extra_words(22));
+        assert_eq!(
+            sr.extra_words as usize,
+            fedmesh_proto::secure::extra_words(22)
+        );
         opens.push(o);
     }
     // A plaintext update has no place in a secure round.
@@ -235,7 +255,11 @@ async fn secure_round_commits_the_mean_of_bucket_sums_despite_a_dropout() -> Res
         train_loss: 0.1,
         schema_hash: v0.schema_hash.clone(),
     };
-    assert_status(ms[0].client.submit_update(plain).await, Code::FailedPrecondition, "securely");
+    assert_status(
+        ms[0].client.submit_update(plain).await,
+        Code::FailedPrecondition,
+        "securely",
+    );
     let mut adverts: Vec<Vec<u8>> = Vec::new();
     for (i, o) in opens.iter().enumerate() {
         let a = ms[i].start(o, &genesis, 1.0)?;
@@ -275,7 +299,11 @@ async fn secure_round_commits_the_mean_of_bucket_sums_despite_a_dropout() -> Res
     let mut masked_early = None;
     for (i, m) in ms.iter_mut().enumerate() {
         let o = m.wait_phase(SecAggPhase::Mask).await?;
-        assert_eq!(bucket(&o)?.shares.len(), 2, "one share from each bucket peer");
+        assert_eq!(
+            bucket(&o)?.shares.len(),
+            2,
+            "one share from each bucket peer"
+        );
         let y = m.masked(&o, &vec![value(i); p], &extras(i).2)?;
         if i == 5 {
             continue;
@@ -287,7 +315,11 @@ async fn secure_round_commits_the_mean_of_bucket_sums_despite_a_dropout() -> Res
     }
     // A repeated masked input is a replay.
     let (o0, y0) = masked_early.ok_or_else(|| anyhow!("n0 masked nothing"))?;
-    assert_status(ms[0].send(&o0, M::Masked(y0)).await, Code::AlreadyExists, "already");
+    assert_status(
+        ms[0].send(&o0, M::Masked(y0)).await,
+        Code::AlreadyExists,
+        "already",
+    );
 
     // Unmasking (the mask phase ends at its deadline, without n5).
     for m in ms.iter_mut().take(5) {
@@ -317,14 +349,22 @@ async fn secure_round_commits_the_mean_of_bucket_sums_despite_a_dropout() -> Res
     // The audit log says who took part, who dropped out, and how.
     let log = mesh.fed("acme").audit_log()?;
     let e = log.last().ok_or_else(|| anyhow!("empty audit log"))?;
-    assert_eq!(e.participants, (0..5).map(|i| format!("n{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        e.participants,
+        (0..5).map(|i| format!("n{i}")).collect::<Vec<_>>()
+    );
     assert!(
-        e.excluded.iter().any(|(n, why)| n == "n5" && why.contains("mask")),
+        e.excluded
+            .iter()
+            .any(|(n, why)| n == "n5" && why.contains("mask")),
         "{:?}",
         e.excluded
     );
     let s = e.secure.clone().ok_or_else(|| anyhow!("no secure audit"))?;
-    assert_eq!((s.bucket_size, s.buckets, s.dropped, s.rejected), (3, 2, 0, 0));
+    assert_eq!(
+        (s.bucket_size, s.buckets, s.dropped, s.rejected),
+        (3, 2, 0, 0)
+    );
     Ok(())
 }
 
@@ -363,14 +403,19 @@ async fn unclipped_update_gets_its_bucket_rejected_not_the_round() -> Result<()>
     assert_eq!(wait_committed(&mut ms[0].stream).await?.version, 1);
     let (_, v1m) = get_model(&mut ms[0].client, 1).await?;
     for (w, g) in params(&v1m)?.iter().zip(&genesis) {
-        assert!((w - (g + 0.002)).abs() < 1e-4, "{w} vs {g} + 0.002: the poisoned bucket leaked");
+        assert!(
+            (w - (g + 0.002)).abs() < 1e-4,
+            "{w} vs {g} + 0.002: the poisoned bucket leaked"
+        );
     }
     let attacker_bucket = bucket(&opens[3])?.members.clone();
     let log = mesh.fed("acme").audit_log()?;
     let e = log.last().ok_or_else(|| anyhow!("empty audit log"))?;
     for n in &attacker_bucket {
         assert!(
-            e.excluded.iter().any(|(x, why)| x == n && why.contains("exceeds the bound")),
+            e.excluded
+                .iter()
+                .any(|(x, why)| x == n && why.contains("exceeds the bound")),
             "{n} not excluded: {:?}",
             e.excluded
         );

@@ -196,7 +196,10 @@ mod tests {
         let idx: Vec<u32> = (0..10u32).filter(|i| *i != 1 && *i != 4).collect();
         assert_eq!(
             with_extra.extra(),
-            &[idx.iter().sum::<u32>(), idx.iter().map(|i| 1000 + i).sum::<u32>()]
+            &[
+                idx.iter().sum::<u32>(),
+                idx.iter().map(|i| 1000 + i).sum::<u32>()
+            ]
         );
         assert_eq!(with_extra.raw().len(), 3);
         for (j, got) in with_extra.sum().iter().enumerate() {
