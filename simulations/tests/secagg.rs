@@ -1,0 +1,154 @@
+//! The in-process engine with k > 1 runs the real secure aggregation and the
+//! coordinator's reputation: masked buckets keep 20 % scaling attackers
+//! close to the clean run where plaintext FedAvg does not; a persistent
+//! attacker is quarantined through bucket evidence and then ignored; a
+//! bucket that loses too many members is dropped, not the round.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use fedmesh_sim::engine::inprocess::{RunOptions, run, run_full};
+use fedmesh_sim::scenario::Scenario;
+
+fn quiet() -> RunOptions {
+    RunOptions {
+        quiet: true,
+        record: None,
+    }
+}
+
+fn scenario(top: &str, rest: &str) -> Scenario {
+    Scenario::from_toml(&format!(
+        r#"
+name = "secagg"
+seed = 5
+{top}
+[fleet]
+nodes = 10
+containers_per_node = 2
+windows = 16
+mixes = [{{ web = 1, database = 1 }}, {{ batch = 1, ml = 1 }}]
+[eval]
+windows = 16
+clean_twin = true
+{rest}
+"#
+    ))
+    .unwrap()
+}
+
+/// Margin on `‖θ − θ_clean‖ / ‖θ_clean‖` of the final global parameters.
+const MARGIN: f64 = 0.05;
+
+#[test]
+fn masked_buckets_keep_scaling_attackers_near_the_clean_run_and_fedavg_does_not() {
+    let attack = "[attack]\nfraction = 0.2\nkind = \"scaling\"";
+    let plain = run_full(
+        &scenario(
+            "rounds = 4",
+            &format!("[rule]\nrule = \"fedavg\"\n{attack}"),
+        ),
+        &quiet(),
+    )
+    .unwrap();
+    let masked = run_full(
+        &scenario(
+            "rounds = 4\nbucket_size = 2",
+            &format!("[rule]\nrule = \"median\"\n[secagg]\nclip_norm = 0.5\n{attack}"),
+        ),
+        &quiet(),
+    )
+    .unwrap();
+    let d_plain = plain.report.clean_twin.as_ref().unwrap().distance;
+    let d_masked = masked.report.clean_twin.as_ref().unwrap().distance;
+    eprintln!(
+        "distance to the clean run: fedavg k=1 {d_plain:.4}, median k=2 masked {d_masked:.4}"
+    );
+    assert_eq!(masked.report.aggregation, "secagg (masked buckets)");
+    assert!(masked.report.rounds.iter().all(|m| m.buckets == 5));
+    assert!(d_masked < MARGIN, "masked: {d_masked}");
+    assert!(d_plain > MARGIN, "fedavg: {d_plain}");
+    assert!(d_plain > 4.0 * d_masked, "{d_plain} vs {d_masked}");
+}
+
+#[test]
+fn persistent_attacker_is_quarantined_through_bucket_evidence_and_then_ignored() {
+    let s = scenario(
+        "rounds = 12\nbucket_size = 3",
+        "[rule]\nrule = \"median\"\n[secagg]\nclip_norm = 0.5\n\
+         [attack]\nfraction = 0.1\nkind = \"sign_flip\"\nk = 10.0",
+    );
+    let (r, _) = run(&s, &quiet()).unwrap();
+    assert_eq!(r.attackers.len(), 1);
+    let attacker = format!("node-{:05}", r.attackers[0]);
+    let at = r
+        .rounds
+        .iter()
+        .position(|m| m.quarantined.contains(&attacker))
+        .unwrap_or_else(|| panic!("never quarantined: {:#?}", r.rounds.last()));
+    eprintln!("attacker quarantined after round {}", at + 1);
+    assert!(at + 1 <= 10, "took {} rounds", at + 1);
+    assert!(
+        r.rounds[at]
+            .reputation_events
+            .contains(&format!("{attacker} quarantined"))
+    );
+    // Afterwards it is not in the participant list: no malicious update is
+    // aggregated while it is quarantined, and it is counted as shadow.
+    for m in &r.rounds[at + 1..] {
+        if m.quarantined.contains(&attacker) {
+            assert_eq!(m.malicious, 0, "{m:?}");
+            assert_eq!(m.shadow, 1, "{m:?}");
+        }
+    }
+    // No honest node ends quarantined.
+    assert_eq!(r.rounds.last().unwrap().quarantined, vec![attacker]);
+}
+
+#[test]
+fn buckets_that_lose_too_many_members_are_dropped_not_the_round() {
+    // One forced dropout before advertising: its bucket of 2 has one
+    // survivor (threshold 2) and is lost every round; the others commit.
+    let s = scenario(
+        "rounds = 2\nbucket_size = 2",
+        "[rule]\nrule = \"median\"\n[attack]\nfraction = 0.1\nkind = \"protocol\"\n\
+         behaviour = \"forced_dropout\"\nphase = \"before_advert\"\n[reputation]\nenabled = false",
+    );
+    let (r, _) = run(&s, &quiet()).unwrap();
+    assert_eq!(r.final_version, 2);
+    for m in &r.rounds {
+        assert_eq!(m.buckets, 5, "{m:?}");
+        assert_eq!(m.buckets_lost.len(), 1, "{m:?}");
+        assert_eq!(m.participants, 8, "{m:?}");
+        assert_eq!(m.dropped, 2, "{m:?}");
+        assert!(m.aborted.is_none());
+    }
+    // After sharing its keys, in buckets of 3 (threshold 2): the survivors
+    // remove its masks and the bucket counts with one member fewer.
+    let s = scenario(
+        "rounds = 2\nbucket_size = 3",
+        "[rule]\nrule = \"median\"\n[attack]\nfraction = 0.1\nkind = \"protocol\"\n\
+         behaviour = \"forced_dropout\"\nphase = \"after_shares\"\n[reputation]\nenabled = false",
+    );
+    let (r, _) = run(&s, &quiet()).unwrap();
+    for m in &r.rounds {
+        assert_eq!(m.buckets, 3, "{m:?}");
+        assert!(m.buckets_lost.is_empty(), "{m:?}");
+        assert_eq!(m.participants, 9, "{m:?}");
+        assert_eq!(m.dropped, 1, "{m:?}");
+    }
+    // Nine in ten members drop before advertising: every bucket is lost
+    // (threshold 4 of 5), and only then is the round aborted, with the reason.
+    let s = scenario(
+        "rounds = 1\nbucket_size = 5",
+        "[rule]\nrule = \"fedavg\"\n[dropout]\nrate = 0.9",
+    );
+    let (r, _) = run(&s, &quiet()).unwrap();
+    let m = &r.rounds[0];
+    assert_eq!(r.final_version, 0);
+    assert_eq!(m.buckets_lost.len(), m.buckets, "{m:?}");
+    assert!(
+        m.aborted
+            .as_deref()
+            .unwrap_or("")
+            .contains("unmasked buckets")
+    );
+}
