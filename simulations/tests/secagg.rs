@@ -84,8 +84,9 @@ fn persistent_attacker_is_quarantined_through_bucket_evidence_and_then_ignored()
         .iter()
         .position(|m| m.quarantined.contains(&attacker))
         .unwrap_or_else(|| panic!("never quarantined: {:#?}", r.rounds.last()));
-    eprintln!("attacker quarantined after round {}", at + 1);
-    assert!(at + 1 <= 10, "took {} rounds", at + 1);
+    let rounds_needed = at + 1;
+    eprintln!("attacker quarantined after round {rounds_needed}");
+    assert!(rounds_needed <= 10, "took {rounds_needed} rounds");
     assert!(
         r.rounds[at]
             .reputation_events

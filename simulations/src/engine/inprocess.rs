@@ -746,13 +746,11 @@ fn run_once(
         let (shadow, subs): (Vec<Submission>, Vec<Submission>) = subs
             .into_iter()
             .partition(|x| quarantined.contains(&x.identity));
-        let shadow_nodes = presence
-            .iter()
-            .filter(|(i, p)| {
-                matches!(p, Presence::Quarantined)
-                    || (!masked && all_quarantined(*i) && !matches!(p, Presence::Offline))
-            })
-            .count();
+        let is_shadow = |i: usize, p: &Presence| {
+            matches!(p, Presence::Quarantined)
+                || (!masked && all_quarantined(i) && !matches!(p, Presence::Offline))
+        };
+        let shadow_nodes = presence.iter().filter(|(i, p)| is_shadow(*i, p)).count();
         let train_losses: Vec<f32> = subs.iter().filter_map(|x| x.train_loss).collect();
         let mean_train_loss = (!train_losses.is_empty())
             .then(|| train_losses.iter().sum::<f32>() / train_losses.len() as f32);
@@ -963,11 +961,7 @@ fn run_once(
         // counted in `shadow` instead).
         metrics.dropped = presence
             .iter()
-            .filter(|(i, p)| {
-                !contributing.contains(i)
-                    && !matches!(p, Presence::Quarantined)
-                    && !(!masked && all_quarantined(*i) && !matches!(p, Presence::Offline))
-            })
+            .filter(|(i, p)| !contributing.contains(i) && !is_shadow(*i, p))
             .count();
         if let Some(agg) = aggregated {
             let step = server_step(
