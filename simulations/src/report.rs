@@ -320,7 +320,7 @@ pub fn html(r: &RunReport, t: &RunTiming, auc_svg: &str, loss_svg: &str) -> Stri
         .as_ref()
         .map(|c| {
             format!(
-                "{:.4} (final-parameter distance ‖θ − θ_clean‖/‖θ_clean‖); clean twin mean AUC {}",
+                "final-parameter distance ‖θ − θ_clean‖/‖θ_clean − θ_0‖ = {:.4}; clean twin mean AUC {}",
                 c.distance,
                 f3(c.final_mean_auc)
             )

@@ -35,15 +35,21 @@ clean_twin = true
     .unwrap()
 }
 
-/// Margin on `‖θ − θ_clean‖ / ‖θ_clean‖` of the final global parameters.
-const MARGIN: f64 = 0.05;
+/// Margin on the final parameters' distance from the clean run, relative to
+/// how far the clean run moved from genesis: `‖θ − θ_clean‖ / ‖θ_clean − θ_0‖`.
+const MARGIN: f64 = 0.5;
 
 #[test]
 fn masked_buckets_keep_scaling_attackers_near_the_clean_run_and_fedavg_does_not() {
-    let attack = "[attack]\nfraction = 0.2\nkind = \"scaling\"";
+    // 2 of 10 nodes train honestly and scale their delta by γ = n/η = 10
+    // (model replacement). Reputation is off in both runs so that only the
+    // aggregation is compared. Measured (seed 5): FedAvg k = 1 ends 2.19 of
+    // the clean run's progress away from it, the median over masked buckets
+    // of 2 (C = 0.5, honest update norms ≈ 0.13) 0.31.
+    let attack = "[reputation]\nenabled = false\n[attack]\nfraction = 0.2\nkind = \"scaling\"";
     let plain = run_full(
         &scenario(
-            "rounds = 4",
+            "rounds = 5",
             &format!("[rule]\nrule = \"fedavg\"\n{attack}"),
         ),
         &quiet(),
@@ -51,7 +57,7 @@ fn masked_buckets_keep_scaling_attackers_near_the_clean_run_and_fedavg_does_not(
     .unwrap();
     let masked = run_full(
         &scenario(
-            "rounds = 4\nbucket_size = 2",
+            "rounds = 5\nbucket_size = 2",
             &format!("[rule]\nrule = \"median\"\n[secagg]\nclip_norm = 0.5\n{attack}"),
         ),
         &quiet(),
@@ -64,15 +70,24 @@ fn masked_buckets_keep_scaling_attackers_near_the_clean_run_and_fedavg_does_not(
     );
     assert_eq!(masked.report.aggregation, "secagg (masked buckets)");
     assert!(masked.report.rounds.iter().all(|m| m.buckets == 5));
+    assert!(
+        masked
+            .report
+            .rounds
+            .iter()
+            .all(|m| m.malicious == 2 && m.buckets_lost.is_empty())
+    );
     assert!(d_masked < MARGIN, "masked: {d_masked}");
-    assert!(d_plain > MARGIN, "fedavg: {d_plain}");
-    assert!(d_plain > 4.0 * d_masked, "{d_plain} vs {d_masked}");
+    assert!(d_plain > 2.0 * MARGIN, "fedavg: {d_plain}");
 }
 
 #[test]
 fn persistent_attacker_is_quarantined_through_bucket_evidence_and_then_ignored() {
+    // One sign flipper (−10·mean, clipped to C inside the protocol) among
+    // 10 nodes, buckets of 2 reshuffled every round, median over bucket
+    // means, the coordinator's default reputation settings.
     let s = scenario(
-        "rounds = 12\nbucket_size = 3",
+        "rounds = 12\nbucket_size = 2",
         "[rule]\nrule = \"median\"\n[secagg]\nclip_norm = 0.5\n\
          [attack]\nfraction = 0.1\nkind = \"sign_flip\"\nk = 10.0",
     );
@@ -86,22 +101,27 @@ fn persistent_attacker_is_quarantined_through_bucket_evidence_and_then_ignored()
         .unwrap_or_else(|| panic!("never quarantined: {:#?}", r.rounds.last()));
     let rounds_needed = at + 1;
     eprintln!("attacker quarantined after round {rounds_needed}");
-    assert!(rounds_needed <= 10, "took {rounds_needed} rounds");
+    assert!(rounds_needed <= 8, "took {rounds_needed} rounds");
     assert!(
         r.rounds[at]
             .reputation_events
             .contains(&format!("{attacker} quarantined"))
     );
-    // Afterwards it is not in the participant list: no malicious update is
-    // aggregated while it is quarantined, and it is counted as shadow.
-    for m in &r.rounds[at + 1..] {
-        if m.quarantined.contains(&attacker) {
-            assert_eq!(m.malicious, 0, "{m:?}");
-            assert_eq!(m.shadow, 1, "{m:?}");
+    // While it is quarantined it is not in the participant list: no
+    // malicious update is aggregated, and it is counted as shadow.
+    let mut ignored = 0;
+    for w in r.rounds.windows(2) {
+        if w[0].quarantined.contains(&attacker) {
+            assert_eq!(w[1].malicious, 0, "{:?}", w[1]);
+            assert_eq!(w[1].shadow, 1, "{:?}", w[1]);
+            ignored += 1;
         }
     }
-    // No honest node ends quarantined.
-    assert_eq!(r.rounds.last().unwrap().quarantined, vec![attacker]);
+    assert!(ignored >= 3, "ignored in {ignored} rounds");
+    // No honest node is ever quarantined.
+    for m in &r.rounds {
+        assert!(m.quarantined.iter().all(|q| *q == attacker), "{m:?}");
+    }
 }
 
 #[test]

@@ -287,6 +287,8 @@ pub struct RunOutput {
     pub timing: RunTiming,
     /// Final global parameters.
     pub final_params: Vec<f32>,
+    /// Genesis parameters (version 0).
+    pub genesis: Vec<f32>,
 }
 
 /// Runs a scenario in-process. Returns the deterministic report and the
@@ -296,13 +298,15 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<(RunReport, RunTiming), En
     Ok((o.report, o.timing))
 }
 
-/// `‖a − b‖ / ‖b‖` (0 when both are zero).
-pub fn relative_distance(a: &[f32], b: &[f32]) -> f64 {
+/// `‖a − b‖ / ‖b − origin‖`: how far `a` is from `b`, relative to how far
+/// `b` moved from `origin` (the genesis model); `‖a − b‖` when `b` did not
+/// move.
+pub fn relative_distance(a: &[f32], b: &[f32], origin: &[f32]) -> f64 {
     let (mut d, mut n) = (0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        let (x, y) = (f64::from(*x), f64::from(*y));
+    for ((x, y), o) in a.iter().zip(b).zip(origin) {
+        let (x, y, o) = (f64::from(*x), f64::from(*y), f64::from(*o));
         d += (x - y) * (x - y);
-        n += y * y;
+        n += (y - o) * (y - o);
     }
     if n > 0.0 { (d / n).sqrt() } else { d.sqrt() }
 }
@@ -334,7 +338,7 @@ pub fn run_full(s: &Scenario, opts: &RunOptions) -> Result<RunOutput, EngineErro
         out.report.clean_twin = Some(CleanTwin {
             final_version: twin.report.final_version,
             final_params_sha256: twin.report.final_params_sha256.clone(),
-            distance: relative_distance(&out.final_params, &twin.final_params),
+            distance: relative_distance(&out.final_params, &twin.final_params, &out.genesis),
             final_global_loss: twin.report.last_evaluated().and_then(|m| m.global_loss),
             final_mean_auc: twin.report.final_mean_auc(),
         });
@@ -426,6 +430,7 @@ fn run_once(
         signed: Vec::new(),
         schema_hash,
     };
+    let genesis = global.params.clone();
     let tp = v1::TrainingParams {
         local_epochs: s.training.local_epochs,
         batch_size: s.training.batch_size,
@@ -1050,6 +1055,7 @@ fn run_once(
         report,
         timing,
         final_params: global.params,
+        genesis,
     })
 }
 

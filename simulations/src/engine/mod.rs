@@ -138,7 +138,9 @@ pub struct CleanTwin {
     pub final_version: u64,
     /// SHA-256 of its final parameters.
     pub final_params_sha256: String,
-    /// `‖θ − θ_clean‖ / ‖θ_clean‖` of the final global parameters.
+    /// Distance of the final global parameters from the clean twin's,
+    /// relative to how far the clean twin moved from genesis:
+    /// `‖θ − θ_clean‖ / ‖θ_clean − θ_0‖`.
     pub distance: f64,
     /// Its global loss in the last evaluated round.
     pub final_global_loss: Option<f32>,
