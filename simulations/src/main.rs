@@ -76,6 +76,10 @@ enum Cmd {
         /// Override the number of nodes.
         #[arg(long)]
         nodes: Option<usize>,
+        /// Override the bucket size k (k > 1 runs the real secure
+        /// aggregation protocol in every bucket).
+        #[arg(long)]
+        bucket_size: Option<usize>,
         /// Also write every round's submissions as DIR/round_NNNN.npy.
         #[arg(long)]
         record: Option<std::path::PathBuf>,
@@ -261,6 +265,7 @@ fn run(cmd: Cmd) -> Result<()> {
             seed,
             rounds,
             nodes,
+            bucket_size,
             record,
             quiet,
             engine,
@@ -274,6 +279,9 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             if let Some(n) = nodes {
                 s.fleet.nodes = n;
+            }
+            if let Some(k) = bucket_size {
+                s.bucket_size = k;
             }
             if engine == "network" {
                 let dir = tempfile::tempdir()?;
@@ -302,8 +310,9 @@ fn run(cmd: Cmd) -> Result<()> {
             let f3 = |v: Option<f32>| v.map_or("–".into(), |v| format!("{v:.3}"));
             println!(
                 "{}: {} rounds ({}), final version {}, mean AUC {}, worst kind {}, ASR {} \
-                 (clean twin {}), quarantined {} of them malicious {}; {:.2} s (setup {:.2} s, \
-                 train {:.2} s, aggregate {:.2} s, eval {:.2} s, clean twin {:.2} s, {} threads)",
+                 (clean twin {}), quarantined {} of them malicious {}; {:.2} s (setup {:.2} s of which \
+                 certificates {:.2} s, train {:.2} s, aggregate {:.2} s, eval {:.2} s, clean twin \
+                 {:.2} s, {} threads)",
                 report.scenario,
                 report.rounds.len(),
                 report.aggregation,
@@ -318,6 +327,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 report.rounds.last().map_or(0, |m| m.quarantined_malicious),
                 timing.total_s,
                 timing.setup_s,
+                timing.certificates_s,
                 timing.train_s,
                 timing.aggregate_s,
                 timing.eval_s,

@@ -346,8 +346,8 @@ table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;pad
 <tr><td>clean twin</td><td>{twin}</td></tr>
 <tr><td>quarantined at the end (malicious / all)</td><td>{qm} / {qa}</td></tr>
 <tr><td>final parameters SHA-256</td><td><code>{sha}</code></td></tr>
-<tr><td>time (s): setup / train / aggregate / eval / total ({threads} threads)</td>
-<td>{ts:.2} / {tt:.2} / {ta:.2} / {te:.2} / {tot:.2}</td></tr>
+<tr><td>time (s): setup (certificates) / train / aggregate / eval / clean twin / total ({threads} threads)</td>
+<td>{ts:.2} ({tc:.2}) / {tt:.2} / {ta:.2} / {te:.2} / {tw:.2} / {tot:.2}</td></tr>
 </table>
 <div class="plots">{auc_svg}{loss_svg}</div>
 <h2>Rounds</h2>
@@ -382,6 +382,8 @@ coordinator's reputation has quarantined (their updates are ignored).</p>
         sha = r.final_params_sha256,
         threads = t.threads,
         ts = t.setup_s,
+        tc = t.certificates_s,
+        tw = t.clean_twin_s,
         tt = t.train_s,
         ta = t.aggregate_s,
         te = t.eval_s,

@@ -254,6 +254,8 @@ enum Presence {
     Offline,
     /// Quarantined with k > 1: left out of the participant list.
     Quarantined,
+    /// A forced-dropout attacker with k > 1, stopping at this phase.
+    Forced(Dropout),
 }
 
 /// Clips to `clip` and adds `N(0, (z·clip)²)` per coordinate.
@@ -395,7 +397,9 @@ fn run_once(
                 identities_of(&nodes[i].name, n)
             })
             .collect();
+        let t_certs = Instant::now();
         let fleet = SecAggFleet::new(TENANT, &ids).map_err(EngineError::SecAgg)?;
+        timing.certificates_s = t_certs.elapsed().as_secs_f64();
         let quant = QuantConfig::new(s.secagg.clip_norm, s.secagg.scale)
             .map_err(|e| EngineError::SecAgg(BucketError::Setup(e.to_string())))?;
         Some((
@@ -491,8 +495,11 @@ fn run_once(
                 } else if let Some(phase) = forced {
                     match (masked, phase) {
                         (false, _) => Presence::Dropped,
-                        (true, DropoutPhase::BeforeAdvert) => Presence::Dropped,
-                        (true, DropoutPhase::AfterShares) => Presence::Straggler,
+                        (true, DropoutPhase::BeforeAdvert) => {
+                            Presence::Forced(Dropout::BeforeAdvert)
+                        }
+                        (true, DropoutPhase::AfterShares) => Presence::Forced(Dropout::AfterShares),
+                        // It trains and sends its masked update, then stops.
                         (true, DropoutPhase::AfterMasked) => Presence::Present { unmask: false },
                     }
                 } else if drop < s.dropout.rate {
@@ -813,6 +820,7 @@ fn run_once(
                     let d = match p {
                         Presence::Dropped => Dropout::BeforeAdvert,
                         Presence::Straggler => Dropout::AfterShares,
+                        Presence::Forced(d) => *d,
                         _ => return None,
                     };
                     Some(

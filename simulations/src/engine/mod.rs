@@ -228,8 +228,10 @@ impl RunReport {
 /// Wall-clock time spent, per phase (not deterministic, kept apart).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunTiming {
-    /// Telemetry generation and agent set-up.
+    /// Telemetry generation and agent set-up (certificates included).
     pub setup_s: f64,
+    /// Of the set-up, the mesh CA and one certificate per identity (k > 1).
+    pub certificates_s: f64,
     /// Local training (all rounds).
     pub train_s: f64,
     /// Attacks, bucketing, aggregation and server step.
