@@ -88,6 +88,10 @@ enum Cmd {
         /// Override the number of nodes.
         #[arg(long)]
         nodes: Option<usize>,
+        /// Override the bucket size k (k > 1 runs the real secure
+        /// aggregation protocol in every bucket).
+        #[arg(long)]
+        bucket_size: Option<usize>,
         /// Also write every round's submissions as DIR/round_NNNN.npy.
         #[arg(long)]
         record: Option<std::path::PathBuf>,
@@ -281,6 +285,7 @@ fn run(cmd: Cmd) -> Result<()> {
             seed,
             rounds,
             nodes,
+            bucket_size,
             record,
             quiet,
             engine,
@@ -294,6 +299,9 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             if let Some(n) = nodes {
                 s.fleet.nodes = n;
+            }
+            if let Some(k) = bucket_size {
+                s.bucket_size = k;
             }
             if engine == "network" {
                 let dir = tempfile::tempdir()?;
@@ -319,25 +327,31 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             let (report, timing) = inprocess::run(&s, &RunOptions { quiet, record })?;
             let w = report::write_all(&report, &timing, &out)?;
+            let f3 = |v: Option<f32>| v.map_or("–".into(), |v| format!("{v:.3}"));
             println!(
-                "{}: {} rounds, final version {}, mean AUC {}, worst kind {}, ASR {}; {:.2} s \
-                 (train {:.2} s, aggregate {:.2} s, eval {:.2} s, {} threads)",
+                "{}: {} rounds ({}), final version {}, mean AUC {}, worst kind {}, ASR {} \
+                 (clean twin {}), quarantined {} of them malicious {}; {:.2} s (setup {:.2} s of which \
+                 certificates {:.2} s, train {:.2} s, aggregate {:.2} s, eval {:.2} s, clean twin \
+                 {:.2} s, {} threads)",
                 report.scenario,
                 report.rounds.len(),
+                report.aggregation,
                 report.final_version,
-                report
-                    .final_mean_auc()
-                    .map_or("–".into(), |v| format!("{v:.3}")),
+                f3(report.final_mean_auc()),
                 report
                     .final_worst_auc()
                     .map_or("–".into(), |(k, v)| format!("{v:.3} ({k})")),
-                report
-                    .final_attack_success()
-                    .map_or("–".into(), |v| format!("{v:.3}")),
+                f3(report.final_attack_success()),
+                f3(report.final_clean_miss_rate()),
+                report.final_quarantined().len(),
+                report.rounds.last().map_or(0, |m| m.quarantined_malicious),
                 timing.total_s,
+                timing.setup_s,
+                timing.certificates_s,
                 timing.train_s,
                 timing.aggregate_s,
                 timing.eval_s,
+                timing.clean_twin_s,
                 timing.threads,
             );
             println!("final parameters sha256 {}", report.final_params_sha256);

@@ -8,6 +8,8 @@
 //! trimmed mean `(n−1)/2`, Krum and Multi-Krum `(n−3)/2` (Multi-Krum
 //! averages `m = n−f−2`), Bulyan `(n−3)/4`; centered clipping uses τ = 1
 //! and 3 iterations, the geometric median 8 Weiszfeld steps with ν = 0.1.
+//! Cells with k > 1 run the real secure-aggregation protocol; cells with a
+//! targeted attack also run their clean twin (the "clean miss" column).
 
 use fedmesh_coordinator::aggregate::{Rule, RuleConfig};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -29,12 +31,19 @@ pub struct Cell {
     pub mean_auc: Option<f32>,
     /// Worst attack kind and its final AUC.
     pub worst: Option<(String, f32)>,
-    /// Attack success (data poisoning, scaling with poison).
+    /// Attack success (data poisoning, scaling with poison): miss rate of
+    /// the targeted kind at the calibrated threshold.
     pub asr: Option<f32>,
+    /// The same miss rate under the clean twin (attackers disabled).
+    pub clean_miss: Option<f32>,
     /// Rounds aborted.
     pub aborted: usize,
     /// Share of malicious submissions the rule excluded (all rounds).
     pub malicious_excluded: Option<f32>,
+    /// Malicious identities quarantined at the end of the run.
+    pub quarantined_malicious: usize,
+    /// Honest identities quarantined at the end of the run.
+    pub quarantined_honest: usize,
     /// Why the cell could not run, if it could not.
     pub error: Option<String>,
 }
@@ -133,8 +142,11 @@ pub fn run(
                     mean_auc: None,
                     worst: None,
                     asr: None,
+                    clean_miss: None,
                     aborted: 0,
                     malicious_excluded: None,
+                    quarantined_malicious: 0,
+                    quarantined_honest: 0,
                     error: None,
                 };
                 match inprocess::run(
@@ -148,9 +160,15 @@ pub fn run(
                         cell.mean_auc = r.final_mean_auc();
                         cell.worst = r.final_worst_auc();
                         cell.asr = r.final_attack_success();
+                        cell.clean_miss = r.final_clean_miss_rate();
                         cell.aborted = r.rounds.iter().filter(|m| m.aborted.is_some()).count();
+                        if let Some(last) = r.rounds.last() {
+                            cell.quarantined_malicious = last.quarantined_malicious;
+                            cell.quarantined_honest =
+                                last.quarantined.len() - last.quarantined_malicious;
+                        }
                         let mal: usize = r.rounds.iter().map(|m| m.malicious).sum();
-                        let exc: usize = r.rounds.iter().map(|m| m.excluded_malicious).sum();
+                        let exc: usize = r.rounds.iter().map(|m| m.rule_excluded_malicious).sum();
                         cell.malicious_excluded = (mal > 0).then(|| exc as f32 / mal as f32);
                     }
                     Err(e) => cell.error = Some(e.to_string()),
@@ -171,8 +189,8 @@ fn f3(v: Option<f32>) -> String {
 /// The grid as a Markdown table.
 pub fn markdown(cells: &[Cell]) -> String {
     let mut out = String::from(
-        "| rule | attack | k | mean AUC | worst kind AUC | ASR | malicious excluded | aborted rounds |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|\n",
+        "| rule | attack | k | mean AUC | worst kind AUC | ASR | clean miss | malicious excluded | quarantined (mal./honest) | aborted rounds |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for c in cells {
         let worst = c
@@ -185,16 +203,19 @@ pub fn markdown(cells: &[Cell]) -> String {
             None => (f3(c.mean_auc), worst),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |\n",
             c.rule,
             c.attack,
             c.k,
             mean,
             worst,
             f3(c.asr),
+            f3(c.clean_miss),
             c.malicious_excluded
                 .map(|x| format!("{:.0} %", x * 100.0))
                 .unwrap_or_else(|| "–".into()),
+            c.quarantined_malicious,
+            c.quarantined_honest,
             c.aborted
         ));
     }
@@ -212,7 +233,10 @@ pub fn csv_text(cells: &[Cell]) -> Result<String, csv::Error> {
         "worst_kind",
         "worst_auc",
         "asr",
+        "clean_miss",
         "malicious_excluded",
+        "quarantined_malicious",
+        "quarantined_honest",
         "aborted_rounds",
         "error",
     ])?;
@@ -226,7 +250,10 @@ pub fn csv_text(cells: &[Cell]) -> Result<String, csv::Error> {
             c.worst.as_ref().map(|x| x.0.clone()).unwrap_or_default(),
             o(c.worst.as_ref().map(|x| x.1)),
             o(c.asr),
+            o(c.clean_miss),
             o(c.malicious_excluded),
+            c.quarantined_malicious.to_string(),
+            c.quarantined_honest.to_string(),
             c.aborted.to_string(),
             c.error.clone().unwrap_or_default(),
         ])?;

@@ -1,6 +1,15 @@
 //! Run outputs: `run.json` (deterministic), `timing.json`, `rounds.csv`,
 //! SVG plots (AUC per attack kind vs round, loss vs round) and a one-page
 //! `report.html` embedding them.
+//!
+//! **Attack success** (targeted attacks: data poisoning, scaling with
+//! poisoned data) is the miss rate of the targeted attack kind's held-out
+//! windows at the alert threshold calibrated on separate benign held-out
+//! windows at the false-alarm budget `eval.false_alarm_rate` (default 1 %):
+//! the fraction of those windows the global detector scores at or below the
+//! threshold. It is reported next to `clean_miss_rate`, the same figure for
+//! the clean twin's model (same scenario and seed, attackers disabled) in
+//! the same round: an attack only succeeds by the difference.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -85,8 +94,16 @@ pub fn csv_text(r: &RunReport) -> Result<String, ReportError> {
         "global_loss",
         "auc",
         "attack_success",
-        "excluded",
-        "excluded_malicious",
+        "clean_miss_rate",
+        "buckets",
+        "buckets_lost",
+        "buckets_rejected",
+        "rule_excluded",
+        "rule_excluded_malicious",
+        "shadow",
+        "quarantined",
+        "quarantined_malicious",
+        "reputation_events",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -111,8 +128,16 @@ pub fn csv_text(r: &RunReport) -> Result<String, ReportError> {
             opt(m.global_loss),
             opt(m.auc),
             opt(m.attack_success),
-            m.excluded.len().to_string(),
-            m.excluded_malicious.to_string(),
+            opt(m.clean_miss_rate),
+            m.buckets.to_string(),
+            m.buckets_lost.len().to_string(),
+            m.buckets_rejected.len().to_string(),
+            m.rule_excluded.len().to_string(),
+            m.rule_excluded_malicious.to_string(),
+            m.shadow.to_string(),
+            m.quarantined.join(" "),
+            m.quarantined_malicious.to_string(),
+            m.reputation_events.join("; "),
         ];
         row.extend(ks.iter().map(|k| opt(m.auc_per_kind.get(k))));
         w.write_record(&row).map_err(ser)?;
@@ -267,20 +292,41 @@ pub fn html(r: &RunReport, t: &RunTiming, auc_svg: &str, loss_svg: &str) -> Stri
         .unwrap_or_else(|| "–".into());
     let mut rows = String::new();
     for m in &r.rounds {
+        let lost: Vec<String> = m
+            .buckets_lost
+            .iter()
+            .map(|l| format!("bucket {} ({} members): {}", l.bucket, l.members, l.reason))
+            .collect();
         rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             m.round,
             m.participants,
             m.dropped,
             m.malicious,
             m.rule_inputs,
+            esc(&lost.join("; ")),
             f3(m.global_loss),
             f3(m.auc),
             f3(m.attack_success),
-            m.excluded.len(),
+            f3(m.clean_miss_rate),
+            m.rule_excluded.len(),
+            esc(&m.quarantined.join(" ")),
+            m.quarantined_malicious,
             esc(m.aborted.as_deref().unwrap_or("")),
         ));
     }
+    let twin = r
+        .clean_twin
+        .as_ref()
+        .map(|c| {
+            format!(
+                "final-parameter distance ‖θ − θ_clean‖/‖θ_clean − θ_0‖ = {:.4}; clean twin mean AUC {}",
+                c.distance,
+                f3(c.final_mean_auc)
+            )
+        })
+        .unwrap_or_else(|| "not run".into());
+    let target = r.attack_target.as_deref().unwrap_or("–");
     format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>fedmesh-sim: {name}</title>
@@ -295,15 +341,23 @@ table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;pad
 <tr><td>final version</td><td>{version}</td></tr>
 <tr><td>final mean AUC over attack kinds</td><td>{mean}</td></tr>
 <tr><td>worst attack kind AUC</td><td>{worst}</td></tr>
-<tr><td>attack success (missed targeted windows)</td><td>{asr}</td></tr>
+<tr><td>aggregation</td><td>{aggregation}</td></tr>
+<tr><td>attack success: miss rate of {target} windows at the threshold for {far} % false alarms (attacked / clean twin)</td><td>{asr} / {clean}</td></tr>
+<tr><td>clean twin</td><td>{twin}</td></tr>
+<tr><td>quarantined at the end (malicious / all)</td><td>{qm} / {qa}</td></tr>
 <tr><td>final parameters SHA-256</td><td><code>{sha}</code></td></tr>
-<tr><td>time (s): setup / train / aggregate / eval / total ({threads} threads)</td>
-<td>{ts:.2} / {tt:.2} / {ta:.2} / {te:.2} / {tot:.2}</td></tr>
+<tr><td>time (s): setup (certificates) / train / aggregate / eval / clean twin / total ({threads} threads)</td>
+<td>{ts:.2} ({tc:.2}) / {tt:.2} / {ta:.2} / {te:.2} / {tw:.2} / {tot:.2}</td></tr>
 </table>
 <div class="plots">{auc_svg}{loss_svg}</div>
 <h2>Rounds</h2>
-<table><tr><th>round</th><th>participants</th><th>dropped</th><th>malicious</th><th>rule inputs</th><th>global loss</th><th>AUC</th><th>attack success</th><th>excluded</th><th>aborted</th></tr>
+<table><tr><th>round</th><th>participants</th><th>dropped</th><th>malicious</th><th>rule inputs</th><th>buckets lost</th><th>global loss</th><th>AUC</th><th>attack success</th><th>clean miss rate</th><th>rule excluded</th><th>quarantined</th><th>quarantined malicious</th><th>aborted</th></tr>
 {rows}</table>
+<p>Attack success = miss rate of the targeted kind's held-out windows at the alert threshold
+calibrated on separate benign held-out windows at the false-alarm budget; the clean miss rate is
+the same figure for the clean twin (same scenario and seed, attackers disabled). "Rule excluded"
+counts the identities the rule left out in that round; "quarantined" lists the identities the
+coordinator's reputation has quarantined (their updates are ignored).</p>
 <p>Files: run.json (deterministic), timing.json, rounds.csv, auc.svg, loss.svg.</p>
 </body></html>
 "#,
@@ -318,9 +372,18 @@ table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;pad
         version = r.final_version,
         mean = f3(r.final_mean_auc()),
         asr = f3(r.final_attack_success()),
+        clean = f3(r.final_clean_miss_rate()),
+        aggregation = esc(&r.aggregation),
+        target = esc(target),
+        far = r.false_alarm_rate * 100.0,
+        twin = esc(&twin),
+        qm = r.rounds.last().map_or(0, |m| m.quarantined_malicious),
+        qa = r.final_quarantined().len(),
         sha = r.final_params_sha256,
         threads = t.threads,
         ts = t.setup_s,
+        tc = t.certificates_s,
+        tw = t.clean_twin_s,
         tt = t.train_s,
         ta = t.aggregate_s,
         te = t.eval_s,

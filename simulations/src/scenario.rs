@@ -26,12 +26,18 @@
 //! fraction = 0.2
 //! kind = "alie"
 //! z_rule = "epfml"
+//!
+//! [secagg]                 # k > 1: the real masked protocol per bucket
+//! clip_norm = 1.0          # every update is clipped to this L2 norm inside the protocol
+//!
+//! [reputation]             # the coordinator's ReputationConfig (defaults: enabled)
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use fedmesh_coordinator::aggregate::RuleConfig;
+use fedmesh_coordinator::reputation::ReputationConfig;
 use fedmesh_node::telemetry::synthetic::{AttackKind, Profile};
 use serde::{Deserialize, Serialize};
 
@@ -97,6 +103,56 @@ pub struct Scenario {
     /// Held-out evaluation.
     #[serde(default)]
     pub eval: Eval,
+    /// Secure aggregation settings (used when `bucket_size > 1`).
+    #[serde(default)]
+    pub secagg: SecAgg,
+    /// The coordinator's reputation and quarantine (`[tenants.reputation]`).
+    #[serde(default)]
+    pub reputation: ReputationConfig,
+}
+
+/// Largest bucket size k: the crypto assignment puts the remainder into the
+/// last bucket (up to 2k − 1 members) and a bucket holds at most 255.
+pub const MAX_BUCKET_SIZE: usize = 128;
+
+/// Secure aggregation inside buckets (`bucket_size > 1`): every bucket runs
+/// the crypto crate's Bonawitz protocol (`fedmesh_crypto::secagg::local::
+/// run_bucket`: real X25519 keys, Shamir shares, AEAD, masks, signatures),
+/// and the coordinator's `aggregate_buckets` runs over the revealed sums.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecAgg {
+    /// L2 clip norm C applied by every member before quantizing (a scaled
+    /// or boosted update cannot weigh more than C).
+    #[serde(default = "d_clip_norm")]
+    pub clip_norm: f64,
+    /// Fixed-point scale of the quantization (units per 1.0).
+    #[serde(default = "d_scale")]
+    pub scale: f64,
+    /// Distributed discrete-Gaussian DP: noise multiplier z of each bucket
+    /// sum (standard deviation z·C), none when absent.
+    pub noise_multiplier: Option<f64>,
+    /// The tenant's bound on bucket means for the norm gate (stricter than
+    /// the protocol's bound for clipped updates), none when absent.
+    pub max_mean_norm: Option<f64>,
+}
+
+fn d_clip_norm() -> f64 {
+    1.0
+}
+fn d_scale() -> f64 {
+    65536.0
+}
+
+impl Default for SecAgg {
+    fn default() -> Self {
+        Self {
+            clip_norm: d_clip_norm(),
+            scale: d_scale(),
+            noise_multiplier: None,
+            max_mean_norm: None,
+        }
+    }
 }
 
 /// Windows a node needs before it trains (the engine's agent setting).
@@ -264,7 +320,11 @@ pub struct Dp {
     pub noise_multiplier: f64,
 }
 
-/// Dropout and straggler patterns.
+/// Dropout and straggler patterns. With buckets (k > 1) each maps to the
+/// phase of the secure-aggregation protocol at which the member stops:
+/// `rate` before its key advertisement, `stragglers` after sharing its keys
+/// (its masks are removed with the survivors' shares), `after_masked` after
+/// its masked update (it still counts; it just does not help unmask).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dropout {
@@ -275,6 +335,10 @@ pub struct Dropout {
     /// discarded).
     #[serde(default)]
     pub stragglers: f64,
+    /// Probability that a sampled node sends its (masked) update and then
+    /// stops answering (k > 1: it does not help unmask; k = 1: no effect).
+    #[serde(default)]
+    pub after_masked: f64,
     /// Nodes (by index) that are offline in every round.
     #[serde(default)]
     pub always_offline: Vec<usize>,
@@ -315,11 +379,27 @@ pub enum ZRuleName {
 #[serde(rename_all = "snake_case")]
 pub enum Misbehaviour {
     /// Sends shares that do not reconstruct: the attacker's bucket cannot
-    /// be unmasked and is lost.
+    /// be unmasked and is lost. (Simulated by losing the bucket: the
+    /// crypto crate's `run_bucket` has no hook to corrupt a share.)
     BadShares,
     /// Is selected, then drops out on purpose (to force unmasking or to
-    /// push the round below quorum).
+    /// push the round below quorum); with k > 1 at the protocol phase
+    /// `phase`.
     ForcedDropout,
+}
+
+/// The secure-aggregation phase at which a member stops answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropoutPhase {
+    /// Never advertises its keys.
+    BeforeAdvert,
+    /// Shares its keys, never sends its masked update (forces the
+    /// coordinator to reconstruct its mask key).
+    #[default]
+    AfterShares,
+    /// Sends its masked update, never helps unmask.
+    AfterMasked,
 }
 
 /// The attack and its parameters, tagged by `kind`.
@@ -398,6 +478,9 @@ pub enum AttackKindSpec {
     Protocol {
         /// What the attacker does.
         behaviour: Misbehaviour,
+        /// For `forced_dropout` with k > 1: when the attacker stops.
+        #[serde(default)]
+        phase: DropoutPhase,
     },
 }
 
@@ -470,9 +553,11 @@ impl AttackKindSpec {
             },
             "bad_shares" => Self::Protocol {
                 behaviour: Misbehaviour::BadShares,
+                phase: DropoutPhase::default(),
             },
             "forced_dropout" => Self::Protocol {
                 behaviour: Misbehaviour::ForcedDropout,
+                phase: DropoutPhase::default(),
             },
             other => {
                 return Err(ScenarioError::Invalid(format!(
@@ -501,6 +586,11 @@ pub struct Eval {
     /// Evaluate every this many rounds (and always the last).
     #[serde(default = "d_one_u64")]
     pub every: u64,
+    /// Also run the clean twin (same scenario and seed, attackers
+    /// disabled) and report its miss rate next to the attack success and
+    /// the final model's distance to it. Default: only for targeted
+    /// attacks (data poisoning, scaling with poison).
+    pub clean_twin: Option<bool>,
 }
 
 fn d_per_profile() -> usize {
@@ -523,6 +613,7 @@ impl Default for Eval {
             windows: d_eval_windows(),
             false_alarm_rate: d_far(),
             every: 1,
+            clean_twin: None,
         }
     }
 }
@@ -582,9 +673,29 @@ impl Scenario {
     }
 
     /// Inputs the rule sees in a round without dropouts (bucket means when
-    /// k > 1).
+    /// k > 1: the crypto assignment makes ⌊n/k⌋ buckets, the remainder
+    /// joins the last one).
     pub fn nominal_rule_inputs(&self) -> usize {
-        self.nominal_submissions().div_ceil(self.bucket_size.max(1))
+        self.nominal_submissions() / self.bucket_size.max(1)
+    }
+
+    /// The attack kind a targeted attack tries to hide (data poisoning,
+    /// scaling with poisoned training data).
+    pub fn attack_target(&self) -> Option<AttackKind> {
+        match self.attack.as_ref().map(|a| &a.kind) {
+            Some(AttackKindSpec::DataPoison { target, .. }) => Some(*target),
+            Some(AttackKindSpec::Scaling { poison, .. }) => *poison,
+            _ => None,
+        }
+    }
+
+    /// Whether a run also runs its clean twin ([`Eval::clean_twin`]).
+    pub fn wants_clean_twin(&self) -> bool {
+        self.attack.is_some()
+            && self
+                .eval
+                .clean_twin
+                .unwrap_or_else(|| self.attack_target().is_some())
     }
 
     /// Checks every constraint; the message names the field.
@@ -616,8 +727,35 @@ impl Scenario {
             self.fleet.containers(i)?;
         }
         unit("fleet.participation", self.fleet.participation, true)?;
-        if self.bucket_size == 0 {
-            return bad("bucket_size must be at least 1".into());
+        if self.bucket_size == 0 || self.bucket_size > MAX_BUCKET_SIZE {
+            return bad(format!(
+                "bucket_size = {} must be in 1..={MAX_BUCKET_SIZE}",
+                self.bucket_size
+            ));
+        }
+        let sa = &self.secagg;
+        if !(sa.clip_norm.is_finite()
+            && sa.clip_norm > 0.0
+            && sa.scale.is_finite()
+            && sa.scale > 0.0)
+        {
+            return bad("secagg.clip_norm and secagg.scale must be positive".into());
+        }
+        if sa.clip_norm * sa.scale > f64::from(1u32 << 30) {
+            return bad("secagg.clip_norm × secagg.scale must be at most 2^30".into());
+        }
+        if let Some(z) = sa.noise_multiplier
+            && !(z.is_finite() && z > 0.0)
+        {
+            return bad(format!("secagg.noise_multiplier = {z} must be positive"));
+        }
+        if let Some(m) = sa.max_mean_norm
+            && !(m.is_finite() && m > 0.0)
+        {
+            return bad(format!("secagg.max_mean_norm = {m} must be positive"));
+        }
+        if let Some(p) = self.reputation.problems().first() {
+            return bad(format!("reputation: {p}"));
         }
         if self.training.local_epochs == 0 || self.training.batch_size == 0 {
             return bad("training.local_epochs and training.batch_size must be at least 1".into());
@@ -644,6 +782,7 @@ impl Scenario {
         }
         unit("dropout.rate", self.dropout.rate, false)?;
         unit("dropout.stragglers", self.dropout.stragglers, false)?;
+        unit("dropout.after_masked", self.dropout.after_masked, false)?;
         if let Some(&i) = self
             .dropout
             .always_offline

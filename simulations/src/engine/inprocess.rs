@@ -4,22 +4,41 @@
 //! stragglers; honest nodes (and training attackers) train in parallel
 //! through `Agent::training_job`; crafting attackers build their update
 //! from the round's honest updates ([`crate::attacks`]); Sybils repeat it;
-//! submissions are ordered by identity as the coordinator orders them;
-//! buckets of k are summed ([`super::buckets`]); the coordinator's rule
-//! aggregates (centred on the previous aggregate, as the coordinator does);
-//! `server_step` and `merged_scaler` produce the next global model; the
-//! global detector is evaluated on held-out windows.
+//! submissions are ordered by identity as the coordinator orders them.
+//!
+//! - k = 1: the coordinator's rule aggregates the plaintext updates
+//!   (centred on the previous aggregate, as the coordinator does) and
+//!   `plaintext_evidence` scores every node for reputation.
+//! - k > 1: the real secure aggregation ([`super::buckets`]): the crypto
+//!   crate's bucket assignment and the whole masked protocol per bucket,
+//!   dropouts mapped to protocol phases; the coordinator's
+//!   `aggregate_buckets` (norm gate, rule over bucket means, bucket
+//!   evidence) runs over the revealed sums. A bucket with too few
+//!   survivors is lost and reported; the round goes on without it.
+//!
+//! Either way the coordinator's `Reputation` (SPRT, quarantine, probation)
+//! consumes the evidence of every committed round; quarantined identities
+//! are never aggregated afterwards (k = 1: scored as shadow updates; k > 1:
+//! left out of the participant list). `server_step` and `merged_scaler`
+//! produce the next global model; the global detector is evaluated on
+//! held-out windows.
 //!
 //! Determinism: every random choice comes from a ChaCha20 stream seeded
-//! by [`derive_seed`] from (seed, purpose, node, round); parallel results
-//! are collected in node order, so thread count does not change a bit.
+//! by [`derive_seed`] from (seed, purpose, node, round) (the protocol's from
+//! (seed, round, bucket)); parallel results are collected in node or bucket
+//! order, so thread count does not change a bit.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use fedmesh_coordinator::aggregate::clip_to_norm;
+use fedmesh_coordinator::reputation::{Evidence, Reputation, plaintext_evidence};
+use fedmesh_coordinator::secure::aggregate_buckets;
 use fedmesh_coordinator::server_step::{genesis_params, merged_scaler, server_step};
+use fedmesh_crypto::BucketSum;
+use fedmesh_crypto::secagg::QuantConfig;
+use fedmesh_crypto::secagg::local::Dropout;
 use fedmesh_node::agent::{Agent, AgentSettings, GlobalModel, LocalUpdate};
 use fedmesh_node::config::DetectorConfig;
 use fedmesh_node::detector::{Detector, calibrate_threshold};
@@ -37,10 +56,10 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info_span};
 
-use super::buckets::{self, BucketSummer, Member, PlaintextBuckets};
-use super::{EngineError, RoundMetrics, RunReport, RunTiming, derive_seed};
+use super::buckets::{self, BucketError, Member, SecAggFleet};
+use super::{CleanTwin, EngineError, RoundMetrics, RunReport, RunTiming, derive_seed};
 use crate::attacks::{self, ZRule};
-use crate::scenario::{AttackKindSpec, Misbehaviour, Scenario, ZRuleName};
+use crate::scenario::{AttackKindSpec, DropoutPhase, Misbehaviour, Scenario, ZRuleName};
 
 pub(crate) const WINDOW_MS: u64 = 10_000;
 pub(crate) const TENANT: &str = "sim";
@@ -68,12 +87,14 @@ pub struct RunOptions {
 #[derive(Debug, Clone)]
 struct Submission {
     identity: String,
+    node: usize,
     malicious: bool,
     delta: Vec<f32>,
     weight: f64,
     stats: Option<v1::ScalerStats>,
     train_loss: Option<f32>,
     bad_shares: bool,
+    dropout: Option<Dropout>,
 }
 
 pub(crate) struct SimNode {
@@ -222,9 +243,19 @@ fn progress(quiet: bool, len: u64, name: &str) -> ProgressBar {
 
 /// Outcome of one node's participation before aggregation.
 enum Presence {
-    Present,
+    /// Trains and submits; `unmask = false`: stops after sending its
+    /// masked update (k > 1).
+    Present { unmask: bool },
+    /// Drops out (k > 1: before advertising its keys).
     Dropped,
+    /// Misses the deadline (k > 1: after sharing its keys).
     Straggler,
+    /// Offline in every round (never in the participant list).
+    Offline,
+    /// Quarantined with k > 1: left out of the participant list.
+    Quarantined,
+    /// A forced-dropout attacker with k > 1, stopping at this phase.
+    Forced(Dropout),
 }
 
 /// Clips to `clip` and adds `N(0, (z·clip)²)` per coordinate.
@@ -248,9 +279,97 @@ fn stats_msg(u: &LocalUpdate) -> v1::ScalerStats {
     }
 }
 
+/// A finished run with the final global parameters (for comparisons that
+/// need more than the report's digest).
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// The deterministic report.
+    pub report: RunReport,
+    /// Timings.
+    pub timing: RunTiming,
+    /// Final global parameters.
+    pub final_params: Vec<f32>,
+    /// Genesis parameters (version 0).
+    pub genesis: Vec<f32>,
+}
+
 /// Runs a scenario in-process. Returns the deterministic report and the
 /// timings.
 pub fn run(s: &Scenario, opts: &RunOptions) -> Result<(RunReport, RunTiming), EngineError> {
+    let o = run_full(s, opts)?;
+    Ok((o.report, o.timing))
+}
+
+/// `‖a − b‖ / ‖b − origin‖`: how far `a` is from `b`, relative to how far
+/// `b` moved from `origin` (the genesis model); `‖a − b‖` when `b` did not
+/// move.
+pub fn relative_distance(a: &[f32], b: &[f32], origin: &[f32]) -> f64 {
+    let (mut d, mut n) = (0f64, 0f64);
+    for ((x, y), o) in a.iter().zip(b).zip(origin) {
+        let (x, y, o) = (f64::from(*x), f64::from(*y), f64::from(*o));
+        d += (x - y) * (x - y);
+        n += (y - o) * (y - o);
+    }
+    if n > 0.0 { (d / n).sqrt() } else { d.sqrt() }
+}
+
+/// Runs a scenario in-process and, when the scenario asks for it
+/// ([`Scenario::wants_clean_twin`]), its clean twin: the same scenario and
+/// seed with the attackers disabled (they train on clean data as honest
+/// nodes). The twin's miss rate of the targeted attack kind is reported
+/// next to the attack success, round by round.
+pub fn run_full(s: &Scenario, opts: &RunOptions) -> Result<RunOutput, EngineError> {
+    let target = s.attack_target();
+    let mut out = run_once(s, opts, target)?;
+    if s.wants_clean_twin() {
+        let t = Instant::now();
+        let mut clean = s.clone();
+        clean.attack = None;
+        clean.name = format!("{} (clean twin)", s.name);
+        let twin = run_once(
+            &clean,
+            &RunOptions {
+                quiet: opts.quiet,
+                record: None,
+            },
+            target,
+        )?;
+        for (m, c) in out.report.rounds.iter_mut().zip(&twin.report.rounds) {
+            m.clean_miss_rate = c.attack_success;
+        }
+        out.report.clean_twin = Some(CleanTwin {
+            final_version: twin.report.final_version,
+            final_params_sha256: twin.report.final_params_sha256.clone(),
+            distance: relative_distance(&out.final_params, &twin.final_params, &out.genesis),
+            final_global_loss: twin.report.last_evaluated().and_then(|m| m.global_loss),
+            final_mean_auc: twin.report.final_mean_auc(),
+        });
+        let dt = t.elapsed().as_secs_f64();
+        out.timing.clean_twin_s = dt;
+        out.timing.total_s += dt;
+    }
+    Ok(out)
+}
+
+/// Identities of node `i` in a round: its name, plus Sybils for an
+/// attacker.
+fn identities_of(name: &str, sybils: usize) -> Vec<String> {
+    (0..sybils.max(1))
+        .map(|j| {
+            if j == 0 {
+                name.to_string()
+            } else {
+                format!("{name}-sybil{j}")
+            }
+        })
+        .collect()
+}
+
+fn run_once(
+    s: &Scenario,
+    opts: &RunOptions,
+    target: Option<AttackKind>,
+) -> Result<RunOutput, EngineError> {
     s.validate()?;
     let t0 = Instant::now();
     let mut timing = RunTiming {
@@ -265,6 +384,35 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<(RunReport, RunTiming), En
         .map(|i| build_node(s, i, poison.filter(|_| attackers.contains(&i))))
         .collect::<Result<_, _>>()?;
     let held = heldout(s)?;
+    let sybils = attack.map_or(1, |a| a.sybils);
+    let malicious_ids: BTreeSet<String> = attackers
+        .iter()
+        .flat_map(|&i| identities_of(&nodes[i].name, sybils))
+        .collect();
+    let masked = s.bucket_size > 1;
+    let secagg = if masked {
+        let ids: Vec<String> = (0..s.fleet.nodes)
+            .flat_map(|i| {
+                let n = if attackers.contains(&i) { sybils } else { 1 };
+                identities_of(&nodes[i].name, n)
+            })
+            .collect();
+        let t_certs = Instant::now();
+        let fleet = SecAggFleet::new(TENANT, &ids).map_err(EngineError::SecAgg)?;
+        timing.certificates_s = t_certs.elapsed().as_secs_f64();
+        let quant = QuantConfig::new(s.secagg.clip_norm, s.secagg.scale)
+            .map_err(|e| EngineError::SecAgg(BucketError::Setup(e.to_string())))?;
+        Some((
+            fleet,
+            buckets::Settings {
+                k: s.bucket_size,
+                quant,
+                noise_multiplier: s.secagg.noise_multiplier,
+            },
+        ))
+    } else {
+        None
+    };
     timing.setup_s = t0.elapsed().as_secs_f64();
 
     let spec = ModelSpec::default_for_features();
@@ -286,6 +434,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<(RunReport, RunTiming), En
         signed: Vec::new(),
         schema_hash,
     };
+    let genesis = global.params.clone();
     let tp = v1::TrainingParams {
         local_epochs: s.training.local_epochs,
         batch_size: s.training.batch_size,
@@ -293,7 +442,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<(RunReport, RunTiming), En
         prox_mu: s.training.prox_mu,
     };
     let offline: BTreeSet<usize> = s.dropout.always_offline.iter().copied().collect();
-    let sybils = attack.map_or(1, |a| a.sybils);
+    let mut reputation = Reputation::new(s.reputation.clone());
     let mut last_agg: Option<Vec<f32>> = None;
     let mut momentum: Option<Vec<f32>> = None;
     let mut rounds = Vec::new();
@@ -309,6 +458,23 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<(RunReport, RunTiming), En
             .collect();
         sampled.sort_unstable();
         let active_attack = attack.filter(|a| round >= a.start_round);
+        let quarantined = reputation.quarantined();
+        let ids_of = |i: usize| {
+            let n = if attackers.contains(&i) && active_attack.is_some() {
+                sybils
+            } else {
+                1
+            };
+            identities_of(&nodes[i].name, n)
+        };
+        let all_quarantined = |i: usize| ids_of(i).iter().all(|id| quarantined.contains(id));
+        let forced_phase = match active_attack.map(|a| &a.kind) {
+            Some(AttackKindSpec::Protocol {
+                behaviour: Misbehaviour::ForcedDropout,
+                phase,
+            }) => Some(*phase),
+            _ => None,
+        };
         // Presence of each sampled node (per-node stream, node order).
         let presence: Vec<(usize, Presence)> = sampled
             .iter()
@@ -319,27 +485,41 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<(RunReport, RunTiming), En
                 ));
                 let drop: f64 = r.random();
                 let late: f64 = r.random();
-                let forced = attackers.contains(&i)
-                    && matches!(
-                        active_attack.map(|a| &a.kind),
-                        Some(AttackKindSpec::Protocol {
-                            behaviour: Misbehaviour::ForcedDropout
-                        })
-                    );
-                let p = if offline.contains(&i) || forced || drop < s.dropout.rate {
+                let unmask: f64 = r.random();
+                let forced = forced_phase.filter(|_| attackers.contains(&i));
+                let p = if offline.contains(&i) {
+                    Presence::Offline
+                } else if masked && all_quarantined(i) {
+                    // Not in the committed participant list.
+                    Presence::Quarantined
+                } else if let Some(phase) = forced {
+                    match (masked, phase) {
+                        (false, _) => Presence::Dropped,
+                        (true, DropoutPhase::BeforeAdvert) => {
+                            Presence::Forced(Dropout::BeforeAdvert)
+                        }
+                        (true, DropoutPhase::AfterShares) => Presence::Forced(Dropout::AfterShares),
+                        // It trains and sends its masked update, then stops.
+                        (true, DropoutPhase::AfterMasked) => Presence::Present { unmask: false },
+                    }
+                } else if drop < s.dropout.rate {
                     Presence::Dropped
                 } else if late < s.dropout.stragglers {
                     Presence::Straggler
                 } else {
-                    Presence::Present
+                    Presence::Present {
+                        unmask: !(masked && unmask < s.dropout.after_masked),
+                    }
                 };
                 (i, p)
             })
             .collect();
-        let present: Vec<usize> = presence
+        let present: Vec<(usize, bool)> = presence
             .iter()
-            .filter(|(_, p)| matches!(p, Presence::Present))
-            .map(|(i, _)| *i)
+            .filter_map(|(i, p)| match p {
+                Presence::Present { unmask } => Some((*i, *unmask)),
+                _ => None,
+            })
             .collect();
         let stragglers = presence
             .iter()
@@ -360,11 +540,12 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<(RunReport, RunTiming), En
                     )
                 )
         };
+        let unmasks: BTreeMap<usize, bool> = present.iter().copied().collect();
         // Everyone present who trains: honest nodes and training attackers.
         let t_train = Instant::now();
         let trainers: Vec<usize> = present
             .iter()
-            .copied()
+            .map(|(i, _)| *i)
             .filter(|&i| !is_crafter(i))
             .collect();
         let trained: Vec<(usize, LocalUpdate)> = trainers
@@ -381,6 +562,8 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<(RunReport, RunTiming), En
         timing.train_s += t_train.elapsed().as_secs_f64();
 
         let t_agg = Instant::now();
+        let after_masked =
+            |i: usize| (!unmasks.get(&i).copied().unwrap_or(true)).then_some(Dropout::AfterMasked);
         let mut subs: Vec<Submission> = Vec::new();
         let mut honest: Vec<Vec<f32>> = Vec::new();
         let mut honest_weights: Vec<f64> = Vec::new();
@@ -402,15 +585,21 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<(RunReport, RunTiming), En
             honest_weights.push(u.num_samples as f64);
             subs.push(Submission {
                 identity: nodes[i].name.clone(),
+                node: i,
                 malicious: false,
                 stats: Some(stats_msg(&u)),
                 weight: u.num_samples as f64,
                 train_loss: Some(u.train_loss),
                 delta: u.delta,
                 bad_shares: false,
+                dropout: after_masked(i),
             });
         }
-        let crafters: Vec<usize> = present.iter().copied().filter(|&i| is_crafter(i)).collect();
+        let crafters: Vec<usize> = present
+            .iter()
+            .map(|(i, _)| *i)
+            .filter(|&i| is_crafter(i))
+            .collect();
         let n_malicious = (crafters.len() + train_attackers.len()) * sybils;
         let n_total = subs.len() + n_malicious;
         let mean_weight = if honest_weights.is_empty() {
@@ -420,27 +609,23 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<(RunReport, RunTiming), En
         };
         let honest_refs: Vec<&[f32]> = honest.iter().map(|v| v.as_slice()).collect();
         let mut attack_param = None;
-        let mut lost_crafters = 0usize;
         let push_malicious = |subs: &mut Vec<Submission>,
                               i: usize,
                               delta: Vec<f32>,
                               weight: f64,
                               stats: Option<v1::ScalerStats>,
                               bad_shares: bool| {
-            for j in 0..sybils {
-                let identity = if j == 0 {
-                    nodes[i].name.clone()
-                } else {
-                    format!("{}-sybil{j}", nodes[i].name)
-                };
+            for identity in identities_of(&nodes[i].name, sybils) {
                 subs.push(Submission {
                     identity,
+                    node: i,
                     malicious: true,
                     delta: delta.clone(),
                     weight,
                     stats: stats.clone(),
                     train_loss: None,
                     bad_shares,
+                    dropout: after_masked(i),
                 });
             }
         };
@@ -504,11 +689,9 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<(RunReport, RunTiming), En
                         attacks::gaussian(&honest_refs, *sigma, *relative, &mut r).map_err(aerr)?
                     }
                     (_, Some(v)) => v.clone(),
-                    _ => {
-                        // Nothing to craft from (no honest update this round).
-                        lost_crafters += 1;
-                        continue;
-                    }
+                    // Nothing to craft from (no honest update this round):
+                    // the attacker sends nothing and counts as dropped.
+                    _ => continue,
                 };
                 push_malicious(&mut subs, i, delta, mean_weight, None, false);
             }
@@ -537,7 +720,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<(RunReport, RunTiming), En
                         };
                         (d, u.num_samples as f64, Some(stats_msg(&u)), false)
                     }
-                    AttackKindSpec::Protocol { behaviour } => (
+                    AttackKindSpec::Protocol { behaviour, .. } => (
                         u.delta.clone(),
                         u.num_samples as f64,
                         Some(stats_msg(&u)),
@@ -570,70 +753,28 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<(RunReport, RunTiming), En
             )
             .map_err(|e| EngineError::Record(e.to_string()))?;
         }
-
-        // Buckets.
-        let groups = buckets::assign(subs.len(), s.bucket_size, &mut rng);
-        let mut inputs: Vec<Vec<f32>> = Vec::new();
-        let mut weights: Vec<f64> = Vec::new();
-        let mut members: Vec<Vec<usize>> = Vec::new();
-        let mut lost: BTreeSet<usize> = BTreeSet::new();
-        for g in groups {
-            if s.bucket_size <= 1 {
-                // Without bucketing the rule sees each update itself (and a
-                // bad share loses only the sender's own update).
-                let i = g[0];
-                if subs[i].bad_shares {
-                    lost.insert(i);
-                    continue;
-                }
-                inputs.push(subs[i].delta.clone());
-                weights.push(subs[i].weight);
-                members.push(g);
-                continue;
-            }
-            let m: Vec<Member<'_>> = g
-                .iter()
-                .map(|&i| Member {
-                    update: &subs[i].delta,
-                    weight: subs[i].weight,
-                    bad_shares: subs[i].bad_shares,
-                })
-                .collect();
-            match PlaintextBuckets.weighted_mean(&m) {
-                Ok((v, w)) => {
-                    inputs.push(v);
-                    weights.push(w);
-                    members.push(g);
-                }
-                Err(e) => {
-                    debug!(error = %e, "bucket lost");
-                    lost.extend(g);
-                }
-            }
-        }
-        let participants = subs.len() - lost.len();
-        let lost_nodes: BTreeSet<&str> = lost
-            .iter()
-            .map(|&i| subs[i].identity.split("-sybil").next().unwrap_or(""))
-            .collect();
-        let dropped = presence.len() - present.len() + lost_crafters + lost_nodes.len();
-        let malicious = subs
-            .iter()
-            .enumerate()
-            .filter(|(i, x)| x.malicious && !lost.contains(i))
-            .count();
+        // Quarantined identities: never aggregated (k = 1: scored as shadow
+        // evidence; k > 1: left out of the participant list).
+        let (shadow, subs): (Vec<Submission>, Vec<Submission>) = subs
+            .into_iter()
+            .partition(|x| quarantined.contains(&x.identity));
+        let is_shadow = |i: usize, p: &Presence| {
+            matches!(p, Presence::Quarantined)
+                || (!masked && all_quarantined(i) && !matches!(p, Presence::Offline))
+        };
+        let shadow_nodes = presence.iter().filter(|(i, p)| is_shadow(*i, p)).count();
         let train_losses: Vec<f32> = subs.iter().filter_map(|x| x.train_loss).collect();
         let mean_train_loss = (!train_losses.is_empty())
             .then(|| train_losses.iter().sum::<f32>() / train_losses.len() as f32);
         let mut metrics = RoundMetrics {
             round,
             sampled: sampled.len(),
-            participants,
-            dropped,
+            participants: 0,
+            dropped: 0,
             stragglers,
-            malicious,
+            malicious: 0,
             rule: s.rule.rule.name().to_string(),
-            rule_inputs: inputs.len(),
+            rule_inputs: 0,
             aborted: None,
             version: global.version,
             attack_param,
@@ -642,42 +783,210 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<(RunReport, RunTiming), En
             auc: None,
             auc_per_kind: BTreeMap::new(),
             attack_success: None,
-            excluded: Vec::new(),
-            excluded_malicious: 0,
+            clean_miss_rate: None,
+            buckets: 0,
+            buckets_lost: Vec::new(),
+            buckets_rejected: Vec::new(),
+            rule_excluded: Vec::new(),
+            rule_excluded_malicious: 0,
+            shadow: shadow_nodes,
+            quarantined: Vec::new(),
+            quarantined_malicious: 0,
+            reputation_events: Vec::new(),
         };
-        let check = s.rule.check(inputs.len());
-        if participants < s.min_participants || inputs.is_empty() {
-            metrics.aborted = Some(format!(
-                "{participants} submissions, at least {} needed",
-                s.min_participants
-            ));
-        } else if let Err(e) = check {
-            metrics.aborted = Some(e.to_string());
-        } else {
-            let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
-            let outcome = s
-                .rule
-                .aggregate_from(&refs, &weights, last_agg.as_deref())
-                .map_err(|source| EngineError::Aggregate { round, source })?;
-            for (b, g) in members.iter().enumerate() {
-                if outcome.selected.binary_search(&b).is_err() {
-                    for &i in g {
-                        metrics.excluded.push(subs[i].identity.clone());
-                        metrics.excluded_malicious += usize::from(subs[i].malicious);
+        // What the rule aggregates, whichever path.
+        struct Aggregated {
+            value: Vec<f32>,
+            contributors: Vec<usize>,
+            evidence: Vec<(String, Evidence)>,
+        }
+        let mut aggregated: Option<Aggregated> = None;
+        let mut contributing: BTreeSet<usize> = BTreeSet::new();
+        if let Some((fleet, settings)) = &secagg {
+            // The committed participant list: every identity that takes part
+            // in the protocol, with when it stops answering.
+            let mut members: Vec<Member<'_>> = subs
+                .iter()
+                .map(|x| Member {
+                    id: &x.identity,
+                    update: Some(&x.delta),
+                    dropout: x.dropout,
+                    bad_shares: x.bad_shares,
+                })
+                .collect();
+            let absent: Vec<(String, Dropout)> = presence
+                .iter()
+                .filter_map(|(i, p)| {
+                    let d = match p {
+                        Presence::Dropped => Dropout::BeforeAdvert,
+                        Presence::Straggler => Dropout::AfterShares,
+                        Presence::Forced(d) => *d,
+                        _ => return None,
+                    };
+                    Some(
+                        ids_of(*i)
+                            .into_iter()
+                            .filter(|id| !quarantined.contains(id))
+                            .map(move |id| (id, d)),
+                    )
+                })
+                .flatten()
+                .collect();
+            members.extend(absent.iter().map(|(id, d)| Member {
+                id,
+                update: None,
+                dropout: Some(*d),
+                bad_shares: false,
+            }));
+            let revealed = buckets::run_round(
+                fleet,
+                settings,
+                s.seed,
+                round,
+                global.version,
+                &global.params,
+                &members,
+            )
+            .map_err(EngineError::SecAgg)?;
+            metrics.buckets = revealed.formed;
+            for l in &revealed.lost {
+                debug!(bucket = l.bucket, reason = %l.reason, "bucket lost");
+            }
+            metrics.buckets_lost = revealed.lost;
+            let by_id: BTreeMap<&str, usize> = subs
+                .iter()
+                .enumerate()
+                .map(|(j, x)| (x.identity.as_str(), j))
+                .collect();
+            let contributors: Vec<&Submission> = revealed
+                .sums
+                .iter()
+                .flat_map(|b| b.contributors())
+                .filter_map(|id| by_id.get(id.as_str()).map(|&j| &subs[j]))
+                .collect();
+            metrics.participants = contributors.len();
+            metrics.malicious = contributors.iter().filter(|x| x.malicious).count();
+            contributing.extend(contributors.iter().map(|x| x.node));
+            if metrics.participants < s.min_participants || revealed.sums.is_empty() {
+                metrics.aborted = Some(format!(
+                    "{} submissions in {} unmasked buckets, at least {} needed",
+                    metrics.participants,
+                    revealed.sums.len(),
+                    s.min_participants
+                ));
+            } else if let Err(e) = s.rule.check(revealed.sums.len()) {
+                metrics.aborted = Some(e.to_string());
+            } else {
+                match aggregate_buckets(
+                    &revealed.sums,
+                    &s.rule,
+                    reputation.config(),
+                    last_agg.as_deref(),
+                    s.secagg.max_mean_norm,
+                ) {
+                    Ok(out) => {
+                        metrics.rule_inputs = revealed.sums.len() - out.rejected.len();
+                        metrics.buckets_rejected = out.rejected.iter().map(|r| r.0).collect();
+                        let by_bucket: BTreeMap<u32, &BucketSum> =
+                            revealed.sums.iter().map(|b| (b.bucket(), b)).collect();
+                        for b in &out.excluded {
+                            for id in by_bucket.get(b).map_or(&[][..], |x| x.contributors()) {
+                                metrics.rule_excluded.push(id.to_string());
+                                metrics.rule_excluded_malicious +=
+                                    usize::from(malicious_ids.contains(id.as_str()));
+                            }
+                        }
+                        let used: Vec<usize> = out
+                            .used
+                            .iter()
+                            .filter_map(|b| by_bucket.get(b))
+                            .flat_map(|x| x.contributors())
+                            .filter_map(|id| by_id.get(id.as_str()).copied())
+                            .collect();
+                        aggregated = Some(Aggregated {
+                            value: out.value,
+                            contributors: used,
+                            evidence: out.evidence,
+                        });
                     }
+                    Err(
+                        e @ (fedmesh_coordinator::aggregate::AggregateError::Empty
+                        | fedmesh_coordinator::aggregate::AggregateError::TooFewClients {
+                            ..
+                        }),
+                    ) => {
+                        metrics.aborted = Some(format!("after the bucket norm gate: {e}"));
+                    }
+                    Err(source) => return Err(EngineError::Aggregate { round, source }),
                 }
             }
-            metrics.excluded.sort();
+        } else {
+            // Without bucketing the rule sees each update itself (and a bad
+            // share loses only the sender's own update).
+            let kept: Vec<usize> = (0..subs.len()).filter(|&i| !subs[i].bad_shares).collect();
+            metrics.participants = kept.len();
+            metrics.malicious = kept.iter().filter(|&&i| subs[i].malicious).count();
+            metrics.rule_inputs = kept.len();
+            contributing.extend(kept.iter().map(|&i| subs[i].node));
+            if kept.len() < s.min_participants || kept.is_empty() {
+                metrics.aborted = Some(format!(
+                    "{} submissions, at least {} needed",
+                    kept.len(),
+                    s.min_participants
+                ));
+            } else if let Err(e) = s.rule.check(kept.len()) {
+                metrics.aborted = Some(e.to_string());
+            } else {
+                let refs: Vec<&[f32]> = kept.iter().map(|&i| subs[i].delta.as_slice()).collect();
+                let weights: Vec<f64> = kept.iter().map(|&i| subs[i].weight).collect();
+                let outcome = s
+                    .rule
+                    .aggregate_from(&refs, &weights, last_agg.as_deref())
+                    .map_err(|source| EngineError::Aggregate { round, source })?;
+                for (b, &i) in kept.iter().enumerate() {
+                    if outcome.selected.binary_search(&b).is_err() {
+                        metrics.rule_excluded.push(subs[i].identity.clone());
+                        metrics.rule_excluded_malicious += usize::from(subs[i].malicious);
+                    }
+                }
+                let names: Vec<String> = kept.iter().map(|&i| subs[i].identity.clone()).collect();
+                let shadow_refs: Vec<(String, &[f32])> = shadow
+                    .iter()
+                    .map(|x| (x.identity.clone(), x.delta.as_slice()))
+                    .collect();
+                let evidence = plaintext_evidence(
+                    reputation.config(),
+                    &names,
+                    &refs,
+                    &outcome.value,
+                    &outcome.selected,
+                    &shadow_refs,
+                );
+                aggregated = Some(Aggregated {
+                    value: outcome.value,
+                    contributors: kept,
+                    evidence,
+                });
+            }
+        }
+        metrics.rule_excluded.sort();
+        // Sampled nodes without an aggregated update (quarantined ones are
+        // counted in `shadow` instead).
+        metrics.dropped = presence
+            .iter()
+            .filter(|(i, p)| !contributing.contains(i) && !is_shadow(*i, p))
+            .count();
+        if let Some(agg) = aggregated {
             let step = server_step(
                 &global.params,
-                &outcome.value,
+                &agg.value,
                 momentum.as_deref(),
                 s.server.lr,
                 s.server.momentum,
             );
-            let kept: Vec<&v1::ScalerStats> = members
+            let kept: Vec<&v1::ScalerStats> = agg
+                .contributors
                 .iter()
-                .flatten()
                 .filter_map(|&i| subs[i].stats.as_ref())
                 .collect();
             let scaler = merged_scaler(kept.into_iter(), NUM_FEATURES).map(|sc| Scaler {
@@ -694,14 +1003,25 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<(RunReport, RunTiming), En
                 schema_hash,
             };
             momentum = step.momentum;
-            last_agg = Some(outcome.value);
+            last_agg = Some(agg.value);
             metrics.version = global.version;
+            metrics.reputation_events = reputation
+                .observe_round(global.version, &agg.evidence)
+                .into_iter()
+                .map(|d| format!("{} {}", d.node, d.action.label()))
+                .collect();
         }
+        metrics.quarantined = reputation.quarantined().into_iter().collect();
+        metrics.quarantined_malicious = metrics
+            .quarantined
+            .iter()
+            .filter(|q| malicious_ids.contains(q.as_str()))
+            .count();
         timing.aggregate_s += t_agg.elapsed().as_secs_f64();
 
         let t_eval = Instant::now();
         if global.version > 0 && (round % s.eval.every == 0 || round == s.rounds) {
-            evaluate_into(&mut metrics, &global, &held, s, poison)?;
+            evaluate_into(&mut metrics, &global, &held, s, target)?;
         }
         timing.eval_s += t_eval.elapsed().as_secs_f64();
         pb.set_message(match (metrics.auc, &metrics.aborted) {
@@ -725,13 +1045,26 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<(RunReport, RunTiming), En
             .map_or("none", |a| a.kind.name())
             .to_string(),
         bucket_size: s.bucket_size,
+        aggregation: if masked {
+            "secagg (masked buckets)".into()
+        } else {
+            "plaintext (k = 1)".into()
+        },
         nodes: s.fleet.nodes,
         attackers: attackers.into_iter().collect(),
+        attack_target: target.map(|t| t.to_string()),
+        false_alarm_rate: s.eval.false_alarm_rate,
         rounds,
         final_version: global.version,
         final_params_sha256: sha256_params(&global.params),
+        clean_twin: None,
     };
-    Ok((report, timing))
+    Ok(RunOutput {
+        report,
+        timing,
+        final_params: global.params,
+        genesis,
+    })
 }
 
 fn evaluate_into(
@@ -739,7 +1072,7 @@ fn evaluate_into(
     g: &GlobalModel,
     held: &Heldout,
     s: &Scenario,
-    poison: Option<AttackKind>,
+    target: Option<AttackKind>,
 ) -> Result<(), EngineError> {
     let e = |x: &dyn std::fmt::Display| EngineError::Eval(x.to_string());
     let model = Autoencoder::from_flat(g.spec.clone(), &g.params).map_err(|x| e(&x))?;
@@ -761,6 +1094,9 @@ fn evaluate_into(
     if calib.iter().any(|v| !v.is_finite()) {
         // A poisoned model can overflow; it detects nothing.
         m.auc = Some(0.5);
+        if target.is_some() {
+            m.attack_success = Some(1.0);
+        }
         return Ok(());
     }
     det.threshold = calibrate_threshold(&calib, s.eval.false_alarm_rate).map_err(|x| e(&x))?;
@@ -774,7 +1110,7 @@ fn evaluate_into(
     let r = evaluate(&det, &held.data).map_err(|x| e(&x))?;
     m.auc = Some(r.auc);
     m.auc_per_kind = r.auc_per_kind;
-    if let Some(kind) = poison {
+    if let Some(kind) = target {
         m.attack_success = r
             .recall_per_kind
             .get(&kind.to_string())
@@ -850,8 +1186,8 @@ windows = 16
         for m in &r.rounds {
             assert_eq!(m.malicious, 1);
             // Krum selects one update: everyone else is excluded, attacker included.
-            assert_eq!(m.excluded.len(), 5);
-            assert_eq!(m.excluded_malicious, 1);
+            assert_eq!(m.rule_excluded.len(), 5);
+            assert_eq!(m.rule_excluded_malicious, 1);
         }
     }
 

@@ -8,9 +8,10 @@
 //! merge through `fedmesh_coordinator::server_step`, so the models are the
 //! ones the coordinator would commit for the same submissions.
 //!
-//! Secure-aggregation buckets are simulated exactly as plaintext sums of
-//! random buckets ([`buckets`]); that module is the seam where masked sums
-//! replace plaintext ones.
+//! With bucket size k > 1, secure aggregation is the real protocol
+//! ([`buckets`]: the crypto crate's bucket assignment and masked bucket
+//! protocol, then the coordinator's `aggregate_buckets`), and reputation is
+//! the coordinator's `Reputation`.
 
 pub mod buckets;
 pub mod inprocess;
@@ -56,6 +57,9 @@ pub enum EngineError {
     /// Writing a recorded batch failed.
     #[error("recording updates: {0}")]
     Record(String),
+    /// Secure-aggregation set-up failed (certificates, parameters).
+    #[error(transparent)]
+    SecAgg(buckets::BucketError),
 }
 
 /// One round as the engine saw it.
@@ -76,7 +80,8 @@ pub struct RoundMetrics {
     pub malicious: usize,
     /// Rule name.
     pub rule: String,
-    /// Inputs the rule saw (bucket means when k > 1).
+    /// Inputs the rule saw (bucket means that passed the norm gate when
+    /// k > 1).
     pub rule_inputs: usize,
     /// Why the round was aborted (global model unchanged), if it was.
     pub aborted: Option<String>,
@@ -93,13 +98,54 @@ pub struct RoundMetrics {
     pub auc: Option<f32>,
     /// AUC of each attack kind against the benign held-out windows.
     pub auc_per_kind: BTreeMap<String, f32>,
-    /// For data poisoning: the fraction of the targeted kind's held-out
-    /// windows scored at or below the alert threshold (missed).
+    /// Attack success of a targeted attack (data poisoning, scaling with
+    /// poison): the miss rate of the targeted kind's held-out windows,
+    /// i.e. the fraction scored at or below the alert threshold, which is
+    /// calibrated on separate benign held-out windows at the scenario's
+    /// false-alarm budget (`eval.false_alarm_rate`, default 1 %).
     pub attack_success: Option<f32>,
-    /// Identities whose update the rule did not select (quarantined).
-    pub excluded: Vec<String>,
-    /// Of the excluded, malicious identities.
-    pub excluded_malicious: usize,
+    /// The same miss rate of the clean twin's model in the same round (same
+    /// scenario and seed, attackers disabled): the baseline the attack
+    /// success is to be read against.
+    pub clean_miss_rate: Option<f32>,
+    /// Buckets formed (k > 1).
+    pub buckets: usize,
+    /// Buckets that could not be unmasked (too few survivors, bad shares).
+    pub buckets_lost: Vec<buckets::LostBucket>,
+    /// Buckets the norm gate refused.
+    pub buckets_rejected: Vec<u32>,
+    /// Identities the rule left out this round (k > 1: the contributors of
+    /// bucket means the rule did not select). Not quarantine.
+    pub rule_excluded: Vec<String>,
+    /// Of the rule-excluded, malicious identities.
+    pub rule_excluded_malicious: usize,
+    /// Sampled nodes whose identities are all quarantined (k = 1: trained,
+    /// scored as shadow updates, not aggregated; k > 1: not in the
+    /// participant list).
+    pub shadow: usize,
+    /// Identities quarantined by reputation after this round.
+    pub quarantined: Vec<String>,
+    /// Of the quarantined, malicious identities.
+    pub quarantined_malicious: usize,
+    /// Reputation decisions of this round (`node action`).
+    pub reputation_events: Vec<String>,
+}
+
+/// The clean twin of a run: the same scenario and seed without attackers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CleanTwin {
+    /// Its final version.
+    pub final_version: u64,
+    /// SHA-256 of its final parameters.
+    pub final_params_sha256: String,
+    /// Distance of the final global parameters from the clean twin's,
+    /// relative to how far the clean twin moved from genesis:
+    /// `‖θ − θ_clean‖ / ‖θ_clean − θ_0‖`.
+    pub distance: f64,
+    /// Its global loss in the last evaluated round.
+    pub final_global_loss: Option<f32>,
+    /// Its mean per-kind AUC in the last evaluated round.
+    pub final_mean_auc: Option<f32>,
 }
 
 /// A finished run. Deterministic: the same scenario and seed give the same
@@ -118,16 +164,24 @@ pub struct RunReport {
     pub attack: String,
     /// Bucket size k.
     pub bucket_size: usize,
+    /// How updates were aggregated: plaintext (k = 1) or masked buckets.
+    pub aggregation: String,
     /// Nodes.
     pub nodes: usize,
     /// Attacker nodes (by index).
     pub attackers: Vec<usize>,
+    /// The attack kind a targeted attack tries to hide.
+    pub attack_target: Option<String>,
+    /// False-alarm budget the alert threshold is calibrated at.
+    pub false_alarm_rate: f32,
     /// Per round.
     pub rounds: Vec<RoundMetrics>,
     /// Final global version.
     pub final_version: u64,
     /// SHA-256 of the final global parameters (f32 LE).
     pub final_params_sha256: String,
+    /// The clean twin, when it was run.
+    pub clean_twin: Option<CleanTwin>,
 }
 
 impl RunReport {
@@ -158,19 +212,34 @@ impl RunReport {
     pub fn final_attack_success(&self) -> Option<f32> {
         self.last_evaluated()?.attack_success
     }
+
+    /// The clean twin's miss rate of the targeted kind in the last
+    /// evaluated round.
+    pub fn final_clean_miss_rate(&self) -> Option<f32> {
+        self.last_evaluated()?.clean_miss_rate
+    }
+
+    /// Identities quarantined at the end of the run.
+    pub fn final_quarantined(&self) -> &[String] {
+        self.rounds.last().map_or(&[], |r| r.quarantined.as_slice())
+    }
 }
 
 /// Wall-clock time spent, per phase (not deterministic, kept apart).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunTiming {
-    /// Telemetry generation and agent set-up.
+    /// Telemetry generation and agent set-up (certificates included).
     pub setup_s: f64,
+    /// Of the set-up, the mesh CA and one certificate per identity (k > 1).
+    pub certificates_s: f64,
     /// Local training (all rounds).
     pub train_s: f64,
     /// Attacks, bucketing, aggregation and server step.
     pub aggregate_s: f64,
     /// Held-out evaluation.
     pub eval_s: f64,
+    /// The clean twin (whole run), when it was run.
+    pub clean_twin_s: f64,
     /// Whole run.
     pub total_s: f64,
     /// Worker threads used.
