@@ -7,6 +7,7 @@
 
 pub mod attacks;
 pub mod bench;
+pub mod bench_round;
 pub mod demo;
 pub mod engine;
 pub mod matrix;

@@ -211,6 +211,26 @@ enum BenchCmd {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Times whole rounds on the real coordinator over gRPC + mTLS with
+    /// hand-driven clients: plaintext (k = 1) against secure aggregation in
+    /// buckets, in the same run; prints a Markdown table.
+    Round {
+        /// Clients.
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// Approximate model size in parameters.
+        #[arg(long, default_value_t = 100_000)]
+        params: usize,
+        /// Bucket sizes (comma-separated; 1 = plaintext).
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        k: Vec<usize>,
+        /// Rounds per bucket size (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: u64,
+        /// Seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -407,6 +427,29 @@ fn run(cmd: Cmd) -> Result<()> {
                     a.output.display()
                 );
             }
+            Ok(())
+        }
+        Cmd::Bench {
+            what:
+                BenchCmd::Round {
+                    nodes,
+                    params,
+                    k,
+                    rounds,
+                    seed,
+                },
+        } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let rows = rt.block_on(fedmesh_sim::bench_round::run_round_bench(
+                &fedmesh_sim::bench_round::RoundBench {
+                    nodes,
+                    params,
+                    bucket_sizes: k,
+                    rounds,
+                    seed,
+                },
+            ))?;
+            print!("{}", fedmesh_sim::bench_round::markdown(&rows));
             Ok(())
         }
         Cmd::Bench {

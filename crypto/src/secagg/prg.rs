@@ -1,11 +1,12 @@
 //! Mask expansion: a 32-byte seed becomes `d` words of `Z_{2^32}` via the
 //! ChaCha20 keystream (RFC 8439 block function, 64-bit block counter from 0,
-//! stream 0), read as little-endian `u32`s. The keystream is produced in
+//! stream 0; RustCrypto `chacha20`, which picks its AVX2 backend at run time),
+//! read as little-endian `u32`s. The keystream is produced in
 //! blocks of [`BLOCK_BYTES`] and folded straight into the accumulator, so no
 //! `d`-sized mask vector is ever allocated.
 
-use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha20Rng;
+use chacha20::ChaCha20Rng;
+use chacha20::rand_core::{Rng, SeedableRng};
 use zeroize::Zeroize;
 
 /// Bytes of keystream generated per refill.
