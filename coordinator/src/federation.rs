@@ -839,14 +839,7 @@ impl Federation {
             return self.abort_round(round_no, reason);
         }
         let summary = self.commit(round, &selected)?;
-        info!(parent: &span, version = summary.version, participants = summary.participants,
-            mean_train_loss = summary.mean_train_loss, ms = summary.duration.as_millis() as u64, "round committed");
-        self.status.send_replace(RoundStatus::Committed {
-            round: round_no,
-            version: summary.version,
-        });
-        self.metrics.committed(&summary);
-        let _ = self.summaries.send(summary);
+        self.announce(&span, round_no, summary);
         Ok(())
     }
 
@@ -1227,15 +1220,25 @@ impl Federation {
             return self.abort_round(round_no, reason);
         }
         let summary = self.commit_secure(&round, &selected, sums, dropped, stragglers, bytes)?;
-        info!(parent: &span, version = summary.version, participants = summary.participants,
-            ms = summary.duration.as_millis() as u64, "secure round committed");
+        self.announce(&span, round_no, summary);
+        Ok(())
+    }
+
+    /// Logs, publishes and counts a committed round.
+    fn announce(&self, span: &tracing::Span, round_no: u64, summary: RoundSummary) {
+        let kind = if summary.secure.is_some() {
+            "secure round committed"
+        } else {
+            "round committed"
+        };
+        info!(parent: span, version = summary.version, participants = summary.participants,
+            mean_train_loss = summary.mean_train_loss, ms = summary.duration.as_millis() as u64, "{kind}");
         self.status.send_replace(RoundStatus::Committed {
             round: round_no,
             version: summary.version,
         });
         self.metrics.committed(&summary);
         let _ = self.summaries.send(summary);
-        Ok(())
     }
 
     fn commit_secure(

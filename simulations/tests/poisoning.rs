@@ -14,7 +14,10 @@ use fedmesh_sim::demo::{DemoOptions, run};
 
 /// Largest AUC loss against the clean run that counts as "contained"
 /// (mean federated AUC over the ten nodes' own workloads).
-const MARGIN: f32 = 0.03;
+/// Measured (2026-11-30, seed 5): clean 0.985; poisoned with buckets
+/// 0.985 (scale ×100) and 0.985 (sign flip ×100); FedAvg without buckets
+/// 0.53 and 0.66.
+const MARGIN: f32 = 0.02;
 
 fn opts() -> DemoOptions {
     DemoOptions {
@@ -26,7 +29,7 @@ fn opts() -> DemoOptions {
         bucket_size: 2,
         rule: "median".into(),
         attackers: 0,
-        attack: Tamper::Scale(10.0),
+        attack: Tamper::Scale(100.0),
         quiet: true,
     }
 }
@@ -44,7 +47,7 @@ async fn auc(o: DemoOptions) -> f32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buckets_with_a_robust_rule_contain_twenty_percent_poisoners_fedavg_does_not() {
     let clean = auc(opts()).await;
-    for attack in [Tamper::Scale(10.0), Tamper::SignFlip(4.0)] {
+    for attack in [Tamper::Scale(100.0), Tamper::SignFlip(100.0)] {
         let secure = auc(DemoOptions {
             attackers: 2,
             attack,
