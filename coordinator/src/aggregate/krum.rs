@@ -9,8 +9,10 @@
 //! updates are copied into an n × block f32 buffer, centred on the block's
 //! per-coordinate mean (so a common offset does not cancel catastrophically),
 //! and the block's Gram matrix `Y·Yᵀ` is computed by single-threaded sgemm
-//! (ndarray → matrixmultiply, AVX2/FMA or AVX-512 picked at run time; only
-//! the tiles on and above the diagonal, in tiles of [`GRAM_TILE`] rows). A
+//! (ndarray → matrixmultiply, AVX2/FMA or AVX-512 picked at run time). For
+//! n ≤ [`GRAM_TILE`] that is one product (packing the operands costs more
+//! than the kernel, so halving the flops through symmetry does not pay);
+//! beyond, only the tiles on and above the diagonal are computed. A
 //! block's distances `Gᵢᵢ + Gⱼⱼ − 2Gᵢⱼ` are formed in f64 and summed in
 //! block order, the chunk partials in chunk order, so the bits do not depend
 //! on the thread count. A dot product in a tile is the same float whichever
@@ -39,9 +41,9 @@ use super::{AggregateError, CHUNK, Rule, canonical_order, dims};
 /// Coordinates per sgemm call (f32 accumulation inside a block).
 const GRAM_BLOCK: usize = 2048;
 /// Coordinates per parallel task (f64 accumulation across its blocks).
-const GRAM_CHUNK: usize = 16 * GRAM_BLOCK;
+const GRAM_CHUNK: usize = 4 * GRAM_BLOCK;
 /// Rows per Gram tile (a multiple of the 8- and 16-row sgemm kernels).
-const GRAM_TILE: usize = 32;
+const GRAM_TILE: usize = 128;
 /// A Gram distance below this fraction of `cᵢ + cⱼ` (squared distances to
 /// the block centres) is recomputed directly.
 const REFINE: f64 = 0.25;
@@ -108,25 +110,28 @@ fn gram_chunk(
         pairs: vec![0f64; n * (n - 1) / 2],
         centred: vec![0f64; n],
     };
-    let mut mean = [0f64; GRAM_BLOCK];
     let mut centre = [0f32; GRAM_BLOCK];
     let mut b = lo;
     while b < hi {
         let e = (b + GRAM_BLOCK).min(hi);
         let w = e - b;
-        // Per-coordinate mean of the block, in row (canonical) order.
-        mean[..w].fill(0.0);
+        // Per-coordinate mean of the block, summed in f32 in row
+        // (canonical) order: it only has to be a deterministic point near
+        // the data.
+        let centre = &mut centre[..w];
+        centre.fill(0.0);
         for r in rows {
-            for (m, &x) in mean[..w].iter_mut().zip(&r[b..e]) {
-                *m += f64::from(x);
+            for (c, &x) in centre.iter_mut().zip(&r[b..e]) {
+                *c += x;
             }
         }
-        for (c, m) in centre[..w].iter_mut().zip(&mean[..w]) {
-            *c = (m / n as f64) as f32;
+        let inv = 1.0 / n as f32;
+        for c in centre.iter_mut() {
+            *c *= inv;
         }
         buf.clear();
         for r in rows {
-            buf.extend(r[b..e].iter().zip(&centre[..w]).map(|(&x, &c)| x - c));
+            buf.extend(r[b..e].iter().zip(centre.iter()).map(|(&x, &c)| x - c));
         }
         g.clear();
         g.resize(n * n, 0.0);
