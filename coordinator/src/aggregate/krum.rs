@@ -23,9 +23,11 @@
 //! [`REFINE`] × the sum of their squared distances to the centres) are
 //! recomputed directly, `Σ (aₖ − bₖ)²` with f64 block partials, so every
 //! distance keeps a small relative error (see the property test
-//! `gram_distances_agree_with_direct_sum`). This is cheap unless many
-//! updates form tight clusters, where it costs up to the direct pairwise
-//! pass it replaces.
+//! `gram_distances_agree_with_direct_sum`). When more than n pairs need
+//! it (far outliers pulled the mean away from the bulk), the Gram pass is
+//! redone centred on the medoid first. The direct pass stays cheap unless
+//! many updates form tight clusters away from that centre, where it costs up
+//! to the direct pairwise pass the Gram matrices replace.
 
 use ndarray::linalg::general_mat_mul;
 use std::cmp::Ordering;
@@ -97,11 +99,21 @@ fn pair_index(n: usize, i: usize, j: usize) -> usize {
     i * n - i * (i + 1) / 2 + (j - i - 1)
 }
 
+/// What the Gram blocks are centred on.
+#[derive(Clone, Copy)]
+enum Centre {
+    /// The block's per-coordinate mean.
+    Mean,
+    /// One of the rows (a medoid).
+    Row(usize),
+}
+
 /// Gram distances of the columns `lo..hi` of `rows` (n rows), in blocks.
 fn gram_chunk(
     rows: &[&[f32]],
     lo: usize,
     hi: usize,
+    on: Centre,
     buf: &mut Vec<f32>,
     g: &mut Vec<f32>,
 ) -> GramAcc {
@@ -115,19 +127,23 @@ fn gram_chunk(
     while b < hi {
         let e = (b + GRAM_BLOCK).min(hi);
         let w = e - b;
-        // Per-coordinate mean of the block, summed in f32 in row
-        // (canonical) order: it only has to be a deterministic point near
-        // the data.
         let centre = &mut centre[..w];
-        centre.fill(0.0);
-        for r in rows {
-            for (c, &x) in centre.iter_mut().zip(&r[b..e]) {
-                *c += x;
+        match on {
+            // Per-coordinate mean, summed in f32 in row (canonical) order:
+            // it only has to be a deterministic point near the data.
+            Centre::Mean => {
+                centre.fill(0.0);
+                for r in rows {
+                    for (c, &x) in centre.iter_mut().zip(&r[b..e]) {
+                        *c += x;
+                    }
+                }
+                let inv = 1.0 / n as f32;
+                for c in centre.iter_mut() {
+                    *c *= inv;
+                }
             }
-        }
-        let inv = 1.0 / n as f32;
-        for c in centre.iter_mut() {
-            *c *= inv;
+            Centre::Row(k) => centre.copy_from_slice(&rows[k][b..e]),
         }
         buf.clear();
         for r in rows {
@@ -168,22 +184,18 @@ fn gram_chunk(
     acc
 }
 
-/// The n×n matrix (row-major) of squared Euclidean distances between the
-/// updates; zero diagonal, exactly symmetric, bit-identical for a permuted
-/// batch (rows and columns permuted alike) and for any thread count.
-pub fn pairwise_sq_distances(updates: &[&[f32]]) -> Result<Vec<f64>, AggregateError> {
-    let p = dims(updates)?;
-    let n = updates.len();
-    let order = canonical_order(updates, None);
-    let rows: Vec<&[f32]> = order.iter().map(|&i| updates[i]).collect();
-    let chunks = p.div_ceil(GRAM_CHUNK);
-    let partials: Vec<GramAcc> = (0..chunks)
+/// Gram distances (packed upper triangle) and squared distances to the
+/// block centres of all `rows`, over fixed chunks in parallel, combined in
+/// chunk order.
+fn gram_pass(rows: &[&[f32]], p: usize, on: Centre) -> (Vec<f64>, Vec<f64>) {
+    let n = rows.len();
+    let partials: Vec<GramAcc> = (0..p.div_ceil(GRAM_CHUNK))
         .into_par_iter()
         .map_init(
             || (Vec::new(), Vec::new()),
             |(buf, g), c| {
                 let lo = c * GRAM_CHUNK;
-                gram_chunk(&rows, lo, (lo + GRAM_CHUNK).min(p), buf, g)
+                gram_chunk(rows, lo, (lo + GRAM_CHUNK).min(p), on, buf, g)
             },
         )
         .collect();
@@ -197,18 +209,53 @@ pub fn pairwise_sq_distances(updates: &[&[f32]]) -> Result<Vec<f64>, AggregateEr
             *s += v;
         }
     }
-    // Close pairs (relative to their spread): direct recomputation.
-    let close: Vec<(usize, usize)> = (0..n)
+    (pairs, centred)
+}
+
+/// Pairs (i < j) whose Gram distance is below [`REFINE`] × `cᵢ + cⱼ`, or
+/// NaN (non-finite input): these get the direct pass.
+fn close_pairs(pairs: &[f64], centred: &[f64]) -> Vec<(usize, usize)> {
+    let n = centred.len();
+    (0..n)
         .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
         .filter(|&(i, j)| {
-            let d = pairs[pair_index(n, i, j)];
-            // NaN (non-finite input) goes to the direct pass as well.
             !matches!(
-                d.partial_cmp(&(REFINE * (centred[i] + centred[j]))),
+                pairs[pair_index(n, i, j)].partial_cmp(&(REFINE * (centred[i] + centred[j]))),
                 Some(Ordering::Greater | Ordering::Equal)
             )
         })
-        .collect();
+        .collect()
+}
+
+/// The n×n matrix (row-major) of squared Euclidean distances between the
+/// updates; zero diagonal, exactly symmetric, bit-identical for a permuted
+/// batch (rows and columns permuted alike) and for any thread count.
+pub fn pairwise_sq_distances(updates: &[&[f32]]) -> Result<Vec<f64>, AggregateError> {
+    let p = dims(updates)?;
+    let n = updates.len();
+    let order = canonical_order(updates, None);
+    let rows: Vec<&[f32]> = order.iter().map(|&i| updates[i]).collect();
+    let (mut pairs, mut centred) = gram_pass(&rows, p, Centre::Mean);
+    let mut close = close_pairs(&pairs, &centred);
+    if close.len() > n {
+        // Many pairs much closer than their spread: far outliers pulled the
+        // mean away from the bulk. Centre on the medoid (smallest sum of
+        // the approximate distances, first in canonical order on a tie),
+        // so the direct pass stays small.
+        let sums: Vec<f64> = (0..n)
+            .map(|i| {
+                (0..n)
+                    .filter(|&j| j != i)
+                    .map(|j| pairs[pair_index(n, i.min(j), i.max(j))])
+                    .fold(0.0, |s, v| s + v)
+            })
+            .collect();
+        let medoid = (0..n)
+            .min_by(|&a, &b| sums[a].total_cmp(&sums[b]))
+            .unwrap_or(0);
+        (pairs, centred) = gram_pass(&rows, p, Centre::Row(medoid));
+        close = close_pairs(&pairs, &centred);
+    }
     let exact: Vec<f64> = close
         .par_iter()
         .map(|&(i, j)| direct_sq_dist(rows[i], rows[j]))
@@ -610,6 +657,31 @@ mod tests {
         assert!(d[1].is_nan());
         assert!(d[2].is_infinite());
         assert!(krum(&refs(&rows), 0).is_ok());
+    }
+
+    /// Two far outliers pull the block means away from the honest updates;
+    /// the medoid re-centring keeps the distances accurate.
+    #[test]
+    fn far_outliers_keep_distances_accurate() {
+        let p = GRAM_BLOCK + 301;
+        let mut rows: Vec<Vec<f32>> = (0..12)
+            .map(|i| {
+                (0..p)
+                    .map(|j| ((i * 7919 + j * 104_729) % 1000) as f32 / 500.0 - 1.0)
+                    .collect()
+            })
+            .collect();
+        rows[3] = rows[3].iter().map(|x| 1e6 + x).collect();
+        rows[8] = rows[8].iter().map(|x| -3e5 * x).collect();
+        let n = rows.len();
+        let d = pairwise_sq_distances(&refs(&rows)).unwrap();
+        let want = naive_distances(&rows);
+        for i in 0..n {
+            for j in 0..n {
+                let (a, b) = (d[i * n + j], want[i][j]);
+                assert!((a - b).abs() <= 1e-4 * b, "{i} {j}: {a} vs {b}");
+            }
+        }
     }
 
     #[test]
