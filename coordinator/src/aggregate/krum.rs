@@ -41,7 +41,7 @@ use super::coordinate::{
 use super::{AggregateError, CHUNK, Rule, canonical_order, dims};
 
 /// Coordinates per sgemm call (f32 accumulation inside a block).
-const GRAM_BLOCK: usize = 2048;
+const GRAM_BLOCK: usize = 4096;
 /// Coordinates per parallel task (f64 accumulation across its blocks).
 const GRAM_CHUNK: usize = 4 * GRAM_BLOCK;
 /// Rows per Gram tile (a multiple of the 8- and 16-row sgemm kernels).
