@@ -133,7 +133,18 @@ fn gram_chunk(
             // it only has to be a deterministic point near the data.
             Centre::Mean => {
                 centre.fill(0.0);
-                for r in rows {
+                // Four rows per sweep (more memory streams in flight);
+                // each coordinate adds the rows in order.
+                let (quads, rest) = rows.as_chunks::<4>();
+                for q in quads {
+                    let [r0, r1, r2, r3] = q.map(|r| &r[b..e]);
+                    for ((((c, &x0), &x1), &x2), &x3) in
+                        centre.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3)
+                    {
+                        *c = *c + x0 + x1 + x2 + x3;
+                    }
+                }
+                for r in rest {
                     for (c, &x) in centre.iter_mut().zip(&r[b..e]) {
                         *c += x;
                     }
@@ -321,9 +332,21 @@ fn mean_in_order(rows: &[&[f32]], p: usize) -> Vec<f32> {
         .enumerate()
         .for_each(|(c, out_chunk)| {
             let start = c * CHUNK;
-            let mut acc = vec![0f64; out_chunk.len()];
-            for r in rows {
-                for (a, &x) in acc.iter_mut().zip(&r[start..start + out_chunk.len()]) {
+            let len = out_chunk.len();
+            let mut acc = vec![0f64; len];
+            // Four rows per sweep (four memory streams in flight, one
+            // accumulator load/store per four values); each coordinate
+            // still adds the rows one after the other, in order.
+            let (quads, rest) = rows.as_chunks::<4>();
+            for q in quads {
+                let [r0, r1, r2, r3] = q.map(|r| &r[start..start + len]);
+                for ((((a, &x0), &x1), &x2), &x3) in acc.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3)
+                {
+                    *a = *a + f64::from(x0) + f64::from(x1) + f64::from(x2) + f64::from(x3);
+                }
+            }
+            for r in rest {
+                for (a, &x) in acc.iter_mut().zip(&r[start..start + len]) {
                     *a += f64::from(x);
                 }
             }
