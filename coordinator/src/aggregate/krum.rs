@@ -15,8 +15,8 @@
 //! beyond, only the tiles on and above the diagonal are computed. A
 //! block's distances `Gᵢᵢ + Gⱼⱼ − 2Gᵢⱼ` are formed in f64 and summed in
 //! block order, the chunk partials in chunk order, so the bits do not depend
-//! on the thread count. A dot product in a tile is the same float whichever
-//! tile or operand order computes it, so the matrix is exactly symmetric.
+//! on the thread count. Each pair gets one value, written to both (i, j) and
+//! (j, i), so the matrix is exactly symmetric.
 //!
 //! The Gram identity loses relative accuracy for a pair much closer to each
 //! other than to the block centre. Such pairs (distance below
@@ -29,9 +29,9 @@
 //! many updates form tight clusters away from that centre, where it costs up
 //! to the direct pairwise pass the Gram matrices replace.
 
-use ndarray::linalg::general_mat_mul;
 use std::cmp::Ordering;
 
+use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis, Slice};
 use rayon::prelude::*;
 
