@@ -7,7 +7,9 @@
 //! [`fedmesh_coordinator::aggregate::RuleConfig::aggregate`]. Each time is
 //! the best of `reps` runs. For N = 100, P = 10⁶ the table also gives the
 //! speed-up against the Flower 1.42 timings the issue quotes (2-core
-//! machine, same N and P).
+//! machine, same N and P). Every row also records the 1-minute load average
+//! (`/proc/loadavg`, where readable) just before it was measured, since the
+//! machine may be shared.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -74,6 +76,18 @@ pub struct BenchRow {
     pub ratio: f64,
     /// Flower 1.42 time for this cell, where quoted.
     pub flower_ms: Option<f64>,
+    /// 1-minute load average just before the measurement, where readable.
+    pub load: Option<f64>,
+}
+
+/// The 1-minute load average from `/proc/loadavg` (Linux), if readable.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Expands `all` and checks names.
@@ -206,6 +220,7 @@ pub fn run_aggregate(opts: &AggregateBench) -> Result<Vec<BenchRow>> {
         let weights = vec![1.0f64; n];
         bar.inc(1);
         bar.set_message(format!("N={n} P={p}: bandwidth"));
+        let load = load_average();
         let floor = best_of(opts.reps, || Ok(bandwidth_pass(&refs)))?;
         let floor_s = floor.as_secs_f64().max(1e-9);
         rows.push(BenchRow {
@@ -216,12 +231,14 @@ pub fn run_aggregate(opts: &AggregateBench) -> Result<Vec<BenchRow>> {
             best: floor,
             ratio: 1.0,
             flower_ms: None,
+            load,
         });
         bar.inc(1);
         for name in &names {
             bar.set_message(format!("N={n} P={p}: {name}"));
             let rule = bench_rule(name, n)?;
             let cfg = RuleConfig::from(rule.clone());
+            let load = load_average();
             let best = best_of(opts.reps, || {
                 cfg.aggregate(&refs, &weights)
                     .with_context(|| format!("{name} on N={n} P={p}"))
@@ -237,6 +254,7 @@ pub fn run_aggregate(opts: &AggregateBench) -> Result<Vec<BenchRow>> {
                 best,
                 ratio: best.as_secs_f64() / floor_s,
                 flower_ms,
+                load,
             });
             bar.inc(1);
         }
@@ -248,8 +266,8 @@ pub fn run_aggregate(opts: &AggregateBench) -> Result<Vec<BenchRow>> {
 /// The rows as a Markdown table.
 pub fn table(rows: &[BenchRow]) -> String {
     let mut out = String::from(
-        "| rule | params | N | P | time ms | × bandwidth | Flower 1.42 ms | speed-up |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|\n",
+        "| rule | params | N | P | time ms | × bandwidth | Flower 1.42 ms | speed-up | load |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let ms = r.best.as_secs_f64() * 1e3;
@@ -257,9 +275,10 @@ pub fn table(rows: &[BenchRow]) -> String {
             Some(f) => (format!("{f:.0}"), format!("{:.1}×", f / ms.max(1e-9))),
             None => (String::new(), String::new()),
         };
+        let load = r.load.map_or_else(String::new, |l| format!("{l:.2}"));
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.2} | {:.1} | {} | {} |\n",
-            r.rule, r.params, r.n, r.p, ms, r.ratio, flower, speedup
+            "| {} | {} | {} | {} | {:.2} | {:.1} | {} | {} | {} |\n",
+            r.rule, r.params, r.n, r.p, ms, r.ratio, flower, speedup, load
         ));
     }
     out

@@ -1,27 +1,57 @@
 //! Distance-based rules: Krum, Multi-Krum and Bulyan.
 //!
 //! All three start from the n×n matrix of squared Euclidean distances,
-//! O(n²·p) work. [`pairwise_sq_distances`] computes it in one pass over the
-//! data: the coordinates are cut into fixed chunks of [`DIST_CHUNK`]
-//! processed in parallel; inside a chunk, blocks of [`DIST_BLOCK`]
-//! coordinates of all n updates (n × 1 KiB) stay in cache while every pair
-//! is visited. A block's squared differences are summed in f32 over 16
-//! independent lanes (auto-vectorized), the lanes are added in f64, and the
-//! f64 partials are summed in block order, then chunk order, so the bits do
-//! not depend on the thread count. `(a−b)²` and `(b−a)²` are the same
-//! float, so a pair's distance does not depend on which of the two comes
-//! first in the batch.
+//! O(n²·p) work, computed by [`pairwise_sq_distances`] from Gram matrices:
+//! `‖a−b‖² = ‖a‖² + ‖b‖² − 2a·b`. The updates are first put in canonical
+//! (value) order, so every bit below is independent of the batch order. The
+//! coordinates are cut into fixed chunks of [`GRAM_CHUNK`] (parallel with
+//! rayon); inside a chunk, blocks of [`GRAM_BLOCK`] coordinates of all n
+//! updates are copied into an n × block f32 buffer, centred on the block's
+//! per-coordinate mean (so a common offset does not cancel catastrophically),
+//! and the block's Gram matrix `Y·Yᵀ` is computed by single-threaded sgemm
+//! (ndarray → matrixmultiply, AVX2/FMA or AVX-512 picked at run time). For
+//! n ≤ [`GRAM_TILE`] that is one product (packing the operands costs more
+//! than the kernel, so halving the flops through symmetry does not pay);
+//! beyond, only the tiles on and above the diagonal are computed. A
+//! block's distances `Gᵢᵢ + Gⱼⱼ − 2Gᵢⱼ` are formed in f64 and summed in
+//! block order, the chunk partials in chunk order, so the bits do not depend
+//! on the thread count. Each pair gets one value, written to both (i, j) and
+//! (j, i), so the matrix is exactly symmetric.
+//!
+//! The Gram identity loses relative accuracy for a pair much closer to each
+//! other than to the block centre. Such pairs (distance below
+//! [`REFINE`] × the sum of their squared distances to the centres) are
+//! recomputed directly, `Σ (aₖ − bₖ)²` with f64 block partials, so every
+//! distance keeps a small relative error (see the property test
+//! `gram_distances_agree_with_direct_sum`). When more than n pairs need
+//! it (far outliers pulled the mean away from the bulk), the Gram pass is
+//! redone centred on the medoid first. The direct pass stays cheap unless
+//! many updates form tight clusters away from that centre, where it costs up
+//! to the direct pairwise pass the Gram matrices replace.
 
+use std::cmp::Ordering;
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayView2, ArrayViewMut2, Axis, Slice};
 use rayon::prelude::*;
 
-use super::coordinate::{median_of, per_coordinate, unkey};
+use super::coordinate::{
+    LANES as NET_LANES, Lanes, median_of, per_lane_block, sorting_network, unkey,
+};
 use super::{AggregateError, CHUNK, Rule, canonical_order, dims};
 
-/// Coordinates summed in f32 before the partial goes to f64.
+/// Coordinates per sgemm call (f32 accumulation inside a block).
+const GRAM_BLOCK: usize = 4096;
+/// Coordinates per parallel task (f64 accumulation across its blocks).
+const GRAM_CHUNK: usize = 4 * GRAM_BLOCK;
+/// Rows per Gram tile (a multiple of the 8- and 16-row sgemm kernels).
+const GRAM_TILE: usize = 128;
+/// A Gram distance below this fraction of `cᵢ + cⱼ` (squared distances to
+/// the block centres) is recomputed directly.
+const REFINE: f64 = 0.25;
+/// Coordinates summed in f32 before the partial goes to f64 (direct pass).
 const DIST_BLOCK: usize = 256;
-/// Coordinates per parallel task.
-const DIST_CHUNK: usize = 8192;
-/// f32 lanes of the distance kernel.
+/// f32 lanes of the direct distance kernel.
 const LANES: usize = 16;
 
 /// `Σ (aₖ − bₖ)²` over one block: f32 lanes, f64 total.
@@ -47,48 +77,211 @@ fn sq_dist_block(a: &[f32], b: &[f32]) -> f64 {
     s
 }
 
-/// The n×n matrix (row-major) of squared Euclidean distances between the
-/// updates; zero diagonal, exactly symmetric.
-pub fn pairwise_sq_distances(updates: &[&[f32]]) -> Result<Vec<f64>, AggregateError> {
-    let p = dims(updates)?;
-    let n = updates.len();
-    let npairs = n * (n - 1) / 2;
-    let chunks = p.div_ceil(DIST_CHUNK);
-    let partials: Vec<Vec<f64>> = (0..chunks)
-        .into_par_iter()
-        .map(|c| {
-            let lo = c * DIST_CHUNK;
-            let hi = (lo + DIST_CHUNK).min(p);
-            let mut acc = vec![0f64; npairs];
-            let mut b = lo;
-            while b < hi {
-                let e = (b + DIST_BLOCK).min(hi);
-                let mut k = 0;
-                for i in 0..n {
-                    let xi = &updates[i][b..e];
-                    for xj in &updates[i + 1..] {
-                        acc[k] += sq_dist_block(xi, &xj[b..e]);
-                        k += 1;
+/// `‖a − b‖²` summed directly: f32 blocks of [`DIST_BLOCK`], f64 across
+/// blocks in order. Symmetric in `a` and `b` to the bit.
+pub(crate) fn direct_sq_dist(a: &[f32], b: &[f32]) -> f64 {
+    a.chunks(DIST_BLOCK)
+        .zip(b.chunks(DIST_BLOCK))
+        .map(|(x, y)| sq_dist_block(x, y))
+        .fold(0.0, |s, v| s + v)
+}
+
+/// Per-chunk accumulators: packed upper-triangle distances (i < j) and the
+/// squared distances of every row to the block centres.
+struct GramAcc {
+    pairs: Vec<f64>,
+    centred: Vec<f64>,
+}
+
+/// Index of pair (i, j), i < j, in the packed upper triangle of n×n.
+#[inline]
+fn pair_index(n: usize, i: usize, j: usize) -> usize {
+    i * n - i * (i + 1) / 2 + (j - i - 1)
+}
+
+/// What the Gram blocks are centred on.
+#[derive(Clone, Copy)]
+enum Centre {
+    /// The block's per-coordinate mean.
+    Mean,
+    /// One of the rows (a medoid).
+    Row(usize),
+}
+
+/// Gram distances of the columns `lo..hi` of `rows` (n rows), in blocks.
+fn gram_chunk(
+    rows: &[&[f32]],
+    lo: usize,
+    hi: usize,
+    on: Centre,
+    buf: &mut Vec<f32>,
+    g: &mut Vec<f32>,
+) -> GramAcc {
+    let n = rows.len();
+    let mut acc = GramAcc {
+        pairs: vec![0f64; n * (n - 1) / 2],
+        centred: vec![0f64; n],
+    };
+    let mut centre = [0f32; GRAM_BLOCK];
+    let mut b = lo;
+    while b < hi {
+        let e = (b + GRAM_BLOCK).min(hi);
+        let w = e - b;
+        let centre = &mut centre[..w];
+        match on {
+            // Per-coordinate mean, summed in f32 in row (canonical) order:
+            // it only has to be a deterministic point near the data.
+            Centre::Mean => {
+                centre.fill(0.0);
+                // Four rows per sweep (more memory streams in flight);
+                // each coordinate adds the rows in order.
+                let (quads, rest) = rows.as_chunks::<4>();
+                for q in quads {
+                    let [r0, r1, r2, r3] = q.map(|r| &r[b..e]);
+                    for ((((c, &x0), &x1), &x2), &x3) in
+                        centre.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3)
+                    {
+                        *c = *c + x0 + x1 + x2 + x3;
                     }
                 }
-                b = e;
+                for r in rest {
+                    for (c, &x) in centre.iter_mut().zip(&r[b..e]) {
+                        *c += x;
+                    }
+                }
+                let inv = 1.0 / n as f32;
+                for c in centre.iter_mut() {
+                    *c *= inv;
+                }
             }
-            acc
-        })
+            Centre::Row(k) => centre.copy_from_slice(&rows[k][b..e]),
+        }
+        buf.clear();
+        for r in rows {
+            buf.extend(r[b..e].iter().zip(centre.iter()).map(|(&x, &c)| x - c));
+        }
+        g.clear();
+        g.resize(n * n, 0.0);
+        let tiles: Vec<(usize, usize)> = (0..n)
+            .step_by(GRAM_TILE)
+            .map(|t| (t, (t + GRAM_TILE).min(n)))
+            .collect();
+        if let Ok(mut gv) = ArrayViewMut2::from_shape((n, n), &mut g[..]) {
+            for (ti, &(i0, i1)) in tiles.iter().enumerate() {
+                let Ok(a) = ArrayView2::from_shape((i1 - i0, w), &buf[i0 * w..i1 * w]) else {
+                    continue;
+                };
+                for &(j0, j1) in &tiles[ti..] {
+                    let Ok(bt) = ArrayView2::from_shape((j1 - j0, w), &buf[j0 * w..j1 * w]) else {
+                        continue;
+                    };
+                    let mut c = gv.view_mut();
+                    c.slice_axis_inplace(Axis(0), Slice::from(i0..i1));
+                    c.slice_axis_inplace(Axis(1), Slice::from(j0..j1));
+                    general_mat_mul(1.0, &a, &bt.t(), 0.0, &mut c);
+                }
+            }
+        }
+        for i in 0..n {
+            let gii = f64::from(g[i * n + i]);
+            acc.centred[i] += gii;
+            for j in i + 1..n {
+                let d = gii + f64::from(g[j * n + j]) - 2.0 * f64::from(g[i * n + j]);
+                acc.pairs[pair_index(n, i, j)] += d;
+            }
+        }
+        b = e;
+    }
+    acc
+}
+
+/// Gram distances (packed upper triangle) and squared distances to the
+/// block centres of all `rows`, over fixed chunks in parallel, combined in
+/// chunk order.
+fn gram_pass(rows: &[&[f32]], p: usize, on: Centre) -> (Vec<f64>, Vec<f64>) {
+    let n = rows.len();
+    let partials: Vec<GramAcc> = (0..p.div_ceil(GRAM_CHUNK))
+        .into_par_iter()
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(buf, g), c| {
+                let lo = c * GRAM_CHUNK;
+                gram_chunk(rows, lo, (lo + GRAM_CHUNK).min(p), on, buf, g)
+            },
+        )
         .collect();
-    let mut pairs = vec![0f64; npairs];
+    let mut pairs = vec![0f64; n * (n.max(1) - 1) / 2];
+    let mut centred = vec![0f64; n];
     for part in &partials {
-        for (s, v) in pairs.iter_mut().zip(part) {
+        for (s, v) in pairs.iter_mut().zip(&part.pairs) {
+            *s += v;
+        }
+        for (s, v) in centred.iter_mut().zip(&part.centred) {
             *s += v;
         }
     }
+    (pairs, centred)
+}
+
+/// Pairs (i < j) whose Gram distance is below [`REFINE`] × `cᵢ + cⱼ`, or
+/// NaN (non-finite input): these get the direct pass.
+fn close_pairs(pairs: &[f64], centred: &[f64]) -> Vec<(usize, usize)> {
+    let n = centred.len();
+    (0..n)
+        .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
+        .filter(|&(i, j)| {
+            !matches!(
+                pairs[pair_index(n, i, j)].partial_cmp(&(REFINE * (centred[i] + centred[j]))),
+                Some(Ordering::Greater | Ordering::Equal)
+            )
+        })
+        .collect()
+}
+
+/// The n×n matrix (row-major) of squared Euclidean distances between the
+/// updates; zero diagonal, exactly symmetric, bit-identical for a permuted
+/// batch (rows and columns permuted alike) and for any thread count.
+pub fn pairwise_sq_distances(updates: &[&[f32]]) -> Result<Vec<f64>, AggregateError> {
+    let p = dims(updates)?;
+    let n = updates.len();
+    let order = canonical_order(updates, None);
+    let rows: Vec<&[f32]> = order.iter().map(|&i| updates[i]).collect();
+    let (mut pairs, mut centred) = gram_pass(&rows, p, Centre::Mean);
+    let mut close = close_pairs(&pairs, &centred);
+    if close.len() > n {
+        // Many pairs much closer than their spread: far outliers pulled the
+        // mean away from the bulk. Centre on the medoid (smallest sum of
+        // the approximate distances, first in canonical order on a tie),
+        // so the direct pass stays small.
+        let sums: Vec<f64> = (0..n)
+            .map(|i| {
+                (0..n)
+                    .filter(|&j| j != i)
+                    .map(|j| pairs[pair_index(n, i.min(j), i.max(j))])
+                    .fold(0.0, |s, v| s + v)
+            })
+            .collect();
+        let medoid = (0..n)
+            .min_by(|&a, &b| sums[a].total_cmp(&sums[b]))
+            .unwrap_or(0);
+        (pairs, centred) = gram_pass(&rows, p, Centre::Row(medoid));
+        close = close_pairs(&pairs, &centred);
+    }
+    let exact: Vec<f64> = close
+        .par_iter()
+        .map(|&(i, j)| direct_sq_dist(rows[i], rows[j]))
+        .collect();
+    for (&(i, j), v) in close.iter().zip(exact) {
+        pairs[pair_index(n, i, j)] = v;
+    }
+    // Back to batch order.
     let mut d = vec![0f64; n * n];
-    let mut k = 0;
     for i in 0..n {
         for j in i + 1..n {
-            d[i * n + j] = pairs[k];
-            d[j * n + i] = pairs[k];
-            k += 1;
+            let v = pairs[pair_index(n, i, j)];
+            let (a, b) = (order[i], order[j]);
+            d[a * n + b] = v;
+            d[b * n + a] = v;
         }
     }
     Ok(d)
@@ -139,9 +332,21 @@ fn mean_in_order(rows: &[&[f32]], p: usize) -> Vec<f32> {
         .enumerate()
         .for_each(|(c, out_chunk)| {
             let start = c * CHUNK;
-            let mut acc = vec![0f64; out_chunk.len()];
-            for r in rows {
-                for (a, &x) in acc.iter_mut().zip(&r[start..start + out_chunk.len()]) {
+            let len = out_chunk.len();
+            let mut acc = vec![0f64; len];
+            // Four rows per sweep (four memory streams in flight, one
+            // accumulator load/store per four values); each coordinate
+            // still adds the rows one after the other, in order.
+            let (quads, rest) = rows.as_chunks::<4>();
+            for q in quads {
+                let [r0, r1, r2, r3] = q.map(|r| &r[start..start + len]);
+                for ((((a, &x0), &x1), &x2), &x3) in acc.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3)
+                {
+                    *a = *a + f64::from(x0) + f64::from(x1) + f64::from(x2) + f64::from(x3);
+                }
+            }
+            for r in rest {
+                for (a, &x) in acc.iter_mut().zip(&r[start..start + len]) {
                     *a += f64::from(x);
                 }
             }
@@ -219,14 +424,65 @@ pub(crate) fn bulyan_selected(
     // Canonical order for the per-coordinate sums.
     selection.sort_unstable_by_key(|&i| rank[i]);
     let rows: Vec<&[f32]> = selection.iter().map(|&i| updates[i]).collect();
-    let value = per_coordinate(
+    let net = sorting_network(rows.len());
+    let value = per_lane_block(
         &rows,
         p,
+        &net,
         || (Vec::new(), Vec::new()),
+        |sorted, _, _, out| closest_lanes(sorted, beta, out),
         |keys, scratch: &mut Scratch| closest_mean(keys, scratch, beta),
     );
     selection.sort_unstable();
     Ok((value, selection))
+}
+
+/// Bulyan's last step on a sorted lane block (θ rows): per coordinate the
+/// mean of the `beta` values closest to the median (ties: the smaller
+/// value). Those are a window of the sorted values, found by dropping θ−β
+/// values from the two ends, each time the end farther from the median
+/// (the larger value on a tie), all lanes in lockstep; the window is summed
+/// in f64 in sorted order.
+fn closest_lanes(sorted: &[Lanes], beta: usize, out: &mut [f32]) {
+    let t = sorted.len();
+    let beta = beta.min(t);
+    if beta == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let mid = t / 2;
+    let mut med = [0f64; NET_LANES];
+    for (k, m) in med.iter_mut().enumerate() {
+        *m = if t % 2 == 1 {
+            f64::from(sorted[mid][k])
+        } else {
+            (f64::from(sorted[mid - 1][k]) + f64::from(sorted[mid][k])) / 2.0
+        };
+    }
+    let mut left = [0usize; NET_LANES];
+    let mut right = [t - 1; NET_LANES];
+    for _ in 0..t - beta {
+        for (k, (l, r)) in left.iter_mut().zip(right.iter_mut()).enumerate() {
+            let dl = (f64::from(sorted[*l][k]) - med[k]).abs();
+            let dr = (f64::from(sorted[*r][k]) - med[k]).abs();
+            let drop_left = usize::from(dl > dr);
+            *l += drop_left;
+            *r -= 1 - drop_left;
+        }
+    }
+    let mut sum = [0f64; NET_LANES];
+    for (i, row) in sorted.iter().enumerate() {
+        for ((s, &l), &v) in sum.iter_mut().zip(&left).zip(row) {
+            *s += if l <= i && i < l + beta {
+                f64::from(v)
+            } else {
+                0.0
+            };
+        }
+    }
+    for (o, s) in out.iter_mut().zip(sum) {
+        *o = (s / beta as f64) as f32;
+    }
 }
 
 /// Per-task buffers of [`closest_mean`].
@@ -239,7 +495,8 @@ fn by_distance(a: &(f64, i32), b: &(f64, i32)) -> std::cmp::Ordering {
 }
 
 /// Mean of the `beta` values closest to their median (ties: the smaller
-/// value), summed in f64 in the order of `keys` (canonical client order).
+/// value), summed in f64 in the order of `keys` (canonical client order);
+/// the exact path for blocks holding a NaN.
 /// One selection for the median, one for the β-th distance; no sort.
 fn closest_mean(keys: &[i32], (copy, dist): &mut Scratch, beta: usize) -> f32 {
     if keys.is_empty() || beta == 0 {
@@ -370,7 +627,7 @@ mod tests {
 
     #[test]
     fn distances_match_naive_across_blocks_and_chunks() {
-        let p = DIST_CHUNK + 3 * DIST_BLOCK + 5;
+        let p = GRAM_CHUNK + 3 * GRAM_BLOCK + 5;
         let rows: Vec<Vec<f32>> = (0..6)
             .map(|i| {
                 (0..p)
@@ -384,6 +641,68 @@ mod tests {
             for j in 0..6 {
                 assert!(rel_close(d[i * 6 + j], nd[i][j]), "{i} {j}");
                 assert_eq!(d[i * 6 + j].to_bits(), d[j * 6 + i].to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn distances_do_not_depend_on_thread_count() {
+        let p = 2 * GRAM_CHUNK + GRAM_BLOCK + 7;
+        let rows: Vec<Vec<f32>> = (0..13)
+            .map(|i| {
+                (0..p)
+                    .map(|j| ((i * 7919 + j * 104_729) % 1000) as f32 / 37.0)
+                    .collect()
+            })
+            .collect();
+        let with = |threads| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| pairwise_sq_distances(&refs(&rows)).unwrap())
+        };
+        let one: Vec<u64> = with(1).iter().map(|x| x.to_bits()).collect();
+        let three: Vec<u64> = with(3).iter().map(|x| x.to_bits()).collect();
+        assert_eq!(one, three);
+    }
+
+    #[test]
+    fn non_finite_values_give_non_finite_distances_without_panic() {
+        let rows = [
+            vec![0f32, 1.0, 2.0],
+            vec![f32::NAN, 1.0, 2.0],
+            vec![f32::INFINITY, 1.0, 2.0],
+            vec![1f32, 1.0, 2.0],
+        ];
+        let d = pairwise_sq_distances(&refs(&rows)).unwrap();
+        assert_eq!(d[3], 1.0);
+        assert!(d[1].is_nan());
+        assert!(d[2].is_infinite());
+        assert!(krum(&refs(&rows), 0).is_ok());
+    }
+
+    /// Two far outliers pull the block means away from the honest updates;
+    /// the medoid re-centring keeps the distances accurate.
+    #[test]
+    fn far_outliers_keep_distances_accurate() {
+        let p = GRAM_BLOCK + 301;
+        let mut rows: Vec<Vec<f32>> = (0..12)
+            .map(|i| {
+                (0..p)
+                    .map(|j| ((i * 7919 + j * 104_729) % 1000) as f32 / 500.0 - 1.0)
+                    .collect()
+            })
+            .collect();
+        rows[3] = rows[3].iter().map(|x| 1e6 + x).collect();
+        rows[8] = rows[8].iter().map(|x| -3e5 * x).collect();
+        let n = rows.len();
+        let d = pairwise_sq_distances(&refs(&rows)).unwrap();
+        let want = naive_distances(&rows);
+        for i in 0..n {
+            for j in 0..n {
+                let (a, b) = (d[i * n + j], want[i][j]);
+                assert!((a - b).abs() <= 1e-4 * b, "{i} {j}: {a} vs {b}");
             }
         }
     }
@@ -465,6 +784,44 @@ mod tests {
             for (j, v) in agg.value.iter().enumerate() {
                 let mean = agg.selected.iter().map(|&i| f64::from(rows[i][j])).sum::<f64>() / m as f64;
                 prop_assert!(rel_close(f64::from(*v), mean));
+            }
+        }
+
+        /// The Gram-based distances agree with the direct f64 sum of squared
+        /// differences within a relative 1e-4 (typically ~1e-6), including batches far from
+        /// the origin (large common offset, small spread) and pairs much
+        /// closer to each other than to the rest (the cancellation case the
+        /// direct recomputation covers), across several blocks.
+        #[test]
+        fn gram_distances_agree_with_direct_sum(
+            base in batch(2..12, 1..(GRAM_BLOCK + 300)),
+            offset in prop_oneof![Just(0f32), -1e4f32..1e4],
+            scale in prop_oneof![Just(1f32), 1e-4f32..1.0],
+            near in proptest::collection::vec((0usize..12, 0usize..12, -6i32..0), 0..6),
+        ) {
+            let n = base.len();
+            let mut rows: Vec<Vec<f32>> = base
+                .iter()
+                .map(|r| r.iter().map(|x| offset + scale * x).collect())
+                .collect();
+            for (k, &(a, b, e)) in near.iter().enumerate() {
+                let (a, b) = (a % n, b % n);
+                let eps = 10f32.powi(e) * scale;
+                rows[a] = rows[b]
+                    .iter()
+                    .enumerate()
+                    .map(|(j, x)| x + eps * ((((j + k) * 7) % 11) as f32 - 5.0) / 5.0)
+                    .collect();
+            }
+            let d = pairwise_sq_distances(&refs(&rows)).unwrap();
+            let want = naive_distances(&rows);
+            for i in 0..n {
+                prop_assert_eq!(d[i * n + i], 0.0);
+                for j in 0..n {
+                    let (a, b) = (d[i * n + j], want[i][j]);
+                    prop_assert!((a - b).abs() <= 1e-4 * b, "{} {}: {} vs {}", i, j, a, b);
+                    prop_assert_eq!(a.to_bits(), d[j * n + i].to_bits());
+                }
             }
         }
 
