@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test binary
 //! Issue 5's end-to-end claim, on the real mesh (coordinator and nodes over
 //! gRPC + mTLS on loopback, real secure aggregation): with 20% of the nodes
 //! poisoning their updates, secure aggregation in buckets of 2 with the
