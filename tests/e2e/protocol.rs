@@ -544,6 +544,30 @@ async fn tenants_are_isolated_on_every_rpc() -> Result<()> {
         "no round is open",
     );
 
+    // SecAgg: bound to acme it is denied; bound to beta it finds no round.
+    let sa = |tenant: &str, node: &str| v1::SecAggRequest {
+        tenant: tenant.into(),
+        node: node.into(),
+        round: open.round,
+        bucket: 0,
+        message: Some(v1::sec_agg_request::Message::Advert(vec![1, 2, 3])),
+    };
+    assert_status(
+        b1.sec_agg(sa("acme", "a1")).await,
+        Code::PermissionDenied,
+        deny,
+    );
+    assert_status(
+        b1.sec_agg(sa("acme", "b1")).await,
+        Code::PermissionDenied,
+        deny,
+    );
+    assert_status(
+        b1.sec_agg(sa("beta", "b1")).await,
+        Code::FailedPrecondition,
+        "no round is open",
+    );
+
     // acme commits version 1 undisturbed.
     a1.submit_update(update(&aj, &open, 0.01)).await?;
     let committed = wait_committed(&mut a_stream).await?;
