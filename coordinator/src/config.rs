@@ -614,7 +614,12 @@ feature_schema_digest = "0000000000000000000000000000000000000000000000000000000
                 "noise_multiplier",
             ),
             ("bucket_size = 2\ndp_delta = 1.5", "", "dp_delta"),
-            ("bucket_size = 2\nquant_scale = 1e12", "", "headroom"),
+            ("bucket_size = 2\nquant_scale = 1e12", "", "exceeds 2^30"),
+            (
+                "bucket_size = 3\nquant_scale = 67108864.0",
+                "",
+                "no quantization headroom",
+            ),
             // Krum with f = 1 needs 5 inputs; 6 updates in buckets of 3 give 2 means.
             (
                 "bucket_size = 3",
