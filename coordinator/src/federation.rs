@@ -802,24 +802,12 @@ impl Federation {
         );
         drop(_e);
         self.status.send_replace(RoundStatus::Open(info.clone()));
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let done = self
-                .lock()
-                .round
-                .as_ref()
-                .map(|r| r.updates.keys().filter(|n| selected.contains(*n)).count())
+        self.wait_round(tokio::time::Instant::now() + timeout, shutdown, |r| {
+            r.map(|r| r.updates.keys().filter(|n| selected.contains(*n)).count())
                 .unwrap_or(0)
-                >= selected.len();
-            if done || *shutdown.borrow() {
-                break;
-            }
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = shutdown.changed() => {}
-            }
-        }
+                >= selected.len()
+        })
+        .await;
         let round = self.lock().round.take();
         let Some(round) = round else { return Ok(()) };
         if *shutdown.borrow() {
@@ -1147,34 +1135,21 @@ impl Federation {
         self.status.send_replace(RoundStatus::Open(info.clone()));
         let mut phase = Phase::Advertise;
         loop {
-            let deadline = tokio::time::Instant::now() + timeout_of(phase);
-            loop {
-                let done = self
-                    .lock()
-                    .round
-                    .as_ref()
-                    .and_then(|r| r.secure.as_ref())
-                    .is_none_or(|s| s.phase_complete());
-                if done || *shutdown.borrow() {
-                    break;
-                }
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep_until(deadline) => break,
-                    _ = shutdown.changed() => {}
-                }
-            }
+            self.wait_round(
+                tokio::time::Instant::now() + timeout_of(phase),
+                shutdown,
+                |r| {
+                    r.and_then(|r| r.secure.as_ref())
+                        .is_none_or(|s| s.phase_complete())
+                },
+            )
+            .await;
             if *shutdown.borrow() {
                 self.lock().round = None;
                 return Ok(());
             }
-            if phase == Phase::Unmask {
+            let Some(next) = phase.next() else {
                 break;
-            }
-            let next = match phase {
-                Phase::Advertise => Phase::Share,
-                Phase::Share => Phase::Mask,
-                _ => Phase::Unmask,
             };
             let next_deadline = unix_ms(SystemTime::now() + timeout_of(next));
             let (view, live) = {
@@ -1222,6 +1197,26 @@ impl Federation {
         let summary = self.commit_secure(&round, &selected, sums, dropped, stragglers, bytes)?;
         self.announce(&span, round_no, summary);
         Ok(())
+    }
+
+    /// Waits until `done` holds for the open round (checked after every
+    /// accepted message), the deadline passes or shutdown is requested.
+    async fn wait_round(
+        &self,
+        deadline: tokio::time::Instant,
+        shutdown: &mut watch::Receiver<bool>,
+        done: impl Fn(Option<&OpenRound>) -> bool,
+    ) {
+        loop {
+            if done(self.lock().round.as_ref()) || *shutdown.borrow() {
+                return;
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = shutdown.changed() => {}
+            }
+        }
     }
 
     /// Logs, publishes and counts a committed round.

@@ -49,6 +49,16 @@ impl Phase {
         }
     }
 
+    /// The phase after this one (`None` after unmasking).
+    pub fn next(self) -> Option<Phase> {
+        match self {
+            Phase::Advertise => Some(Phase::Share),
+            Phase::Share => Some(Phase::Mask),
+            Phase::Mask => Some(Phase::Unmask),
+            Phase::Unmask => None,
+        }
+    }
+
     /// Lower-case name, for logs and errors.
     pub fn name(self) -> &'static str {
         match self {
@@ -423,14 +433,9 @@ impl SecureRound {
     /// [`SecureRound::finish`] instead.
     pub fn advance(&mut self, next_deadline_unix_ms: i64) -> Result<(), FedError> {
         let phase = self.view.phase;
-        let next = match phase {
-            Phase::Advertise => Phase::Share,
-            Phase::Share => Phase::Mask,
-            Phase::Mask => Phase::Unmask,
-            Phase::Unmask => {
-                return Err(FedError::Phase("the unmask phase is the last".into()));
-            }
-        };
+        let next = phase
+            .next()
+            .ok_or_else(|| FedError::Phase("the unmask phase is the last".into()))?;
         for b in self.buckets.iter_mut().filter(|b| b.dropped.is_none()) {
             for n in b.expected.difference(&b.answered) {
                 self.stragglers.push(Straggler {
