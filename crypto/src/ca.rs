@@ -170,8 +170,16 @@ impl MeshCa {
         Ok(params)
     }
 
-    fn sign_leaf(&self, params: CertificateParams) -> Result<IssuedCert> {
+    fn sign_leaf(&self, mut params: CertificateParams) -> Result<IssuedCert> {
         let key = new_key()?;
+        // A 20-byte serial from the key's digest with the top byte in
+        // 0x40..=0x7f: positive, never shortened by DER, so every certificate
+        // of a kind has the same length (rcgen's default serial loses a byte
+        // when its first byte masks to zero, which made byte counts of
+        // messages carrying certificates vary between runs).
+        let mut serial = crate::sha256(&key.public_key_der())[..20].to_vec();
+        serial[0] = (serial[0] & 0x7f) | 0x40;
+        params.serial_number = Some(serial.into());
         let cert = params.signed_by(&key, &self.issuer, &self.key_pair)?;
         Ok(IssuedCert {
             cert_pem: cert.pem(),
@@ -286,6 +294,23 @@ mod tests {
         let (_, ca_cert) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
         cert.verify_signature(Some(ca_cert.public_key())).unwrap();
         assert_eq!(cert.issuer().as_raw(), ca_cert.subject().as_raw());
+    }
+
+    #[test]
+    fn leaf_certificates_have_one_length_and_a_20_byte_serial() {
+        let ca = ca();
+        let lens: std::collections::BTreeSet<usize> = (0..64)
+            .map(|_| {
+                let c = ca
+                    .issue_node(&tenant("acme"), &node("n1"), now(), 30)
+                    .unwrap();
+                let der = der(&c.cert_pem);
+                let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+                assert_eq!(cert.raw_serial().len(), 20);
+                der.len()
+            })
+            .collect();
+        assert_eq!(lens.len(), 1, "{lens:?}");
     }
 
     #[test]
