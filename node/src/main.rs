@@ -267,6 +267,7 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
             signer: Arc::new(fedmesh_crypto::CertSigner::from_pem(&cert, &key)?),
             secagg_seed: None,
             tamper: None,
+            hook: None,
             max_backoff: Duration::from_millis(c.max_backoff_ms.max(200)),
         });
         verifier = Some(v);

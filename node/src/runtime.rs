@@ -73,6 +73,10 @@ pub struct FederationSettings {
     /// with the real node code). `None` on every real node; the node binary
     /// has no way to set it.
     pub tamper: Option<Tamper>,
+    /// Simulated presence and update rewriting, for the harness's network
+    /// engine (attackers that collude, dropouts at chosen protocol phases).
+    /// `None` on every real node; the node binary has no way to set it.
+    pub hook: Option<Arc<dyn SimulationHook>>,
     /// Longest pause between reconnection attempts.
     pub max_backoff: Duration,
 }
@@ -104,6 +108,62 @@ impl Tamper {
             Tamper::Scale(f) | Tamper::SignFlip(f) => f64::from(f.abs()).max(1.0),
         }
     }
+}
+
+/// How a simulated node behaves in a round it is selected for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimPresence {
+    /// Takes part normally.
+    Present,
+    /// Drops out before doing anything (k > 1: before advertising keys).
+    Dropped,
+    /// Misses the deadline: sends nothing in time (k > 1: stops after
+    /// sharing its keys, so its pairwise masks must be recovered).
+    Straggler,
+    /// k > 1: sends its masked update, then stops answering (the
+    /// coordinator must recover its self mask from the peers' shares). At
+    /// k = 1 the same as `Present`.
+    NoUnmask,
+}
+
+/// What a simulated node sends after [`SimulationHook::rewrite`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimSend {
+    /// Sends the (rewritten) update with its scaler statistics.
+    Update,
+    /// Sends the update without scaler statistics (k = 1; a crafted update
+    /// has no data behind it).
+    UpdateWithoutStats,
+    /// Sends nothing this round.
+    Nothing,
+}
+
+/// The harness's hook into the real node code: who takes part in a round,
+/// and what a (possibly malicious) node sends. Called on a blocking thread,
+/// so an implementation may wait — for a bounded time — for other nodes'
+/// updates (colluding attackers craft theirs from the honest ones).
+pub trait SimulationHook: Send + Sync {
+    /// Presence in `round`, decided when the round opens.
+    fn presence(&self, round: u64) -> SimPresence;
+    /// Rewrites the freshly trained `update` for `round` in place.
+    fn rewrite(&self, round: u64, update: &mut crate::agent::LocalUpdate) -> SimSend;
+}
+
+/// Trains `job` on a blocking thread and passes the update through the
+/// simulation hook, if any.
+pub(crate) async fn train_and_rewrite(
+    job: crate::agent::TrainingJob,
+    hook: Option<Arc<dyn SimulationHook>>,
+    round: u64,
+) -> Result<(crate::agent::LocalUpdate, SimSend), SessionError> {
+    tokio::task::spawn_blocking(move || {
+        let mut update = job.run()?;
+        let send = hook.map_or(SimSend::Update, |h| h.rewrite(round, &mut update));
+        Ok::<_, AgentError>((update, send))
+    })
+    .await
+    .map_err(|e| AgentError::Model(format!("training task failed: {e}")))?
+    .map_err(SessionError::from)
 }
 
 /// Runs the federation loop until `shutdown` flips to true.
@@ -283,6 +343,18 @@ async fn participate(
     if lock(agent).global_version() != Some(open.base_version) {
         sync_model(agent, fs, client, open.base_version).await?;
     }
+    let presence = fs
+        .hook
+        .as_ref()
+        .map_or(SimPresence::Present, |h| h.presence(open.round));
+    if matches!(presence, SimPresence::Dropped | SimPresence::Straggler) {
+        info!(
+            round = open.round,
+            ?presence,
+            "simulated: not taking part in this round"
+        );
+        return Ok(());
+    }
     let training = open.training.unwrap_or_default();
     let job = {
         let a = lock(agent);
@@ -306,9 +378,11 @@ async fn participate(
             Err(e) => return Err(e.into()),
         }
     };
-    let mut update = tokio::task::spawn_blocking(move || job.run())
-        .await
-        .map_err(|e| AgentError::Model(format!("training task failed: {e}")))??;
+    let (mut update, send) = train_and_rewrite(job, fs.hook.clone(), open.round).await?;
+    if send == SimSend::Nothing {
+        info!(round = open.round, "simulated: sending nothing this round");
+        return Ok(());
+    }
     if let Some(t) = &fs.tamper {
         t.apply(&mut update.delta);
     }
@@ -334,7 +408,7 @@ async fn participate(
             &[update.delta.len() as u64],
         )),
         num_samples: update.num_samples,
-        scaler_stats: Some(v1::ScalerStats {
+        scaler_stats: (send == SimSend::Update).then(|| v1::ScalerStats {
             count: update.stats.count,
             sum: update.stats.sum.clone(),
             sum_sq: update.stats.sum_sq.clone(),

@@ -28,7 +28,10 @@ use tracing::{debug, info, warn};
 
 use crate::agent::{AgentError, LocalUpdate};
 use crate::features::NUM_FEATURES;
-use crate::runtime::{FederationSettings, SessionError, SharedAgent, lock, sync_model};
+use crate::runtime::{
+    FederationSettings, SessionError, SharedAgent, SimPresence, SimSend, lock, sync_model,
+    train_and_rewrite,
+};
 
 type Client = v1::federation_client::FederationClient<Channel>;
 
@@ -209,6 +212,17 @@ pub(crate) async fn participate(
         round: open.round,
         bucket: 0,
     };
+    let presence = fs
+        .hook
+        .as_ref()
+        .map_or(SimPresence::Present, |h| h.presence(open.round));
+    if presence == SimPresence::Dropped {
+        info!(
+            round = open.round,
+            "simulated: dropping out before the advert"
+        );
+        return Ok(None);
+    }
     let clip_factor = fs.tamper.map_or(1.0, |t| t.clip_factor());
     let (params, me) = match r.params(sr, open.base_version, dim, digest, clip_factor) {
         Ok(p) => p,
@@ -244,7 +258,11 @@ pub(crate) async fn participate(
         return Ok(None);
     }
     debug!(bucket = r.bucket, "keys advertised; training");
-    let mut training = Some(tokio::task::spawn_blocking(move || job.run()));
+    let mut training = Some(tokio::spawn(train_and_rewrite(
+        job,
+        fs.hook.clone(),
+        r.round,
+    )));
     let (mut shared, mut masked) = (false, false);
     loop {
         let Some(ev) = stream.message().await.map_err(|status| SessionError::Rpc {
@@ -293,9 +311,17 @@ pub(crate) async fn participate(
                 let Some(job) = training.take() else {
                     return Ok(Some(()));
                 };
-                let mut update = job
+                if presence == SimPresence::Straggler {
+                    info!(bucket = r.bucket, "simulated: stopping after the shares");
+                    return Ok(Some(()));
+                }
+                let (mut update, send) = job
                     .await
                     .map_err(|e| AgentError::Model(format!("training task failed: {e}")))??;
+                if send == SimSend::Nothing {
+                    info!(bucket = r.bucket, "simulated: sending nothing this round");
+                    return Ok(Some(()));
+                }
                 if let Some(t) = &fs.tamper {
                     t.apply(&mut update.delta);
                 }
@@ -316,6 +342,13 @@ pub(crate) async fn participate(
                     bucket = r.bucket,
                     "masked update submitted"
                 );
+            }
+            if masked && presence == SimPresence::NoUnmask {
+                info!(
+                    bucket = r.bucket,
+                    "simulated: not answering the unmask request"
+                );
+                return Ok(Some(()));
             }
             if masked && phase == v1::SecAggPhase::Unmask as i32 && !bv.unmask_request.is_empty() {
                 let request = UnmaskRequest::decode(&bv.unmask_request)?;

@@ -64,6 +64,49 @@ pub struct RoundRow {
     pub bytes_per_param: f64,
     /// Median time over the k = 1 median of the same run.
     pub ratio_to_plain: Option<f64>,
+    /// Median CPU time per round of everything but the clients (the
+    /// coordinator: gRPC, TLS, checks, unmasking, aggregation, storage), ms.
+    pub coordinator_cpu_ms: f64,
+    /// Median CPU time per round of one client (all clients ÷ nodes), ms.
+    pub node_cpu_ms: f64,
+    /// Coordinator CPU over the k = 1 coordinator CPU of the same run.
+    pub coordinator_cpu_ratio: Option<f64>,
+}
+
+/// Name of the client runtime's threads (their CPU time is the clients').
+const CLIENT_THREAD: &str = "fm-bench-client";
+
+/// CPU time (ns) of this process's threads so far: (all, client threads).
+/// Read from `/proc/self/task/*/schedstat` (run time in ns, first field);
+/// threads that have exited are lost, so the runtimes keep theirs alive.
+fn cpu_ns() -> Result<(u64, u64)> {
+    let mut all = 0u64;
+    let mut clients = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").context("reading /proc/self/task")? {
+        let dir = task?.path();
+        let (Ok(stat), Ok(comm)) = (
+            std::fs::read_to_string(dir.join("schedstat")),
+            std::fs::read_to_string(dir.join("comm")),
+        ) else {
+            continue; // the thread exited meanwhile
+        };
+        let ns: u64 = stat
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| anyhow!("unexpected schedstat line {stat:?}"))?;
+        all += ns;
+        // `comm` is truncated to 15 bytes.
+        if CLIENT_THREAD.starts_with(comm.trim_end()) && !comm.trim_end().is_empty() {
+            clients += ns;
+        }
+    }
+    Ok((all, clients))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Hidden width giving about `params` parameters for input width 22.
@@ -136,6 +179,14 @@ pub async fn run_round_bench(b: &RoundBench) -> Result<Vec<RoundRow>> {
         let server = tokio::spawn(coordinator.serve(listener, async move {
             let _ = stop_rx.await;
         }));
+        // The clients get their own runtime (threads named CLIENT_THREAD),
+        // so the CPU time of the coordinator and of the clients can be told
+        // apart; both still share this machine's cores.
+        let client_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(CLIENT_THREAD)
+            .enable_all()
+            .build()?;
         let mut clients = Vec::new();
         for (i, (name, tls, signer)) in identities.iter().enumerate() {
             let connector = fedmesh_node::client::Connector::new(
@@ -144,23 +195,32 @@ pub async fn run_round_bench(b: &RoundBench) -> Result<Vec<RoundRow>> {
                 tls.clone(),
                 fedmesh_proto::DEFAULT_MAX_MESSAGE_BYTES,
             )?;
-            let client = connector.connect().await?;
             let seed = b.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ k as u64;
-            clients.push(tokio::spawn(client_loop(
-                client,
-                name.clone(),
-                signer.clone(),
-                verifier.clone(),
-                seed,
-            )));
+            let (name, signer, verifier) = (name.clone(), signer.clone(), verifier.clone());
+            clients.push(client_rt.spawn(async move {
+                let client = connector.connect().await?;
+                client_loop(client, name, signer, verifier, seed).await
+            }));
         }
         let mut times = Vec::new();
+        let mut coordinator_cpu = Vec::new();
+        let mut client_cpu = Vec::new();
         let mut bytes = 0u64;
         let mut params = 0;
-        for _ in 0..b.rounds {
+        let mut last = cpu_ns()?;
+        for round in 0..b.rounds {
             let s = tokio::time::timeout(Duration::from_secs(600), summaries.recv())
                 .await
                 .context("a round did not commit within 10 minutes")??;
+            let now = cpu_ns()?;
+            // The first round also carries the clients' connections and
+            // joins; it counts for time but not for CPU when others exist.
+            if round > 0 || b.rounds == 1 {
+                let (all, cl) = (now.0 - last.0, now.1 - last.1);
+                coordinator_cpu.push(all.saturating_sub(cl) as f64 / 1e6);
+                client_cpu.push(cl as f64 / 1e6 / b.nodes as f64);
+            }
+            last = now;
             times.push(s.duration.as_secs_f64() * 1e3);
             bytes += s.bytes_received;
             params = fedmesh_proto::model::param_count(22, &[h]).unwrap_or(0);
@@ -169,22 +229,27 @@ pub async fn run_round_bench(b: &RoundBench) -> Result<Vec<RoundRow>> {
         for c in clients {
             c.abort();
         }
+        client_rt.shutdown_background();
         let _ = server.await;
-        times.sort_by(f64::total_cmp);
+        let min_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
         rows.push(RoundRow {
             k,
             nodes: b.nodes,
             params,
             rounds: times.len(),
-            median_ms: times[times.len() / 2],
-            min_ms: times[0],
+            median_ms: median(times),
+            min_ms,
             bytes_per_param: bytes as f64 / (b.rounds as f64 * b.nodes as f64 * params as f64),
             ratio_to_plain: None,
+            coordinator_cpu_ms: median(coordinator_cpu),
+            node_cpu_ms: median(client_cpu),
+            coordinator_cpu_ratio: None,
         });
     }
-    if let Some(plain) = rows.iter().find(|r| r.k == 1).map(|r| r.median_ms) {
+    if let Some(plain) = rows.iter().find(|r| r.k == 1).cloned() {
         for r in &mut rows {
-            r.ratio_to_plain = Some(r.median_ms / plain);
+            r.ratio_to_plain = Some(r.median_ms / plain.median_ms);
+            r.coordinator_cpu_ratio = Some(r.coordinator_cpu_ms / plain.coordinator_cpu_ms);
         }
     }
     Ok(rows)
@@ -325,12 +390,13 @@ async fn client_loop(
 /// The results as a Markdown table.
 pub fn markdown(rows: &[RoundRow]) -> String {
     let mut out = String::from(
-        "| k | nodes | params | rounds | median round ms | fastest ms | client→coordinator bytes/param/node | × k = 1 |\n\
-         |---|---|---|---|---|---|---|---|\n",
+        "| k | nodes | params | rounds | median round ms | fastest ms | client→coordinator bytes/param/node | × k = 1 | coordinator CPU ms/round | × k = 1 | CPU ms/round/node |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
+    let ratio = |x: Option<f64>| x.map_or_else(|| "—".to_string(), |x| format!("{x:.2}"));
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {} |\n",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {} | {:.1} | {} | {:.2} |\n",
             r.k,
             r.nodes,
             r.params,
@@ -338,8 +404,10 @@ pub fn markdown(rows: &[RoundRow]) -> String {
             r.median_ms,
             r.min_ms,
             r.bytes_per_param,
-            r.ratio_to_plain
-                .map_or_else(|| "—".to_string(), |x| format!("{x:.2}"))
+            ratio(r.ratio_to_plain),
+            r.coordinator_cpu_ms,
+            ratio(r.coordinator_cpu_ratio),
+            r.node_cpu_ms,
         ));
     }
     out

@@ -446,6 +446,7 @@ rule = "{rule}"
             signer: Arc::new(fedmesh_crypto::CertSigner::from_pem(&cert, &key)?),
             secagg_seed: Some(opts.seed.wrapping_mul(1_000_003).wrapping_add(i as u64)),
             tamper: (i >= opts.nodes - opts.attackers).then_some(opts.attack),
+            hook: None,
             max_backoff: Duration::from_secs(2),
         };
         fed_tasks.push(tokio::spawn(run_federation(

@@ -329,11 +329,12 @@ fn run(cmd: Cmd) -> Result<()> {
                 let t = std::time::Instant::now();
                 let r = rt.block_on(network::run(&s, dir.path()))?;
                 println!(
-                    "{} (network engine): version {}, participants per round {:?}, final \
-                     parameters sha256 {}; {:.2} s",
+                    "{} (network engine): version {}, participants per round {:?}, buckets per \
+                     round {:?}, final parameters sha256 {}; {:.2} s",
                     s.name,
                     r.final_version,
                     r.participants,
+                    r.buckets,
                     r.final_params_sha256,
                     t.elapsed().as_secs_f64()
                 );

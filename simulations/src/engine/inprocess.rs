@@ -69,7 +69,7 @@ const P_TELEMETRY: u64 = 1;
 const P_AGENT: u64 = 2;
 const P_ATTACKERS: u64 = 3;
 const P_ROUND: u64 = 4;
-const P_NODE_ROUND: u64 = 5;
+pub(crate) const P_NODE_ROUND: u64 = 5;
 const P_EVAL: u64 = 6;
 const P_CALIB: u64 = 7;
 pub(crate) const P_GENESIS: u64 = 8;
@@ -203,7 +203,7 @@ fn heldout(s: &Scenario) -> Result<Heldout, EngineError> {
 }
 
 /// The poisoned attack kind of a scenario's attackers, if any.
-fn poison_of(s: &Scenario) -> Option<AttackKind> {
+pub(crate) fn poison_of(s: &Scenario) -> Option<AttackKind> {
     match s.attack.as_ref().map(|a| &a.kind) {
         Some(AttackKindSpec::DataPoison { target, .. }) => Some(*target),
         Some(AttackKindSpec::Scaling { poison, .. }) => *poison,
@@ -212,7 +212,7 @@ fn poison_of(s: &Scenario) -> Option<AttackKind> {
 }
 
 /// Attacker nodes: a seeded choice of `attacker_count` nodes.
-fn choose_attackers(s: &Scenario) -> BTreeSet<usize> {
+pub(crate) fn choose_attackers(s: &Scenario) -> BTreeSet<usize> {
     let mut rng = ChaCha20Rng::seed_from_u64(derive_seed(s.seed, &[P_ATTACKERS]));
     rand::seq::index::sample(&mut rng, s.fleet.nodes, s.attacker_count())
         .into_iter()
@@ -242,7 +242,8 @@ fn progress(quiet: bool, len: u64, name: &str) -> ProgressBar {
 }
 
 /// Outcome of one node's participation before aggregation.
-enum Presence {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Presence {
     /// Trains and submits; `unmask = false`: stops after sending its
     /// masked update (k > 1).
     Present { unmask: bool },
@@ -258,8 +259,129 @@ enum Presence {
     Forced(Dropout),
 }
 
+/// The update every crafting attacker of a round sends, computed once from
+/// the round's honest updates (node order) — `None` for kinds crafted per
+/// attacker or not crafted — and the attack's parameter (ALIE's z, the
+/// min-max/min-sum λ).
+pub(crate) fn craft_shared(
+    kind: &AttackKindSpec,
+    honest: &[&[f32]],
+    n_total: usize,
+    n_malicious: usize,
+) -> Result<(Option<Vec<f32>>, Option<f64>), attacks::AttackError> {
+    Ok(match kind {
+        AttackKindSpec::SignFlip { k } => (Some(attacks::sign_flip(honest, *k)?), None),
+        AttackKindSpec::Ipm { epsilon } => (Some(attacks::ipm(honest, *epsilon)?), None),
+        AttackKindSpec::Alie { z, z_rule } => {
+            let rule = match (z, z_rule) {
+                (Some(z), _) => ZRule::Fixed { z: *z },
+                (None, ZRuleName::Epfml) => ZRule::Epfml,
+                (None, ZRuleName::Paper) => ZRule::Paper,
+            };
+            let z = attacks::alie_z(n_total, n_malicious, rule)?;
+            (Some(attacks::alie(honest, z)?), Some(z))
+        }
+        AttackKindSpec::MinMax {
+            perturbation,
+            lambda0,
+        } if honest.len() >= 2 => {
+            let c = attacks::min_max(honest, *perturbation, *lambda0)?;
+            (Some(c.update), Some(c.lambda))
+        }
+        AttackKindSpec::MinSum {
+            perturbation,
+            lambda0,
+        } if honest.len() >= 2 => {
+            let c = attacks::min_sum(honest, *perturbation, *lambda0)?;
+            (Some(c.update), Some(c.lambda))
+        }
+        AttackKindSpec::Mimic { target } if !honest.is_empty() => {
+            (Some(attacks::mimic(honest, *target % honest.len())?), None)
+        }
+        _ => (None, None),
+    })
+}
+
+/// What crafting attacker `i` sends in `round`: its own Gaussian draw, or
+/// the round's shared crafted update; `None` when there is nothing to craft
+/// from (no honest update).
+pub(crate) fn craft_for(
+    s: &Scenario,
+    kind: &AttackKindSpec,
+    shared: Option<&Vec<f32>>,
+    honest: &[&[f32]],
+    i: usize,
+    round: u64,
+) -> Result<Option<Vec<f32>>, attacks::AttackError> {
+    match (kind, shared) {
+        (AttackKindSpec::Gaussian { sigma, relative }, _) if !honest.is_empty() => {
+            let mut r = ChaCha20Rng::seed_from_u64(derive_seed(
+                s.seed,
+                &[P_NODE_ROUND, i as u64, round, 2],
+            ));
+            Ok(Some(attacks::gaussian(honest, *sigma, *relative, &mut r)?))
+        }
+        (_, Some(v)) => Ok(Some(v.clone())),
+        _ => Ok(None),
+    }
+}
+
+/// Whether the active attack crafts its update from the honest ones
+/// (instead of training).
+pub(crate) fn is_crafting(kind: &AttackKindSpec) -> bool {
+    matches!(
+        kind,
+        AttackKindSpec::SignFlip { .. }
+            | AttackKindSpec::Gaussian { .. }
+            | AttackKindSpec::Alie { .. }
+            | AttackKindSpec::Ipm { .. }
+            | AttackKindSpec::MinMax { .. }
+            | AttackKindSpec::MinSum { .. }
+            | AttackKindSpec::Mimic { .. }
+    )
+}
+
+/// Presence of node `i` in `round` (quarantine aside): offline, a forced
+/// dropout (`forced`, for protocol attackers), a random dropout or
+/// straggler, or present (with k > 1 possibly not answering the unmask
+/// request). One ChaCha20 stream per (node, round), so both engines draw
+/// the same.
+pub(crate) fn draw_presence(
+    s: &Scenario,
+    i: usize,
+    round: u64,
+    offline: &BTreeSet<usize>,
+    forced: Option<DropoutPhase>,
+) -> Presence {
+    let masked = s.bucket_size > 1;
+    let mut r =
+        ChaCha20Rng::seed_from_u64(derive_seed(s.seed, &[P_NODE_ROUND, i as u64, round, 0]));
+    let drop: f64 = r.random();
+    let late: f64 = r.random();
+    let unmask: f64 = r.random();
+    if offline.contains(&i) {
+        Presence::Offline
+    } else if let Some(phase) = forced {
+        match (masked, phase) {
+            (false, _) => Presence::Dropped,
+            (true, DropoutPhase::BeforeAdvert) => Presence::Forced(Dropout::BeforeAdvert),
+            (true, DropoutPhase::AfterShares) => Presence::Forced(Dropout::AfterShares),
+            // It trains and sends its masked update, then stops.
+            (true, DropoutPhase::AfterMasked) => Presence::Present { unmask: false },
+        }
+    } else if drop < s.dropout.rate {
+        Presence::Dropped
+    } else if late < s.dropout.stragglers {
+        Presence::Straggler
+    } else {
+        Presence::Present {
+            unmask: !(masked && unmask < s.dropout.after_masked),
+        }
+    }
+}
+
 /// Clips to `clip` and adds `N(0, (z·clip)²)` per coordinate.
-fn privatize(delta: &mut Vec<f32>, clip: f32, z: f64, rng: &mut ChaCha20Rng) {
+pub(crate) fn privatize(delta: &mut Vec<f32>, clip: f32, z: f64, rng: &mut ChaCha20Rng) {
     *delta = clip_to_norm(delta, clip);
     let sd = z * f64::from(clip);
     if sd > 0.0
@@ -479,37 +601,17 @@ fn run_once(
         let presence: Vec<(usize, Presence)> = sampled
             .iter()
             .map(|&i| {
-                let mut r = ChaCha20Rng::seed_from_u64(derive_seed(
-                    s.seed,
-                    &[P_NODE_ROUND, i as u64, round, 0],
-                ));
-                let drop: f64 = r.random();
-                let late: f64 = r.random();
-                let unmask: f64 = r.random();
-                let forced = forced_phase.filter(|_| attackers.contains(&i));
-                let p = if offline.contains(&i) {
-                    Presence::Offline
-                } else if masked && all_quarantined(i) {
+                let p = if masked && !offline.contains(&i) && all_quarantined(i) {
                     // Not in the committed participant list.
                     Presence::Quarantined
-                } else if let Some(phase) = forced {
-                    match (masked, phase) {
-                        (false, _) => Presence::Dropped,
-                        (true, DropoutPhase::BeforeAdvert) => {
-                            Presence::Forced(Dropout::BeforeAdvert)
-                        }
-                        (true, DropoutPhase::AfterShares) => Presence::Forced(Dropout::AfterShares),
-                        // It trains and sends its masked update, then stops.
-                        (true, DropoutPhase::AfterMasked) => Presence::Present { unmask: false },
-                    }
-                } else if drop < s.dropout.rate {
-                    Presence::Dropped
-                } else if late < s.dropout.stragglers {
-                    Presence::Straggler
                 } else {
-                    Presence::Present {
-                        unmask: !(masked && unmask < s.dropout.after_masked),
-                    }
+                    draw_presence(
+                        s,
+                        i,
+                        round,
+                        &offline,
+                        forced_phase.filter(|_| attackers.contains(&i)),
+                    )
                 };
                 (i, p)
             })
@@ -526,19 +628,7 @@ fn run_once(
             .filter(|(_, p)| matches!(p, Presence::Straggler))
             .count();
         let is_crafter = |i: usize| {
-            attackers.contains(&i)
-                && matches!(
-                    active_attack.map(|a| &a.kind),
-                    Some(
-                        AttackKindSpec::SignFlip { .. }
-                            | AttackKindSpec::Gaussian { .. }
-                            | AttackKindSpec::Alie { .. }
-                            | AttackKindSpec::Ipm { .. }
-                            | AttackKindSpec::MinMax { .. }
-                            | AttackKindSpec::MinSum { .. }
-                            | AttackKindSpec::Mimic { .. }
-                    )
-                )
+            attackers.contains(&i) && active_attack.is_some_and(|a| is_crafting(&a.kind))
         };
         let unmasks: BTreeMap<usize, bool> = present.iter().copied().collect();
         // Everyone present who trains: honest nodes and training attackers.
@@ -636,62 +726,18 @@ fn run_once(
             let shared: Option<Vec<f32>> = if crafters.is_empty() || honest_refs.is_empty() {
                 None
             } else {
-                match &a.kind {
-                    AttackKindSpec::SignFlip { k } => {
-                        Some(attacks::sign_flip(&honest_refs, *k).map_err(aerr)?)
-                    }
-                    AttackKindSpec::Ipm { epsilon } => {
-                        Some(attacks::ipm(&honest_refs, *epsilon).map_err(aerr)?)
-                    }
-                    AttackKindSpec::Alie { z, z_rule } => {
-                        let rule = match (z, z_rule) {
-                            (Some(z), _) => ZRule::Fixed { z: *z },
-                            (None, ZRuleName::Epfml) => ZRule::Epfml,
-                            (None, ZRuleName::Paper) => ZRule::Paper,
-                        };
-                        let z = attacks::alie_z(n_total, n_malicious, rule).map_err(aerr)?;
-                        attack_param = Some(z);
-                        Some(attacks::alie(&honest_refs, z).map_err(aerr)?)
-                    }
-                    AttackKindSpec::MinMax {
-                        perturbation,
-                        lambda0,
-                    } if honest_refs.len() >= 2 => {
-                        let c = attacks::min_max(&honest_refs, *perturbation, *lambda0)
-                            .map_err(aerr)?;
-                        attack_param = Some(c.lambda);
-                        Some(c.update)
-                    }
-                    AttackKindSpec::MinSum {
-                        perturbation,
-                        lambda0,
-                    } if honest_refs.len() >= 2 => {
-                        let c = attacks::min_sum(&honest_refs, *perturbation, *lambda0)
-                            .map_err(aerr)?;
-                        attack_param = Some(c.lambda);
-                        Some(c.update)
-                    }
-                    AttackKindSpec::Mimic { target } => Some(
-                        attacks::mimic(&honest_refs, *target % honest_refs.len()).map_err(aerr)?,
-                    ),
-                    _ => None,
-                }
+                let (v, param) =
+                    craft_shared(&a.kind, &honest_refs, n_total, n_malicious).map_err(aerr)?;
+                attack_param = param.or(attack_param);
+                v
             };
             for &i in &crafters {
-                let delta = match (&a.kind, &shared) {
-                    (AttackKindSpec::Gaussian { sigma, relative }, _)
-                        if !honest_refs.is_empty() =>
-                    {
-                        let mut r = ChaCha20Rng::seed_from_u64(derive_seed(
-                            s.seed,
-                            &[P_NODE_ROUND, i as u64, round, 2],
-                        ));
-                        attacks::gaussian(&honest_refs, *sigma, *relative, &mut r).map_err(aerr)?
-                    }
-                    (_, Some(v)) => v.clone(),
+                let Some(delta) =
+                    craft_for(s, &a.kind, shared.as_ref(), &honest_refs, i, round).map_err(aerr)?
+                else {
                     // Nothing to craft from (no honest update this round):
                     // the attacker sends nothing and counts as dropped.
-                    _ => continue,
+                    continue;
                 };
                 push_malicious(&mut subs, i, delta, mean_weight, None, false);
             }

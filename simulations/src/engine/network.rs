@@ -3,10 +3,26 @@
 //! `run_federation` task per node, each node an `Agent` with exactly the
 //! buffer the in-process engine gives it.
 //!
-//! It supports the scenarios whose every step the live protocol performs by
-//! itself: every node participates every round, no attacker, no dropout,
-//! no DP and no bucketing. For those, the global model it ends with is
-//! bit-identical to the in-process engine's (a test checks it).
+//! Attackers, dropouts and DP run through the real node code by way of
+//! the node runtime's [`SimulationHook`]: every node draws its presence
+//! per round from the same per-(node, round) stream as the in-process
+//! engine (offline nodes never connect; a dropout sends nothing, with
+//! k > 1 before its key advert; a straggler misses the deadline, with
+//! k > 1 after sharing its keys; `after_masked` stops before unmasking).
+//! Honest nodes apply local DP and post their update to an in-memory
+//! collusion board; crafting attackers (sign flip, IPM, ALIE, min-max,
+//! min-sum, mimic, Gaussian) wait there — bounded — for the round's honest
+//! updates and craft theirs with the same functions as the in-process
+//! engine; scaling and data-poisoning attackers train and boost. With
+//! k > 1 the coordinator runs real secure aggregation in buckets
+//! (`[tenants.secure]` from the scenario's `[secagg]`).
+//!
+//! Not simulated (refused): partial participation (the coordinator samples
+//! by itself), Sybils, and bad shares. With k = 1 the global model it ends
+//! with is bit-identical to the in-process engine's, attackers and dropouts
+//! included (a test checks it); with k > 1 the protocol's own randomness
+//! (keys, stochastic rounding) is drawn per node instead of per bucket, so
+//! the two engines agree only within the quantization error.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -15,13 +31,35 @@ use std::time::Duration;
 use fedmesh_coordinator::pki::{self, layout};
 use fedmesh_coordinator::{Coordinator, CoordinatorConfig, Pki};
 use fedmesh_crypto::{CertVerifier, MeshCa, NodeId, SecretPem, TenantId};
+use fedmesh_node::agent::LocalUpdate;
 use fedmesh_node::client::Connector;
-use fedmesh_node::runtime::{FederationSettings, lock, run_federation};
+use fedmesh_node::runtime::{
+    FederationSettings, SimPresence, SimSend, SimulationHook, run_federation,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Condvar;
 use tokio::sync::watch;
+use tracing::warn;
 
 use super::derive_seed;
-use super::inprocess::{P_GENESIS, TENANT, build_node, sha256_params};
-use crate::scenario::Scenario;
+use super::inprocess::{
+    P_GENESIS, P_NODE_ROUND, Presence, TENANT, build_node, choose_attackers, craft_for,
+    craft_shared, draw_presence, is_crafting, poison_of, privatize, sha256_params,
+};
+use crate::scenario::{AttackKindSpec, Misbehaviour, Scenario};
+
+/// Purpose label of the nodes' secure-aggregation seeds.
+const P_SECAGG_NODE: u64 = 10;
+
+/// How long the round deadline (and each secure phase) is when some node
+/// may be absent: the coordinator waits that long for nodes that never
+/// answer. Without absences rounds close as soon as everyone has sent.
+const ABSENCE_TIMEOUT_MS: u64 = 4_000;
+
+/// How long a crafting attacker waits for the round's honest updates.
+const COLLUSION_WAIT: Duration = Duration::from_secs(60);
 
 /// Network-engine failures (set-up, TLS, gRPC).
 #[derive(Debug, thiserror::Error)]
@@ -48,28 +86,254 @@ pub struct NetworkReport {
     pub final_version: u64,
     /// Participants per committed round.
     pub participants: Vec<usize>,
-    /// SHA-256 of the final global parameters (f32 LE), as held by node 0.
+    /// SHA-256 of the final global parameters (f32 LE), as the
+    /// coordinator signed them.
     pub final_params_sha256: String,
+    /// Per committed round with k > 1: the buckets unmasked (from the
+    /// coordinator's audit log); empty with k = 1.
+    pub buckets: Vec<usize>,
 }
 
 fn check_supported(s: &Scenario) -> Result<(), NetworkError> {
     let u = NetworkError::Unsupported;
-    if s.attack.as_ref().is_some_and(|a| a.fraction > 0.0) {
-        return Err(u("attackers"));
-    }
     if s.fleet.participation < 1.0 {
         return Err(u("partial participation"));
     }
-    if s.dropout.rate > 0.0 || s.dropout.stragglers > 0.0 || !s.dropout.always_offline.is_empty() {
-        return Err(u("dropouts"));
-    }
-    if s.dp.clip.is_some() {
-        return Err(u("local DP"));
-    }
-    if s.bucket_size > 1 {
-        return Err(u("buckets (secure aggregation is not in the protocol yet)"));
+    if let Some(a) = s.attack.as_ref().filter(|a| a.fraction > 0.0) {
+        if a.sybils > 1 {
+            return Err(u("Sybils"));
+        }
+        if matches!(
+            a.kind,
+            AttackKindSpec::Protocol {
+                behaviour: Misbehaviour::BadShares,
+                ..
+            }
+        ) {
+            return Err(u("bad shares"));
+        }
     }
     Ok(())
+}
+
+/// Whether some node may be absent from a round (the coordinator then has
+/// to wait for deadlines).
+fn absences_possible(s: &Scenario) -> bool {
+    s.dropout.rate > 0.0
+        || s.dropout.stragglers > 0.0
+        || (s.bucket_size > 1 && s.dropout.after_masked > 0.0)
+        || s.attack.as_ref().is_some_and(|a| {
+            a.fraction > 0.0
+                && (is_crafting(&a.kind)
+                    || matches!(
+                        a.kind,
+                        AttackKindSpec::Protocol {
+                            behaviour: Misbehaviour::ForcedDropout,
+                            ..
+                        }
+                    ))
+        })
+}
+
+/// One round's posts on the collusion board.
+#[derive(Default)]
+struct RoundPosts {
+    /// Honest updates (after local DP) and their sample counts, by node.
+    honest: BTreeMap<usize, (Vec<f32>, u64)>,
+    /// The round's shared crafted update, once computed.
+    shared: Option<Option<Vec<f32>>>,
+}
+
+/// What the simulated nodes share: the scenario, who attacks, and the
+/// honest updates of each round (what an omniscient, colluding attacker
+/// of the literature knows).
+struct Board {
+    s: Scenario,
+    attackers: BTreeSet<usize>,
+    offline: BTreeSet<usize>,
+    rounds: Mutex<BTreeMap<u64, RoundPosts>>,
+    posted: Condvar,
+}
+
+/// Locks the board, recovering from a poisoned lock (a panicking node
+/// thread must not take the whole simulation down).
+fn posts(
+    m: &Mutex<BTreeMap<u64, RoundPosts>>,
+) -> std::sync::MutexGuard<'_, BTreeMap<u64, RoundPosts>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Board {
+    fn active(&self, round: u64) -> Option<&crate::scenario::AttackSpec> {
+        self.s
+            .attack
+            .as_ref()
+            .filter(|a| a.fraction > 0.0 && round >= a.start_round)
+    }
+
+    fn presence(&self, i: usize, round: u64) -> Presence {
+        let forced = match self.active(round).map(|a| &a.kind) {
+            Some(AttackKindSpec::Protocol {
+                behaviour: Misbehaviour::ForcedDropout,
+                phase,
+            }) if self.attackers.contains(&i) => Some(*phase),
+            _ => None,
+        };
+        draw_presence(&self.s, i, round, &self.offline, forced)
+    }
+
+    fn malicious(&self, i: usize, round: u64) -> bool {
+        self.attackers.contains(&i) && self.active(round).is_some()
+    }
+
+    /// (honest nodes present, malicious nodes present) in `round`.
+    fn present(&self, round: u64) -> (BTreeSet<usize>, usize) {
+        let mut honest = BTreeSet::new();
+        let mut malicious = 0;
+        for i in 0..self.s.fleet.nodes {
+            if matches!(self.presence(i, round), Presence::Present { .. }) {
+                if self.malicious(i, round) {
+                    malicious += 1;
+                } else {
+                    honest.insert(i);
+                }
+            }
+        }
+        (honest, malicious)
+    }
+
+    fn post(&self, round: u64, i: usize, delta: Vec<f32>, samples: u64) {
+        posts(&self.rounds)
+            .entry(round)
+            .or_default()
+            .honest
+            .insert(i, (delta, samples));
+        self.posted.notify_all();
+    }
+
+    /// Crafts attacker `i`'s update for `round` in place; `false` when there
+    /// is nothing to craft from.
+    fn craft(&self, i: usize, round: u64, update: &mut LocalUpdate) -> bool {
+        let Some(a) = self.active(round) else {
+            return true;
+        };
+        let (expected, n_malicious) = self.present(round);
+        let deadline = std::time::Instant::now() + COLLUSION_WAIT;
+        let mut rounds = posts(&self.rounds);
+        loop {
+            let have = rounds.get(&round).map_or(0, |r| r.honest.len());
+            let now = std::time::Instant::now();
+            if have >= expected.len() || now >= deadline {
+                if have < expected.len() {
+                    warn!(
+                        round,
+                        have,
+                        want = expected.len(),
+                        "colluding attacker: crafting from the honest updates that arrived"
+                    );
+                }
+                break;
+            }
+            rounds = match self.posted.wait_timeout(rounds, deadline - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        let posts = rounds.entry(round).or_default();
+        let honest: Vec<&[f32]> = posts.honest.values().map(|(d, _)| d.as_slice()).collect();
+        let n_total = honest.len() + n_malicious;
+        if posts.shared.is_none() {
+            let shared = if honest.is_empty() {
+                None
+            } else {
+                match craft_shared(&a.kind, &honest, n_total, n_malicious) {
+                    Ok((v, _)) => v,
+                    Err(e) => {
+                        warn!(round, error = %e, "colluding attackers cannot craft");
+                        None
+                    }
+                }
+            };
+            posts.shared = Some(shared);
+        }
+        let shared = posts.shared.as_ref().and_then(Option::as_ref);
+        let delta = match craft_for(&self.s, &a.kind, shared, &honest, i, round) {
+            Ok(Some(d)) => d,
+            Ok(None) => return false,
+            Err(e) => {
+                warn!(round, error = %e, "attacker cannot craft");
+                return false;
+            }
+        };
+        let weights: Vec<f64> = posts.honest.values().map(|(_, w)| *w as f64).collect();
+        let mean_weight = if weights.is_empty() {
+            1.0
+        } else {
+            (weights.iter().sum::<f64>() / weights.len() as f64).round()
+        };
+        update.delta = delta;
+        update.num_samples = mean_weight as u64;
+        true
+    }
+}
+
+/// One simulated node's view of the board.
+struct NodeHook {
+    board: Arc<Board>,
+    node: usize,
+}
+
+impl SimulationHook for NodeHook {
+    fn presence(&self, round: u64) -> SimPresence {
+        match self.board.presence(self.node, round) {
+            Presence::Present { unmask: true } | Presence::Quarantined => SimPresence::Present,
+            Presence::Present { unmask: false } => SimPresence::NoUnmask,
+            Presence::Dropped | Presence::Offline => SimPresence::Dropped,
+            Presence::Straggler => SimPresence::Straggler,
+            Presence::Forced(d) => match d {
+                fedmesh_crypto::secagg::local::Dropout::BeforeAdvert => SimPresence::Dropped,
+                fedmesh_crypto::secagg::local::Dropout::AfterShares => SimPresence::Straggler,
+                fedmesh_crypto::secagg::local::Dropout::AfterMasked => SimPresence::NoUnmask,
+            },
+        }
+    }
+
+    fn rewrite(&self, round: u64, update: &mut LocalUpdate) -> SimSend {
+        let (b, i) = (&self.board, self.node);
+        if !b.malicious(i, round) {
+            if let Some(clip) = b.s.dp.clip {
+                let mut r = ChaCha20Rng::seed_from_u64(derive_seed(
+                    b.s.seed,
+                    &[P_NODE_ROUND, i as u64, round, 1],
+                ));
+                privatize(&mut update.delta, clip, b.s.dp.noise_multiplier, &mut r);
+            }
+            b.post(round, i, update.delta.clone(), update.num_samples);
+            return SimSend::Update;
+        }
+        let Some(a) = b.active(round) else {
+            return SimSend::Update;
+        };
+        if is_crafting(&a.kind) {
+            return if b.craft(i, round, update) {
+                SimSend::UpdateWithoutStats
+            } else {
+                SimSend::Nothing
+            };
+        }
+        let boost = match &a.kind {
+            AttackKindSpec::Scaling { gamma, .. } => Some(gamma.unwrap_or_else(|| {
+                let (honest, malicious) = b.present(round);
+                (honest.len() + malicious) as f64 / f64::from(b.s.server.lr)
+            })),
+            AttackKindSpec::DataPoison { boost, .. } => *boost,
+            _ => None,
+        };
+        if let Some(g) = boost {
+            update.delta = crate::attacks::scale(&update.delta, g);
+        }
+        SimSend::Update
+    }
 }
 
 /// Runs the scenario over loopback mTLS; `dir` holds the PKI and stores.
@@ -89,9 +353,45 @@ pub async fn run(s: &Scenario, dir: &Path) -> Result<NetworkReport, NetworkError
     pki::write_public(&layout::coordinator_cert(&pki_dir), &coord.cert_pem).map_err(mesh)?;
     pki::write_secret(&layout::coordinator_key(&pki_dir), &coord.key_pem).map_err(mesh)?;
     let tenant: TenantId = TENANT.parse().map_err(mesh)?;
+    let attackers = if s.attack.as_ref().is_some_and(|a| a.fraction > 0.0) {
+        choose_attackers(s)
+    } else {
+        BTreeSet::new()
+    };
+    let poison = poison_of(s);
     let nodes: Vec<_> = (0..s.fleet.nodes)
-        .map(|i| build_node(s, i, None))
+        .map(|i| build_node(s, i, poison.filter(|_| attackers.contains(&i))))
         .collect::<Result<_, _>>()?;
+    let offline: BTreeSet<usize> = s.dropout.always_offline.iter().copied().collect();
+    let online = nodes.len() - offline.iter().filter(|&&i| i < nodes.len()).count();
+    let board = Arc::new(Board {
+        s: s.clone(),
+        attackers,
+        offline: offline.clone(),
+        rounds: Mutex::new(BTreeMap::new()),
+        posted: Condvar::new(),
+    });
+    let timeout_ms = if absences_possible(s) {
+        ABSENCE_TIMEOUT_MS
+    } else {
+        60_000
+    };
+    let reputation = toml::to_string(&s.reputation).map_err(mesh)?;
+    let secure = if s.bucket_size > 1 {
+        let mut t = format!(
+            "[tenants.secure]\nbucket_size = {}\nclip_norm = {:?}\nquant_scale = {:?}\nphase_timeout_ms = {timeout_ms}\n",
+            s.bucket_size, s.secagg.clip_norm, s.secagg.scale
+        );
+        if let Some(z) = s.secagg.noise_multiplier {
+            t.push_str(&format!("noise_multiplier = {z:?}\n"));
+        }
+        if let Some(m) = s.secagg.max_mean_norm {
+            t.push_str(&format!("max_bucket_mean_norm = {m:?}\n"));
+        }
+        t
+    } else {
+        String::new()
+    };
     for n in &nodes {
         let id: NodeId = n.name.parse().map_err(mesh)?;
         let c = ca.issue_node(&tenant, &id, now, 1).map_err(mesh)?;
@@ -111,11 +411,11 @@ cert = "{cert}"
 key = "{key}"
 [[tenants]]
 name = "{TENANT}"
-min_nodes = {n}
-quorum = {n}
-round_timeout_ms = 60000
+min_nodes = {online}
+quorum = {quorum}
+round_timeout_ms = {timeout_ms}
 round_interval_ms = 0
-max_rounds = {rounds}
+max_rounds = 0
 seed = {seed}
 server_lr = {lr:?}
 server_momentum = {beta:?}
@@ -127,13 +427,15 @@ learning_rate = {tlr:?}
 prox_mu = {mu:?}
 [tenants.aggregation]
 {rule}
+[tenants.reputation]
+{reputation}
+{secure}
 "#,
         data = dir.join("coordinator").display(),
         ca = layout::ca_cert(&pki_dir).display(),
         cert = layout::coordinator_cert(&pki_dir).display(),
         key = layout::coordinator_key(&pki_dir).display(),
-        n = s.fleet.nodes,
-        rounds = s.rounds,
+        quorum = s.min_participants.max(1),
         seed = derive_seed(s.seed, &[P_GENESIS]),
         lr = s.server.lr,
         beta = s.server.momentum,
@@ -160,9 +462,11 @@ prox_mu = {mu:?}
     let ca_pem = ca.cert_pem().to_string();
     let verifier = Arc::new(CertVerifier::new(&ca_pem).map_err(mesh)?);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut agents = Vec::new();
     let mut tasks = Vec::new();
-    for n in nodes {
+    for (i, n) in nodes.into_iter().enumerate() {
+        if offline.contains(&i) {
+            continue; // never connects
+        }
         let cert =
             std::fs::read_to_string(layout::node_cert(&pki_dir, TENANT, &n.name)).map_err(mesh)?;
         let key = SecretPem::new(
@@ -179,59 +483,83 @@ prox_mu = {mu:?}
             .map_err(mesh)?,
             verifier: verifier.clone(),
             signer: Arc::new(fedmesh_crypto::CertSigner::from_pem(&cert, &key).map_err(mesh)?),
-            secagg_seed: None,
+            secagg_seed: Some(derive_seed(s.seed, &[P_SECAGG_NODE, i as u64])),
             tamper: None,
+            hook: Some(Arc::new(NodeHook {
+                board: board.clone(),
+                node: i,
+            })),
             max_backoff: Duration::from_secs(2),
         };
         let agent = Arc::new(Mutex::new(n.agent));
-        agents.push(agent.clone());
         tasks.push(tokio::spawn(run_federation(
             agent,
             settings,
             stop_rx.clone(),
         )));
     }
+    // Round numbers advance per attempt, committed or aborted, as in the
+    // in-process engine: the run is over once round `s.rounds` is decided.
     let mut participants = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60 + 10 * s.rounds);
-    while (participants.len() as u64) < s.rounds {
-        let summary = tokio::time::timeout_at(deadline, summaries.recv())
-            .await
-            .map_err(|_| NetworkError::Mesh("rounds did not finish in time".into()))?
-            .map_err(mesh)?;
-        participants.push(summary.participants);
-    }
-    let final_version = fed.version();
-    for _ in 0..400 {
-        if agents
-            .iter()
-            .all(|a| lock(a).global_version() == Some(final_version))
-        {
+    let mut final_version = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60 + 20 * s.rounds);
+    loop {
+        let decided = match fed.status() {
+            fedmesh_coordinator::federation::RoundStatus::Committed { round, .. }
+            | fedmesh_coordinator::federation::RoundStatus::Aborted { round, .. } => {
+                round >= s.rounds
+            }
+            fedmesh_coordinator::federation::RoundStatus::Open(info) => info.round > s.rounds,
+            fedmesh_coordinator::federation::RoundStatus::Idle { .. } => false,
+        };
+        while let Ok(summary) = summaries.try_recv() {
+            if summary.round <= s.rounds {
+                participants.push(summary.participants);
+                final_version = summary.version;
+            }
+        }
+        if decided {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        if tokio::time::Instant::now() >= deadline {
+            return Err(NetworkError::Mesh("rounds did not finish in time".into()));
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(50), summaries.recv())
+            .await
+            .map(|r| {
+                if let Ok(summary) = r
+                    && summary.round <= s.rounds
+                {
+                    participants.push(summary.participants);
+                    final_version = summary.version;
+                }
+            });
     }
-    let params = agents
-        .first()
-        .and_then(|a| lock(a).global().map(|g| g.params.clone()))
-        .unwrap_or_default();
-    let behind = agents
-        .iter()
-        .filter(|a| lock(a).global_version() != Some(final_version))
-        .count();
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
     }
+    // The model of round `s.rounds` as the coordinator signed it (a node
+    // may already be working on the next round).
+    let signed = fed.model(final_version).map_err(mesh)?;
+    let (_, body) = fedmesh_coordinator::federation::decode_signed(&signed).map_err(mesh)?;
+    let tensor = body
+        .params
+        .ok_or_else(|| NetworkError::Mesh(format!("version {final_version} has no parameters")))?;
+    let params = fedmesh_proto::decode_f32(&tensor, usize::MAX).map_err(mesh)?;
+    let buckets = fed
+        .audit_log()
+        .map_err(mesh)?
+        .iter()
+        .filter(|e| e.round <= s.rounds)
+        .filter_map(|e| e.secure.as_ref().map(|x| x.buckets))
+        .collect();
     let _ = coord_stop_tx.send(());
     let _ = server.await;
-    if behind > 0 {
-        return Err(NetworkError::Mesh(format!(
-            "{behind} nodes did not install version {final_version}"
-        )));
-    }
     Ok(NetworkReport {
         final_version,
         participants,
         final_params_sha256: sha256_params(&params),
+        buckets,
     })
 }
