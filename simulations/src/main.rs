@@ -98,9 +98,9 @@ enum Cmd {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
-        /// Engine: `in-process` (full reports) or `network` (the real gRPC
-        /// mesh over mTLS on loopback; prints the final model digest for
-        /// comparison with the in-process engine).
+        /// Engine: `in-process` or `network` (the real gRPC mesh over mTLS
+        /// on loopback; the same reports, without the clean twin, plus the
+        /// final model digest for comparison with the in-process engine).
         #[arg(long, default_value = "in-process")]
         engine: String,
     },
@@ -337,6 +337,19 @@ fn run(cmd: Cmd) -> Result<()> {
                     r.buckets,
                     r.final_params_sha256,
                     t.elapsed().as_secs_f64()
+                );
+                let timing = fedmesh_sim::engine::RunTiming {
+                    total_s: t.elapsed().as_secs_f64(),
+                    ..Default::default()
+                };
+                let w = report::write_all(&r.report, &timing, &out)?;
+                let f3 = |v: Option<f32>| v.map_or("–".into(), |v| format!("{v:.3}"));
+                println!(
+                    "mean AUC {}, ASR {}, quarantined {}; report: {}",
+                    f3(r.report.final_mean_auc()),
+                    f3(r.report.final_attack_success()),
+                    r.report.final_quarantined().len(),
+                    w.html.display()
                 );
                 return Ok(());
             }

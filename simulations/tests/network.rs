@@ -122,6 +122,30 @@ windows = 16
             "{rule}: an attacker should take part"
         );
         assert!(net.buckets.is_empty());
+        // The network run's own report, in the in-process format: the same
+        // rounds, participants, versions and evaluation.
+        let r = &net.report;
+        assert_eq!(r.engine, "network");
+        assert_eq!(r.rounds.len(), local.rounds.len());
+        for (a, b) in r.rounds.iter().zip(&local.rounds) {
+            // (An aborted round's submissions are not in the coordinator's
+            // summaries; only committed rounds report participants.)
+            let p = |m: &fedmesh_sim::engine::RoundMetrics| {
+                m.aborted.is_none().then_some(m.participants)
+            };
+            assert_eq!(
+                (a.round, p(a), a.version, a.aborted.is_some()),
+                (b.round, p(b), b.version, b.aborted.is_some()),
+                "{rule}"
+            );
+            if b.aborted.is_none() {
+                assert_eq!(a.malicious, b.malicious, "{rule} round {}", a.round);
+            }
+            assert_eq!(a.stragglers, b.stragglers, "{rule} round {}", a.round);
+            assert_eq!(a.auc, b.auc, "{rule}: same model, same evaluation");
+            assert_eq!(a.auc_per_kind, b.auc_per_kind, "{rule}");
+        }
+        assert_eq!(r.final_params_sha256, local.final_params_sha256);
         assert_eq!(net.participants, want, "{rule}: participants per round");
         assert_eq!(net.final_version, local.final_version, "{rule}");
         assert_eq!(

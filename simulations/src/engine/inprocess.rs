@@ -157,13 +157,13 @@ pub(crate) fn build_node(
 
 /// Held-out data: labelled windows of every profile with every attack kind,
 /// and separate benign windows to calibrate the threshold on.
-struct Heldout {
+pub(crate) struct Heldout {
     data: Vec<(FeatureWindow, Option<AttackKind>)>,
     benign: Vec<FeatureWindow>,
     calibration: Vec<FeatureWindow>,
 }
 
-fn heldout(s: &Scenario) -> Result<Heldout, EngineError> {
+pub(crate) fn heldout(s: &Scenario) -> Result<Heldout, EngineError> {
     let e = |x: fedmesh_node::eval::EvalError| EngineError::Eval(x.to_string());
     let data = standard_heldout(
         derive_seed(s.seed, &[P_EVAL]),
@@ -1113,7 +1113,7 @@ fn run_once(
     })
 }
 
-fn evaluate_into(
+pub(crate) fn evaluate_into(
     m: &mut RoundMetrics,
     g: &GlobalModel,
     held: &Heldout,

@@ -43,11 +43,12 @@ use std::sync::Condvar;
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::derive_seed;
 use super::inprocess::{
     P_GENESIS, P_NODE_ROUND, Presence, TENANT, build_node, choose_attackers, craft_for,
-    craft_shared, draw_presence, is_crafting, poison_of, privatize, sha256_params,
+    craft_shared, draw_presence, evaluate_into, heldout, is_crafting, poison_of, privatize,
+    sha256_params,
 };
+use super::{RoundMetrics, RunReport, derive_seed};
 use crate::scenario::{AttackKindSpec, Misbehaviour, Scenario};
 
 /// Purpose label of the nodes' secure-aggregation seeds.
@@ -92,6 +93,10 @@ pub struct NetworkReport {
     /// Per committed round with k > 1: the buckets unmasked (from the
     /// coordinator's audit log); empty with k = 1.
     pub buckets: Vec<usize>,
+    /// The same per-round report as the in-process engine writes (from the
+    /// coordinator's round summaries and audit log; every committed model
+    /// evaluated on the held-out windows). No clean twin.
+    pub report: RunReport,
 }
 
 fn check_supported(s: &Scenario) -> Result<(), NetworkError> {
@@ -501,6 +506,8 @@ prox_mu = {mu:?}
     // Round numbers advance per attempt, committed or aborted, as in the
     // in-process engine: the run is over once round `s.rounds` is decided.
     let mut participants = Vec::new();
+    let mut committed: BTreeMap<u64, fedmesh_coordinator::federation::RoundSummary> =
+        BTreeMap::new();
     let mut final_version = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60 + 20 * s.rounds);
     loop {
@@ -516,6 +523,7 @@ prox_mu = {mu:?}
             if summary.round <= s.rounds {
                 participants.push(summary.participants);
                 final_version = summary.version;
+                committed.insert(summary.round, summary);
             }
         }
         if decided {
@@ -532,6 +540,7 @@ prox_mu = {mu:?}
                 {
                     participants.push(summary.participants);
                     final_version = summary.version;
+                    committed.insert(summary.round, summary);
                 }
             });
     }
@@ -547,19 +556,186 @@ prox_mu = {mu:?}
         .params
         .ok_or_else(|| NetworkError::Mesh(format!("version {final_version} has no parameters")))?;
     let params = fedmesh_proto::decode_f32(&tensor, usize::MAX).map_err(mesh)?;
-    let buckets = fed
+    let audit: BTreeMap<u64, fedmesh_coordinator::store::AuditEntry> = fed
         .audit_log()
         .map_err(mesh)?
-        .iter()
-        .filter(|e| e.round <= s.rounds)
+        .into_iter()
+        .filter(|e| e.round >= 1 && e.round <= s.rounds)
+        .map(|e| (e.round, e))
+        .collect();
+    let buckets = audit
+        .values()
         .filter_map(|e| e.secure.as_ref().map(|x| x.buckets))
         .collect();
+    let report = round_report(s, &board, online, &committed, &audit, |v| {
+        let bytes = fed.model(v).map_err(mesh)?;
+        fedmesh_node::agent::verify_global_model(
+            &bytes,
+            &verifier,
+            TENANT,
+            None,
+            time::OffsetDateTime::now_utc(),
+        )
+        .map_err(mesh)
+    });
     let _ = coord_stop_tx.send(());
     let _ = server.await;
+    let report = report?;
     Ok(NetworkReport {
         final_version,
         participants,
         final_params_sha256: sha256_params(&params),
         buckets,
+        report,
+    })
+}
+
+/// The per-round report of a network run, in the in-process engine's
+/// format: participation from the coordinator's round summaries, what the
+/// rule and reputation did from its audit log, dropouts from the presence
+/// the simulation drew, and every evaluated model loaded from the
+/// coordinator's signed versions.
+fn round_report(
+    s: &Scenario,
+    board: &Board,
+    online: usize,
+    committed: &BTreeMap<u64, fedmesh_coordinator::federation::RoundSummary>,
+    audit: &BTreeMap<u64, fedmesh_coordinator::store::AuditEntry>,
+    load: impl Fn(u64) -> Result<fedmesh_node::agent::GlobalModel, NetworkError>,
+) -> Result<RunReport, NetworkError> {
+    let held = heldout(s)?;
+    let target = s.attack_target();
+    let names: Vec<String> = (0..s.fleet.nodes).map(super::inprocess::identity).collect();
+    let malicious: BTreeSet<&str> = board
+        .attackers
+        .iter()
+        .filter_map(|&i| names.get(i).map(String::as_str))
+        .collect();
+    let mut version = 0;
+    let mut global: Option<fedmesh_node::agent::GlobalModel> = None;
+    let mut rounds = Vec::new();
+    for round in 1..=s.rounds {
+        let stragglers = (0..s.fleet.nodes)
+            .filter(|&i| {
+                matches!(
+                    board.presence(i, round),
+                    Presence::Straggler
+                        | Presence::Forced(fedmesh_crypto::secagg::local::Dropout::AfterShares)
+                )
+            })
+            .count();
+        let mut m = RoundMetrics {
+            round,
+            sampled: s.fleet.nodes,
+            participants: 0,
+            dropped: 0,
+            stragglers,
+            malicious: 0,
+            rule: s.rule.rule.name().to_string(),
+            rule_inputs: 0,
+            aborted: None,
+            version,
+            attack_param: None,
+            mean_train_loss: None,
+            global_loss: None,
+            auc: None,
+            auc_per_kind: BTreeMap::new(),
+            attack_success: None,
+            clean_miss_rate: None,
+            buckets: 0,
+            buckets_lost: Vec::new(),
+            buckets_rejected: Vec::new(),
+            rule_excluded: Vec::new(),
+            rule_excluded_malicious: 0,
+            shadow: 0,
+            quarantined: Vec::new(),
+            quarantined_malicious: 0,
+            reputation_events: Vec::new(),
+        };
+        match committed.get(&round) {
+            Some(sum) => {
+                version = sum.version;
+                m.version = version;
+                m.participants = sum.participants;
+                m.mean_train_loss = Some(sum.mean_train_loss);
+                m.shadow = sum.quarantined;
+                m.rule_inputs = match &sum.secure {
+                    Some(x) => x.buckets - x.dropped - x.rejected,
+                    None => sum.participants,
+                };
+                if let Some(x) = &sum.secure {
+                    m.buckets = x.buckets;
+                }
+                if let Some(e) = audit.get(&round) {
+                    m.malicious = e
+                        .participants
+                        .iter()
+                        .filter(|p| malicious.contains(p.as_str()))
+                        .count();
+                    m.rule_excluded = e.excluded.iter().map(|(n, _)| n.clone()).collect();
+                    m.rule_excluded.sort();
+                    m.rule_excluded_malicious = m
+                        .rule_excluded
+                        .iter()
+                        .filter(|n| malicious.contains(n.as_str()))
+                        .count();
+                    m.quarantined = e.quarantined.clone();
+                    m.quarantined_malicious = m
+                        .quarantined
+                        .iter()
+                        .filter(|n| malicious.contains(n.as_str()))
+                        .count();
+                    m.reputation_events = e
+                        .reputation
+                        .iter()
+                        .map(|d| format!("{} {}", d.node, d.action.label()))
+                        .collect();
+                }
+                global = Some(load(version)?);
+            }
+            None => {
+                m.aborted = Some(
+                    "aborted by the coordinator (too few updates for the quorum or the rule)"
+                        .into(),
+                );
+            }
+        }
+        m.dropped = online.saturating_sub(m.participants + m.shadow) + (s.fleet.nodes - online);
+        if let Some(g) = global.as_ref()
+            && g.version > 0
+            && (round % s.eval.every == 0 || round == s.rounds)
+        {
+            evaluate_into(&mut m, g, &held, s, target)?;
+        }
+        rounds.push(m);
+    }
+    let params_sha = global
+        .as_ref()
+        .map(|g| sha256_params(&g.params))
+        .unwrap_or_default();
+    Ok(RunReport {
+        scenario: s.name.clone(),
+        engine: "network".into(),
+        seed: s.seed,
+        rule: s.rule.rule.name().into(),
+        attack: s
+            .attack
+            .as_ref()
+            .map_or("none", |a| a.kind.name())
+            .to_string(),
+        bucket_size: s.bucket_size,
+        aggregation: if s.bucket_size > 1 {
+            "secagg (masked buckets, over gRPC)".into()
+        } else {
+            "plaintext (k = 1, over gRPC)".into()
+        },
+        nodes: s.fleet.nodes,
+        attackers: board.attackers.iter().copied().collect(),
+        attack_target: target.map(|t| t.to_string()),
+        false_alarm_rate: s.eval.false_alarm_rate,
+        rounds,
+        final_version: version,
+        final_params_sha256: params_sha,
+        clean_twin: None,
     })
 }
