@@ -159,8 +159,10 @@ pub struct TenantConfig {
     /// (0 = plain FedAvg step). The buffer is committed with every version.
     #[serde(default)]
     pub server_momentum: f32,
-    /// Seed for the genesis model and participant sampling.
-    #[serde(default)]
+    /// Seed for the genesis model and participant sampling. TOML integers
+    /// stop at 2^63 − 1, so a full 64-bit seed may be given as a string
+    /// (`seed = "18137862473986332194"`).
+    #[serde(default, deserialize_with = "u64_or_string")]
     pub seed: u64,
     /// Bound on each update's L2 norm; larger updates are refused.
     #[serde(default = "d_max_norm")]
@@ -554,6 +556,25 @@ feature_schema_digest = "0000000000000000000000000000000000000000000000000000000
     }
 
     #[test]
+    fn seeds_take_all_64_bits() {
+        let with = |seed: &str| {
+            let text = GOOD.replace(
+                "name = \"acme\"",
+                &format!("name = \"acme\"\nseed = {seed}"),
+            );
+            CoordinatorConfig::from_toml(&text, Path::new("c.toml")).map(|c| c.tenants[0].seed)
+        };
+        assert_eq!(with("42").unwrap(), 42);
+        assert_eq!(
+            with("\"18137862473986332194\"").unwrap(),
+            18_137_862_473_986_332_194
+        );
+        let e = with("\"0x12\"").unwrap_err().to_string();
+        assert!(e.contains("not a 64-bit unsigned integer"), "{e}");
+        assert!(with("-1").is_err());
+    }
+
+    #[test]
     fn unknown_key_is_named_with_its_line() {
         let bad = GOOD
             .replace("min_nodes", "x")
@@ -645,5 +666,21 @@ feature_schema_digest = "0000000000000000000000000000000000000000000000000000000
             c.tenants[0].model.input_dim,
             fedmesh_proto::model::FEATURE_SCHEMA_V1_DIM
         );
+    }
+}
+
+/// A `u64` given as a TOML integer or, beyond 2^63 − 1, as a decimal string.
+fn u64_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Seed {
+        Int(u64),
+        Text(String),
+    }
+    match Seed::deserialize(d)? {
+        Seed::Int(v) => Ok(v),
+        Seed::Text(t) => t.trim().parse().map_err(|e| {
+            serde::de::Error::custom(format!("seed {t:?} is not a 64-bit unsigned integer: {e}"))
+        }),
     }
 }

@@ -121,6 +121,24 @@ fn check_supported(s: &Scenario) -> Result<(), NetworkError> {
     Ok(())
 }
 
+/// The coordinator's quorum: the scenario's `min_participants`, raised to
+/// the smallest number of updates the rule accepts (over ⌊q/k⌋ bucket
+/// means with k > 1, so at least one full bucket) — the in-process engine
+/// aborts such rounds too.
+fn quorum_for(s: &Scenario) -> Result<usize, NetworkError> {
+    let k = s.bucket_size.max(1);
+    let least = (k..=s.fleet.nodes)
+        .find(|&q| s.rule.check(q / k).is_ok())
+        .ok_or_else(|| {
+            NetworkError::Mesh(format!(
+                "the rule {} cannot run with {} nodes in buckets of {k}",
+                s.rule.rule.name(),
+                s.fleet.nodes
+            ))
+        })?;
+    Ok(s.min_participants.max(least))
+}
+
 /// Whether some node may be absent from a round (the coordinator then has
 /// to wait for deadlines).
 fn absences_possible(s: &Scenario) -> bool {
@@ -421,7 +439,7 @@ quorum = {quorum}
 round_timeout_ms = {timeout_ms}
 round_interval_ms = 0
 max_rounds = 0
-seed = {seed}
+seed = "{seed}"
 server_lr = {lr:?}
 server_momentum = {beta:?}
 max_update_norm = 1.0e30
@@ -440,7 +458,7 @@ prox_mu = {mu:?}
         ca = layout::ca_cert(&pki_dir).display(),
         cert = layout::coordinator_cert(&pki_dir).display(),
         key = layout::coordinator_key(&pki_dir).display(),
-        quorum = s.min_participants.max(1),
+        quorum = quorum_for(s)?,
         seed = derive_seed(s.seed, &[P_GENESIS]),
         lr = s.server.lr,
         beta = s.server.momentum,
