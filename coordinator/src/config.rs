@@ -528,6 +528,22 @@ pub fn decode_digest(s: &str) -> Option<[u8; 32]> {
     v.try_into().ok()
 }
 
+/// A `u64` given as a TOML integer or, beyond 2^63 − 1, as a decimal string.
+fn u64_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Seed {
+        Int(u64),
+        Text(String),
+    }
+    match Seed::deserialize(d)? {
+        Seed::Int(v) => Ok(v),
+        Seed::Text(t) => t.trim().parse().map_err(|e| {
+            serde::de::Error::custom(format!("seed {t:?} is not a 64-bit unsigned integer: {e}"))
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -666,21 +682,5 @@ feature_schema_digest = "0000000000000000000000000000000000000000000000000000000
             c.tenants[0].model.input_dim,
             fedmesh_proto::model::FEATURE_SCHEMA_V1_DIM
         );
-    }
-}
-
-/// A `u64` given as a TOML integer or, beyond 2^63 − 1, as a decimal string.
-fn u64_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Seed {
-        Int(u64),
-        Text(String),
-    }
-    match Seed::deserialize(d)? {
-        Seed::Int(v) => Ok(v),
-        Seed::Text(t) => t.trim().parse().map_err(|e| {
-            serde::de::Error::custom(format!("seed {t:?} is not a 64-bit unsigned integer: {e}"))
-        }),
     }
 }
