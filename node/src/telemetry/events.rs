@@ -1113,47 +1113,88 @@ impl<T> Nested<T> {
     }
 }
 
-struct NestedVisitor<T>(std::marker::PhantomData<T>);
+/// A value type of a `json_fields!` slot: read into the slot in place (the
+/// slot structs are large; this avoids copying them through return values).
+pub(crate) trait Slot<'de>: Sized {
+    fn read<D: Deserializer<'de>>(slot: &mut Option<Self>, d: D) -> Result<(), D::Error>;
+}
 
-impl<'de, T: Fields<'de>> Visitor<'de> for NestedVisitor<T> {
-    type Value = Nested<T>;
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_unit<E>(self) -> Result<Nested<T>, E> {
-        Ok(Nested::Null)
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Nested<T>, E> {
-        Ok(Nested::Other)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Nested<T>, E> {
-        Ok(Nested::Other)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Nested<T>, E> {
-        Ok(Nested::Other)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Nested<T>, E> {
-        Ok(Nested::Other)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Nested<T>, E> {
-        Ok(Nested::Other)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Nested<T>, A::Error> {
-        while seq.next_element::<Skip>()?.is_some() {}
-        Ok(Nested::Other)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Nested<T>, A::Error> {
-        let mut t = T::default();
-        while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
-            t.read_field(&k, &mut map)?;
-        }
-        Ok(Nested::Object(t))
+impl<'de> Slot<'de> for Lit<'de> {
+    fn read<D: Deserializer<'de>>(slot: &mut Option<Self>, d: D) -> Result<(), D::Error> {
+        *slot = Some(Lit::deserialize(d)?);
+        Ok(())
     }
 }
 
-impl<'de, T: Fields<'de>> Deserialize<'de> for Nested<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(NestedVisitor(std::marker::PhantomData))
+impl<'de> Slot<'de> for Skip {
+    fn read<D: Deserializer<'de>>(slot: &mut Option<Self>, d: D) -> Result<(), D::Error> {
+        *slot = Some(Skip::deserialize(d)?);
+        Ok(())
+    }
+}
+
+/// Reads one value into a slot (a [`serde::de::DeserializeSeed`]).
+pub(crate) struct SlotSeed<'s, T>(pub(crate) &'s mut Option<T>);
+
+impl<'de, T: Slot<'de>> serde::de::DeserializeSeed<'de> for SlotSeed<'_, T> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        T::read(self.0, d)
+    }
+}
+
+struct NestedVisitor<'s, T>(&'s mut Option<Nested<T>>);
+
+impl<'de, T: Fields<'de>> Visitor<'de> for NestedVisitor<'_, T> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        *self.0 = Some(Nested::Null);
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        *self.0 = Some(Nested::Other);
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        *self.0 = Some(Nested::Other);
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        *self.0 = Some(Nested::Other);
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        *self.0 = Some(Nested::Other);
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        *self.0 = Some(Nested::Other);
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        *self.0 = Some(Nested::Other);
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // A duplicate key's later object replaces the earlier one whole.
+        *self.0 = Some(Nested::Object(T::default()));
+        let Some(Nested::Object(t)) = self.0 else {
+            return Ok(());
+        };
+        while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+            t.read_field(&k, &mut map)?;
+        }
+        Ok(())
+    }
+}
+
+impl<'de, T: Fields<'de>> Slot<'de> for Nested<T> {
+    fn read<D: Deserializer<'de>>(slot: &mut Option<Self>, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(NestedVisitor(slot))
     }
 }
 
@@ -1161,50 +1202,65 @@ impl<'de, T: Fields<'de>> Deserialize<'de> for Nested<T> {
 #[derive(Debug)]
 pub(crate) enum Array<T> {
     Null,
-    Items(Vec<T>),
+    /// The elements, each read in place (so each is `Some`).
+    Items(Vec<Option<T>>),
     /// Neither `null` nor an array.
     Other,
 }
 
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Array<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
-            type Value = Array<T>;
+impl<'de, T: Slot<'de>> Slot<'de> for Array<T> {
+    fn read<D: Deserializer<'de>>(slot: &mut Option<Self>, d: D) -> Result<(), D::Error> {
+        struct V<'s, T>(&'s mut Option<Array<T>>);
+        impl<'de, T: Slot<'de>> Visitor<'de> for V<'_, T> {
+            type Value = ();
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_unit<E>(self) -> Result<Array<T>, E> {
-                Ok(Array::Null)
+            fn visit_unit<E>(self) -> Result<(), E> {
+                *self.0 = Some(Array::Null);
+                Ok(())
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Array<T>, E> {
-                Ok(Array::Other)
+            fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+                *self.0 = Some(Array::Other);
+                Ok(())
             }
-            fn visit_u64<E>(self, _: u64) -> Result<Array<T>, E> {
-                Ok(Array::Other)
+            fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+                *self.0 = Some(Array::Other);
+                Ok(())
             }
-            fn visit_i64<E>(self, _: i64) -> Result<Array<T>, E> {
-                Ok(Array::Other)
+            fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+                *self.0 = Some(Array::Other);
+                Ok(())
             }
-            fn visit_f64<E>(self, _: f64) -> Result<Array<T>, E> {
-                Ok(Array::Other)
+            fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+                *self.0 = Some(Array::Other);
+                Ok(())
             }
-            fn visit_str<E>(self, _: &str) -> Result<Array<T>, E> {
-                Ok(Array::Other)
+            fn visit_str<E>(self, _: &str) -> Result<(), E> {
+                *self.0 = Some(Array::Other);
+                Ok(())
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Array<T>, A::Error> {
-                let mut v = Vec::new();
-                while let Some(x) = seq.next_element::<T>()? {
-                    v.push(x);
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(16));
+                // Each element is read in place at the end of the vector.
+                loop {
+                    v.push(None);
+                    let last = v.len() - 1;
+                    if seq.next_element_seed(SlotSeed(&mut v[last]))?.is_none() {
+                        v.pop();
+                        break;
+                    }
                 }
-                Ok(Array::Items(v))
+                *self.0 = Some(Array::Items(v));
+                Ok(())
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Array<T>, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
                 while map.next_entry::<Skip, Skip>()?.is_some() {}
-                Ok(Array::Other)
+                *self.0 = Some(Array::Other);
+                Ok(())
             }
         }
-        d.deserialize_any(V(std::marker::PhantomData))
+        d.deserialize_any(V(slot))
     }
 }
 
@@ -1230,7 +1286,7 @@ macro_rules! json_fields {
                 map: &mut A,
             ) -> Result<(), A::Error> {
                 match key {
-                    $( $key => self.$field = Some(map.next_value()?), )*
+                    $( $key => map.next_value_seed($crate::telemetry::events::SlotSeed(&mut self.$field))?, )*
                     _ => {
                         map.next_value::<$crate::telemetry::events::Skip>()?;
                     }
@@ -1245,16 +1301,23 @@ pub(crate) use json_fields;
 /// Parses a JSON line into the slots of its top-level object (the shared
 /// first step of the parsers): strips a CRI prefix, a trailing comma
 /// (Falco stats files), whitespace.
-pub(crate) fn parse_top<'a, T: Fields<'a>>(line: &'a str) -> Result<T, ParseError> {
+pub(crate) fn parse_top<'a, 's, T: Fields<'a>>(
+    line: &'a str,
+    slot: &'s mut Option<Nested<T>>,
+) -> Result<&'s T, ParseError> {
     let line = strip_cri_prefix(line)?.trim();
     let line = line.strip_suffix(',').unwrap_or(line).trim_end();
     if line.is_empty() {
         return Err(ParseError::Empty);
     }
-    match serde_json::from_str::<Nested<T>>(line) {
-        Ok(Nested::Object(t)) => Ok(t),
-        Ok(_) => Err(ParseError::NotAnObject),
-        Err(e) => Err(ParseError::InvalidJson(e.to_string())),
+    // `serde_json::from_str`, reading into `slot` in place.
+    let mut de = serde_json::Deserializer::from_str(line);
+    let res =
+        serde::de::DeserializeSeed::deserialize(SlotSeed(slot), &mut de).and_then(|()| de.end());
+    match (res, slot) {
+        (Err(e), _) => Err(ParseError::InvalidJson(e.to_string())),
+        (Ok(()), Some(Nested::Object(t))) => Ok(t),
+        (Ok(()), _) => Err(ParseError::NotAnObject),
     }
 }
 

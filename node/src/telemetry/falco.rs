@@ -215,7 +215,8 @@ impl OutputFields<'_> {
 /// into one event, or two (Exec + Kernel) for a kernel-class rule fired by
 /// an exec.
 pub fn parse_falco_line(line: &str) -> Result<Vec<Event>, ParseError> {
-    let obj: Alert<'_> = parse_top(line)?;
+    let mut slot = None;
+    let obj: &Alert<'_> = parse_top(line, &mut slot)?;
     let rule = match &obj.rule {
         Some(Lit::Str(r)) => &**r,
         Some(Lit::Null) | None => {
@@ -243,7 +244,7 @@ pub fn parse_falco_line(line: &str) -> Result<Vec<Event>, ParseError> {
     };
     let action = classify(rule, of)?;
     let container = container_id(of)?;
-    let ts_ms = timestamp_ms(&obj, of)?;
+    let ts_ms = timestamp_ms(obj, of)?;
     let ev = match action {
         Action::Exec => Event::Exec {
             container,

@@ -202,8 +202,8 @@ impl<'a> Arg<'a> {
 }
 
 /// The elements of `args` that are objects (the others have no fields).
-fn objects<'s, 'a>(args: &'s [Nested<Arg<'a>>]) -> impl Iterator<Item = &'s Arg<'a>> {
-    args.iter().filter_map(Nested::object)
+fn objects<'s, 'a>(args: &'s [Option<Nested<Arg<'a>>>]) -> impl Iterator<Item = &'s Arg<'a>> {
+    args.iter().filter_map(|a| a.as_ref()?.object())
 }
 
 /// The first event key present (in the order exec, kprobe, lsm, then the
@@ -238,8 +238,9 @@ fn event<'s, 'a>(l: &'s Line<'a>) -> Option<(Kind, Option<&'s Nested<Body<'a>>>)
 
 /// Parses one Tetragon JSON line (CRI prefix allowed).
 pub fn parse_tetragon_line(line: &str) -> Result<Vec<Event>, ParseError> {
-    let top: Line<'_> = parse_top(line)?;
-    let Some((kind, body)) = event(&top) else {
+    let mut slot = None;
+    let top: &Line<'_> = parse_top(line, &mut slot)?;
+    let Some((kind, body)) = event(top) else {
         return Err(ParseError::MissingField("process_exec"));
     };
     let (Kind::Exec | Kind::Kprobe, Some(body)) = (kind, body) else {
@@ -261,7 +262,7 @@ pub fn parse_tetragon_line(line: &str) -> Result<Vec<Event>, ParseError> {
                 Some(_) => return Err(ParseError::InvalidField("binary")),
             };
             let container = container_id(process)?;
-            let ts_ms = timestamp_ms(&top)?;
+            let ts_ms = timestamp_ms(top)?;
             Ok(vec![Event::Exec {
                 container,
                 ts_ms,
@@ -276,7 +277,7 @@ pub fn parse_tetragon_line(line: &str) -> Result<Vec<Event>, ParseError> {
                 None => return Err(ParseError::MissingField("function_name")),
             };
             let action = classify_function(func)?;
-            let args: &[Nested<Arg<'_>>] = match get(&body.args) {
+            let args: &[Option<Nested<Arg<'_>>>] = match get(&body.args) {
                 Some(Array::Items(a)) => a,
                 Some(_) => return Err(ParseError::InvalidField("args")),
                 None => &[],
@@ -285,7 +286,7 @@ pub fn parse_tetragon_line(line: &str) -> Result<Vec<Event>, ParseError> {
                 Action::Connect => {
                     let (dst_ip, dst_port) = destination(args)?;
                     let container = container_id(process)?;
-                    let ts_ms = timestamp_ms(&top)?;
+                    let ts_ms = timestamp_ms(top)?;
                     return Ok(vec![Event::Connect {
                         container,
                         ts_ms,
@@ -310,7 +311,7 @@ pub fn parse_tetragon_line(line: &str) -> Result<Vec<Event>, ParseError> {
                 Action::File { mask_arg } => file_kind(args, mask_arg)?,
             };
             let container = container_id(process)?;
-            let ts_ms = timestamp_ms(&top)?;
+            let ts_ms = timestamp_ms(top)?;
             Ok(vec![Event::Kernel {
                 container,
                 ts_ms,
@@ -327,7 +328,7 @@ pub fn parse_tetragon_line(line: &str) -> Result<Vec<Event>, ParseError> {
 /// request; a file path.
 fn detail(
     process: &Process<'_>,
-    args: &[Nested<Arg<'_>>],
+    args: &[Option<Nested<Arg<'_>>>],
     kind: KernelEventKind,
 ) -> Option<Box<KernelDetail>> {
     let u32_of = |v: &Lit<'_>| v.lenient_u64().and_then(|n| u32::try_from(n).ok());
@@ -428,7 +429,7 @@ fn timestamp_ms(top: &Line<'_>) -> Result<u64, ParseError> {
 }
 
 /// First `sock_arg` (`daddr`/`dport`) or `sockaddr_arg` (`addr`/`port`).
-fn destination(args: &[Nested<Arg<'_>>]) -> Result<(std::net::IpAddr, u16), ParseError> {
+fn destination(args: &[Option<Nested<Arg<'_>>>]) -> Result<(std::net::IpAddr, u16), ParseError> {
     for a in objects(args) {
         let (sock, sockaddr) = if let Some(s) = pick(&a.sock_arg, &a.sock_arg_c) {
             (s, false)
@@ -457,7 +458,7 @@ fn destination(args: &[Nested<Arg<'_>>]) -> Result<(std::net::IpAddr, u16), Pars
 
 /// The first path among a kprobe's arguments: a `file_arg`/`path_arg`
 /// path, or an absolute `string_arg`.
-fn arg_path<'s>(args: &'s [Nested<Arg<'_>>]) -> Option<&'s str> {
+fn arg_path<'s>(args: &'s [Option<Nested<Arg<'_>>>]) -> Option<&'s str> {
     objects(args).find_map(|a| {
         pick(&a.file_arg, &a.file_arg_c)
             .or_else(|| pick(&a.path_arg, &a.path_arg_c))
@@ -468,7 +469,10 @@ fn arg_path<'s>(args: &'s [Nested<Arg<'_>>]) -> Option<&'s str> {
     })
 }
 
-fn file_kind(args: &[Nested<Arg<'_>>], mask_arg: bool) -> Result<KernelEventKind, ParseError> {
+fn file_kind(
+    args: &[Option<Nested<Arg<'_>>>],
+    mask_arg: bool,
+) -> Result<KernelEventKind, ParseError> {
     let path = arg_path(args).ok_or(ParseError::MissingField("file_arg"))?;
     let write = if mask_arg {
         objects(args)
