@@ -653,11 +653,18 @@ where
 /// `cri-o://`), lowercases, and requires 12..=64 hex digits.
 pub fn normalize_container_id(raw: &str) -> Option<ContainerId> {
     let s = raw.trim();
-    let s = match s.find("://") {
+    // (Hand-rolled `find("://")`: `str::find` builds a substring searcher
+    // per call, which costs more than the whole scan of an id.)
+    let b = s.as_bytes();
+    let s = match (0..b.len().saturating_sub(2))
+        .find(|&i| b[i] == b':' && b[i + 1] == b'/' && b[i + 2] == b'/')
+    {
         Some(i) => &s[i + 3..],
         None => s,
     };
-    if !(SHORT_ID_LEN..=64).contains(&s.len()) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    // (Without short-circuit, so the hex check vectorises.)
+    let hex = s.bytes().fold(true, |ok, b| ok & b.is_ascii_hexdigit());
+    if !(SHORT_ID_LEN..=64).contains(&s.len()) || !hex {
         return None;
     }
     Some(ContainerId(s[..SHORT_ID_LEN].to_ascii_lowercase()))
