@@ -971,6 +971,18 @@ fn typed_json_edge_cases() {
             "{bad}"
         );
     }
+    // serde_json's `Value` (with its `raw_value` feature, which another
+    // dependency turns on) replaced an object whose first key is its private
+    // raw-value token by the parse of the string inside; the typed reading
+    // sees an object without `rule` (accepted difference).
+    let smuggled = serde_json::to_string(&serde_json::json!({
+        "$serde_json::private::RawValue": falco(r#""proc.name":"sh""#, "")
+    }))
+    .unwrap();
+    assert_eq!(
+        parse_falco_line(&smuggled),
+        Err(ParseError::MissingField("rule"))
+    );
     let deep = format!(
         "{{\"rule\":\"x\",\"junk\":{}{}}}",
         "[".repeat(200),

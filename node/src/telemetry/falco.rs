@@ -33,6 +33,11 @@
 //! Anything else is skipped and counted (`unmapped_rule`). Falco's own
 //! alerts (`Falco internal: …`) are `sensor_internal`; stats-file lines are
 //! `falco_stats`.
+//!
+//! Reading is typed and borrowed (`json_fields!` in [`super::events`]): only
+//! the keys above are kept, every other value is validated as JSON and
+//! skipped; of duplicate keys the last counts; `null` is absent (except that
+//! a present `evt.time` or port key, even `null`, is not "missing").
 
 use super::events::{
     Lit, Nested, ParseError, Skip, classify_file_access, ip, json_fields, normalize_container_id,

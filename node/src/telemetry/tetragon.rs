@@ -33,6 +33,11 @@
 //! - Other functions (e.g. `udp_sendmsg`, `tcp_close`) are `unmapped_function`;
 //!   `process_exit`, `process_tracepoint`, `process_uprobe`,
 //!   `process_loader`, … are `unsupported_event`.
+//!
+//! Reading is typed and borrowed (`json_fields!` in [`super::events`]): only
+//! the keys above are kept (both spellings; a present snake_case key hides
+//! its camelCase twin, even when `null`), every other value is validated as
+//! JSON and skipped; of duplicate keys the last counts.
 
 use super::events::{
     Array, Lit, Nested, ParseError, classify_file_access, get, ip, json_fields,
