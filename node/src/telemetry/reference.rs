@@ -1196,6 +1196,21 @@ mod equivalence {
         }
     }
 
+    /// A random object tree over the keys the parsers read.
+    fn shaped() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            8 => prop::sample::select(KEYS).prop_map(str::to_string),
+            1 => "[a-z_.]{1,8}",
+        ];
+        leaf().prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                3 => prop::collection::vec((key.clone(), inner.clone()), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+                1 => prop::collection::vec(inner, 0..3).prop_map(Value::Array),
+            ]
+        })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(20_000))]
 
@@ -1225,6 +1240,19 @@ mod equivalence {
             }
             for (name, new, old) in PAIRS {
                 prop_assert_eq!(new(&text), old(&text), "{} differs on {:?}", name, text);
+            }
+        }
+
+        #[test]
+        fn random_shapes_parse_as_before(
+            body in shaped(),
+            top in prop::sample::select(&["process_exec", "processKprobe", "process_kprobe", "process_lsm", "process_exit", "output_fields"][..]),
+            rule in prop::sample::select(STRINGS),
+            time in prop::sample::select(STRINGS),
+        ) {
+            let line = serde_json::json!({ top: body, "rule": rule, "time": time }).to_string();
+            for (name, new, old) in PAIRS {
+                prop_assert_eq!(new(&line), old(&line), "{} differs on {:?}", name, line);
             }
         }
     }
