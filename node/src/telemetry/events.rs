@@ -1209,10 +1209,25 @@ impl<'de, T: Fields<'de>> Slot<'de> for Nested<T> {
 #[derive(Debug)]
 pub(crate) enum Array<T> {
     Null,
-    /// The elements, each read in place (so each is `Some`).
-    Items(Vec<Option<T>>),
+    /// The elements, each read in place (so each is `Some`); the first is
+    /// kept inline, so a one-element array allocates nothing.
+    Items {
+        first: Option<T>,
+        rest: Vec<Option<T>>,
+    },
     /// Neither `null` nor an array.
     Other,
+}
+
+impl<T> Array<T> {
+    /// The elements (none unless this is an array).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+        let (first, rest) = match self {
+            Array::Items { first, rest } => (first.as_ref(), &rest[..]),
+            _ => (None, &[][..]),
+        };
+        first.into_iter().chain(rest.iter().flatten())
+    }
 }
 
 impl<'de, T: Slot<'de>> Slot<'de> for Array<T> {
@@ -1248,18 +1263,25 @@ impl<'de, T: Slot<'de>> Slot<'de> for Array<T> {
                 Ok(())
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(16));
-                // Each element is read in place at the end of the vector.
+                *self.0 = Some(Array::Items {
+                    first: None,
+                    rest: Vec::new(),
+                });
+                let Some(Array::Items { first, rest }) = self.0 else {
+                    return Ok(());
+                };
+                if seq.next_element_seed(SlotSeed(first))?.is_none() {
+                    return Ok(());
+                }
+                // Each further element is read in place at the end.
                 loop {
-                    v.push(None);
-                    let last = v.len() - 1;
-                    if seq.next_element_seed(SlotSeed(&mut v[last]))?.is_none() {
-                        v.pop();
-                        break;
+                    rest.push(None);
+                    let last = rest.len() - 1;
+                    if seq.next_element_seed(SlotSeed(&mut rest[last]))?.is_none() {
+                        rest.pop();
+                        return Ok(());
                     }
                 }
-                *self.0 = Some(Array::Items(v));
-                Ok(())
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
                 while map.next_entry::<Skip, Skip>()?.is_some() {}

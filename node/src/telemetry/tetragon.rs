@@ -207,8 +207,8 @@ impl<'a> Arg<'a> {
 }
 
 /// The elements of `args` that are objects (the others have no fields).
-fn objects<'s, 'a>(args: &'s [Option<Nested<Arg<'a>>>]) -> impl Iterator<Item = &'s Arg<'a>> {
-    args.iter().filter_map(|a| a.as_ref()?.object())
+fn objects<'s, 'a>(args: &'s Array<Nested<Arg<'a>>>) -> impl Iterator<Item = &'s Arg<'a>> {
+    args.iter().filter_map(Nested::object)
 }
 
 /// The first event key present (in the order exec, kprobe, lsm, then the
@@ -282,10 +282,10 @@ pub fn parse_tetragon_line(line: &str) -> Result<Vec<Event>, ParseError> {
                 None => return Err(ParseError::MissingField("function_name")),
             };
             let action = classify_function(func)?;
-            let args: &[Option<Nested<Arg<'_>>>] = match get(&body.args) {
-                Some(Array::Items(a)) => a,
+            let args: &Array<Nested<Arg<'_>>> = match get(&body.args) {
+                Some(a @ Array::Items { .. }) => a,
                 Some(_) => return Err(ParseError::InvalidField("args")),
-                None => &[],
+                None => &Array::Null,
             };
             let kernel_kind = match action {
                 Action::Connect => {
@@ -333,7 +333,7 @@ pub fn parse_tetragon_line(line: &str) -> Result<Vec<Event>, ParseError> {
 /// request; a file path.
 fn detail(
     process: &Process<'_>,
-    args: &[Option<Nested<Arg<'_>>>],
+    args: &Array<Nested<Arg<'_>>>,
     kind: KernelEventKind,
 ) -> Option<Box<KernelDetail>> {
     let u32_of = |v: &Lit<'_>| v.lenient_u64().and_then(|n| u32::try_from(n).ok());
@@ -434,7 +434,7 @@ fn timestamp_ms(top: &Line<'_>) -> Result<u64, ParseError> {
 }
 
 /// First `sock_arg` (`daddr`/`dport`) or `sockaddr_arg` (`addr`/`port`).
-fn destination(args: &[Option<Nested<Arg<'_>>>]) -> Result<(std::net::IpAddr, u16), ParseError> {
+fn destination(args: &Array<Nested<Arg<'_>>>) -> Result<(std::net::IpAddr, u16), ParseError> {
     for a in objects(args) {
         let (sock, sockaddr) = if let Some(s) = pick(&a.sock_arg, &a.sock_arg_c) {
             (s, false)
@@ -463,7 +463,7 @@ fn destination(args: &[Option<Nested<Arg<'_>>>]) -> Result<(std::net::IpAddr, u1
 
 /// The first path among a kprobe's arguments: a `file_arg`/`path_arg`
 /// path, or an absolute `string_arg`.
-fn arg_path<'s>(args: &'s [Option<Nested<Arg<'_>>>]) -> Option<&'s str> {
+fn arg_path<'s>(args: &'s Array<Nested<Arg<'_>>>) -> Option<&'s str> {
     objects(args).find_map(|a| {
         pick(&a.file_arg, &a.file_arg_c)
             .or_else(|| pick(&a.path_arg, &a.path_arg_c))
@@ -474,10 +474,7 @@ fn arg_path<'s>(args: &'s [Option<Nested<Arg<'_>>>]) -> Option<&'s str> {
     })
 }
 
-fn file_kind(
-    args: &[Option<Nested<Arg<'_>>>],
-    mask_arg: bool,
-) -> Result<KernelEventKind, ParseError> {
+fn file_kind(args: &Array<Nested<Arg<'_>>>, mask_arg: bool) -> Result<KernelEventKind, ParseError> {
     let path = arg_path(args).ok_or(ParseError::MissingField("file_arg"))?;
     let write = if mask_arg {
         objects(args)
