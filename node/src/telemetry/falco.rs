@@ -350,6 +350,15 @@ fn starts_with_ignore_case(w: &str, prefix: &str) -> bool {
         .is_some_and(|h| h.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
+/// `true` if `hay` contains the lowercase ASCII `needle`, ignoring ASCII
+/// case (what `hay.to_ascii_lowercase().contains(needle)` returns, without
+/// the copy).
+fn contains_ignore_case(hay: &str, needle: &str) -> bool {
+    hay.as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
 fn classify(rule: &str, of: &OutputFields<'_>) -> Result<Action, ParseError> {
     // Rule names are compared ignoring ASCII case (the table is lowercase),
     // without building a lowercase copy.
@@ -418,14 +427,12 @@ fn file_kind(rule: &str, of: &OutputFields<'_>) -> KernelEventKind {
     {
         write = Some(true);
     }
-    if write.is_none() {
-        let r = rule.to_ascii_lowercase();
-        if ["write", "modif", "release_agent", "clear log", "tamper"]
+    if write.is_none()
+        && ["write", "modif", "release_agent", "clear log", "tamper"]
             .iter()
-            .any(|w| r.contains(w))
-        {
-            write = Some(true);
-        }
+            .any(|w| contains_ignore_case(rule, w))
+    {
+        write = Some(true);
     }
     classify_file_access(path, write).unwrap_or(if write == Some(true) {
         KernelEventKind::SensitiveFileWrite
