@@ -15,7 +15,9 @@ use fedmesh_node::telemetry::cgroup::{
     CgroupCollector, CgroupError, CgroupVersion, CollectStats, QosClass, Runtime,
     classify_cgroup_path, parse_blkio_service_bytes, parse_flat_keyed, parse_io_stat,
 };
-use fedmesh_node::telemetry::events::{FollowFile, JsonLineReader, ParseStats, StartAt};
+use fedmesh_node::telemetry::events::{
+    FollowFile, JsonLineReader, ParseError, ParseStats, StartAt,
+};
 use fedmesh_node::telemetry::falco::parse_falco_line;
 use fedmesh_node::telemetry::proc::parse_net_dev;
 use fedmesh_node::telemetry::tetragon::parse_tetragon_line;
@@ -906,4 +908,121 @@ fn kernel_details_from_falco_and_tetragon_fixtures() {
     // Serialized events without details keep their old shape.
     let plain = serde_json::to_string(&kernel("c", 1, KernelEventKind::Mount)).unwrap();
     assert!(!plain.contains("detail"), "{plain}");
+}
+
+/// Edge cases of the typed (borrowed) JSON reading that the Value-tree
+/// parsers defined: duplicate keys keep the last value, camelCase keys are
+/// accepted for Tetragon (a present snake_case key wins, even when `null`),
+/// escaped strings and keys decode, numbers may be strings, `null` is
+/// absent, and bad JSON anywhere in the line (even in keys no parser reads)
+/// is refused as before.
+#[test]
+fn typed_json_edge_cases() {
+    let falco = |of: &str, extra: &str| {
+        format!(
+            r#"{{"rule":"Terminal shell in container","time":"2021-01-14T23:39:44Z"{extra},"output_fields":{{"container.id":"5892b41bcf46",{of}}}}}"#
+        )
+    };
+    // Duplicate keys: the last one wins (as in a serde_json::Value).
+    assert_eq!(
+        parse_falco_line(&falco(r#""proc.name":"a","proc.name":"sh""#, "")),
+        Ok(vec![exec("5892b41bcf46", 1_610_667_584_000, "sh")])
+    );
+    assert_eq!(
+        parse_falco_line(&falco(
+            r#""proc.name":"sh""#,
+            r#","rule":"Falco internal: syscall event drop""#
+        )),
+        Err(ParseError::SensorInternal)
+    );
+    // Escapes in values and keys.
+    assert_eq!(
+        parse_falco_line(&falco(r#""proc.\u006eame":"\/bin\/s\u0068""#, "")),
+        Ok(vec![exec("5892b41bcf46", 1_610_667_584_000, "/bin/sh")])
+    );
+    // Numbers as strings; `null` = absent; a present but `null` evt.time
+    // with no usable `time` is an invalid timestamp.
+    assert_eq!(
+        parse_falco_line(&falco(
+            r#""proc.name":"sh","evt.time":" 1740609600001000000 ""#,
+            ""
+        )),
+        Ok(vec![exec("5892b41bcf46", 1_740_609_600_001, "sh")])
+    );
+    assert_eq!(
+        parse_falco_line(&falco(r#""proc.exepath":null,"proc.name":"sh""#, "")),
+        Ok(vec![exec("5892b41bcf46", 1_610_667_584_000, "sh")])
+    );
+    assert_eq!(
+        parse_falco_line(
+            r#"{"rule":"Terminal shell in container","output_fields":{"container.id":"5892b41bcf46","proc.name":"sh","evt.time":null}}"#
+        ),
+        Err(ParseError::InvalidTimestamp)
+    );
+    // Bad JSON in a key no parser reads is still bad JSON.
+    for bad in [
+        r#","hostname":1e400"#,
+        r#","tags":["\x"]"#,
+        r#","hostname":"a"  "b""#,
+    ] {
+        assert_eq!(
+            parse_falco_line(&falco(r#""proc.name":"sh""#, bad)).map_err(|e| e.reason()),
+            Err("invalid_json"),
+            "{bad}"
+        );
+    }
+    // serde_json's `Value` (with its `raw_value` feature, which another
+    // dependency turns on) replaced an object whose first key is its private
+    // raw-value token by the parse of the string inside; the typed reading
+    // sees an object without `rule` (accepted difference).
+    let smuggled = serde_json::to_string(&serde_json::json!({
+        "$serde_json::private::RawValue": falco(r#""proc.name":"sh""#, "")
+    }))
+    .unwrap();
+    assert_eq!(
+        parse_falco_line(&smuggled),
+        Err(ParseError::MissingField("rule"))
+    );
+    let deep = format!(
+        "{{\"rule\":\"x\",\"junk\":{}{}}}",
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    assert_eq!(
+        parse_falco_line(&deep).map_err(|e| e.reason()),
+        Err("invalid_json")
+    );
+
+    let tet = |body: &str| format!(r#"{{{body},"node_name":"n","time":"2026-03-15T00:06:31Z"}}"#);
+    let cid = "containerd://551e161c47d8ff0eb665438a7bcd5b4e3ef5a297282b40a92b7c77d6bd168eb3";
+    // camelCase event and argument keys.
+    let camel = tet(&format!(
+        r#""processKprobe":{{"process":{{"binary":"/x","pod":{{"container":{{"id":"{cid}"}}}}}},"functionName":"tcp_connect","args":[{{"sockArg":{{"daddr":"10.0.0.1","dport":"443"}}}}]}}"#
+    ));
+    assert_eq!(
+        parse_tetragon_line(&camel),
+        Ok(vec![connect(
+            "551e161c47d8",
+            1_773_533_191_000,
+            "10.0.0.1",
+            443
+        )])
+    );
+    // A snake_case key hides its camelCase twin, even when it is null.
+    let hidden = camel.replace(
+        r#""functionName""#,
+        r#""function_name":null,"functionName""#,
+    );
+    assert_eq!(
+        parse_tetragon_line(&hidden),
+        Err(ParseError::MissingField("function_name"))
+    );
+    // Duplicate event keys: the last body wins.
+    let dup = tet(&format!(
+        r#""process_exec":{{"process":{{"binary":"/a","docker":"zz"}}}},"process_exec":{{"process":{{"binary":"/bin/sh","pod":{{"container":{{"id":"{cid}"}}}}}}}}"#
+    ));
+    assert_eq!(
+        parse_tetragon_line(&dup),
+        Ok(vec![exec("551e161c47d8", 1_773_533_191_000, "/bin/sh")])
+    );
 }

@@ -33,12 +33,15 @@
 //! Anything else is skipped and counted (`unmapped_rule`). Falco's own
 //! alerts (`Falco internal: …`) are `sensor_internal`; stats-file lines are
 //! `falco_stats`.
-
-use serde_json::{Map, Value};
+//!
+//! Reading is typed and borrowed (`json_fields!` in [`super::events`]): only
+//! the keys above are kept, every other value is validated as JSON and
+//! skipped; of duplicate keys the last counts; `null` is absent (except that
+//! a present `evt.time` or port key, even `null`, is not "missing").
 
 use super::events::{
-    ParseError, classify_file_access, ip, lenient_bool, lenient_u64, normalize_container_id,
-    parse_object, parse_rfc3339_ms, port,
+    Lit, Nested, ParseError, Skip, classify_file_access, ip, json_fields, normalize_container_id,
+    parse_rfc3339_ms, parse_top, str_of,
 };
 use super::{ContainerId, Event, KernelDetail, KernelEventKind};
 
@@ -156,15 +159,73 @@ const RULES: &[(&str, Action)] = &[
 /// Words in a rule name that indicate a process launch (fallback rule 3).
 const EXEC_WORDS: &[&str] = &["shell", "exec", "launch", "spawn", "process", "run"];
 
+json_fields! {
+    /// The top-level keys of an alert that the parser reads.
+    struct Alert<'a> {
+        rule: Lit<'a> = "rule",
+        sample: Skip = "sample",
+        source: Lit<'a> = "source",
+        output_fields: Nested<OutputFields<'a>> = "output_fields",
+        time: Lit<'a> = "time",
+    }
+}
+
+json_fields! {
+    /// The `output_fields` keys that the parser reads.
+    struct OutputFields<'a> {
+        container_id: Lit<'a> = "container.id",
+        evt_time: Lit<'a> = "evt.time",
+        evt_type: Lit<'a> = "evt.type",
+        evt_args: Lit<'a> = "evt.args",
+        evt_is_open_write: Lit<'a> = "evt.is_open_write",
+        evt_arg_flags: Lit<'a> = "evt.arg.flags",
+        evt_arg_domain: Lit<'a> = "evt.arg.domain",
+        evt_arg_name: Lit<'a> = "evt.arg.name",
+        evt_arg_path: Lit<'a> = "evt.arg.path",
+        evt_arg_uid: Lit<'a> = "evt.arg.uid",
+        evt_arg_ruid: Lit<'a> = "evt.arg.ruid",
+        evt_arg_euid: Lit<'a> = "evt.arg.euid",
+        evt_arg_cap_effective: Lit<'a> = "evt.arg.cap_effective",
+        evt_arg_cap_permitted: Lit<'a> = "evt.arg.cap_permitted",
+        evt_arg_cap_inheritable: Lit<'a> = "evt.arg.cap_inheritable",
+        evt_arg_request: Lit<'a> = "evt.arg.request",
+        proc_exepath: Lit<'a> = "proc.exepath",
+        proc_exe: Lit<'a> = "proc.exe",
+        proc_name: Lit<'a> = "proc.name",
+        proc_cmdline: Lit<'a> = "proc.cmdline",
+        user_name: Lit<'a> = "user.name",
+        user_uid: Lit<'a> = "user.uid",
+        fd_sip: Lit<'a> = "fd.sip",
+        fd_sport: Lit<'a> = "fd.sport",
+        fd_rip: Lit<'a> = "fd.rip",
+        fd_rport: Lit<'a> = "fd.rport",
+        fd_name: Lit<'a> = "fd.name",
+        fs_path_name: Lit<'a> = "fs.path.name",
+    }
+}
+
+impl OutputFields<'_> {
+    /// The file path keys, in order of preference.
+    fn paths(&self) -> [&Option<Lit<'_>>; 4] {
+        [
+            &self.fd_name,
+            &self.evt_arg_name,
+            &self.evt_arg_path,
+            &self.fs_path_name,
+        ]
+    }
+}
+
 /// Parses one Falco JSON alert line (a CRI log prefix is stripped first)
 /// into one event, or two (Exec + Kernel) for a kernel-class rule fired by
 /// an exec.
 pub fn parse_falco_line(line: &str) -> Result<Vec<Event>, ParseError> {
-    let obj = parse_object(line)?;
-    let rule = match obj.get("rule") {
-        Some(Value::String(r)) => r.as_str(),
-        Some(Value::Null) | None => {
-            return Err(if obj.contains_key("sample") {
+    let mut slot = None;
+    let obj: &Alert<'_> = parse_top(line, &mut slot)?;
+    let rule = match &obj.rule {
+        Some(Lit::Str(r)) => &**r,
+        Some(Lit::Null) | None => {
+            return Err(if obj.sample.is_some() {
                 ParseError::Unsupported("falco_stats")
             } else {
                 ParseError::MissingField("rule")
@@ -175,20 +236,20 @@ pub fn parse_falco_line(line: &str) -> Result<Vec<Event>, ParseError> {
     if rule.starts_with("Falco internal") {
         return Err(ParseError::SensorInternal);
     }
-    match obj.get("source") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) if s == "syscall" => {}
-        Some(Value::String(_)) => return Err(ParseError::Unsupported("unsupported_source")),
+    match &obj.source {
+        None | Some(Lit::Null) => {}
+        Some(Lit::Str(s)) if s == "syscall" => {}
+        Some(Lit::Str(_)) => return Err(ParseError::Unsupported("unsupported_source")),
         Some(_) => return Err(ParseError::InvalidField("source")),
     }
-    let of = match obj.get("output_fields") {
-        Some(Value::Object(m)) => m,
-        None | Some(Value::Null) => return Err(ParseError::MissingField("output_fields")),
-        Some(_) => return Err(ParseError::InvalidField("output_fields")),
+    let of = match &obj.output_fields {
+        Some(Nested::Object(m)) => m,
+        None | Some(Nested::Null) => return Err(ParseError::MissingField("output_fields")),
+        Some(Nested::Other) => return Err(ParseError::InvalidField("output_fields")),
     };
     let action = classify(rule, of)?;
     let container = container_id(of)?;
-    let ts_ms = timestamp_ms(&obj, of)?;
+    let ts_ms = timestamp_ms(obj, of)?;
     let ev = match action {
         Action::Exec => Event::Exec {
             container,
@@ -212,7 +273,7 @@ pub fn parse_falco_line(line: &str) -> Result<Vec<Event>, ParseError> {
                 detail: detail(of),
             };
             // A rule about a launched tool (`mount`, `insmod`): keep the exec too.
-            let by_exec = matches!(of_str(of, "evt.type"), Some("execve" | "execveat"));
+            let by_exec = matches!(str_of(&of.evt_type), Some("execve" | "execveat"));
             return Ok(match binary(of) {
                 Ok(binary) if by_exec => vec![
                     Event::Exec {
@@ -238,79 +299,94 @@ pub fn parse_falco_line(line: &str) -> Result<Vec<Event>, ParseError> {
 /// Particulars of a kernel-class alert for the rule layer: `proc.*`,
 /// `user.name`/`user.uid`, `evt.arg.uid` (Falco renders it `0(root)`), the
 /// file path, `evt.arg.cap*` and `evt.arg.request`.
-fn detail(of: &Map<String, Value>) -> Option<Box<KernelDetail>> {
-    let text = |k: &str| {
-        of_str(of, k)
+fn detail(of: &OutputFields<'_>) -> Option<Box<KernelDetail>> {
+    let text = |slot: &Option<Lit<'_>>| {
+        str_of(slot)
             .map(str::trim)
             .filter(|s| !s.is_empty() && *s != "<NA>")
             .map(str::to_string)
     };
-    let leading_u32 = |k: &str| -> Option<u32> {
-        match of.get(k)? {
-            Value::Number(n) => n.as_u64().and_then(|v| u32::try_from(v).ok()),
-            Value::String(s) => {
-                let digits: String = s.trim().chars().take_while(char::is_ascii_digit).collect();
-                digits.parse().ok()
+    let leading_u32 = |slot: &Option<Lit<'_>>| -> Option<u32> {
+        match slot.as_ref()? {
+            Lit::U64(v) => u32::try_from(*v).ok(),
+            Lit::Str(s) => {
+                let s = s.trim();
+                let n = s.bytes().take_while(u8::is_ascii_digit).count();
+                s[..n].parse().ok()
             }
             _ => None,
         }
     };
     KernelDetail {
         process: binary(of).ok(),
-        user: text("user.name"),
-        uid: leading_u32("user.uid"),
-        target_uid: leading_u32("evt.arg.uid")
-            .or_else(|| leading_u32("evt.arg.ruid"))
-            .or_else(|| leading_u32("evt.arg.euid")),
-        path: ["fd.name", "evt.arg.name", "evt.arg.path", "fs.path.name"]
-            .iter()
-            .find_map(|k| text(k))
+        user: text(&of.user_name),
+        uid: leading_u32(&of.user_uid),
+        target_uid: leading_u32(&of.evt_arg_uid)
+            .or_else(|| leading_u32(&of.evt_arg_ruid))
+            .or_else(|| leading_u32(&of.evt_arg_euid)),
+        path: of
+            .paths()
+            .into_iter()
+            .find_map(text)
             .filter(|p| p.starts_with('/')),
         capability: [
-            "evt.arg.cap_effective",
-            "evt.arg.cap_permitted",
-            "evt.arg.cap_inheritable",
+            &of.evt_arg_cap_effective,
+            &of.evt_arg_cap_permitted,
+            &of.evt_arg_cap_inheritable,
         ]
-        .iter()
-        .filter_map(|k| text(k))
+        .into_iter()
+        .filter_map(text)
         .reduce(|a, b| format!("{a} {b}")),
-        request: text("evt.arg.request"),
+        request: text(&of.evt_arg_request),
     }
     .boxed()
 }
 
-/// A string value of a flat `output_fields` key (`null` = absent).
-fn of_str<'a>(of: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    of.get(key).and_then(Value::as_str)
+/// `true` if the ASCII word `w` starts with the lowercase ASCII `prefix`,
+/// ignoring case.
+fn starts_with_ignore_case(w: &str, prefix: &str) -> bool {
+    w.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|h| h.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
-fn classify(rule: &str, of: &Map<String, Value>) -> Result<Action, ParseError> {
-    let mut name = rule.trim().to_ascii_lowercase();
+/// `true` if `hay` contains the lowercase ASCII `needle`, ignoring ASCII
+/// case (what `hay.to_ascii_lowercase().contains(needle)` returns, without
+/// the copy).
+fn contains_ignore_case(hay: &str, needle: &str) -> bool {
+    hay.as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+fn classify(rule: &str, of: &OutputFields<'_>) -> Result<Action, ParseError> {
+    // Rule names are compared ignoring ASCII case (the table is lowercase),
+    // without building a lowercase copy.
+    let mut name = rule.trim();
     // Drop a trailing bracketed tag such as "[custom]".
     if name.ends_with(']')
         && let Some(i) = name.rfind('[')
     {
-        name.truncate(i);
-        name.truncate(name.trim_end().len());
+        name = name[..i].trim_end();
     }
-    if let Some((_, a)) = RULES.iter().find(|(r, _)| *r == name) {
+    if let Some((_, a)) = RULES.iter().find(|(r, _)| r.eq_ignore_ascii_case(name)) {
         return Ok(*a);
     }
-    if let Some(t) = of_str(of, "evt.type").map(str::trim)
+    if let Some(t) = str_of(&of.evt_type).map(str::trim)
         && let Some(a) = classify_evt_type(t, of)
     {
         return Ok(a);
     }
     let launches = name
         .split(|c: char| !c.is_ascii_alphanumeric())
-        .any(|w| EXEC_WORDS.iter().any(|x| w.starts_with(x)));
+        .any(|w| EXEC_WORDS.iter().any(|x| starts_with_ignore_case(w, x)));
     if launches {
         return Ok(Action::Exec);
     }
     Err(ParseError::Unmapped("unmapped_rule"))
 }
 
-fn classify_evt_type(t: &str, of: &Map<String, Value>) -> Option<Action> {
+fn classify_evt_type(t: &str, of: &OutputFields<'_>) -> Option<Action> {
     use KernelEventKind as K;
     Some(match t {
         "execve" | "execveat" => Action::Exec,
@@ -326,8 +402,8 @@ fn classify_evt_type(t: &str, of: &Map<String, Value>) -> Option<Action> {
         "init_module" | "finit_module" => Action::Kernel(K::ModuleLoad),
         "open" | "openat" | "openat2" | "creat" | "open_by_handle_at" => Action::File,
         "socket" => {
-            let dom = of_str(of, "evt.arg.domain")
-                .or_else(|| of_str(of, "evt.args"))
+            let dom = str_of(&of.evt_arg_domain)
+                .or_else(|| str_of(&of.evt_args))
                 .unwrap_or("");
             if dom.contains("AF_PACKET") || dom.trim() == "17" {
                 Action::Kernel(K::PacketSocket)
@@ -340,28 +416,23 @@ fn classify_evt_type(t: &str, of: &Map<String, Value>) -> Option<Action> {
 }
 
 /// Read or write of a file opened in a rule that fired.
-fn file_kind(rule: &str, of: &Map<String, Value>) -> KernelEventKind {
-    let path = ["fd.name", "evt.arg.name", "evt.arg.path", "fs.path.name"]
-        .iter()
-        .find_map(|k| of_str(of, k))
-        .unwrap_or("");
-    let mut write = of.get("evt.is_open_write").and_then(lenient_bool);
+fn file_kind(rule: &str, of: &OutputFields<'_>) -> KernelEventKind {
+    let path = of.paths().into_iter().find_map(str_of).unwrap_or("");
+    let mut write = of.evt_is_open_write.as_ref().and_then(Lit::lenient_bool);
     if write != Some(true)
-        && let Some(flags) = of_str(of, "evt.arg.flags")
+        && let Some(flags) = str_of(&of.evt_arg_flags)
         && ["O_WRONLY", "O_RDWR", "O_TRUNC", "O_CREAT", "O_APPEND"]
             .iter()
             .any(|f| flags.contains(f))
     {
         write = Some(true);
     }
-    if write.is_none() {
-        let r = rule.to_ascii_lowercase();
-        if ["write", "modif", "release_agent", "clear log", "tamper"]
+    if write.is_none()
+        && ["write", "modif", "release_agent", "clear log", "tamper"]
             .iter()
-            .any(|w| r.contains(w))
-        {
-            write = Some(true);
-        }
+            .any(|w| contains_ignore_case(rule, w))
+    {
+        write = Some(true);
     }
     classify_file_access(path, write).unwrap_or(if write == Some(true) {
         KernelEventKind::SensitiveFileWrite
@@ -370,9 +441,9 @@ fn file_kind(rule: &str, of: &Map<String, Value>) -> KernelEventKind {
     })
 }
 
-fn container_id(of: &Map<String, Value>) -> Result<ContainerId, ParseError> {
-    match of.get("container.id") {
-        Some(Value::String(s)) => {
+fn container_id(of: &OutputFields<'_>) -> Result<ContainerId, ParseError> {
+    match &of.container_id {
+        Some(Lit::Str(s)) => {
             let s = s.trim();
             if s.is_empty() || s == "host" {
                 Err(ParseError::HostEvent)
@@ -380,44 +451,44 @@ fn container_id(of: &Map<String, Value>) -> Result<ContainerId, ParseError> {
                 normalize_container_id(s).ok_or(ParseError::InvalidContainerId)
             }
         }
-        None | Some(Value::Null) => Err(ParseError::MissingField("container.id")),
+        None | Some(Lit::Null) => Err(ParseError::MissingField("container.id")),
         Some(_) => Err(ParseError::InvalidField("container.id")),
     }
 }
 
 /// `output_fields.evt.time` (ns, number or decimal string), else the
 /// top-level RFC 3339 `time`.
-fn timestamp_ms(obj: &Map<String, Value>, of: &Map<String, Value>) -> Result<u64, ParseError> {
-    if let Some(ns) = of.get("evt.time").and_then(lenient_u64) {
+fn timestamp_ms(obj: &Alert<'_>, of: &OutputFields<'_>) -> Result<u64, ParseError> {
+    if let Some(ns) = of.evt_time.as_ref().and_then(Lit::lenient_u64) {
         return Ok(ns / 1_000_000);
     }
-    match obj.get("time") {
-        Some(Value::String(s)) => parse_rfc3339_ms(s).ok_or(ParseError::InvalidTimestamp),
-        None | Some(Value::Null) if !of.contains_key("evt.time") => {
-            Err(ParseError::MissingField("time"))
-        }
+    match &obj.time {
+        Some(Lit::Str(s)) => parse_rfc3339_ms(s).ok_or(ParseError::InvalidTimestamp),
+        // A present `evt.time` (even `null`) that is not a timestamp makes
+        // a missing `time` an invalid timestamp rather than a missing field.
+        None | Some(Lit::Null) if of.evt_time.is_none() => Err(ParseError::MissingField("time")),
         _ => Err(ParseError::InvalidTimestamp),
     }
 }
 
-fn binary(of: &Map<String, Value>) -> Result<String, ParseError> {
+fn binary(of: &OutputFields<'_>) -> Result<String, ParseError> {
     let nonempty = |s: &str| -> Option<String> {
         let s = s.trim();
         (!s.is_empty() && s != "<NA>").then(|| s.to_string())
     };
-    if let Some(b) = of_str(of, "proc.exepath").and_then(nonempty) {
+    if let Some(b) = str_of(&of.proc_exepath).and_then(nonempty) {
         return Ok(b);
     }
-    if let Some(b) = of_str(of, "proc.exe")
+    if let Some(b) = str_of(&of.proc_exe)
         .filter(|s| s.starts_with('/'))
         .and_then(nonempty)
     {
         return Ok(b);
     }
-    if let Some(b) = of_str(of, "proc.name").and_then(nonempty) {
+    if let Some(b) = str_of(&of.proc_name).and_then(nonempty) {
         return Ok(b);
     }
-    of_str(of, "proc.cmdline")
+    str_of(&of.proc_cmdline)
         .and_then(|c| c.split_whitespace().next())
         .and_then(nonempty)
         .ok_or(ParseError::MissingField("proc.name"))
@@ -425,15 +496,16 @@ fn binary(of: &Map<String, Value>) -> Result<String, ParseError> {
 
 /// Destination of a connection: `fd.sip`/`fd.sport`, else `fd.rip`/`fd.rport`,
 /// else the remote side of `fd.name` (`10.0.0.1:3456->1.2.3.4:443`).
-fn destination(of: &Map<String, Value>) -> Result<(std::net::IpAddr, u16), ParseError> {
-    for (ik, pk) in [("fd.sip", "fd.sport"), ("fd.rip", "fd.rport")] {
-        if let (Some(i), Some(p)) = (of_str(of, ik), of.get(pk)) {
+fn destination(of: &OutputFields<'_>) -> Result<(std::net::IpAddr, u16), ParseError> {
+    // A present port key counts even when it is `null` (then it is invalid).
+    for (ik, pk) in [(&of.fd_sip, &of.fd_sport), (&of.fd_rip, &of.fd_rport)] {
+        if let (Some(i), Some(p)) = (str_of(ik), pk) {
             let i = ip(i).ok_or(ParseError::InvalidField("fd.sip"))?;
-            let p = port(p).ok_or(ParseError::InvalidField("fd.sport"))?;
+            let p = p.port().ok_or(ParseError::InvalidField("fd.sport"))?;
             return Ok((i, p));
         }
     }
-    if let Some(name) = of_str(of, "fd.name")
+    if let Some(name) = str_of(&of.fd_name)
         && let Some((_, remote)) = name.split_once("->")
         && let Some((h, p)) = remote.trim().rsplit_once(':')
         && let (Some(h), Ok(p)) = (ip(h), p.parse::<u16>())

@@ -33,12 +33,15 @@
 //! - Other functions (e.g. `udp_sendmsg`, `tcp_close`) are `unmapped_function`;
 //!   `process_exit`, `process_tracepoint`, `process_uprobe`,
 //!   `process_loader`, … are `unsupported_event`.
-
-use serde_json::Value;
+//!
+//! Reading is typed and borrowed (`json_fields!` in [`super::events`]): only
+//! the keys above are kept (both spellings; a present snake_case key hides
+//! its camelCase twin, even when `null`), every other value is validated as
+//! JSON and skipped; of duplicate keys the last counts.
 
 use super::events::{
-    ParseError, classify_file_access, field, ip, lenient_u64, normalize_container_id, parse_object,
-    parse_rfc3339_ms, port,
+    Array, Lit, Nested, ParseError, classify_file_access, get, ip, json_fields,
+    normalize_container_id, parse_rfc3339_ms, parse_top, pick, str_of,
 };
 use super::{ContainerId, Event, KernelDetail, KernelEventKind};
 
@@ -49,19 +52,6 @@ enum Kind {
     Kprobe,
     Other,
 }
-
-const EVENT_KEYS: &[(&str, Kind)] = &[
-    ("process_exec", Kind::Exec),
-    ("process_kprobe", Kind::Kprobe),
-    ("process_lsm", Kind::Kprobe),
-    ("process_exit", Kind::Other),
-    ("process_tracepoint", Kind::Other),
-    ("process_uprobe", Kind::Other),
-    ("process_loader", Kind::Other),
-    ("process_throttle", Kind::Other),
-    ("process_usdt", Kind::Other),
-    ("rate_limit_info", Kind::Other),
-];
 
 /// Syscall wrapper prefixes stripped from kprobe function names.
 const SYSCALL_PREFIXES: &[&str] = &[
@@ -90,36 +80,194 @@ enum Action {
     Socket,
 }
 
+json_fields! {
+    /// The top-level keys of a line that the parser reads (each event key
+    /// in its snake_case and camelCase spelling).
+    struct Line<'a> {
+        process_exec: Nested<Body<'a>> = "process_exec",
+        process_exec_c: Nested<Body<'a>> = "processExec",
+        process_kprobe: Nested<Body<'a>> = "process_kprobe",
+        process_kprobe_c: Nested<Body<'a>> = "processKprobe",
+        process_lsm: Nested<Body<'a>> = "process_lsm",
+        process_lsm_c: Nested<Body<'a>> = "processLsm",
+        process_exit: Lit<'a> = "process_exit",
+        process_exit_c: Lit<'a> = "processExit",
+        process_tracepoint: Lit<'a> = "process_tracepoint",
+        process_tracepoint_c: Lit<'a> = "processTracepoint",
+        process_uprobe: Lit<'a> = "process_uprobe",
+        process_uprobe_c: Lit<'a> = "processUprobe",
+        process_loader: Lit<'a> = "process_loader",
+        process_loader_c: Lit<'a> = "processLoader",
+        process_throttle: Lit<'a> = "process_throttle",
+        process_throttle_c: Lit<'a> = "processThrottle",
+        process_usdt: Lit<'a> = "process_usdt",
+        process_usdt_c: Lit<'a> = "processUsdt",
+        rate_limit_info: Lit<'a> = "rate_limit_info",
+        rate_limit_info_c: Lit<'a> = "rateLimitInfo",
+        time: Lit<'a> = "time",
+    }
+}
+
+json_fields! {
+    /// An event body (`process_exec`, `process_kprobe`, `process_lsm`).
+    struct Body<'a> {
+        process: Nested<Process<'a>> = "process",
+        function_name: Lit<'a> = "function_name",
+        function_name_c: Lit<'a> = "functionName",
+        args: Array<Nested<Arg<'a>>> = "args",
+    }
+}
+
+json_fields! {
+    /// `process`.
+    struct Process<'a> {
+        binary: Lit<'a> = "binary",
+        uid: Lit<'a> = "uid",
+        pod: Nested<Pod<'a>> = "pod",
+        docker: Lit<'a> = "docker",
+    }
+}
+
+json_fields! {
+    /// `process.pod`.
+    struct Pod<'a> {
+        container: Nested<Container<'a>> = "container",
+    }
+}
+
+json_fields! {
+    /// `process.pod.container`.
+    struct Container<'a> {
+        id: Lit<'a> = "id",
+    }
+}
+
+json_fields! {
+    /// One element of a kprobe's `args`.
+    struct Arg<'a> {
+        int_arg: Lit<'a> = "int_arg",
+        int_arg_c: Lit<'a> = "intArg",
+        string_arg: Lit<'a> = "string_arg",
+        string_arg_c: Lit<'a> = "stringArg",
+        sock_arg: Nested<Sock<'a>> = "sock_arg",
+        sock_arg_c: Nested<Sock<'a>> = "sockArg",
+        sockaddr_arg: Nested<Sock<'a>> = "sockaddr_arg",
+        sockaddr_arg_c: Nested<Sock<'a>> = "sockaddrArg",
+        file_arg: Nested<PathArg<'a>> = "file_arg",
+        file_arg_c: Nested<PathArg<'a>> = "fileArg",
+        path_arg: Nested<PathArg<'a>> = "path_arg",
+        path_arg_c: Nested<PathArg<'a>> = "pathArg",
+        cred_arg: Nested<Cred<'a>> = "cred_arg",
+        cred_arg_c: Nested<Cred<'a>> = "credArg",
+        capability_arg: Nested<Capability<'a>> = "capability_arg",
+        capability_arg_c: Nested<Capability<'a>> = "capabilityArg",
+    }
+}
+
+json_fields! {
+    /// `sock_arg` (`daddr`, `dport`) or `sockaddr_arg` (`addr`, `port`).
+    struct Sock<'a> {
+        daddr: Lit<'a> = "daddr",
+        dport: Lit<'a> = "dport",
+        addr: Lit<'a> = "addr",
+        port: Lit<'a> = "port",
+    }
+}
+
+json_fields! {
+    /// `file_arg` or `path_arg`.
+    struct PathArg<'a> {
+        path: Lit<'a> = "path",
+    }
+}
+
+json_fields! {
+    /// `cred_arg`.
+    struct Cred<'a> {
+        euid: Lit<'a> = "euid",
+        uid: Lit<'a> = "uid",
+    }
+}
+
+json_fields! {
+    /// `capability_arg`.
+    struct Capability<'a> {
+        name: Lit<'a> = "name",
+    }
+}
+
+impl<'a> Arg<'a> {
+    fn int_arg(&self) -> Option<u64> {
+        pick(&self.int_arg, &self.int_arg_c).and_then(Lit::lenient_u64)
+    }
+
+    fn string_arg(&self) -> Option<&str> {
+        pick(&self.string_arg, &self.string_arg_c).and_then(Lit::as_str)
+    }
+}
+
+/// The elements of `args` that are objects (the others have no fields).
+fn objects<'s, 'a>(args: &'s Array<Nested<Arg<'a>>>) -> impl Iterator<Item = &'s Arg<'a>> {
+    args.iter().filter_map(Nested::object)
+}
+
+/// The first event key present (in the order exec, kprobe, lsm, then the
+/// unsupported kinds): its kind and
+/// body, or `None` as body for the kinds the parser does not read.
+fn event<'s, 'a>(l: &'s Line<'a>) -> Option<(Kind, Option<&'s Nested<Body<'a>>>)> {
+    let bodies = [
+        (Kind::Exec, &l.process_exec, &l.process_exec_c),
+        (Kind::Kprobe, &l.process_kprobe, &l.process_kprobe_c),
+        (Kind::Kprobe, &l.process_lsm, &l.process_lsm_c),
+    ];
+    if let Some(found) = bodies
+        .into_iter()
+        .find_map(|(kind, s, c)| pick(s, c).map(|b| (kind, Some(b))))
+    {
+        return Some(found);
+    }
+    let others = [
+        (&l.process_exit, &l.process_exit_c),
+        (&l.process_tracepoint, &l.process_tracepoint_c),
+        (&l.process_uprobe, &l.process_uprobe_c),
+        (&l.process_loader, &l.process_loader_c),
+        (&l.process_throttle, &l.process_throttle_c),
+        (&l.process_usdt, &l.process_usdt_c),
+        (&l.rate_limit_info, &l.rate_limit_info_c),
+    ];
+    others
+        .into_iter()
+        .any(|(s, c)| pick(s, c).is_some())
+        .then_some((Kind::Other, None))
+}
+
 /// Parses one Tetragon JSON line (CRI prefix allowed).
 pub fn parse_tetragon_line(line: &str) -> Result<Vec<Event>, ParseError> {
-    let obj = parse_object(line)?;
-    let top = Value::Object(obj);
-    let Some((body, kind)) = EVENT_KEYS
-        .iter()
-        .find_map(|(k, kind)| field(&top, k).map(|b| (b, *kind)))
-    else {
+    let mut slot = None;
+    let top: &Line<'_> = parse_top(line, &mut slot)?;
+    let Some((kind, body)) = event(top) else {
         return Err(ParseError::MissingField("process_exec"));
     };
-    if kind == Kind::Other {
+    let (Kind::Exec | Kind::Kprobe, Some(body)) = (kind, body) else {
         return Err(ParseError::Unsupported("unsupported_event"));
-    }
-    if !body.is_object() {
+    };
+    let Nested::Object(body) = body else {
         return Err(ParseError::InvalidField("process_exec"));
-    }
-    let process = match field(body, "process") {
-        Some(p @ Value::Object(_)) => p,
+    };
+    let process = match get(&body.process) {
+        Some(Nested::Object(p)) => p,
         Some(_) => return Err(ParseError::InvalidField("process")),
         None => return Err(ParseError::MissingField("process")),
     };
     match kind {
         Kind::Exec => {
-            let binary = match field(process, "binary") {
-                Some(Value::String(b)) if !b.trim().is_empty() => b.trim().to_string(),
-                Some(Value::String(_)) | None => return Err(ParseError::MissingField("binary")),
+            let binary = match get(&process.binary) {
+                Some(Lit::Str(b)) if !b.trim().is_empty() => b.trim().to_string(),
+                Some(Lit::Str(_)) | None => return Err(ParseError::MissingField("binary")),
                 Some(_) => return Err(ParseError::InvalidField("binary")),
             };
             let container = container_id(process)?;
-            let ts_ms = timestamp_ms(&top)?;
+            let ts_ms = timestamp_ms(top)?;
             Ok(vec![Event::Exec {
                 container,
                 ts_ms,
@@ -128,22 +276,22 @@ pub fn parse_tetragon_line(line: &str) -> Result<Vec<Event>, ParseError> {
         }
         Kind::Kprobe | Kind::Other => {
             // (`Other` was refused above.)
-            let func = match field(body, "function_name") {
-                Some(Value::String(f)) => f.trim(),
+            let func = match pick(&body.function_name, &body.function_name_c) {
+                Some(Lit::Str(f)) => f.trim(),
                 Some(_) => return Err(ParseError::InvalidField("function_name")),
                 None => return Err(ParseError::MissingField("function_name")),
             };
             let action = classify_function(func)?;
-            let args: &[Value] = match field(body, "args") {
-                Some(Value::Array(a)) => a,
+            let args: &Array<Nested<Arg<'_>>> = match get(&body.args) {
+                Some(a @ Array::Items { .. }) => a,
                 Some(_) => return Err(ParseError::InvalidField("args")),
-                None => &[],
+                None => &Array::Null,
             };
             let kernel_kind = match action {
                 Action::Connect => {
                     let (dst_ip, dst_port) = destination(args)?;
                     let container = container_id(process)?;
-                    let ts_ms = timestamp_ms(&top)?;
+                    let ts_ms = timestamp_ms(top)?;
                     return Ok(vec![Event::Connect {
                         container,
                         ts_ms,
@@ -153,10 +301,9 @@ pub fn parse_tetragon_line(line: &str) -> Result<Vec<Event>, ParseError> {
                 }
                 Action::Kernel(k) => k,
                 Action::Socket => {
-                    let family = args.iter().find_map(|a| {
-                        field(a, "int_arg").and_then(lenient_u64).or_else(|| {
-                            field(a, "string_arg")
-                                .and_then(Value::as_str)
+                    let family = objects(args).find_map(|a| {
+                        a.int_arg().or_else(|| {
+                            a.string_arg()
                                 .filter(|s| s.contains("AF_PACKET"))
                                 .map(|_| AF_PACKET)
                         })
@@ -169,7 +316,7 @@ pub fn parse_tetragon_line(line: &str) -> Result<Vec<Event>, ParseError> {
                 Action::File { mask_arg } => file_kind(args, mask_arg)?,
             };
             let container = container_id(process)?;
-            let ts_ms = timestamp_ms(&top)?;
+            let ts_ms = timestamp_ms(top)?;
             Ok(vec![Event::Kernel {
                 container,
                 ts_ms,
@@ -184,29 +331,27 @@ pub fn parse_tetragon_line(line: &str) -> Result<Vec<Event>, ParseError> {
 /// `int_arg` of a `setuid`-family call (or `cred_arg.euid`/`uid` of
 /// `commit_creds`) as the target uid; a `capability_arg` name; the `ptrace`
 /// request; a file path.
-fn detail(process: &Value, args: &[Value], kind: KernelEventKind) -> Option<Box<KernelDetail>> {
-    let u32_of = |v: &Value| lenient_u64(v).and_then(|n| u32::try_from(n).ok());
-    let first_int = || {
-        args.iter()
-            .find_map(|a| field(a, "int_arg").and_then(lenient_u64))
-    };
+fn detail(
+    process: &Process<'_>,
+    args: &Array<Nested<Arg<'_>>>,
+    kind: KernelEventKind,
+) -> Option<Box<KernelDetail>> {
+    let u32_of = |v: &Lit<'_>| v.lenient_u64().and_then(|n| u32::try_from(n).ok());
+    let first_int = || objects(args).find_map(Arg::int_arg);
     let target_uid = match kind {
-        KernelEventKind::Setuid => args
-            .iter()
+        KernelEventKind::Setuid => objects(args)
             .find_map(|a| {
-                field(a, "cred_arg").and_then(|c| {
-                    field(c, "euid")
-                        .or_else(|| field(c, "uid"))
-                        .and_then(u32_of)
-                })
+                pick(&a.cred_arg, &a.cred_arg_c)
+                    .and_then(Nested::object)
+                    .and_then(|c| get(&c.euid).or_else(|| get(&c.uid)).and_then(u32_of))
             })
             .or_else(|| first_int().and_then(|n| u32::try_from(n).ok())),
         _ => None,
     };
-    let capability = args.iter().find_map(|a| {
-        field(a, "capability_arg")
-            .and_then(|c| field(c, "name"))
-            .and_then(Value::as_str)
+    let capability = objects(args).find_map(|a| {
+        pick(&a.capability_arg, &a.capability_arg_c)
+            .and_then(Nested::object)
+            .and_then(|c| str_of(&c.name))
             .map(str::to_string)
     });
     let request = match kind {
@@ -216,13 +361,12 @@ fn detail(process: &Value, args: &[Value], kind: KernelEventKind) -> Option<Box<
     };
     let path = arg_path(args).map(str::to_string);
     KernelDetail {
-        process: field(process, "binary")
-            .and_then(Value::as_str)
+        process: str_of(&process.binary)
             .map(str::trim)
             .filter(|b| !b.is_empty())
             .map(str::to_string),
         user: None,
-        uid: field(process, "uid").and_then(u32_of),
+        uid: get(&process.uid).and_then(u32_of),
         target_uid,
         path,
         capability,
@@ -259,50 +403,58 @@ fn classify_function(func: &str) -> Result<Action, ParseError> {
     })
 }
 
-fn container_id(process: &Value) -> Result<ContainerId, ParseError> {
-    let pod_cid = field(process, "pod")
-        .and_then(|p| field(p, "container"))
-        .and_then(|c| field(c, "id"));
+fn container_id(process: &Process<'_>) -> Result<ContainerId, ParseError> {
+    let pod_cid = get(&process.pod)
+        .and_then(Nested::object)
+        .and_then(|p| get(&p.container))
+        .and_then(Nested::object)
+        .and_then(|c| get(&c.id));
     match pod_cid {
-        Some(Value::String(s)) if !s.trim().is_empty() => {
+        Some(Lit::Str(s)) if !s.trim().is_empty() => {
             return normalize_container_id(s).ok_or(ParseError::InvalidContainerId);
         }
-        Some(Value::String(_)) | None => {}
+        Some(Lit::Str(_)) | None => {}
         Some(_) => return Err(ParseError::InvalidField("process.pod.container.id")),
     }
-    match field(process, "docker") {
-        Some(Value::String(s)) if !s.trim().is_empty() => {
+    match get(&process.docker) {
+        Some(Lit::Str(s)) if !s.trim().is_empty() => {
             normalize_container_id(s).ok_or(ParseError::InvalidContainerId)
         }
-        Some(Value::String(_)) | None => Err(ParseError::HostEvent),
+        Some(Lit::Str(_)) | None => Err(ParseError::HostEvent),
         Some(_) => Err(ParseError::InvalidField("process.docker")),
     }
 }
 
-fn timestamp_ms(top: &Value) -> Result<u64, ParseError> {
-    match field(top, "time") {
-        Some(Value::String(s)) => parse_rfc3339_ms(s).ok_or(ParseError::InvalidTimestamp),
+fn timestamp_ms(top: &Line<'_>) -> Result<u64, ParseError> {
+    match get(&top.time) {
+        Some(Lit::Str(s)) => parse_rfc3339_ms(s).ok_or(ParseError::InvalidTimestamp),
         Some(_) => Err(ParseError::InvalidTimestamp),
         None => Err(ParseError::MissingField("time")),
     }
 }
 
 /// First `sock_arg` (`daddr`/`dport`) or `sockaddr_arg` (`addr`/`port`).
-fn destination(args: &[Value]) -> Result<(std::net::IpAddr, u16), ParseError> {
-    for a in args {
-        let (sock, ik, pk) = if let Some(s) = field(a, "sock_arg") {
-            (s, "daddr", "dport")
-        } else if let Some(s) = field(a, "sockaddr_arg") {
-            (s, "addr", "port")
+fn destination(args: &Array<Nested<Arg<'_>>>) -> Result<(std::net::IpAddr, u16), ParseError> {
+    for a in objects(args) {
+        let (sock, sockaddr) = if let Some(s) = pick(&a.sock_arg, &a.sock_arg_c) {
+            (s, false)
+        } else if let Some(s) = pick(&a.sockaddr_arg, &a.sockaddr_arg_c) {
+            (s, true)
         } else {
             continue;
         };
-        let i = field(sock, ik)
-            .and_then(Value::as_str)
+        // A `sock_arg` that is not an object has no address.
+        let (i, p) = match sock.object() {
+            Some(s) if sockaddr => (get(&s.addr), get(&s.port)),
+            Some(s) => (get(&s.daddr), get(&s.dport)),
+            None => (None, None),
+        };
+        let i = i
+            .and_then(Lit::as_str)
             .and_then(ip)
             .ok_or(ParseError::InvalidField("sock_arg.daddr"))?;
-        let p = field(sock, pk)
-            .and_then(port)
+        let p = p
+            .and_then(Lit::port)
             .ok_or(ParseError::InvalidField("sock_arg.dport"))?;
         return Ok((i, p));
     }
@@ -311,25 +463,22 @@ fn destination(args: &[Value]) -> Result<(std::net::IpAddr, u16), ParseError> {
 
 /// The first path among a kprobe's arguments: a `file_arg`/`path_arg`
 /// path, or an absolute `string_arg`.
-fn arg_path(args: &[Value]) -> Option<&str> {
-    args.iter().find_map(|a| {
-        field(a, "file_arg")
-            .or_else(|| field(a, "path_arg"))
-            .and_then(|f| field(f, "path"))
-            .and_then(Value::as_str)
-            .or_else(|| {
-                field(a, "string_arg")
-                    .and_then(Value::as_str)
-                    .filter(|s| s.starts_with('/'))
-            })
+fn arg_path<'s>(args: &'s Array<Nested<Arg<'_>>>) -> Option<&'s str> {
+    objects(args).find_map(|a| {
+        pick(&a.file_arg, &a.file_arg_c)
+            .or_else(|| pick(&a.path_arg, &a.path_arg_c))
+            .and_then(Nested::object)
+            .and_then(|f| get(&f.path))
+            .and_then(Lit::as_str)
+            .or_else(|| a.string_arg().filter(|s| s.starts_with('/')))
     })
 }
 
-fn file_kind(args: &[Value], mask_arg: bool) -> Result<KernelEventKind, ParseError> {
+fn file_kind(args: &Array<Nested<Arg<'_>>>, mask_arg: bool) -> Result<KernelEventKind, ParseError> {
     let path = arg_path(args).ok_or(ParseError::MissingField("file_arg"))?;
     let write = if mask_arg {
-        args.iter()
-            .find_map(|a| field(a, "int_arg").and_then(lenient_u64))
+        objects(args)
+            .find_map(Arg::int_arg)
             .map(|m| m & MAY_WRITE_OR_APPEND != 0)
     } else {
         None
