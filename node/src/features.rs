@@ -236,7 +236,12 @@ impl WindowBuilder {
     pub fn push(&mut self, ev: &Event) {
         let ts = ev.ts_ms();
         self.window_start = Some(self.window_start.map_or(ts, |s| s.min(ts)));
-        let st = self.containers.entry(ev.container().clone()).or_default();
+        // Look up before inserting: no id copy per event once the
+        // container is known.
+        let st = match self.containers.get_mut(ev.container()) {
+            Some(st) => st,
+            None => self.containers.entry(ev.container().clone()).or_default(),
+        };
         st.active = true;
         let acc = &mut st.acc;
         match ev {
@@ -255,7 +260,7 @@ impl WindowBuilder {
             }
             Event::Exec { binary, .. } => {
                 acc.execs = acc.execs.saturating_add(1);
-                if acc.binaries.len() < MAX_KNOWN_PER_CONTAINER || acc.binaries.contains(binary) {
+                if acc.binaries.len() < MAX_KNOWN_PER_CONTAINER && !acc.binaries.contains(binary) {
                     acc.binaries.insert(binary.clone());
                 }
             }

@@ -17,12 +17,15 @@
 //! k > 1 the coordinator runs real secure aggregation in buckets
 //! (`[tenants.secure]` from the scenario's `[secagg]`).
 //!
-//! Not simulated (refused): partial participation (the coordinator samples
-//! by itself), Sybils, and bad shares. With k = 1 the global model it ends
-//! with is bit-identical to the in-process engine's, attackers and dropouts
-//! included (a test checks it); with k > 1 the protocol's own randomness
-//! (keys, stochastic rounding) is drawn per node instead of per bucket, so
-//! the two engines agree only within the quantization error.
+//! Partial participation is the coordinator's own sampling
+//! (`max_participants`); colluding attackers read the round's selection
+//! from the coordinator. Not simulated (refused): Sybils and bad shares.
+//! With k = 1 and full participation the global model it ends with is
+//! bit-identical to the in-process engine's, attackers and dropouts
+//! included (a test checks it); with partial participation the two engines
+//! sample differently, and with k > 1 the protocol's own randomness (keys,
+//! stochastic rounding) is drawn per node instead of per bucket, so there
+//! the engines agree in distribution, not bit for bit.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -101,9 +104,6 @@ pub struct NetworkReport {
 
 fn check_supported(s: &Scenario) -> Result<(), NetworkError> {
     let u = NetworkError::Unsupported;
-    if s.fleet.participation < 1.0 {
-        return Err(u("partial participation"));
-    }
     if let Some(a) = s.attack.as_ref().filter(|a| a.fraction > 0.0) {
         if a.sybils > 1 {
             return Err(u("Sybils"));
@@ -176,6 +176,11 @@ struct Board {
     offline: BTreeSet<usize>,
     rounds: Mutex<BTreeMap<u64, RoundPosts>>,
     posted: Condvar,
+    /// The coordinator's federation: which nodes it selected for the open
+    /// round (partial participation, quarantine).
+    fed: std::sync::OnceLock<Arc<fedmesh_coordinator::Federation>>,
+    /// Node index by identity.
+    index: BTreeMap<String, usize>,
 }
 
 /// Locks the board, recovering from a poisoned lock (a panicking node
@@ -209,11 +214,28 @@ impl Board {
         self.attackers.contains(&i) && self.active(round).is_some()
     }
 
-    /// (honest nodes present, malicious nodes present) in `round`.
+    /// The nodes the coordinator selected for `round` (all when it is no
+    /// longer open, which cannot happen while a selected node is in it).
+    fn selected(&self, round: u64) -> Vec<usize> {
+        if let Some(fed) = self.fed.get()
+            && let fedmesh_coordinator::federation::RoundStatus::Open(info) = fed.status()
+            && info.round == round
+        {
+            return info
+                .selected
+                .iter()
+                .filter_map(|n| self.index.get(n.as_str()).copied())
+                .collect();
+        }
+        (0..self.s.fleet.nodes).collect()
+    }
+
+    /// (honest nodes present, malicious nodes present) among the nodes
+    /// selected for `round`.
     fn present(&self, round: u64) -> (BTreeSet<usize>, usize) {
         let mut honest = BTreeSet::new();
         let mut malicious = 0;
-        for i in 0..self.s.fleet.nodes {
+        for i in self.selected(round) {
             if matches!(self.presence(i, round), Presence::Present { .. }) {
                 if self.malicious(i, round) {
                     malicious += 1;
@@ -393,6 +415,12 @@ pub async fn run(s: &Scenario, dir: &Path) -> Result<NetworkReport, NetworkError
         offline: offline.clone(),
         rounds: Mutex::new(BTreeMap::new()),
         posted: Condvar::new(),
+        fed: std::sync::OnceLock::new(),
+        index: nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect(),
     });
     let timeout_ms = if absences_possible(s) {
         ABSENCE_TIMEOUT_MS
@@ -439,6 +467,7 @@ quorum = {quorum}
 round_timeout_ms = {timeout_ms}
 round_interval_ms = 0
 max_rounds = 0
+max_participants = {max_participants}
 seed = "{seed}"
 server_lr = {lr:?}
 server_momentum = {beta:?}
@@ -459,6 +488,11 @@ prox_mu = {mu:?}
         cert = layout::coordinator_cert(&pki_dir).display(),
         key = layout::coordinator_key(&pki_dir).display(),
         quorum = quorum_for(s)?,
+        max_participants = if s.fleet.participation < 1.0 {
+            s.sampled_per_round()
+        } else {
+            0
+        },
         seed = derive_seed(s.seed, &[P_GENESIS]),
         lr = s.server.lr,
         beta = s.server.momentum,
@@ -473,6 +507,7 @@ prox_mu = {mu:?}
     let fed = coordinator
         .federation(TENANT)
         .ok_or_else(|| NetworkError::Mesh("tenant missing".into()))?;
+    let _ = board.fed.set(fed.clone());
     let mut summaries = fed.summaries();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -633,7 +668,11 @@ fn round_report(
     let mut global: Option<fedmesh_node::agent::GlobalModel> = None;
     let mut rounds = Vec::new();
     for round in 1..=s.rounds {
+        // Who was selected is known only for full participation (the
+        // coordinator samples otherwise); stragglers are counted then.
+        let full = s.fleet.participation >= 1.0;
         let stragglers = (0..s.fleet.nodes)
+            .filter(|_| full)
             .filter(|&i| {
                 matches!(
                     board.presence(i, round),
@@ -675,6 +714,9 @@ fn round_report(
                 version = sum.version;
                 m.version = version;
                 m.participants = sum.participants;
+                if !full {
+                    m.sampled = sum.selected;
+                }
                 m.mean_train_loss = Some(sum.mean_train_loss);
                 m.shadow = sum.quarantined;
                 m.rule_inputs = match &sum.secure {
@@ -718,7 +760,11 @@ fn round_report(
                 );
             }
         }
-        m.dropped = online.saturating_sub(m.participants + m.shadow) + (s.fleet.nodes - online);
+        m.dropped = if full {
+            online.saturating_sub(m.participants + m.shadow) + (s.fleet.nodes - online)
+        } else {
+            m.sampled.saturating_sub(m.participants + m.shadow)
+        };
         if let Some(g) = global.as_ref()
             && g.version > 0
             && (round % s.eval.every == 0 || round == s.rounds)
