@@ -39,6 +39,11 @@ pub use weiszfeld::geometric_median;
 /// Coordinates per parallel task for coordinate-wise work.
 const CHUNK: usize = 4096;
 
+/// Coordinates per parallel task of a weighted mean: long contiguous reads
+/// of each update (a few streams for the prefetcher, not 100 short ones)
+/// while the f64 accumulator (512 KiB) stays in L2.
+const MEAN_CHUNK: usize = 1 << 13;
+
 /// Why a batch could not be aggregated.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AggregateError {
@@ -169,13 +174,35 @@ pub fn fedavg(updates: &[&[f32]], weights: &[f64]) -> Result<Vec<f32>, Aggregate
     let total = check_weights(weights, updates.len())?;
     let scaled: Vec<f64> = weights.iter().map(|w| w / total).collect();
     let mut out = vec![0f32; p];
-    out.par_chunks_mut(CHUNK)
+    out.par_chunks_mut(MEAN_CHUNK)
         .enumerate()
         .for_each(|(c, out_chunk)| {
-            let start = c * CHUNK;
-            let mut acc = vec![0f64; out_chunk.len()];
-            for (u, &w) in updates.iter().zip(&scaled) {
-                let row = &u[start..start + out_chunk.len()];
+            let start = c * MEAN_CHUNK;
+            let len = out_chunk.len();
+            let mut acc = vec![0f64; len];
+            // Four updates per pass over the accumulator, each still added
+            // in batch order (`((a + w₀x₀) + w₁x₁) + …`): the same bits as
+            // one update per pass, a quarter of the accumulator traffic.
+            let mut rows = updates.chunks_exact(4).zip(scaled.chunks_exact(4));
+            for (u, w) in rows.by_ref() {
+                let (x0, x1, x2, x3) = (
+                    &u[0][start..start + len],
+                    &u[1][start..start + len],
+                    &u[2][start..start + len],
+                    &u[3][start..start + len],
+                );
+                for j in 0..len {
+                    let mut a = acc[j];
+                    a += w[0] * f64::from(x0[j]);
+                    a += w[1] * f64::from(x1[j]);
+                    a += w[2] * f64::from(x2[j]);
+                    a += w[3] * f64::from(x3[j]);
+                    acc[j] = a;
+                }
+            }
+            let tail = updates.len() / 4 * 4;
+            for (u, &w) in updates[tail..].iter().zip(&scaled[tail..]) {
+                let row = &u[start..start + len];
                 for (a, &x) in acc.iter_mut().zip(row) {
                     *a += w * f64::from(x);
                 }
