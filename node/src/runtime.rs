@@ -147,6 +147,11 @@ pub trait SimulationHook: Send + Sync {
     fn presence(&self, round: u64) -> SimPresence;
     /// Rewrites the freshly trained `update` for `round` in place.
     fn rewrite(&self, round: u64, update: &mut crate::agent::LocalUpdate) -> SimSend;
+    /// k > 1: whether this node spoils the Shamir shares it sends in
+    /// `round` (protocol misbehaviour: its peers cannot decrypt them).
+    fn corrupt_shares(&self, _round: u64) -> bool {
+        false
+    }
 }
 
 /// Trains `job` on a blocking thread and passes the update through the

@@ -292,7 +292,15 @@ pub(crate) async fn participate(
                     .map(|a| KeyAdvert::decode(a))
                     .collect::<Result<Vec<_>, _>>()?;
                 c.receive_adverts(&adverts, &fs.verifier, time::OffsetDateTime::now_utc())?;
-                let shares = c.share_keys(&mut rng)?;
+                let mut shares = c.share_keys(&mut rng)?;
+                if fs.hook.as_ref().is_some_and(|h| h.corrupt_shares(r.round)) {
+                    info!(bucket = r.bucket, "simulated: sending spoiled shares");
+                    for share in &mut shares {
+                        if let Some(b) = share.ciphertext.first_mut() {
+                            *b ^= 0x55;
+                        }
+                    }
+                }
                 let bundle = v1::ShareBundle {
                     shares: shares.iter().map(|s| s.encode()).collect(),
                 };

@@ -117,6 +117,17 @@ pub(crate) fn build_node(
     i: usize,
     poison: Option<AttackKind>,
 ) -> Result<SimNode, EngineError> {
+    build_node_as(s, i, poison, identity(i))
+}
+
+/// [`build_node`] under another identity (an attacker's Sybil): the same
+/// data and agent seed, the agent named `name`.
+pub(crate) fn build_node_as(
+    s: &Scenario,
+    i: usize,
+    poison: Option<AttackKind>,
+    name: String,
+) -> Result<SimNode, EngineError> {
     let err = node_err(i);
     let containers = s.fleet.containers(i)?;
     let windows = s.fleet.windows;
@@ -136,7 +147,6 @@ pub(crate) fn build_node(
     )
     .map_err(|e| err(e.to_string()))?;
     let windows: Vec<FeatureWindow> = data.into_iter().map(|(w, _)| w).collect();
-    let name = identity(i);
     let settings = AgentSettings {
         tenant: TENANT.into(),
         node: name.clone(),
@@ -475,7 +485,7 @@ pub fn run_full(s: &Scenario, opts: &RunOptions) -> Result<RunOutput, EngineErro
 
 /// Identities of node `i` in a round: its name, plus Sybils for an
 /// attacker.
-fn identities_of(name: &str, sybils: usize) -> Vec<String> {
+pub(crate) fn identities_of(name: &str, sybils: usize) -> Vec<String> {
     (0..sybils.max(1))
         .map(|j| {
             if j == 0 {

@@ -19,7 +19,11 @@
 //!
 //! Partial participation is the coordinator's own sampling
 //! (`max_participants`); colluding attackers read the round's selection
-//! from the coordinator. Not simulated (refused): Sybils and bad shares.
+//! from the coordinator. An attacker's Sybil identities are extra nodes
+//! with their own certificates (and agents over the attacker's data) that
+//! take part while the attack is active. Bad shares are spoiled Shamir
+//! shares (the peers cannot decrypt them and abandon the bucket, which the
+//! coordinator drops); at k = 1 the sender loses its own update.
 //! With k = 1 and full participation the global model it ends with is
 //! bit-identical to the in-process engine's, attackers and dropouts
 //! included (a test checks it); with partial participation the two engines
@@ -47,9 +51,9 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use super::inprocess::{
-    P_GENESIS, P_NODE_ROUND, Presence, TENANT, build_node, choose_attackers, craft_for,
-    craft_shared, draw_presence, evaluate_into, heldout, is_crafting, poison_of, privatize,
-    sha256_params,
+    P_GENESIS, P_NODE_ROUND, Presence, TENANT, build_node, build_node_as, choose_attackers,
+    craft_for, craft_shared, draw_presence, evaluate_into, heldout, identities_of, is_crafting,
+    poison_of, privatize, sha256_params,
 };
 use super::{RoundMetrics, RunReport, derive_seed};
 use crate::scenario::{AttackKindSpec, Misbehaviour, Scenario};
@@ -68,9 +72,6 @@ const COLLUSION_WAIT: Duration = Duration::from_secs(60);
 /// Network-engine failures (set-up, TLS, gRPC).
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
-    /// The scenario uses something the network engine does not simulate.
-    #[error("the network engine does not support {0}")]
-    Unsupported(&'static str),
     /// The engine's node set-up failed.
     #[error(transparent)]
     Engine(#[from] super::EngineError),
@@ -96,29 +97,13 @@ pub struct NetworkReport {
     /// Per committed round with k > 1: the buckets unmasked (from the
     /// coordinator's audit log); empty with k = 1.
     pub buckets: Vec<usize>,
+    /// Per committed round with k > 1: the buckets dropped (too few
+    /// survivors, e.g. after spoiled shares); empty with k = 1.
+    pub buckets_dropped: Vec<usize>,
     /// The same per-round report as the in-process engine writes (from the
     /// coordinator's round summaries and audit log; every committed model
     /// evaluated on the held-out windows). No clean twin.
     pub report: RunReport,
-}
-
-fn check_supported(s: &Scenario) -> Result<(), NetworkError> {
-    let u = NetworkError::Unsupported;
-    if let Some(a) = s.attack.as_ref().filter(|a| a.fraction > 0.0) {
-        if a.sybils > 1 {
-            return Err(u("Sybils"));
-        }
-        if matches!(
-            a.kind,
-            AttackKindSpec::Protocol {
-                behaviour: Misbehaviour::BadShares,
-                ..
-            }
-        ) {
-            return Err(u("bad shares"));
-        }
-    }
-    Ok(())
 }
 
 /// The coordinator's quorum: the scenario's `min_participants`, raised to
@@ -147,14 +132,7 @@ fn absences_possible(s: &Scenario) -> bool {
         || (s.bucket_size > 1 && s.dropout.after_masked > 0.0)
         || s.attack.as_ref().is_some_and(|a| {
             a.fraction > 0.0
-                && (is_crafting(&a.kind)
-                    || matches!(
-                        a.kind,
-                        AttackKindSpec::Protocol {
-                            behaviour: Misbehaviour::ForcedDropout,
-                            ..
-                        }
-                    ))
+                && (is_crafting(&a.kind) || matches!(a.kind, AttackKindSpec::Protocol { .. }))
         })
 }
 
@@ -179,8 +157,10 @@ struct Board {
     /// The coordinator's federation: which nodes it selected for the open
     /// round (partial participation, quarantine).
     fed: std::sync::OnceLock<Arc<fedmesh_coordinator::Federation>>,
-    /// Node index by identity.
+    /// Node index by identity (an attacker's Sybil identities map to it).
     index: BTreeMap<String, usize>,
+    /// Identities per attacker node while the attack is active.
+    sybils: usize,
 }
 
 /// Locks the board, recovering from a poisoned lock (a panicking node
@@ -214,8 +194,9 @@ impl Board {
         self.attackers.contains(&i) && self.active(round).is_some()
     }
 
-    /// The nodes the coordinator selected for `round` (all when it is no
-    /// longer open, which cannot happen while a selected node is in it).
+    /// The nodes the coordinator selected for `round`, one entry per
+    /// identity (all identities when the round is not open, which cannot
+    /// happen while a selected node is in it).
     fn selected(&self, round: u64) -> Vec<usize> {
         if let Some(fed) = self.fed.get()
             && let fedmesh_coordinator::federation::RoundStatus::Open(info) = fed.status()
@@ -227,24 +208,35 @@ impl Board {
                 .filter_map(|n| self.index.get(n.as_str()).copied())
                 .collect();
         }
-        (0..self.s.fleet.nodes).collect()
+        self.index.values().copied().collect()
     }
 
-    /// (honest nodes present, malicious nodes present) among the nodes
-    /// selected for `round`.
+    /// (honest nodes present, malicious identities present) among the
+    /// identities selected for `round` (a Sybil identity counts once more).
     fn present(&self, round: u64) -> (BTreeSet<usize>, usize) {
         let mut honest = BTreeSet::new();
-        let mut malicious = 0;
+        let mut malicious_nodes = BTreeSet::new();
         for i in self.selected(round) {
             if matches!(self.presence(i, round), Presence::Present { .. }) {
                 if self.malicious(i, round) {
-                    malicious += 1;
+                    malicious_nodes.insert(i);
                 } else {
                     honest.insert(i);
                 }
             }
         }
-        (honest, malicious)
+        (honest, malicious_nodes.len() * self.sybils)
+    }
+
+    fn bad_shares(&self, i: usize, round: u64) -> bool {
+        self.attackers.contains(&i)
+            && matches!(
+                self.active(round).map(|a| &a.kind),
+                Some(AttackKindSpec::Protocol {
+                    behaviour: Misbehaviour::BadShares,
+                    ..
+                })
+            )
     }
 
     fn post(&self, round: u64, i: usize, delta: Vec<f32>, samples: u64) {
@@ -326,10 +318,20 @@ impl Board {
 struct NodeHook {
     board: Arc<Board>,
     node: usize,
+    /// A Sybil identity of an attacker node (takes part only while the
+    /// attack is active).
+    sybil: bool,
 }
 
 impl SimulationHook for NodeHook {
+    fn corrupt_shares(&self, round: u64) -> bool {
+        self.board.bad_shares(self.node, round)
+    }
+
     fn presence(&self, round: u64) -> SimPresence {
+        if self.sybil && self.board.active(round).is_none() {
+            return SimPresence::Dropped;
+        }
         match self.board.presence(self.node, round) {
             Presence::Present { unmask: true } | Presence::Quarantined => SimPresence::Present,
             Presence::Present { unmask: false } => SimPresence::NoUnmask,
@@ -359,6 +361,11 @@ impl SimulationHook for NodeHook {
         let Some(a) = b.active(round) else {
             return SimSend::Update;
         };
+        if b.bad_shares(i, round) && b.s.bucket_size <= 1 {
+            // Without buckets there are no shares to spoil: as in the
+            // in-process engine, the sender loses its own update.
+            return SimSend::Nothing;
+        }
         if is_crafting(&a.kind) {
             return if b.craft(i, round, update) {
                 SimSend::UpdateWithoutStats
@@ -384,7 +391,6 @@ impl SimulationHook for NodeHook {
 /// Runs the scenario over loopback mTLS; `dir` holds the PKI and stores.
 pub async fn run(s: &Scenario, dir: &Path) -> Result<NetworkReport, NetworkError> {
     s.validate().map_err(super::EngineError::from)?;
-    check_supported(s)?;
     let now = time::OffsetDateTime::now_utc();
     let pki_dir = dir.join("pki");
     let ca = MeshCa::generate("fedmesh-sim CA", now, 2).map_err(mesh)?;
@@ -408,7 +414,25 @@ pub async fn run(s: &Scenario, dir: &Path) -> Result<NetworkReport, NetworkError
         .map(|i| build_node(s, i, poison.filter(|_| attackers.contains(&i))))
         .collect::<Result<_, _>>()?;
     let offline: BTreeSet<usize> = s.dropout.always_offline.iter().copied().collect();
-    let online = nodes.len() - offline.iter().filter(|&&i| i < nodes.len()).count();
+    let sybils = s
+        .attack
+        .as_ref()
+        .filter(|a| a.fraction > 0.0)
+        .map_or(1, |a| a.sybils.max(1));
+    // Every identity that connects: (name, node, is a Sybil copy).
+    let identities: Vec<(String, usize, bool)> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !offline.contains(i))
+        .flat_map(|(i, n)| {
+            let k = if attackers.contains(&i) { sybils } else { 1 };
+            identities_of(&n.name, k)
+                .into_iter()
+                .enumerate()
+                .map(move |(j, id)| (id, i, j > 0))
+        })
+        .collect();
+    let online = identities.len();
     let board = Arc::new(Board {
         s: s.clone(),
         attackers,
@@ -416,11 +440,11 @@ pub async fn run(s: &Scenario, dir: &Path) -> Result<NetworkReport, NetworkError
         rounds: Mutex::new(BTreeMap::new()),
         posted: Condvar::new(),
         fed: std::sync::OnceLock::new(),
-        index: nodes
+        index: identities
             .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name.clone(), i))
+            .map(|(id, i, _)| (id.clone(), *i))
             .collect(),
+        sybils,
     });
     let timeout_ms = if absences_possible(s) {
         ABSENCE_TIMEOUT_MS
@@ -443,13 +467,11 @@ pub async fn run(s: &Scenario, dir: &Path) -> Result<NetworkReport, NetworkError
     } else {
         String::new()
     };
-    for n in &nodes {
-        let id: NodeId = n.name.parse().map_err(mesh)?;
+    for (name, _, _) in &identities {
+        let id: NodeId = name.parse().map_err(mesh)?;
         let c = ca.issue_node(&tenant, &id, now, 1).map_err(mesh)?;
-        pki::write_public(&layout::node_cert(&pki_dir, TENANT, &n.name), &c.cert_pem)
-            .map_err(mesh)?;
-        pki::write_secret(&layout::node_key(&pki_dir, TENANT, &n.name), &c.key_pem)
-            .map_err(mesh)?;
+        pki::write_public(&layout::node_cert(&pki_dir, TENANT, name), &c.cert_pem).map_err(mesh)?;
+        pki::write_secret(&layout::node_key(&pki_dir, TENANT, name), &c.key_pem).map_err(mesh)?;
     }
     let rule = toml::to_string(&s.rule).map_err(mesh)?;
     let cfg_text = format!(
@@ -521,14 +543,30 @@ prox_mu = {mu:?}
     let verifier = Arc::new(CertVerifier::new(&ca_pem).map_err(mesh)?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    for (i, n) in nodes.into_iter().enumerate() {
-        if offline.contains(&i) {
-            continue; // never connects
-        }
+    let mut agents: Vec<Option<fedmesh_node::agent::Agent>> =
+        nodes.into_iter().map(|n| Some(n.agent)).collect();
+    for (name, i, sybil) in &identities {
+        let (i, sybil) = (*i, *sybil);
+        // A Sybil identity gets its own agent over the attacker's data.
+        let agent = match agents.get_mut(i).and_then(Option::take) {
+            Some(a) if !sybil => a,
+            other => {
+                if let Some(a) = other {
+                    agents[i] = Some(a);
+                }
+                build_node_as(
+                    s,
+                    i,
+                    poison.filter(|_| board.attackers.contains(&i)),
+                    name.clone(),
+                )?
+                .agent
+            }
+        };
         let cert =
-            std::fs::read_to_string(layout::node_cert(&pki_dir, TENANT, &n.name)).map_err(mesh)?;
+            std::fs::read_to_string(layout::node_cert(&pki_dir, TENANT, name)).map_err(mesh)?;
         let key = SecretPem::new(
-            std::fs::read_to_string(layout::node_key(&pki_dir, TENANT, &n.name)).map_err(mesh)?,
+            std::fs::read_to_string(layout::node_key(&pki_dir, TENANT, name)).map_err(mesh)?,
         );
         let tls = fedmesh_crypto::tls::client_config(&ca_pem, &cert, &key).map_err(mesh)?;
         let settings = FederationSettings {
@@ -541,17 +579,20 @@ prox_mu = {mu:?}
             .map_err(mesh)?,
             verifier: verifier.clone(),
             signer: Arc::new(fedmesh_crypto::CertSigner::from_pem(&cert, &key).map_err(mesh)?),
-            secagg_seed: Some(derive_seed(s.seed, &[P_SECAGG_NODE, i as u64])),
+            secagg_seed: Some(derive_seed(
+                s.seed,
+                &[P_SECAGG_NODE, i as u64, u64::from(sybil)],
+            )),
             tamper: None,
             hook: Some(Arc::new(NodeHook {
                 board: board.clone(),
                 node: i,
+                sybil,
             })),
             max_backoff: Duration::from_secs(2),
         };
-        let agent = Arc::new(Mutex::new(n.agent));
         tasks.push(tokio::spawn(run_federation(
-            agent,
+            Arc::new(Mutex::new(agent)),
             settings,
             stop_rx.clone(),
         )));
@@ -620,7 +661,11 @@ prox_mu = {mu:?}
         .values()
         .filter_map(|e| e.secure.as_ref().map(|x| x.buckets))
         .collect();
-    let report = round_report(s, &board, online, &committed, &audit, |v| {
+    let buckets_dropped = audit
+        .values()
+        .filter_map(|e| e.secure.as_ref().map(|x| x.dropped))
+        .collect();
+    let report = round_report(s, &board, &committed, &audit, |v| {
         let bytes = fed.model(v).map_err(mesh)?;
         fedmesh_node::agent::verify_global_model(
             &bytes,
@@ -639,6 +684,7 @@ prox_mu = {mu:?}
         participants,
         final_params_sha256: sha256_params(&params),
         buckets,
+        buckets_dropped,
         report,
     })
 }
@@ -651,18 +697,18 @@ prox_mu = {mu:?}
 fn round_report(
     s: &Scenario,
     board: &Board,
-    online: usize,
     committed: &BTreeMap<u64, fedmesh_coordinator::federation::RoundSummary>,
     audit: &BTreeMap<u64, fedmesh_coordinator::store::AuditEntry>,
     load: impl Fn(u64) -> Result<fedmesh_node::agent::GlobalModel, NetworkError>,
 ) -> Result<RunReport, NetworkError> {
     let held = heldout(s)?;
     let target = s.attack_target();
-    let names: Vec<String> = (0..s.fleet.nodes).map(super::inprocess::identity).collect();
+    // Every identity of an attacker node (Sybils included).
     let malicious: BTreeSet<&str> = board
-        .attackers
+        .index
         .iter()
-        .filter_map(|&i| names.get(i).map(String::as_str))
+        .filter(|(_, i)| board.attackers.contains(i))
+        .map(|(name, _)| name.as_str())
         .collect();
     let mut version = 0;
     let mut global: Option<fedmesh_node::agent::GlobalModel> = None;
@@ -720,7 +766,7 @@ fn round_report(
                 m.mean_train_loss = Some(sum.mean_train_loss);
                 m.shadow = sum.quarantined;
                 m.rule_inputs = match &sum.secure {
-                    Some(x) => x.buckets - x.dropped - x.rejected,
+                    Some(x) => x.buckets.saturating_sub(x.dropped + x.rejected),
                     None => sum.participants,
                 };
                 if let Some(x) = &sum.secure {
@@ -761,7 +807,8 @@ fn round_report(
             }
         }
         m.dropped = if full {
-            online.saturating_sub(m.participants + m.shadow) + (s.fleet.nodes - online)
+            let offline = board.offline.len().min(s.fleet.nodes);
+            (s.fleet.nodes - offline).saturating_sub(m.participants + m.shadow) + offline
         } else {
             m.sampled.saturating_sub(m.participants + m.shadow)
         };
