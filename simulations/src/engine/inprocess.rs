@@ -823,32 +823,12 @@ fn run_once(
         let mean_train_loss = (!train_losses.is_empty())
             .then(|| train_losses.iter().sum::<f32>() / train_losses.len() as f32);
         let mut metrics = RoundMetrics {
-            round,
             sampled: sampled.len(),
-            participants: 0,
-            dropped: 0,
             stragglers,
-            malicious: 0,
-            rule: s.rule.rule.name().to_string(),
-            rule_inputs: 0,
-            aborted: None,
-            version: global.version,
             attack_param,
             mean_train_loss,
-            global_loss: None,
-            auc: None,
-            auc_per_kind: BTreeMap::new(),
-            attack_success: None,
-            clean_miss_rate: None,
-            buckets: 0,
-            buckets_lost: Vec::new(),
-            buckets_rejected: Vec::new(),
-            rule_excluded: Vec::new(),
-            rule_excluded_malicious: 0,
             shadow: shadow_nodes,
-            quarantined: Vec::new(),
-            quarantined_malicious: 0,
-            reputation_events: Vec::new(),
+            ..RoundMetrics::new(round, s.rule.rule.name(), global.version)
         };
         // What the rule aggregates, whichever path.
         struct Aggregated {

@@ -131,6 +131,40 @@ pub struct RoundMetrics {
     pub reputation_events: Vec<String>,
 }
 
+impl RoundMetrics {
+    /// A round with nothing measured yet.
+    pub fn new(round: u64, rule: &str, version: u64) -> Self {
+        Self {
+            round,
+            sampled: 0,
+            participants: 0,
+            dropped: 0,
+            stragglers: 0,
+            malicious: 0,
+            rule: rule.to_string(),
+            rule_inputs: 0,
+            aborted: None,
+            version,
+            attack_param: None,
+            mean_train_loss: None,
+            global_loss: None,
+            auc: None,
+            auc_per_kind: BTreeMap::new(),
+            attack_success: None,
+            clean_miss_rate: None,
+            buckets: 0,
+            buckets_lost: Vec::new(),
+            buckets_rejected: Vec::new(),
+            rule_excluded: Vec::new(),
+            rule_excluded_malicious: 0,
+            shadow: 0,
+            quarantined: Vec::new(),
+            quarantined_malicious: 0,
+            reputation_events: Vec::new(),
+        }
+    }
+}
+
 /// The clean twin of a run: the same scenario and seed without attackers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CleanTwin {

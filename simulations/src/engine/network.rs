@@ -728,32 +728,9 @@ fn round_report(
             })
             .count();
         let mut m = RoundMetrics {
-            round,
             sampled: s.fleet.nodes,
-            participants: 0,
-            dropped: 0,
             stragglers,
-            malicious: 0,
-            rule: s.rule.rule.name().to_string(),
-            rule_inputs: 0,
-            aborted: None,
-            version,
-            attack_param: None,
-            mean_train_loss: None,
-            global_loss: None,
-            auc: None,
-            auc_per_kind: BTreeMap::new(),
-            attack_success: None,
-            clean_miss_rate: None,
-            buckets: 0,
-            buckets_lost: Vec::new(),
-            buckets_rejected: Vec::new(),
-            rule_excluded: Vec::new(),
-            rule_excluded_malicious: 0,
-            shadow: 0,
-            quarantined: Vec::new(),
-            quarantined_malicious: 0,
-            reputation_events: Vec::new(),
+            ..RoundMetrics::new(round, s.rule.rule.name(), version)
         };
         match committed.get(&round) {
             Some(sum) => {
