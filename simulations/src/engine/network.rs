@@ -240,11 +240,15 @@ impl Board {
     }
 
     fn post(&self, round: u64, i: usize, delta: Vec<f32>, samples: u64) {
-        posts(&self.rounds)
+        let mut rounds = posts(&self.rounds);
+        // Rounds before the previous one are decided: their posts can go.
+        rounds.retain(|&r, _| r + 1 >= round);
+        rounds
             .entry(round)
             .or_default()
             .honest
             .insert(i, (delta, samples));
+        drop(rounds);
         self.posted.notify_all();
     }
 
