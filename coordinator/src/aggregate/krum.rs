@@ -161,18 +161,33 @@ fn gram_chunk(
         // Both sgemm operands are then read contiguously when packed (the
         // row-major layout made one of them a 16 KiB-stride gather). Copied
         // in 16-row × 256-coordinate tiles so the written lines stay in L1.
-        buf.clear();
-        buf.resize(w * n, 0.0);
-        for i0 in (0..n).step_by(16) {
-            let i1 = (i0 + 16).min(n);
-            for k0 in (0..w).step_by(256) {
-                let k1 = (k0 + 256).min(w);
-                for (i, r) in rows.iter().enumerate().take(i1).skip(i0) {
-                    let src = &r[b + k0..b + k1];
-                    for ((k, &x), &c) in (k0..k1).zip(src).zip(&centre[k0..k1]) {
-                        buf[k * n + i] = x - c;
+        if buf.len() != w * n {
+            // (Every element is overwritten below.)
+            buf.clear();
+            buf.resize(w * n, 0.0);
+        }
+        // Eight rows at a time: each coordinate's eight values are one
+        // contiguous 32-byte store; 128-coordinate tiles keep the written
+        // lines in L1.
+        let (octets, rest) = rows.as_chunks::<8>();
+        for (o, oct) in octets.iter().enumerate() {
+            let i0 = o * 8;
+            let src = oct.map(|r| &r[b..e]);
+            for k0 in (0..w).step_by(128) {
+                let k1 = (k0 + 128).min(w);
+                for k in k0..k1 {
+                    let c = centre[k];
+                    let dst = &mut buf[k * n + i0..k * n + i0 + 8];
+                    for (d, r) in dst.iter_mut().zip(&src) {
+                        *d = r[k] - c;
                     }
                 }
+            }
+        }
+        for (j, r) in rest.iter().enumerate() {
+            let i = octets.len() * 8 + j;
+            for ((k, &x), &c) in r[b..e].iter().enumerate().zip(centre.iter()) {
+                buf[k * n + i] = x - c;
             }
         }
         g.clear();
