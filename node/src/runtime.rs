@@ -81,6 +81,15 @@ pub struct FederationSettings {
     pub max_backoff: Duration,
 }
 
+impl FederationSettings {
+    /// This node's presence in `round`: always `Present` on a real node.
+    pub(crate) fn presence(&self, round: u64) -> SimPresence {
+        self.hook
+            .as_ref()
+            .map_or(SimPresence::Present, |h| h.presence(round))
+    }
+}
+
 /// How a simulated malicious node poisons its update before sending it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Tamper {
@@ -348,10 +357,7 @@ async fn participate(
     if lock(agent).global_version() != Some(open.base_version) {
         sync_model(agent, fs, client, open.base_version).await?;
     }
-    let presence = fs
-        .hook
-        .as_ref()
-        .map_or(SimPresence::Present, |h| h.presence(open.round));
+    let presence = fs.presence(open.round);
     if matches!(presence, SimPresence::Dropped | SimPresence::Straggler) {
         info!(
             round = open.round,

@@ -212,10 +212,7 @@ pub(crate) async fn participate(
         round: open.round,
         bucket: 0,
     };
-    let presence = fs
-        .hook
-        .as_ref()
-        .map_or(SimPresence::Present, |h| h.presence(open.round));
+    let presence = fs.presence(open.round);
     if presence == SimPresence::Dropped {
         info!(
             round = open.round,

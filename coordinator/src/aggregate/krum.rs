@@ -39,7 +39,7 @@ use rayon::prelude::*;
 use super::coordinate::{
     LANES as NET_LANES, Lanes, median_of, per_lane_block, sorting_network, unkey,
 };
-use super::{AggregateError, CHUNK, Rule, canonical_order, dims};
+use super::{AggregateError, Rule, canonical_order, dims, weighted_sum_in_order};
 
 /// Coordinates per sgemm call (f32 accumulation inside a block).
 const GRAM_BLOCK: usize = 4096;
@@ -355,37 +355,11 @@ fn ranks(updates: &[&[f32]]) -> Vec<usize> {
     rank
 }
 
-/// Mean of `rows` per coordinate, summed in f64 in the given order.
+/// Mean of `rows` per coordinate, summed in f64 in the given order (unit
+/// weights: `1·x` is exact, so these are the bits of a plain sum).
 fn mean_in_order(rows: &[&[f32]], p: usize) -> Vec<f32> {
     let m = rows.len() as f64;
-    let mut out = vec![0f32; p];
-    out.par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(c, out_chunk)| {
-            let start = c * CHUNK;
-            let len = out_chunk.len();
-            let mut acc = vec![0f64; len];
-            // Four rows per sweep (four memory streams in flight, one
-            // accumulator load/store per four values); each coordinate
-            // still adds the rows one after the other, in order.
-            let (quads, rest) = rows.as_chunks::<4>();
-            for q in quads {
-                let [r0, r1, r2, r3] = q.map(|r| &r[start..start + len]);
-                for ((((a, &x0), &x1), &x2), &x3) in acc.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3)
-                {
-                    *a = *a + f64::from(x0) + f64::from(x1) + f64::from(x2) + f64::from(x3);
-                }
-            }
-            for r in rest {
-                for (a, &x) in acc.iter_mut().zip(&r[start..start + len]) {
-                    *a += f64::from(x);
-                }
-            }
-            for (o, a) in out_chunk.iter_mut().zip(acc) {
-                *o = (a / m) as f32;
-            }
-        });
-    out
+    weighted_sum_in_order(rows, &vec![1.0; rows.len()], p, |a| (a / m) as f32)
 }
 
 /// Multi-Krum without the parameter check: the mean of the `m` best-scored

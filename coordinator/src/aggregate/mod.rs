@@ -39,9 +39,8 @@ pub use weiszfeld::geometric_median;
 /// Coordinates per parallel task for coordinate-wise work.
 const CHUNK: usize = 4096;
 
-/// Coordinates per parallel task of a weighted mean: long contiguous reads
-/// of each update (a few streams for the prefetcher, not 100 short ones)
-/// while the f64 accumulator (512 KiB) stays in L2.
+/// Coordinates per parallel task of a weighted sum: 32 KiB contiguous reads
+/// of each update while the f64 accumulator (64 KiB) stays in L2.
 const MEAN_CHUNK: usize = 1 << 13;
 
 /// Why a batch could not be aggregated.
@@ -173,6 +172,21 @@ pub fn fedavg(updates: &[&[f32]], weights: &[f64]) -> Result<Vec<f32>, Aggregate
     let p = dims(updates)?;
     let total = check_weights(weights, updates.len())?;
     let scaled: Vec<f64> = weights.iter().map(|w| w / total).collect();
+    Ok(weighted_sum_in_order(updates, &scaled, p, |a| a as f32))
+}
+
+/// `finish(Σᵢ wᵢ·xᵢ)` per coordinate of the `p`-long `rows`, summed in f64
+/// in the given row order: four rows per pass over the accumulator, each
+/// coordinate still adding them one after the other
+/// (`((a + w₀x₀) + w₁x₁) + …`), so the bits are those of one row per pass
+/// with a quarter of the accumulator traffic; coordinate chunks run in
+/// parallel, which does not change the bits either.
+pub(crate) fn weighted_sum_in_order(
+    rows: &[&[f32]],
+    weights: &[f64],
+    p: usize,
+    finish: impl Fn(f64) -> f32 + Sync,
+) -> Vec<f32> {
     let mut out = vec![0f32; p];
     out.par_chunks_mut(MEAN_CHUNK)
         .enumerate()
@@ -180,11 +194,8 @@ pub fn fedavg(updates: &[&[f32]], weights: &[f64]) -> Result<Vec<f32>, Aggregate
             let start = c * MEAN_CHUNK;
             let len = out_chunk.len();
             let mut acc = vec![0f64; len];
-            // Four updates per pass over the accumulator, each still added
-            // in batch order (`((a + w₀x₀) + w₁x₁) + …`): the same bits as
-            // one update per pass, a quarter of the accumulator traffic.
-            let mut rows = updates.chunks_exact(4).zip(scaled.chunks_exact(4));
-            for (u, w) in rows.by_ref() {
+            let mut quads = rows.chunks_exact(4).zip(weights.chunks_exact(4));
+            for (u, w) in quads.by_ref() {
                 let (x0, x1, x2, x3) = (
                     &u[0][start..start + len],
                     &u[1][start..start + len],
@@ -200,18 +211,17 @@ pub fn fedavg(updates: &[&[f32]], weights: &[f64]) -> Result<Vec<f32>, Aggregate
                     acc[j] = a;
                 }
             }
-            let tail = updates.len() / 4 * 4;
-            for (u, &w) in updates[tail..].iter().zip(&scaled[tail..]) {
-                let row = &u[start..start + len];
-                for (a, &x) in acc.iter_mut().zip(row) {
+            let tail = rows.len() / 4 * 4;
+            for (u, &w) in rows[tail..].iter().zip(&weights[tail..]) {
+                for (a, &x) in acc.iter_mut().zip(&u[start..start + len]) {
                     *a += w * f64::from(x);
                 }
             }
             for (o, a) in out_chunk.iter_mut().zip(acc) {
-                *o = a as f32;
+                *o = finish(a);
             }
         });
-    Ok(out)
+    out
 }
 
 /// Euclidean norm, accumulated in f64.

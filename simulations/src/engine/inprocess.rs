@@ -69,7 +69,7 @@ const P_TELEMETRY: u64 = 1;
 const P_AGENT: u64 = 2;
 const P_ATTACKERS: u64 = 3;
 const P_ROUND: u64 = 4;
-pub(crate) const P_NODE_ROUND: u64 = 5;
+const P_NODE_ROUND: u64 = 5;
 const P_EVAL: u64 = 6;
 const P_CALIB: u64 = 7;
 pub(crate) const P_GENESIS: u64 = 8;
@@ -390,8 +390,46 @@ pub(crate) fn draw_presence(
     }
 }
 
+/// Local DP of honest node `i`'s update in `round`, when the scenario asks
+/// for it (one ChaCha20 stream per node and round, shared by both engines).
+pub(crate) fn privatize_honest(s: &Scenario, i: usize, round: u64, delta: &mut Vec<f32>) {
+    if let Some(clip) = s.dp.clip {
+        let mut r =
+            ChaCha20Rng::seed_from_u64(derive_seed(s.seed, &[P_NODE_ROUND, i as u64, round, 1]));
+        privatize(delta, clip, s.dp.noise_multiplier, &mut r);
+    }
+}
+
+/// The sample count a crafting attacker claims: the rounded mean of the
+/// honest ones (1 when there are none).
+pub(crate) fn crafted_weight(honest: &[f64]) -> f64 {
+    if honest.is_empty() {
+        1.0
+    } else {
+        (honest.iter().sum::<f64>() / honest.len() as f64).round()
+    }
+}
+
+/// Model replacement's boost: `gamma`, by default `n/η` for the round's
+/// `n_total` updates.
+pub(crate) fn scaling_gamma(s: &Scenario, gamma: Option<f64>, n_total: usize) -> f64 {
+    gamma.unwrap_or_else(|| n_total as f64 / f64::from(s.server.lr))
+}
+
+/// The protocol phase a forced-dropout attack stops at, if that is the
+/// attack.
+pub(crate) fn forced_phase(kind: Option<&AttackKindSpec>) -> Option<DropoutPhase> {
+    match kind {
+        Some(AttackKindSpec::Protocol {
+            behaviour: Misbehaviour::ForcedDropout,
+            phase,
+        }) => Some(*phase),
+        _ => None,
+    }
+}
+
 /// Clips to `clip` and adds `N(0, (z·clip)²)` per coordinate.
-pub(crate) fn privatize(delta: &mut Vec<f32>, clip: f32, z: f64, rng: &mut ChaCha20Rng) {
+fn privatize(delta: &mut Vec<f32>, clip: f32, z: f64, rng: &mut ChaCha20Rng) {
     *delta = clip_to_norm(delta, clip);
     let sd = z * f64::from(clip);
     if sd > 0.0
@@ -600,13 +638,7 @@ fn run_once(
             identities_of(&nodes[i].name, n)
         };
         let all_quarantined = |i: usize| ids_of(i).iter().all(|id| quarantined.contains(id));
-        let forced_phase = match active_attack.map(|a| &a.kind) {
-            Some(AttackKindSpec::Protocol {
-                behaviour: Misbehaviour::ForcedDropout,
-                phase,
-            }) => Some(*phase),
-            _ => None,
-        };
+        let forced_phase = forced_phase(active_attack.map(|a| &a.kind));
         // Presence of each sampled node (per-node stream, node order).
         let presence: Vec<(usize, Presence)> = sampled
             .iter()
@@ -674,13 +706,7 @@ fn run_once(
                 train_attackers.push((i, u));
                 continue;
             }
-            if let Some(clip) = s.dp.clip {
-                let mut r = ChaCha20Rng::seed_from_u64(derive_seed(
-                    s.seed,
-                    &[P_NODE_ROUND, i as u64, round, 1],
-                ));
-                privatize(&mut u.delta, clip, s.dp.noise_multiplier, &mut r);
-            }
+            privatize_honest(s, i, round, &mut u.delta);
             honest.push(u.delta.clone());
             honest_weights.push(u.num_samples as f64);
             subs.push(Submission {
@@ -702,11 +728,7 @@ fn run_once(
             .collect();
         let n_malicious = (crafters.len() + train_attackers.len()) * sybils;
         let n_total = subs.len() + n_malicious;
-        let mean_weight = if honest_weights.is_empty() {
-            1.0
-        } else {
-            (honest_weights.iter().sum::<f64>() / honest_weights.len() as f64).round()
-        };
+        let mean_weight = crafted_weight(&honest_weights);
         let honest_refs: Vec<&[f32]> = honest.iter().map(|v| v.as_slice()).collect();
         let mut attack_param = None;
         let push_malicious = |subs: &mut Vec<Submission>,
@@ -754,10 +776,7 @@ fn run_once(
             for (i, u) in train_attackers {
                 let (delta, weight, stats, bad) = match &a.kind {
                     AttackKindSpec::Scaling { gamma, .. } => {
-                        let g = match gamma {
-                            Some(g) => *g,
-                            None => n_total as f64 / f64::from(s.server.lr),
-                        };
+                        let g = scaling_gamma(s, *gamma, n_total);
                         attack_param = Some(g);
                         (
                             attacks::scale(&u.delta, g),
@@ -1070,30 +1089,22 @@ fn run_once(
     }
     pb.finish();
     timing.total_s = t0.elapsed().as_secs_f64();
+    let aggregation = if masked {
+        "secagg (masked buckets)"
+    } else {
+        "plaintext (k = 1)"
+    };
     let report = RunReport {
-        scenario: s.name.clone(),
-        engine: "in-process".into(),
-        seed: s.seed,
-        rule: s.rule.rule.name().into(),
-        attack: s
-            .attack
-            .as_ref()
-            .map_or("none", |a| a.kind.name())
-            .to_string(),
-        bucket_size: s.bucket_size,
-        aggregation: if masked {
-            "secagg (masked buckets)".into()
-        } else {
-            "plaintext (k = 1)".into()
-        },
-        nodes: s.fleet.nodes,
-        attackers: attackers.into_iter().collect(),
-        attack_target: target.map(|t| t.to_string()),
-        false_alarm_rate: s.eval.false_alarm_rate,
         rounds,
         final_version: global.version,
         final_params_sha256: sha256_params(&global.params),
-        clean_twin: None,
+        ..RunReport::of_scenario(
+            s,
+            "in-process",
+            aggregation,
+            attackers.into_iter().collect(),
+            target,
+        )
     };
     Ok(RunOutput {
         report,

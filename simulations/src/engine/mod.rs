@@ -219,6 +219,38 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// What a report says about the scenario itself, before any round:
+    /// both engines fill in `rounds`, the final version and digest.
+    pub(crate) fn of_scenario(
+        s: &crate::scenario::Scenario,
+        engine: &str,
+        aggregation: &str,
+        attackers: Vec<usize>,
+        target: Option<fedmesh_node::telemetry::synthetic::AttackKind>,
+    ) -> Self {
+        Self {
+            scenario: s.name.clone(),
+            engine: engine.into(),
+            seed: s.seed,
+            rule: s.rule.rule.name().into(),
+            attack: s
+                .attack
+                .as_ref()
+                .map_or("none", |a| a.kind.name())
+                .to_string(),
+            bucket_size: s.bucket_size,
+            aggregation: aggregation.into(),
+            nodes: s.fleet.nodes,
+            attackers,
+            attack_target: target.map(|t| t.to_string()),
+            false_alarm_rate: s.eval.false_alarm_rate,
+            rounds: Vec::new(),
+            final_version: 0,
+            final_params_sha256: String::new(),
+            clean_twin: None,
+        }
+    }
+
     /// The last evaluated round.
     pub fn last_evaluated(&self) -> Option<&RoundMetrics> {
         self.rounds.iter().rev().find(|r| r.auc.is_some())

@@ -43,17 +43,15 @@ use fedmesh_node::client::Connector;
 use fedmesh_node::runtime::{
     FederationSettings, SimPresence, SimSend, SimulationHook, run_federation,
 };
-use rand::SeedableRng;
-use rand_chacha::ChaCha20Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Condvar;
 use tokio::sync::watch;
 use tracing::warn;
 
 use super::inprocess::{
-    P_GENESIS, P_NODE_ROUND, Presence, TENANT, build_node, build_node_as, choose_attackers,
-    craft_for, craft_shared, draw_presence, evaluate_into, heldout, identities_of, is_crafting,
-    poison_of, privatize, sha256_params,
+    P_GENESIS, Presence, TENANT, build_node, build_node_as, choose_attackers, craft_for,
+    craft_shared, crafted_weight, draw_presence, evaluate_into, forced_phase, heldout,
+    identities_of, is_crafting, poison_of, privatize_honest, scaling_gamma, sha256_params,
 };
 use super::{RoundMetrics, RunReport, derive_seed};
 use crate::scenario::{AttackKindSpec, Misbehaviour, Scenario};
@@ -180,13 +178,8 @@ impl Board {
     }
 
     fn presence(&self, i: usize, round: u64) -> Presence {
-        let forced = match self.active(round).map(|a| &a.kind) {
-            Some(AttackKindSpec::Protocol {
-                behaviour: Misbehaviour::ForcedDropout,
-                phase,
-            }) if self.attackers.contains(&i) => Some(*phase),
-            _ => None,
-        };
+        let forced = forced_phase(self.active(round).map(|a| &a.kind))
+            .filter(|_| self.attackers.contains(&i));
         draw_presence(&self.s, i, round, &self.offline, forced)
     }
 
@@ -307,13 +300,8 @@ impl Board {
             }
         };
         let weights: Vec<f64> = posts.honest.values().map(|(_, w)| *w as f64).collect();
-        let mean_weight = if weights.is_empty() {
-            1.0
-        } else {
-            (weights.iter().sum::<f64>() / weights.len() as f64).round()
-        };
         update.delta = delta;
-        update.num_samples = mean_weight as u64;
+        update.num_samples = crafted_weight(&weights) as u64;
         true
     }
 }
@@ -352,13 +340,7 @@ impl SimulationHook for NodeHook {
     fn rewrite(&self, round: u64, update: &mut LocalUpdate) -> SimSend {
         let (b, i) = (&self.board, self.node);
         if !b.malicious(i, round) {
-            if let Some(clip) = b.s.dp.clip {
-                let mut r = ChaCha20Rng::seed_from_u64(derive_seed(
-                    b.s.seed,
-                    &[P_NODE_ROUND, i as u64, round, 1],
-                ));
-                privatize(&mut update.delta, clip, b.s.dp.noise_multiplier, &mut r);
-            }
+            privatize_honest(&b.s, i, round, &mut update.delta);
             b.post(round, i, update.delta.clone(), update.num_samples);
             return SimSend::Update;
         }
@@ -378,10 +360,11 @@ impl SimulationHook for NodeHook {
             };
         }
         let boost = match &a.kind {
-            AttackKindSpec::Scaling { gamma, .. } => Some(gamma.unwrap_or_else(|| {
+            AttackKindSpec::Scaling { gamma: Some(g), .. } => Some(*g),
+            AttackKindSpec::Scaling { gamma: None, .. } => {
                 let (honest, malicious) = b.present(round);
-                (honest.len() + malicious) as f64 / f64::from(b.s.server.lr)
-            })),
+                Some(scaling_gamma(&b.s, None, honest.len() + malicious))
+            }
             AttackKindSpec::DataPoison { boost, .. } => *boost,
             _ => None,
         };
@@ -805,29 +788,21 @@ fn round_report(
         .as_ref()
         .map(|g| sha256_params(&g.params))
         .unwrap_or_default();
+    let aggregation = if s.bucket_size > 1 {
+        "secagg (masked buckets, over gRPC)"
+    } else {
+        "plaintext (k = 1, over gRPC)"
+    };
     Ok(RunReport {
-        scenario: s.name.clone(),
-        engine: "network".into(),
-        seed: s.seed,
-        rule: s.rule.rule.name().into(),
-        attack: s
-            .attack
-            .as_ref()
-            .map_or("none", |a| a.kind.name())
-            .to_string(),
-        bucket_size: s.bucket_size,
-        aggregation: if s.bucket_size > 1 {
-            "secagg (masked buckets, over gRPC)".into()
-        } else {
-            "plaintext (k = 1, over gRPC)".into()
-        },
-        nodes: s.fleet.nodes,
-        attackers: board.attackers.iter().copied().collect(),
-        attack_target: target.map(|t| t.to_string()),
-        false_alarm_rate: s.eval.false_alarm_rate,
         rounds,
         final_version: version,
         final_params_sha256: params_sha,
-        clean_twin: None,
+        ..RunReport::of_scenario(
+            s,
+            "network",
+            aggregation,
+            board.attackers.iter().copied().collect(),
+            target,
+        )
     })
 }
