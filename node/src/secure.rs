@@ -106,14 +106,7 @@ impl Round {
             .bucket
             .as_ref()
             .ok_or_else(|| Abandon::Refused("no bucket announced for this node".into()))?;
-        let announced = Bucket {
-            id: bv.id,
-            members: bv
-                .members
-                .iter()
-                .map(parse)
-                .collect::<Result<Vec<_>, _>>()?,
-        };
+        let announced = announced_bucket(bv).map_err(Abandon::Refused)?;
         let input = AssignmentInput {
             tenant: &tenant,
             round: self.round,
@@ -158,6 +151,20 @@ fn extra_words(update: &LocalUpdate) -> Vec<u32> {
     let mean: Vec<f64> = update.stats.sum.iter().map(|s| s / n).collect();
     let mean_sq: Vec<f64> = update.stats.sum_sq.iter().map(|s| s / n).collect();
     fedmesh_proto::secure::encode_extra(update.train_loss, &mean, &mean_sq)
+}
+
+/// The bucket the coordinator announced to this node (its id and members),
+/// before any check; a member name that is not a node id is refused.
+pub fn announced_bucket(bv: &v1::BucketView) -> Result<Bucket, String> {
+    let members = bv
+        .members
+        .iter()
+        .map(|m| {
+            m.parse::<NodeId>()
+                .map_err(|e| format!("bad node id {m:?}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Bucket { id: bv.id, members })
 }
 
 /// Takes part in the secure round `open`, reading the round's later events

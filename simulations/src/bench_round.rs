@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use fedmesh_coordinator::{Coordinator, CoordinatorConfig, Pki};
 use fedmesh_crypto::secagg::{
-    Bucket, BucketParams, ClientRound, EncryptedShare, KeyAdvert, QuantConfig, UnmaskRequest,
+    BucketParams, ClientRound, EncryptedShare, KeyAdvert, QuantConfig, UnmaskRequest,
 };
 use fedmesh_crypto::{CertSigner, CertVerifier, MeshCa, TenantId};
 use fedmesh_proto::v1::{self, SecAggPhase, round_event::Event, sec_agg_request::Message as M};
@@ -321,14 +321,7 @@ async fn client_loop(
         if state.as_ref().is_none_or(|(r, _, _)| *r != o.round) {
             // Phase 0: keys (the bench trusts the announced bucket; the
             // node's own check is exercised by the node and the e2e tests).
-            let bucket = Bucket {
-                id: bv.id,
-                members: bv
-                    .members
-                    .iter()
-                    .map(|m| m.parse())
-                    .collect::<Result<Vec<_>, _>>()?,
-            };
+            let bucket = fedmesh_node::secure::announced_bucket(bv).map_err(anyhow::Error::msg)?;
             let params = BucketParams::new(
                 TENANT.parse()?,
                 o.round,

@@ -5,7 +5,7 @@
 use anyhow::{Context, Result, anyhow};
 use fedmesh_crypto::CertSigner;
 use fedmesh_crypto::secagg::{
-    AssignmentInput, Bucket, BucketParams, ClientRound, EncryptedShare, KeyAdvert, QuantConfig,
+    AssignmentInput, BucketParams, ClientRound, EncryptedShare, KeyAdvert, QuantConfig,
     UnmaskRequest, verify_own_bucket,
 };
 use fedmesh_proto::v1::{self, SecAggPhase, round_event::Event, sec_agg_request::Message as M};
@@ -115,14 +115,7 @@ impl Member {
             .iter()
             .map(|p| p.parse())
             .collect::<Result<Vec<_>, _>>()?;
-        let announced = Bucket {
-            id: bv.id,
-            members: bv
-                .members
-                .iter()
-                .map(|m| m.parse())
-                .collect::<Result<Vec<_>, _>>()?,
-        };
+        let announced = fedmesh_node::secure::announced_bucket(bv).map_err(anyhow::Error::msg)?;
         let mine = verify_own_bucket(
             &AssignmentInput {
                 tenant: &tenant,
