@@ -1150,6 +1150,33 @@ impl<'de, T: Slot<'de>> serde::de::DeserializeSeed<'de> for SlotSeed<'_, T> {
     }
 }
 
+/// The scalar `visit_*` methods of a container slot's visitor: a boolean,
+/// number or string where an object or array was looked for is `$other`.
+macro_rules! scalar_is_other {
+    ($other:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            *self.0 = Some($other);
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            *self.0 = Some($other);
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            *self.0 = Some($other);
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            *self.0 = Some($other);
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            *self.0 = Some($other);
+            Ok(())
+        }
+    };
+}
+
 struct NestedVisitor<'s, T>(&'s mut Option<Nested<T>>);
 
 impl<'de, T: Fields<'de>> Visitor<'de> for NestedVisitor<'_, T> {
@@ -1161,26 +1188,7 @@ impl<'de, T: Fields<'de>> Visitor<'de> for NestedVisitor<'_, T> {
         *self.0 = Some(Nested::Null);
         Ok(())
     }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        *self.0 = Some(Nested::Other);
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        *self.0 = Some(Nested::Other);
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        *self.0 = Some(Nested::Other);
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        *self.0 = Some(Nested::Other);
-        Ok(())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        *self.0 = Some(Nested::Other);
-        Ok(())
-    }
+    scalar_is_other!(Nested::Other);
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while seq.next_element::<Skip>()?.is_some() {}
         *self.0 = Some(Nested::Other);
@@ -1242,26 +1250,7 @@ impl<'de, T: Slot<'de>> Slot<'de> for Array<T> {
                 *self.0 = Some(Array::Null);
                 Ok(())
             }
-            fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-                *self.0 = Some(Array::Other);
-                Ok(())
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-                *self.0 = Some(Array::Other);
-                Ok(())
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-                *self.0 = Some(Array::Other);
-                Ok(())
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-                *self.0 = Some(Array::Other);
-                Ok(())
-            }
-            fn visit_str<E>(self, _: &str) -> Result<(), E> {
-                *self.0 = Some(Array::Other);
-                Ok(())
-            }
+            scalar_is_other!(Array::Other);
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
                 *self.0 = Some(Array::Items {
                     first: None,
