@@ -47,7 +47,7 @@ use super::{ContainerId, Event, KernelDetail, KernelEventKind};
 
 /// What a Falco alert describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Action {
+pub(super) enum Action {
     Exec,
     Connect,
     Kernel(KernelEventKind),
@@ -56,7 +56,7 @@ enum Action {
 }
 
 /// Rule names (lowercase, `[custom]`-style suffixes removed) → action.
-const RULES: &[(&str, Action)] = &[
+pub(super) const RULES: &[(&str, Action)] = &[
     ("terminal shell in container", Action::Exec),
     ("netcat remote code execution in container", Action::Exec),
     ("launch suspicious network tool in container", Action::Exec),
@@ -157,7 +157,7 @@ const RULES: &[(&str, Action)] = &[
 ];
 
 /// Words in a rule name that indicate a process launch (fallback rule 3).
-const EXEC_WORDS: &[&str] = &["shell", "exec", "launch", "spawn", "process", "run"];
+pub(super) const EXEC_WORDS: &[&str] = &["shell", "exec", "launch", "spawn", "process", "run"];
 
 json_fields! {
     /// The top-level keys of an alert that the parser reads.

@@ -89,119 +89,9 @@ pub(crate) mod falco {
     };
     use crate::telemetry::{ContainerId, Event, KernelDetail, KernelEventKind};
 
-    /// What a Falco alert describes.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    enum Action {
-        Exec,
-        Connect,
-        Kernel(KernelEventKind),
-        /// An open of a file the rule considered sensitive.
-        File,
-    }
-
-    /// Rule names (lowercase, `[custom]`-style suffixes removed) → action.
-    const RULES: &[(&str, Action)] = &[
-        ("terminal shell in container", Action::Exec),
-        ("netcat remote code execution in container", Action::Exec),
-        ("launch suspicious network tool in container", Action::Exec),
-        ("launch remote file copy tools in container", Action::Exec),
-        ("known cryptominer process executed", Action::Exec),
-        (
-            "detect crypto miners using the stratum protocol",
-            Action::Exec,
-        ),
-        ("execution from /dev/shm", Action::Exec),
-        ("drop and execute new binary in container", Action::Exec),
-        ("fileless execution via memfd_create", Action::Exec),
-        ("container drift detected", Action::Exec),
-        ("debugfs launched in privileged container", Action::Exec),
-        ("search private keys or passwords", Action::Exec),
-        ("find aws credentials", Action::Exec),
-        ("web server spawned shell", Action::Exec),
-        ("reverse shell from web server", Action::Exec),
-        (
-            "redirect stdout/stdin to network connection in container",
-            Action::Connect,
-        ),
-        (
-            "detect outbound connections to common miner pool ports",
-            Action::Connect,
-        ),
-        (
-            "contact cloud metadata service from container",
-            Action::Connect,
-        ),
-        ("contact k8s api server from container", Action::Connect),
-        (
-            "unexpected outbound connection destination",
-            Action::Connect,
-        ),
-        ("outbound connection to c2 servers", Action::Connect),
-        (
-            "read sensitive file untrusted",
-            Action::Kernel(KernelEventKind::SensitiveFileRead),
-        ),
-        (
-            "read sensitive file trusted after startup",
-            Action::Kernel(KernelEventKind::SensitiveFileRead),
-        ),
-        (
-            "read environment variable from /proc files",
-            Action::Kernel(KernelEventKind::SensitiveFileRead),
-        ),
-        (
-            "read ssh information",
-            Action::Kernel(KernelEventKind::SensitiveFileRead),
-        ),
-        (
-            "detect release_agent file container escapes",
-            Action::Kernel(KernelEventKind::SensitiveFileWrite),
-        ),
-        (
-            "write below etc",
-            Action::Kernel(KernelEventKind::SensitiveFileWrite),
-        ),
-        (
-            "clear log activities",
-            Action::Kernel(KernelEventKind::SensitiveFileWrite),
-        ),
-        (
-            "packet socket created in container",
-            Action::Kernel(KernelEventKind::PacketSocket),
-        ),
-        (
-            "linux kernel module injection detected",
-            Action::Kernel(KernelEventKind::ModuleLoad),
-        ),
-        (
-            "mount launched in privileged container",
-            Action::Kernel(KernelEventKind::Mount),
-        ),
-        (
-            "ptrace attached to process",
-            Action::Kernel(KernelEventKind::Ptrace),
-        ),
-        (
-            "ptrace anti-debug attempt",
-            Action::Kernel(KernelEventKind::Ptrace),
-        ),
-        (
-            "change thread namespace",
-            Action::Kernel(KernelEventKind::Setns),
-        ),
-        (
-            "change namespace privileges via unshare",
-            Action::Kernel(KernelEventKind::Unshare),
-        ),
-        ("non sudo setuid", Action::Kernel(KernelEventKind::Setuid)),
-        (
-            "set setuid or setgid bit",
-            Action::Kernel(KernelEventKind::Setuid),
-        ),
-    ];
-
-    /// Words in a rule name that indicate a process launch (fallback rule 3).
-    const EXEC_WORDS: &[&str] = &["shell", "exec", "launch", "spawn", "process", "run"];
+    // The mapping tables are the live parser's: this oracle checks the JSON
+    // reading, not the tables.
+    use crate::telemetry::falco::{Action, EXEC_WORDS, RULES};
 
     /// Parses one Falco JSON alert line (a CRI log prefix is stripped first)
     /// into one event, or two (Exec + Kernel) for a kernel-class rule fired by
@@ -501,13 +391,11 @@ pub(crate) mod tetragon {
     };
     use crate::telemetry::{ContainerId, Event, KernelDetail, KernelEventKind};
 
-    /// Kinds of Tetragon events.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    enum Kind {
-        Exec,
-        Kprobe,
-        Other,
-    }
+    // The mapping constants are the live parser's: this oracle checks the
+    // JSON reading, not them.
+    use crate::telemetry::tetragon::{
+        AF_PACKET, Action, Kind, MAY_WRITE_OR_APPEND, classify_function,
+    };
 
     const EVENT_KEYS: &[(&str, Kind)] = &[
         ("process_exec", Kind::Exec),
@@ -521,33 +409,6 @@ pub(crate) mod tetragon {
         ("process_usdt", Kind::Other),
         ("rate_limit_info", Kind::Other),
     ];
-
-    /// Syscall wrapper prefixes stripped from kprobe function names.
-    const SYSCALL_PREFIXES: &[&str] = &[
-        "__x64_sys_",
-        "__arm64_sys_",
-        "__ia32_sys_",
-        "__ia32_compat_sys_",
-        "__se_sys_",
-        "__do_sys_",
-        "ksys_",
-        "__sys_",
-        "sys_",
-    ];
-
-    /// `MAY_WRITE | MAY_APPEND` bits of the `security_file_permission` mask.
-    const MAY_WRITE_OR_APPEND: u64 = 0x2 | 0x8;
-
-    /// `AF_PACKET`.
-    const AF_PACKET: u64 = 17;
-
-    /// What a kprobe describes.
-    enum Action {
-        Connect,
-        Kernel(KernelEventKind),
-        File { mask_arg: bool },
-        Socket,
-    }
 
     /// Parses one Tetragon JSON line (CRI prefix allowed).
     pub fn parse_tetragon_line(line: &str) -> Result<Vec<Event>, ParseError> {
@@ -692,34 +553,6 @@ pub(crate) mod tetragon {
             request,
         }
         .boxed()
-    }
-
-    fn classify_function(func: &str) -> Result<Action, ParseError> {
-        use KernelEventKind as K;
-        let mut base = func;
-        for p in SYSCALL_PREFIXES {
-            if let Some(rest) = base.strip_prefix(p) {
-                base = rest;
-                break;
-            }
-        }
-        Ok(match base {
-            "connect" | "tcp_connect" | "tcp_v4_connect" | "tcp_v6_connect" => Action::Connect,
-            "setuid" | "setgid" | "setreuid" | "setregid" | "setresuid" | "setresgid"
-            | "setfsuid" | "setfsgid" | "commit_creds" => Action::Kernel(K::Setuid),
-            "capset" | "cap_capable" => Action::Kernel(K::Capset),
-            "mount" | "security_sb_mount" | "fsmount" | "move_mount" | "sb_mount" => {
-                Action::Kernel(K::Mount)
-            }
-            "ptrace" => Action::Kernel(K::Ptrace),
-            "setns" => Action::Kernel(K::Setns),
-            "unshare" => Action::Kernel(K::Unshare),
-            "init_module" | "finit_module" | "do_init_module" => Action::Kernel(K::ModuleLoad),
-            "socket" | "packet_create" => Action::Socket,
-            "security_file_permission" | "file_permission" => Action::File { mask_arg: true },
-            "security_file_open" | "file_open" | "fd_install" => Action::File { mask_arg: false },
-            _ => return Err(ParseError::Unmapped("unmapped_function")),
-        })
     }
 
     fn container_id(process: &Value) -> Result<ContainerId, ParseError> {

@@ -47,7 +47,7 @@ use super::{ContainerId, Event, KernelDetail, KernelEventKind};
 
 /// Kinds of Tetragon events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Exec,
     Kprobe,
     Other,
@@ -67,13 +67,13 @@ const SYSCALL_PREFIXES: &[&str] = &[
 ];
 
 /// `MAY_WRITE | MAY_APPEND` bits of the `security_file_permission` mask.
-const MAY_WRITE_OR_APPEND: u64 = 0x2 | 0x8;
+pub(super) const MAY_WRITE_OR_APPEND: u64 = 0x2 | 0x8;
 
 /// `AF_PACKET`.
-const AF_PACKET: u64 = 17;
+pub(super) const AF_PACKET: u64 = 17;
 
 /// What a kprobe describes.
-enum Action {
+pub(super) enum Action {
     Connect,
     Kernel(KernelEventKind),
     File { mask_arg: bool },
@@ -375,7 +375,7 @@ fn detail(
     .boxed()
 }
 
-fn classify_function(func: &str) -> Result<Action, ParseError> {
+pub(super) fn classify_function(func: &str) -> Result<Action, ParseError> {
     use KernelEventKind as K;
     let mut base = func;
     for p in SYSCALL_PREFIXES {
