@@ -586,10 +586,13 @@ prox_mu = {mu:?}
     }
     // Round numbers advance per attempt, committed or aborted, as in the
     // in-process engine: the run is over once round `s.rounds` is decided.
-    let mut participants = Vec::new();
     let mut committed: BTreeMap<u64, fedmesh_coordinator::federation::RoundSummary> =
         BTreeMap::new();
-    let mut final_version = 0;
+    let mut record = |summary: fedmesh_coordinator::federation::RoundSummary| {
+        if summary.round <= s.rounds {
+            committed.insert(summary.round, summary);
+        }
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60 + 20 * s.rounds);
     loop {
         let decided = match fed.status() {
@@ -601,11 +604,7 @@ prox_mu = {mu:?}
             fedmesh_coordinator::federation::RoundStatus::Idle { .. } => false,
         };
         while let Ok(summary) = summaries.try_recv() {
-            if summary.round <= s.rounds {
-                participants.push(summary.participants);
-                final_version = summary.version;
-                committed.insert(summary.round, summary);
-            }
+            record(summary);
         }
         if decided {
             break;
@@ -613,18 +612,16 @@ prox_mu = {mu:?}
         if tokio::time::Instant::now() >= deadline {
             return Err(NetworkError::Mesh("rounds did not finish in time".into()));
         }
-        let _ = tokio::time::timeout(Duration::from_millis(50), summaries.recv())
-            .await
-            .map(|r| {
-                if let Ok(summary) = r
-                    && summary.round <= s.rounds
-                {
-                    participants.push(summary.participants);
-                    final_version = summary.version;
-                    committed.insert(summary.round, summary);
-                }
-            });
+        // Wake on the next commit, or look at the status again soon (an
+        // aborted round sends no summary).
+        if let Ok(Ok(summary)) =
+            tokio::time::timeout(Duration::from_millis(50), summaries.recv()).await
+        {
+            record(summary);
+        }
     }
+    let participants: Vec<usize> = committed.values().map(|x| x.participants).collect();
+    let final_version = committed.values().last().map_or(0, |x| x.version);
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
@@ -652,7 +649,8 @@ prox_mu = {mu:?}
         .values()
         .filter_map(|e| e.secure.as_ref().map(|x| x.dropped))
         .collect();
-    let report = round_report(s, &board, &committed, &audit, |v| {
+    let final_params_sha256 = sha256_params(&params);
+    let report = round_report(s, &board, &committed, &audit, &final_params_sha256, |v| {
         let bytes = fed.model(v).map_err(mesh)?;
         fedmesh_node::agent::verify_global_model(
             &bytes,
@@ -669,7 +667,7 @@ prox_mu = {mu:?}
     Ok(NetworkReport {
         final_version,
         participants,
-        final_params_sha256: sha256_params(&params),
+        final_params_sha256,
         buckets,
         buckets_dropped,
         report,
@@ -686,6 +684,7 @@ fn round_report(
     board: &Board,
     committed: &BTreeMap<u64, fedmesh_coordinator::federation::RoundSummary>,
     audit: &BTreeMap<u64, fedmesh_coordinator::store::AuditEntry>,
+    final_params_sha256: &str,
     load: impl Fn(u64) -> Result<fedmesh_node::agent::GlobalModel, NetworkError>,
 ) -> Result<RunReport, NetworkError> {
     let held = heldout(s)?;
@@ -784,10 +783,6 @@ fn round_report(
         }
         rounds.push(m);
     }
-    let params_sha = global
-        .as_ref()
-        .map(|g| sha256_params(&g.params))
-        .unwrap_or_default();
     let aggregation = if s.bucket_size > 1 {
         "secagg (masked buckets, over gRPC)"
     } else {
@@ -796,7 +791,7 @@ fn round_report(
     Ok(RunReport {
         rounds,
         final_version: version,
-        final_params_sha256: params_sha,
+        final_params_sha256: final_params_sha256.to_string(),
         ..RunReport::of_scenario(
             s,
             "network",
