@@ -20,6 +20,7 @@ use fedmesh_crypto::secagg::{
 };
 use fedmesh_crypto::{CertVerifier, NodeId, TenantId};
 use fedmesh_proto::v1;
+use rayon::prelude::*;
 use time::OffsetDateTime;
 use tracing::warn;
 
@@ -477,21 +478,29 @@ impl SecureRound {
         Ok(())
     }
 
-    /// Ends the round: unmasks every live bucket. Returns the bucket sums,
-    /// the buckets that produced none, and every member that fell out.
+    /// Ends the round: unmasks every live bucket (buckets in parallel; each
+    /// is independent, and results keep the bucket order). Returns the
+    /// bucket sums, the buckets that produced none, and every member that
+    /// fell out.
     pub fn finish(mut self) -> (Vec<BucketSum>, Vec<DroppedBucket>, Vec<Straggler>) {
+        let unmasking = self.view.phase == Phase::Unmask;
+        let mut unmasked: Vec<Option<Result<BucketSum, SecAggError>>> = self
+            .buckets
+            .par_iter()
+            .map(|b| (unmasking && b.dropped.is_none()).then(|| b.unmasker.finish()))
+            .collect();
         let mut sums = Vec::new();
         let mut dropped = Vec::new();
-        for b in &mut self.buckets {
+        for (b, result) in self.buckets.iter_mut().zip(&mut unmasked) {
             if b.dropped.is_none() {
-                if self.view.phase == Phase::Unmask {
+                if let Some(result) = result.take() {
                     for n in b.expected.difference(&b.answered) {
                         self.stragglers.push(Straggler {
                             node: n.clone(),
                             phase: Phase::Unmask,
                         });
                     }
-                    match b.unmasker.finish() {
+                    match result {
                         Ok(s) => {
                             sums.push(s);
                             continue;

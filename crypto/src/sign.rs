@@ -2,7 +2,9 @@
 //! and its key; a verifier checks the certificate against the mesh CA, then
 //! the signature, and returns the signer's [`Identity`].
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 use time::OffsetDateTime;
@@ -96,11 +98,83 @@ impl CertSigner {
     }
 }
 
+/// Most certificates a [`CertVerifier`] remembers as chained; when full it
+/// forgets them all and starts over (a mesh has far fewer members).
+const MAX_CHAINED: usize = 4096;
+
+/// What is left to check per message once a certificate has passed the
+/// checks that do not depend on time (parse, chain to a trusted CA, not a
+/// CA itself, a fedmesh identity, an Ed25519 key).
+struct ChainedCert {
+    identity: Identity,
+    public_key: Vec<u8>,
+    validity: Validity,
+}
+
+/// The validity periods of a certificate and of the CA that issued it.
+struct Validity {
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    ca_not_before: OffsetDateTime,
+    ca_not_after: OffsetDateTime,
+}
+
+impl Validity {
+    /// Both periods contain `now` (bounds inclusive).
+    fn check(&self, now: OffsetDateTime) -> Result<()> {
+        if now < self.not_before {
+            return Err(CryptoError::NotYetValid {
+                not_before: self.not_before,
+                now,
+            });
+        }
+        if now > self.not_after {
+            return Err(CryptoError::Expired {
+                not_after: self.not_after,
+                now,
+            });
+        }
+        if now < self.ca_not_before || now > self.ca_not_after {
+            return Err(CryptoError::UntrustedCertificate(format!(
+                "the issuing mesh CA is not valid at {now}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl ChainedCert {
+    /// The time checks and the signature, in the order of a full check.
+    fn verify(&self, msg: &[u8], signature: &[u8], now: OffsetDateTime) -> Result<Identity> {
+        self.validity.check(now)?;
+        UnparsedPublicKey::new(&ED25519, &self.public_key)
+            .verify(msg, signature)
+            .map_err(|_| CryptoError::BadSignature)?;
+        Ok(self.identity.clone())
+    }
+}
+
 /// Verifies signatures made by [`CertSigner`]s holding mesh certificates.
-#[derive(Clone, Debug)]
+///
+/// A certificate that chained once is remembered by the SHA-256 of its DER,
+/// so later messages from the same signer cost one Ed25519 check instead of
+/// two plus two certificate parses; the validity periods are still checked
+/// against each message's `now`. Clones share what they remember.
+#[derive(Clone)]
 pub struct CertVerifier {
     /// DER of each trusted CA (several during a rotation).
     ca_ders: Vec<Vec<u8>>,
+    /// Certificates that passed the time-independent checks.
+    chained: Arc<Mutex<HashMap<[u8; 32], Arc<ChainedCert>>>>,
+}
+
+impl fmt::Debug for CertVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertVerifier")
+            .field("trusted_cas", &self.ca_ders.len())
+            .field("chained_certificates", &self.chained_count())
+            .finish()
+    }
 }
 
 impl CertVerifier {
@@ -120,7 +194,20 @@ impl CertVerifier {
             })?;
             ca_ders.push(der.to_vec());
         }
-        Ok(CertVerifier { ca_ders })
+        Ok(CertVerifier {
+            ca_ders,
+            chained: Arc::default(),
+        })
+    }
+
+    fn chained_map(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Arc<ChainedCert>>> {
+        // The map holds only complete entries, so a poisoned lock is still usable.
+        self.chained.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many certificates this verifier (and its clones) remember as chained.
+    pub fn chained_count(&self) -> usize {
+        self.chained_map().len()
     }
 
     /// Checks that `signer_cert_der` is an end-entity certificate issued by
@@ -133,36 +220,41 @@ impl CertVerifier {
         signature: &[u8],
         now: OffsetDateTime,
     ) -> Result<Identity> {
+        let key = crate::sha256(signer_cert_der);
+        let known = self.chained_map().get(&key).cloned();
+        if let Some(chained) = known {
+            return chained.verify(msg, signature, now);
+        }
         let cert = parse_complete(signer_cert_der)?;
         let (ca_not_before, ca_not_after) = self.issuing_ca_validity(&cert)?;
-
         let validity = cert.validity();
-        let not_before = to_datetime(validity.not_before);
-        let not_after = to_datetime(validity.not_after);
-        if now < not_before {
-            return Err(CryptoError::NotYetValid { not_before, now });
-        }
-        if now > not_after {
-            return Err(CryptoError::Expired { not_after, now });
-        }
-        if now < ca_not_before || now > ca_not_after {
-            return Err(CryptoError::UntrustedCertificate(format!(
-                "the issuing mesh CA is not valid at {now}"
-            )));
-        }
+        let validity = Validity {
+            not_before: to_datetime(validity.not_before),
+            not_after: to_datetime(validity.not_after),
+            ca_not_before,
+            ca_not_after,
+        };
+        // Time before the other checks, so errors read as they always did.
+        validity.check(now)?;
         let bc = cert
             .basic_constraints()
             .map_err(|e| CryptoError::CertificateParse(format!("basicConstraints: {e}")))?;
         if bc.is_some_and(|bc| bc.value.ca) {
             return Err(CryptoError::CertificateIsCa);
         }
-        let identity = identity_from_parsed(&cert)?;
-
-        let public_key = ed25519_public_key(&cert)?;
-        UnparsedPublicKey::new(&ED25519, public_key)
-            .verify(msg, signature)
-            .map_err(|_| CryptoError::BadSignature)?;
-        Ok(identity)
+        let chained = Arc::new(ChainedCert {
+            identity: identity_from_parsed(&cert)?,
+            public_key: ed25519_public_key(&cert)?.to_vec(),
+            validity,
+        });
+        {
+            let mut map = self.chained_map();
+            if map.len() >= MAX_CHAINED {
+                map.clear();
+            }
+            map.insert(key, chained.clone());
+        }
+        chained.verify(msg, signature, now)
     }
 
     /// Finds the trusted CA that signed `cert` and returns its validity period.
@@ -318,6 +410,74 @@ mod tests {
         // Both CAs trusted (rotation): accepted.
         let both = CertVerifier::new(&format!("{}{}", ca.cert_pem(), forged.cert_pem())).unwrap();
         both.verify(s.cert_der(), b"m", &sig, later()).unwrap();
+    }
+
+    /// The second message of a signer takes the remembered-chain path; it
+    /// must refuse exactly what the full check refuses.
+    #[test]
+    fn remembered_certificates_are_still_checked() {
+        let ca = ca();
+        let s = signer(&ca);
+        let v = CertVerifier::new(ca.cert_pem()).unwrap();
+        let shared = v.clone();
+        assert_eq!(v.chained_count(), 0);
+        // A failed chain is not remembered.
+        let evil = signer(&crate::test_util::ca());
+        assert!(
+            v.verify(evil.cert_der(), b"m", &evil.sign(b"m"), later())
+                .is_err()
+        );
+        assert_eq!(v.chained_count(), 0);
+        // A CA certificate is not remembered.
+        assert!(
+            v.verify(&der(ca.cert_pem()), b"m", &[0; 64], later())
+                .is_err()
+        );
+        assert_eq!(v.chained_count(), 0);
+
+        let sig = s.sign(b"m");
+        assert_eq!(
+            v.verify(s.cert_der(), b"m", &sig, later()).unwrap(),
+            node_identity("acme", "n1")
+        );
+        assert_eq!(shared.chained_count(), 1, "clones share the memory");
+        for _ in 0..2 {
+            assert_eq!(
+                shared.verify(s.cert_der(), b"m", &sig, later()).unwrap(),
+                node_identity("acme", "n1")
+            );
+            assert!(matches!(
+                shared.verify(s.cert_der(), b"n", &sig, later()),
+                Err(CryptoError::BadSignature)
+            ));
+            assert!(matches!(
+                shared.verify(s.cert_der(), b"m", &sig, now() - Duration::seconds(1)),
+                Err(CryptoError::NotYetValid { .. })
+            ));
+            assert!(matches!(
+                shared.verify(s.cert_der(), b"m", &sig, now() + Duration::days(31)),
+                Err(CryptoError::Expired { .. })
+            ));
+        }
+        // A signature of the remembered signer does not pass under another
+        // certificate, and a tampered copy of the remembered one is checked afresh.
+        let other = ca
+            .issue_node(&tenant("acme"), &node("n2"), now(), 30)
+            .unwrap();
+        let other = CertSigner::from_pem(&other.cert_pem, &other.key_pem).unwrap();
+        assert!(matches!(
+            v.verify(other.cert_der(), b"m", &sig, later()),
+            Err(CryptoError::BadSignature)
+        ));
+        let mut cert = s.cert_der().to_vec();
+        let last = cert.len() - 1;
+        cert[last] ^= 1;
+        assert!(matches!(
+            v.verify(&cert, b"m", &sig, later()),
+            Err(CryptoError::UntrustedCertificate(_))
+        ));
+        assert_eq!(v.chained_count(), 2);
+        assert!(format!("{v:?}").contains("chained_certificates: 2"));
     }
 
     #[test]

@@ -47,6 +47,14 @@ struct PeerKeys {
     enc_public: [u8; 32],
 }
 
+/// This node's advertised values, derived once from its secrets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct OwnAdvert {
+    mask_public: [u8; 32],
+    enc_public: [u8; 32],
+    seed_commitment: [u8; 32],
+}
+
 /// A peer's shares held by this node.
 #[derive(Zeroize, ZeroizeOnDrop)]
 struct HeldShare {
@@ -80,9 +88,13 @@ pub struct ClientRound {
     mask_secret: Secret32,
     enc_secret: Secret32,
     self_seed: Secret32,
+    own: OwnAdvert,
     stage: Stage,
     /// Verified adverts (U1), including this node's.
     peers: BTreeMap<NodeId, PeerKeys>,
+    /// X25519(c_me, c_peer) per peer a share was sealed to, reused to open
+    /// that peer's share.
+    share_secrets: BTreeMap<NodeId, Secret32>,
     /// Shares received (U2), including this node's own.
     held: BTreeMap<NodeId, HeldShare>,
     revealed: BTreeMap<NodeId, Revealed>,
@@ -121,13 +133,23 @@ impl ClientRound {
                 params.bucket()
             ))
         })?;
+        let mask_secret = random32(rng);
+        let enc_secret = random32(rng);
+        let self_seed = random32(rng);
+        let own = OwnAdvert {
+            mask_public: keys::public_key(mask_secret.expose()),
+            enc_public: keys::public_key(enc_secret.expose()),
+            seed_commitment: keys::seed_commitment(self_seed.expose()),
+        };
         Ok(Self {
             my_x,
-            mask_secret: random32(rng),
-            enc_secret: random32(rng),
-            self_seed: random32(rng),
+            mask_secret,
+            enc_secret,
+            self_seed,
+            own,
             stage: Stage::Created,
             peers: BTreeMap::new(),
+            share_secrets: BTreeMap::new(),
             held: BTreeMap::new(),
             revealed: BTreeMap::new(),
             params,
@@ -158,9 +180,9 @@ impl ClientRound {
             round: self.params.round(),
             bucket: self.params.bucket(),
             node: self.me.clone(),
-            mask_public: keys::public_key(self.mask_secret.expose()),
-            enc_public: keys::public_key(self.enc_secret.expose()),
-            seed_commitment: keys::seed_commitment(self.self_seed.expose()),
+            mask_public: self.own.mask_public,
+            enc_public: self.own.enc_public,
+            seed_commitment: self.own.seed_commitment,
             cert_der: signer.cert_der().to_vec(),
             signature: [0; 64],
         }
@@ -178,9 +200,6 @@ impl ClientRound {
         now: OffsetDateTime,
     ) -> Result<(), SecAggError> {
         self.expect(Stage::Created, "receive_adverts")?;
-        let my_mask = keys::public_key(self.mask_secret.expose());
-        let my_enc = keys::public_key(self.enc_secret.expose());
-        let my_commit = keys::seed_commitment(self.self_seed.expose());
         let mut peers = BTreeMap::new();
         for a in adverts {
             self.params.check_binding(&a.tenant, a.round, a.bucket)?;
@@ -192,9 +211,9 @@ impl ClientRound {
             }
             a.verify(verifier, now)?;
             if a.node == self.me
-                && (a.mask_public != my_mask
-                    || a.enc_public != my_enc
-                    || a.seed_commitment != my_commit)
+                && (a.mask_public != self.own.mask_public
+                    || a.enc_public != self.own.enc_public
+                    || a.seed_commitment != self.own.seed_commitment)
             {
                 return Err(SecAggError::Binding(
                     "the relayed advert of this node differs from the one it sent".into(),
@@ -255,6 +274,7 @@ impl ClientRound {
         let seed_shares = shamir::split(self.self_seed.expose(), t, n, rng)?;
         let key_shares = shamir::split(self.mask_secret.expose(), t, n, rng)?;
         let mut out = Vec::with_capacity(self.peers.len());
+        let mut secrets = BTreeMap::new();
         let mut held = None;
         for (idx, (s, k)) in seed_shares.iter().zip(&key_shares).enumerate() {
             let member = &self.params.members()[idx];
@@ -283,17 +303,19 @@ impl ClientRound {
                 dst: member.clone(),
                 ciphertext: Vec::new(),
             };
+            let secret = keys::share_secret(self.enc_secret.expose(), &peer.enc_public, member)?;
             share.ciphertext = keys::seal(
-                self.enc_secret.expose(),
-                &peer.enc_public,
+                &secret,
                 &self.binding(&self.me, member),
                 &share.associated_data(),
                 pt.as_ref(),
             )?;
             out.push(share);
+            secrets.insert(member.clone(), secret);
         }
         let held = held.ok_or_else(|| SecAggError::Config("own share missing".into()))?;
         self.held.insert(self.me.clone(), held);
+        self.share_secrets = secrets;
         self.stage = Stage::SharesSent;
         Ok(out)
     }
@@ -314,10 +336,10 @@ impl ClientRound {
                     s.dst
                 )));
             }
-            let peer = self
-                .peers
+            // Exactly the advertised peers other than this node have one.
+            let secret = self
+                .share_secrets
                 .get(&s.src)
-                .filter(|_| s.src != self.me)
                 .ok_or_else(|| SecAggError::Protocol {
                     node: s.src.clone(),
                     reason: "sent a share without a verified advert".into(),
@@ -329,8 +351,7 @@ impl ClientRound {
                 });
             }
             let pt = keys::open(
-                self.enc_secret.expose(),
-                &peer.enc_public,
+                secret,
                 &self.binding(&s.src, &self.me),
                 &s.associated_data(),
                 &s.ciphertext,
@@ -357,6 +378,8 @@ impl ClientRound {
             });
         }
         self.held.append(&mut got);
+        // Share encryption is over for this round: forget its secrets.
+        self.share_secrets.clear();
         self.stage = Stage::SharesReceived;
         Ok(())
     }

@@ -112,24 +112,25 @@ pub fn pairwise_seed(
     )
 }
 
-/// Directional share-encryption key for `src → dst`:
-/// HKDF(X25519(c_src, c_dst), label ‖ tenant ‖ src ‖ dst ‖ round ‖ bucket).
-/// Each key encrypts exactly one message, so a fixed nonce is safe.
-#[allow(clippy::too_many_arguments)]
-fn share_key(
+/// X25519(c_me, c_peer): the secret both directions of share encryption
+/// between two nodes derive their keys from. A node computes it once per
+/// peer and round (it seals to the peer and opens the peer's share with it).
+pub(crate) fn share_secret(
     my_secret: &[u8; 32],
     peer_public: &[u8; 32],
     peer: &NodeId,
-    src: &NodeId,
-    dst: &NodeId,
-    tenant: &TenantId,
-    round: u64,
-    bucket: u32,
-) -> Result<LessSafeKey, SecAggError> {
+) -> Result<Secret32, SecAggError> {
     let shared = agree(my_secret, peer_public, peer)?;
+    Ok(Secret32(*shared))
+}
+
+/// Directional share-encryption key for `src → dst`:
+/// HKDF(X25519(c_src, c_dst), label ‖ tenant ‖ src ‖ dst ‖ round ‖ bucket).
+/// Each key encrypts exactly one message, so a fixed nonce is safe.
+fn share_key(shared: &Secret32, b: &ShareBinding<'_>) -> Result<LessSafeKey, SecAggError> {
     let key = hkdf(
-        shared.as_ref(),
-        &info(SHARE_KEY_LABEL, tenant, round, bucket, src, dst),
+        shared.expose(),
+        &info(SHARE_KEY_LABEL, b.tenant, b.round, b.bucket, b.src, b.dst),
     )?;
     let unbound = UnboundKey::new(&CHACHA20_POLY1305, key.expose())
         .map_err(|_| SecAggError::Config("ChaCha20-Poly1305 key length".into()))?;
@@ -145,17 +146,14 @@ pub(crate) struct ShareBinding<'a> {
     pub dst: &'a NodeId,
 }
 
-/// Encrypts `plaintext` from `src` (holding `enc_secret`) to `dst` (`dst_public`).
+/// Encrypts `plaintext` from `src` to `dst` under their [`share_secret`].
 pub(crate) fn seal(
-    enc_secret: &[u8; 32],
-    dst_public: &[u8; 32],
+    shared: &Secret32,
     b: &ShareBinding<'_>,
     aad: &[u8],
     plaintext: &[u8],
 ) -> Result<Vec<u8>, SecAggError> {
-    let key = share_key(
-        enc_secret, dst_public, b.dst, b.src, b.dst, b.tenant, b.round, b.bucket,
-    )?;
+    let key = share_key(shared, b)?;
     let mut buf = plaintext.to_vec();
     key.seal_in_place_append_tag(
         Nonce::assume_unique_for_key([0; 12]),
@@ -166,17 +164,14 @@ pub(crate) fn seal(
     Ok(buf)
 }
 
-/// Decrypts a share sent by `src` to `dst` (holding `enc_secret`).
+/// Decrypts a share sent by `src` to `dst` under their [`share_secret`].
 pub(crate) fn open(
-    enc_secret: &[u8; 32],
-    src_public: &[u8; 32],
+    shared: &Secret32,
     b: &ShareBinding<'_>,
     aad: &[u8],
     ciphertext: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, SecAggError> {
-    let key = share_key(
-        enc_secret, src_public, b.src, b.src, b.dst, b.tenant, b.round, b.bucket,
-    )?;
+    let key = share_key(shared, b)?;
     let mut buf = Zeroizing::new(ciphertext.to_vec());
     let len = key
         .open_in_place(
@@ -248,21 +243,24 @@ mod tests {
             src: &u,
             dst: &v,
         };
-        let ct = seal(&cu, &pv, &bind, b"ad", b"secret share").unwrap();
+        let at_u = share_secret(&cu, &pv, &v).unwrap();
+        let at_v = share_secret(&cv, &pu, &u).unwrap();
+        assert_eq!(at_u.expose(), at_v.expose());
+        let ct = seal(&at_u, &bind, b"ad", b"secret share").unwrap();
         assert_eq!(ct.len(), 12 + 16);
         assert_eq!(
-            &open(&cv, &pu, &bind, b"ad", &ct).unwrap()[..],
+            &open(&at_v, &bind, b"ad", &ct).unwrap()[..],
             b"secret share"
         );
         // Wrong AD, tampered ciphertext, wrong direction, other recipient: attributable errors.
-        let e = open(&cv, &pu, &bind, b"ae", &ct).unwrap_err();
+        let e = open(&at_v, &bind, b"ae", &ct).unwrap_err();
         assert!(
             matches!(&e, SecAggError::ShareDecrypt { sender, .. } if sender == &u),
             "{e}"
         );
         let mut bad = ct.clone();
         bad[0] ^= 1;
-        assert!(open(&cv, &pu, &bind, b"ad", &bad).is_err());
+        assert!(open(&at_v, &bind, b"ad", &bad).is_err());
         let back = ShareBinding {
             tenant: &t,
             round: 1,
@@ -270,7 +268,7 @@ mod tests {
             src: &v,
             dst: &u,
         };
-        assert!(open(&cu, &pv, &back, b"ad", &ct).is_err());
+        assert!(open(&at_u, &back, b"ad", &ct).is_err());
         let third = ShareBinding {
             tenant: &t,
             round: 1,
@@ -278,7 +276,7 @@ mod tests {
             src: &u,
             dst: &w,
         };
-        assert!(open(&cv, &pu, &third, b"ad", &ct).is_err());
+        assert!(open(&at_v, &third, b"ad", &ct).is_err());
         let later = ShareBinding {
             tenant: &t,
             round: 2,
@@ -286,6 +284,6 @@ mod tests {
             src: &u,
             dst: &v,
         };
-        assert!(open(&cv, &pu, &later, b"ad", &ct).is_err());
+        assert!(open(&at_v, &later, b"ad", &ct).is_err());
     }
 }

@@ -105,8 +105,9 @@ impl QuantConfig {
         members as f64 / self.scale
     }
 
-    /// Clips `x` to the L2 norm `C` (returns the clipped copy and the original norm).
-    pub fn clip(&self, x: &[f32]) -> Result<(Vec<f64>, f64), SecAggError> {
+    /// The factor that clips `x` to the L2 norm `C` (1 when within it), and
+    /// the original norm. Refuses non-finite values.
+    fn clip_factor(&self, x: &[f32]) -> Result<(f64, f64), SecAggError> {
         if let Some(i) = x.iter().position(|v| !v.is_finite()) {
             return Err(SecAggError::InvalidUpdate(format!(
                 "value {i} is not finite"
@@ -122,6 +123,12 @@ impl QuantConfig {
         } else {
             1.0
         };
+        Ok((factor, norm))
+    }
+
+    /// Clips `x` to the L2 norm `C` (returns the clipped copy and the original norm).
+    pub fn clip(&self, x: &[f32]) -> Result<(Vec<f64>, f64), SecAggError> {
+        let (factor, norm) = self.clip_factor(x)?;
         Ok((x.iter().map(|&v| f64::from(v) * factor).collect(), norm))
     }
 
@@ -131,12 +138,12 @@ impl QuantConfig {
         x: &[f32],
         rng: &mut R,
     ) -> Result<Vec<u32>, SecAggError> {
-        let (clipped, _) = self.clip(x)?;
+        // The clipped values of `clip`, computed on the fly.
+        let (factor, _) = self.clip_factor(x)?;
         let bound = self.value_bound() as f64;
-        Ok(clipped
-            .iter()
+        Ok(x.iter()
             .map(|&v| {
-                let scaled = v * self.scale;
+                let scaled = f64::from(v) * factor * self.scale;
                 let floor = scaled.floor();
                 let up = rng.random::<f64>() < scaled - floor;
                 // Clamping only absorbs float rounding of the clip factor.
