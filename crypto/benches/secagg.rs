@@ -176,6 +176,13 @@ fn benches(c: &mut Criterion) {
         })
     });
 
+    // Clip, scale and stochastically round one update (part of client_round).
+    let quant = *s.params.quant();
+    g.bench_function("quantize_d1e5", |b| {
+        let mut rng = client_rng(1);
+        b.iter(|| black_box(quant.quantize(black_box(&s.update), &mut rng).unwrap()))
+    });
+
     g.bench_function("server_unmask_d1e5_k8_no_dropout", |b| {
         b.iter(|| black_box(full.server.finish().unwrap()))
     });

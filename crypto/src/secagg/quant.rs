@@ -28,6 +28,20 @@ use super::SecAggError;
 /// Noise headroom in standard deviations (see the module docs).
 pub const NOISE_TAILS: f64 = 12.0;
 
+/// Uniform draws taken from the RNG at a time by [`QuantConfig::quantize`].
+const DRAW_BLOCK: usize = 512;
+
+/// 2^-53: a `u64`'s top 53 bits times this is uniform in [0, 1).
+const UNIT_53: f64 = 1.0 / (1u64 << 53) as f64;
+
+/// `v.floor()` for finite `|v| < 2^63` without a libm call (the x86-64
+/// baseline has no rounding instruction): truncate, then step down for
+/// negative non-integers.
+fn floor_in_range(v: f64) -> f64 {
+    let t = v as i64 as f64;
+    if t > v { t - 1.0 } else { t }
+}
+
 /// Clip norm and fixed-point scale.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QuantConfig {
@@ -141,16 +155,26 @@ impl QuantConfig {
         // The clipped values of `clip`, computed on the fly.
         let (factor, _) = self.clip_factor(x)?;
         let bound = self.value_bound() as f64;
-        Ok(x.iter()
-            .map(|&v| {
+        let mut out = Vec::with_capacity(x.len());
+        // One uniform f64 per value, drawn exactly as `rng.random::<f64>()`
+        // draws it (the top 53 bits of a `u64`), but a block of `u64`s at a
+        // time: `Fill` for `[u64]` reads the same little-endian stream as
+        // successive `next_u64` calls.
+        let mut draws = [0u64; DRAW_BLOCK];
+        for chunk in x.chunks(DRAW_BLOCK) {
+            let draws = &mut draws[..chunk.len()];
+            rng.fill(draws);
+            out.extend(chunk.iter().zip(draws.iter()).map(|(&v, &r)| {
                 let scaled = f64::from(v) * factor * self.scale;
-                let floor = scaled.floor();
-                let up = rng.random::<f64>() < scaled - floor;
+                let floor = floor_in_range(scaled);
+                let uniform = (r >> 11) as f64 * UNIT_53;
+                let up = uniform < scaled - floor;
                 // Clamping only absorbs float rounding of the clip factor.
                 let q = (floor + f64::from(u8::from(up))).clamp(-bound, bound);
                 (q as i64) as u32
-            })
-            .collect())
+            }));
+        }
+        Ok(out)
     }
 
     /// Interprets a (bucket) sum as two's complement and divides by the scale.
@@ -221,7 +245,53 @@ mod tests {
         assert!((mean - 0.3).abs() < 0.017, "{mean}");
     }
 
+    /// The per-value formulation `quantize` had before drawing in blocks.
+    fn quantize_per_value<R: rand::Rng>(q: &QuantConfig, x: &[f32], rng: &mut R) -> Vec<u32> {
+        let (clipped, _) = q.clip(x).unwrap();
+        let bound = q.value_bound() as f64;
+        clipped
+            .iter()
+            .map(|&v| {
+                let scaled = v * q.scale();
+                let floor = scaled.floor();
+                let up = rng.random::<f64>() < scaled - floor;
+                let q = (floor + f64::from(u8::from(up))).clamp(-bound, bound);
+                (q as i64) as u32
+            })
+            .collect()
+    }
+
     proptest! {
+        /// Same words and same RNG position afterwards as drawing one f64
+        /// per value, from any offset in the stream and across draw blocks.
+        #[test]
+        fn block_draws_match_per_value_draws(
+            len in 0usize..1500,
+            skip in 0usize..5,
+            seed in any::<u64>(),
+            clip in 0.5f64..100.0,
+            scale_bits in 0u32..20,
+        ) {
+            let q = QuantConfig::new(clip, f64::from(1u32 << scale_bits)).unwrap();
+            use rand::{Rng as _, RngCore as _};
+            let mut gen_rng = ChaCha20Rng::seed_from_u64(!seed);
+            let x: Vec<f32> = (0..len).map(|_| gen_rng.random_range(-3.0f32..3.0)).collect();
+            let (mut a, mut b) = (ChaCha20Rng::seed_from_u64(seed), ChaCha20Rng::seed_from_u64(seed));
+            for _ in 0..skip {
+                a.next_u32();
+                b.next_u32();
+            }
+            prop_assert_eq!(q.quantize(&x, &mut a).unwrap(), quantize_per_value(&q, &x, &mut b));
+            prop_assert_eq!(a.next_u64(), b.next_u64());
+        }
+
+        #[test]
+        fn floor_in_range_is_floor(v in -1e12f64..1e12, frac in prop::sample::select(vec![0.0, 0.5, -0.5, 1e-9, -1e-9])) {
+            let v = v.trunc() + frac;
+            prop_assert_eq!(floor_in_range(v), v.floor());
+            prop_assert_eq!(floor_in_range(-0.0), 0.0);
+        }
+
         #[test]
         fn error_is_below_one_unit(
             x in proptest::collection::vec(-3.0f32..3.0, 1..50),
