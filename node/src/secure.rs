@@ -9,7 +9,9 @@
 //! shares after the adverts, the masked update (clipped, quantized, with its
 //! DP noise share, masked and signed; the scaler moments and training loss
 //! ride along as extra words) after the shares, the unmask response after
-//! the request. The plaintext update never leaves the node.
+//! the request. The masks, which do not depend on the update, are expanded
+//! on a blocking thread as soon as the shares are in, while training
+//! finishes. The plaintext update never leaves the node.
 //!
 //! A protocol failure (a peer's bad advert, a dropped bucket, a phase that
 //! closed before this node answered) abandons the round, not the session.
@@ -327,9 +329,16 @@ pub(crate) async fn participate(
                     info!(bucket = r.bucket, "simulated: stopping after the shares");
                     return Ok(Some(()));
                 }
+                // The masks do not depend on the update: expand them while
+                // training finishes.
+                let plan = c.mask_plan()?;
+                let mask = tokio::task::spawn_blocking(move || plan.expand());
                 let (mut update, send) = job
                     .await
                     .map_err(|e| AgentError::Model(format!("training task failed: {e}")))??;
+                let mask = mask
+                    .await
+                    .map_err(|e| AgentError::Model(format!("mask expansion failed: {e}")))?;
                 if send == SimSend::Nothing {
                     info!(bucket = r.bucket, "simulated: sending nothing this round");
                     return Ok(Some(()));
@@ -337,12 +346,14 @@ pub(crate) async fn participate(
                 if let Some(t) = &fs.tamper {
                     t.apply(&mut update.delta);
                 }
-                let y = c.mask_update_with_extra(
+                let y = c.mask_update_with_mask(
                     &update.delta,
                     &extra_words(&update),
+                    &mask,
                     &fs.signer,
                     &mut rng,
                 )?;
+                drop(mask);
                 masked = true;
                 if !r.send(client, M::Masked(y.encode())).await? {
                     return Ok(Some(()));

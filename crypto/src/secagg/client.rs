@@ -112,6 +112,64 @@ impl std::fmt::Debug for ClientRound {
     }
 }
 
+/// The seeds of one node's masks in one bucket
+/// ([`ClientRound::mask_plan`]). Zeroizes on drop and never prints.
+pub struct MaskPlan {
+    binding: (u64, u32, NodeId),
+    words: usize,
+    seeds: Vec<(Secret32, Sign)>,
+}
+
+impl std::fmt::Debug for MaskPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MaskPlan")
+            .field("round", &self.binding.0)
+            .field("bucket", &self.binding.1)
+            .field("node", &self.binding.2)
+            .field("masks", &self.seeds.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MaskPlan {
+    /// Adds every mask to `acc` (modulo 2^32).
+    fn apply(&self, acc: &mut [u32]) {
+        for (seed, sign) in &self.seeds {
+            apply_mask(seed.expose(), *sign, acc);
+        }
+    }
+
+    /// The sum of this node's masks (ChaCha20 expansion of every seed; the
+    /// costly part of masking, independent of the update).
+    pub fn expand(self) -> MaskVector {
+        let mut words = zeroize::Zeroizing::new(vec![0u32; self.words]);
+        self.apply(&mut words);
+        MaskVector {
+            binding: self.binding.clone(),
+            words,
+        }
+    }
+}
+
+/// The sum of one node's masks for one bucket ([`MaskPlan::expand`]).
+/// Together with the masked input it reveals the update, so it zeroizes on
+/// drop and never prints.
+pub struct MaskVector {
+    binding: (u64, u32, NodeId),
+    words: zeroize::Zeroizing<Vec<u32>>,
+}
+
+impl std::fmt::Debug for MaskVector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MaskVector")
+            .field("round", &self.binding.0)
+            .field("bucket", &self.binding.1)
+            .field("node", &self.binding.2)
+            .field("words", &self.words.len())
+            .finish_non_exhaustive()
+    }
+}
+
 fn random32<R: RngCore + CryptoRng>(rng: &mut R) -> Secret32 {
     let mut s = Secret32([0; 32]);
     rng.fill_bytes(&mut s.0);
@@ -407,6 +465,82 @@ impl ClientRound {
         signer: &CertSigner,
         rng: &mut R,
     ) -> Result<MaskedInput, SecAggError> {
+        self.mask_and_sign(update, extra, None, signer, rng)
+    }
+
+    /// The seeds of this node's masks for the round, once the shares are
+    /// in: its self mask and one pairwise mask per peer it holds a share
+    /// of. Masks do not depend on the update, so a node can
+    /// [`MaskPlan::expand`] them on another thread while it trains and pass
+    /// the result to [`ClientRound::mask_update_with_mask`]. Empty for a
+    /// one-member bucket.
+    pub fn mask_plan(&self) -> Result<MaskPlan, SecAggError> {
+        self.expect(Stage::SharesReceived, "mask_plan")?;
+        let mut seeds = Vec::new();
+        if self.params.masked() {
+            seeds.reserve(self.held.len());
+            seeds.push((self.self_seed.clone(), Sign::Add));
+            for peer in self.held.keys().filter(|p| **p != self.me) {
+                let keys = self.peers.get(peer).ok_or_else(|| SecAggError::Protocol {
+                    node: peer.clone(),
+                    reason: "no advert".into(),
+                })?;
+                let seed = keys::pairwise_seed(
+                    self.mask_secret.expose(),
+                    &self.me,
+                    &keys.mask_public,
+                    peer,
+                    self.params.tenant(),
+                    self.params.round(),
+                    self.params.bucket(),
+                )?;
+                let sign = if *peer > self.me {
+                    Sign::Add
+                } else {
+                    Sign::Sub
+                };
+                seeds.push((seed, sign));
+            }
+        }
+        Ok(MaskPlan {
+            binding: self.mask_binding(),
+            words: self.params.words(),
+            seeds,
+        })
+    }
+
+    fn mask_binding(&self) -> (u64, u32, NodeId) {
+        (self.params.round(), self.params.bucket(), self.me.clone())
+    }
+
+    /// [`ClientRound::mask_update_with_extra`] with masks expanded ahead of
+    /// time from this round's [`ClientRound::mask_plan`]; the masked input is
+    /// the same, bit for bit. A mask of another round, bucket or node is
+    /// refused.
+    pub fn mask_update_with_mask<R: RngCore + CryptoRng>(
+        &mut self,
+        update: &[f32],
+        extra: &[u32],
+        mask: &MaskVector,
+        signer: &CertSigner,
+        rng: &mut R,
+    ) -> Result<MaskedInput, SecAggError> {
+        if mask.binding != self.mask_binding() || mask.words.len() != self.params.words() {
+            return Err(SecAggError::Binding(
+                "the mask was expanded for another round, bucket or node".into(),
+            ));
+        }
+        self.mask_and_sign(update, extra, Some(mask), signer, rng)
+    }
+
+    fn mask_and_sign<R: RngCore + CryptoRng>(
+        &mut self,
+        update: &[f32],
+        extra: &[u32],
+        mask: Option<&MaskVector>,
+        signer: &CertSigner,
+        rng: &mut R,
+    ) -> Result<MaskedInput, SecAggError> {
         self.expect(Stage::SharesReceived, "mask_update")?;
         if extra.len() != self.params.extra_words() {
             return Err(SecAggError::InvalidUpdate(format!(
@@ -428,29 +562,14 @@ impl ClientRound {
         if let Some(variance) = self.params.local_noise_variance() {
             DiscreteGaussian::from_variance(variance)?.add_noise(&mut words, rng)?;
         }
-        if self.params.masked() {
-            apply_mask(self.self_seed.expose(), Sign::Add, &mut words);
-            for peer in self.held.keys().filter(|p| **p != self.me) {
-                let keys = self.peers.get(peer).ok_or_else(|| SecAggError::Protocol {
-                    node: peer.clone(),
-                    reason: "no advert".into(),
-                })?;
-                let seed = keys::pairwise_seed(
-                    self.mask_secret.expose(),
-                    &self.me,
-                    &keys.mask_public,
-                    peer,
-                    self.params.tenant(),
-                    self.params.round(),
-                    self.params.bucket(),
-                )?;
-                let sign = if *peer > self.me {
-                    Sign::Add
-                } else {
-                    Sign::Sub
-                };
-                apply_mask(seed.expose(), sign, &mut words);
+        match mask {
+            // Addition modulo 2^32 commutes: the same words either way.
+            Some(mask) => {
+                for (w, m) in words.iter_mut().zip(mask.words.iter()) {
+                    *w = w.wrapping_add(*m);
+                }
             }
+            None => self.mask_plan()?.apply(&mut words),
         }
         let input = MaskedInput {
             tenant: self.params.tenant().clone(),

@@ -47,7 +47,7 @@ mod protocol_tests;
 mod test_vectors;
 
 pub use bucket::{Assignment, AssignmentInput, Bucket, assign_buckets, verify_own_bucket};
-pub use client::ClientRound;
+pub use client::{ClientRound, MaskPlan, MaskVector};
 pub use dp::{DiscreteGaussian, Epsilon, epsilon, rdp_sampled_gaussian};
 pub use error::SecAggError;
 pub use messages::{EncryptedShare, KeyAdvert, MaskedInput, UnmaskRequest, UnmaskResponse};

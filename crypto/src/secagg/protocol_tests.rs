@@ -536,3 +536,55 @@ fn bucket_sum_helpers() {
     assert_eq!(sum.bucket(), 2);
     assert_eq!(sum.contributors(), b.params.members());
 }
+
+/// Masks expanded ahead of time (while a node trains) give the masked input
+/// of masking in place, bit for bit, DP noise included; a mask expanded for
+/// another node is refused and changes nothing.
+#[test]
+fn masks_expanded_ahead_give_the_same_masked_input() {
+    let mesh = Mesh::new();
+    let (n, dim) = (4, 3000);
+    let p = params(n, dim, 1024.0, Some(0.01));
+    // Same seed: the same per-round secrets in both buckets.
+    let mut in_place = setup(&mesh, p.clone(), 13);
+    let mut ahead = setup(&mesh, p, 13);
+    let ups = updates(n, dim, 13);
+    let masks: Vec<MaskVector> = ahead
+        .clients
+        .iter()
+        .map(|c| c.mask_plan().unwrap().expand())
+        .collect();
+    assert!(format!("{:?}", masks[0]).contains("words: 3000"));
+    for i in 0..n {
+        let other = &masks[(i + 1) % n];
+        let mut rng = ChaCha20Rng::seed_from_u64(70 + i as u64);
+        let refused = ahead.clients[i].mask_update_with_mask(
+            &ups[i],
+            &[],
+            other,
+            &ahead.signers[i],
+            &mut rng,
+        );
+        assert!(
+            matches!(refused, Err(SecAggError::Binding(_))),
+            "{refused:?}"
+        );
+        let mut rng = ChaCha20Rng::seed_from_u64(7 + i as u64);
+        let direct = in_place.clients[i]
+            .mask_update(&ups[i], &in_place.signers[i], &mut rng)
+            .unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(7 + i as u64);
+        let y = ahead.clients[i]
+            .mask_update_with_mask(&ups[i], &[], &masks[i], &ahead.signers[i], &mut rng)
+            .unwrap();
+        assert_eq!(y.words, direct.words);
+        y.verify(&mesh.verifier, ahead.signers[i].cert_der(), now())
+            .unwrap();
+        ahead
+            .server
+            .accept_masked(MaskedInput::decode(&y.encode()).unwrap(), now())
+            .unwrap();
+        // The plan is gone with the masked stage.
+        assert!(ahead.clients[i].mask_plan().is_err());
+    }
+}
