@@ -112,10 +112,18 @@ impl std::fmt::Debug for ClientRound {
     }
 }
 
+/// Whose masks these are: one node in one bucket of one round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct MaskBinding {
+    round: u64,
+    bucket: u32,
+    node: NodeId,
+}
+
 /// The seeds of one node's masks in one bucket
 /// ([`ClientRound::mask_plan`]). Zeroizes on drop and never prints.
 pub struct MaskPlan {
-    binding: (u64, u32, NodeId),
+    binding: MaskBinding,
     words: usize,
     seeds: Vec<(Secret32, Sign)>,
 }
@@ -123,9 +131,7 @@ pub struct MaskPlan {
 impl std::fmt::Debug for MaskPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MaskPlan")
-            .field("round", &self.binding.0)
-            .field("bucket", &self.binding.1)
-            .field("node", &self.binding.2)
+            .field("binding", &self.binding)
             .field("masks", &self.seeds.len())
             .finish_non_exhaustive()
     }
@@ -145,7 +151,7 @@ impl MaskPlan {
         let mut words = zeroize::Zeroizing::new(vec![0u32; self.words]);
         self.apply(&mut words);
         MaskVector {
-            binding: self.binding.clone(),
+            binding: self.binding,
             words,
         }
     }
@@ -155,16 +161,14 @@ impl MaskPlan {
 /// Together with the masked input it reveals the update, so it zeroizes on
 /// drop and never prints.
 pub struct MaskVector {
-    binding: (u64, u32, NodeId),
+    binding: MaskBinding,
     words: zeroize::Zeroizing<Vec<u32>>,
 }
 
 impl std::fmt::Debug for MaskVector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MaskVector")
-            .field("round", &self.binding.0)
-            .field("bucket", &self.binding.1)
-            .field("node", &self.binding.2)
+            .field("binding", &self.binding)
             .field("words", &self.words.len())
             .finish_non_exhaustive()
     }
@@ -509,8 +513,12 @@ impl ClientRound {
         })
     }
 
-    fn mask_binding(&self) -> (u64, u32, NodeId) {
-        (self.params.round(), self.params.bucket(), self.me.clone())
+    fn mask_binding(&self) -> MaskBinding {
+        MaskBinding {
+            round: self.params.round(),
+            bucket: self.params.bucket(),
+            node: self.me.clone(),
+        }
     }
 
     /// [`ClientRound::mask_update_with_extra`] with masks expanded ahead of
