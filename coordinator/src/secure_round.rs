@@ -484,16 +484,16 @@ impl SecureRound {
     /// fell out.
     pub fn finish(mut self) -> (Vec<BucketSum>, Vec<DroppedBucket>, Vec<Straggler>) {
         let unmasking = self.view.phase == Phase::Unmask;
-        let mut unmasked: Vec<Option<Result<BucketSum, SecAggError>>> = self
+        let unmasked: Vec<Option<Result<BucketSum, SecAggError>>> = self
             .buckets
             .par_iter()
             .map(|b| (unmasking && b.dropped.is_none()).then(|| b.unmasker.finish()))
             .collect();
         let mut sums = Vec::new();
         let mut dropped = Vec::new();
-        for (b, result) in self.buckets.iter_mut().zip(&mut unmasked) {
+        for (b, result) in self.buckets.iter_mut().zip(unmasked) {
             if b.dropped.is_none() {
-                if let Some(result) = result.take() {
+                if let Some(result) = result {
                     for n in b.expected.difference(&b.answered) {
                         self.stragglers.push(Straggler {
                             node: n.clone(),

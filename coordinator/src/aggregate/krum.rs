@@ -33,7 +33,7 @@
 use std::cmp::Ordering;
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayView2, ArrayViewMut2, Axis, ShapeBuilder, Slice};
+use ndarray::{ArrayView2, ArrayViewMut2, Axis, Slice};
 use rayon::prelude::*;
 
 use super::coordinate::{
@@ -124,6 +124,10 @@ fn gram_chunk(
         centred: vec![0f64; n],
     };
     let mut centre = [0f32; GRAM_BLOCK];
+    let tiles: Vec<(usize, usize)> = (0..n)
+        .step_by(GRAM_TILE)
+        .map(|t| (t, (t + GRAM_TILE).min(n)))
+        .collect();
     let mut b = lo;
     while b < hi {
         let e = (b + GRAM_BLOCK).min(hi);
@@ -159,28 +163,22 @@ fn gram_chunk(
         }
         // Coordinate-major copy, centred: buf[k·n + i] = rows[i][b + k] − c[k].
         // Both sgemm operands are then read contiguously when packed (the
-        // row-major layout made one of them a 16 KiB-stride gather). Copied
-        // in 16-row × 256-coordinate tiles so the written lines stay in L1.
+        // row-major layout made one of them a 16 KiB-stride gather).
         if buf.len() != w * n {
             // (Every element is overwritten below.)
             buf.clear();
             buf.resize(w * n, 0.0);
         }
         // Eight rows at a time: each coordinate's eight values are one
-        // contiguous 32-byte store; 128-coordinate tiles keep the written
-        // lines in L1.
+        // contiguous 32-byte store.
         let (octets, rest) = rows.as_chunks::<8>();
         for (o, oct) in octets.iter().enumerate() {
             let i0 = o * 8;
             let src = oct.map(|r| &r[b..e]);
-            for k0 in (0..w).step_by(128) {
-                let k1 = (k0 + 128).min(w);
-                for k in k0..k1 {
-                    let c = centre[k];
-                    let dst = &mut buf[k * n + i0..k * n + i0 + 8];
-                    for (d, r) in dst.iter_mut().zip(&src) {
-                        *d = r[k] - c;
-                    }
+            for (k, &c) in centre.iter().enumerate() {
+                let dst = &mut buf[k * n + i0..k * n + i0 + 8];
+                for (d, r) in dst.iter_mut().zip(&src) {
+                    *d = r[k] - c;
                 }
             }
         }
@@ -192,16 +190,12 @@ fn gram_chunk(
         }
         g.clear();
         g.resize(n * n, 0.0);
-        let tiles: Vec<(usize, usize)> = (0..n)
-            .step_by(GRAM_TILE)
-            .map(|t| (t, (t + GRAM_TILE).min(n)))
-            .collect();
-        // Y (n × w) as a column-major view of buf, Yᵀ (w × n) row-major.
-        if let (Ok(y), Ok(yt), Ok(mut gv)) = (
-            ArrayView2::from_shape((n, w).strides((1, n)), &buf[..]),
+        // Yᵀ (w × n) row-major over buf; Y (n × w) is its transposed view.
+        if let (Ok(yt), Ok(mut gv)) = (
             ArrayView2::from_shape((w, n), &buf[..]),
             ArrayViewMut2::from_shape((n, n), &mut g[..]),
         ) {
+            let y = yt.t();
             for (ti, &(i0, i1)) in tiles.iter().enumerate() {
                 let a = y.slice_axis(Axis(0), Slice::from(i0..i1));
                 for &(j0, j1) in &tiles[ti..] {

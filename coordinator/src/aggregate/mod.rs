@@ -181,27 +181,23 @@ pub fn fedavg(updates: &[&[f32]], weights: &[f64]) -> Result<Vec<f32>, Aggregate
 /// (`((a + w₀x₀) + w₁x₁) + …`), so the bits are those of one row per pass
 /// with a quarter of the accumulator traffic; coordinate chunks run in
 /// parallel, which does not change the bits either.
-pub(crate) fn weighted_sum_in_order(
+pub(crate) fn weighted_sum_in_order<T: Copy + Default + Send>(
     rows: &[&[f32]],
     weights: &[f64],
     p: usize,
-    finish: impl Fn(f64) -> f32 + Sync,
-) -> Vec<f32> {
-    let mut out = vec![0f32; p];
+    finish: impl Fn(f64) -> T + Sync,
+) -> Vec<T> {
+    let mut out = vec![T::default(); p];
+    let (row_quads, row_rest) = rows.as_chunks::<4>();
+    let (weight_quads, weight_rest) = weights.as_chunks::<4>();
     out.par_chunks_mut(MEAN_CHUNK)
         .enumerate()
         .for_each(|(c, out_chunk)| {
             let start = c * MEAN_CHUNK;
             let len = out_chunk.len();
             let mut acc = vec![0f64; len];
-            let mut quads = rows.chunks_exact(4).zip(weights.chunks_exact(4));
-            for (u, w) in quads.by_ref() {
-                let (x0, x1, x2, x3) = (
-                    &u[0][start..start + len],
-                    &u[1][start..start + len],
-                    &u[2][start..start + len],
-                    &u[3][start..start + len],
-                );
+            for (quad, w) in row_quads.iter().zip(weight_quads) {
+                let [x0, x1, x2, x3] = quad.map(|r| &r[start..start + len]);
                 for j in 0..len {
                     let mut a = acc[j];
                     a += w[0] * f64::from(x0[j]);
@@ -211,8 +207,7 @@ pub(crate) fn weighted_sum_in_order(
                     acc[j] = a;
                 }
             }
-            let tail = rows.len() / 4 * 4;
-            for (u, &w) in rows[tail..].iter().zip(&weights[tail..]) {
+            for (u, &w) in row_rest.iter().zip(weight_rest) {
                 for (a, &x) in acc.iter_mut().zip(&u[start..start + len]) {
                     *a += w * f64::from(x);
                 }

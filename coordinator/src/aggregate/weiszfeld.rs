@@ -2,7 +2,9 @@
 
 use rayon::prelude::*;
 
-use super::{AggregateError, CHUNK, Rule, canonical_order, check_weights, dims, median};
+use super::{
+    AggregateError, Rule, canonical_order, check_weights, dims, median, weighted_sum_in_order,
+};
 
 /// f64 lanes of the distance kernel.
 const LANES: usize = 8;
@@ -25,21 +27,6 @@ pub(crate) fn dist_to(x: &[f32], v: &[f64]) -> f64 {
         s += d * d;
     }
     s.sqrt()
-}
-
-/// `Σᵢ cᵢ·xᵢ` per coordinate, summed in f64 in the order of `rows`.
-fn weighted_sum(rows: &[&[f32]], coef: &[f64], p: usize) -> Vec<f64> {
-    let mut out = vec![0f64; p];
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
-        let start = c * CHUNK;
-        let len = o.len();
-        for (r, &w) in rows.iter().zip(coef) {
-            for (a, &x) in o.iter_mut().zip(&r[start..start + len]) {
-                *a += w * f64::from(x);
-            }
-        }
-    });
-    out
 }
 
 /// Weighted geometric median `argmin_v Σ αᵢ‖v − xᵢ‖` approximated by
@@ -76,7 +63,7 @@ pub fn geometric_median(
             break;
         }
         let coef: Vec<f64> = beta.iter().map(|b| b / total).collect();
-        v = weighted_sum(&rows, &coef, p);
+        v = weighted_sum_in_order(&rows, &coef, p, |a| a);
     }
     Ok(v.into_iter().map(|x| x as f32).collect())
 }
