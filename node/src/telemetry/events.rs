@@ -662,9 +662,11 @@ pub fn normalize_container_id(raw: &str) -> Option<ContainerId> {
         Some(i) => &s[i + 3..],
         None => s,
     };
-    // (Without short-circuit, so the hex check vectorises.)
-    let hex = s.bytes().fold(true, |ok, b| ok & b.is_ascii_hexdigit());
-    if !(SHORT_ID_LEN..=64).contains(&s.len()) || !hex {
+    // (The hex check without short-circuit, so it vectorises; only on
+    // strings of an id's length.)
+    if !(SHORT_ID_LEN..=64).contains(&s.len())
+        || !s.bytes().fold(true, |ok, b| ok & b.is_ascii_hexdigit())
+    {
         return None;
     }
     Some(ContainerId(s[..SHORT_ID_LEN].to_ascii_lowercase()))

@@ -436,18 +436,15 @@ fn timestamp_ms(top: &Line<'_>) -> Result<u64, ParseError> {
 /// First `sock_arg` (`daddr`/`dport`) or `sockaddr_arg` (`addr`/`port`).
 fn destination(args: &Array<Nested<Arg<'_>>>) -> Result<(std::net::IpAddr, u16), ParseError> {
     for a in objects(args) {
-        let (sock, sockaddr) = if let Some(s) = pick(&a.sock_arg, &a.sock_arg_c) {
-            (s, false)
+        // A `sock_arg` that is not an object has no address.
+        let (i, p) = if let Some(s) = pick(&a.sock_arg, &a.sock_arg_c) {
+            s.object()
+                .map_or((None, None), |s| (get(&s.daddr), get(&s.dport)))
         } else if let Some(s) = pick(&a.sockaddr_arg, &a.sockaddr_arg_c) {
-            (s, true)
+            s.object()
+                .map_or((None, None), |s| (get(&s.addr), get(&s.port)))
         } else {
             continue;
-        };
-        // A `sock_arg` that is not an object has no address.
-        let (i, p) = match sock.object() {
-            Some(s) if sockaddr => (get(&s.addr), get(&s.port)),
-            Some(s) => (get(&s.daddr), get(&s.dport)),
-            None => (None, None),
         };
         let i = i
             .and_then(Lit::as_str)
