@@ -760,7 +760,7 @@ fn run_once(
             } else {
                 let (v, param) =
                     craft_shared(&a.kind, &honest_refs, n_total, n_malicious).map_err(aerr)?;
-                attack_param = param.or(attack_param);
+                attack_param = param;
                 v
             };
             for &i in &crafters {

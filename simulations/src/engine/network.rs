@@ -701,18 +701,16 @@ fn round_report(
     let mut rounds = Vec::new();
     for round in 1..=s.rounds {
         // Who was selected is known only for full participation (the
-        // coordinator samples otherwise); stragglers are counted then.
+        // coordinator samples otherwise); stragglers are counted then, as
+        // the in-process engine counts them (a forced dropout is not one).
         let full = s.fleet.participation >= 1.0;
-        let stragglers = (0..s.fleet.nodes)
-            .filter(|_| full)
-            .filter(|&i| {
-                matches!(
-                    board.presence(i, round),
-                    Presence::Straggler
-                        | Presence::Forced(fedmesh_crypto::secagg::local::Dropout::AfterShares)
-                )
-            })
-            .count();
+        let stragglers = if full {
+            (0..s.fleet.nodes)
+                .filter(|&i| matches!(board.presence(i, round), Presence::Straggler))
+                .count()
+        } else {
+            0
+        };
         let mut m = RoundMetrics {
             sampled: s.fleet.nodes,
             stragglers,
