@@ -5,6 +5,7 @@
 
 mod cli;
 mod docker;
+mod hostile;
 mod mesh;
 mod protocol;
 mod secure;

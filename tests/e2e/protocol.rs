@@ -48,6 +48,7 @@ pub(crate) struct Mesh {
     pub(crate) ca: MeshCa,
     addr: SocketAddr,
     feds: BTreeMap<String, Arc<Federation>>,
+    store: fedmesh_coordinator::store::Store,
     stop: Option<oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
 }
@@ -84,6 +85,7 @@ impl Mesh {
                 .ok_or_else(|| anyhow!("no federation {}", t.name))?;
             feds.insert(t.name.clone(), fed);
         }
+        let store = coordinator.store().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (stop, stop_rx) = oneshot::channel::<()>();
@@ -94,6 +96,7 @@ impl Mesh {
             ca,
             addr,
             feds,
+            store,
             stop: Some(stop),
             _dir: dir,
         })
@@ -101,6 +104,15 @@ impl Mesh {
 
     pub(crate) fn fed(&self, tenant: &str) -> Arc<Federation> {
         self.feds[tenant].clone()
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Verifies `tenant`'s hash-chained audit log, returning its length.
+    pub(crate) fn verify_chain(&self, tenant: &str) -> Result<usize> {
+        Ok(self.store.verify_chain(tenant)?)
     }
 
     pub(crate) fn ca_pem(&self) -> &str {
@@ -151,7 +163,7 @@ async fn raw_client(
 }
 
 /// An HTTP/2 channel over TLS with the given client configuration.
-async fn raw_channel(
+pub(crate) async fn raw_channel(
     addr: SocketAddr,
     tls: rustls::ClientConfig,
 ) -> Result<Channel, tonic::transport::Error> {

@@ -1,0 +1,951 @@
+//! The project's own hostile client.
+//!
+//! Nothing here uses the project's request types: every request is protobuf
+//! written byte by byte from the field numbers of `federation.proto`, sent
+//! over real mTLS through a raw gRPC codec, and every answer is read with a
+//! minimal protobuf reader. A hostile node (a valid certificate of tenant
+//! `acme`) sends every class of bad request the coordinator must refuse;
+//! each refusal is counted by class and checked for its exact status code
+//! and a bounded message (≤ 1 KiB). Afterwards the coordinator must still
+//! serve, a legitimate round must commit and the audit chain must verify.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+
+use super::protocol::{Mesh, WAIT, raw_channel, tenant};
+
+/// Longest refusal text a client may receive.
+const MAX_STATUS_TEXT: usize = 1024;
+
+// ------------------------------------------------------------ protobuf by hand
+
+/// A protobuf message written field by field (wire format, no schema).
+#[derive(Debug, Clone, Default)]
+struct Pb(Vec<u8>);
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+impl Pb {
+    fn key(&mut self, field: u32, wire: u8) {
+        put_varint(&mut self.0, (u64::from(field) << 3) | u64::from(wire));
+    }
+    fn varint(mut self, field: u32, v: u64) -> Self {
+        self.key(field, 0);
+        put_varint(&mut self.0, v);
+        self
+    }
+    fn bytes(mut self, field: u32, b: &[u8]) -> Self {
+        self.key(field, 2);
+        put_varint(&mut self.0, b.len() as u64);
+        self.0.extend_from_slice(b);
+        self
+    }
+    fn str(self, field: u32, s: &str) -> Self {
+        self.bytes(field, s.as_bytes())
+    }
+    fn msg(self, field: u32, m: &Pb) -> Self {
+        self.bytes(field, &m.0)
+    }
+    fn float(mut self, field: u32, x: f32) -> Self {
+        self.key(field, 5);
+        self.0.extend_from_slice(&x.to_le_bytes());
+        self
+    }
+    fn packed_u64(self, field: u32, vs: &[u64]) -> Self {
+        let mut body = Vec::new();
+        for &v in vs {
+            put_varint(&mut body, v);
+        }
+        self.bytes(field, &body)
+    }
+    fn packed_f64(self, field: u32, vs: &[f64]) -> Self {
+        let body: Vec<u8> = vs.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.bytes(field, &body)
+    }
+    fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// One field of a decoded message.
+#[derive(Debug, Clone)]
+enum Field<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+fn get_varint(buf: &[u8], at: &mut usize) -> Result<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *buf.get(*at).ok_or_else(|| anyhow!("truncated varint"))?;
+        *at += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Ok(v);
+        }
+    }
+    bail!("varint too long")
+}
+
+/// The fields of one message, in wire order.
+fn fields(buf: &[u8]) -> Result<Vec<(u32, Field<'_>)>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < buf.len() {
+        let key = get_varint(buf, &mut at)?;
+        let field = u32::try_from(key >> 3)?;
+        let value = match key & 7 {
+            0 => Field::Varint(get_varint(buf, &mut at)?),
+            1 | 5 => {
+                let n = if key & 7 == 1 { 8 } else { 4 };
+                buf.get(at..at + n).ok_or_else(|| anyhow!("truncated"))?;
+                at += n;
+                Field::Fixed
+            }
+            2 => {
+                let n = usize::try_from(get_varint(buf, &mut at)?)?;
+                let b = buf
+                    .get(at..at.checked_add(n).ok_or_else(|| anyhow!("length"))?)
+                    .ok_or_else(|| anyhow!("truncated bytes"))?;
+                at += n;
+                Field::Bytes(b)
+            }
+            w => bail!("wire type {w}"),
+        };
+        out.push((field, value));
+    }
+    Ok(out)
+}
+
+fn varint_of(buf: &[u8], field: u32) -> Result<u64> {
+    Ok(fields(buf)?
+        .into_iter()
+        .find_map(|(f, v)| match (f == field, v) {
+            (true, Field::Varint(x)) => Some(x),
+            _ => None,
+        })
+        .unwrap_or(0))
+}
+
+fn bytes_of(buf: &[u8], field: u32) -> Result<Option<&[u8]>> {
+    Ok(fields(buf)?
+        .into_iter()
+        .find_map(|(f, v)| match (f == field, v) {
+            (true, Field::Bytes(b)) => Some(b),
+            _ => None,
+        }))
+}
+
+// ------------------------------------------------------------ raw gRPC client
+
+#[derive(Debug, Clone, Copy, Default)]
+struct BytesCodec;
+
+struct BytesEncoder;
+struct BytesDecoder;
+
+impl tonic::codec::Encoder for BytesEncoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for BytesDecoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        use bytes::Buf;
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
+
+impl tonic::codec::Codec for BytesCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = BytesEncoder;
+    type Decoder = BytesDecoder;
+    fn encoder(&mut self) -> BytesEncoder {
+        BytesEncoder
+    }
+    fn decoder(&mut self) -> BytesDecoder {
+        BytesDecoder
+    }
+}
+
+/// A gRPC client that sends and receives raw bytes.
+#[derive(Clone)]
+struct Raw {
+    grpc: tonic::client::Grpc<Channel>,
+}
+
+fn path(method: &str) -> Result<PathAndQuery> {
+    Ok(PathAndQuery::try_from(format!(
+        "/fedmesh.v1.Federation/{method}"
+    ))?)
+}
+
+impl Raw {
+    async fn connect(mesh: &Mesh, tenant: &str, node: &str, max_bytes: usize) -> Result<Self> {
+        let channel = raw_channel(mesh.addr(), mesh.node_tls(tenant, node)?).await?;
+        let grpc = tonic::client::Grpc::new(channel)
+            .max_decoding_message_size(max_bytes)
+            .max_encoding_message_size(max_bytes);
+        Ok(Self { grpc })
+    }
+
+    async fn unary(&mut self, method: &str, body: Vec<u8>) -> Result<Result<Vec<u8>, Status>> {
+        tokio::time::timeout(WAIT, self.grpc.ready()).await??;
+        let r = tokio::time::timeout(
+            WAIT,
+            self.grpc
+                .unary(tonic::Request::new(body), path(method)?, BytesCodec),
+        )
+        .await
+        .with_context(|| format!("{method} did not answer in time"))?;
+        Ok(r.map(tonic::Response::into_inner))
+    }
+
+    async fn watch(&mut self) -> Result<Streaming<Vec<u8>>> {
+        tokio::time::timeout(WAIT, self.grpc.ready()).await??;
+        let body = Pb::default().varint(1, 0).into_bytes();
+        let r = tokio::time::timeout(
+            WAIT,
+            self.grpc
+                .server_streaming(tonic::Request::new(body), path("WatchRounds")?, BytesCodec),
+        )
+        .await??;
+        Ok(r.into_inner())
+    }
+}
+
+/// A round event, read by field number.
+#[derive(Debug)]
+enum Event {
+    Open {
+        round: u64,
+        base: u64,
+        selected: bool,
+    },
+    Committed {
+        round: u64,
+        version: u64,
+    },
+    Aborted,
+    Idle,
+}
+
+async fn next_event(s: &mut Streaming<Vec<u8>>) -> Result<Event> {
+    let msg = tokio::time::timeout(WAIT, s.message())
+        .await
+        .context("no round event in time")??
+        .ok_or_else(|| anyhow!("round stream ended"))?;
+    for (f, v) in fields(&msg)? {
+        if let Field::Bytes(b) = v {
+            return Ok(match f {
+                1 => Event::Open {
+                    round: varint_of(b, 1)?,
+                    base: varint_of(b, 2)?,
+                    selected: varint_of(b, 3)? != 0,
+                },
+                2 => Event::Committed {
+                    round: varint_of(b, 1)?,
+                    version: varint_of(b, 2)?,
+                },
+                3 => Event::Aborted,
+                _ => Event::Idle,
+            });
+        }
+    }
+    bail!("empty round event")
+}
+
+async fn wait_open(s: &mut Streaming<Vec<u8>>) -> Result<(u64, u64)> {
+    tokio::time::timeout(WAIT * 2, async {
+        loop {
+            if let Event::Open {
+                round,
+                base,
+                selected: true,
+            } = next_event(s).await?
+            {
+                return Ok((round, base));
+            }
+        }
+    })
+    .await
+    .context("round did not open in time")?
+}
+
+async fn wait_committed(s: &mut Streaming<Vec<u8>>) -> Result<(u64, u64)> {
+    tokio::time::timeout(WAIT * 4, async {
+        loop {
+            match next_event(s).await? {
+                Event::Committed { round, version } => return Ok((round, version)),
+                Event::Aborted => bail!("round aborted"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .context("round did not commit in time")?
+}
+
+// ------------------------------------------------------------ requests
+
+fn feature_schema() -> Vec<u8> {
+    hex::decode(fedmesh_proto::model::FEATURE_SCHEMA_V1_DIGEST).unwrap_or_default()
+}
+
+fn join(tenant: &str, node: &str) -> Pb {
+    Pb::default()
+        .str(1, tenant)
+        .str(2, node)
+        .bytes(3, &feature_schema())
+        .str(4, "hostile-suite")
+}
+
+fn tensor(values: &[f32], shape: &[u64], dtype: u64) -> Pb {
+    let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Pb::default()
+        .varint(1, dtype)
+        .packed_u64(2, shape)
+        .bytes(3, &data)
+}
+
+/// The facts of the open round an update must bind to.
+#[derive(Debug, Clone)]
+struct Ctx {
+    node: String,
+    round: u64,
+    base: u64,
+    schema_hash: Vec<u8>,
+    params: usize,
+    input_dim: usize,
+}
+
+/// The parts of an update request; `encode` writes them in field order.
+#[derive(Debug, Clone)]
+struct Update {
+    tenant: String,
+    node: String,
+    round: u64,
+    base: u64,
+    delta: Option<Pb>,
+    num_samples: u64,
+    scaler: Option<Pb>,
+    loss: f32,
+    schema_hash: Vec<u8>,
+}
+
+impl Update {
+    fn valid(c: &Ctx, value: f32) -> Self {
+        Self {
+            tenant: "acme".into(),
+            node: c.node.clone(),
+            round: c.round,
+            base: c.base,
+            delta: Some(tensor(&vec![value; c.params], &[c.params as u64], 1)),
+            num_samples: 50,
+            scaler: Some(scaler(
+                1000,
+                &vec![0.5; c.input_dim],
+                &vec![0.5; c.input_dim],
+            )),
+            loss: 0.25,
+            schema_hash: c.schema_hash.clone(),
+        }
+    }
+    fn encode(&self) -> Vec<u8> {
+        let mut m = Pb::default()
+            .str(1, &self.tenant)
+            .str(2, &self.node)
+            .varint(3, self.round)
+            .varint(4, self.base);
+        if let Some(d) = &self.delta {
+            m = m.msg(5, d);
+        }
+        m = m.varint(6, self.num_samples);
+        if let Some(s) = &self.scaler {
+            m = m.msg(7, s);
+        }
+        m.float(8, self.loss)
+            .bytes(9, &self.schema_hash)
+            .into_bytes()
+    }
+}
+
+fn scaler(count: u64, sum: &[f64], sum_sq: &[f64]) -> Pb {
+    Pb::default()
+        .varint(1, count)
+        .packed_f64(2, sum)
+        .packed_f64(3, sum_sq)
+}
+
+// ------------------------------------------------------------ the tally
+
+/// Refusals by class: (sent, refused with the expected code).
+#[derive(Debug, Default)]
+struct Tally {
+    by_class: BTreeMap<&'static str, (usize, usize)>,
+    wrong: Vec<String>,
+}
+
+impl Tally {
+    /// Records one request that must be refused with `code`.
+    fn refused<T: std::fmt::Debug>(
+        &mut self,
+        class: &'static str,
+        what: &str,
+        r: Result<T, Status>,
+        code: Code,
+    ) {
+        let e = self.by_class.entry(class).or_default();
+        e.0 += 1;
+        match r {
+            Err(s) if s.code() == code && s.message().len() <= MAX_STATUS_TEXT => e.1 += 1,
+            Err(s) => self.wrong.push(format!(
+                "{class}/{what}: expected {code:?}, got {:?} with {} bytes of text: {:.200}",
+                s.code(),
+                s.message().len(),
+                s.message()
+            )),
+            Ok(v) => self.wrong.push(format!(
+                "{class}/{what}: expected {code:?}, accepted: {v:.200?}"
+            )),
+        }
+    }
+
+    fn table(&self) -> String {
+        let mut out = String::from("| class | sent | refused right |\n| --- | ---: | ---: |\n");
+        for (class, (sent, ok)) in &self.by_class {
+            out += &format!("| {class} | {sent} | {ok} |\n");
+        }
+        let sent: usize = self.by_class.values().map(|v| v.0).sum();
+        let ok: usize = self.by_class.values().map(|v| v.1).sum();
+        out += &format!("| **all** | {sent} | {ok} |\n");
+        out
+    }
+}
+
+// ------------------------------------------------------------ the suite
+
+const LIMIT: usize = 2 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_client_is_refused_by_class_and_the_mesh_goes_on() -> Result<()> {
+    let acme = tenant("acme", 3, &[4]);
+    let mesh = Mesh::start(&[acme, tenant("beta", 1, &[4])], LIMIT).await?;
+    let mut t = Tally::default();
+
+    let mut h = Raw::connect(&mesh, "acme", "h", 4 * LIMIT).await?;
+    let mut n1 = Raw::connect(&mesh, "acme", "n1", 4 * LIMIT).await?;
+    let mut n2 = Raw::connect(&mesh, "acme", "n2", 4 * LIMIT).await?;
+
+    // ---- Join: malformed, misbound, wrong schema, oversized.
+    for (what, body) in [
+        ("truncated length", vec![0x0a, 0x05, b'a']),
+        ("wire type 7", vec![0x0f]),
+        ("endless varint", vec![0x18, 0xff, 0xff, 0xff]),
+        ("field 0", vec![0x00, 0x01]),
+    ] {
+        let r = h.unary("Join", body).await?;
+        t.refused("malformed protobuf", what, r, Code::InvalidArgument);
+    }
+    for (what, body) in [
+        ("tenant beta", join("beta", "h")),
+        ("node n1", join("acme", "n1")),
+        ("tenant with a slash", join("acme/x", "h")),
+        ("100 KB node name", join("acme", &"n".repeat(100_000))),
+    ] {
+        let r = h.unary("Join", body.into_bytes()).await?;
+        t.refused("cross-tenant or misbound", what, r, Code::PermissionDenied);
+    }
+    let other_schema = join("acme", "h").bytes(3, &[7; 32]);
+    let r = h.unary("Join", other_schema.into_bytes()).await?;
+    t.refused(
+        "semantically bad",
+        "feature schema",
+        r,
+        Code::InvalidArgument,
+    );
+    let huge = join("acme", "h").str(4, &"x".repeat(LIMIT + 1));
+    let r = h.unary("Join", huge.into_bytes()).await?;
+    t.refused("oversized", "join", r, Code::OutOfRange);
+
+    // The honest joins.
+    let j = h
+        .unary("Join", join("acme", "h").into_bytes())
+        .await?
+        .map_err(|s| anyhow!("join refused: {s:?}"))?;
+    for c in [&mut n1, &mut n2] {
+        let _ = c.unary("Join", join("acme", "x").into_bytes()).await?;
+    }
+    n1.unary("Join", join("acme", "n1").into_bytes())
+        .await?
+        .map_err(|s| anyhow!("{s:?}"))?;
+    n2.unary("Join", join("acme", "n2").into_bytes())
+        .await?
+        .map_err(|s| anyhow!("{s:?}"))?;
+    let schema_hash = bytes_of(&j, 4)?.unwrap_or_default().to_vec();
+    let spec = bytes_of(&j, 5)?.ok_or_else(|| anyhow!("no model spec"))?;
+    let input_dim = usize::try_from(varint_of(spec, 1)?)?;
+    let hidden: Vec<usize> = match bytes_of(spec, 2)? {
+        Some(packed) => {
+            let mut at = 0;
+            let mut hs = Vec::new();
+            while at < packed.len() {
+                hs.push(usize::try_from(get_varint(packed, &mut at)?)?);
+            }
+            hs
+        }
+        None => vec![usize::try_from(varint_of(spec, 2)?)?],
+    };
+    let params = fedmesh_proto::model::param_count(input_dim, &hidden)
+        .ok_or_else(|| anyhow!("model size"))?;
+    assert!(params > 8 && input_dim > 0, "{input_dim} {hidden:?}");
+
+    // ---- Before any round: an update finds no open round.
+    let early = Ctx {
+        node: "h".into(),
+        round: 1,
+        base: 0,
+        schema_hash: schema_hash.clone(),
+        params,
+        input_dim,
+    };
+    let r = h
+        .unary("SubmitUpdate", Update::valid(&early, 0.01).encode())
+        .await?;
+    t.refused(
+        "stale or replayed",
+        "before any round",
+        r,
+        Code::FailedPrecondition,
+    );
+
+    // ---- A round opens once the three nodes watch.
+    let mut sh = h.watch().await?;
+    let mut s1 = n1.watch().await?;
+    let s2 = n2.watch().await?;
+    let (round, base) = wait_open(&mut sh).await?;
+    let c = Ctx {
+        round,
+        base,
+        ..early
+    };
+    let good = || Update::valid(&c, 0.01);
+
+    // ---- Malformed bytes at every RPC.
+    for method in ["SubmitUpdate", "SecAgg", "GetModel"] {
+        for (what, body) in [
+            ("truncated length", vec![0x2a, 0x05, 0xff]),
+            ("wire type 7", vec![0x0f]),
+            ("endless varint", vec![0x18, 0xff, 0xff, 0xff]),
+        ] {
+            let r = h.unary(method, body).await?;
+            t.refused("malformed protobuf", what, r, Code::InvalidArgument);
+        }
+    }
+
+    // ---- Oversized.
+    let big = Update {
+        delta: Some(tensor(
+            &vec![0.0; LIMIT / 4 + 16],
+            &[(LIMIT / 4 + 16) as u64],
+            1,
+        )),
+        ..good()
+    };
+    let r = h.unary("SubmitUpdate", big.encode()).await?;
+    t.refused("oversized", "update", r, Code::OutOfRange);
+
+    // ---- Non-finite values.
+    let p = params;
+    let with = |values: Vec<f32>, shape: Vec<u64>| Update {
+        delta: Some(tensor(&values, &shape, 1)),
+        ..good()
+    };
+    let poke = |i: usize, x: f32| {
+        let mut v = vec![0.01; p];
+        v[i] = x;
+        with(v, vec![p as u64])
+    };
+    for (what, u) in [
+        ("NaN delta", poke(0, f32::NAN)),
+        ("+inf delta", poke(p - 1, f32::INFINITY)),
+        ("-inf delta", poke(3, f32::NEG_INFINITY)),
+        (
+            "NaN loss",
+            Update {
+                loss: f32::NAN,
+                ..good()
+            },
+        ),
+        (
+            "+inf loss",
+            Update {
+                loss: f32::INFINITY,
+                ..good()
+            },
+        ),
+        (
+            "NaN scaler sum",
+            Update {
+                scaler: Some(scaler(
+                    1000,
+                    &vec![f64::NAN; c.input_dim],
+                    &vec![1.0; c.input_dim],
+                )),
+                ..good()
+            },
+        ),
+        (
+            "inf scaler square",
+            Update {
+                scaler: Some(scaler(
+                    1000,
+                    &vec![1.0; c.input_dim],
+                    &vec![f64::INFINITY; c.input_dim],
+                )),
+                ..good()
+            },
+        ),
+    ] {
+        let r = h.unary("SubmitUpdate", u.encode()).await?;
+        t.refused("NaN or infinite", what, r, Code::InvalidArgument);
+    }
+
+    // ---- Wrong shape, dtype, schema.
+    let million_dims = Update {
+        delta: Some(
+            Pb::default()
+                .varint(1, 1)
+                .packed_u64(2, &vec![1; 1_000_000])
+                .bytes(3, &[0; 4]),
+        ),
+        ..good()
+    };
+    for (what, u) in [
+        ("short", with(vec![0.01; p - 1], vec![p as u64 - 1])),
+        ("long", with(vec![0.01; p + 1], vec![p as u64 + 1])),
+        (
+            "data shorter than shape",
+            with(vec![0.01; p - 1], vec![p as u64]),
+        ),
+        ("2-d", with(vec![0.01; p], vec![1, p as u64])),
+        ("empty shape", with(vec![0.01; p], vec![])),
+        ("1,000,000 dims", million_dims),
+        (
+            "missing delta",
+            Update {
+                delta: None,
+                ..good()
+            },
+        ),
+        (
+            "dtype unspecified",
+            Update {
+                delta: Some(tensor(&vec![0.01; p], &[p as u64], 0)),
+                ..good()
+            },
+        ),
+        (
+            "dtype 7",
+            Update {
+                delta: Some(tensor(&vec![0.01; p], &[p as u64], 7)),
+                ..good()
+            },
+        ),
+        (
+            "schema hash zero",
+            Update {
+                schema_hash: vec![0; 32],
+                ..good()
+            },
+        ),
+        (
+            "schema hash empty",
+            Update {
+                schema_hash: vec![],
+                ..good()
+            },
+        ),
+        (
+            "scaler width",
+            Update {
+                scaler: Some(scaler(10, &[1.0], &[1.0])),
+                ..good()
+            },
+        ),
+    ] {
+        let r = h.unary("SubmitUpdate", u.encode()).await?;
+        t.refused(
+            "wrong shape, dtype or schema",
+            what,
+            r,
+            Code::InvalidArgument,
+        );
+    }
+
+    // ---- Finite but out of range: numbers that would bend or break the
+    // merged model.
+    let d = c.input_dim;
+    for (what, u) in [
+        ("norm above the bound", Update::valid(&c, 1.0)),
+        (
+            "zero samples",
+            Update {
+                num_samples: 0,
+                ..good()
+            },
+        ),
+        (
+            "2^64-1 samples",
+            Update {
+                num_samples: u64::MAX,
+                ..good()
+            },
+        ),
+        (
+            "negative loss",
+            Update {
+                loss: -1.0,
+                ..good()
+            },
+        ),
+        (
+            "loss 3e38",
+            Update {
+                loss: 3e38,
+                ..good()
+            },
+        ),
+        (
+            "scaler count 0",
+            Update {
+                scaler: Some(scaler(0, &vec![0.5; d], &vec![0.5; d])),
+                ..good()
+            },
+        ),
+        (
+            "scaler sums overflow f32",
+            Update {
+                scaler: Some(scaler(1, &vec![1e300; d], &vec![1e300; d])),
+                ..good()
+            },
+        ),
+        (
+            "scaler mean 1e39",
+            Update {
+                scaler: Some(scaler(1000, &vec![1e42; d], &vec![1e84; d])),
+                ..good()
+            },
+        ),
+        (
+            "negative sum of squares",
+            Update {
+                scaler: Some(scaler(1000, &vec![0.5; d], &vec![-0.5; d])),
+                ..good()
+            },
+        ),
+        (
+            "scaler count 2^64-1",
+            Update {
+                scaler: Some(scaler(u64::MAX, &vec![0.5; d], &vec![0.5; d])),
+                ..good()
+            },
+        ),
+    ] {
+        let r = h.unary("SubmitUpdate", u.encode()).await?;
+        t.refused("out of range", what, r, Code::InvalidArgument);
+    }
+
+    // ---- Cross-tenant and misbound updates.
+    for (what, u) in [
+        (
+            "tenant beta",
+            Update {
+                tenant: "beta".into(),
+                ..good()
+            },
+        ),
+        (
+            "node n1",
+            Update {
+                node: "n1".into(),
+                ..good()
+            },
+        ),
+        (
+            "empty node",
+            Update {
+                node: String::new(),
+                ..good()
+            },
+        ),
+        (
+            "100 KB tenant name",
+            Update {
+                tenant: "b".repeat(100_000),
+                ..good()
+            },
+        ),
+    ] {
+        let r = h.unary("SubmitUpdate", u.encode()).await?;
+        t.refused("cross-tenant or misbound", what, r, Code::PermissionDenied);
+    }
+
+    // ---- Stale rounds and versions.
+    for (what, u) in [
+        (
+            "next round",
+            Update {
+                round: round + 1,
+                ..good()
+            },
+        ),
+        (
+            "previous round",
+            Update {
+                round: round.saturating_sub(1),
+                ..good()
+            },
+        ),
+        (
+            "base version + 1",
+            Update {
+                base: base + 1,
+                ..good()
+            },
+        ),
+        (
+            "base version 2^64-1",
+            Update {
+                base: u64::MAX,
+                ..good()
+            },
+        ),
+    ] {
+        let r = h.unary("SubmitUpdate", u.encode()).await?;
+        t.refused("stale or replayed", what, r, Code::FailedPrecondition);
+    }
+
+    // ---- A secure-aggregation message in a plaintext round.
+    let sec = Pb::default()
+        .str(1, "acme")
+        .str(2, "h")
+        .varint(3, round)
+        .varint(4, 0)
+        .bytes(5, &[1, 2, 3])
+        .into_bytes();
+    let r = h.unary("SecAgg", sec).await?;
+    t.refused(
+        "wrong phase or mode",
+        "SecAgg in a plaintext round",
+        r,
+        Code::FailedPrecondition,
+    );
+
+    // ---- Unknown method and unknown version.
+    let r = h.unary("Nope", vec![]).await?;
+    t.refused(
+        "unknown method or version",
+        "method Nope",
+        r,
+        Code::Unimplemented,
+    );
+    let r = h
+        .unary("GetModel", Pb::default().varint(1, 1_000_000).into_bytes())
+        .await?;
+    t.refused(
+        "unknown method or version",
+        "version 10^6",
+        r,
+        Code::NotFound,
+    );
+
+    // ---- Nothing above was recorded: the node's valid update is its first.
+    assert_eq!(mesh.fed("acme").version(), 0);
+    let ack = h
+        .unary("SubmitUpdate", good().encode())
+        .await?
+        .map_err(|s| {
+            anyhow!(
+                "valid update refused: {s:?}; mishandled before:\n{}",
+                t.wrong.join("\n")
+            )
+        })?;
+    assert_eq!(varint_of(&ack, 2)?, 1, "the first recorded update");
+
+    // ---- Replays: the same bytes, and another value for the same round.
+    let r = h.unary("SubmitUpdate", good().encode()).await?;
+    t.refused("stale or replayed", "same bytes", r, Code::AlreadyExists);
+    let r = h
+        .unary("SubmitUpdate", Update::valid(&c, 0.02).encode())
+        .await?;
+    t.refused("stale or replayed", "second update", r, Code::AlreadyExists);
+
+    // ---- The honest nodes complete the round.
+    for (client, node) in [(&mut n1, "n1"), (&mut n2, "n2")] {
+        let cn = Ctx {
+            node: node.into(),
+            ..c.clone()
+        };
+        client
+            .unary("SubmitUpdate", Update::valid(&cn, 0.03).encode())
+            .await?
+            .map_err(|s| anyhow!("{node}'s update refused: {s:?}"))?;
+    }
+    let (r1, v1) = wait_committed(&mut s1).await?;
+    assert_eq!((r1, v1), (round, 1));
+    drop((sh, s2));
+
+    // ---- After the commit the round is closed: a late replay is stale.
+    let r = h.unary("SubmitUpdate", good().encode()).await?;
+    t.refused(
+        "stale or replayed",
+        "after the commit",
+        r,
+        Code::FailedPrecondition,
+    );
+
+    eprintln!("hostile requests by class\n{}", t.table());
+    assert!(t.wrong.is_empty(), "mishandled:\n{}", t.wrong.join("\n"));
+    let sent: usize = t.by_class.values().map(|v| v.0).sum();
+    assert!(sent >= 60, "only {sent} hostile requests");
+
+    // ---- The coordinator is alive and consistent.
+    let model = h
+        .unary("GetModel", Pb::default().into_bytes())
+        .await?
+        .map_err(|s| anyhow!("GetModel refused: {s:?}"))?;
+    let body = bytes_of(&model, 1)?.ok_or_else(|| anyhow!("no body"))?;
+    assert_eq!(varint_of(body, 2)?, 1, "model version");
+    assert_eq!(varint_of(body, 10)?, 3, "participants");
+    let audit = mesh.fed("acme").audit_log()?;
+    assert_eq!(audit.len(), 2);
+    assert_eq!(mesh.verify_chain("acme")?, 2);
+    let _ = Arc::strong_count(&mesh.fed("acme"));
+    Ok(())
+}
