@@ -167,6 +167,24 @@ pub struct TenantConfig {
     /// Bound on each update's L2 norm; larger updates are refused.
     #[serde(default = "d_max_norm")]
     pub max_update_norm: f32,
+    /// Largest `num_samples` (and scaler `count`) one update may claim;
+    /// an update above it is refused as invalid (attributable evidence),
+    /// not clamped. Bounds a node's weight under `weighting = "samples"`:
+    /// against n − 1 honest nodes of s samples each, one node's share of a
+    /// weighted mean is at most `max / (max + (n−1)·s)`. Set it near the
+    /// nodes' training buffer (`detector.train_buffer`, 4096 by default)
+    /// or use `weighting = "equal"`.
+    #[serde(default = "d_max_samples")]
+    pub max_samples_per_update: u64,
+    /// How the weighted rules (FedAvg, geometric median) weight updates:
+    /// `"samples"` (default: by the claimed sample count, capped above) or
+    /// `"equal"` (every update weighs 1).
+    #[serde(default)]
+    pub weighting: crate::aggregate::Weighting,
+    /// Largest |parameter| a committed model may have: a round whose new
+    /// parameters are not finite or exceed it is aborted, not signed.
+    #[serde(default = "d_max_param_abs")]
+    pub max_param_abs: f32,
     /// Model architecture.
     #[serde(default)]
     pub model: ModelConfig,
@@ -339,6 +357,12 @@ fn d_server_lr() -> f32 {
 fn d_max_norm() -> f32 {
     1.0e4
 }
+fn d_max_samples() -> u64 {
+    crate::bounds::DEFAULT_MAX_SAMPLES_PER_UPDATE
+}
+fn d_max_param_abs() -> f32 {
+    crate::bounds::DEFAULT_MAX_PARAM_ABS
+}
 
 /// The whole coordinator configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -440,12 +464,22 @@ impl CoordinatorConfig {
             if t.round_timeout_ms == 0 {
                 errs.push(format!("{at}: round_timeout_ms must be positive"));
             }
-            // The rule must hold for the smallest batch that can commit.
+            // The rule must hold for the smallest batch that can commit
+            // (quorum); every rule's condition is n >= min_clients, so it
+            // then holds for every larger batch up to max_participants.
             if let Err(e) = t.aggregation.check(t.quorum.max(1)) {
                 errs.push(format!(
-                    "{at}: aggregation (with quorum = {} updates): {e}",
-                    t.quorum
+                    "{at}: aggregation (with quorum = {} updates): {e}; \
+                     quorum must be at least {}",
+                    t.quorum,
+                    t.aggregation.rule.min_clients()
                 ));
+            }
+            if t.max_samples_per_update == 0 {
+                errs.push(format!("{at}: max_samples_per_update must be positive"));
+            }
+            if !(t.max_param_abs.is_finite() && t.max_param_abs > 0.0) {
+                errs.push(format!("{at}: max_param_abs must be a positive number"));
             }
             if !(t.server_momentum.is_finite() && (0.0..1.0).contains(&t.server_momentum)) {
                 errs.push(format!("{at}: server_momentum must be in [0, 1)"));
@@ -671,6 +705,47 @@ feature_schema_digest = "0000000000000000000000000000000000000000000000000000000
                 "{secure:?}: missing {needle:?} in {e:?}"
             );
         }
+    }
+
+    #[test]
+    fn update_bounds_and_rules_are_checked_at_load() {
+        let with = |extra: &str| {
+            let text = GOOD.replace(
+                "name = \"acme\"",
+                &format!("name = \"acme\"\nmin_nodes = 5\nquorum = 5\n{extra}"),
+            );
+            CoordinatorConfig::from_toml(&text, Path::new("c.toml")).map(|c| {
+                c.validate().err().map(|e| e.to_string())
+            })
+        };
+        let c = CoordinatorConfig::from_toml(GOOD, Path::new("c.toml")).unwrap();
+        assert_eq!(
+            c.tenants[0].max_samples_per_update,
+            crate::bounds::DEFAULT_MAX_SAMPLES_PER_UPDATE
+        );
+        assert_eq!(c.tenants[0].weighting, crate::aggregate::Weighting::Samples);
+        assert_eq!(with("weighting = \"equal\"").unwrap(), None);
+        assert!(with("weighting = \"loudest\"").is_err());
+        assert_eq!(with("max_samples_per_update = 4096").unwrap(), None);
+        let e = with("max_samples_per_update = 0").unwrap().unwrap();
+        assert!(e.contains("max_samples_per_update must be positive"), "{e}");
+        let e = with("max_param_abs = 0.0").unwrap().unwrap();
+        assert!(e.contains("max_param_abs"), "{e}");
+        // Bulyan f = 1 needs 7 updates; a quorum of 5 is refused with the minimum.
+        let e = with("[tenants.aggregation]\nrule = \"bulyan\"\nf = 1")
+            .unwrap()
+            .unwrap();
+        assert!(e.contains("bulyan needs n >= 4f+3"), "{e}");
+        assert!(e.contains("quorum must be at least 7"), "{e}");
+        // An absurd f is refused, not overflowed.
+        let e = with("[tenants.aggregation]\nrule = \"bulyan\"\nf = 9223372036854775807")
+            .unwrap()
+            .unwrap();
+        assert!(e.contains("bulyan needs"), "{e}");
+        assert_eq!(
+            with("[tenants.aggregation]\nrule = \"krum\"\nf = 1").unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -24,6 +24,10 @@ use tokio::sync::{Notify, broadcast, watch};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::aggregate::{self, AggregateError};
+use crate::bounds::{
+    CommitRefusal, InvalidReason, MAX_REFUSAL_TEXT, check_model, check_num_samples,
+    check_scaler_stats, check_train_loss, truncate_text,
+};
 use crate::config::TenantConfig;
 use crate::metrics::Metrics;
 use crate::reputation::{Decision, Evidence, Reputation, plaintext_evidence};
@@ -74,15 +78,26 @@ pub enum FedError {
         /// Round.
         round: u64,
     },
-    /// Wrong schema hash or shape or values, or a secure-aggregation
-    /// message that breaks the protocol (attributable to the sender).
+    /// A request refused for a typed reason: wrong schema, shape or
+    /// values, a field out of its bound (attributable to the sender). The
+    /// message is bounded whatever the request's size.
     #[error("invalid update: {0}")]
+    Refused(InvalidReason),
+    /// A secure-aggregation message that breaks the protocol (free text
+    /// from the secure-aggregation layer, attributable to the sender;
+    /// displayed truncated to [`crate::bounds::MAX_REFUSAL_TEXT`] bytes and
+    /// counted as [`InvalidReason::SecureProtocol`]).
+    #[error("invalid update: {}", truncate_text(.0, MAX_REFUSAL_TEXT))]
     Invalid(String),
     /// A message that does not fit the round's current phase or mode (for
     /// example a plaintext update in a securely aggregated round, or an
-    /// advert after the advert phase closed).
-    #[error("{0}")]
+    /// advert after the advert phase closed). Displayed truncated.
+    #[error("{}", truncate_text(.0, MAX_REFUSAL_TEXT))]
     Phase(String),
+    /// The round's aggregate would not be a usable model (not finite or out
+    /// of bounds); nothing was signed and the version did not advance.
+    #[error("commit refused: {0}")]
+    CommitRefused(CommitRefusal),
     /// The requested model version is not stored.
     #[error("model version {0} not found")]
     UnknownVersion(u64),
@@ -95,6 +110,18 @@ pub enum FedError {
     /// A stored model failed to decode.
     #[error("stored model is corrupt: {0}")]
     Corrupt(String),
+}
+
+impl FedError {
+    /// The typed reason of a refusal attributable to the sender (for
+    /// metrics and reputation evidence), if this is one.
+    pub fn invalid_reason(&self) -> Option<InvalidReason> {
+        match self {
+            FedError::Refused(r) => Some(r.clone()),
+            FedError::Invalid(text) => Some(InvalidReason::secure_protocol(text)),
+            _ => None,
+        }
+    }
 }
 
 /// What nodes see of the federation's state.
@@ -311,14 +338,16 @@ impl Federation {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, FedError> {
         let digest = crate::config::decode_digest(&cfg.model.feature_schema_digest)
-            .ok_or_else(|| FedError::Invalid("feature_schema_digest".into()))?;
+            .ok_or(FedError::Refused(InvalidReason::Config(
+                "feature_schema_digest is not 64 hex characters",
+            )))?;
         let schema_hash = fedmesh_proto::model::model_schema_hash(
             &digest,
             cfg.model.input_dim,
             &cfg.model.hidden,
         );
         let param_count = fedmesh_proto::model::param_count(cfg.model.input_dim, &cfg.model.hidden)
-            .ok_or_else(|| FedError::Invalid("model size overflows".into()))?;
+            .ok_or(FedError::Refused(InvalidReason::Config("model size overflows")))?;
         let (version, signed, params) = match store.latest_model(tenant.as_str())? {
             Some((v, bytes)) => {
                 let (_, body) = decode_signed(&bytes)?;
@@ -454,11 +483,10 @@ impl Federation {
     /// Join parameters for a node.
     pub fn join(&self, node: &NodeId, feature_schema: &[u8]) -> Result<v1::JoinResponse, FedError> {
         if feature_schema != self.feature_digest {
-            return Err(FedError::Invalid(format!(
-                "node extracts feature schema {}, this federation uses {}",
-                short_hex(feature_schema),
-                short_hex(&self.feature_digest)
-            )));
+            return Err(FedError::Refused(InvalidReason::FeatureSchema {
+                node: short_hex(feature_schema),
+                expected: short_hex(&self.feature_digest),
+            }));
         }
         let mut g = self.lock();
         if g.joined.insert(node.clone()) {
@@ -540,8 +568,8 @@ impl Federation {
             Ok(_) => self.metrics.accepted(self.tenant.as_str(), wire_bytes),
             Err(e) => {
                 self.metrics.refused(self.tenant.as_str(), e);
-                if let FedError::Invalid(reason) = e {
-                    self.note_violation(node, reason);
+                if let Some(reason) = e.invalid_reason() {
+                    self.note_violation(node, &reason);
                 }
             }
         }
@@ -549,11 +577,13 @@ impl Federation {
     }
 
     /// An authenticated node sent an invalid update (norm over the bound,
-    /// NaN, wrong shape or schema): attributable evidence for reputation.
-    fn note_violation(&self, node: &NodeId, reason: &str) {
+    /// NaN, wrong shape or schema, a field out of bounds): attributable
+    /// evidence for reputation, recorded with the reason's bounded text.
+    fn note_violation(&self, node: &NodeId, reason: &InvalidReason) {
         let mut g = self.lock();
         let version = g.version;
-        if let Some(d) = g.reputation.violation(node.as_str(), version, reason) {
+        let text = reason.to_string();
+        if let Some(d) = g.reputation.violation(node.as_str(), version, &text) {
             warn!(tenant = %self.tenant, node = %node, reason = %d.reason, "node quarantined");
             g.pending_decisions.push(d);
         }
@@ -581,9 +611,7 @@ impl Federation {
         wire_bytes: u64,
     ) -> Result<v1::SubmitAck, FedError> {
         if req.schema_hash != self.schema_hash {
-            return Err(FedError::Invalid(
-                "schema hash does not match the federation's model".into(),
-            ));
+            return Err(FedError::Refused(InvalidReason::SchemaHash));
         }
         let mut g = self.lock();
         let version = g.version;
@@ -623,45 +651,23 @@ impl Federation {
         let tensor = req
             .delta
             .as_ref()
-            .ok_or_else(|| FedError::Invalid("missing delta".into()))?;
+            .ok_or(FedError::Refused(InvalidReason::MissingDelta))?;
         let delta = fedmesh_proto::decode_f32(tensor, self.param_count)
-            .map_err(|e| FedError::Invalid(e.to_string()))?;
+            .map_err(|e| FedError::Refused(InvalidReason::Tensor(e)))?;
         if delta.len() != self.param_count || tensor.shape != [self.param_count as u64] {
-            return Err(FedError::Invalid(format!(
-                "delta has shape {:?}, the model needs [{}]",
-                tensor.shape, self.param_count
-            )));
+            return Err(FedError::Refused(InvalidReason::Shape {
+                got: fedmesh_proto::ShapeSummary::of(&tensor.shape),
+                expected: self.param_count,
+            }));
         }
         let norm = aggregate::l2_norm(&delta);
         if norm > f64::from(self.cfg.max_update_norm) {
-            return Err(FedError::Invalid(format!(
-                "delta norm {norm:.3} exceeds the bound {}",
-                self.cfg.max_update_norm
-            )));
+            return Err(FedError::Refused(InvalidReason::Norm {
+                norm,
+                bound: self.cfg.max_update_norm,
+            }));
         }
-        if req.num_samples == 0 {
-            return Err(FedError::Invalid("num_samples must be positive".into()));
-        }
-        if !req.train_loss.is_finite() || req.train_loss < 0.0 {
-            return Err(FedError::Invalid(
-                "train_loss must be a finite non-negative number".into(),
-            ));
-        }
-        if let Some(s) = &req.scaler_stats {
-            let dim = self.cfg.model.input_dim;
-            if s.sum.len() != dim || s.sum_sq.len() != dim || s.count == 0 {
-                return Err(FedError::Invalid(format!(
-                    "scaler_stats must have count > 0 and {dim} sums"
-                )));
-            }
-            if s.sum.iter().chain(&s.sum_sq).any(|x| !x.is_finite())
-                || s.sum_sq.iter().any(|x| *x < 0.0)
-            {
-                return Err(FedError::Invalid(
-                    "scaler_stats values must be finite".into(),
-                ));
-            }
-        }
+        validate_fields(&req, &self.cfg).map_err(FedError::Refused)?;
         round.updates.insert(
             node.clone(),
             ValidUpdate {
@@ -841,7 +847,11 @@ impl Federation {
             .values()
             .partition(|u| selected.contains(&u.node));
         let deltas: Vec<&[f32]> = updates.iter().map(|u| u.delta.as_slice()).collect();
-        let weights: Vec<f64> = updates.iter().map(|u| u.num_samples as f64).collect();
+        // Bounded: every num_samples is in 1..=max_samples_per_update.
+        let weights: Vec<f64> = updates
+            .iter()
+            .map(|u| self.cfg.weighting.weight(u.num_samples))
+            .collect();
         let prev_delta = self.lock().last_delta.clone();
         let outcome = self.cfg.aggregation.aggregate_from(
             &deltas,
@@ -915,6 +925,16 @@ impl Federation {
             self.cfg.server_lr,
             self.cfg.server_momentum,
         );
+        // The last guard: nothing that is not a usable model is signed.
+        if let Err(refusal) = check_model(
+            &params,
+            momentum.as_deref(),
+            c.scaler.as_ref(),
+            self.cfg.model.input_dim,
+            self.cfg.max_param_abs,
+        ) {
+            return Err(self.refuse_commit(c.round, refusal));
+        }
         let momentum_bytes: Option<Vec<u8>> = momentum
             .as_ref()
             .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect());
@@ -1020,8 +1040,8 @@ impl Federation {
             }
             Err(e) => {
                 self.metrics.refused(self.tenant.as_str(), e);
-                if let FedError::Invalid(reason) = e {
-                    self.note_violation(node, reason);
+                if let Some(reason) = e.invalid_reason() {
+                    self.note_violation(node, &reason);
                 }
             }
         }
@@ -1055,7 +1075,23 @@ impl Federation {
         Ok(ack)
     }
 
+    /// Aborts a round whose aggregate failed the commit guard: a
+    /// structured warning, the `commits_refused` metric, the round's
+    /// status (nodes see the reason); the version does not advance and the
+    /// round's updates, momentum and centre are discarded.
+    fn refuse_commit(&self, round_no: u64, refusal: CommitRefusal) -> FedError {
+        warn!(tenant = %self.tenant, round = round_no, reason = refusal.label(),
+            detail = %refusal, "commit refused: the aggregate is not a usable model");
+        self.metrics
+            .commit_refused(self.tenant.as_str(), refusal.label());
+        if let Err(e) = self.abort_round(round_no, format!("commit refused: {refusal}")) {
+            warn!(tenant = %self.tenant, round = round_no, error = %e, "cannot record the aborted round");
+        }
+        FedError::CommitRefused(refusal)
+    }
+
     fn abort_round(&self, round_no: u64, reason: String) -> Result<(), FedError> {
+        let reason = truncate_text(&reason, MAX_REFUSAL_TEXT).into_owned();
         warn!(tenant = %self.tenant, round = round_no, %reason, "round aborted");
         // Keep violations seen in this round across a crash.
         let rep = self.lock().reputation.to_bytes();
@@ -1260,7 +1296,11 @@ impl Federation {
             for m in &d.members {
                 excluded.push((
                     m.to_string(),
-                    format!("bucket {} dropped: {}", d.bucket, d.reason),
+                    format!(
+                        "bucket {} dropped: {}",
+                        d.bucket,
+                        truncate_text(&d.reason, MAX_REFUSAL_TEXT)
+                    ),
                 ));
             }
         }
@@ -1277,7 +1317,8 @@ impl Federation {
             let members = s.contributors().iter().map(|n| n.to_string());
             if let Some((_, reason)) = agg.rejected.iter().find(|(b, _)| *b == s.bucket()) {
                 excluded_count += s.member_count();
-                excluded.extend(members.map(|m| (m, reason.clone())));
+                let reason = truncate_text(reason, MAX_REFUSAL_TEXT);
+                excluded.extend(members.map(|m| (m, reason.to_string())));
             } else if agg.excluded.contains(&s.bucket()) {
                 excluded_count += s.member_count();
                 excluded.extend(
@@ -1331,6 +1372,20 @@ impl Federation {
             .ok()
             .and_then(|(_, body)| body.scaler)
     }
+}
+
+/// Checks the numeric fields of an update besides its delta against the
+/// tenant's bounds (see [`crate::bounds`]): `num_samples` in
+/// `1..=max_samples_per_update`, `train_loss` finite in `[0, 10⁶]`, and the
+/// scaler statistics, when present.
+pub fn validate_fields(req: &v1::UpdateRequest, cfg: &TenantConfig) -> Result<(), InvalidReason> {
+    check_num_samples(req.num_samples, cfg.max_samples_per_update)?;
+    check_train_loss(req.train_loss)?;
+    if let Some(s) = &req.scaler_stats {
+        check_scaler_stats(s, cfg.model.input_dim, cfg.max_samples_per_update)
+            .map_err(InvalidReason::Scaler)?;
+    }
+    Ok(())
 }
 
 /// Everything a commit needs besides the federation's state.
@@ -1399,4 +1454,239 @@ fn sign_model(signer: &CertSigner, body: &v1::GlobalModel) -> Vec<u8> {
 
 fn short_hex(b: &[u8]) -> String {
     hex::encode(&b[..b.len().min(6)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bounds::ScalerProblem;
+
+    /// A federation over a tiny model (3 features, hidden [2]) in a
+    /// temporary store, and its directory.
+    fn federation(extra: &str) -> (Arc<Federation>, tempfile::TempDir) {
+        let now = time::OffsetDateTime::now_utc();
+        let ca = fedmesh_crypto::MeshCa::generate("test CA", now, 30).unwrap();
+        let issued = ca
+            .issue_coordinator(
+                &"main".parse().unwrap(),
+                &["localhost".into()],
+                &[],
+                now,
+                30,
+            )
+            .unwrap();
+        let signer = Arc::new(CertSigner::from_pem(&issued.cert_pem, &issued.key_pem).unwrap());
+        let verifier = CertVerifier::new(ca.cert_pem()).unwrap();
+        let text = format!(
+            "name = \"acme\"\nmin_nodes = 2\nquorum = 2\n{extra}\n[model]\ninput_dim = 3\nhidden = [2]\n"
+        );
+        let mut cfg: TenantConfig = toml::from_str(&text).unwrap();
+        cfg.model.feature_schema_digest = "00".repeat(32);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let fed = Federation::open(
+            "acme".parse().unwrap(),
+            cfg,
+            store,
+            signer,
+            verifier,
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        (fed, dir)
+    }
+
+    fn node(name: &str) -> NodeId {
+        name.parse().unwrap()
+    }
+
+    /// Opens a plaintext round with `nodes` selected.
+    fn open_round(fed: &Federation, nodes: &[&str]) -> Arc<OpenInfo> {
+        let mut g = fed.lock();
+        let info = Arc::new(OpenInfo {
+            round: 1,
+            base_version: g.version,
+            selected: nodes.iter().map(|n| node(n)).collect(),
+            shadow: BTreeSet::new(),
+            deadline_unix_ms: 0,
+            training: training_of(&fed.cfg),
+            secure: None,
+        });
+        g.round = Some(OpenRound {
+            info: info.clone(),
+            started: tokio::time::Instant::now(),
+            updates: BTreeMap::new(),
+            secure: None,
+        });
+        info
+    }
+
+    fn update(fed: &Federation, info: &OpenInfo, node: &str, value: f32) -> v1::UpdateRequest {
+        let delta = vec![value; fed.param_count];
+        v1::UpdateRequest {
+            tenant: "acme".into(),
+            node: node.into(),
+            round: info.round,
+            base_version: info.base_version,
+            schema_hash: fed.schema_hash.to_vec(),
+            delta: Some(fedmesh_proto::encode_f32(&delta, &[delta.len() as u64])),
+            num_samples: 100,
+            scaler_stats: Some(v1::ScalerStats {
+                count: 100,
+                sum: vec![10.0; 3],
+                sum_sq: vec![20.0; 3],
+            }),
+            train_loss: 0.5,
+        }
+    }
+
+    fn refused_with(r: Result<v1::SubmitAck, FedError>) -> InvalidReason {
+        match r {
+            Err(FedError::Refused(reason)) => reason,
+            other => panic!("expected a typed refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_node_claiming_2_pow_64_samples_is_refused() {
+        let (fed, _dir) = federation("");
+        let info = open_round(&fed, &["n1", "n2"]);
+        let mut u = update(&fed, &info, "n1", 0.01);
+        u.num_samples = u64::MAX;
+        let reason = refused_with(fed.submit(&node("n1"), u, 10));
+        assert_eq!(reason.label(), "invalid_num_samples");
+        // Nothing recorded; the node may resend a valid update.
+        let ok = update(&fed, &info, "n1", 0.01);
+        assert!(fed.submit(&node("n1"), ok, 10).is_ok());
+        // The violation is reputation evidence with the bounded text.
+        let rec = fed.reputation();
+        let r = &rec["n1"];
+        assert_eq!(r.violations, 1);
+        assert!(r.last_reason.contains("num_samples"), "{}", r.last_reason);
+        // Scaler count is capped the same way.
+        let mut u = update(&fed, &info, "n2", 0.01);
+        if let Some(s) = u.scaler_stats.as_mut() {
+            s.count = u64::MAX;
+        }
+        let reason = refused_with(fed.submit(&node("n2"), u, 10));
+        assert!(matches!(
+            reason,
+            InvalidReason::Scaler(ScalerProblem::Count { .. })
+        ));
+    }
+
+    #[test]
+    fn finite_f64_scaler_stats_that_overflow_f32_are_refused() {
+        let (fed, _dir) = federation("");
+        let info = open_round(&fed, &["n1", "n2"]);
+        let mut u = update(&fed, &info, "n1", 0.01);
+        u.scaler_stats = Some(v1::ScalerStats {
+            count: 1,
+            sum: vec![1e300; 3],
+            sum_sq: vec![1e300; 3],
+        });
+        let reason = refused_with(fed.submit(&node("n1"), u, 10));
+        assert_eq!(reason.label(), "invalid_scaler");
+        let mut u = update(&fed, &info, "n2", 0.01);
+        u.train_loss = 1e30;
+        assert_eq!(
+            refused_with(fed.submit(&node("n2"), u, 10)).label(),
+            "invalid_train_loss"
+        );
+    }
+
+    #[test]
+    fn a_huge_shape_is_refused_with_a_bounded_message() {
+        let (fed, _dir) = federation("");
+        let info = open_round(&fed, &["n1", "n2"]);
+        let mut u = update(&fed, &info, "n1", 0.01);
+        if let Some(t) = u.delta.as_mut() {
+            t.shape = vec![1; 1_000_000];
+        }
+        let e = fed.submit(&node("n1"), u, 10).unwrap_err();
+        assert!(e.to_string().len() <= 1024, "{}", e.to_string().len());
+        let st = crate::service::to_status(e);
+        assert!(st.message().len() <= 1024);
+    }
+
+    #[test]
+    fn equal_weighting_gives_a_liar_one_share() {
+        let (fed, _dir) = federation("weighting = \"equal\"\nmax_samples_per_update = 1000");
+        let info = open_round(&fed, &["n1", "n2"]);
+        let mut a = update(&fed, &info, "n1", 0.0);
+        a.num_samples = 1;
+        let mut b = update(&fed, &info, "n2", 0.02);
+        b.num_samples = 1000;
+        fed.submit(&node("n1"), a, 10).unwrap();
+        fed.submit(&node("n2"), b, 10).unwrap();
+        let round = fed.lock().round.take().unwrap();
+        let before = fed.lock().params.clone();
+        fed.commit(round, &info.selected).unwrap();
+        let after = fed.lock().params.clone();
+        for (w, w0) in after.iter().zip(before.iter()) {
+            assert!((w - w0 - 0.01).abs() < 1e-6, "{w} {w0}");
+        }
+    }
+
+    #[test]
+    fn the_commit_guard_refuses_an_out_of_bound_model_and_keeps_the_version() {
+        // server_lr = 1e30: a finite aggregate of finite updates steps the
+        // parameters out of bounds (and, in f32, to infinity).
+        let (fed, _dir) = federation("server_lr = 1e30");
+        let info = open_round(&fed, &["n1", "n2"]);
+        fed.submit(&node("n1"), update(&fed, &info, "n1", 0.01), 10)
+            .unwrap();
+        fed.submit(&node("n2"), update(&fed, &info, "n2", 0.02), 10)
+            .unwrap();
+        let round = fed.lock().round.take().unwrap();
+        let (v0, signed0) = {
+            let g = fed.lock();
+            (g.version, g.signed.clone())
+        };
+        let e = fed.commit(round, &info.selected).unwrap_err();
+        let FedError::CommitRefused(refusal) = &e else {
+            panic!("expected a refused commit, got {e:?}");
+        };
+        assert!(CommitRefusal::LABELS.contains(&refusal.label()));
+        let g = fed.lock();
+        assert_eq!(g.version, v0);
+        assert_eq!(g.signed, signed0);
+        assert!(g.last_delta.is_none());
+        drop(g);
+        assert_eq!(fed.store.latest_model("acme").unwrap().unwrap().0, v0);
+        assert!(matches!(fed.status(), RoundStatus::Aborted { round: 1, .. }));
+        assert!(
+            fed.metrics
+                .encode()
+                .contains("fedmesh_commits_refused_total{tenant=\"acme\",reason=\"")
+        );
+    }
+
+    #[test]
+    fn the_commit_guard_refuses_a_non_finite_scaler() {
+        let (fed, _dir) = federation("");
+        let info = open_round(&fed, &["n1", "n2"]);
+        fed.submit(&node("n1"), update(&fed, &info, "n1", 0.01), 10)
+            .unwrap();
+        fed.submit(&node("n2"), update(&fed, &info, "n2", 0.02), 10)
+            .unwrap();
+        // Bypass validation, as a path that forgot it would.
+        let mut round = fed.lock().round.take().unwrap();
+        if let Some(u) = round.updates.get_mut(&node("n1")) {
+            u.scaler = Some(v1::ScalerStats {
+                count: 1,
+                sum: vec![1e300; 3],
+                sum_sq: vec![1e300; 3],
+            });
+        }
+        let e = fed.commit(round, &info.selected).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FedError::CommitRefused(CommitRefusal::Scaler { field: "mean", .. })
+            ),
+            "{e:?}"
+        );
+        assert_eq!(fed.version(), 0);
+    }
 }

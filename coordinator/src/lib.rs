@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod aggregate;
+pub mod bounds;
 pub mod config;
 pub mod federation;
 pub mod metrics;

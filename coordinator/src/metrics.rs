@@ -54,6 +54,7 @@ pub struct Metrics {
     excluded: Family<Tenant, Gauge>,
     quarantined: Family<Tenant, Gauge>,
     decisions: Family<ReputationLabel, Counter>,
+    commits_refused: Family<Refusal, Counter>,
     buckets_rejected: Family<Tenant, Gauge>,
     buckets_dropped: Family<Tenant, Gauge>,
     dp_epsilon: Family<Tenant, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -65,15 +66,32 @@ impl Default for Metrics {
     }
 }
 
-/// The bounded set of refusal reasons used as a label.
+/// Refusal labels besides the typed reasons of
+/// [`crate::bounds::InvalidReason::LABELS`].
+pub const REFUSAL_LABELS: &[&str] = &[
+    "no_open_round",
+    "wrong_round",
+    "stale_version",
+    "not_selected",
+    "duplicate",
+    "wrong_phase",
+    "unknown_version",
+    "commit_refused",
+    "internal",
+];
+
+/// The bounded set of refusal reasons used as a label: one of
+/// [`REFUSAL_LABELS`] or [`crate::bounds::InvalidReason::LABELS`].
 pub fn refusal_reason(e: &FedError) -> &'static str {
     match e {
+        FedError::Refused(r) => r.label(),
+        FedError::CommitRefused(_) => "commit_refused",
         FedError::NoOpenRound { .. } => "no_open_round",
         FedError::WrongRound { .. } => "wrong_round",
         FedError::StaleVersion { .. } => "stale_version",
         FedError::NotSelected { .. } => "not_selected",
         FedError::Duplicate { .. } => "duplicate",
-        FedError::Invalid(_) => "invalid",
+        FedError::Invalid(_) => "invalid_secure_message",
         FedError::Phase(_) => "wrong_phase",
         FedError::UnknownVersion(_) => "unknown_version",
         FedError::Store(_) | FedError::Aggregate(_) | FedError::Corrupt(_) => "internal",
@@ -99,6 +117,12 @@ impl Metrics {
         let excluded = Family::<Tenant, Gauge>::default();
         let quarantined = Family::<Tenant, Gauge>::default();
         let decisions = Family::<ReputationLabel, Counter>::default();
+        let commits_refused = Family::<Refusal, Counter>::default();
+        registry.register(
+            "commits_refused",
+            "Rounds aborted because the aggregate was not a usable model (not finite or out of bounds), by reason",
+            commits_refused.clone(),
+        );
         let buckets_rejected = Family::<Tenant, Gauge>::default();
         let buckets_dropped = Family::<Tenant, Gauge>::default();
         let dp_epsilon = Family::<Tenant, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
@@ -189,6 +213,7 @@ impl Metrics {
             excluded,
             quarantined,
             decisions,
+            commits_refused,
             buckets_rejected,
             buckets_dropped,
             dp_epsilon,
@@ -238,6 +263,17 @@ impl Metrics {
             .get_or_create(&ReputationLabel {
                 tenant: tenant.to_string(),
                 action,
+            })
+            .inc();
+    }
+
+    /// A commit refused by the guard (`reason` from
+    /// [`crate::bounds::CommitRefusal::LABELS`]).
+    pub fn commit_refused(&self, tenant: &str, reason: &'static str) {
+        self.commits_refused
+            .get_or_create(&Refusal {
+                tenant: tenant.to_string(),
+                reason,
             })
             .inc();
     }
@@ -555,6 +591,11 @@ mod tests {
             },
         );
         m.refused("beta", &FedError::Invalid("nan".into()));
+        m.refused(
+            "beta",
+            &FedError::Refused(crate::bounds::InvalidReason::NumSamples { got: 0, max: 1 }),
+        );
+        m.commit_refused("beta", "non_finite_params");
         m.reputation_decision("acme", "quarantined");
         m.observe_state("acme", 2, 4, 1);
         let text = m.encode();
@@ -564,7 +605,9 @@ mod tests {
             "fedmesh_updates_accepted_total{tenant=\"acme\"} 1",
             "fedmesh_update_bytes_total{tenant=\"acme\"} 250",
             "fedmesh_updates_refused_total{tenant=\"acme\",reason=\"duplicate\"} 1",
-            "fedmesh_updates_refused_total{tenant=\"beta\",reason=\"invalid\"} 1",
+            "fedmesh_updates_refused_total{tenant=\"beta\",reason=\"invalid_secure_message\"} 1",
+            "fedmesh_updates_refused_total{tenant=\"beta\",reason=\"invalid_num_samples\"} 1",
+            "fedmesh_commits_refused_total{tenant=\"beta\",reason=\"non_finite_params\"} 1",
             "fedmesh_round_participants{tenant=\"acme\"} 4",
             "fedmesh_round_dropped{tenant=\"acme\"} 1",
             "fedmesh_model_version{tenant=\"acme\"} 2",

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info_span, warn};
 
+use crate::bounds::{MAX_REFUSAL_TEXT, truncate_text};
 use crate::federation::{FedError, Federation};
 use crate::transport::PeerInfo;
 
@@ -51,6 +52,10 @@ impl FederationService {
     }
 }
 
+/// Longest tenant or node name echoed back from a request (longer ones
+/// are cut: valid names are far shorter).
+const MAX_ECHOED_NAME: usize = 64;
+
 fn check_binding(
     fed: &Federation,
     node: &NodeId,
@@ -58,31 +63,50 @@ fn check_binding(
     node_field: &str,
 ) -> Result<(), Status> {
     if tenant_field != fed.tenant().as_str() || node_field != node.as_str() {
-        return Err(Status::permission_denied(format!(
-            "request is bound to {tenant_field}/{node_field} but the certificate names {}/{node}",
-            fed.tenant()
-        )));
+        return Err(bounded_status(
+            tonic::Code::PermissionDenied,
+            &format!(
+                "request is bound to {}/{} but the certificate names {}/{node}",
+                truncate_text(tenant_field, MAX_ECHOED_NAME),
+                truncate_text(node_field, MAX_ECHOED_NAME),
+                fed.tenant()
+            ),
+        ));
     }
     Ok(())
 }
 
+/// A status whose message is at most [`MAX_REFUSAL_TEXT`] bytes (+ `…`),
+/// cut at a character boundary: defence in depth behind the bounded
+/// messages of [`FedError`], so no refusal grows with the request.
+pub fn bounded_status(code: tonic::Code, message: &str) -> Status {
+    Status::new(code, truncate_text(message, MAX_REFUSAL_TEXT).into_owned())
+}
+
 /// The one mapping from federation errors to gRPC status codes. Internal
-/// details (store errors) are logged, not sent.
+/// details (store errors) are logged, not sent. Every message is bounded
+/// ([`bounded_status`]).
 pub fn to_status(e: FedError) -> Status {
-    match e {
+    use tonic::Code;
+    let code = match e {
         FedError::NoOpenRound { .. }
         | FedError::WrongRound { .. }
         | FedError::StaleVersion { .. }
         | FedError::NotSelected { .. }
-        | FedError::Phase(_) => Status::failed_precondition(e.to_string()),
-        FedError::Duplicate { .. } => Status::already_exists(e.to_string()),
-        FedError::Invalid(_) => Status::invalid_argument(e.to_string()),
-        FedError::UnknownVersion(_) => Status::not_found(e.to_string()),
-        FedError::Store(_) | FedError::Aggregate(_) | FedError::Corrupt(_) => {
-            warn!(error = %e, "internal error");
-            Status::internal("internal error")
+        | FedError::Phase(_) => Code::FailedPrecondition,
+        FedError::Duplicate { .. } => Code::AlreadyExists,
+        FedError::Invalid(_) | FedError::Refused(_) => Code::InvalidArgument,
+        FedError::UnknownVersion(_) => Code::NotFound,
+        FedError::Store(_)
+        | FedError::Aggregate(_)
+        | FedError::Corrupt(_)
+        | FedError::CommitRefused(_) => {
+            let text = e.to_string();
+            warn!(error = %truncate_text(&text, MAX_REFUSAL_TEXT), "internal error");
+            return Status::internal("internal error");
         }
-    }
+    };
+    bounded_status(code, &e.to_string())
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::RoundEvent, Status>> + Send + 'static>>;
@@ -165,5 +189,48 @@ impl FederationRpc for FederationService {
         }
         .instrument(span)
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bounds::InvalidReason;
+
+    #[test]
+    fn a_huge_shape_gives_a_small_status() {
+        let shape = vec![7u64; 1_000_000];
+        let e = FedError::Refused(InvalidReason::Shape {
+            got: fedmesh_proto::ShapeSummary::of(&shape),
+            expected: 10,
+        });
+        let st = to_status(e);
+        assert_eq!(st.code(), tonic::Code::InvalidArgument);
+        assert!(st.message().len() <= 1024, "{}", st.message().len());
+        assert!(st.message().contains("1000000 dims"), "{}", st.message());
+        let t = fedmesh_proto::v1::Tensor {
+            dtype: fedmesh_proto::v1::Dtype::F32Le as i32,
+            shape,
+            data: vec![],
+        };
+        let e = fedmesh_proto::decode_f32(&t, 10).unwrap_err();
+        let st = to_status(FedError::Refused(InvalidReason::Tensor(e)));
+        assert!(st.message().len() <= 1024, "{}", st.message().len());
+    }
+
+    #[test]
+    fn free_text_refusals_are_truncated() {
+        let long = "é".repeat(1_000_000);
+        for e in [
+            FedError::Invalid(long.clone()),
+            FedError::Phase(long.clone()),
+            FedError::Refused(InvalidReason::secure_protocol(&long)),
+        ] {
+            let st = to_status(e);
+            assert!(st.message().len() <= 1024, "{}", st.message().len());
+        }
+        let st = bounded_status(tonic::Code::Internal, &long);
+        assert!(st.message().len() <= MAX_REFUSAL_TEXT + 3);
+        assert!(st.message().ends_with('…'));
     }
 }

@@ -18,7 +18,7 @@ pub mod v1 {
     tonic::include_proto!("fedmesh.v1");
 }
 
-pub use tensor::{TensorError, decode_f32, encode_f32};
+pub use tensor::{ShapeSummary, TensorError, decode_f32, encode_f32};
 
 /// Default bound on any single fedmesh message, in bytes (64 MiB: a 1e7
 /// parameter update plus headroom). Servers and clients set their decoders to

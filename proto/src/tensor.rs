@@ -13,7 +13,7 @@ pub enum TensorError {
     #[error("unsupported tensor dtype {0}")]
     UnsupportedDtype(i32),
     /// The shape's element count overflows or exceeds the caller's bound.
-    #[error("tensor shape {shape:?} holds more than {max} elements")]
+    #[error("tensor shape {} holds more than {max} elements", ShapeSummary::of(shape))]
     TooLarge {
         /// The offending shape.
         shape: Vec<u64>,
@@ -21,7 +21,7 @@ pub enum TensorError {
         max: usize,
     },
     /// The byte length does not match the shape.
-    #[error("tensor data is {actual} bytes, shape {shape:?} needs {expected}")]
+    #[error("tensor data is {actual} bytes, shape {} needs {expected}", ShapeSummary::of(shape))]
     LengthMismatch {
         /// The declared shape.
         shape: Vec<u64>,
@@ -36,6 +36,50 @@ pub enum TensorError {
         /// Flat index of the first bad value.
         index: usize,
     },
+}
+
+/// A bounded description of a tensor shape for messages: at most
+/// [`ShapeSummary::HEAD`] leading dimensions and the number of dimensions,
+/// e.g. `[3, 4]` or `[1, 1, 1, 1, … (1000000 dims)]`, so a refusal never
+/// grows with the shape a client sent (at most ~110 bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeSummary {
+    head: Vec<u64>,
+    dims: usize,
+}
+
+impl ShapeSummary {
+    /// Leading dimensions kept.
+    pub const HEAD: usize = 4;
+
+    /// The summary of `shape`.
+    pub fn of(shape: &[u64]) -> Self {
+        Self {
+            head: shape.iter().take(Self::HEAD).copied().collect(),
+            dims: shape.len(),
+        }
+    }
+
+    /// Dimensions of the shape.
+    pub fn dims(&self) -> usize {
+        self.dims
+    }
+}
+
+impl std::fmt::Display for ShapeSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[")?;
+        for (i, d) in self.head.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{d}")?;
+        }
+        if self.dims > self.head.len() {
+            write!(f, ", … ({} dims)", self.dims)?;
+        }
+        f.write_str("]")
+    }
 }
 
 /// Packs `values` as an f32 little-endian tensor of the given shape.
@@ -97,6 +141,31 @@ pub fn decode_f32(t: &Tensor, max_elements: usize) -> Result<Vec<f32>, TensorErr
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn shape_messages_are_bounded() {
+        assert_eq!(ShapeSummary::of(&[3, 4]).to_string(), "[3, 4]");
+        assert_eq!(ShapeSummary::of(&[]).to_string(), "[]");
+        let huge = vec![1u64; 1_000_000];
+        assert_eq!(
+            ShapeSummary::of(&huge).to_string(),
+            "[1, 1, 1, 1, … (1000000 dims)]"
+        );
+        let t = Tensor {
+            dtype: Dtype::F32Le as i32,
+            shape: vec![u64::MAX; 1_000_000],
+            data: vec![],
+        };
+        let e = decode_f32(&t, 10).unwrap_err().to_string();
+        assert!(e.len() < 200, "{e}");
+        let t = Tensor {
+            dtype: Dtype::F32Le as i32,
+            shape: vec![1; 1_000_000],
+            data: vec![0; 3],
+        };
+        let e = decode_f32(&t, 10).unwrap_err().to_string();
+        assert!(e.len() < 200, "{e}");
+    }
 
     #[test]
     fn round_trips_and_checks_length() {

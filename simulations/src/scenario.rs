@@ -293,6 +293,14 @@ pub struct Server {
     /// Heavy-ball momentum β (0 = none).
     #[serde(default)]
     pub momentum: f32,
+    /// How FedAvg and the geometric median weight updates (the
+    /// coordinator's `weighting`): `"samples"` (default) or `"equal"`.
+    #[serde(default, skip_serializing_if = "is_samples")]
+    pub weighting: fedmesh_coordinator::aggregate::Weighting,
+}
+
+fn is_samples(w: &fedmesh_coordinator::aggregate::Weighting) -> bool {
+    *w == fedmesh_coordinator::aggregate::Weighting::Samples
 }
 
 fn d_server_lr() -> f32 {
@@ -304,6 +312,7 @@ impl Default for Server {
         Self {
             lr: d_server_lr(),
             momentum: 0.0,
+            weighting: Default::default(),
         }
     }
 }

@@ -312,11 +312,29 @@ pub fn pairwise_sq_distances(updates: &[&[f32]]) -> Result<Vec<f64>, AggregateEr
     Ok(d)
 }
 
+/// Krum's neighbour count for a set of `members` updates: `members − f − 2`
+/// (Blanchard et al. 2017), at least 1 and at most `members − 1`.
+///
+/// Krum itself always has `n − f − 2 ≥ f + 1 ≥ 1` (it needs n ≥ 2f+3).
+/// Bulyan's iterated Krum does not: its step over the remaining set R has
+/// |R| = n − t, down to 2f + 1 on the last step, where `|R| − f − 2 = f − 1`
+/// is 0 for f = 1. With no neighbour every score is 0 and the tie-break
+/// picks an update regardless of distance (possibly a far outlier). One
+/// neighbour is the smallest count that still measures isolation, and for
+/// |R| ≥ 3 an update of a cluster has a nearer neighbour than a single far
+/// outlier, so such a step can never choose it.
+pub(crate) fn neighbours(members: usize, f: usize) -> usize {
+    members
+        .saturating_sub(f + 2)
+        .max(1)
+        .min(members.saturating_sub(1))
+}
+
 /// Krum scores of `members` within `members`: the sum of the squared
-/// distances to the `members.len() − f − 2` nearest other members (none if
-/// that is not positive), summed in ascending order.
+/// distances to the [`neighbours`]`(members.len(), f)` nearest other
+/// members, summed in ascending order.
 fn scores_within(d: &[f64], n: usize, members: &[usize], f: usize) -> Vec<f64> {
-    let k = members.len().saturating_sub(f + 2);
+    let k = neighbours(members.len(), f);
     let mut row = Vec::with_capacity(members.len());
     members
         .iter()
@@ -534,7 +552,11 @@ fn closest_mean(keys: &[i32], (copy, dist): &mut Scratch, beta: usize) -> f32 {
 /// Bulyan (El Mhamdi, Guerraoui, Rouault 2018): select θ = n−2f updates by
 /// repeatedly taking the Krum winner of the remaining ones (Krum with the
 /// same f on the shrinking set), then per coordinate average the
-/// β = θ−2f selected values closest to their median. Needs n ≥ 4f+3.
+/// β = θ−2f selected values closest to their median. Needs n ≥ 4f+3
+/// (so β ≥ 3). Every selection step scores with [`neighbours`] — at least
+/// one neighbour — so the last steps for f = 1, where Krum's own count
+/// `|R| − f − 2` is 0, still measure distance instead of tying. With f = 0
+/// every update is selected and the value is the coordinate-wise mean.
 pub fn bulyan(updates: &[&[f32]], f: usize) -> Result<Vec<f32>, AggregateError> {
     dims(updates)?;
     Rule::Bulyan { f }.check(updates.len())?;
@@ -572,7 +594,7 @@ mod tests {
                     .map(|&j| d[i][j])
                     .collect();
                 row.sort_by(f64::total_cmp);
-                row.iter().take(members.len().saturating_sub(f + 2)).sum()
+                row.iter().take(neighbours(members.len(), f)).sum()
             })
             .collect()
     }

@@ -227,6 +227,43 @@ pub fn l2_norm(v: &[f32]) -> f64 {
         .sqrt()
 }
 
+/// How the weighted rules (FedAvg, geometric median) weight updates; the
+/// other rules treat every update alike.
+///
+/// Weights are bounded before a rule sees them: the coordinator refuses an
+/// update whose `num_samples` is 0 or above the tenant's
+/// `max_samples_per_update` (C), so under [`Weighting::Samples`] one
+/// update's share of a batch with n − 1 others of s samples each is at most
+/// `C / (C + (n−1)·s)`, and under [`Weighting::Equal`] exactly `1/n`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Weighting {
+    /// By the claimed sample count (bounded as above).
+    #[default]
+    Samples,
+    /// Every update weighs 1.
+    Equal,
+}
+
+impl Weighting {
+    /// The weight of an update that claims `num_samples` samples.
+    pub fn weight(self, num_samples: u64) -> f64 {
+        match self {
+            Weighting::Samples => num_samples as f64,
+            Weighting::Equal => 1.0,
+        }
+    }
+
+    /// The weight of an update whose sample-count weight is `samples`
+    /// (as [`Weighting::weight`], for callers holding the count as f64).
+    pub fn of_weight(self, samples: f64) -> f64 {
+        match self {
+            Weighting::Samples => samples,
+            Weighting::Equal => 1.0,
+        }
+    }
+}
+
 /// A robust aggregation rule and its parameters.
 ///
 /// Deserializes from a table tagged by `rule`, e.g.
@@ -234,26 +271,30 @@ pub fn l2_norm(v: &[f32]) -> f64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "rule", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Rule {
-    /// Weighted mean; tolerates no Byzantine client.
+    /// Weighted mean; tolerates no Byzantine client (f = 0). Valid for
+    /// n ≥ 1. Each weight is bounded by the coordinator before it gets
+    /// here (see [`Weighting`]).
     #[serde(rename = "fedavg")]
     FedAvg,
     /// Coordinate-wise median (Yin et al. 2018); average of the two middle
-    /// values for even n.
+    /// values for even n. Valid for n ≥ 1; a coordinate stays within the
+    /// honest range while fewer than half the updates are Byzantine.
     Median,
     /// Coordinate-wise trimmed mean: drop the `f` largest and `f` smallest
-    /// values of each coordinate, average the rest. Needs n > 2f.
+    /// values of each coordinate, average the rest. Valid for n ≥ 2f+1.
     TrimmedMean {
         /// Values trimmed at each end.
         f: usize,
     },
     /// Krum (Blanchard et al. 2017): the update with the smallest sum of
-    /// squared distances to its n−f−2 nearest neighbours. Needs n ≥ 2f+3.
+    /// squared distances to its n−f−2 nearest neighbours. Valid for
+    /// n ≥ 2f+3 (so it scores with at least f+1 neighbours).
     Krum {
         /// Byzantine clients tolerated.
         f: usize,
     },
     /// Multi-Krum: the mean of the `m` updates with the best Krum scores.
-    /// Needs n ≥ 2f+3 and 1 ≤ m ≤ n−f−2.
+    /// Valid for n ≥ 2f+3 and 1 ≤ m ≤ n−f−2.
     MultiKrum {
         /// Byzantine clients tolerated.
         f: usize,
@@ -262,13 +303,15 @@ pub enum Rule {
     },
     /// Bulyan (El Mhamdi et al. 2018): θ = n−2f updates chosen by iterated
     /// Krum, then per coordinate the mean of the β = θ−2f values closest to
-    /// their median. Needs n ≥ 4f+3.
+    /// their median. Valid for n ≥ 4f+3 (β ≥ 3); every selection step
+    /// scores with at least one neighbour (see [`bulyan`]).
     Bulyan {
         /// Byzantine clients tolerated.
         f: usize,
     },
     /// Weighted geometric median by smoothed Weiszfeld (RFA, Pillutla et
-    /// al. 2022). Breakdown point ½.
+    /// al. 2022). Valid for n ≥ 1; breakdown point ½. Uses the bounded
+    /// weights (see [`Weighting`]).
     GeometricMedian {
         /// Weiszfeld steps (epfml: 8).
         #[serde(default = "d_geomed_iterations")]
@@ -371,8 +414,46 @@ impl Rule {
         }
     }
 
+    /// The smallest batch the rule accepts ([`Rule::check`] refuses every
+    /// smaller `n`, and accepts every `n` from here on):
+    ///
+    /// | rule | valid (n, f) |
+    /// |---|---|
+    /// | `fedavg` | n ≥ 1 (f = 0: tolerates no Byzantine update) |
+    /// | `median` | n ≥ 1 (breakdown point ½: any f < n/2) |
+    /// | `trimmed_mean` | n ≥ 2f+1 (n > 2f) |
+    /// | `krum` | n ≥ 2f+3 |
+    /// | `multi_krum` | n ≥ 2f+3 and 1 ≤ m ≤ n−f−2, i.e. n ≥ max(2f+3, m+f+2) |
+    /// | `bulyan` | n ≥ 4f+3 |
+    /// | `geometric_median` | n ≥ 1 (breakdown point ½) |
+    /// | `centered_clipping` | n ≥ 1 |
+    ///
+    /// Saturates instead of overflowing for absurd `f`, so such a
+    /// configuration is refused rather than wrapped.
+    pub fn min_clients(&self) -> usize {
+        match *self {
+            Rule::FedAvg
+            | Rule::Median
+            | Rule::GeometricMedian { .. }
+            | Rule::CenteredClipping { .. } => 1,
+            Rule::TrimmedMean { f } => f.saturating_mul(2).saturating_add(1),
+            Rule::Krum { f } => f.saturating_mul(2).saturating_add(3),
+            Rule::MultiKrum { f, m } => f
+                .saturating_mul(2)
+                .saturating_add(3)
+                .max(m.saturating_add(f).saturating_add(2)),
+            Rule::Bulyan { f } => f.saturating_mul(4).saturating_add(3),
+        }
+    }
+
     /// Refuses parameters, and batch sizes `n`, that break the rule's
-    /// assumption, saying which one.
+    /// assumption, saying which one. The conditions are those of
+    /// [`Rule::min_clients`]; every selection step of Krum, Multi-Krum and
+    /// Bulyan then scores with at least one neighbour (see
+    /// [`krum_scores`] and [`bulyan`]), so no step degenerates into a tie
+    /// of zero scores. The coordinator calls this at config load (with the
+    /// tenant's quorum, the smallest batch that can commit) and again on
+    /// every batch.
     pub fn check(&self, n: usize) -> Result<(), AggregateError> {
         if n == 0 {
             return Err(AggregateError::Empty);
@@ -383,33 +464,34 @@ impl Rule {
             n,
             f,
         };
+        let enough = n >= self.min_clients();
         match *self {
             Rule::FedAvg | Rule::Median => Ok(()),
             Rule::TrimmedMean { f } => {
-                if n > 2 * f {
+                if enough {
                     Ok(())
                 } else {
                     Err(too_few("n > 2f", f))
                 }
             }
             Rule::Krum { f } => {
-                if n >= 2 * f + 3 {
+                if enough {
                     Ok(())
                 } else {
                     Err(too_few("n >= 2f+3", f))
                 }
             }
             Rule::MultiKrum { f, m } => {
-                if n < 2 * f + 3 {
+                if n < f.saturating_mul(2).saturating_add(3) {
                     Err(too_few("n >= 2f+3", f))
-                } else if m == 0 || m > n - f - 2 {
+                } else if m == 0 || !enough {
                     Err(AggregateError::MultiKrumM { n, f, m })
                 } else {
                     Ok(())
                 }
             }
             Rule::Bulyan { f } => {
-                if n >= 4 * f + 3 {
+                if enough {
                     Ok(())
                 } else {
                     Err(too_few("n >= 4f+3", f))
@@ -816,7 +898,145 @@ mod tests {
         assert_eq!(agg.selected, vec![0, 1]);
     }
 
+    #[test]
+    fn min_clients_is_the_boundary_of_check() {
+        for f in 0..5 {
+            for rule in [
+                Rule::FedAvg,
+                Rule::Median,
+                Rule::TrimmedMean { f },
+                Rule::Krum { f },
+                Rule::MultiKrum { f, m: 1 },
+                Rule::MultiKrum { f, m: f + 2 },
+                Rule::Bulyan { f },
+                Rule::GeometricMedian {
+                    iterations: 8,
+                    nu: 0.1,
+                },
+                Rule::CenteredClipping {
+                    tau: 1.0,
+                    iterations: 1,
+                },
+            ] {
+                let min = rule.min_clients();
+                assert!(rule.check(min).is_ok(), "{rule:?} at {min}");
+                assert!(rule.check(min + 7).is_ok(), "{rule:?} at {}", min + 7);
+                if min > 1 {
+                    assert!(rule.check(min - 1).is_err(), "{rule:?} at {}", min - 1);
+                }
+            }
+        }
+        // Absurd parameters saturate and are refused, never overflow.
+        assert!(Rule::Bulyan { f: usize::MAX }.check(usize::MAX - 1).is_err());
+        assert!(Rule::TrimmedMean { f: usize::MAX }.check(10).is_err());
+        assert!(
+            Rule::MultiKrum {
+                f: 1,
+                m: usize::MAX
+            }
+            .check(10)
+            .is_err()
+        );
+    }
+
+    /// Issue 14: Bulyan with f = 1 ends its selection with three
+    /// candidates, where Krum's neighbour count n−f−2 is 0. A far outlier
+    /// that is lexicographically smallest used to win that all-zero tie.
+    #[test]
+    fn bulyan_f1_last_step_does_not_pick_the_outlier() {
+        let mut rows: Vec<Vec<f32>> = (0..6)
+            .map(|i| vec![0.1 * i as f32, 1.0 - 0.05 * i as f32, 0.3])
+            .collect();
+        rows.push(vec![-1e6; 3]);
+        let agg = Rule::Bulyan { f: 1 }
+            .aggregate_from(&refs(&rows), &[1.0; 7], None)
+            .unwrap();
+        assert_eq!(agg.selected.len(), 5);
+        assert!(!agg.selected.contains(&6), "{:?}", agg.selected);
+    }
+
+    #[test]
+    fn weighting_bounds_a_liars_share() {
+        assert_eq!(Weighting::Equal.weight(u64::MAX), 1.0);
+        assert_eq!(Weighting::Samples.weight(4096), 4096.0);
+        // Equal weights: a node claiming 2^64 − 1 samples gets 1/n.
+        let honest = [0f32; 2];
+        let liar = [9f32; 2];
+        let rows: Vec<&[f32]> = vec![&honest, &honest, &liar];
+        let w: Vec<f64> = [10, 10, u64::MAX]
+            .iter()
+            .map(|&s| Weighting::Equal.weight(s))
+            .collect();
+        let agg = RuleConfig::from(Rule::FedAvg).aggregate(&rows, &w).unwrap();
+        assert_eq!(agg.value, vec![3.0, 3.0]);
+    }
+
     proptest! {
+        /// For every rule at its valid (n, f) edge cases (the smallest n,
+        /// and up to two more; at least 3 so that one update is a minority),
+        /// one far outlier among clustered updates is never chosen by a
+        /// selection step (Krum, Multi-Krum, Bulyan with f >= 1) and never
+        /// drags the output of any rule that tolerates it away from the
+        /// cluster: the distance to the cluster's centroid stays within
+        /// (√p + 1)·R + 4 (R the cluster's radius), whatever the outlier's
+        /// magnitude. FedAvg and f = 0 trimmed mean / Bulyan are means and
+        /// claim no robustness.
+        #[test]
+        fn a_single_far_outlier_never_wins(
+            f in 0usize..4,
+            extra in 0usize..3,
+            m_pick in any::<bool>(),
+            cluster in proptest::collection::vec(proptest::collection::vec(-1f32..1.0, 8), 20),
+            p in 1usize..8,
+            signs in proptest::collection::vec(any::<bool>(), 8),
+            scale in 1e4f32..1e6,
+            seed in any::<u64>(),
+        ) {
+            let geomed = Rule::GeometricMedian { iterations: 8, nu: 0.1 };
+            let cclip = Rule::CenteredClipping { tau: 1.0, iterations: 3 };
+            let multi = |n: usize| Rule::MultiKrum { f, m: if m_pick { n - f - 2 } else { 1 } };
+            let base: Vec<Rule> = vec![
+                Rule::Median,
+                Rule::TrimmedMean { f },
+                Rule::Krum { f },
+                Rule::MultiKrum { f, m: 1 },
+                Rule::Bulyan { f },
+                geomed,
+                cclip,
+            ];
+            for template in base {
+                let n = template.min_clients().max(3) + extra;
+                let rule = match template {
+                    Rule::MultiKrum { .. } => multi(n),
+                    r => r,
+                };
+                prop_assert!(rule.check(n).is_ok());
+                let mut rows: Vec<Vec<f32>> = cluster[..n - 1].iter().map(|r| r[..p].to_vec()).collect();
+                let centroid: Vec<f64> = (0..p)
+                    .map(|j| rows.iter().map(|r| f64::from(r[j])).sum::<f64>() / (n - 1) as f64)
+                    .collect();
+                let dist = |v: &[f32]| {
+                    v.iter().zip(&centroid).map(|(x, c)| (f64::from(*x) - c).powi(2)).sum::<f64>().sqrt()
+                };
+                let radius = rows.iter().map(|r| dist(r)).fold(0.0, f64::max);
+                rows.push((0..p).map(|j| if signs[j] { scale } else { -scale }).collect());
+                let perm = permutation(n, seed);
+                let rows = permute(&rows, &perm);
+                let outlier = perm.iter().position(|&i| i == n - 1).unwrap_or(n);
+                let agg = RuleConfig::from(rule.clone()).aggregate(&refs(&rows), &vec![1.0; n]).unwrap();
+                let selects = matches!(rule, Rule::Krum { .. } | Rule::MultiKrum { .. })
+                    || matches!(rule, Rule::Bulyan { f } if f >= 1);
+                if selects {
+                    prop_assert!(!agg.selected.contains(&outlier), "{:?} n={} selected {:?}", rule, n, agg.selected);
+                }
+                let mean_like = matches!(rule, Rule::TrimmedMean { f: 0 } | Rule::Bulyan { f: 0 });
+                if !mean_like {
+                    let bound = ((p as f64).sqrt() + 1.0) * radius + 4.0;
+                    prop_assert!(dist(&agg.value) <= bound, "{:?} n={}: {} > {}", rule, n, dist(&agg.value), bound);
+                }
+            }
+        }
+
         #[test]
         fn fedavg_permutation_invariant_and_bounded(
             rows in proptest::collection::vec(proptest::collection::vec(-100f32..100.0, 5), 1..8),

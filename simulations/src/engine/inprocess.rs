@@ -993,7 +993,10 @@ fn run_once(
                 metrics.aborted = Some(e.to_string());
             } else {
                 let refs: Vec<&[f32]> = kept.iter().map(|&i| subs[i].delta.as_slice()).collect();
-                let weights: Vec<f64> = kept.iter().map(|&i| subs[i].weight).collect();
+                let weights: Vec<f64> = kept
+                    .iter()
+                    .map(|&i| s.server.weighting.of_weight(subs[i].weight))
+                    .collect();
                 let outcome = s
                     .rule
                     .aggregate_from(&refs, &weights, last_agg.as_deref())

@@ -481,6 +481,8 @@ seed = "{seed}"
 server_lr = {lr:?}
 server_momentum = {beta:?}
 max_update_norm = 1.0e30
+max_param_abs = 1.0e30
+weighting = "{weighting}"
 [tenants.training]
 local_epochs = {epochs}
 batch_size = {batch}
@@ -505,6 +507,10 @@ prox_mu = {mu:?}
         seed = derive_seed(s.seed, &[P_GENESIS]),
         lr = s.server.lr,
         beta = s.server.momentum,
+        weighting = match s.server.weighting {
+            fedmesh_coordinator::aggregate::Weighting::Samples => "samples",
+            fedmesh_coordinator::aggregate::Weighting::Equal => "equal",
+        },
         epochs = s.training.local_epochs,
         batch = s.training.batch_size,
         tlr = s.training.learning_rate,
