@@ -949,3 +949,323 @@ async fn hostile_client_is_refused_by_class_and_the_mesh_goes_on() -> Result<()>
     let _ = Arc::strong_count(&mesh.fed("acme"));
     Ok(())
 }
+
+// ------------------------------------------------------------ inside a secure round
+
+/// A `SecAggRequest` written by hand: the bindings, then one of the four
+/// payloads (field 5 advert, 6 share bundle, 7 masked input, 8 unmask
+/// response), or none.
+fn secagg(node: &str, round: u64, bucket: u64, payload: Option<(u32, &[u8])>) -> Vec<u8> {
+    secagg_for("acme", node, round, bucket, payload)
+}
+
+fn secagg_for(
+    tenant: &str,
+    node: &str,
+    round: u64,
+    bucket: u64,
+    payload: Option<(u32, &[u8])>,
+) -> Vec<u8> {
+    let m = Pb::default()
+        .str(1, tenant)
+        .str(2, node)
+        .varint(3, round)
+        .varint(4, bucket);
+    match payload {
+        Some((6, shares)) => m.msg(6, &Pb::default().bytes(1, shares)),
+        Some((field, bytes)) => m.bytes(field, bytes),
+        None => m,
+    }
+    .into_bytes()
+}
+
+fn share_bundle(shares: &[Vec<u8>]) -> Vec<u8> {
+    let mut b = Pb::default();
+    for s in shares {
+        b = b.bytes(1, s);
+    }
+    b.into_bytes()
+}
+
+fn secagg_bundle(node: &str, round: u64, bucket: u64, bundle: &[u8]) -> Vec<u8> {
+    Pb::default()
+        .str(1, "acme")
+        .str(2, node)
+        .varint(3, round)
+        .varint(4, bucket)
+        .bytes(6, bundle)
+        .into_bytes()
+}
+
+/// Six nodes in one bucket (k = 4: the two left over join it; threshold 4), quorum 4.
+fn secure_six() -> String {
+    "[[tenants]]\nname = \"acme\"\nmin_nodes = 6\nquorum = 4\n\
+     round_timeout_ms = 4000\nround_interval_ms = 50\nmax_rounds = 1\n\
+     max_update_norm = 1.0\n[tenants.model]\nhidden = [4]\n\
+     [tenants.secure]\nbucket_size = 4\nclip_norm = 1.0\nphase_timeout_ms = 4000\n"
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_members_cannot_sink_a_secure_round() -> Result<()> {
+    use super::secure::{bucket, extras, members};
+    use fedmesh_crypto::secagg::{KeyAdvert, UnmaskResponse};
+    use fedmesh_proto::v1::{SecAggPhase, sec_agg_request::Message as M};
+
+    let mesh = Mesh::start(&[secure_six()], 64 << 20).await?;
+    let mut t = Tally::default();
+    // n0..n3 are honest; n4 advertises a small-order key; n5 takes part
+    // correctly but tries every wrong message on the way and lies when
+    // unmasking.
+    let mut ms = members(&mesh, 6).await?;
+    let mut r4 = Raw::connect(&mesh, "acme", "n4", 64 << 20).await?;
+    let mut r5 = Raw::connect(&mesh, "acme", "n5", 64 << 20).await?;
+    let (_, v0) = super::protocol::get_model(&mut ms[0].client, 0).await?;
+    let genesis = super::protocol::params(&v0)?;
+    let p = genesis.len();
+
+    // ---- Advertise.
+    let mut opens = Vec::new();
+    for m in ms.iter_mut() {
+        opens.push(m.wait_phase(SecAggPhase::Advertise).await?);
+    }
+    let round = opens[5].round;
+    let b = u64::from(bucket(&opens[5])?.id);
+    let mut adverts = Vec::new();
+    for (i, o) in opens.iter().enumerate() {
+        adverts.push(ms[i].start(o, &genesis, 1.0)?);
+    }
+    let class = "secure: bad or misbound advert";
+    for (what, body, code) in [
+        (
+            "garbage advert",
+            secagg("n5", round, b, Some((5, &[1, 2, 3]))),
+            Code::InvalidArgument,
+        ),
+        (
+            "no payload",
+            secagg("n5", round, b, None),
+            Code::InvalidArgument,
+        ),
+        (
+            "n0's advert as n5's",
+            secagg("n5", round, b, Some((5, &adverts[0]))),
+            Code::InvalidArgument,
+        ),
+        (
+            "bucket 99",
+            secagg("n5", round, 99, Some((5, &adverts[5]))),
+            Code::InvalidArgument,
+        ),
+        (
+            "node field n0",
+            secagg("n0", round, b, Some((5, &adverts[5]))),
+            Code::PermissionDenied,
+        ),
+        (
+            "tenant field beta",
+            secagg_for("beta", "n5", round, b, Some((5, &adverts[5]))),
+            Code::PermissionDenied,
+        ),
+        (
+            "next round",
+            secagg("n5", round + 1, b, Some((5, &adverts[5]))),
+            Code::FailedPrecondition,
+        ),
+    ] {
+        let r = r5.unary("SecAgg", body).await?;
+        t.refused(class, what, r, code);
+    }
+    let class = "secure: wrong phase";
+    for (what, body) in [
+        (
+            "shares",
+            secagg_bundle("n5", round, b, &share_bundle(&[vec![1]])),
+        ),
+        ("masked input", secagg("n5", round, b, Some((7, &[1, 2])))),
+        (
+            "unmask response",
+            secagg("n5", round, b, Some((8, &[1, 2]))),
+        ),
+    ] {
+        let r = r5.unary("SecAgg", body).await?;
+        t.refused(class, what, r, Code::FailedPrecondition);
+    }
+    // n4 signs an advert whose pairwise-mask key is the all-zero X25519
+    // point (small order: every shared secret with it is zero).
+    let mut low = KeyAdvert::decode(&adverts[4])?;
+    low.mask_public = [0; 32];
+    low.signature = ms[4]
+        .signer
+        .sign(&low.signing_bytes())
+        .try_into()
+        .map_err(|_| anyhow!("signature length"))?;
+    let r = r4
+        .unary("SecAgg", secagg("n4", round, b, Some((5, &low.encode()))))
+        .await?;
+    t.refused(
+        "secure: small-order key",
+        "all-zero mask key",
+        r,
+        Code::InvalidArgument,
+    );
+    for (i, a) in adverts.iter().enumerate().take(4) {
+        ms[i].send(&opens[i], M::Advert(a.clone())).await?;
+    }
+    r5.unary("SecAgg", secagg("n5", round, b, Some((5, &adverts[5]))))
+        .await?
+        .map_err(|s| anyhow!("n5's advert refused: {s:?}"))?;
+
+    // ---- Shares: n4 is out of the bucket; n5 tries garbage and replays.
+    let mut opens = Vec::new();
+    for m in ms.iter_mut().take(4) {
+        opens.push(m.wait_phase(SecAggPhase::Share).await?);
+    }
+    let o5 = ms[5].wait_phase(SecAggPhase::Share).await?;
+    assert_eq!(bucket(&o5)?.adverts.len(), 5, "n4's advert is not relayed");
+    let mut bundles = Vec::new();
+    for (i, o) in opens.iter().enumerate() {
+        bundles.push(ms[i].shares(o)?);
+    }
+    let b5 = ms[5].shares(&o5)?;
+    let b5_bytes = share_bundle(&b5.shares);
+    let r = r4
+        .unary(
+            "SecAgg",
+            secagg_bundle("n4", round, b, &share_bundle(&b5.shares)),
+        )
+        .await?;
+    t.refused(
+        "secure: wrong phase",
+        "shares after a refused advert",
+        r,
+        Code::FailedPrecondition,
+    );
+    let r = r5
+        .unary("SecAgg", secagg("n5", round, b, Some((5, &adverts[5]))))
+        .await?;
+    t.refused(
+        "secure: wrong phase",
+        "advert in the share phase",
+        r,
+        Code::FailedPrecondition,
+    );
+    let r = r5
+        .unary(
+            "SecAgg",
+            secagg_bundle("n5", round, b, &share_bundle(&[vec![9; 40]])),
+        )
+        .await?;
+    t.refused(
+        "secure: bad shares",
+        "garbage share",
+        r,
+        Code::InvalidArgument,
+    );
+    for (i, o) in opens.iter().enumerate() {
+        ms[i].send(o, M::Shares(bundles[i].clone())).await?;
+    }
+    r5.unary("SecAgg", secagg_bundle("n5", round, b, &b5_bytes))
+        .await?
+        .map_err(|s| anyhow!("n5's shares refused: {s:?}"))?;
+    let r = r5
+        .unary("SecAgg", secagg_bundle("n5", round, b, &b5_bytes))
+        .await?;
+    t.refused("secure: replayed", "shares again", r, Code::AlreadyExists);
+
+    // ---- Masked inputs.
+    let value = |i: usize| 0.001 * (i + 1) as f32;
+    let mut opens = Vec::new();
+    for m in ms.iter_mut().take(4) {
+        opens.push(m.wait_phase(SecAggPhase::Mask).await?);
+    }
+    let o5 = ms[5].wait_phase(SecAggPhase::Mask).await?;
+    let y5 = ms[5].masked(&o5, &vec![value(5); p], &extras(5).2)?;
+    let r = r5
+        .unary("SecAgg", secagg("n5", round, b, Some((7, &[0xff; 64]))))
+        .await?;
+    t.refused(
+        "secure: bad masked input",
+        "garbage",
+        r,
+        Code::InvalidArgument,
+    );
+    for (i, o) in opens.iter().enumerate() {
+        let y = ms[i].masked(o, &vec![value(i); p], &extras(i).2)?;
+        ms[i].send(o, M::Masked(y)).await?;
+    }
+    r5.unary("SecAgg", secagg("n5", round, b, Some((7, &y5))))
+        .await?
+        .map_err(|s| anyhow!("n5's masked input refused: {s:?}"))?;
+    let r = r5
+        .unary("SecAgg", secagg("n5", round, b, Some((7, &y5))))
+        .await?;
+    t.refused(
+        "secure: replayed",
+        "masked input again",
+        r,
+        Code::AlreadyExists,
+    );
+
+    // ---- Unmasking: n5 signs a response whose shares are garbage.
+    let violations = |node: &str| {
+        mesh.fed("acme")
+            .reputation()
+            .get(node)
+            .map_or(0, |r| r.violations)
+    };
+    let n5_before = violations("n5");
+    let mut opens = Vec::new();
+    for m in ms.iter_mut().take(4) {
+        opens.push(m.wait_phase(SecAggPhase::Unmask).await?);
+    }
+    let o5 = ms[5].wait_phase(SecAggPhase::Unmask).await?;
+    let mut lie = UnmaskResponse::decode(&ms[5].unmask(&o5)?)?;
+    for (_, s) in lie.seed_shares.iter_mut().chain(lie.key_shares.iter_mut()) {
+        s[0] ^= 0x5a;
+        s[7] ^= 0xa5;
+    }
+    lie.signature = ms[5]
+        .signer
+        .sign(&lie.signing_bytes())
+        .try_into()
+        .map_err(|_| anyhow!("signature length"))?;
+    let lie_ack = r5
+        .unary("SecAgg", secagg("n5", round, b, Some((8, &lie.encode()))))
+        .await?;
+    for (i, o) in opens.iter().enumerate() {
+        let r = ms[i].unmask(o)?;
+        ms[i].send(o, M::UnmaskResponse(r)).await?;
+    }
+    // The lie may be refused at once or found when the bucket is unmasked;
+    // either way the bucket's sum must come out right and the liar named.
+    eprintln!(
+        "n5's forged unmask response: {:?}",
+        lie_ack.as_ref().map(|_| ())
+    );
+
+    let c = super::protocol::wait_committed(&mut ms[0].stream).await?;
+    assert_eq!(c.version, 1);
+    let (_, v1m) = super::protocol::get_model(&mut ms[1].client, 1).await?;
+    // n0..n3 and n5 masked their updates; n4 never got a key in.
+    let mean = [0, 1, 2, 3, 5].iter().map(|&i| value(i)).sum::<f32>() / 5.0;
+    for (w, g) in super::protocol::params(&v1m)?.iter().zip(&genesis) {
+        assert!((w - (g + mean)).abs() < 1e-4, "{w} vs {g} + {mean}");
+    }
+    assert_eq!(v1m.participants, 5);
+    // The liars are named, each for its own lie; no honest node is.
+    assert!(violations("n4") > 0, "n4's small-order key not blamed");
+    assert!(
+        violations("n5") > n5_before,
+        "n5's forged unmask response not blamed: {:?}",
+        mesh.fed("acme").reputation().get("n5")
+    );
+    for honest in ["n0", "n1", "n2", "n3"] {
+        assert_eq!(violations(honest), 0, "{honest} blamed");
+    }
+
+    eprintln!("hostile secure-round messages by class\n{}", t.table());
+    assert!(t.wrong.is_empty(), "mishandled:\n{}", t.wrong.join("\n"));
+    assert_eq!(mesh.verify_chain("acme")?, 2);
+    Ok(())
+}

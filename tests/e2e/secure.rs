@@ -30,18 +30,18 @@ fn secure_tenant(name: &str, nodes: usize, k: usize) -> String {
 }
 
 /// One hand-driven node.
-struct Member {
+pub(crate) struct Member {
     name: String,
-    client: Client,
-    stream: Streaming<v1::RoundEvent>,
-    signer: CertSigner,
+    pub(crate) client: Client,
+    pub(crate) stream: Streaming<v1::RoundEvent>,
+    pub(crate) signer: CertSigner,
     verifier: fedmesh_crypto::CertVerifier,
     round: Option<ClientRound>,
     rng: ChaCha20Rng,
 }
 
 impl Member {
-    async fn new(mesh: &Mesh, tenant: &str, name: &str, seed: u64) -> Result<Self> {
+    pub(crate) async fn new(mesh: &Mesh, tenant: &str, name: &str, seed: u64) -> Result<Self> {
         let mut client = mesh.node(tenant, name).await?;
         join(&mut client, tenant, name).await?;
         let stream = watch(&mut client).await?;
@@ -60,7 +60,7 @@ impl Member {
     }
 
     /// Reads events until the open round reaches `phase` (bounded).
-    async fn wait_phase(&mut self, phase: SecAggPhase) -> Result<v1::RoundOpen> {
+    pub(crate) async fn wait_phase(&mut self, phase: SecAggPhase) -> Result<v1::RoundOpen> {
         tokio::time::timeout(WAIT * 2, async {
             loop {
                 match next_event(&mut self.stream).await? {
@@ -78,7 +78,7 @@ impl Member {
         .with_context(|| format!("{} did not see phase {phase:?}", self.name))?
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &mut self,
         open: &v1::RoundOpen,
         message: M,
@@ -102,7 +102,12 @@ impl Member {
     /// Checks the announced bucket against the recomputed assignment and
     /// starts the client state machine; `clip` is the clip norm this node
     /// uses (an attacker may ignore the round's).
-    fn start(&mut self, open: &v1::RoundOpen, genesis: &[f32], clip: f64) -> Result<Vec<u8>> {
+    pub(crate) fn start(
+        &mut self,
+        open: &v1::RoundOpen,
+        genesis: &[f32],
+        clip: f64,
+    ) -> Result<Vec<u8>> {
         let sr = open
             .secure
             .as_ref()
@@ -147,7 +152,7 @@ impl Member {
         Ok(advert)
     }
 
-    fn shares(&mut self, open: &v1::RoundOpen) -> Result<v1::ShareBundle> {
+    pub(crate) fn shares(&mut self, open: &v1::RoundOpen) -> Result<v1::ShareBundle> {
         let bv = bucket(open)?;
         let adverts = bv
             .adverts
@@ -162,7 +167,12 @@ impl Member {
         })
     }
 
-    fn masked(&mut self, open: &v1::RoundOpen, update: &[f32], extra: &[u32]) -> Result<Vec<u8>> {
+    pub(crate) fn masked(
+        &mut self,
+        open: &v1::RoundOpen,
+        update: &[f32],
+        extra: &[u32],
+    ) -> Result<Vec<u8>> {
         let bv = bucket(open)?;
         let shares = bv
             .shares
@@ -177,21 +187,21 @@ impl Member {
         )
     }
 
-    fn unmask(&mut self, open: &v1::RoundOpen) -> Result<Vec<u8>> {
+    pub(crate) fn unmask(&mut self, open: &v1::RoundOpen) -> Result<Vec<u8>> {
         let request = UnmaskRequest::decode(&bucket(open)?.unmask_request)?;
         let c = self.round.as_mut().ok_or_else(|| anyhow!("not started"))?;
         Ok(c.unmask(&request, &self.signer)?.encode())
     }
 }
 
-fn bucket(open: &v1::RoundOpen) -> Result<&v1::BucketView> {
+pub(crate) fn bucket(open: &v1::RoundOpen) -> Result<&v1::BucketView> {
     open.secure
         .as_ref()
         .and_then(|s| s.bucket.as_ref())
         .ok_or_else(|| anyhow!("no bucket in the event"))
 }
 
-async fn members(mesh: &Mesh, n: usize) -> Result<Vec<Member>> {
+pub(crate) async fn members(mesh: &Mesh, n: usize) -> Result<Vec<Member>> {
     let mut out = Vec::new();
     for i in 0..n {
         out.push(Member::new(mesh, "acme", &format!("n{i}"), 100 + i as u64).await?);
@@ -201,7 +211,7 @@ async fn members(mesh: &Mesh, n: usize) -> Result<Vec<Member>> {
 
 /// Extra words of a node: loss 0.5, feature means `1 + i/10`, mean squares
 /// `mean² + 0.25`.
-fn extras(i: usize) -> (Vec<f64>, Vec<f64>, Vec<u32>) {
+pub(crate) fn extras(i: usize) -> (Vec<f64>, Vec<f64>, Vec<u32>) {
     let d = fedmesh_proto::model::FEATURE_SCHEMA_V1_DIM;
     let mean = vec![1.0 + i as f64 / 10.0; d];
     let sq: Vec<f64> = mean.iter().map(|m| m * m + 0.25).collect();
