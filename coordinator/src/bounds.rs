@@ -92,7 +92,9 @@ impl fmt::Display for BoundedText {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ScalerProblem {
     /// `sum` or `sum_sq` does not have one value per feature.
-    #[error("scaler_stats has {sum} sums and {sum_sq} sums of squares, the model has {dim} features")]
+    #[error(
+        "scaler_stats has {sum} sums and {sum_sq} sums of squares, the model has {dim} features"
+    )]
     Width {
         /// Sums sent.
         sum: usize,
@@ -468,10 +470,18 @@ mod tests {
         let max = 100;
         assert!(check_scaler_stats(&stats(4, 8.0, 20.0), 1, max).is_ok());
         // Constant feature: variance exactly 0, or a rounding hair below.
-        assert!(check_scaler_stats(&stats(3, 3.0 * 0.1, 3.0 * 0.01 * (1.0 - 1e-12)), 1, max).is_ok());
+        assert!(
+            check_scaler_stats(&stats(3, 3.0 * 0.1, 3.0 * 0.01 * (1.0 - 1e-12)), 1, max).is_ok()
+        );
         let bad = |s: v1::ScalerStats| check_scaler_stats(&s, 1, max).unwrap_err();
-        assert!(matches!(bad(stats(0, 0.0, 0.0)), ScalerProblem::Count { .. }));
-        assert!(matches!(bad(stats(101, 0.0, 0.0)), ScalerProblem::Count { .. }));
+        assert!(matches!(
+            bad(stats(0, 0.0, 0.0)),
+            ScalerProblem::Count { .. }
+        ));
+        assert!(matches!(
+            bad(stats(101, 0.0, 0.0)),
+            ScalerProblem::Count { .. }
+        ));
         assert!(matches!(
             bad(stats(1, f64::NAN, 0.0)),
             ScalerProblem::NonFinite { feature: 0 }
@@ -480,9 +490,18 @@ mod tests {
             bad(stats(1, 0.0, -1.0)),
             ScalerProblem::NegativeSumSq { .. }
         ));
-        assert!(matches!(bad(stats(1, 2e9, 4e18)), ScalerProblem::Mean { .. }));
-        assert!(matches!(bad(stats(1, 0.0, 2e18)), ScalerProblem::MeanSquare { .. }));
-        assert!(matches!(bad(stats(2, 4.0, 1.0)), ScalerProblem::Variance { .. }));
+        assert!(matches!(
+            bad(stats(1, 2e9, 4e18)),
+            ScalerProblem::Mean { .. }
+        ));
+        assert!(matches!(
+            bad(stats(1, 0.0, 2e18)),
+            ScalerProblem::MeanSquare { .. }
+        ));
+        assert!(matches!(
+            bad(stats(2, 4.0, 1.0)),
+            ScalerProblem::Variance { .. }
+        ));
         let wide = v1::ScalerStats {
             count: 1,
             sum: vec![0.0; 2],

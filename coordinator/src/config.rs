@@ -714,9 +714,8 @@ feature_schema_digest = "0000000000000000000000000000000000000000000000000000000
                 "name = \"acme\"",
                 &format!("name = \"acme\"\nmin_nodes = 5\nquorum = 5\n{extra}"),
             );
-            CoordinatorConfig::from_toml(&text, Path::new("c.toml")).map(|c| {
-                c.validate().err().map(|e| e.to_string())
-            })
+            CoordinatorConfig::from_toml(&text, Path::new("c.toml"))
+                .map(|c| c.validate().err().map(|e| e.to_string()))
         };
         let c = CoordinatorConfig::from_toml(GOOD, Path::new("c.toml")).unwrap();
         assert_eq!(

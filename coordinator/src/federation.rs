@@ -337,17 +337,20 @@ impl Federation {
         verifier: CertVerifier,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, FedError> {
-        let digest = crate::config::decode_digest(&cfg.model.feature_schema_digest)
-            .ok_or(FedError::Refused(InvalidReason::Config(
+        let digest = crate::config::decode_digest(&cfg.model.feature_schema_digest).ok_or(
+            FedError::Refused(InvalidReason::Config(
                 "feature_schema_digest is not 64 hex characters",
-            )))?;
+            )),
+        )?;
         let schema_hash = fedmesh_proto::model::model_schema_hash(
             &digest,
             cfg.model.input_dim,
             &cfg.model.hidden,
         );
         let param_count = fedmesh_proto::model::param_count(cfg.model.input_dim, &cfg.model.hidden)
-            .ok_or(FedError::Refused(InvalidReason::Config("model size overflows")))?;
+            .ok_or(FedError::Refused(InvalidReason::Config(
+                "model size overflows",
+            )))?;
         let (version, signed, params) = match store.latest_model(tenant.as_str())? {
             Some((v, bytes)) => {
                 let (_, body) = decode_signed(&bytes)?;
@@ -1654,7 +1657,10 @@ mod tests {
         assert!(g.last_delta.is_none());
         drop(g);
         assert_eq!(fed.store.latest_model("acme").unwrap().unwrap().0, v0);
-        assert!(matches!(fed.status(), RoundStatus::Aborted { round: 1, .. }));
+        assert!(matches!(
+            fed.status(),
+            RoundStatus::Aborted { round: 1, .. }
+        ));
         assert!(
             fed.metrics
                 .encode()

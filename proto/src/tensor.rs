@@ -13,7 +13,10 @@ pub enum TensorError {
     #[error("unsupported tensor dtype {0}")]
     UnsupportedDtype(i32),
     /// The shape's element count overflows or exceeds the caller's bound.
-    #[error("tensor shape {} holds more than {max} elements", ShapeSummary::of(shape))]
+    #[error(
+        "tensor shape {} holds more than {max} elements",
+        ShapeSummary::of(shape)
+    )]
     TooLarge {
         /// The offending shape.
         shape: Vec<u64>,
@@ -21,7 +24,10 @@ pub enum TensorError {
         max: usize,
     },
     /// The byte length does not match the shape.
-    #[error("tensor data is {actual} bytes, shape {} needs {expected}", ShapeSummary::of(shape))]
+    #[error(
+        "tensor data is {actual} bytes, shape {} needs {expected}",
+        ShapeSummary::of(shape)
+    )]
     LengthMismatch {
         /// The declared shape.
         shape: Vec<u64>,

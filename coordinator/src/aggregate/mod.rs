@@ -927,7 +927,11 @@ mod tests {
             }
         }
         // Absurd parameters saturate and are refused, never overflow.
-        assert!(Rule::Bulyan { f: usize::MAX }.check(usize::MAX - 1).is_err());
+        assert!(
+            Rule::Bulyan { f: usize::MAX }
+                .check(usize::MAX - 1)
+                .is_err()
+        );
         assert!(Rule::TrimmedMean { f: usize::MAX }.check(10).is_err());
         assert!(
             Rule::MultiKrum {
