@@ -603,7 +603,11 @@ fn finish_tampered(
     let mut plain = vec![0u32; b.params.dim()];
     for (i, (c, s)) in b.clients.iter_mut().zip(&b.signers).enumerate() {
         let mut rng = ChaCha20Rng::seed_from_u64(seed + i as u64);
-        let q = b.params.quant().quantize(&ups[i], &mut rng.clone()).unwrap();
+        let q = b
+            .params
+            .quant()
+            .quantize(&ups[i], &mut rng.clone())
+            .unwrap();
         let input = c.mask_update(&ups[i], s, &mut rng).unwrap();
         if dropped.contains(&i) {
             continue;
@@ -629,7 +633,12 @@ fn finish_tampered(
 }
 
 fn garbage(r: &mut UnmaskResponse, salt: u8) {
-    for (k, (_, y)) in r.seed_shares.iter_mut().chain(&mut r.key_shares).enumerate() {
+    for (k, (_, y)) in r
+        .seed_shares
+        .iter_mut()
+        .chain(&mut r.key_shares)
+        .enumerate()
+    {
         for (j, v) in y.iter_mut().enumerate() {
             *v ^= salt.wrapping_add((k * 31 + j * 7) as u8) | 1;
         }
@@ -788,7 +797,9 @@ fn a_low_order_key_makes_its_sender_a_dropout_not_the_bucket() {
         for (s, w) in plain.iter_mut().zip(&q) {
             *s = s.wrapping_add(*w);
         }
-        let input = clients[i].mask_update(&ups[i], &signers[i], &mut r).unwrap();
+        let input = clients[i]
+            .mask_update(&ups[i], &signers[i], &mut r)
+            .unwrap();
         server.accept_masked(input, now()).unwrap();
     }
     let request = server.unmask_request().unwrap();

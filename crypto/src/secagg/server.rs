@@ -481,7 +481,11 @@ impl BucketUnmasker {
         // Suspects (responders already caught with a wrong share) go last.
         shares.sort_by_key(|(r, _)| mismatch.contains_key(r));
         let plain: Vec<Share> = shares.iter().map(|(_, s)| s.clone()).collect();
-        let clean = plain.len() - shares.iter().filter(|(r, _)| mismatch.contains_key(r)).count();
+        let clean = plain.len()
+            - shares
+                .iter()
+                .filter(|(r, _)| mismatch.contains_key(r))
+                .count();
         // 1. Every share, then every share but the suspects'.
         let tries = if clean < plain.len() {
             vec![plain.len(), clean]

@@ -379,7 +379,10 @@ mod tests {
         for s in &shares[3..] {
             assert_eq!(interpolate_at(&shares[..3], s.x).unwrap(), s.y);
         }
-        assert_eq!(interpolate_at(&shares[..3], 0).unwrap(), b"0123456789abcdef");
+        assert_eq!(
+            interpolate_at(&shares[..3], 0).unwrap(),
+            b"0123456789abcdef"
+        );
     }
 
     proptest! {
