@@ -233,6 +233,15 @@ pub struct SecureConfig {
     /// Optional bound on a bucket mean's norm, stricter than C.
     #[serde(default)]
     pub max_bucket_mean_norm: Option<f64>,
+    /// Fewest buckets that must unmask for a secure round to commit
+    /// (default: as many full buckets as `quorum` fills, at least 1 — the
+    /// bucket count the aggregation rule is checked for at config load).
+    #[serde(default)]
+    pub min_buckets: Option<usize>,
+    /// Fewest updates the unmasked buckets must hold for a secure round to
+    /// commit (default: `quorum`; never below it).
+    #[serde(default)]
+    pub min_members: Option<usize>,
 }
 
 impl Default for SecureConfig {
@@ -246,6 +255,8 @@ impl Default for SecureConfig {
             dp_delta: d_dp_delta(),
             phase_timeout_ms: d_phase_timeout(),
             max_bucket_mean_norm: None,
+            min_buckets: None,
+            min_members: None,
         }
     }
 }
@@ -254,6 +265,19 @@ impl SecureConfig {
     /// Whether updates are masked (k > 1).
     pub fn masked(&self) -> bool {
         self.bucket_size > 1
+    }
+
+    /// Fewest unmasked buckets a secure round commits with, for a tenant
+    /// of this `quorum`.
+    pub fn min_buckets_for(&self, quorum: usize) -> usize {
+        self.min_buckets
+            .unwrap_or((quorum / self.bucket_size.max(1)).max(1))
+    }
+
+    /// Fewest updates in unmasked buckets a secure round commits with, for
+    /// a tenant of this `quorum` (never below the quorum).
+    pub fn min_members_for(&self, quorum: usize) -> usize {
+        self.min_members.unwrap_or(quorum).max(quorum)
     }
 
     /// The smallest acceptable bucket.
@@ -498,6 +522,40 @@ impl CoordinatorConfig {
                     errs.push(format!(
                         "{at}: aggregation over {buckets} bucket means (quorum {} / bucket_size {}): {e}",
                         t.quorum, t.secure.bucket_size
+                    ));
+                }
+                let min_buckets = t.secure.min_buckets_for(t.quorum);
+                if min_buckets == 0 {
+                    errs.push(format!("{at}: secure: min_buckets must be at least 1"));
+                } else if t.secure.min_buckets.is_some()
+                    && let Err(e) = t.aggregation.check(min_buckets)
+                {
+                    errs.push(format!(
+                        "{at}: aggregation over min_buckets = {min_buckets} bucket means: {e}"
+                    ));
+                }
+                if let Some(m) = t.secure.min_members
+                    && m < t.quorum
+                {
+                    errs.push(format!(
+                        "{at}: secure: min_members = {m} is below quorum = {}",
+                        t.quorum
+                    ));
+                }
+                let min_members = t.secure.min_members_for(t.quorum);
+                if t.max_participants != 0 && t.max_participants < min_members {
+                    errs.push(format!(
+                        "{at}: secure: min_members = {min_members} exceeds max_participants = {}, no round could commit",
+                        t.max_participants
+                    ));
+                }
+                if t.max_participants != 0
+                    && t.max_participants / t.secure.bucket_size.max(1) < min_buckets
+                {
+                    errs.push(format!(
+                        "{at}: secure: min_buckets = {min_buckets} exceeds the {} buckets max_participants = {} fills",
+                        t.max_participants / t.secure.bucket_size.max(1),
+                        t.max_participants
                     ));
                 }
                 if t.quorum < t.secure.bucket_size {
@@ -745,6 +803,48 @@ feature_schema_digest = "0000000000000000000000000000000000000000000000000000000
             with("[tenants.aggregation]\nrule = \"krum\"\nf = 1").unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn secure_survivor_minimums_are_parsed_and_checked() {
+        let with = |secure: &str, extra: &str| {
+            let text = GOOD.replace(
+                "name = \"acme\"",
+                &format!("name = \"acme\"\nmin_nodes = 6\nquorum = 6\n{extra}\n[tenants.secure]\nbucket_size = 3\n{secure}"),
+            );
+            CoordinatorConfig::from_toml(&text, Path::new("c.toml")).unwrap()
+        };
+        let c = with("min_buckets = 2\nmin_members = 6", "");
+        c.validate().unwrap();
+        assert_eq!(c.tenants[0].secure.min_buckets_for(6), 2);
+        // Defaults follow the quorum.
+        let d = &with("", "").tenants[0].secure;
+        assert_eq!((d.min_buckets_for(6), d.min_members_for(6)), (2, 6));
+        let cases = [
+            ("min_buckets = 0", "", "min_buckets must be at least 1"),
+            ("min_members = 3", "", "min_members = 3 is below quorum = 6"),
+            (
+                "min_buckets = 3",
+                "max_participants = 8",
+                "min_buckets = 3 exceeds the 2 buckets",
+            ),
+            (
+                "min_members = 9",
+                "max_participants = 8",
+                "min_members = 9 exceeds max_participants = 8",
+            ),
+        ];
+        for (secure, extra, needle) in cases {
+            let e = with(secure, extra)
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                e.contains(needle),
+                "{secure:?}: missing {needle:?} in {e:?}"
+            );
+        }
     }
 
     #[test]

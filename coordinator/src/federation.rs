@@ -1221,7 +1221,23 @@ impl Federation {
             return Ok(());
         };
         let bytes = secure.bytes_received();
-        let (sums, dropped, stragglers) = secure.finish();
+        let crate::secure_round::Finished {
+            sums,
+            dropped,
+            stragglers,
+            violations,
+        } = secure.finish();
+        // Attributable violations found while unmasking (wrong shares in a
+        // signed response) count against their sender; a refused advert
+        // was reported when it was refused.
+        for v in &violations {
+            if matches!(
+                v.kind,
+                crate::secure_round::ViolationKind::WrongUnmaskShares { .. }
+            ) {
+                self.note_violation(&v.node, &v.kind.to_string());
+            }
+        }
         let contributors: usize = sums.iter().map(|s| s.member_count()).sum();
         if sums.is_empty() || contributors < self.cfg.quorum {
             let reason = format!(
@@ -1233,7 +1249,23 @@ impl Federation {
             );
             return self.abort_round(round_no, reason);
         }
-        let summary = self.commit_secure(&round, &selected, sums, dropped, stragglers, bytes)?;
+        if let Err(short) = crate::secure_round::check_survivors(&sums, sc, self.cfg.quorum) {
+            let reason = format!(
+                "{} ({}; {} buckets dropped)",
+                short.label(),
+                short,
+                dropped.len()
+            );
+            return self.abort_round(round_no, reason);
+        }
+        let summary = self.commit_secure(
+            &round,
+            &selected,
+            sums,
+            dropped,
+            (stragglers, &violations),
+            bytes,
+        )?;
         self.announce(&span, round_no, summary);
         Ok(())
     }
@@ -1281,7 +1313,10 @@ impl Federation {
         selected: &BTreeSet<NodeId>,
         sums: Vec<fedmesh_crypto::secagg::BucketSum>,
         dropped: Vec<crate::secure_round::DroppedBucket>,
-        stragglers: Vec<crate::secure_round::Straggler>,
+        (stragglers, violations): (
+            Vec<crate::secure_round::Straggler>,
+            &[crate::secure_round::Violation],
+        ),
         bytes_received: u64,
     ) -> Result<RoundSummary, FedError> {
         let sc = &self.cfg.secure;
@@ -1312,6 +1347,15 @@ impl Federation {
                 st.node.to_string(),
                 format!("no {} message before the deadline", st.phase.name()),
             ));
+        }
+        // Members refused for a violation (outvoted liars still contributed).
+        for v in violations {
+            if v.kind == crate::secure_round::ViolationKind::NonContributoryKey {
+                excluded.push((
+                    v.node.to_string(),
+                    format!("bucket {}: {}", v.bucket, v.kind),
+                ));
+            }
         }
         let mut extras = fedmesh_proto::secure::ExtraSums::new(self.cfg.model.input_dim);
         let mut participants = Vec::new();

@@ -185,7 +185,126 @@ pub struct SecureRound {
     buckets: Vec<BucketState>,
     member_of: BTreeMap<NodeId, usize>,
     stragglers: Vec<Straggler>,
+    violations: Vec<Violation>,
     bytes_received: u64,
+}
+
+/// An attributable protocol violation that took a member out of its
+/// bucket's computation (the bucket went on without it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The member at fault.
+    pub node: NodeId,
+    /// Its bucket.
+    pub bucket: u32,
+    /// What it did.
+    pub kind: ViolationKind,
+}
+
+/// The kinds of [`Violation`] (a closed set, for audit reasons and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViolationKind {
+    /// A correctly signed advert with a small-order (non-contributory)
+    /// X25519 key: refused, the member is a dropout of the advert phase.
+    NonContributoryKey,
+    /// A correctly signed unmask response whose shares disagree with the
+    /// committed secrets of `owners` members (outvoted by the others).
+    WrongUnmaskShares {
+        /// Owners whose shares were wrong.
+        owners: usize,
+    },
+}
+
+impl ViolationKind {
+    /// A short label from a closed set.
+    pub fn label(self) -> &'static str {
+        match self {
+            ViolationKind::NonContributoryKey => "non_contributory_key",
+            ViolationKind::WrongUnmaskShares { .. } => "wrong_unmask_shares",
+        }
+    }
+}
+
+impl std::fmt::Display for ViolationKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ViolationKind::NonContributoryKey => {
+                f.write_str("advertised a non-contributory (small-order) X25519 key")
+            }
+            ViolationKind::WrongUnmaskShares { owners } => write!(
+                f,
+                "signed unmask response with wrong shares of {owners} members' secrets"
+            ),
+        }
+    }
+}
+
+/// Why a secure round may not commit although some buckets unmasked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Shortfall {
+    /// Fewer unmasked buckets than `[tenants.secure] min_buckets`.
+    #[error("{have} unmasked buckets, at least {need} required (min_buckets)")]
+    Buckets {
+        /// Buckets that unmasked.
+        have: usize,
+        /// The minimum.
+        need: usize,
+    },
+    /// Fewer updates in the unmasked buckets than `min_members`.
+    #[error("{have} updates in the unmasked buckets, at least {need} required (min_members)")]
+    Members {
+        /// Updates in the unmasked buckets.
+        have: usize,
+        /// The minimum.
+        need: usize,
+    },
+}
+
+impl Shortfall {
+    /// A short label from a closed set.
+    pub fn label(self) -> &'static str {
+        match self {
+            Shortfall::Buckets { .. } => "too_few_buckets",
+            Shortfall::Members { .. } => "too_few_members",
+        }
+    }
+}
+
+/// Checks that enough buckets and members survived for a commit:
+/// `min_buckets` and `min_members` of `cfg` (their defaults follow the
+/// tenant's `quorum`).
+pub fn check_survivors(
+    sums: &[BucketSum],
+    cfg: &SecureConfig,
+    quorum: usize,
+) -> Result<(), Shortfall> {
+    let need = cfg.min_buckets_for(quorum);
+    if sums.len() < need {
+        return Err(Shortfall::Buckets {
+            have: sums.len(),
+            need,
+        });
+    }
+    let have: usize = sums.iter().map(|s| s.member_count()).sum();
+    let need = cfg.min_members_for(quorum);
+    if have < need {
+        return Err(Shortfall::Members { have, need });
+    }
+    Ok(())
+}
+
+/// What [`SecureRound::finish`] hands to the commit.
+#[derive(Debug)]
+pub struct Finished {
+    /// Sums of the buckets that unmasked, in bucket order.
+    pub sums: Vec<BucketSum>,
+    /// Buckets that produced no sum.
+    pub dropped: Vec<DroppedBucket>,
+    /// Members that missed a phase.
+    pub stragglers: Vec<Straggler>,
+    /// Members taken out of (or outvoted in) their bucket for a protocol
+    /// violation.
+    pub violations: Vec<Violation>,
 }
 
 fn violation(e: SecAggError) -> FedError {
@@ -276,6 +395,7 @@ impl SecureRound {
             buckets,
             member_of,
             stragglers: Vec::new(),
+            violations: Vec::new(),
             bytes_received: 0,
         };
         r.refresh_view();
@@ -391,7 +511,20 @@ impl SecureRound {
             Some(M::Advert(bytes)) => {
                 let advert = KeyAdvert::decode(bytes).map_err(violation)?;
                 bound(&advert.node)?;
-                b.unmasker.accept_advert(advert, now).map_err(violation)?;
+                if let Err(e) = b.unmasker.accept_advert(advert, now) {
+                    if matches!(e, SecAggError::WeakKey(_)) {
+                        // A dropout from now on: the phase does not wait
+                        // for it and it cannot try again this round.
+                        b.expected.remove(node);
+                        let bucket = b.public.id;
+                        self.violations.push(Violation {
+                            node: node.clone(),
+                            bucket,
+                            kind: ViolationKind::NonContributoryKey,
+                        });
+                    }
+                    return Err(violation(e));
+                }
             }
             Some(M::Shares(bundle)) => {
                 let shares = bundle
@@ -480,14 +613,15 @@ impl SecureRound {
 
     /// Ends the round: unmasks every live bucket (buckets in parallel; each
     /// is independent, and results keep the bucket order). Returns the
-    /// bucket sums, the buckets that produced none, and every member that
-    /// fell out.
-    pub fn finish(mut self) -> (Vec<BucketSum>, Vec<DroppedBucket>, Vec<Straggler>) {
+    /// bucket sums, the buckets that produced none, every member that fell
+    /// out and every attributable violation (wrong unmask shares among
+    /// them: outvoted when the honest responses determine the secrets).
+    pub fn finish(mut self) -> Finished {
         let unmasking = self.view.phase == Phase::Unmask;
-        let unmasked: Vec<Option<Result<BucketSum, SecAggError>>> = self
+        let unmasked: Vec<Option<Result<_, SecAggError>>> = self
             .buckets
             .par_iter()
-            .map(|b| (unmasking && b.dropped.is_none()).then(|| b.unmasker.finish()))
+            .map(|b| (unmasking && b.dropped.is_none()).then(|| b.unmasker.finish_attributed()))
             .collect();
         let mut sums = Vec::new();
         let mut dropped = Vec::new();
@@ -501,7 +635,16 @@ impl SecureRound {
                         });
                     }
                     match result {
-                        Ok(s) => {
+                        Ok((s, faults)) => {
+                            for f in faults {
+                                self.violations.push(Violation {
+                                    node: f.responder,
+                                    bucket: b.public.id,
+                                    kind: ViolationKind::WrongUnmaskShares {
+                                        owners: f.owners.len(),
+                                    },
+                                });
+                            }
                             sums.push(s);
                             continue;
                         }
@@ -520,6 +663,281 @@ impl SecureRound {
                 reason: b.dropped.clone().unwrap_or_default(),
             });
         }
-        (sums, dropped, self.stragglers)
+        Finished {
+            sums,
+            dropped,
+            stragglers: self.stragglers,
+            violations: self.violations,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use fedmesh_crypto::secagg::ClientRound;
+    use fedmesh_crypto::{CertSigner, MeshCa};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    use super::*;
+
+    const DIM: usize = 6;
+    const INPUT_DIM: usize = 2;
+
+    struct Node {
+        id: NodeId,
+        signer: CertSigner,
+        client: Option<ClientRound>,
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_893_456_000).unwrap()
+    }
+
+    fn setup(n: usize, cfg: &SecureConfig) -> (SecureRound, Vec<Node>, CertVerifier) {
+        let ca = MeshCa::generate("secure round CA", now(), 30).unwrap();
+        let tenant: TenantId = "acme".parse().unwrap();
+        let verifier = CertVerifier::new(ca.cert_pem()).unwrap();
+        let nodes: Vec<Node> = (0..n)
+            .map(|i| {
+                let id: NodeId = format!("n{i:02}").parse().unwrap();
+                let c = ca.issue_node(&tenant, &id, now(), 30).unwrap();
+                Node {
+                    signer: CertSigner::from_pem(&c.cert_pem, &c.key_pem).unwrap(),
+                    id,
+                    client: None,
+                }
+            })
+            .collect();
+        let participants: BTreeSet<NodeId> = nodes.iter().map(|n| n.id.clone()).collect();
+        let round = SecureRound::new(
+            &tenant,
+            7,
+            6,
+            [3; 32],
+            &participants,
+            cfg,
+            DIM,
+            INPUT_DIM,
+            &verifier,
+            0,
+        )
+        .unwrap();
+        (round, nodes, verifier)
+    }
+
+    fn request(node: &NodeId, bucket: u32, m: v1::sec_agg_request::Message) -> v1::SecAggRequest {
+        v1::SecAggRequest {
+            tenant: "acme".into(),
+            node: node.to_string(),
+            round: 7,
+            bucket,
+            message: Some(m),
+        }
+    }
+
+    fn bucket_of(r: &SecureRound, node: &NodeId) -> usize {
+        r.member_of[node]
+    }
+
+    /// Drives a whole round: `weak` advertises a small-order key, `liar`
+    /// answers the unmask request with garbage shares (both correctly
+    /// signed). Returns what finish gives and each bucket's honest sum.
+    fn run(
+        cfg: &SecureConfig,
+        n: usize,
+        weak: Option<usize>,
+        liar: Option<usize>,
+    ) -> (Finished, Vec<NodeId>) {
+        use v1::sec_agg_request::Message as M;
+        let (mut r, mut nodes, verifier) = setup(n, cfg);
+        let mut rng = ChaCha20Rng::seed_from_u64(11);
+        for (i, node) in nodes.iter_mut().enumerate() {
+            let b = bucket_of(&r, &node.id);
+            let params = r.buckets[b].unmasker.params().clone();
+            let client = ClientRound::new(params, node.id.clone(), &mut rng).unwrap();
+            let mut advert = client.advertise(&node.signer).unwrap();
+            if weak == Some(i) {
+                // Re-signed with the node's own key: a correct signature.
+                advert.enc_public = [0; 32];
+                advert.signature = node
+                    .signer
+                    .sign(&advert.signing_bytes())
+                    .try_into()
+                    .unwrap();
+                let e = r
+                    .accept(
+                        &node.id,
+                        &request(&node.id, b as u32, M::Advert(advert.encode())),
+                        now(),
+                        1,
+                    )
+                    .unwrap_err();
+                assert!(matches!(e, FedError::Invalid(_)), "{e}");
+                continue;
+            }
+            r.accept(
+                &node.id,
+                &request(&node.id, b as u32, M::Advert(advert.encode())),
+                now(),
+                1,
+            )
+            .unwrap();
+            node.client = Some(client);
+        }
+        // The refused member does not hold the phase open.
+        assert!(r.phase_complete());
+        r.advance(0).unwrap();
+        for node in nodes.iter_mut() {
+            let Some(client) = node.client.as_mut() else {
+                continue;
+            };
+            let view = r.view().for_node(&node.id);
+            let bv = view.bucket.unwrap();
+            let adverts: Vec<KeyAdvert> = bv
+                .adverts
+                .iter()
+                .map(|a| KeyAdvert::decode(a).unwrap())
+                .collect();
+            client.receive_adverts(&adverts, &verifier, now()).unwrap();
+            let shares = client.share_keys(&mut rng).unwrap();
+            let bundle = v1::ShareBundle {
+                shares: shares.iter().map(|s| s.encode()).collect(),
+            };
+            r.accept(
+                &node.id,
+                &request(&node.id, bv.id, M::Shares(bundle)),
+                now(),
+                1,
+            )
+            .unwrap();
+        }
+        assert!(r.phase_complete());
+        r.advance(0).unwrap();
+        for node in nodes.iter_mut() {
+            let Some(client) = node.client.as_mut() else {
+                continue;
+            };
+            let bv = r.view().for_node(&node.id).bucket.unwrap();
+            let shares: Vec<EncryptedShare> = bv
+                .shares
+                .iter()
+                .map(|s| EncryptedShare::decode(s).unwrap())
+                .collect();
+            client.receive_shares(&shares).unwrap();
+            let update = vec![0.01f32; DIM];
+            let extra = vec![1u32; fedmesh_proto::secure::extra_words(INPUT_DIM)];
+            let masked = client
+                .mask_update_with_extra(&update, &extra, &node.signer, &mut rng)
+                .unwrap();
+            r.accept(
+                &node.id,
+                &request(&node.id, bv.id, M::Masked(masked.encode())),
+                now(),
+                1,
+            )
+            .unwrap();
+        }
+        r.advance(0).unwrap();
+        for (i, node) in nodes.iter_mut().enumerate() {
+            let Some(client) = node.client.as_mut() else {
+                continue;
+            };
+            let bv = r.view().for_node(&node.id).bucket.unwrap();
+            let req = fedmesh_crypto::secagg::UnmaskRequest::decode(&bv.unmask_request).unwrap();
+            let mut resp = client.unmask(&req, &node.signer).unwrap();
+            if liar == Some(i) {
+                for (_, y) in resp.seed_shares.iter_mut() {
+                    for v in y.iter_mut() {
+                        *v ^= 0xa5;
+                    }
+                }
+                resp.signature = node.signer.sign(&resp.signing_bytes()).try_into().unwrap();
+            }
+            r.accept(
+                &node.id,
+                &request(&node.id, bv.id, M::UnmaskResponse(resp.encode())),
+                now(),
+                1,
+            )
+            .unwrap();
+        }
+        let ids = nodes.iter().map(|n| n.id.clone()).collect();
+        (r.finish(), ids)
+    }
+
+    fn cfg(k: usize) -> SecureConfig {
+        SecureConfig {
+            bucket_size: k,
+            ..SecureConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_low_order_key_and_a_lying_responder_do_not_sink_their_buckets() {
+        // 10 nodes in buckets of 5 (t = 4): a member of one bucket
+        // advertises a zero key, a member of the other (not its first)
+        // lies in its unmask response.
+        let (probe, nodes, _) = setup(10, &cfg(5));
+        let index = |b: usize, pos: usize| {
+            let id = &probe.buckets[b].public.members[pos];
+            nodes.iter().position(|n| &n.id == id).unwrap()
+        };
+        let (weak, liar) = (index(0, 1), index(1, 2));
+        let (done, ids) = run(&cfg(5), 10, Some(weak), Some(liar));
+        assert!(done.dropped.is_empty(), "{:?}", done.dropped);
+        assert_eq!(done.sums.len(), 2);
+        let members: usize = done.sums.iter().map(|s| s.member_count()).sum();
+        assert_eq!(members, 9);
+        for s in &done.sums {
+            // Every contributor sent 0.01 per coordinate and 1 per extra word.
+            let mean = s.mean();
+            assert!(mean.iter().all(|v| (v - 0.01).abs() < 1e-3), "{mean:?}");
+            assert!(s.extra().iter().all(|w| *w as usize == s.member_count()));
+            assert!(!s.contributors().contains(&ids[weak]));
+        }
+        let got: Vec<(NodeId, &'static str)> = done
+            .violations
+            .iter()
+            .map(|v| (v.node.clone(), v.kind.label()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (ids[weak].clone(), "non_contributory_key"),
+                (ids[liar].clone(), "wrong_unmask_shares")
+            ]
+        );
+        assert!(check_survivors(&done.sums, &cfg(5), 5).is_ok());
+    }
+
+    #[test]
+    fn too_few_surviving_buckets_or_members_is_a_typed_shortfall() {
+        let (done, _) = run(&cfg(3), 6, None, None);
+        assert_eq!(done.sums.len(), 2);
+        assert!(check_survivors(&done.sums, &cfg(3), 6).is_ok());
+        let strict = SecureConfig {
+            min_buckets: Some(3),
+            ..cfg(3)
+        };
+        assert_eq!(
+            check_survivors(&done.sums, &strict, 3),
+            Err(Shortfall::Buckets { have: 2, need: 3 })
+        );
+        let strict = SecureConfig {
+            min_members: Some(7),
+            ..cfg(3)
+        };
+        let e = check_survivors(&done.sums, &strict, 3).unwrap_err();
+        assert_eq!(e, Shortfall::Members { have: 6, need: 7 });
+        assert_eq!(e.label(), "too_few_members");
+        // Defaults follow the quorum: 6 nodes' quorum in buckets of 3 needs both.
+        assert_eq!(cfg(3).min_buckets_for(6), 2);
+        assert_eq!(cfg(3).min_members_for(6), 6);
+        assert_eq!(
+            check_survivors(&done.sums[..1], &cfg(3), 6),
+            Err(Shortfall::Buckets { have: 1, need: 2 })
+        );
     }
 }

@@ -44,6 +44,51 @@ pub enum AgentError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] crate::store::NodeStoreError),
+    /// A (correctly signed) global model carries a value that is not
+    /// finite; it is never installed.
+    #[error("global model version {version} refused: its {part} is not finite")]
+    NotFinite {
+        /// The refused version.
+        version: u64,
+        /// Which part.
+        part: ModelPart,
+    },
+}
+
+/// The parts of a global model that are checked for finiteness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelPart {
+    /// The flat parameters.
+    Params,
+    /// The scaler's mean or standard deviation.
+    Scaler,
+}
+
+impl std::fmt::Display for ModelPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ModelPart::Params => "parameters",
+            ModelPart::Scaler => "scaler",
+        })
+    }
+}
+
+/// A global model the node holds back: it trains from it (the federation's
+/// rounds are based on it) but keeps detecting with the model in use,
+/// because the new one reconstructs the node's own recent benign windows
+/// far worse.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeldBack {
+    /// The version held back.
+    pub version: u64,
+    /// The version still detecting (`None`: a local bootstrap model).
+    pub in_use: Option<u64>,
+    /// Mean loss of the new model on the checked windows.
+    pub new_loss: f64,
+    /// Mean loss of the model in use on the same windows.
+    pub current_loss: f64,
+    /// Windows compared on.
+    pub windows: usize,
 }
 
 fn model_err(e: impl std::fmt::Display) -> AgentError {
@@ -211,6 +256,10 @@ pub struct AgentStats {
     pub scored: u64,
     /// Alerts raised.
     pub alerts: u64,
+    /// Global models refused as not finite.
+    pub models_refused: u64,
+    /// Global models held back as far worse on this node's windows.
+    pub models_held_back: u64,
 }
 
 /// Static settings of an agent.
@@ -239,6 +288,10 @@ pub struct Agent {
     last_train_loss: Option<f32>,
     /// Calibration windows behind the current threshold.
     calibrated_on: usize,
+    /// Global version the detector comes from (`None`: none or local).
+    detector_version: Option<u64>,
+    /// The newest global model held back, while it is.
+    held_back: Option<HeldBack>,
 }
 
 impl Agent {
@@ -261,6 +314,8 @@ impl Agent {
             trained_rounds: 0,
             last_train_loss: None,
             calibrated_on: 0,
+            detector_version: None,
+            held_back: None,
         };
         let Some(store) = agent.store.clone() else {
             return Ok(agent);
@@ -288,6 +343,7 @@ impl Agent {
                         scaler,
                         threshold,
                     });
+                    agent.detector_version = Some(g.version);
                     agent.global = Some(g);
                     return Ok(agent);
                 }
@@ -340,6 +396,19 @@ impl Agent {
         self.global.as_ref().map(|g| g.version)
     }
 
+    /// Global version the detector in use comes from (`None`: no detector
+    /// or a local bootstrap model). Older than [`Agent::global_version`]
+    /// while a new model is held back.
+    pub fn detector_version(&self) -> Option<u64> {
+        self.detector_version
+    }
+
+    /// The global model held back, if the node is detecting with an older
+    /// one ([`HeldBack`]).
+    pub fn held_back(&self) -> Option<&HeldBack> {
+        self.held_back.as_ref()
+    }
+
     /// Benign windows buffered for training.
     pub fn buffered(&self) -> usize {
         self.buffer.len()
@@ -382,6 +451,12 @@ impl Agent {
     ) -> Result<Vec<Alert>, AgentError> {
         let mut alerts = Vec::new();
         let mut flagged = vec![false; windows.len()];
+        // The version that scores: an older one while a model is held back.
+        let model_version = if self.held_back.is_some() {
+            self.detector_version
+        } else {
+            self.global.as_ref().map(|g| g.version)
+        };
         if let Some(det) = &self.detector
             && !windows.is_empty()
         {
@@ -397,7 +472,7 @@ impl Agent {
                         &w.container.0,
                         s.value,
                         det.threshold,
-                        self.global.as_ref().map(|g| g.version),
+                        model_version,
                         top_features(s, self.settings.detector.top_features)
                             .into_iter()
                             .map(|(n, v)| (n.to_string(), v))
@@ -436,7 +511,9 @@ impl Agent {
                 if let Some(d) = self.detector.as_mut() {
                     d.threshold = t;
                 }
-                if let (Some(store), Some(g)) = (&self.store, &self.global) {
+                if let (Some(store), Some(g)) = (&self.store, &self.global)
+                    && self.held_back.is_none()
+                {
                     store.put_global(&g.signed, t, n)?;
                 }
             }
@@ -544,6 +621,25 @@ impl Agent {
                 g.version, cur.version
             )));
         }
+        // verify_global_model refuses these too; a model built in-process
+        // (simulations, tests) gets the same check.
+        let refuse = |part| {
+            warn!(version = g.version, %part, "global model refused: not finite");
+            AgentError::NotFinite {
+                version: g.version,
+                part,
+            }
+        };
+        if g.params.iter().any(|v| !v.is_finite()) {
+            self.stats.models_refused += 1;
+            return Err(refuse(ModelPart::Params));
+        }
+        if let Some(s) = &g.scaler
+            && s.mean.iter().chain(&s.std).any(|v| !v.is_finite())
+        {
+            self.stats.models_refused += 1;
+            return Err(refuse(ModelPart::Scaler));
+        }
         let model = Autoencoder::from_flat(g.spec.clone(), &g.params).map_err(model_err)?;
         let scaler = match &g.scaler {
             Some(s) => s.clone(),
@@ -558,6 +654,23 @@ impl Agent {
             scaler,
             threshold: f32::MAX,
         };
+        if g.round > 0
+            && let Some(held) = self.far_worse(&det, g.version)?
+        {
+            warn!(
+                version = g.version,
+                in_use = ?held.in_use,
+                new_loss = held.new_loss,
+                current_loss = held.current_loss,
+                windows = held.windows,
+                "new global model is far worse on this node's recent benign windows; \
+                 detecting with the model in use (training from the new version)"
+            );
+            self.stats.models_held_back += 1;
+            self.held_back = Some(held);
+            self.global = Some(g);
+            return Ok(self.detector.as_ref().map_or(f32::MAX, |d| d.threshold));
+        }
         let (t, n) = self.calibrate(&det)?;
         det.threshold = t.unwrap_or(f32::MAX);
         if let Some(store) = &self.store {
@@ -569,6 +682,8 @@ impl Agent {
         if g.round > 0 {
             info!(version = g.version, threshold, "installed global model");
             self.detector = Some(det);
+            self.detector_version = Some(g.version);
+            self.held_back = None;
             self.calibrated_on = n;
         } else {
             info!(
@@ -578,6 +693,45 @@ impl Agent {
         }
         self.global = Some(g);
         Ok(threshold)
+    }
+
+    /// Compares `new` with the detector in use on the most recent benign
+    /// windows: `Some` when the new one's loss is over `max_loss_ratio`
+    /// times the current one's (or not finite). `None` — install — when
+    /// the check is off, there is no detector yet, or fewer than 32
+    /// windows are buffered.
+    fn far_worse(&self, new: &Detector, version: u64) -> Result<Option<HeldBack>, AgentError> {
+        let ratio = self.settings.detector.max_loss_ratio;
+        let Some(cur) = &self.detector else {
+            return Ok(None);
+        };
+        let take = self
+            .settings
+            .detector
+            .loss_check_windows
+            .min(self.buffer.len());
+        if ratio <= 0.0 || take < MIN_LOSS_CHECK_WINDOWS {
+            return Ok(None);
+        }
+        let rows: Vec<_> = self.buffer.iter().skip(self.buffer.len() - take).collect();
+        let raw = Self::matrix(&rows);
+        let (_, local) = Self::local_scaler(&raw)?;
+        let current_loss = raw_space_loss(cur, &raw, &local)?;
+        let new_loss = raw_space_loss(new, &raw, &local)?;
+        if !current_loss.is_finite() || current_loss <= 0.0 {
+            // The model in use is no yardstick.
+            return Ok(None);
+        }
+        if new_loss.is_finite() && new_loss <= f64::from(ratio) * current_loss {
+            return Ok(None);
+        }
+        Ok(Some(HeldBack {
+            version,
+            in_use: self.detector_version,
+            new_loss,
+            current_loss,
+            windows: take,
+        }))
     }
 
     fn calibrate(&self, det: &Detector) -> Result<(Option<f32>, usize), AgentError> {
@@ -641,6 +795,30 @@ impl Agent {
         self.detector = Some(det);
         Ok(())
     }
+}
+
+/// Fewest buffered windows the held-back check runs on.
+pub const MIN_LOSS_CHECK_WINDOWS: usize = 32;
+
+/// Mean squared reconstruction error of `det` on the raw rows `raw`,
+/// measured in the units of `local` (the node's own scaler of these rows),
+/// so two detectors with different scalers compare on the same scale and a
+/// scaler that shrinks every error cannot pass for a good model. Not finite
+/// when the model's output is not.
+fn raw_space_loss(det: &Detector, raw: &Array2<f32>, local: &Scaler) -> Result<f64, AgentError> {
+    let z = det.scaler.transform(raw.view()).map_err(model_err)?;
+    let err = det
+        .model
+        .reconstruction_errors(z.view())
+        .map_err(model_err)?;
+    let mut total = 0f64;
+    for row in err.rows() {
+        for (j, e) in row.iter().enumerate() {
+            let unit = f64::from(det.scaler.std[j]) / f64::from(local.std[j]);
+            total += f64::from(*e) * unit * unit;
+        }
+    }
+    Ok(total / err.len().max(1) as f64)
 }
 
 #[cfg(test)]
@@ -773,6 +951,7 @@ mod tests {
                 min_train_windows: min_train,
                 bootstrap_after_windows: bootstrap,
                 top_features: 3,
+                ..DetectorConfig::default()
             },
             seed: 7,
         }
@@ -1290,5 +1469,153 @@ mod tests {
         ));
         run(&mut agent, &mut src, 10);
         assert!(agent.training_job(&g, &training(), 1).is_ok());
+    }
+
+    /// An agent detecting with a trained global model (version 1), 120
+    /// benign windows buffered; returns it with the model's body parts.
+    fn detecting_agent(p: &Pki, ratio: f32) -> (Agent, Vec<f32>, v1::Scaler) {
+        let mut s = settings(64, 0);
+        s.detector.max_loss_ratio = ratio;
+        let mut agent = Agent::new(s, None, Some(&p.verifier), now()).unwrap();
+        let mut src = benign_source(31);
+        run(&mut agent, &mut src, 30);
+        let det = agent
+            .fit_local(&ModelSpec::default_for_features(), 10)
+            .unwrap();
+        let params = det.model.to_flat();
+        let scaler = scaler_msg(&det.scaler);
+        let v1 = verify(
+            p,
+            &sign(&p.signer, &body(1, 1, &params, Some(scaler.clone()))),
+            None,
+        )
+        .unwrap();
+        agent.install_global(v1).unwrap();
+        assert_eq!(agent.detector_version(), Some(1));
+        (agent, params, scaler)
+    }
+
+    #[test]
+    fn a_non_finite_model_is_never_installed_even_when_signed() {
+        let p = pki("coord");
+        let (mut agent, params, scaler) = detecting_agent(&p, 10.0);
+        let threshold = agent.detector().unwrap().threshold;
+        // The signed bytes cannot carry one (the decoders refuse it) ...
+        let mut inf_scaler = scaler.clone();
+        inf_scaler.mean[2] = f32::INFINITY;
+        assert_refused(
+            verify(
+                &p,
+                &sign(&p.signer, &body(2, 2, &params, Some(inf_scaler))),
+                None,
+            ),
+            "infinite scaler mean",
+        );
+        // ... and a model built in-process is checked again at install.
+        let good = verify(
+            &p,
+            &sign(&p.signer, &body(2, 2, &params, Some(scaler))),
+            None,
+        )
+        .unwrap();
+        let mut nan = good.clone();
+        nan.params[5] = f32::NAN;
+        assert!(matches!(
+            agent.install_global(nan),
+            Err(AgentError::NotFinite {
+                version: 2,
+                part: ModelPart::Params
+            })
+        ));
+        let mut inf = good.clone();
+        if let Some(s) = inf.scaler.as_mut() {
+            s.std[0] = f32::INFINITY;
+        }
+        let e = agent.install_global(inf).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AgentError::NotFinite {
+                    part: ModelPart::Scaler,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(agent.stats().models_refused, 2);
+        // The model in use is untouched.
+        assert_eq!(agent.global_version(), Some(1));
+        assert_eq!(agent.detector().unwrap().threshold, threshold);
+        agent.install_global(good).unwrap();
+        assert_eq!(agent.detector_version(), Some(2));
+    }
+
+    #[test]
+    fn a_far_worse_model_is_held_back_and_the_next_good_one_installed() {
+        let p = pki("coord");
+        let (mut agent, params, scaler) = detecting_agent(&p, 10.0);
+        let threshold = agent.detector().unwrap().threshold;
+        let det_params = agent.detector().unwrap().model.to_flat();
+        // Finite, signed, and useless: every weight ×40.
+        let bad: Vec<f32> = params.iter().map(|v| v * 40.0).collect();
+        let v2 = verify(
+            &p,
+            &sign(&p.signer, &body(2, 2, &bad, Some(scaler.clone()))),
+            None,
+        )
+        .unwrap();
+        let t = agent.install_global(v2).unwrap();
+        assert_eq!(t, threshold, "the threshold in use is reported");
+        let held = *agent.held_back().unwrap();
+        assert_eq!(held.version, 2);
+        assert_eq!(held.in_use, Some(1));
+        assert!(held.new_loss > 10.0 * held.current_loss, "{held:?}");
+        assert!(held.windows >= MIN_LOSS_CHECK_WINDOWS);
+        assert_eq!(agent.stats().models_held_back, 1);
+        // Trains from the new version (the round's base), detects with the old.
+        assert_eq!(agent.global_version(), Some(2));
+        assert_eq!(agent.detector_version(), Some(1));
+        assert_eq!(agent.detector().unwrap().model.to_flat(), det_params);
+        // A good next version is installed and ends the hold.
+        let v3 = verify(
+            &p,
+            &sign(&p.signer, &body(3, 3, &params, Some(scaler))),
+            None,
+        )
+        .unwrap();
+        agent.install_global(v3).unwrap();
+        assert!(agent.held_back().is_none());
+        assert_eq!(agent.detector_version(), Some(3));
+    }
+
+    #[test]
+    fn the_loss_check_never_blocks_a_node_without_a_yardstick() {
+        let p = pki("coord");
+        let params = genesis_params();
+        let bad: Vec<f32> = params.iter().map(|v| v * 40.0).collect();
+        // No detector yet: the first trained model is installed, however bad.
+        let mut agent = Agent::new(settings(64, 0), None, Some(&p.verifier), now()).unwrap();
+        let mut src = benign_source(32);
+        run(&mut agent, &mut src, 30);
+        let v1 = verify(&p, &sign(&p.signer, &body(1, 1, &bad, None)), None).unwrap();
+        agent.install_global(v1).unwrap();
+        assert_eq!(agent.detector_version(), Some(1));
+        // Too few windows to compare on: installed.
+        let (mut few, good, scaler) = detecting_agent(&p, 10.0);
+        few.buffer.truncate(MIN_LOSS_CHECK_WINDOWS - 1);
+        let worse: Vec<f32> = good.iter().map(|v| v * 40.0).collect();
+        let v2 = verify(
+            &p,
+            &sign(&p.signer, &body(2, 2, &worse, Some(scaler.clone()))),
+            None,
+        )
+        .unwrap();
+        few.install_global(v2.clone()).unwrap();
+        assert_eq!(few.detector_version(), Some(2));
+        // The check switched off: installed.
+        let (mut off, _, _) = detecting_agent(&p, 0.0);
+        off.install_global(v2).unwrap();
+        assert_eq!(off.detector_version(), Some(2));
+        assert!(off.held_back().is_none());
     }
 }

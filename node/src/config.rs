@@ -176,6 +176,16 @@ pub struct DetectorConfig {
     /// Features named in each alert.
     #[serde(default = "d_top")]
     pub top_features: usize,
+    /// A new global model whose reconstruction loss on this node's recent
+    /// benign windows exceeds this multiple of the loss of the model in use
+    /// is held back: the node keeps detecting with the model in use (and
+    /// trains from the new version, as the federation requires). 0 = off.
+    #[serde(default = "d_max_loss_ratio")]
+    pub max_loss_ratio: f32,
+    /// Most recent benign windows the check above compares the two models
+    /// on (it is skipped with fewer than 32).
+    #[serde(default = "d_loss_check_windows")]
+    pub loss_check_windows: usize,
 }
 
 fn d_far() -> f32 {
@@ -193,6 +203,12 @@ fn d_bootstrap() -> usize {
 fn d_top() -> usize {
     3
 }
+fn d_max_loss_ratio() -> f32 {
+    10.0
+}
+fn d_loss_check_windows() -> usize {
+    256
+}
 
 impl Default for DetectorConfig {
     fn default() -> Self {
@@ -202,6 +218,8 @@ impl Default for DetectorConfig {
             min_train_windows: d_min_train(),
             bootstrap_after_windows: d_bootstrap(),
             top_features: d_top(),
+            max_loss_ratio: d_max_loss_ratio(),
+            loss_check_windows: d_loss_check_windows(),
         }
     }
 }
@@ -385,6 +403,15 @@ impl NodeConfig {
         }
         if d.train_buffer < d.min_train_windows {
             errs.push("detector.train_buffer must be at least min_train_windows".to_string());
+        }
+        if !(d.max_loss_ratio == 0.0 || (d.max_loss_ratio.is_finite() && d.max_loss_ratio >= 1.5)) {
+            errs.push(format!(
+                "detector.max_loss_ratio = {} must be 0 (off) or a finite ratio of at least 1.5",
+                d.max_loss_ratio
+            ));
+        }
+        if d.loss_check_windows < 32 || d.loss_check_windows > 65_536 {
+            errs.push("detector.loss_check_windows must be in 32..=65536".to_string());
         }
         errs.extend(self.rules.problems());
         if let Some(w) = &self.alerts.webhook {

@@ -72,6 +72,10 @@ pub struct NodeMetrics {
     threshold: Gauge<f64, AtomicU64>,
     train_loss: Gauge<f64, AtomicU64>,
     buffered: Gauge,
+    detector_version: Gauge,
+    held_back: Gauge,
+    models_refused: Counter,
+    models_held_back: Counter,
     rule_hits: Option<(Arc<crate::rules::RuleCounters>, Family<RuleLabel, Counter>)>,
 }
 
@@ -93,6 +97,10 @@ impl NodeMetrics {
             threshold: Gauge::default(),
             train_loss: Gauge::default(),
             buffered: Gauge::default(),
+            detector_version: Gauge::default(),
+            held_back: Gauge::default(),
+            models_refused: Counter::default(),
+            models_held_back: Counter::default(),
             rule_hits: None,
         };
         registry.register(
@@ -136,6 +144,26 @@ impl NodeMetrics {
             "buffered_windows",
             "Benign windows buffered for training",
             m.buffered.clone(),
+        );
+        registry.register(
+            "detector_version",
+            "Global model version detecting (-1: none or a local model); below model_version while a new version is held back",
+            m.detector_version.clone(),
+        );
+        registry.register(
+            "model_held_back",
+            "1 while the newest global model is held back as far worse on this node's benign windows",
+            m.held_back.clone(),
+        );
+        registry.register(
+            "models_refused",
+            "Signed global models refused as not finite",
+            m.models_refused.clone(),
+        );
+        registry.register(
+            "models_held_back",
+            "Global models held back as far worse on this node's benign windows",
+            m.models_held_back.clone(),
         );
         Self { registry, ..m }
     }
@@ -213,6 +241,17 @@ impl NodeMetrics {
             self.train_loss
                 .set(a.last_train_loss().map_or(f64::NAN, f64::from));
             self.buffered.set(a.buffered() as i64);
+            self.detector_version.set(
+                a.detector_version()
+                    .map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX)),
+            );
+            self.held_back.set(i64::from(a.held_back().is_some()));
+            self.models_refused
+                .inner()
+                .store(st.models_refused, Ordering::Relaxed);
+            self.models_held_back
+                .inner()
+                .store(st.models_held_back, Ordering::Relaxed);
         }
         for (i, name) in SOURCE_NAMES.iter().enumerate() {
             let v = self.sources.parse_errors[i].load(Ordering::Relaxed);

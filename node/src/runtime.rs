@@ -692,6 +692,7 @@ mod tests {
                 min_train_windows: 32,
                 bootstrap_after_windows: 80,
                 top_features: 3,
+                ..DetectorConfig::default()
             },
             seed: 7,
         };

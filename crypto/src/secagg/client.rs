@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rand::{CryptoRng, RngCore};
 use time::OffsetDateTime;
-use tracing::debug;
+use tracing::{debug, warn};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use super::SecAggError;
@@ -98,6 +98,9 @@ pub struct ClientRound {
     /// Shares received (U2), including this node's own.
     held: BTreeMap<NodeId, HeldShare>,
     revealed: BTreeMap<NodeId, Revealed>,
+    /// Relayed peers this node refused (a small-order key): treated as
+    /// dropouts, never shared with or masked against.
+    refused: BTreeSet<NodeId>,
 }
 
 impl std::fmt::Debug for ClientRound {
@@ -214,6 +217,7 @@ impl ClientRound {
             share_secrets: BTreeMap::new(),
             held: BTreeMap::new(),
             revealed: BTreeMap::new(),
+            refused: BTreeSet::new(),
             params,
             me,
         })
@@ -263,6 +267,7 @@ impl ClientRound {
     ) -> Result<(), SecAggError> {
         self.expect(Stage::Created, "receive_adverts")?;
         let mut peers = BTreeMap::new();
+        let mut refused = BTreeSet::new();
         for a in adverts {
             self.params.check_binding(&a.tenant, a.round, a.bucket)?;
             if self.params.index_of(&a.node).is_none() {
@@ -285,12 +290,26 @@ impl ClientRound {
                 mask_public: a.mask_public,
                 enc_public: a.enc_public,
             };
-            if peers.insert(a.node.clone(), keys).is_some() {
+            if peers.contains_key(&a.node) || refused.contains(&a.node) {
                 return Err(SecAggError::Protocol {
                     node: a.node.clone(),
                     reason: "advertised twice".into(),
                 });
             }
+            if a.node != self.me
+                && !(keys::is_contributory(&a.mask_public) && keys::is_contributory(&a.enc_public))
+            {
+                // A small-order key would make every agreement with it
+                // zero: drop the peer, not the bucket.
+                warn!(
+                    tenant = %self.params.tenant(), round = self.params.round(),
+                    bucket = self.params.bucket(), peer = %a.node,
+                    "secagg peer advertised a non-contributory key; treating it as a dropout"
+                );
+                refused.insert(a.node.clone());
+                continue;
+            }
+            peers.insert(a.node.clone(), keys);
         }
         if !peers.contains_key(&self.me) {
             return Err(SecAggError::Binding(
@@ -310,6 +329,7 @@ impl ClientRound {
             "secagg adverts verified"
         );
         self.peers = peers;
+        self.refused = refused;
         self.stage = Stage::AdvertsReceived;
         Ok(())
     }
@@ -397,6 +417,9 @@ impl ClientRound {
                     "share addressed to {}",
                     s.dst
                 )));
+            }
+            if self.refused.contains(&s.src) {
+                continue;
             }
             // Exactly the advertised peers other than this node have one.
             let secret = self

@@ -77,6 +77,19 @@ fn hkdf(ikm: &[u8], info: &[u8]) -> Result<Secret32, SecAggError> {
     Ok(out)
 }
 
+/// Whether `public` is a contributory X25519 public key: a key of small
+/// order (the all-zero point and the other points of order dividing 8, in
+/// any encoding) makes every key agreement with it give the all-zero
+/// secret whatever the other side's key, so a node advertising one sinks
+/// its bucket. Checked by agreement with a fixed clamped scalar (a multiple
+/// of the cofactor 8), exactly what `was_contributory` reports for every
+/// honest peer.
+pub fn is_contributory(public: &[u8; 32]) -> bool {
+    StaticSecret::from([0x5a; 32])
+        .diffie_hellman(&PublicKey::from(*public))
+        .was_contributory()
+}
+
 /// X25519 of `secret` with `peer_public`; refuses a non-contributory result
 /// (a low-order peer key).
 fn agree(
@@ -189,7 +202,7 @@ pub(crate) fn open(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn n(s: &str) -> NodeId {
@@ -214,6 +227,36 @@ mod tests {
             Err(SecAggError::WeakKey(_))
         ));
         assert_eq!(format!("{ab:?}"), "Secret32(<redacted>)");
+    }
+
+    /// The small-order points of Curve25519 (u-coordinates, RFC 7748 §7 and
+    /// the libsodium blocklist), including their non-canonical encodings.
+    pub(crate) fn low_order_points() -> Vec<[u8; 32]> {
+        let hexes = [
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0100000000000000000000000000000000000000000000000000000000000000",
+            "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+            "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        ];
+        hexes
+            .iter()
+            .map(|h| hex::decode(h).unwrap().try_into().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn low_order_keys_are_not_contributory() {
+        for p in low_order_points() {
+            assert!(!is_contributory(&p), "{}", hex::encode(p));
+            // Whatever the honest side's secret, agreement gives zeros.
+            assert!(share_secret(&[9; 32], &p, &n("x")).is_err());
+        }
+        for s in [[1u8; 32], [7; 32], [0xff; 32]] {
+            assert!(is_contributory(&public_key(&s)));
+        }
     }
 
     #[test]

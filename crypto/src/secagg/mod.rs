@@ -53,4 +53,4 @@ pub use error::SecAggError;
 pub use messages::{EncryptedShare, KeyAdvert, MaskedInput, UnmaskRequest, UnmaskResponse};
 pub use params::{BucketParams, default_threshold};
 pub use quant::QuantConfig;
-pub use server::{BucketSum, BucketUnmasker};
+pub use server::{BucketSum, BucketUnmasker, ShareFault};

@@ -588,3 +588,227 @@ fn masks_expanded_ahead_give_the_same_masked_input() {
         assert!(ahead.clients[i].mask_plan().is_err());
     }
 }
+
+/// Rounds 2 and 3 like [`finish`], letting `tamper` rewrite (and re-sign)
+/// member `i`'s unmask response; returns `finish_attributed`'s result and
+/// the honest plain sum of the survivors.
+#[allow(clippy::type_complexity)]
+fn finish_tampered(
+    b: &mut Bucket,
+    ups: &[Vec<f32>],
+    dropped: &BTreeSet<usize>,
+    seed: u64,
+    tamper: impl Fn(usize, &mut UnmaskResponse),
+) -> (Result<(BucketSum, Vec<ShareFault>), SecAggError>, Vec<u32>) {
+    let mut plain = vec![0u32; b.params.dim()];
+    for (i, (c, s)) in b.clients.iter_mut().zip(&b.signers).enumerate() {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed + i as u64);
+        let q = b
+            .params
+            .quant()
+            .quantize(&ups[i], &mut rng.clone())
+            .unwrap();
+        let input = c.mask_update(&ups[i], s, &mut rng).unwrap();
+        if dropped.contains(&i) {
+            continue;
+        }
+        for (p, w) in plain.iter_mut().zip(&q) {
+            *p = p.wrapping_add(*w);
+        }
+        b.server.accept_masked(input, now()).unwrap();
+    }
+    let request = b.server.unmask_request().unwrap();
+    for (i, (c, s)) in b.clients.iter_mut().zip(&b.signers).enumerate() {
+        if dropped.contains(&i) {
+            continue;
+        }
+        let mut r = c.unmask(&request, s).unwrap();
+        tamper(i, &mut r);
+        let r = r.sign(s).unwrap();
+        b.server
+            .accept_response(UnmaskResponse::decode(&r.encode()).unwrap(), now())
+            .unwrap();
+    }
+    (b.server.finish_attributed(), plain)
+}
+
+fn garbage(r: &mut UnmaskResponse, salt: u8) {
+    for (k, (_, y)) in r
+        .seed_shares
+        .iter_mut()
+        .chain(&mut r.key_shares)
+        .enumerate()
+    {
+        for (j, v) in y.iter_mut().enumerate() {
+            *v ^= salt.wrapping_add((k * 31 + j * 7) as u8) | 1;
+        }
+    }
+}
+
+#[test]
+fn a_lying_responder_is_outvoted_and_named() {
+    // (members, liars, dropped): t = ⌈2n/3⌉. 5 of 5 leaves one spare share
+    // (subset search), 9 of 9 with one liar decodes by Berlekamp–Welch,
+    // two liars in 9 need the subset search again, and a dropout makes the
+    // coordinator reconstruct a mask key too.
+    let cases: [(usize, &[usize], &[usize]); 5] = [
+        (5, &[3], &[]),
+        (9, &[4], &[]),
+        (9, &[2, 6], &[]),
+        (9, &[5], &[1]),
+        (12, &[1, 7], &[]),
+    ];
+    let mesh = Mesh::new();
+    for (n, liars, gone) in cases {
+        let p = params(n, 16, 1024.0, None);
+        let members = p.members().to_vec();
+        let t = p.threshold();
+        assert!(n - gone.len() - liars.len() >= t, "case {n} {liars:?}");
+        let mut b = setup(&mesh, p, 40 + n as u64);
+        let ups = updates(n, 16, 41);
+        let dropped: BTreeSet<usize> = gone.iter().copied().collect();
+        let (result, plain) = finish_tampered(&mut b, &ups, &dropped, 42, |i, r| {
+            if liars.contains(&i) {
+                garbage(r, i as u8);
+            }
+        });
+        let (sum, faults) = result.unwrap_or_else(|e| panic!("n = {n}, liars {liars:?}: {e}"));
+        assert_eq!(sum.raw(), &plain[..], "n = {n}");
+        assert_eq!(sum.member_count(), n - gone.len());
+        let named: Vec<NodeId> = faults.iter().map(|f| f.responder.clone()).collect();
+        let want: Vec<NodeId> = liars.iter().map(|&i| members[i].clone()).collect();
+        assert_eq!(named, want, "n = {n}");
+        // Never the first-sorted node, unless it lied.
+        assert!(!named.contains(&members[0]));
+    }
+}
+
+#[test]
+fn one_wrong_share_of_another_owner_is_outvoted_without_blame() {
+    // Indistinguishable from that owner dealing a wrong share to the
+    // responder, so nobody is named; the sum is still exact.
+    let mesh = Mesh::new();
+    let p = params(6, 8, 1024.0, None);
+    let mut b = setup(&mesh, p, 50);
+    let ups = updates(6, 8, 50);
+    let (result, plain) = finish_tampered(&mut b, &ups, &BTreeSet::new(), 51, |i, r| {
+        if i == 2 {
+            r.seed_shares[4].1[3] ^= 0x40;
+        }
+    });
+    let (sum, faults) = result.unwrap();
+    assert_eq!(sum.raw(), &plain[..]);
+    assert!(faults.is_empty(), "{faults:?}");
+}
+
+#[test]
+fn too_many_liars_drop_the_bucket() {
+    // 6 members, t = 4: three liars leave three honest shares.
+    let mesh = Mesh::new();
+    let p = params(6, 8, 1024.0, None);
+    let mut b = setup(&mesh, p, 52);
+    let ups = updates(6, 8, 52);
+    let (result, _) = finish_tampered(&mut b, &ups, &BTreeSet::new(), 53, |i, r| {
+        if i % 2 == 1 {
+            garbage(r, 9);
+        }
+    });
+    assert!(
+        matches!(result, Err(SecAggError::Reconstruction { .. })),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn a_low_order_key_makes_its_sender_a_dropout_not_the_bucket() {
+    let mesh = Mesh::new();
+    let n = 5;
+    let p = params(n, 16, 1024.0, None);
+    let members = p.members().to_vec();
+    let signers: Vec<CertSigner> = members.iter().map(|m| mesh.signer("acme", m)).collect();
+    let mut rng = ChaCha20Rng::seed_from_u64(60);
+    let mut clients: Vec<ClientRound> = members
+        .iter()
+        .map(|m| ClientRound::new(p.clone(), m.clone(), &mut rng).unwrap())
+        .collect();
+    let mut server = BucketUnmasker::new(p.clone(), mesh.verifier.clone());
+    let bad = 2;
+    let mut weak_adverts = Vec::new();
+    for (i, (c, s)) in clients.iter().zip(&signers).enumerate() {
+        let advert = c.advertise(s).unwrap();
+        if i != bad {
+            server.accept_advert(advert, now()).unwrap();
+            continue;
+        }
+        for point in super::keys::tests::low_order_points() {
+            for (mask, enc) in [(true, false), (false, true)] {
+                let mut weak = advert.clone();
+                if mask {
+                    weak.mask_public = point;
+                }
+                if enc {
+                    weak.enc_public = point;
+                }
+                // Correctly signed by its (authenticated) sender.
+                let weak = weak.sign(s).unwrap();
+                let e = server.accept_advert(weak.clone(), now()).unwrap_err();
+                assert!(
+                    matches!(&e, SecAggError::WeakKey(node) if *node == members[bad]),
+                    "{e}"
+                );
+                weak_adverts.push(weak);
+            }
+        }
+    }
+    let adverts = server.close_adverts().unwrap();
+    assert_eq!(adverts.len(), n - 1);
+    // A client offered the weak key anyway (by a coordinator that did not
+    // check) refuses that peer, not the bucket.
+    let mut probe = ClientRound::new(p.clone(), members[0].clone(), &mut rng).unwrap();
+    let mut own = adverts.clone();
+    own[0] = probe.advertise(&signers[0]).unwrap();
+    own.push(weak_adverts[0].clone());
+    probe.receive_adverts(&own, &mesh.verifier, now()).unwrap();
+    let probe_shares = probe.share_keys(&mut rng).unwrap();
+    assert!(probe_shares.iter().all(|s| s.dst != members[bad]));
+    assert_eq!(probe_shares.len(), n - 2);
+    // The honest members go on and the bucket sums their updates.
+    let honest: Vec<usize> = (0..n).filter(|&i| i != bad).collect();
+    for &i in &honest {
+        clients[i]
+            .receive_adverts(&adverts, &mesh.verifier, now())
+            .unwrap();
+    }
+    for &i in &honest {
+        let shares = clients[i].share_keys(&mut rng).unwrap();
+        server.accept_shares(&members[i], shares).unwrap();
+    }
+    server.close_shares().unwrap();
+    for &i in &honest {
+        clients[i]
+            .receive_shares(&server.shares_for(&members[i]).unwrap())
+            .unwrap();
+    }
+    let ups = updates(n, 16, 61);
+    let mut plain = vec![0u32; 16];
+    for &i in &honest {
+        let mut r = ChaCha20Rng::seed_from_u64(70 + i as u64);
+        let q = p.quant().quantize(&ups[i], &mut r.clone()).unwrap();
+        for (s, w) in plain.iter_mut().zip(&q) {
+            *s = s.wrapping_add(*w);
+        }
+        let input = clients[i]
+            .mask_update(&ups[i], &signers[i], &mut r)
+            .unwrap();
+        server.accept_masked(input, now()).unwrap();
+    }
+    let request = server.unmask_request().unwrap();
+    assert!(request.dropped.is_empty());
+    for &i in &honest {
+        let r = clients[i].unmask(&request, &signers[i]).unwrap();
+        server.accept_response(r, now()).unwrap();
+    }
+    let sum = server.finish().unwrap();
+    assert_eq!(sum.raw(), &plain[..]);
+    assert_eq!(sum.member_count(), n - 1);
+}

@@ -179,6 +179,13 @@ impl BucketUnmasker {
             });
         }
         advert.verify(&self.verifier, now)?;
+        // A signed advert with a small-order key is an attributable
+        // violation; refusing it here makes its sender a dropout of this
+        // phase, so the honest members never see the key and go on.
+        if !keys::is_contributory(&advert.mask_public) || !keys::is_contributory(&advert.enc_public)
+        {
+            return Err(SecAggError::WeakKey(advert.node.clone()));
+        }
         self.adverts.insert(advert.node.clone(), advert);
         Ok(())
     }
@@ -436,8 +443,22 @@ impl BucketUnmasker {
         self.responses.len()
     }
 
-    fn reconstruct(&self, owner: &NodeId, seed: bool) -> Result<Zeroizing<[u8; 32]>, SecAggError> {
-        let mut shares = Vec::with_capacity(self.responses.len());
+    /// Reconstructs one secret of `owner` (its self-mask seed or its mask
+    /// secret key) robustly: from all responses if they agree with the
+    /// signed commitment (`matches`), else from the shares Berlekamp–Welch
+    /// decoding leaves, else from the first threshold subset (at most
+    /// [`MAX_SUBSETS`] tried, suspects last) whose secret matches. Shares
+    /// that disagree with the recovered polynomial are recorded in
+    /// `mismatch` under their responder.
+    fn reconstruct(
+        &self,
+        owner: &NodeId,
+        seed: bool,
+        matches: impl Fn(&[u8; 32]) -> bool,
+        mismatch: &mut BTreeMap<NodeId, BTreeSet<NodeId>>,
+    ) -> Result<Zeroizing<[u8; 32]>, SecAggError> {
+        let t = self.params.threshold();
+        let mut shares: Vec<(NodeId, Share)> = Vec::with_capacity(self.responses.len());
         for (responder, r) in &self.responses {
             let list = if seed { &r.seed_shares } else { &r.key_shares };
             let x = self
@@ -445,26 +466,124 @@ impl BucketUnmasker {
                 .x_of(responder)
                 .ok_or_else(|| state("finishing", "responder is not a member"))?;
             if let Some((_, y)) = list.iter().find(|(n, _)| n == owner) {
-                shares.push(Share { x, y: y.to_vec() });
+                shares.push((responder.clone(), Share { x, y: y.to_vec() }));
             }
         }
-        let secret = Zeroizing::new(shamir::reconstruct(&shares, self.params.threshold())?);
-        let mut out = Zeroizing::new([0u8; 32]);
-        if secret.len() != 32 {
-            return Err(SecAggError::Sharing(
-                "reconstructed secret of the wrong length".into(),
-            ));
+        let secret_of = |subset: &[Share]| -> Option<Zeroizing<[u8; 32]>> {
+            let s = Zeroizing::new(shamir::reconstruct(subset, t).ok()?);
+            let mut out = Zeroizing::new([0u8; 32]);
+            if s.len() != 32 {
+                return None;
+            }
+            out.copy_from_slice(&s);
+            matches(&out).then_some(out)
+        };
+        // Suspects (responders already caught with a wrong share) go last.
+        shares.sort_by_key(|(r, _)| mismatch.contains_key(r));
+        let plain: Vec<Share> = shares.iter().map(|(_, s)| s.clone()).collect();
+        let clean = plain.len()
+            - shares
+                .iter()
+                .filter(|(r, _)| mismatch.contains_key(r))
+                .count();
+        // 1. Every share, then every share but the suspects'.
+        let tries = if clean < plain.len() {
+            vec![plain.len(), clean]
+        } else {
+            vec![plain.len()]
+        };
+        for upto in tries {
+            if upto >= t
+                && let Some(secret) = secret_of(&plain[..upto])
+            {
+                if upto < plain.len() {
+                    self.note_mismatches(owner, &shares, &plain[..upto], mismatch)?;
+                }
+                return Ok(secret);
+            }
         }
-        out.copy_from_slice(&secret);
-        Ok(out)
+        // 2. Reed–Solomon decoding.
+        if let Some(bad) = shamir::locate_errors(&plain, t)? {
+            let good: Vec<Share> = (0..plain.len())
+                .filter(|i| !bad.contains(i))
+                .map(|i| plain[i].clone())
+                .collect();
+            if good.len() >= t
+                && let Some(secret) = secret_of(&good)
+            {
+                self.note_mismatches(owner, &shares, &good, mismatch)?;
+                return Ok(secret);
+            }
+        }
+        // 3. Threshold subsets, in lexicographic order over the suspects-last
+        //    list, bounded.
+        if plain.len() >= t {
+            let mut idx: Vec<usize> = (0..t).collect();
+            for _ in 0..MAX_SUBSETS {
+                let subset: Vec<Share> = idx.iter().map(|&i| plain[i].clone()).collect();
+                if let Some(secret) = secret_of(&subset) {
+                    self.note_mismatches(owner, &shares, &subset, mismatch)?;
+                    return Ok(secret);
+                }
+                if !next_combination(&mut idx, plain.len()) {
+                    break;
+                }
+            }
+        }
+        Err(SecAggError::Reconstruction {
+            what: if seed {
+                "self-mask seed"
+            } else {
+                "mask secret key"
+            },
+            node: owner.clone(),
+        })
+    }
+
+    /// Records every responder whose share of `owner`'s secret is off the
+    /// polynomial through `good` (a threshold set that gave the committed
+    /// secret).
+    fn note_mismatches(
+        &self,
+        owner: &NodeId,
+        shares: &[(NodeId, Share)],
+        good: &[Share],
+        mismatch: &mut BTreeMap<NodeId, BTreeSet<NodeId>>,
+    ) -> Result<(), SecAggError> {
+        let t = self.params.threshold();
+        let basis = &good[..t.min(good.len())];
+        for (responder, share) in shares {
+            if basis.iter().any(|g| g.x == share.x) {
+                continue;
+            }
+            if shamir::interpolate_at(basis, share.x)? != share.y {
+                mismatch
+                    .entry(responder.clone())
+                    .or_default()
+                    .insert(owner.clone());
+            }
+        }
+        Ok(())
     }
 
     /// Removes the masks and returns the bucket sum. Needs at least `t`
     /// responses (one-member buckets need none). Reconstructed self-mask
     /// seeds are checked against the signed commitments and reconstructed
-    /// mask keys against the advertised public keys, so a wrong share is an
-    /// error rather than a silently wrong sum.
+    /// mask keys against the advertised public keys, so a wrong share is
+    /// never a silently wrong sum; wrong shares are outvoted when the other
+    /// responses still determine the secret ([`Self::finish_attributed`]
+    /// also names their senders).
     pub fn finish(&self) -> Result<BucketSum, SecAggError> {
+        self.finish_attributed().map(|(sum, _)| sum)
+    }
+
+    /// [`Self::finish`], also returning the responders whose signed unmask
+    /// responses carried wrong shares ([`ShareFault`]): a responder is named
+    /// when its shares disagree with the committed secrets of two or more
+    /// owners, or of its own secret. One wrong share of one other owner
+    /// could as well have been dealt wrong by that owner (shares are
+    /// encrypted end to end), so it is outvoted but blames nobody.
+    pub fn finish_attributed(&self) -> Result<(BucketSum, Vec<ShareFault>), SecAggError> {
         let request = self
             .request
             .as_ref()
@@ -475,36 +594,35 @@ impl BucketUnmasker {
                 *s = s.wrapping_add(*w);
             }
         }
+        let mut mismatch: BTreeMap<NodeId, BTreeSet<NodeId>> = BTreeMap::new();
         if self.params.masked() {
             if self.responses.len() < self.params.threshold() {
                 return Err(self.dropped(self.responses.len()));
             }
             for owner in &request.survivors {
-                let seed = self.reconstruct(owner, true)?;
                 let advert = self
                     .adverts
                     .get(owner)
                     .ok_or_else(|| state("finishing", "advert missing"))?;
-                if keys::seed_commitment(&seed) != advert.seed_commitment {
-                    return Err(SecAggError::Reconstruction {
-                        what: "self-mask seed",
-                        node: owner.clone(),
-                    });
-                }
+                let seed = self.reconstruct(
+                    owner,
+                    true,
+                    |s| keys::seed_commitment(s) == advert.seed_commitment,
+                    &mut mismatch,
+                )?;
                 apply_mask(&seed, Sign::Sub, &mut sum);
             }
             for gone in &request.dropped {
-                let key = self.reconstruct(gone, false)?;
                 let advert = self
                     .adverts
                     .get(gone)
                     .ok_or_else(|| state("finishing", "advert missing"))?;
-                if keys::public_key(&key) != advert.mask_public {
-                    return Err(SecAggError::Reconstruction {
-                        what: "mask secret key",
-                        node: gone.clone(),
-                    });
-                }
+                let key = self.reconstruct(
+                    gone,
+                    false,
+                    |k| keys::public_key(k) == advert.mask_public,
+                    &mut mismatch,
+                )?;
                 for survivor in &request.survivors {
                     let their = self
                         .adverts
@@ -529,18 +647,68 @@ impl BucketUnmasker {
                 }
             }
         }
+        let faults: Vec<ShareFault> = mismatch
+            .into_iter()
+            .filter(|(responder, owners)| owners.len() >= 2 || owners.contains(responder))
+            .map(|(responder, owners)| ShareFault {
+                responder,
+                owners: owners.into_iter().collect(),
+            })
+            .collect();
+        for f in &faults {
+            warn!(
+                tenant = %self.params.tenant(), round = self.params.round(),
+                bucket = self.params.bucket(), responder = %f.responder, owners = f.owners.len(),
+                "secagg unmask response carried wrong shares; outvoted"
+            );
+        }
         debug!(
             tenant = %self.params.tenant(), round = self.params.round(),
             bucket = self.params.bucket(), survivors = request.survivors.len(),
             dropped = request.dropped.len(), "secagg bucket unmasked"
         );
-        Ok(BucketSum {
-            bucket: self.params.bucket(),
-            contributors: request.survivors.clone(),
-            sum,
-            dim: self.params.dim(),
-            quant: *self.params.quant(),
-            noise_sigma: self.params.noise_sigma(),
-        })
+        Ok((
+            BucketSum {
+                bucket: self.params.bucket(),
+                contributors: request.survivors.clone(),
+                sum,
+                dim: self.params.dim(),
+                quant: *self.params.quant(),
+                noise_sigma: self.params.noise_sigma(),
+            },
+            faults,
+        ))
     }
+}
+
+/// Threshold subsets [`BucketUnmasker`] tries per secret when neither all
+/// responses nor Reed–Solomon decoding give the committed secret (bounds
+/// the coordinator's work against a coalition of liars; every subset of a
+/// bucket of up to 15 members fits).
+pub const MAX_SUBSETS: usize = 4096;
+
+/// Advances `idx` (a sorted `k`-subset of `0..n`) to the next subset in
+/// lexicographic order; `false` after the last.
+fn next_combination(idx: &mut [usize], n: usize) -> bool {
+    let k = idx.len();
+    for i in (0..k).rev() {
+        if idx[i] < n - k + i {
+            idx[i] += 1;
+            for j in i + 1..k {
+                idx[j] = idx[j - 1] + 1;
+            }
+            return true;
+        }
+    }
+    false
+}
+
+/// A responder whose signed unmask response carried shares that disagree
+/// with the owners' signed commitments: attributable protocol violation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareFault {
+    /// The member that sent the response.
+    pub responder: NodeId,
+    /// The owners whose shares it got wrong, sorted.
+    pub owners: Vec<NodeId>,
 }

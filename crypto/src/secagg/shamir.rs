@@ -143,6 +143,176 @@ pub fn reconstruct(shares: &[Share], t: usize) -> Result<Vec<u8>, SecAggError> {
     Ok(secret)
 }
 
+/// Checks shares for interpolation: distinct non-zero `x`, equal lengths.
+fn check_shares(shares: &[Share]) -> Result<usize, SecAggError> {
+    let len = shares.first().map_or(0, |s| s.y.len());
+    let mut seen = [false; 256];
+    for s in shares {
+        if s.x == 0 || seen[usize::from(s.x)] {
+            return Err(SecAggError::Sharing(format!(
+                "share x = {} is zero or repeated",
+                s.x
+            )));
+        }
+        seen[usize::from(s.x)] = true;
+        if s.y.len() != len {
+            return Err(SecAggError::Sharing("shares of different lengths".into()));
+        }
+    }
+    Ok(len)
+}
+
+/// The values at `x` of the polynomials through `shares` (Lagrange
+/// interpolation; `x = 0` gives the secret). Used to check further shares
+/// against the polynomial a threshold subset defines.
+pub fn interpolate_at(shares: &[Share], x: u8) -> Result<Vec<u8>, SecAggError> {
+    if shares.is_empty() {
+        return Err(SecAggError::Sharing("no shares".into()));
+    }
+    let len = check_shares(shares)?;
+    // l_i(x) = Π_{j≠i} (x − x_j) / (x_i − x_j); subtraction is XOR.
+    let basis: Vec<u8> = shares
+        .iter()
+        .map(|si| {
+            let mut num = 1u8;
+            let mut den = 1u8;
+            for sj in shares.iter().filter(|sj| sj.x != si.x) {
+                num = mul(num, x ^ sj.x);
+                den = mul(den, si.x ^ sj.x);
+            }
+            mul(num, inv(den))
+        })
+        .collect();
+    let mut out = vec![0u8; len];
+    for (share, &l) in shares.iter().zip(&basis) {
+        for (o, &y) in out.iter_mut().zip(&share.y) {
+            *o ^= mul(l, y);
+        }
+    }
+    Ok(out)
+}
+
+fn eval(poly: &[u8], x: u8) -> u8 {
+    poly.iter().rev().fold(0u8, |acc, &c| mul(acc, x) ^ c)
+}
+
+/// Berlekamp–Welch for one byte position: the polynomial of degree < `t`
+/// that agrees with all but at most `e` of the points `(xs[i], ys[i])`
+/// (coefficients, lowest first), or `None` when there is none.
+fn berlekamp_welch(xs: &[u8], ys: &[u8], t: usize, e: usize) -> Option<Vec<u8>> {
+    let m = xs.len();
+    // Unknowns: a_0..a_{e-1} (E = x^e + Σ a_l x^l), then b_0..b_{e+t-1} (Q).
+    // Row i: Σ b_l x_i^l + y_i Σ a_l x_i^l = y_i x_i^e (characteristic 2).
+    let cols = 2 * e + t;
+    if cols > m {
+        return None;
+    }
+    let mut a: Vec<Vec<u8>> = Vec::with_capacity(m);
+    for (&x, &y) in xs.iter().zip(ys) {
+        let mut row = vec![0u8; cols + 1];
+        let mut pw = vec![1u8; e + t + 1];
+        for l in 1..pw.len() {
+            pw[l] = mul(pw[l - 1], x);
+        }
+        for l in 0..e {
+            row[l] = mul(y, pw[l]);
+        }
+        row[e..cols].copy_from_slice(&pw[..e + t]);
+        row[cols] = mul(y, pw[e]);
+        a.push(row);
+    }
+    // Gaussian elimination; free unknowns stay 0.
+    let mut pivots = Vec::with_capacity(cols);
+    let mut r = 0;
+    for c in 0..cols {
+        let Some(p) = (r..m).find(|&i| a[i][c] != 0) else {
+            continue;
+        };
+        a.swap(r, p);
+        let f = inv(a[r][c]);
+        for v in a[r].iter_mut() {
+            *v = mul(*v, f);
+        }
+        let pivot_row = a[r].clone();
+        for (i, row) in a.iter_mut().enumerate() {
+            if i != r && row[c] != 0 {
+                let g = row[c];
+                for (v, pv) in row.iter_mut().zip(&pivot_row) {
+                    *v ^= mul(g, *pv);
+                }
+            }
+        }
+        pivots.push(c);
+        r += 1;
+        if r == m {
+            break;
+        }
+    }
+    // Inconsistent: a zero row with a non-zero right-hand side.
+    if a[r..].iter().any(|row| row[cols] != 0) {
+        return None;
+    }
+    let mut z = vec![0u8; cols];
+    for (i, &c) in pivots.iter().enumerate() {
+        z[c] = a[i][cols];
+    }
+    let mut big_e = z[..e].to_vec();
+    big_e.push(1);
+    let mut q = z[e..].to_vec();
+    // P = Q / E by long division; the remainder must vanish.
+    let mut p = vec![0u8; t];
+    for d in (0..t).rev() {
+        let coef = q[d + e];
+        p[d] = coef;
+        if coef != 0 {
+            for (k, &ec) in big_e.iter().enumerate() {
+                q[d + k] ^= mul(coef, ec);
+            }
+        }
+    }
+    if q.iter().any(|&v| v != 0) {
+        return None;
+    }
+    Some(p)
+}
+
+/// Locates wrong shares among `shares` (Reed–Solomon decoding by
+/// Berlekamp–Welch, byte position by byte position): the indices of the
+/// shares that disagree with the unique polynomial of degree < `t` agreeing
+/// with all but at most `⌊(m − t)/2⌋` of them in every byte. `None` when
+/// that bound leaves no room for an error (m < t + 2), when some position
+/// does not decode, or when the positions together name more shares than
+/// the bound. A result is a candidate only: callers check the secret the
+/// remaining shares give against a commitment.
+pub fn locate_errors(shares: &[Share], t: usize) -> Result<Option<Vec<usize>>, SecAggError> {
+    let len = check_shares(shares)?;
+    let m = shares.len();
+    if t == 0 || m < t + 2 {
+        return Ok(None);
+    }
+    let e = (m - t) / 2;
+    let xs: Vec<u8> = shares.iter().map(|s| s.x).collect();
+    let mut bad = vec![false; m];
+    let mut ys = vec![0u8; m];
+    for pos in 0..len {
+        for (y, s) in ys.iter_mut().zip(shares) {
+            *y = s.y[pos];
+        }
+        let Some(p) = berlekamp_welch(&xs, &ys, t, e) else {
+            return Ok(None);
+        };
+        for (i, (&x, &y)) in xs.iter().zip(&ys).enumerate() {
+            if eval(&p, x) != y {
+                bad[i] = true;
+            }
+        }
+        if bad.iter().filter(|b| **b).count() > e {
+            return Ok(None);
+        }
+    }
+    Ok(Some((0..m).filter(|&i| bad[i]).collect()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +370,57 @@ mod tests {
         };
         assert!(reconstruct(&[shares[0].clone(), zero], 2).is_err());
         assert!(!format!("{:?}", shares[0]).contains(&format!("{:?}", shares[0].y)));
+    }
+
+    #[test]
+    fn interpolation_checks_further_shares() {
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let shares = split(b"0123456789abcdef", 3, 6, &mut rng).unwrap();
+        for s in &shares[3..] {
+            assert_eq!(interpolate_at(&shares[..3], s.x).unwrap(), s.y);
+        }
+        assert_eq!(
+            interpolate_at(&shares[..3], 0).unwrap(),
+            b"0123456789abcdef"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn berlekamp_welch_finds_up_to_half_the_slack(
+            n in 3usize..40,
+            t_frac in 0.0f64..1.0,
+            seed in any::<u64>(),
+            which in any::<u64>(),
+        ) {
+            let t = 1 + ((n - 1) as f64 * t_frac) as usize;
+            let mut rng = ChaCha20Rng::seed_from_u64(seed);
+            let secret: Vec<u8> = (0..32).map(|_| rng.next_u32() as u8).collect();
+            let mut shares = split(&secret, t, n, &mut rng).unwrap();
+            let e = (n - t) / 2;
+            let mut pick = ChaCha20Rng::seed_from_u64(which);
+            let mut wrong = std::collections::BTreeSet::new();
+            while wrong.len() < e {
+                wrong.insert((pick.next_u64() % n as u64) as usize);
+            }
+            for &i in &wrong {
+                // Garbage, but at least one byte surely differs.
+                let mut g = vec![0u8; 32];
+                pick.fill_bytes(&mut g);
+                g[0] = shares[i].y[0] ^ 0x5a;
+                shares[i].y = g;
+            }
+            let found = locate_errors(&shares, t).unwrap();
+            if n < t + 2 {
+                prop_assert!(found.is_none());
+            } else {
+                let found = found.unwrap();
+                prop_assert_eq!(found.iter().copied().collect::<std::collections::BTreeSet<_>>(), wrong);
+                let good: Vec<Share> = (0..n).filter(|i| !found.contains(i)).map(|i| shares[i].clone()).collect();
+                prop_assert_eq!(reconstruct(&good, t).unwrap(), secret);
+            }
+        }
     }
 
     proptest! {

@@ -152,6 +152,9 @@ pub(crate) fn build_node_as(
         node: name.clone(),
         detector: DetectorConfig {
             min_train_windows: crate::scenario::MIN_TRAIN_WINDOWS,
+            // The engines measure the committed models: network-engine
+            // nodes install every version, as the in-process engine does.
+            max_loss_ratio: 0.0,
             ..DetectorConfig::default()
         },
         seed: derive_seed(s.seed, &[P_AGENT, i as u64]),
