@@ -1235,7 +1235,12 @@ impl Federation {
                 v.kind,
                 crate::secure_round::ViolationKind::WrongUnmaskShares { .. }
             ) {
-                self.note_violation(&v.node, &v.kind.to_string());
+                self.note_violation(
+                    &v.node,
+                    &InvalidReason::SecureProtocol(crate::bounds::BoundedText::new(
+                        &v.kind.to_string(),
+                    )),
+                );
             }
         }
         let contributors: usize = sums.iter().map(|s| s.member_count()).sum();
