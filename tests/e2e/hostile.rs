@@ -1162,9 +1162,7 @@ async fn hostile_members_cannot_sink_a_secure_round() -> Result<()> {
         r,
         Code::InvalidArgument,
     );
-    for (i, o) in opens.iter().enumerate() {
-        ms[i].send(o, M::Shares(bundles[i].clone())).await?;
-    }
+    // n5 answers first, so its replay meets the open phase.
     r5.unary("SecAgg", secagg_bundle("n5", round, b, &b5_bytes))
         .await?
         .map_err(|s| anyhow!("n5's shares refused: {s:?}"))?;
@@ -1172,6 +1170,9 @@ async fn hostile_members_cannot_sink_a_secure_round() -> Result<()> {
         .unary("SecAgg", secagg_bundle("n5", round, b, &b5_bytes))
         .await?;
     t.refused("secure: replayed", "shares again", r, Code::AlreadyExists);
+    for (i, o) in opens.iter().enumerate() {
+        ms[i].send(o, M::Shares(bundles[i].clone())).await?;
+    }
 
     // ---- Masked inputs.
     let value = |i: usize| 0.001 * (i + 1) as f32;
@@ -1190,10 +1191,7 @@ async fn hostile_members_cannot_sink_a_secure_round() -> Result<()> {
         r,
         Code::InvalidArgument,
     );
-    for (i, o) in opens.iter().enumerate() {
-        let y = ms[i].masked(o, &vec![value(i); p], &extras(i).2)?;
-        ms[i].send(o, M::Masked(y)).await?;
-    }
+    // Again n5 first, so its replay meets the open phase.
     r5.unary("SecAgg", secagg("n5", round, b, Some((7, &y5))))
         .await?
         .map_err(|s| anyhow!("n5's masked input refused: {s:?}"))?;
@@ -1206,6 +1204,10 @@ async fn hostile_members_cannot_sink_a_secure_round() -> Result<()> {
         r,
         Code::AlreadyExists,
     );
+    for (i, o) in opens.iter().enumerate() {
+        let y = ms[i].masked(o, &vec![value(i); p], &extras(i).2)?;
+        ms[i].send(o, M::Masked(y)).await?;
+    }
 
     // ---- Unmasking: n5 signs a response whose shares are garbage.
     let violations = |node: &str| {
