@@ -77,7 +77,7 @@ pub fn to_status(e: FedError) -> Status {
         | FedError::Phase(_) => Status::failed_precondition(e.to_string()),
         FedError::Duplicate { .. } => Status::already_exists(e.to_string()),
         FedError::Invalid(_) => Status::invalid_argument(e.to_string()),
-        FedError::UnknownVersion(_) => Status::not_found(e.to_string()),
+        FedError::UnknownVersion(_) | FedError::Pruned { .. } => Status::not_found(e.to_string()),
         FedError::Store(_) | FedError::Aggregate(_) | FedError::Corrupt(_) => {
             warn!(error = %e, "internal error");
             Status::internal("internal error")
