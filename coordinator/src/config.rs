@@ -511,6 +511,15 @@ pub struct StoreConfig {
     /// chain still verifies. A pruned version is answered with NOT_FOUND.
     #[serde(default = "d_retain_versions")]
     pub retain_versions: u64,
+    /// Page cache of the store, MiB. Normal operation reads only the
+    /// newest version and audit entry; the cache bounds the memory the
+    /// store takes as the audit log grows.
+    #[serde(default = "d_cache_mib")]
+    pub cache_mib: u64,
+}
+
+fn d_cache_mib() -> u64 {
+    crate::store::DEFAULT_CACHE_BYTES / (1024 * 1024)
 }
 
 fn d_retain_versions() -> u64 {
@@ -521,11 +530,17 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             retain_versions: d_retain_versions(),
+            cache_mib: d_cache_mib(),
         }
     }
 }
 
 impl StoreConfig {
+    /// The page cache in bytes (at least 1 MiB).
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache_mib.clamp(1, 1 << 20) * 1024 * 1024
+    }
+
     /// Bodies kept per tenant (None = all).
     pub fn retention(&self) -> Option<std::num::NonZeroU64> {
         std::num::NonZeroU64::new(self.retain_versions)

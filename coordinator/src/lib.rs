@@ -110,7 +110,8 @@ impl Coordinator {
             path: cfg.data_dir.clone(),
             source,
         })?;
-        let store = Store::open(&cfg.data_dir)?.with_retention(cfg.store.retention());
+        let store = Store::open_with_cache(&cfg.data_dir, cfg.store.cache_bytes())?
+            .with_retention(cfg.store.retention());
         let metrics = Arc::new(metrics::Metrics::new());
         let mut feds = BTreeMap::new();
         for t in &cfg.tenants {

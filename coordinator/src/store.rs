@@ -140,6 +140,9 @@ pub struct Store {
     retain: Option<std::num::NonZeroU64>,
 }
 
+/// Page cache of [`Store::open`], bytes.
+pub const DEFAULT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Meta key name of the first version whose body is not pruned.
 const PRUNED_BELOW: &[u8] = b"pruned_below";
 
@@ -173,9 +176,22 @@ fn version_of(k: &[u8]) -> Option<u64> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, with a page cache of
+    /// [`DEFAULT_CACHE_BYTES`].
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the store in `dir` with a page cache of at most
+    /// about `cache_bytes`. Only the newest version and audit entry are
+    /// read in normal operation, so a small cache suffices; sled's own
+    /// default (1 GiB) would let the resident memory grow with the audit
+    /// log.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()?;
         Ok(Self {
             models: db.open_tree("models")?,
             audit: db.open_tree("audit")?,
