@@ -414,6 +414,185 @@ pub struct CoordinatorConfig {
     /// Federations, one per tenant.
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
+    /// Connection and HTTP/2 abuse limits (`[limits]`).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Store retention (`[store]`).
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// Connection and HTTP/2 limits of the gRPC listener (`[limits]`). The
+/// defaults suit a fleet of nodes that each hold one HTTP/2 connection.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// TLS handshakes in flight at once, over all addresses; further
+    /// connections wait in the kernel backlog.
+    #[serde(default = "d_max_handshakes")]
+    pub max_handshakes: usize,
+    /// TLS handshakes in flight from one address (IPv4 address or IPv6
+    /// /64); connections beyond it are closed at once and counted in
+    /// `fedmesh_handshakes_refused{reason="per_address_limit"}`.
+    #[serde(default = "d_max_handshakes_per_address")]
+    pub max_handshakes_per_address: usize,
+    /// A connection that has not finished its TLS handshake by then is
+    /// closed, milliseconds.
+    #[serde(default = "d_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per connection (a node uses
+    /// two or three at once).
+    #[serde(default = "d_h2_streams")]
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: largest request header block,
+    /// bytes.
+    #[serde(default = "d_h2_header_list")]
+    pub http2_max_header_list_size: u32,
+    /// Interval of HTTP/2 keepalive pings to each connection, milliseconds.
+    #[serde(default = "d_h2_keepalive_interval_ms")]
+    pub http2_keepalive_interval_ms: u64,
+    /// A connection whose keepalive ping is not answered within this is
+    /// closed, milliseconds.
+    #[serde(default = "d_h2_keepalive_timeout_ms")]
+    pub http2_keepalive_timeout_ms: u64,
+    /// Streams a client may open and reset before they are accepted
+    /// (rapid-reset defence) before the connection gets a GOAWAY.
+    #[serde(default = "d_h2_pending_resets")]
+    pub http2_max_pending_accept_reset_streams: usize,
+    /// Streams the server may reset for a client's protocol errors before
+    /// the connection gets a GOAWAY.
+    #[serde(default = "d_h2_local_resets")]
+    pub http2_max_local_error_reset_streams: usize,
+}
+
+fn d_max_handshakes() -> usize {
+    256
+}
+fn d_max_handshakes_per_address() -> usize {
+    16
+}
+fn d_handshake_timeout_ms() -> u64 {
+    3_000
+}
+fn d_h2_streams() -> u32 {
+    32
+}
+fn d_h2_header_list() -> u32 {
+    16 * 1024
+}
+fn d_h2_keepalive_interval_ms() -> u64 {
+    20_000
+}
+fn d_h2_keepalive_timeout_ms() -> u64 {
+    10_000
+}
+fn d_h2_pending_resets() -> usize {
+    20
+}
+fn d_h2_local_resets() -> usize {
+    1024
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_handshakes: d_max_handshakes(),
+            max_handshakes_per_address: d_max_handshakes_per_address(),
+            handshake_timeout_ms: d_handshake_timeout_ms(),
+            http2_max_concurrent_streams: d_h2_streams(),
+            http2_max_header_list_size: d_h2_header_list(),
+            http2_keepalive_interval_ms: d_h2_keepalive_interval_ms(),
+            http2_keepalive_timeout_ms: d_h2_keepalive_timeout_ms(),
+            http2_max_pending_accept_reset_streams: d_h2_pending_resets(),
+            http2_max_local_error_reset_streams: d_h2_local_resets(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Everything wrong with these limits.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.max_handshakes == 0 {
+            out.push("limits.max_handshakes must be at least 1".to_string());
+        }
+        if self.max_handshakes_per_address == 0
+            || self.max_handshakes_per_address > self.max_handshakes
+        {
+            out.push(format!(
+                "limits.max_handshakes_per_address must be in 1..=max_handshakes ({})",
+                self.max_handshakes
+            ));
+        }
+        if !(100..=60_000).contains(&self.handshake_timeout_ms) {
+            out.push("limits.handshake_timeout_ms must be in 100..=60000".to_string());
+        }
+        if self.http2_max_concurrent_streams == 0 {
+            out.push("limits.http2_max_concurrent_streams must be at least 1".to_string());
+        }
+        if self.http2_max_header_list_size < 1024 {
+            out.push("limits.http2_max_header_list_size must be at least 1024".to_string());
+        }
+        if self.http2_keepalive_interval_ms == 0 || self.http2_keepalive_timeout_ms == 0 {
+            out.push("limits.http2_keepalive_interval_ms and _timeout_ms must be positive".into());
+        }
+        out
+    }
+
+    /// The accept loop's share of these limits.
+    pub fn accept(&self) -> crate::transport::AcceptLimits {
+        crate::transport::AcceptLimits {
+            max_handshakes: self.max_handshakes,
+            max_handshakes_per_address: self.max_handshakes_per_address,
+            handshake_timeout: std::time::Duration::from_millis(self.handshake_timeout_ms),
+        }
+    }
+}
+
+/// Store settings (`[store]`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Signed model bodies kept per tenant: the newest N versions (0 = keep
+    /// every version). Older bodies are removed when a version commits;
+    /// every version keeps its audit entry and body digest, so the audit
+    /// chain still verifies. A pruned version is answered with NOT_FOUND.
+    #[serde(default = "d_retain_versions")]
+    pub retain_versions: u64,
+    /// Page cache of the store, MiB. Normal operation reads only the
+    /// newest version and audit entry; the cache bounds the memory the
+    /// store takes as the audit log grows.
+    #[serde(default = "d_cache_mib")]
+    pub cache_mib: u64,
+}
+
+fn d_cache_mib() -> u64 {
+    crate::store::DEFAULT_CACHE_BYTES / (1024 * 1024)
+}
+
+fn d_retain_versions() -> u64 {
+    1_000
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            retain_versions: d_retain_versions(),
+            cache_mib: d_cache_mib(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The page cache in bytes (at least 1 MiB).
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache_mib.clamp(1, 1 << 20) * 1024 * 1024
+    }
+
+    /// Bodies kept per tenant (None = all).
+    pub fn retention(&self) -> Option<std::num::NonZeroU64> {
+        std::num::NonZeroU64::new(self.retain_versions)
+    }
 }
 
 fn d_max_msg() -> usize {
@@ -464,6 +643,7 @@ impl CoordinatorConfig {
                 self.max_message_bytes
             ));
         }
+        errs.extend(self.limits.problems());
         let mut seen = std::collections::BTreeSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
             let at = format!("tenants[{i}] ({})", t.name);

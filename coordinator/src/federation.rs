@@ -101,6 +101,17 @@ pub enum FedError {
     /// The requested model version is not stored.
     #[error("model version {0} not found")]
     UnknownVersion(u64),
+    /// The version was committed but its body was removed by the store's
+    /// retention (`[store] retain_versions`).
+    #[error(
+        "model version {version} was pruned by retention; versions from {oldest_kept} on are kept"
+    )]
+    Pruned {
+        /// Requested version.
+        version: u64,
+        /// Oldest version whose body is kept.
+        oldest_kept: u64,
+    },
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -516,10 +527,14 @@ impl Federation {
                 return Err(FedError::UnknownVersion(version));
             }
         }
-        self.store
-            .model(self.tenant.as_str(), version)?
-            .map(Arc::new)
-            .ok_or(FedError::UnknownVersion(version))
+        match self.store.lookup_model(self.tenant.as_str(), version)? {
+            crate::store::ModelLookup::Found(bytes) => Ok(Arc::new(bytes)),
+            crate::store::ModelLookup::Pruned { oldest_kept } => Err(FedError::Pruned {
+                version,
+                oldest_kept,
+            }),
+            crate::store::ModelLookup::Unknown => Err(FedError::UnknownVersion(version)),
+        }
     }
 
     /// Subscribes a node to round status; the node counts as connected

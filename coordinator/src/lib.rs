@@ -71,11 +71,29 @@ pub enum CoordinatorError {
     Pki(#[from] pki::PkiError),
 }
 
+/// The gRPC server with every HTTP/2 limit set explicitly from `[limits]`
+/// (see [`config::LimitsConfig`]): concurrent streams per connection,
+/// header list size, keepalive, and the reset-stream budgets; adaptive
+/// flow-control windows are off, so a client cannot grow the server's
+/// buffers.
+fn grpc_server(l: &config::LimitsConfig) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(l.http2_max_concurrent_streams)
+        .http2_max_header_list_size(l.http2_max_header_list_size)
+        .http2_keepalive_interval(Some(Duration::from_millis(l.http2_keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(l.http2_keepalive_timeout_ms)))
+        .http2_adaptive_window(Some(false))
+        .http2_max_pending_accept_reset_streams(Some(l.http2_max_pending_accept_reset_streams))
+        .http2_max_local_error_reset_streams(Some(l.http2_max_local_error_reset_streams))
+        .accept_http1(false)
+}
+
 /// A configured coordinator, ready to serve.
 pub struct Coordinator {
     feds: BTreeMap<TenantId, Arc<Federation>>,
     tls: Arc<rustls::ServerConfig>,
     max_message_bytes: usize,
+    limits: config::LimitsConfig,
     store: Store,
     metrics: Arc<metrics::Metrics>,
     metrics_listen: Option<std::net::SocketAddr>,
@@ -93,7 +111,8 @@ impl Coordinator {
             path: cfg.data_dir.clone(),
             source,
         })?;
-        let store = Store::open(&cfg.data_dir)?;
+        let store = Store::open_with_cache(&cfg.data_dir, cfg.store.cache_bytes())?
+            .with_retention(cfg.store.retention());
         let metrics = Arc::new(metrics::Metrics::new());
         let mut feds = BTreeMap::new();
         for t in &cfg.tenants {
@@ -116,6 +135,7 @@ impl Coordinator {
             feds,
             tls: Arc::new(tls),
             max_message_bytes: cfg.max_message_bytes,
+            limits: cfg.limits.clone(),
             store,
             metrics,
             metrics_listen: cfg.metrics_listen,
@@ -194,8 +214,9 @@ impl Coordinator {
             info!(addr = %l.local_addr().unwrap_or(addr), "plaintext gRPC health serving");
             let mut rx = stop_rx.clone();
             let svc = health_service.clone();
+            let mut server = grpc_server(&self.limits);
             health = Some(tokio::spawn(async move {
-                tonic::transport::Server::builder()
+                server
                     .add_service(svc)
                     .serve_with_incoming_shutdown(
                         tokio_stream::wrappers::TcpListenerStream::new(l),
@@ -206,10 +227,14 @@ impl Coordinator {
                     .await
             }));
         }
-        let incoming = transport::tls_incoming(listener, self.tls.clone(), Duration::from_secs(10));
-        let result = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(20)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        let metrics = self.metrics.clone();
+        let incoming = transport::tls_incoming(
+            listener,
+            self.tls.clone(),
+            self.limits.accept(),
+            Arc::new(move |r| metrics.handshake_refused(r)),
+        );
+        let result = grpc_server(&self.limits)
             .add_service(health_service)
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, shutdown)

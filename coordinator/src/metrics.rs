@@ -33,6 +33,11 @@ struct Refusal {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabel {
+    reason: &'static str,
+}
+
 fn round_histogram() -> Histogram {
     // 5 ms .. ~80 s.
     Histogram::new(exponential_buckets(0.005, 2.0, 15))
@@ -57,6 +62,7 @@ pub struct Metrics {
     commits_refused: Family<Refusal, Counter>,
     buckets_rejected: Family<Tenant, Gauge>,
     buckets_dropped: Family<Tenant, Gauge>,
+    handshakes_refused: Family<HandshakeLabel, Counter>,
     dp_epsilon: Family<Tenant, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
@@ -93,7 +99,7 @@ pub fn refusal_reason(e: &FedError) -> &'static str {
         FedError::Duplicate { .. } => "duplicate",
         FedError::Invalid(_) => "invalid_secure_message",
         FedError::Phase(_) => "wrong_phase",
-        FedError::UnknownVersion(_) => "unknown_version",
+        FedError::UnknownVersion(_) | FedError::Pruned { .. } => "unknown_version",
         FedError::Store(_) | FedError::Aggregate(_) | FedError::Corrupt(_) => "internal",
     }
 }
@@ -198,7 +204,14 @@ impl Metrics {
             "Nodes holding a round stream open",
             connected.clone(),
         );
+        let handshakes_refused = Family::<HandshakeLabel, Counter>::default();
+        registry.register(
+            "handshakes_refused",
+            "Connections closed before gRPC, by reason (per_address_limit, timeout, tls, no_identity)",
+            handshakes_refused.clone(),
+        );
         Self {
+            handshakes_refused,
             registry,
             committed,
             aborted,
@@ -255,6 +268,24 @@ impl Metrics {
                 self.dp_epsilon.get_or_create(&t).set(e);
             }
         }
+    }
+
+    /// A connection closed before it reached gRPC.
+    pub fn handshake_refused(&self, reason: crate::transport::HandshakeRefusal) {
+        self.handshakes_refused
+            .get_or_create(&HandshakeLabel {
+                reason: reason.label(),
+            })
+            .inc();
+    }
+
+    /// Connections closed so far for `reason`.
+    pub fn handshakes_refused(&self, reason: crate::transport::HandshakeRefusal) -> u64 {
+        self.handshakes_refused
+            .get_or_create(&HandshakeLabel {
+                reason: reason.label(),
+            })
+            .get()
     }
 
     /// A reputation decision (`action` from a fixed set).

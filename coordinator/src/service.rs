@@ -96,7 +96,7 @@ pub fn to_status(e: FedError) -> Status {
         | FedError::Phase(_) => Code::FailedPrecondition,
         FedError::Duplicate { .. } => Code::AlreadyExists,
         FedError::Invalid(_) | FedError::Refused(_) => Code::InvalidArgument,
-        FedError::UnknownVersion(_) => Code::NotFound,
+        FedError::UnknownVersion(_) | FedError::Pruned { .. } => Code::NotFound,
         FedError::Store(_)
         | FedError::Aggregate(_)
         | FedError::Corrupt(_)

@@ -5,6 +5,13 @@
 //! A commit writes all three in one sled transaction and flushes before it
 //! returns, so a committed version survives `kill -9` and a restart resumes
 //! from it. sled is kept behind this type so it can be replaced.
+//!
+//! Retention: with [`Store::with_retention`] set to N, a commit keeps the
+//! signed bodies of the newest N versions and removes older bodies in the
+//! same transaction. Every version keeps its audit entry (with the SHA-256
+//! of its body), and the per-tenant `pruned_below` mark records which
+//! bodies were removed on purpose, so [`Store::verify_chain`] still checks
+//! the whole chain and still notices a body that went missing otherwise.
 
 use std::path::Path;
 
@@ -107,6 +114,21 @@ impl AuditEntry {
     }
 }
 
+/// Whether a version's signed body can be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelLookup {
+    /// The signed bytes.
+    Found(Vec<u8>),
+    /// The version was committed, but its body was removed by retention;
+    /// `oldest_kept` is the oldest version whose body is still stored.
+    Pruned {
+        /// Oldest version with a stored body.
+        oldest_kept: u64,
+    },
+    /// No such version.
+    Unknown,
+}
+
 /// The coordinator's store.
 #[derive(Clone)]
 pub struct Store {
@@ -114,6 +136,18 @@ pub struct Store {
     models: sled::Tree,
     audit: sled::Tree,
     meta: sled::Tree,
+    /// Model bodies kept per tenant (None = all).
+    retain: Option<std::num::NonZeroU64>,
+}
+
+/// Page cache of [`Store::open`], bytes.
+pub const DEFAULT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Meta key name of the first version whose body is not pruned.
+const PRUNED_BELOW: &[u8] = b"pruned_below";
+
+fn be_u64(v: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(v).ok().map(u64::from_be_bytes)
 }
 
 fn key(tenant: &str, version: u64) -> Vec<u8> {
@@ -142,15 +176,70 @@ fn version_of(k: &[u8]) -> Option<u64> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, with a page cache of
+    /// [`DEFAULT_CACHE_BYTES`].
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the store in `dir` with a page cache of at most
+    /// about `cache_bytes`. Only the newest version and audit entry are
+    /// read in normal operation, so a small cache suffices; sled's own
+    /// default (1 GiB) would let the resident memory grow with the audit
+    /// log.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()?;
         Ok(Self {
             models: db.open_tree("models")?,
             audit: db.open_tree("audit")?,
             meta: db.open_tree("meta")?,
             db,
+            retain: None,
         })
+    }
+
+    /// Keeps the signed bodies of only the newest `versions` versions per
+    /// tenant (None = keep all). Applied at every later commit; audit
+    /// entries are always kept.
+    pub fn with_retention(mut self, versions: Option<std::num::NonZeroU64>) -> Self {
+        self.retain = versions;
+        self
+    }
+
+    /// The first version of a tenant whose body has not been pruned
+    /// (0 when nothing was pruned).
+    pub fn pruned_below(&self, tenant: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .meta
+            .get(meta_key(tenant, PRUNED_BELOW))?
+            .and_then(|v| be_u64(&v))
+            .unwrap_or(0))
+    }
+
+    /// A version's signed body, or why there is none.
+    pub fn lookup_model(&self, tenant: &str, version: u64) -> Result<ModelLookup, StoreError> {
+        if let Some(bytes) = self.model(tenant, version)? {
+            return Ok(ModelLookup::Found(bytes));
+        }
+        let oldest_kept = self.pruned_below(tenant)?;
+        if version < oldest_kept {
+            Ok(ModelLookup::Pruned { oldest_kept })
+        } else {
+            Ok(ModelLookup::Unknown)
+        }
+    }
+
+    /// Number of signed model bodies stored for a tenant.
+    pub fn model_count(&self, tenant: &str) -> usize {
+        self.models.scan_prefix(prefix(tenant)).count()
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
     }
 
     /// Latest committed version and its signed bytes.
@@ -263,10 +352,27 @@ impl Store {
         let k = key(tenant, version);
         let state_key = meta_key(tenant, b"server_state");
         let rep_key = meta_key(tenant, b"reputation");
+        let pruned_key = meta_key(tenant, PRUNED_BELOW);
+        // Bodies below `keep_from` go; the range starts where the last
+        // pruning stopped, so each commit removes one body (more only
+        // after the retention was lowered).
+        let keep_from = self
+            .retain
+            .map_or(0, |n| (version + 1).saturating_sub(n.get()));
         (&self.models, &self.audit, &self.meta)
             .transaction(|(m, a, t)| {
                 m.insert(k.as_slice(), signed_model)?;
                 a.insert(k.as_slice(), entry_bytes.as_slice())?;
+                let pruned = t
+                    .get(pruned_key.as_slice())?
+                    .and_then(|v| be_u64(&v))
+                    .unwrap_or(0);
+                if keep_from > pruned {
+                    for v in pruned..keep_from {
+                        m.remove(key(tenant, v))?;
+                    }
+                    t.insert(pruned_key.as_slice(), &keep_from.to_be_bytes())?;
+                }
                 if let Some(bytes) = reputation {
                     t.insert(rep_key.as_slice(), bytes)?;
                 }
@@ -304,9 +410,20 @@ impl Store {
 
     /// Verifies the audit chain: versions contiguous from 0, every entry
     /// links to its predecessor's digest, and every model hash matches the
-    /// stored model bytes. Returns the number of entries checked.
+    /// stored model bytes. A body pruned by retention (below the tenant's
+    /// `pruned_below` mark) is not compared, but its entry and digest
+    /// still are; a missing body at or above the mark breaks the chain.
+    /// Returns the number of entries checked.
     pub fn verify_chain(&self, tenant: &str) -> Result<usize, StoreError> {
         let log = self.audit_log(tenant)?;
+        let pruned_below = self.pruned_below(tenant)?;
+        if log.last().is_some_and(|e| e.version < pruned_below) {
+            return Err(StoreError::ChainBroken {
+                tenant: tenant.into(),
+                version: pruned_below,
+                reason: "latest version's body pruned".into(),
+            });
+        }
         let mut prev = String::new();
         for (i, e) in log.iter().enumerate() {
             let broken = |reason: String| StoreError::ChainBroken {
@@ -320,11 +437,14 @@ impl Store {
             if e.prev_entry_sha256 != prev {
                 return Err(broken("previous-entry hash mismatch".into()));
             }
-            let model = self
-                .model(tenant, e.version)?
-                .ok_or_else(|| broken("model missing".into()))?;
-            if fedmesh_crypto::sha256_hex(&model) != e.model_sha256 {
-                return Err(broken("model hash mismatch".into()));
+            match self.model(tenant, e.version)? {
+                Some(model) => {
+                    if fedmesh_crypto::sha256_hex(&model) != e.model_sha256 {
+                        return Err(broken("model hash mismatch".into()));
+                    }
+                }
+                None if e.version < pruned_below => {}
+                None => return Err(broken("model missing".into())),
             }
             prev = e.digest();
         }
@@ -429,5 +549,86 @@ mod tests {
         s.commit("ab", 0, b"ab0", entry(0), None, None).unwrap();
         assert_eq!(s.latest_model("a").unwrap(), Some((0, b"a0".to_vec())));
         assert_eq!(s.audit_log("a").unwrap().len(), 1);
+    }
+
+    fn reopen(dir: &Path) -> Store {
+        // See commits_chain_and_survive_reopen: the old handle's flusher
+        // may hold the lock for a moment.
+        let mut reopened = Store::open(dir);
+        for _ in 0..100 {
+            if reopened.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            reopened = Store::open(dir);
+        }
+        reopened.unwrap()
+    }
+
+    #[test]
+    fn retention_keeps_last_bodies_and_the_whole_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = std::num::NonZeroU64::new(3);
+        {
+            let s = Store::open(dir.path()).unwrap().with_retention(keep);
+            for v in 0..10 {
+                s.commit("t", v, format!("m{v}").as_bytes(), entry(v), None, None)
+                    .unwrap();
+            }
+            s.commit("other", 0, b"o0", entry(0), None, None).unwrap();
+            assert_eq!(s.model_count("t"), 3);
+            assert_eq!(s.model_count("other"), 1);
+            assert_eq!(s.pruned_below("t").unwrap(), 7);
+            assert_eq!(s.audit_log("t").unwrap().len(), 10);
+            assert_eq!(s.verify_chain("t").unwrap(), 10);
+            assert_eq!(
+                s.lookup_model("t", 2).unwrap(),
+                ModelLookup::Pruned { oldest_kept: 7 }
+            );
+            assert_eq!(
+                s.lookup_model("t", 7).unwrap(),
+                ModelLookup::Found(b"m7".to_vec())
+            );
+            assert_eq!(s.lookup_model("t", 10).unwrap(), ModelLookup::Unknown);
+        }
+        // A restart resumes from the latest version and keeps pruning.
+        let s = reopen(dir.path()).with_retention(keep);
+        assert_eq!(s.latest_model("t").unwrap(), Some((9, b"m9".to_vec())));
+        assert_eq!(s.verify_chain("t").unwrap(), 10);
+        s.commit("t", 10, b"m10", entry(10), None, None).unwrap();
+        assert_eq!(s.model_count("t"), 3);
+        assert_eq!(s.pruned_below("t").unwrap(), 8);
+        assert_eq!(s.verify_chain("t").unwrap(), 11);
+        // A body missing above the mark is still tampering.
+        s.models.remove(key("t", 9)).unwrap();
+        assert!(matches!(
+            s.verify_chain("t"),
+            Err(StoreError::ChainBroken { version: 9, .. })
+        ));
+    }
+
+    #[test]
+    fn a_pruned_version_is_not_found_with_a_clear_message() {
+        let e = crate::federation::FedError::Pruned {
+            version: 2,
+            oldest_kept: 7,
+        };
+        let status = crate::service::to_status(e);
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert!(status.message().contains("pruned"));
+    }
+
+    #[test]
+    fn lowering_retention_prunes_the_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        for v in 0..6 {
+            s.commit("t", v, b"m", entry(v), None, None).unwrap();
+        }
+        assert_eq!(s.model_count("t"), 6);
+        let s = s.with_retention(std::num::NonZeroU64::new(2));
+        s.commit("t", 6, b"m", entry(6), None, None).unwrap();
+        assert_eq!(s.model_count("t"), 2);
+        assert_eq!(s.verify_chain("t").unwrap(), 7);
     }
 }

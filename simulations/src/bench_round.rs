@@ -28,7 +28,7 @@ use tonic::transport::Channel;
 
 type Client = v1::federation_client::FederationClient<Channel>;
 
-const TENANT: &str = "bench";
+pub(crate) const TENANT: &str = "bench";
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -110,12 +110,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Hidden width giving about `params` parameters for input width 22.
-fn hidden_for(params: usize) -> usize {
+pub(crate) fn hidden_for(params: usize) -> usize {
     // 22·h + h + h·22 + 22 = 45h + 22.
     params.saturating_sub(22).div_ceil(45).max(1)
 }
 
-fn pki(ca: &MeshCa) -> Result<Pki> {
+pub(crate) fn pki(ca: &MeshCa) -> Result<Pki> {
     let now = time::OffsetDateTime::now_utc();
     let issued = ca.issue_coordinator(
         &"bench".parse()?,
@@ -198,7 +198,7 @@ pub async fn run_round_bench(b: &RoundBench) -> Result<Vec<RoundRow>> {
             let seed = b.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ k as u64;
             let (name, signer, verifier) = (name.clone(), signer.clone(), verifier.clone());
             clients.push(client_rt.spawn(async move {
-                let client = connector.connect().await?;
+                let client = connect_retrying(&connector, i as u64).await?;
                 client_loop(client, name, signer, verifier, seed).await
             }));
         }
@@ -255,9 +255,32 @@ pub async fn run_round_bench(b: &RoundBench) -> Result<Vec<RoundRow>> {
     Ok(rows)
 }
 
+/// Connects, retrying for a few seconds: the coordinator closes
+/// handshakes beyond `[limits] max_handshakes_per_address` from one
+/// address at once, and every client here dials from 127.0.0.1. `salt`
+/// (the client's index) spreads the clients' retries.
+pub(crate) async fn connect_retrying(
+    connector: &fedmesh_node::client::Connector,
+    salt: u64,
+) -> Result<Client> {
+    let mut attempt = 0u64;
+    loop {
+        match connector.connect().await {
+            Ok(c) => return Ok(c),
+            Err(e) if attempt >= 100 => return Err(e.into()),
+            Err(_) => {
+                attempt += 1;
+                // Spread the retries of many clients (10..=200 ms).
+                let ms = 10 + (attempt * 37 + salt * 53) % 191;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+        }
+    }
+}
+
 /// A protocol client: joins, then answers every round it is selected for
 /// until the task is aborted.
-async fn client_loop(
+pub(crate) async fn client_loop(
     mut client: Client,
     name: String,
     signer: Arc<CertSigner>,

@@ -2,11 +2,13 @@
 //! `quality` (detection quality per attack kind: federated, local-only and a
 //! linfa baseline), `bench` (aggregation-rule timings) and the research
 //! harness: attacks, scenarios, the in-process and network engines, reports,
-//! the `matrix` grid and offline replay of recorded updates (`.npy`).
+//! the `matrix` grid, offline replay of recorded updates (`.npy`) and the
+//! long-run `soak` of the real coordinator.
 #![deny(missing_docs)]
 
 pub mod attacks;
 pub mod bench;
+pub mod bench_handshake;
 pub mod bench_round;
 pub mod demo;
 pub mod engine;
@@ -16,3 +18,4 @@ pub mod quality;
 pub mod replay;
 pub mod report;
 pub mod scenario;
+pub mod soak;

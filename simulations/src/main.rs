@@ -142,6 +142,41 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
     },
+    /// Long run of the real coordinator over gRPC + mTLS with hand-driven
+    /// clients; prints the resident memory and store size over time and
+    /// the memory growth after the warm-up.
+    Soak {
+        /// Clients.
+        #[arg(long, default_value_t = 20)]
+        nodes: usize,
+        /// Committed rounds.
+        #[arg(long, default_value_t = 10_000)]
+        rounds: u64,
+        /// Model bodies the store keeps (`[store] retain_versions`, 0 = all).
+        #[arg(long, default_value_t = 100)]
+        retain: u64,
+        /// Secure-aggregation bucket size (1 = plaintext updates).
+        #[arg(long, default_value_t = 1)]
+        bucket_size: usize,
+        /// Approximate model size in parameters.
+        #[arg(long, default_value_t = 2_000)]
+        params: usize,
+        /// A sample every this many rounds.
+        #[arg(long, default_value_t = 500)]
+        sample_every: u64,
+        /// Warm-up rounds (memory growth is measured from there).
+        #[arg(long, default_value_t = 1_000)]
+        warmup: u64,
+        /// Seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -210,6 +245,31 @@ enum BenchCmd {
         /// Seed of the random updates.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+    },
+    /// Latency of a legitimate node's connection (TCP, mTLS, HTTP/2 up to
+    /// the server's SETTINGS) to the real coordinator while 127.0.0.1
+    /// holds `stalled` connections that never send a ClientHello; prints
+    /// a Markdown table.
+    Handshake {
+        /// Stalled connections.
+        #[arg(long, default_value_t = 300)]
+        stalled: usize,
+        /// Legitimate connections timed, one after the other.
+        #[arg(long, default_value_t = 20)]
+        samples: usize,
+        /// `[limits] max_handshakes_per_address`.
+        #[arg(long, default_value_t = 16)]
+        per_address: usize,
+        /// `[limits] handshake_timeout_ms`.
+        #[arg(long, default_value_t = 3_000)]
+        timeout_ms: u64,
+        /// `[limits] max_handshakes`.
+        #[arg(long, default_value_t = 256)]
+        max_handshakes: usize,
+        /// Also measure the accept loop without a per-address cap and with
+        /// a 10 s handshake timeout (the limits before `[limits]` existed).
+        #[arg(long)]
+        baseline: bool,
     },
     /// Times whole rounds on the real coordinator over gRPC + mTLS with
     /// hand-driven clients: plaintext (k = 1) against secure aggregation in
@@ -441,6 +501,84 @@ fn run(cmd: Cmd) -> Result<()> {
                     a.output.display()
                 );
             }
+            Ok(())
+        }
+        Cmd::Soak {
+            nodes,
+            rounds,
+            retain,
+            bucket_size,
+            params,
+            sample_every,
+            warmup,
+            seed,
+            json,
+            quiet,
+        } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let r = rt.block_on(fedmesh_sim::soak::run_soak(
+                &fedmesh_sim::soak::SoakOptions {
+                    nodes,
+                    rounds,
+                    retain,
+                    bucket_size,
+                    params,
+                    sample_every,
+                    warmup,
+                    seed,
+                    progress: !quiet,
+                },
+                |s| {
+                    if quiet {
+                        println!(
+                            "round {} at {:.0} s: RSS {:.1} MiB, store {:.2} MiB, {} model bodies",
+                            s.round,
+                            s.elapsed_s,
+                            s.rss_kib as f64 / 1024.0,
+                            s.store_bytes as f64 / 1048576.0,
+                            s.model_bodies
+                        );
+                    }
+                },
+            ))?;
+            print!("{}", fedmesh_sim::soak::markdown(&r));
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&r)?)?;
+                println!("report written to {}", path.display());
+            }
+            Ok(())
+        }
+        Cmd::Bench {
+            what:
+                BenchCmd::Handshake {
+                    stalled,
+                    samples,
+                    per_address,
+                    timeout_ms,
+                    max_handshakes,
+                    baseline,
+                },
+        } => {
+            use fedmesh_sim::bench_handshake::{self as hb, HandshakeLimits};
+            let mut limits = vec![HandshakeLimits {
+                max_handshakes,
+                per_address,
+                timeout_ms,
+            }];
+            if baseline {
+                limits.push(HandshakeLimits {
+                    max_handshakes: 256,
+                    per_address: 256,
+                    timeout_ms: 10_000,
+                });
+            }
+            let rt = tokio::runtime::Runtime::new()?;
+            let rows = rt.block_on(hb::run_handshake_bench(&hb::HandshakeBench {
+                stalled,
+                samples,
+                limits,
+            }))?;
+            print!("{}", hb::markdown(&rows));
             Ok(())
         }
         Cmd::Bench {
