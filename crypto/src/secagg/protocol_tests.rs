@@ -790,7 +790,7 @@ fn a_low_order_key_makes_its_sender_a_dropout_not_the_bucket() {
             .unwrap();
     }
     let ups = updates(n, 16, 61);
-    let mut plain = vec![0u32; 16];
+    let mut plain = [0u32; 16];
     for &i in &honest {
         let mut r = ChaCha20Rng::seed_from_u64(70 + i as u64);
         let q = p.quant().quantize(&ups[i], &mut r.clone()).unwrap();
