@@ -44,6 +44,26 @@ pub struct TlsPaths {
     pub cert: PathBuf,
     /// This coordinator's private key (PEM, PKCS#8).
     pub key: PathBuf,
+    /// The mesh CA's revocation list (PEM X509 CRL, written by
+    /// `fedmesh-coordinator ca revoke`). Optional; re-read when it changes.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+    /// Seconds between checks of the TLS files for changes (certificate
+    /// rotation, a new revocation list); 0 = only on SIGHUP.
+    #[serde(default = "d_reload_interval_secs")]
+    pub reload_interval_secs: u64,
+    /// Warn (log and metric) when the coordinator certificate has fewer
+    /// days left than this.
+    #[serde(default = "d_expiry_warning_days")]
+    pub expiry_warning_days: u32,
+}
+
+fn d_reload_interval_secs() -> u64 {
+    10
+}
+
+fn d_expiry_warning_days() -> u32 {
+    7
 }
 
 /// Model architecture for a tenant.
@@ -622,7 +642,10 @@ impl CoordinatorConfig {
                 &mut cfg.tls.ca_cert,
                 &mut cfg.tls.cert,
                 &mut cfg.tls.key,
-            ] {
+            ]
+            .into_iter()
+            .chain(cfg.tls.crl.as_mut())
+            {
                 if p.is_relative() {
                     *p = base.join(&*p);
                 }

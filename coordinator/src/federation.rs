@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fedmesh_crypto::{CertSigner, CertVerifier, NodeId, TenantId};
+use fedmesh_crypto::{CertSigner, CertVerifier, NodeId, SharedSigner, TenantId};
 use fedmesh_proto::v1;
 use prost::Message;
 use rand::SeedableRng;
@@ -313,7 +313,7 @@ pub struct Federation {
     feature_digest: [u8; 32],
     param_count: usize,
     store: Store,
-    signer: Arc<CertSigner>,
+    signer: SharedSigner,
     verifier: CertVerifier,
     inner: Mutex<Inner>,
     status: watch::Sender<RoundStatus>,
@@ -344,7 +344,7 @@ impl Federation {
         tenant: TenantId,
         cfg: TenantConfig,
         store: Store,
-        signer: Arc<CertSigner>,
+        signer: SharedSigner,
         verifier: CertVerifier,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, FedError> {
@@ -396,7 +396,7 @@ impl Federation {
                     participants: 0,
                     created_unix_ms: unix_ms(SystemTime::now()),
                 };
-                let signed = sign_model(&signer, &body);
+                let signed = sign_model(&signer.current(), &body);
                 store.commit(
                     tenant.as_str(),
                     0,
@@ -605,6 +605,34 @@ impl Federation {
             warn!(tenant = %self.tenant, node = %node, reason = %d.reason, "node quarantined");
             g.pending_decisions.push(d);
         }
+    }
+
+    /// `node`'s certificate (serial `serial`, hex) was revoked: its update to
+    /// the open plaintext round is dropped (returns whether there was one)
+    /// and the revocation is recorded in the next version's audit entry. A
+    /// masked input it already sent to a secure round stays in its bucket's
+    /// sum (it cannot be told apart); its connections are closed, so it is
+    /// a dropout from then on.
+    pub fn revoke(&self, node: &NodeId, serial: &str) -> bool {
+        let mut g = self.lock();
+        let dropped = g
+            .round
+            .as_mut()
+            .is_some_and(|r| r.secure.is_none() && r.updates.remove(node).is_some());
+        let score = g
+            .reputation
+            .records()
+            .get(node.as_str())
+            .map_or(0.0, |r| r.score);
+        g.pending_decisions.push(crate::reputation::Decision {
+            node: node.to_string(),
+            action: crate::reputation::Action::Revoked,
+            score,
+            reason: format!("certificate {serial} revoked"),
+        });
+        drop(g);
+        self.wake.notify_one();
+        dropped
     }
 
     /// This tenant's audit log, in version order.
@@ -971,7 +999,7 @@ impl Federation {
             participants: c.participants.len() as u32,
             created_unix_ms: now,
         };
-        let signed = sign_model(&self.signer, &body);
+        let signed = sign_model(&self.signer.current(), &body);
         // Reputation moves under the lock, so violations reported by
         // concurrent submissions are never overwritten.
         let (decisions, reputation_bytes) = {

@@ -9,6 +9,7 @@
 pub mod aggregate;
 pub mod bounds;
 pub mod config;
+pub mod credentials;
 pub mod federation;
 pub mod metrics;
 pub mod pki;
@@ -25,7 +26,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fedmesh_crypto::{CertSigner, TenantId};
+use fedmesh_crypto::TenantId;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
@@ -69,6 +70,9 @@ pub enum CoordinatorError {
     /// A PKI file is missing or unreadable.
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
+    /// TLS credentials or revocation list refused.
+    #[error("TLS credentials: {0}")]
+    Credentials(#[from] credentials::CredentialError),
 }
 
 /// The gRPC server with every HTTP/2 limit set explicitly from `[limits]`
@@ -91,7 +95,10 @@ fn grpc_server(l: &config::LimitsConfig) -> tonic::transport::Server {
 /// A configured coordinator, ready to serve.
 pub struct Coordinator {
     feds: BTreeMap<TenantId, Arc<Federation>>,
-    tls: Arc<rustls::ServerConfig>,
+    credentials: Arc<credentials::Credentials>,
+    credential_files: credentials::CredentialFiles,
+    credential_stamp: credentials::FileStamp,
+    reload_interval: Duration,
     max_message_bytes: usize,
     limits: config::LimitsConfig,
     store: Store,
@@ -104,9 +111,20 @@ impl Coordinator {
     /// Validates the config, opens the store and every tenant's federation.
     pub fn open(cfg: &CoordinatorConfig, pki: &Pki) -> Result<Self, CoordinatorError> {
         cfg.validate()?;
-        let tls = fedmesh_crypto::tls::server_config(&pki.ca_pem, &pki.cert_pem, &pki.key_pem)?;
-        let signer = Arc::new(CertSigner::from_pem(&pki.cert_pem, &pki.key_pem)?);
-        let verifier = fedmesh_crypto::CertVerifier::new(&pki.ca_pem)?;
+        let credential_files = credentials::CredentialFiles {
+            ca_cert: cfg.tls.ca_cert.clone(),
+            cert: cfg.tls.cert.clone(),
+            key: cfg.tls.key.clone(),
+            crl: cfg.tls.crl.clone(),
+        };
+        // Stamped before reading, so a change from now on is picked up.
+        let credential_stamp = credential_files.stamp();
+        let material = credentials::Material {
+            ca_pem: pki.ca_pem.clone(),
+            cert_pem: pki.cert_pem.clone(),
+            key_pem: pki.key_pem.clone(),
+            crl_pem: credential_files.read_crl()?,
+        };
         std::fs::create_dir_all(&cfg.data_dir).map_err(|source| pki::PkiError::Io {
             path: cfg.data_dir.clone(),
             source,
@@ -114,6 +132,14 @@ impl Coordinator {
         let store = Store::open_with_cache(&cfg.data_dir, cfg.store.cache_bytes())?
             .with_retention(cfg.store.retention());
         let metrics = Arc::new(metrics::Metrics::new());
+        let credentials = Arc::new(credentials::Credentials::new(
+            &material,
+            metrics.clone(),
+            cfg.tls.expiry_warning_days,
+            time::OffsetDateTime::now_utc(),
+        )?);
+        let signer = credentials.signer().clone();
+        let verifier = credentials.verifier().clone();
         let mut feds = BTreeMap::new();
         for t in &cfg.tenants {
             let tenant: TenantId = t.name.parse()?;
@@ -131,9 +157,17 @@ impl Coordinator {
             })?;
             feds.insert(tenant, fed);
         }
+        credentials.set_federations(feds.clone());
         Ok(Self {
             feds,
-            tls: Arc::new(tls),
+            credentials,
+            credential_files,
+            credential_stamp,
+            reload_interval: match cfg.tls.reload_interval_secs {
+                // Only on SIGHUP: check about once a day.
+                0 => Duration::from_secs(86_400),
+                s => Duration::from_secs(s),
+            },
             max_message_bytes: cfg.max_message_bytes,
             limits: cfg.limits.clone(),
             store,
@@ -156,6 +190,12 @@ impl Coordinator {
         &self.store
     }
 
+    /// The live TLS credentials: reload them ([`credentials::Credentials::apply`],
+    /// or [`credentials::Credentials::request_reload`] on SIGHUP).
+    pub fn credentials(&self) -> Arc<credentials::Credentials> {
+        self.credentials.clone()
+    }
+
     /// The metrics registry.
     pub fn metrics(&self) -> Arc<metrics::Metrics> {
         self.metrics.clone()
@@ -173,6 +213,12 @@ impl Coordinator {
         for fed in self.feds.values() {
             drivers.push(tokio::spawn(fed.clone().run(stop_rx.clone())));
         }
+        let reloader = tokio::spawn(self.credentials.clone().watch_files(
+            self.credential_files.clone(),
+            self.credential_stamp.clone(),
+            self.reload_interval,
+            stop_rx.clone(),
+        ));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<fedmesh_proto::v1::federation_server::FederationServer<service::FederationService>>()
@@ -230,9 +276,10 @@ impl Coordinator {
         let metrics = self.metrics.clone();
         let incoming = transport::tls_incoming(
             listener,
-            self.tls.clone(),
+            self.credentials.tls().config(),
             self.limits.accept(),
             Arc::new(move |r| metrics.handshake_refused(r)),
+            self.credentials.revocations().clone(),
         );
         let result = grpc_server(&self.limits)
             .add_service(health_service)
@@ -243,6 +290,7 @@ impl Coordinator {
         for d in drivers {
             let _ = d.await;
         }
+        let _ = reloader.await;
         if let Some(h) = http {
             let _ = h.await;
         }

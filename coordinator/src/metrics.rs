@@ -28,6 +28,16 @@ struct ReputationLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabel {
+    certificate: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Refusal {
     tenant: String,
     reason: &'static str,
@@ -64,6 +74,8 @@ pub struct Metrics {
     buckets_dropped: Family<Tenant, Gauge>,
     handshakes_refused: Family<HandshakeLabel, Counter>,
     dp_epsilon: Family<Tenant, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    cert_expiry: Family<CertLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    credential_reloads: Family<ReloadLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -132,6 +144,18 @@ impl Metrics {
         let buckets_rejected = Family::<Tenant, Gauge>::default();
         let buckets_dropped = Family::<Tenant, Gauge>::default();
         let dp_epsilon = Family::<Tenant, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let cert_expiry = Family::<CertLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let credential_reloads = Family::<ReloadLabel, Counter>::default();
+        registry.register(
+            "certificate_expiry_seconds",
+            "Seconds until the coordinator's certificate (certificate=\"coordinator\") or the mesh CA (\"ca\") expires",
+            cert_expiry.clone(),
+        );
+        registry.register(
+            "credential_reloads",
+            "Reloads of the TLS credentials and revocation list (result=\"ok\" or \"refused\")",
+            credential_reloads.clone(),
+        );
         registry.register(
             "round_buckets_rejected",
             "Secure-aggregation buckets refused by the norm gate in the last committed round",
@@ -230,7 +254,24 @@ impl Metrics {
             buckets_rejected,
             buckets_dropped,
             dp_epsilon,
+            cert_expiry,
+            credential_reloads,
         }
+    }
+
+    /// Seconds left on a certificate (`"coordinator"` or `"ca"`).
+    pub fn certificate_expiry(&self, certificate: &'static str, seconds: f64) {
+        self.cert_expiry
+            .get_or_create(&CertLabel { certificate })
+            .set(seconds);
+    }
+
+    /// One reload of the TLS credentials, applied or refused.
+    pub fn credentials_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "refused" };
+        self.credential_reloads
+            .get_or_create(&ReloadLabel { result })
+            .inc();
     }
 
     fn t(tenant: &str) -> Tenant {

@@ -4,7 +4,13 @@
 //! D/ca.crt  D/ca.key                      mesh CA (key 0600)
 //! D/coordinator.crt  D/coordinator.key    the coordinator's certificate
 //! D/tenants/<tenant>/<node>.crt|.key      node certificates
+//! D/issued/<serial>.crt                   every certificate ever issued (for `ca revoke`)
+//! D/crl.pem                               the CA's revocation list (`ca revoke`)
 //! ```
+//!
+//! Files that running processes watch (certificates, keys, the revocation
+//! list) are replaced atomically (written aside, then renamed), so a reader
+//! never sees half a file.
 
 use std::path::{Path, PathBuf};
 
@@ -83,6 +89,57 @@ pub mod layout {
     pub fn node_key(d: &Path, tenant: &str, node: &str) -> PathBuf {
         d.join("tenants").join(tenant).join(format!("{node}.key"))
     }
+    /// The ledger of issued certificates.
+    pub fn issued_dir(d: &Path) -> PathBuf {
+        d.join("issued")
+    }
+    /// One issued certificate, by serial (hex).
+    pub fn issued_cert(d: &Path, serial_hex: &str) -> PathBuf {
+        issued_dir(d).join(format!("{serial_hex}.crt"))
+    }
+    /// The revocation list.
+    pub fn crl(d: &Path) -> PathBuf {
+        d.join("crl.pem")
+    }
+}
+
+/// Replaces `path` atomically: writes a sibling temporary file with `mode`,
+/// then renames it over `path`.
+fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(contents).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Replaces a public file atomically (mode 0644).
+pub fn replace_public(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+    replace_file(path, contents, 0o644)
+}
+
+/// Replaces a secret file atomically (mode 0600), e.g. a rotated key.
+pub fn replace_secret(path: &Path, secret: &SecretPem) -> Result<(), PkiError> {
+    replace_file(path, secret.expose().as_bytes(), 0o600)
 }
 
 /// Writes a public file, creating parent directories.

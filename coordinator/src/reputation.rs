@@ -194,6 +194,9 @@ pub enum Action {
     Released,
     /// A flagged shadow update restarted the probation clock.
     ProbationRestarted,
+    /// The node's certificate was revoked: its connections were closed and
+    /// its update to the open round dropped.
+    Revoked,
 }
 
 impl Action {
@@ -203,6 +206,7 @@ impl Action {
             Action::Quarantined => "quarantined",
             Action::Released => "released",
             Action::ProbationRestarted => "probation_restarted",
+            Action::Revoked => "revoked",
         }
     }
 }

@@ -3,9 +3,11 @@
 //! `fedmesh_crypto::tls::server_config`) and hands tonic only connections
 //! whose certificate carries a fedmesh identity. An unauthenticated client
 //! never reaches a handler. Handlers read the identity from the request
-//! extensions as [`PeerInfo`].
+//! extensions as [`PeerInfo`]. A connection whose client certificate is
+//! revoked while it is open is closed ([`crate::credentials::Revocations`]).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
@@ -35,6 +37,21 @@ pub struct PeerInfo {
 pub struct TlsConn {
     io: TlsStream<TcpStream>,
     info: PeerInfo,
+    /// Resolves when the client certificate is revoked: the connection then
+    /// fails every read and write, and the server drops it.
+    revoked: Pin<Box<dyn Future<Output = ()> + Send + Sync>>,
+}
+
+impl TlsConn {
+    fn check_revoked(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.revoked.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "client certificate revoked",
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
 }
 
 impl tonic::transport::server::Connected for TlsConn {
@@ -50,6 +67,7 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.check_revoked(cx)?;
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
@@ -60,6 +78,7 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.check_revoked(cx)?;
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -195,6 +214,7 @@ pub fn tls_incoming(
     config: Arc<rustls::ServerConfig>,
     limits: AcceptLimits,
     refused: RefusalSink,
+    revocations: crate::credentials::Revocations,
 ) -> ReceiverStream<Result<TlsConn, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
@@ -229,6 +249,7 @@ pub fn tls_incoming(
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
+            let revocations = revocations.clone();
             let tx = tx.clone();
             let refused = refused.clone();
             tokio::spawn(async move {
@@ -252,15 +273,23 @@ pub fn tls_incoming(
                     let (_, conn) = io.get_ref();
                     conn.peer_certificates()
                         .and_then(|c| c.first())
-                        .map(|c| fedmesh_crypto::tls::identity_from_cert_der(c.as_ref()))
+                        .map(|c| peer_identity(c.as_ref()))
                 };
                 match identity {
-                    Some(Ok(identity)) => {
+                    Some(Ok((identity, serial))) => {
                         drop(slot);
+                        revocations.register(&serial, &identity);
+                        if revocations.is_revoked(&serial) {
+                            // Revoked while this handshake ran on the old list.
+                            debug!(%remote, "client certificate revoked");
+                            refused(HandshakeRefusal::Tls);
+                            return;
+                        }
                         let _ = tx
                             .send(Ok(TlsConn {
                                 io,
                                 info: PeerInfo { identity, remote },
+                                revoked: Box::pin(revocations.revoked(serial)),
                             }))
                             .await;
                     }
@@ -277,6 +306,14 @@ pub fn tls_incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// The identity and (normalized) serial number of a verified client certificate.
+fn peer_identity(der: &[u8]) -> Result<(Identity, Vec<u8>), fedmesh_crypto::CryptoError> {
+    Ok((
+        fedmesh_crypto::tls::identity_from_cert_der(der)?,
+        fedmesh_crypto::crl::cert_serial(der)?,
+    ))
 }
 
 #[cfg(test)]
@@ -359,6 +396,7 @@ mod tests {
                     counted.fetch_add(1, Ordering::SeqCst);
                 }
             }),
+            crate::credentials::Revocations::default(),
         );
         let mut stalled = Vec::with_capacity(STALLED);
         for _ in 0..STALLED {

@@ -4,11 +4,13 @@ use std::fmt;
 use std::net::IpAddr;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    Ia5String, IsCa, KeyPair, KeyUsagePurpose, PKCS_ED25519, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, Ia5String, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    PKCS_ED25519, RevokedCertParams, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime, UtcOffset};
 
+use crate::crl::RevokedCert;
 use crate::identity::{Identity, NodeId, TenantId};
 use crate::{CryptoError, Result, SecretPem};
 
@@ -185,6 +187,42 @@ impl MeshCa {
             cert_pem: cert.pem(),
             key_pem: SecretPem::new(key.serialize_pem()),
         })
+    }
+
+    /// Issues a CRL revoking `revoked`, numbered `number` (a CRL number
+    /// must grow with every list: readers refuse to go back to a lower one),
+    /// dated `now`. Returns the PEM (`-----BEGIN X509 CRL-----`).
+    ///
+    /// The list names its next update a year ahead; fedmesh does not enforce
+    /// it (a list stays in force until a newer one replaces it).
+    pub fn issue_crl(
+        &self,
+        revoked: &[RevokedCert],
+        number: u64,
+        now: OffsetDateTime,
+    ) -> Result<String> {
+        let (this_update, next_update) = validity(now, 365)?;
+        let mut revoked_certs = Vec::with_capacity(revoked.len());
+        for r in revoked {
+            if r.serial.is_empty() || r.serial.len() > crate::crl::MAX_SERIAL_LEN {
+                return Err(CryptoError::Crl(crate::crl::CrlRefusal::Serial));
+            }
+            revoked_certs.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&r.serial),
+                revocation_time: r.revoked_at.to_offset(UtcOffset::UTC),
+                reason_code: None,
+                invalidity_date: None,
+            });
+        }
+        let params = CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer, &self.key_pair)?.pem()?)
     }
 
     /// Issues a node certificate: CN `{tenant}/{node}`, exactly one URI SAN

@@ -79,6 +79,15 @@ pub enum CryptoError {
     /// A CA certificate was presented where an end-entity certificate is required.
     #[error("certificate is a CA certificate, expected an end-entity certificate")]
     CertificateIsCa,
+    /// A certificate revocation list was refused.
+    #[error("revocation list refused: {0}")]
+    Crl(crate::crl::CrlRefusal),
+    /// The certificate is on the mesh CA's revocation list.
+    #[error("certificate {serial} is revoked")]
+    Revoked {
+        /// Its serial number, hex.
+        serial: String,
+    },
     /// An Ed25519 signature did not verify.
     #[error("bad signature")]
     BadSignature,

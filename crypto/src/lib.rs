@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod ca;
+pub mod crl;
 mod error;
 pub mod identity;
 mod pem;
@@ -26,11 +27,12 @@ pub mod sign;
 pub mod tls;
 
 pub use ca::{IssuedCert, MeshCa};
+pub use crl::{RevocationList, RevokedCert};
 pub use error::CryptoError;
 pub use identity::{Identity, NodeId, TenantId};
 pub use secagg::{BucketSum, BucketUnmasker, ClientRound, SecAggError};
 pub use secret::SecretPem;
-pub use sign::{CertSigner, CertVerifier};
+pub use sign::{CertSigner, CertVerifier, SharedSigner};
 
 /// Result alias used throughout this crate.
 pub type Result<T, E = CryptoError> = std::result::Result<T, E>;

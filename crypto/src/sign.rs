@@ -2,9 +2,9 @@
 //! and its key; a verifier checks the certificate against the mesh CA, then
 //! the signature, and returns the signer's [`Identity`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 use time::OffsetDateTime;
@@ -98,6 +98,37 @@ impl CertSigner {
     }
 }
 
+/// A [`CertSigner`] that certificate rotation can replace while it is in
+/// use: each [`SharedSigner::current`] is one consistent certificate and
+/// key, so a signature and the certificate sent with it always match.
+/// Clones share the slot.
+#[derive(Clone, Debug)]
+pub struct SharedSigner(Arc<RwLock<Arc<CertSigner>>>);
+
+impl SharedSigner {
+    /// A slot holding `signer`.
+    pub fn new(signer: CertSigner) -> SharedSigner {
+        SharedSigner(Arc::new(RwLock::new(Arc::new(signer))))
+    }
+
+    /// The signer in use now.
+    pub fn current(&self) -> Arc<CertSigner> {
+        // Only whole values are ever stored, so a poisoned lock is still usable.
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the signer; later [`SharedSigner::current`] calls see the new one.
+    pub fn replace(&self, signer: CertSigner) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(signer);
+    }
+}
+
+impl From<CertSigner> for SharedSigner {
+    fn from(signer: CertSigner) -> Self {
+        SharedSigner::new(signer)
+    }
+}
+
 /// Most certificates a [`CertVerifier`] remembers as chained; when full it
 /// forgets them all and starts over (a mesh has far fewer members).
 const MAX_CHAINED: usize = 4096;
@@ -107,6 +138,8 @@ const MAX_CHAINED: usize = 4096;
 /// CA itself, a fedmesh identity, an Ed25519 key).
 struct ChainedCert {
     identity: Identity,
+    /// Serial number (normalized), checked against the revocation list.
+    serial: Vec<u8>,
     public_key: Vec<u8>,
     validity: Validity,
 }
@@ -144,12 +177,6 @@ impl Validity {
 }
 
 impl ChainedCert {
-    /// The time checks and the signature, in the order of a full check.
-    fn verify(&self, msg: &[u8], signature: &[u8], now: OffsetDateTime) -> Result<Identity> {
-        self.validity.check(now)?;
-        self.verify_signature(msg, signature)
-    }
-
     /// The signature alone (the caller has checked the validity periods).
     fn verify_signature(&self, msg: &[u8], signature: &[u8]) -> Result<Identity> {
         UnparsedPublicKey::new(&ED25519, &self.public_key)
@@ -163,14 +190,17 @@ impl ChainedCert {
 ///
 /// A certificate that chained once is remembered by the SHA-256 of its DER,
 /// so later messages from the same signer cost one Ed25519 check instead of
-/// two plus two certificate parses; the validity periods are still checked
-/// against each message's `now`. Clones share what they remember.
+/// two plus two certificate parses; the validity periods and the revocation
+/// list are still checked for each message. Clones share what they remember
+/// and the revocation list ([`CertVerifier::set_revocations`]).
 #[derive(Clone)]
 pub struct CertVerifier {
     /// DER of each trusted CA (several during a rotation).
     ca_ders: Vec<Vec<u8>>,
     /// Certificates that passed the time-independent checks.
     chained: Arc<Mutex<HashMap<[u8; 32], Arc<ChainedCert>>>>,
+    /// Revoked serial numbers (normalized), shared by clones.
+    revoked: Arc<RwLock<Arc<BTreeSet<Vec<u8>>>>>,
 }
 
 impl fmt::Debug for CertVerifier {
@@ -202,7 +232,36 @@ impl CertVerifier {
         Ok(CertVerifier {
             ca_ders,
             chained: Arc::default(),
+            revoked: Arc::default(),
         })
+    }
+
+    /// Refuses, from now on, every certificate on `list` (for this verifier
+    /// and all its clones), replacing the previous list. The caller has
+    /// verified `list` against the mesh CA ([`crate::RevocationList::from_pem`]).
+    pub fn set_revocations(&self, list: &crate::RevocationList) {
+        *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(list.serials().clone());
+    }
+
+    /// How many serial numbers are refused as revoked.
+    pub fn revoked_count(&self) -> usize {
+        self.revoked_set().len()
+    }
+
+    fn revoked_set(&self) -> Arc<BTreeSet<Vec<u8>>> {
+        self.revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn check_not_revoked(&self, chained: &ChainedCert) -> Result<()> {
+        if self.revoked_set().contains(&chained.serial) {
+            return Err(CryptoError::Revoked {
+                serial: hex::encode(&chained.serial),
+            });
+        }
+        Ok(())
     }
 
     fn chained_map(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Arc<ChainedCert>>> {
@@ -228,7 +287,9 @@ impl CertVerifier {
         let key = crate::sha256(signer_cert_der);
         let known = self.chained_map().get(&key).cloned();
         if let Some(chained) = known {
-            return chained.verify(msg, signature, now);
+            chained.validity.check(now)?;
+            self.check_not_revoked(&chained)?;
+            return chained.verify_signature(msg, signature);
         }
         let cert = parse_complete(signer_cert_der)?;
         let (ca_not_before, ca_not_after) = self.issuing_ca_validity(&cert)?;
@@ -249,6 +310,7 @@ impl CertVerifier {
         }
         let chained = Arc::new(ChainedCert {
             identity: identity_from_parsed(&cert)?,
+            serial: crate::crl::normalize_serial(cert.raw_serial()).to_vec(),
             public_key: ed25519_public_key(&cert)?.to_vec(),
             validity,
         });
@@ -260,6 +322,7 @@ impl CertVerifier {
             map.insert(key, chained.clone());
         }
         // The validity periods were checked above.
+        self.check_not_revoked(&chained)?;
         chained.verify_signature(msg, signature)
     }
 
@@ -484,6 +547,62 @@ mod tests {
         ));
         assert_eq!(v.chained_count(), 2);
         assert!(format!("{v:?}").contains("chained_certificates: 2"));
+    }
+
+    /// A model signed by a revoked coordinator certificate is refused, on
+    /// the first message and on a remembered certificate alike, by every
+    /// clone; a re-issued certificate for the same identity still passes.
+    #[test]
+    fn revoked_signer_is_refused() {
+        let ca = ca();
+        let coord = ca
+            .issue_coordinator(&node("main"), &[], &[], now(), 30)
+            .unwrap();
+        let s = CertSigner::from_pem(&coord.cert_pem, &coord.key_pem).unwrap();
+        let v = CertVerifier::new(ca.cert_pem()).unwrap();
+        let agent_copy = v.clone();
+        let sig = s.sign(b"global model v3");
+        v.verify(s.cert_der(), b"global model v3", &sig, later())
+            .unwrap();
+        let serial = crate::crl::cert_serial(s.cert_der()).unwrap();
+        let crl = ca
+            .issue_crl(
+                &[crate::RevokedCert {
+                    serial: serial.clone(),
+                    revoked_at: now(),
+                }],
+                1,
+                now(),
+            )
+            .unwrap();
+        let crl = crate::RevocationList::from_pem(crl.as_bytes(), ca.cert_pem()).unwrap();
+        v.set_revocations(&crl);
+        assert_eq!(agent_copy.revoked_count(), 1);
+        for verifier in [&v, &agent_copy, &CertVerifier::new(ca.cert_pem()).unwrap()] {
+            if verifier.revoked_count() == 0 {
+                verifier.set_revocations(&crl);
+            }
+            match verifier.verify(s.cert_der(), b"global model v3", &sig, later()) {
+                Err(CryptoError::Revoked { serial: hex_serial }) => {
+                    assert_eq!(hex_serial, hex::encode(&serial))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let fresh = ca
+            .issue_coordinator(&node("main"), &[], &[], now(), 30)
+            .unwrap();
+        let fresh = CertSigner::from_pem(&fresh.cert_pem, &fresh.key_pem).unwrap();
+        let shared = SharedSigner::new(s);
+        shared.replace(fresh);
+        let current = shared.current();
+        let sig = current.sign(b"global model v4");
+        assert_eq!(
+            agent_copy
+                .verify(current.cert_der(), b"global model v4", &sig, later())
+                .unwrap(),
+            Identity::Coordinator { name: node("main") }
+        );
     }
 
     #[test]

@@ -1,14 +1,23 @@
 //! rustls configurations for mesh mTLS (TLS 1.3 only, ring provider) and
 //! identity extraction from peer certificates.
 
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, RwLock};
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use x509_parser::extensions::GeneralName;
 
+use crate::RevocationList;
 use crate::identity::{Identity, URI_PREFIX};
 use crate::{CryptoError, Result, SecretPem};
 
@@ -76,6 +85,349 @@ pub fn client_config(ca_pem: &str, cert_pem: &str, key_pem: &SecretPem) -> Resul
         .map_err(map_key_error)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(config)
+}
+
+/// A value behind a lock that is only ever replaced whole.
+struct Slot<T: ?Sized>(RwLock<Arc<T>>);
+
+impl<T: ?Sized> Slot<T> {
+    fn new(value: Arc<T>) -> Self {
+        Slot(RwLock::new(value))
+    }
+    fn get(&self) -> Arc<T> {
+        // Only whole values are stored, so a poisoned lock is still usable.
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn set(&self, value: Arc<T>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = value;
+    }
+}
+
+impl<T: ?Sized> fmt::Debug for Slot<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Slot")
+    }
+}
+
+fn certified_key(cert_pem: &str, key_pem: &SecretPem) -> Result<Arc<CertifiedKey>> {
+    let (chain, key) = chain_and_key(cert_pem, key_pem)?;
+    Ok(Arc::new(
+        CertifiedKey::from_der(chain, key, &provider()).map_err(map_key_error)?,
+    ))
+}
+
+/// Checks that the leaf of `cert_pem` is issued by a CA of `ca_pem`, so a
+/// reload never installs a certificate every peer would refuse.
+fn check_issued_by(ca_pem: &str, cert_pem: &str) -> Result<()> {
+    let leaf = crate::pem::cert_ders(cert_pem)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| CryptoError::UntrustedCertificate("no certificate".into()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf)
+        .map_err(|e| CryptoError::CertificateParse(e.to_string()))?;
+    for ca_der in crate::pem::cert_ders(ca_pem)? {
+        if let Ok((_, ca)) = x509_parser::parse_x509_certificate(&ca_der)
+            && ca.subject().as_raw() == cert.issuer().as_raw()
+            && cert.verify_signature(Some(ca.public_key())).is_ok()
+        {
+            return Ok(());
+        }
+    }
+    Err(CryptoError::UntrustedCertificate(
+        "the new certificate is not issued by the mesh CA".into(),
+    ))
+}
+
+fn client_verifier(
+    ca_pem: &str,
+    crl: Option<&RevocationList>,
+) -> Result<Arc<dyn ClientCertVerifier>> {
+    let mut b = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider());
+    if let Some(crl) = crl {
+        // Only the leaf is checked (the CA is the trust anchor); a leaf of a
+        // second CA trusted during a CA rotation has no list and passes.
+        b = b
+            .with_crls([crl.rustls_der()])
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    Ok(b.build()?)
+}
+
+fn server_verifier(
+    ca_pem: &str,
+    crl: Option<&RevocationList>,
+) -> Result<Arc<WebPkiServerVerifier>> {
+    let mut b = WebPkiServerVerifier::builder_with_provider(roots(ca_pem)?, provider());
+    if let Some(crl) = crl {
+        b = b
+            .with_crls([crl.rustls_der()])
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    b.build()
+        .map_err(|e| CryptoError::Tls(rustls::Error::General(e.to_string())))
+}
+
+/// The server's certificate, replaceable while connections are accepted.
+#[derive(Debug)]
+struct ServerCertSlot(Slot<CertifiedKey>);
+
+impl ResolvesServerCert for ServerCertSlot {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.get())
+    }
+}
+
+/// The client-certificate verifier (CA and revocation list), replaceable.
+#[derive(Debug)]
+struct ClientVerifierSlot(Slot<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for ClientVerifierSlot {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // The CA list can change under us; nodes hold one certificate and
+        // send it without hints.
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        self.0
+            .get()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.get().verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.get().verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.get().supported_verify_schemes()
+    }
+}
+
+/// Server side of mesh mTLS whose certificate, CA and revocation list can
+/// be replaced while it serves ([`ServerTls::reload`]): handshakes already
+/// done keep their connection, every later handshake uses the new material.
+/// Clones share the material.
+#[derive(Clone)]
+pub struct ServerTls {
+    config: Arc<ServerConfig>,
+    cert: Arc<ServerCertSlot>,
+    verifier: Arc<ClientVerifierSlot>,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls").finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// As [`server_config`], plus the revocation list `crl` (a revoked
+    /// client certificate fails the handshake).
+    pub fn new(
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &SecretPem,
+        crl: Option<&RevocationList>,
+    ) -> Result<ServerTls> {
+        let cert = Arc::new(ServerCertSlot(Slot::new(certified_key(cert_pem, key_pem)?)));
+        let verifier = Arc::new(ClientVerifierSlot(Slot::new(client_verifier(ca_pem, crl)?)));
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier.clone())
+            .with_cert_resolver(cert.clone());
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        // No session resumption: a resumed session would skip the client
+        // certificate check against the current revocation list, and hide
+        // a rotated server certificate from the client.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        Ok(ServerTls {
+            config: Arc::new(config),
+            cert,
+            verifier,
+        })
+    }
+
+    /// The configuration to accept connections with (it follows reloads).
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.config.clone()
+    }
+
+    /// Replaces CA, certificate, key and revocation list at once. On error
+    /// (unreadable PEM, key not matching, certificate not from the CA)
+    /// nothing changes.
+    pub fn reload(
+        &self,
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &SecretPem,
+        crl: Option<&RevocationList>,
+    ) -> Result<()> {
+        check_issued_by(ca_pem, cert_pem)?;
+        let key = certified_key(cert_pem, key_pem)?;
+        let verifier = client_verifier(ca_pem, crl)?;
+        self.cert.0.set(key);
+        self.verifier.0.set(verifier);
+        Ok(())
+    }
+}
+
+/// The node's certificate, replaceable while it dials.
+#[derive(Debug)]
+struct ClientCertSlot(Slot<CertifiedKey>);
+
+impl ResolvesClientCert for ClientCertSlot {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.get())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The coordinator-certificate verifier (CA and revocation list), replaceable.
+#[derive(Debug)]
+struct ServerVerifierSlot(Slot<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ServerVerifierSlot {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        self.0
+            .get()
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.get().verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.get().verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.get().supported_verify_schemes()
+    }
+}
+
+/// Client side of mesh mTLS whose certificate, CA and revocation list can be
+/// replaced while the node runs ([`ClientTls::reload`]); every later
+/// handshake uses the new material. Clones share the material.
+#[derive(Clone)]
+pub struct ClientTls {
+    config: Arc<ClientConfig>,
+    cert: Arc<ClientCertSlot>,
+    verifier: Arc<ServerVerifierSlot>,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls").finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// As [`client_config`], plus the revocation list `crl` (a revoked
+    /// coordinator certificate fails the handshake).
+    pub fn new(
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &SecretPem,
+        crl: Option<&RevocationList>,
+    ) -> Result<ClientTls> {
+        let cert = Arc::new(ClientCertSlot(Slot::new(certified_key(cert_pem, key_pem)?)));
+        let verifier = Arc::new(ServerVerifierSlot(Slot::new(server_verifier(ca_pem, crl)?)));
+        // "dangerous" only because the verifier is ours: it delegates every
+        // check to rustls' WebPKI verifier.
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_client_cert_resolver(cert.clone());
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        // Every connection is a full handshake (see `ServerTls::new`).
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok(ClientTls {
+            config: Arc::new(config),
+            cert,
+            verifier,
+        })
+    }
+
+    /// The configuration to dial with (it follows reloads).
+    pub fn config(&self) -> Arc<ClientConfig> {
+        self.config.clone()
+    }
+
+    /// Replaces CA, certificate, key and revocation list at once; on error
+    /// nothing changes.
+    pub fn reload(
+        &self,
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &SecretPem,
+        crl: Option<&RevocationList>,
+    ) -> Result<()> {
+        check_issued_by(ca_pem, cert_pem)?;
+        let key = certified_key(cert_pem, key_pem)?;
+        let verifier = server_verifier(ca_pem, crl)?;
+        self.cert.0.set(key);
+        self.verifier.0.set(verifier);
+        Ok(())
+    }
+}
+
+/// DER of the first certificate in `pem` (e.g. the CA in use in a file
+/// that lists several during a CA rotation).
+pub fn first_cert_der(pem: &str) -> Result<Vec<u8>> {
+    crate::pem::cert_ders(pem)?
+        .into_iter()
+        .next()
+        .map(|d| d.to_vec())
+        .ok_or_else(|| CryptoError::Pem {
+            what: "certificate",
+            reason: "no CERTIFICATE block found".into(),
+        })
 }
 
 /// DER of the single certificate in `pem` (e.g. to feed
@@ -244,6 +596,111 @@ mod tests {
         assert_eq!(
             identity_from_cert_der(&server_peer[0]).unwrap(),
             Identity::Coordinator { name: node("main") }
+        );
+    }
+
+    fn crl_revoking(ca: &MeshCa, certs: &[&str], number: u64) -> RevocationList {
+        let revoked: Vec<crate::RevokedCert> = certs
+            .iter()
+            .map(|pem| crate::RevokedCert {
+                serial: crate::crl::cert_serial(&cert_der_from_pem(pem).unwrap()).unwrap(),
+                revoked_at: wall_now(),
+            })
+            .collect();
+        let pem = ca.issue_crl(&revoked, number, wall_now()).unwrap();
+        RevocationList::from_pem(pem.as_bytes(), ca.cert_pem()).unwrap()
+    }
+
+    fn peer_serial(client: &ClientConnection) -> Vec<u8> {
+        crate::crl::cert_serial(&client.peer_certificates().unwrap()[0]).unwrap()
+    }
+
+    /// A reloaded server presents its new certificate to the next client and
+    /// refuses a client certificate revoked by the new list; the revoked
+    /// coordinator certificate is refused by a reloaded client.
+    #[test]
+    fn reloads_take_effect_on_the_next_handshake() {
+        let ca = MeshCa::generate("mesh CA", wall_now(), 2).unwrap();
+        let names = ["coordinator.fedmesh".to_string()];
+        let old = ca
+            .issue_coordinator(&node("main"), &names, &[], wall_now(), 2)
+            .unwrap();
+        let new = ca
+            .issue_coordinator(&node("main"), &names, &[], wall_now(), 2)
+            .unwrap();
+        let n1 = ca
+            .issue_node(&tenant("acme"), &node("n1"), wall_now(), 2)
+            .unwrap();
+        let n2 = ca
+            .issue_node(&tenant("acme"), &node("n2"), wall_now(), 2)
+            .unwrap();
+        let server = ServerTls::new(ca.cert_pem(), &old.cert_pem, &old.key_pem, None).unwrap();
+        let c1 = ClientTls::new(ca.cert_pem(), &n1.cert_pem, &n1.key_pem, None).unwrap();
+        let (client, _, res) = connect((*c1.config()).clone(), &server.config());
+        res.unwrap();
+        let old_serial = peer_serial(&client);
+
+        let crl = crl_revoking(&ca, &[&n2.cert_pem, &old.cert_pem], 1);
+        server
+            .reload(ca.cert_pem(), &new.cert_pem, &new.key_pem, Some(&crl))
+            .unwrap();
+        let (client, _, res) = connect((*c1.config()).clone(), &server.config());
+        res.unwrap();
+        assert_ne!(
+            peer_serial(&client),
+            old_serial,
+            "the new certificate is presented"
+        );
+
+        let c2 = ClientTls::new(ca.cert_pem(), &n2.cert_pem, &n2.key_pem, None).unwrap();
+        let (_, _, res) = connect((*c2.config()).clone(), &server.config());
+        assert_eq!(
+            res.unwrap_err(),
+            "server: invalid peer certificate: Revoked"
+        );
+
+        // A node that learnt the list refuses the old coordinator certificate.
+        let old_server = ServerTls::new(ca.cert_pem(), &old.cert_pem, &old.key_pem, None).unwrap();
+        c1.reload(ca.cert_pem(), &n1.cert_pem, &n1.key_pem, Some(&crl))
+            .unwrap();
+        let (_, _, res) = connect((*c1.config()).clone(), &old_server.config());
+        assert!(res.unwrap_err().starts_with("client:"));
+        // The node's own certificate rotates too.
+        let n1b = ca
+            .issue_node(&tenant("acme"), &node("n1"), wall_now(), 2)
+            .unwrap();
+        c1.reload(ca.cert_pem(), &n1b.cert_pem, &n1b.key_pem, Some(&crl))
+            .unwrap();
+        let (_, conn, res) = connect((*c1.config()).clone(), &server.config());
+        res.unwrap();
+        assert_eq!(
+            crate::crl::cert_serial(&conn.peer_certificates().unwrap()[0]).unwrap(),
+            crate::crl::cert_serial(&cert_der_from_pem(&n1b.cert_pem).unwrap()).unwrap()
+        );
+
+        // A bad reload changes nothing.
+        let other = MeshCa::generate("other", wall_now(), 2).unwrap();
+        let foreign = other
+            .issue_coordinator(&node("main"), &names, &[], wall_now(), 2)
+            .unwrap();
+        assert!(matches!(
+            server.reload(
+                ca.cert_pem(),
+                &foreign.cert_pem,
+                &foreign.key_pem,
+                Some(&crl)
+            ),
+            Err(CryptoError::UntrustedCertificate(_))
+        ));
+        assert!(matches!(
+            server.reload(ca.cert_pem(), &new.cert_pem, &old.key_pem, Some(&crl)),
+            Err(CryptoError::KeyCertMismatch)
+        ));
+        let (client, _, res) = connect((*c1.config()).clone(), &server.config());
+        res.unwrap();
+        assert_eq!(
+            peer_serial(&client),
+            crate::crl::cert_serial(&cert_der_from_pem(&new.cert_pem).unwrap()).unwrap()
         );
     }
 

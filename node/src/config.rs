@@ -66,6 +66,28 @@ pub struct TlsPaths {
     pub cert: PathBuf,
     /// This node's key.
     pub key: PathBuf,
+    /// The mesh CA's revocation list (PEM X509 CRL, `crl.pem` written by
+    /// `fedmesh-coordinator ca revoke`, distributed like `ca.crt`).
+    /// Optional; global models signed by a revoked coordinator certificate
+    /// are refused, and so is a revoked coordinator certificate at the
+    /// handshake.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+    /// Seconds between checks of the TLS files for changes (certificate
+    /// rotation, a new revocation list); 0 = never.
+    #[serde(default = "d_reload_interval_secs")]
+    pub reload_interval_secs: u64,
+    /// Warn when this node's certificate has fewer days left than this.
+    #[serde(default = "d_expiry_warning_days")]
+    pub expiry_warning_days: u32,
+}
+
+fn d_reload_interval_secs() -> u64 {
+    10
+}
+
+fn d_expiry_warning_days() -> u32 {
+    7
 }
 
 /// One synthetic container.
@@ -355,6 +377,9 @@ impl NodeConfig {
                 fix(&mut t.ca_cert);
                 fix(&mut t.cert);
                 fix(&mut t.key);
+                if let Some(c) = t.crl.as_mut() {
+                    fix(c);
+                }
             }
             if let Some(f) = cfg.alerts.file.as_mut() {
                 fix(f);

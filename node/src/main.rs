@@ -230,8 +230,8 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
     let (mut tenant, mut node) = (cfg.tenant.clone(), cfg.node.clone());
     let mut federation = None;
     let mut verifier = None;
+    let mut credentials = None;
     if let (Some(c), Some(tls)) = (&cfg.coordinator, &cfg.tls) {
-        let ca = read(&tls.ca_cert, "CA certificate")?;
         let cert = read(&tls.cert, "certificate")?;
         let key = SecretPem::new(read(&tls.key, "private key")?);
         let der = fedmesh_crypto::tls::cert_der_from_pem(&cert)?;
@@ -254,8 +254,30 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
         }
         tenant = Some(ct.to_string());
         node = Some(cn.to_string());
-        let v = Arc::new(CertVerifier::new(&ca)?);
-        let client_tls = fedmesh_crypto::tls::client_config(&ca, &cert, &key)?;
+        let files = fedmesh_node::client::NodeTlsFiles {
+            ca_cert: tls.ca_cert.clone(),
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+            crl: tls.crl.clone(),
+        };
+        let stamp = files.stamp();
+        let material = files.read()?;
+        let creds = Arc::new(fedmesh_node::client::NodeCredentials::new(
+            &material,
+            tls.expiry_warning_days,
+            time::OffsetDateTime::now_utc(),
+        )?);
+        // Clones share the revocation list, which follows reloads.
+        let v = Arc::new(creds.verifier().clone());
+        let client_tls = creds.tls_config();
+        if tls.reload_interval_secs > 0 {
+            credentials = Some((
+                creds,
+                files,
+                stamp,
+                Duration::from_secs(tls.reload_interval_secs),
+            ));
+        }
         federation = Some(FederationSettings {
             connector: Connector::new(
                 &c.endpoint,
@@ -297,6 +319,14 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
     let mut sinks = AlertSinks::open(cfg.alerts.stdout, cfg.alerts.file.as_deref())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    if let Some((creds, files, stamp, interval)) = credentials {
+        tasks.push(tokio::spawn(creds.watch_files(
+            files,
+            stamp,
+            interval,
+            stop_rx.clone(),
+        )));
+    }
     let counters = Arc::new(SourceCounters::default());
     if let Some(addr) = cfg.metrics_listen {
         let l = tokio::net::TcpListener::bind(addr)

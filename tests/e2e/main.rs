@@ -4,6 +4,7 @@
 //! this machine's Docker engine against a benign and an attacking container.
 
 mod cli;
+mod credentials;
 mod docker;
 mod hostile;
 mod mesh;
