@@ -1570,7 +1570,9 @@ mod tests {
                 30,
             )
             .unwrap();
-        let signer = Arc::new(CertSigner::from_pem(&issued.cert_pem, &issued.key_pem).unwrap());
+        let signer = fedmesh_crypto::SharedSigner::new(
+            CertSigner::from_pem(&issued.cert_pem, &issued.key_pem).unwrap(),
+        );
         let verifier = CertVerifier::new(ca.cert_pem()).unwrap();
         let text = format!(
             "name = \"acme\"\nmin_nodes = 2\nquorum = 2\n{extra}\n[model]\ninput_dim = 3\nhidden = [2]\n"
