@@ -34,6 +34,11 @@ use crate::reputation::{Decision, Evidence, Reputation, plaintext_evidence};
 use crate::secure_round::{Phase, SecureRound, SecureView};
 use crate::store::{AuditEntry, Store, StoreError};
 
+/// Most refused commits kept for the next audit entry; later ones are only
+/// logged and counted (a tenant refusing this many rounds in a row is
+/// misconfigured, and the metric says so).
+const MAX_PENDING_REFUSALS: usize = 64;
+
 /// Refusals and failures of federation operations. The gRPC layer maps each
 /// variant to one status code.
 #[derive(Debug, thiserror::Error)]
@@ -303,6 +308,9 @@ struct Inner {
     reputation: Reputation,
     /// Decisions taken since the last commit (violations), for its audit entry.
     pending_decisions: Vec<Decision>,
+    /// Rounds refused by the commit guard since the last commit, for its
+    /// audit entry.
+    refused_commits: Vec<crate::store::RefusedCommit>,
 }
 
 /// A tenant's federation.
@@ -414,6 +422,7 @@ impl Federation {
                         quarantined: vec![],
                         reputation: vec![],
                         secure: None,
+                        refused_commits: vec![],
                     },
                     None,
                     None,
@@ -465,6 +474,7 @@ impl Federation {
                 momentum,
                 reputation,
                 pending_decisions: Vec::new(),
+                refused_commits: Vec::new(),
             }),
             status,
             summaries,
@@ -1002,11 +1012,12 @@ impl Federation {
         let signed = sign_model(&self.signer.current(), &body);
         // Reputation moves under the lock, so violations reported by
         // concurrent submissions are never overwritten.
-        let (decisions, reputation_bytes) = {
+        let (decisions, reputation_bytes, refused_commits) = {
             let mut g = self.lock();
             let mut decisions = std::mem::take(&mut g.pending_decisions);
             decisions.extend(g.reputation.observe_round(version, &c.evidence));
-            (decisions, g.reputation.to_bytes())
+            let refused = std::mem::take(&mut g.refused_commits);
+            (decisions, g.reputation.to_bytes(), refused)
         };
         for d in &decisions {
             info!(tenant = %self.tenant, node = %d.node, action = d.action.label(), reason = %d.reason, "reputation");
@@ -1036,6 +1047,7 @@ impl Federation {
                     dp_epsilon: s.epsilon,
                     dp_delta: s.epsilon.map(|_| self.cfg.secure.dp_delta),
                 }),
+                refused_commits,
             },
             momentum_bytes.as_deref(),
             Some(&reputation_bytes),
@@ -1130,6 +1142,20 @@ impl Federation {
             detail = %refusal, "commit refused: the aggregate is not a usable model");
         self.metrics
             .commit_refused(self.tenant.as_str(), refusal.label());
+        // The audit chain only grows with commits: the refusal goes into
+        // the next version's entry (bounded: one record per aborted round,
+        // and at most `MAX_PENDING_REFUSALS` between two commits).
+        {
+            let mut g = self.lock();
+            if g.refused_commits.len() < MAX_PENDING_REFUSALS {
+                g.refused_commits.push(crate::store::RefusedCommit {
+                    round: round_no,
+                    reason: refusal.label().to_string(),
+                    detail: truncate_text(&refusal.to_string(), MAX_REFUSAL_TEXT).into_owned(),
+                    unix_ms: unix_ms(SystemTime::now()),
+                });
+            }
+        }
         if let Err(e) = self.abort_round(round_no, format!("commit refused: {refusal}")) {
             warn!(tenant = %self.tenant, round = round_no, error = %e, "cannot record the aborted round");
         }
@@ -1788,5 +1814,25 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(fed.version(), 0);
+
+        // The next commit's audit entry records the refused round.
+        let info = open_round(&fed, &["n1", "n2"]);
+        fed.submit(&node("n1"), update(&fed, &info, "n1", 0.01), 10)
+            .unwrap();
+        fed.submit(&node("n2"), update(&fed, &info, "n2", 0.02), 10)
+            .unwrap();
+        let round = fed.lock().round.take().unwrap();
+        fed.commit(round, &info.selected).unwrap();
+        assert_eq!(fed.version(), 1);
+        let log = fed.audit_log().unwrap();
+        let refused = &log[1].refused_commits;
+        assert_eq!(refused.len(), 1, "{log:?}");
+        assert_eq!(
+            (refused[0].round, refused[0].reason.as_str()),
+            (1, "scaler_out_of_range")
+        );
+        assert!(refused[0].detail.len() <= MAX_REFUSAL_TEXT + 3);
+        assert!(fed.lock().refused_commits.is_empty());
+        assert_eq!(fed.store.verify_chain("acme").unwrap(), 2);
     }
 }

@@ -84,6 +84,24 @@ pub struct AuditEntry {
     /// Secure aggregation facts of a masked round (absent for k = 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secure: Option<SecureAudit>,
+    /// Rounds since the previous version whose aggregate the commit guard
+    /// refused (nothing was signed for them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_commits: Vec<RefusedCommit>,
+}
+
+/// A round whose aggregate failed the commit guard: nothing was signed and
+/// the version did not advance. Recorded in the next version's audit entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefusedCommit {
+    /// The aborted round.
+    pub round: u64,
+    /// Reason label, from `bounds::CommitRefusal::LABELS`.
+    pub reason: String,
+    /// What was wrong, at most 512 bytes.
+    pub detail: String,
+    /// When, unix milliseconds.
+    pub unix_ms: i64,
 }
 
 /// The audit record of a securely aggregated round.
@@ -492,6 +510,7 @@ mod tests {
             quarantined: vec![],
             reputation: vec![],
             secure: None,
+            refused_commits: vec![],
         }
     }
 
