@@ -150,11 +150,13 @@ fn bytes_of(buf: &[u8], field: u32) -> Result<Option<&[u8]>> {
 
 // ------------------------------------------------------------ raw gRPC client
 
+/// A gRPC codec that sends and receives raw bytes (also used by
+/// `protocol::malformed_protobuf_is_invalid_argument`).
 #[derive(Debug, Clone, Copy, Default)]
-struct BytesCodec;
+pub(crate) struct BytesCodec;
 
-struct BytesEncoder;
-struct BytesDecoder;
+pub(crate) struct BytesEncoder;
+pub(crate) struct BytesDecoder;
 
 impl tonic::codec::Encoder for BytesEncoder {
     type Item = Vec<u8>;

@@ -1037,40 +1037,6 @@ async fn committed_round_is_the_signed_fedavg_of_the_updates() -> Result<()> {
     Ok(())
 }
 
-/// Sends raw bytes as a request body, so malformed protobuf can be tested.
-struct RawCodec;
-
-struct RawEncoder;
-
-impl tonic::codec::Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn encode(
-        &mut self,
-        item: Vec<u8>,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), Status> {
-        bytes::BufMut::put_slice(dst, &item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = v1::SubmitAck;
-    type Encoder = RawEncoder;
-    type Decoder = fedmesh_proto::codec::CheckedDecoder<v1::SubmitAck>;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> Self::Decoder {
-        tonic::codec::Codec::decoder(&mut fedmesh_proto::codec::CheckedCodec::<
-            v1::SubmitAck,
-            v1::SubmitAck,
-        >::default())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_protobuf_is_invalid_argument() -> Result<()> {
     let mesh = Mesh::start(&[tenant("acme", 1, &[4])], 64 << 20).await?;
@@ -1089,7 +1055,11 @@ async fn malformed_protobuf_is_invalid_argument() -> Result<()> {
         );
         let r = tokio::time::timeout(
             WAIT,
-            grpc.unary(tonic::Request::new(body.clone()), path, RawCodec),
+            grpc.unary(
+                tonic::Request::new(body.clone()),
+                path,
+                super::hostile::BytesCodec,
+            ),
         )
         .await?;
         let status = r.expect_err("malformed body accepted");
