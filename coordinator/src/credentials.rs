@@ -8,6 +8,10 @@
 //! - swaps the rustls server certificate and client verifier (handshakes
 //!   from then on use them; established connections stay up),
 //! - swaps the signer of new global models,
+//! - makes the verifier of member signatures (secure-aggregation adverts,
+//!   masked inputs, unmask responses) trust the CA file's CAs, so a node
+//!   certificate of a new CA is accepted as soon as its handshake is, and
+//!   one of a CA dropped from the file no longer is,
 //! - hands the revocation list to the signature verifier and to the
 //!   transport, which closes every connection whose client certificate is
 //!   now revoked, and
@@ -20,14 +24,14 @@
 //! [`Credentials::request_reload`], which the binary calls on SIGHUP).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
+use fedmesh_crypto::files::expiry_warning_due;
 use fedmesh_crypto::tls::ServerTls;
 use fedmesh_crypto::{
-    CertSigner, CertVerifier, CryptoError, Identity, RevocationList, SecretPem, SharedSigner,
-    TenantId,
+    CertSigner, CertVerifier, CryptoError, FileError, FileStamp, Identity, RevocationList,
+    SharedSigner, TenantId, TlsFiles, TlsMaterial, TrustedCas,
 };
 use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
@@ -58,107 +62,9 @@ pub enum CredentialError {
     #[error("the revocation list revokes this coordinator's own certificate; install a new one")]
     OwnCertificateRevoked,
     /// A file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Files(#[from] FileError),
 }
-
-/// The bytes of the coordinator's TLS material.
-#[derive(Debug, Clone)]
-pub struct Material {
-    /// Mesh CA certificate(s), PEM.
-    pub ca_pem: String,
-    /// The coordinator's certificate, PEM.
-    pub cert_pem: String,
-    /// Its key, PKCS#8 PEM.
-    pub key_pem: SecretPem,
-    /// The mesh CA's revocation list, PEM, if one is configured.
-    pub crl_pem: Option<Vec<u8>>,
-}
-
-/// Where the material lives on disk.
-#[derive(Debug, Clone)]
-pub struct CredentialFiles {
-    /// Mesh CA certificate.
-    pub ca_cert: PathBuf,
-    /// Coordinator certificate.
-    pub cert: PathBuf,
-    /// Coordinator key.
-    pub key: PathBuf,
-    /// Revocation list (optional).
-    pub crl: Option<PathBuf>,
-}
-
-impl CredentialFiles {
-    fn paths(&self) -> Vec<&PathBuf> {
-        let mut p = vec![&self.ca_cert, &self.cert, &self.key];
-        p.extend(self.crl.iter());
-        p
-    }
-
-    /// Reads every file.
-    pub fn read(&self) -> Result<Material, CredentialError> {
-        let read = |path: &PathBuf| {
-            std::fs::read(path).map_err(|source| CredentialError::Io {
-                path: path.clone(),
-                source,
-            })
-        };
-        let text = |path: &PathBuf| {
-            String::from_utf8(read(path)?).map_err(|_| CredentialError::Io {
-                path: path.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 PEM"),
-            })
-        };
-        Ok(Material {
-            ca_pem: text(&self.ca_cert)?,
-            cert_pem: text(&self.cert)?,
-            key_pem: SecretPem::new(text(&self.key)?),
-            crl_pem: self.read_crl()?,
-        })
-    }
-
-    /// The revocation list's bytes, if one is configured and written yet
-    /// (a configured list that does not exist yet counts as empty).
-    pub fn read_crl(&self) -> Result<Option<Vec<u8>>, CredentialError> {
-        let Some(path) = &self.crl else {
-            return Ok(None);
-        };
-        match std::fs::read(path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(CredentialError::Io {
-                path: path.clone(),
-                source,
-            }),
-        }
-    }
-
-    /// (mtime, length) of every file, to tell later whether any changed
-    /// (take it before reading the files).
-    pub fn stamp(&self) -> FileStamp {
-        FileStamp(self.stamp_files())
-    }
-
-    fn stamp_files(&self) -> Vec<Option<(SystemTime, u64)>> {
-        self.paths()
-            .into_iter()
-            .map(|p| {
-                std::fs::metadata(p)
-                    .ok()
-                    .and_then(|m| Some((m.modified().ok()?, m.len())))
-            })
-            .collect()
-    }
-}
-
-/// The (mtime, length) of a set of files at one moment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileStamp(Vec<Option<(SystemTime, u64)>>);
 
 /// Revoked certificate serials, shared with the transport: every accepted
 /// connection registers its certificate's serial and identity, and is closed
@@ -272,12 +178,12 @@ impl Credentials {
     /// Builds the TLS configuration, signer and verifier from `material`
     /// (the revocation list, if any, already in force).
     pub fn new(
-        material: &Material,
+        material: &TlsMaterial,
         metrics: Arc<Metrics>,
         warn_days: u32,
         now: OffsetDateTime,
     ) -> Result<Self, CredentialError> {
-        let crl = parse_crl(material)?;
+        let crl = material.revocation_list()?;
         let tls = ServerTls::new(
             &material.ca_pem,
             &material.cert_pem,
@@ -303,11 +209,12 @@ impl Credentials {
             state: Mutex::new(State {
                 cert_pem: material.cert_pem.clone(),
                 crl_number: crl.as_ref().map(RevocationList::number),
-                ..State::default()
+                not_after: Some(material.cert_not_after()?),
+                ca_not_after: material.ca_not_after(),
+                warned_days: None,
             }),
             reload_now: Notify::new(),
         };
-        creds.note_expiry(&material.ca_pem, &material.cert_pem)?;
         creds.check_expiry(now);
         Ok(creds)
     }
@@ -327,7 +234,8 @@ impl Credentials {
         &self.signer
     }
 
-    /// The verifier of member signatures (follows the revocation list).
+    /// The verifier of member signatures (follows the CA file and the
+    /// revocation list).
     pub fn verifier(&self) -> &CertVerifier {
         &self.verifier
     }
@@ -346,10 +254,10 @@ impl Credentials {
     /// changes.
     pub fn apply(
         &self,
-        material: &Material,
+        material: &TlsMaterial,
         now: OffsetDateTime,
     ) -> Result<ReloadOutcome, CredentialError> {
-        let crl = parse_crl(material)?;
+        let crl = material.revocation_list()?;
         let current = lock(&self.state).crl_number;
         if let (Some(current), Some(crl)) = (current, &crl)
             && crl.number() < current
@@ -361,18 +269,28 @@ impl Credentials {
         }
         let signer = CertSigner::from_pem(&material.cert_pem, &material.key_pem)?;
         check_own_not_revoked(&signer, crl.as_ref())?;
+        let cas = TrustedCas::from_pem(&material.ca_pem)?;
+        let not_after = material.cert_not_after()?;
+        // The last step that can fail: from here on everything is swapped.
         self.tls.reload(
             &material.ca_pem,
             &material.cert_pem,
             &material.key_pem,
             crl.as_ref(),
         )?;
-        self.note_expiry(&material.ca_pem, &material.cert_pem)?;
+        if self.verifier.set_trusted_cas(cas) {
+            info!(
+                trusted_cas = self.verifier.trusted_cas().len(),
+                "mesh CA certificates reloaded"
+            );
+        }
         let certificate_changed = {
             let mut st = lock(&self.state);
+            st.ca_not_after = material.ca_not_after();
             let changed = st.cert_pem != material.cert_pem;
             if changed {
                 st.cert_pem = material.cert_pem.clone();
+                st.not_after = Some(not_after);
                 st.warned_days = None;
             }
             if let Some(crl) = &crl {
@@ -409,20 +327,6 @@ impl Credentials {
         })
     }
 
-    fn note_expiry(&self, ca_pem: &str, cert_pem: &str) -> Result<(), CredentialError> {
-        let not_after = fedmesh_crypto::crl::cert_not_after(
-            &fedmesh_crypto::tls::cert_der_from_pem(cert_pem)?,
-        )?;
-        // The first CA in the file is the one in use.
-        let ca_not_after = fedmesh_crypto::tls::first_cert_der(ca_pem)
-            .ok()
-            .and_then(|d| fedmesh_crypto::crl::cert_not_after(&d).ok());
-        let mut st = lock(&self.state);
-        st.not_after = Some(not_after);
-        st.ca_not_after = ca_not_after;
-        Ok(())
-    }
-
     /// Updates the expiry metric and logs a warning when fewer than
     /// `warn_days` days are left (once per day left).
     pub fn check_expiry(&self, now: OffsetDateTime) {
@@ -436,9 +340,9 @@ impl Credentials {
         let Some(not_after) = st.not_after else {
             return;
         };
-        let days_left = (not_after - now).whole_days();
-        if days_left < i64::from(self.warn_days) && st.warned_days != Some(days_left) {
-            st.warned_days = Some(days_left);
+        if let Some(days_left) =
+            expiry_warning_due(not_after, now, self.warn_days, &mut st.warned_days)
+        {
             if days_left < 0 {
                 error!(%not_after, "the coordinator certificate has expired: nodes refuse it; issue and install a new one");
             } else {
@@ -454,7 +358,7 @@ impl Credentials {
     /// is logged.
     pub async fn watch_files(
         self: Arc<Self>,
-        files: CredentialFiles,
+        files: TlsFiles,
         mut seen: FileStamp,
         interval: Duration,
         mut stop: watch::Receiver<bool>,
@@ -479,6 +383,7 @@ impl Credentials {
             let stamp = files.stamp();
             match files
                 .read()
+                .map_err(CredentialError::from)
                 .and_then(|m| self.apply(&m, OffsetDateTime::now_utc()))
             {
                 Ok(outcome) => {
@@ -498,13 +403,6 @@ impl Credentials {
             seen = stamp;
         }
     }
-}
-
-fn parse_crl(m: &Material) -> Result<Option<RevocationList>, CredentialError> {
-    Ok(m.crl_pem
-        .as_deref()
-        .map(|pem| RevocationList::from_pem(pem, &m.ca_pem))
-        .transpose()?)
 }
 
 fn check_own_not_revoked(
@@ -549,6 +447,67 @@ mod tests {
         panic!("{what} did not happen within 5 s");
     }
 
+    /// A CA rotation reaches the verifier of member signatures: a node
+    /// certificate of the new CA is accepted once the CA file lists it (as
+    /// its handshake is), one of a CA dropped from the file no longer is.
+    #[test]
+    fn member_signatures_follow_the_ca_file() {
+        let (ca1, ca2) = (
+            MeshCa::generate("CA 1", now(), 30).unwrap(),
+            MeshCa::generate("CA 2", now(), 30).unwrap(),
+        );
+        let node = |ca: &MeshCa| {
+            let c = ca
+                .issue_node(&"acme".parse().unwrap(), &"n1".parse().unwrap(), now(), 30)
+                .unwrap();
+            CertSigner::from_pem(&c.cert_pem, &c.key_pem).unwrap()
+        };
+        let (old_node, new_node) = (node(&ca1), node(&ca2));
+        let verify = |v: &CertVerifier, s: &CertSigner| {
+            v.verify(s.cert_der(), b"advert", &s.sign(b"advert"), now())
+        };
+        let material = |ca_pem: String, cert: &fedmesh_crypto::IssuedCert| TlsMaterial {
+            ca_pem,
+            cert_pem: cert.cert_pem.clone(),
+            key_pem: cert.key_pem.clone(),
+            crl_pem: None,
+        };
+        let coord1 = coordinator(&ca1, 30);
+        let creds = Credentials::new(
+            &material(ca1.cert_pem().into(), &coord1),
+            Arc::new(Metrics::new()),
+            7,
+            now(),
+        )
+        .unwrap();
+        // What every federation holds.
+        let verifier = creds.verifier().clone();
+        verify(&verifier, &old_node).unwrap();
+        assert!(verify(&verifier, &new_node).is_err());
+        let both = format!("{}{}", ca2.cert_pem(), ca1.cert_pem());
+        creds.apply(&material(both, &coord1), now()).unwrap();
+        verify(&verifier, &old_node).unwrap();
+        verify(&verifier, &new_node).unwrap();
+        let coord2 = coordinator(&ca2, 30);
+        let outcome = creds
+            .apply(&material(ca2.cert_pem().into(), &coord2), now())
+            .unwrap();
+        assert!(outcome.certificate_changed);
+        assert!(matches!(
+            verify(&verifier, &old_node),
+            Err(CryptoError::UntrustedCertificate(_))
+        ));
+        verify(&verifier, &new_node).unwrap();
+        // A CA file that is not a CA: refused, nothing changes.
+        let leaf = coordinator(&ca2, 30);
+        assert!(
+            creds
+                .apply(&material(leaf.cert_pem.clone(), &coord2), now())
+                .is_err()
+        );
+        verify(&verifier, &new_node).unwrap();
+    }
+
     /// The file watcher picks up a rotated certificate and a new revocation
     /// list, and keeps the old material when the new files are unusable.
     #[tokio::test]
@@ -556,7 +515,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = MeshCa::generate("test CA", now(), 30).unwrap();
         let old = coordinator(&ca, 3);
-        let files = CredentialFiles {
+        let files = TlsFiles {
             ca_cert: dir.path().join("ca.crt"),
             cert: dir.path().join("coordinator.crt"),
             key: dir.path().join("coordinator.key"),

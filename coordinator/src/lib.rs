@@ -96,8 +96,8 @@ fn grpc_server(l: &config::LimitsConfig) -> tonic::transport::Server {
 pub struct Coordinator {
     feds: BTreeMap<TenantId, Arc<Federation>>,
     credentials: Arc<credentials::Credentials>,
-    credential_files: credentials::CredentialFiles,
-    credential_stamp: credentials::FileStamp,
+    credential_files: fedmesh_crypto::TlsFiles,
+    credential_stamp: fedmesh_crypto::FileStamp,
     reload_interval: Duration,
     max_message_bytes: usize,
     limits: config::LimitsConfig,
@@ -111,7 +111,7 @@ impl Coordinator {
     /// Validates the config, opens the store and every tenant's federation.
     pub fn open(cfg: &CoordinatorConfig, pki: &Pki) -> Result<Self, CoordinatorError> {
         cfg.validate()?;
-        let credential_files = credentials::CredentialFiles {
+        let credential_files = fedmesh_crypto::TlsFiles {
             ca_cert: cfg.tls.ca_cert.clone(),
             cert: cfg.tls.cert.clone(),
             key: cfg.tls.key.clone(),
@@ -119,11 +119,13 @@ impl Coordinator {
         };
         // Stamped before reading, so a change from now on is picked up.
         let credential_stamp = credential_files.stamp();
-        let material = credentials::Material {
+        let material = fedmesh_crypto::TlsMaterial {
             ca_pem: pki.ca_pem.clone(),
             cert_pem: pki.cert_pem.clone(),
             key_pem: pki.key_pem.clone(),
-            crl_pem: credential_files.read_crl()?,
+            crl_pem: credential_files
+                .read_crl()
+                .map_err(credentials::CredentialError::from)?,
         };
         std::fs::create_dir_all(&cfg.data_dir).map_err(|source| pki::PkiError::Io {
             path: cfg.data_dir.clone(),

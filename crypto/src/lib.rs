@@ -5,7 +5,9 @@
 //! # Invariants
 //!
 //! - No I/O: callers pass PEM strings in and get PEM strings back; nothing
-//!   here touches the filesystem or the network.
+//!   here touches the network. The one exception on the filesystem is
+//!   [`files::TlsFiles`], which reads (never writes) the TLS files a
+//!   coordinator or node is configured with, so both reload them alike.
 //! - No clock: every time-dependent operation takes `now` as a parameter.
 //!   (Key generation uses `ring`'s system randomness internally.)
 //! - All keys are Ed25519, so signatures are deterministic.
@@ -19,6 +21,7 @@
 pub mod ca;
 pub mod crl;
 mod error;
+pub mod files;
 pub mod identity;
 mod pem;
 pub mod secagg;
@@ -29,10 +32,11 @@ pub mod tls;
 pub use ca::{IssuedCert, MeshCa};
 pub use crl::{RevocationList, RevokedCert};
 pub use error::CryptoError;
+pub use files::{FileError, FileStamp, TlsFiles, TlsMaterial};
 pub use identity::{Identity, NodeId, TenantId};
 pub use secagg::{BucketSum, BucketUnmasker, ClientRound, SecAggError};
 pub use secret::SecretPem;
-pub use sign::{CertSigner, CertVerifier, SharedSigner};
+pub use sign::{CertSigner, CertVerifier, SharedSigner, TrustedCas};
 
 /// Result alias used throughout this crate.
 pub type Result<T, E = CryptoError> = std::result::Result<T, E>;

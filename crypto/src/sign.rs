@@ -186,36 +186,22 @@ impl ChainedCert {
     }
 }
 
-/// Verifies signatures made by [`CertSigner`]s holding mesh certificates.
-///
-/// A certificate that chained once is remembered by the SHA-256 of its DER,
-/// so later messages from the same signer cost one Ed25519 check instead of
-/// two plus two certificate parses; the validity periods and the revocation
-/// list are still checked for each message. Clones share what they remember
-/// and the revocation list ([`CertVerifier::set_revocations`]).
-#[derive(Clone)]
-pub struct CertVerifier {
-    /// DER of each trusted CA (several during a rotation).
-    ca_ders: Vec<Vec<u8>>,
-    /// Certificates that passed the time-independent checks.
-    chained: Arc<Mutex<HashMap<[u8; 32], Arc<ChainedCert>>>>,
-    /// Revoked serial numbers (normalized), shared by clones.
-    revoked: Arc<RwLock<Arc<BTreeSet<Vec<u8>>>>>,
-}
+/// The mesh CA certificates a [`CertVerifier`] trusts, parsed and checked
+/// ([`TrustedCas::from_pem`]); install them with
+/// [`CertVerifier::set_trusted_cas`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct TrustedCas(Vec<Vec<u8>>);
 
-impl fmt::Debug for CertVerifier {
+impl fmt::Debug for TrustedCas {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertVerifier")
-            .field("trusted_cas", &self.ca_ders.len())
-            .field("chained_certificates", &self.chained_count())
-            .finish()
+        f.debug_tuple("TrustedCas").field(&self.0.len()).finish()
     }
 }
 
-impl CertVerifier {
-    /// A verifier trusting the CA certificate(s) in `ca_pem`. Each must be a
-    /// self-signed CA certificate.
-    pub fn new(ca_pem: &str) -> Result<CertVerifier> {
+impl TrustedCas {
+    /// The CA certificate(s) in `ca_pem`. Each must be a self-signed CA
+    /// certificate.
+    pub fn from_pem(ca_pem: &str) -> Result<TrustedCas> {
         let mut ca_ders = Vec::new();
         for der in crate::pem::cert_ders(ca_pem)? {
             let cert = parse_complete(&der)?;
@@ -229,11 +215,97 @@ impl CertVerifier {
             })?;
             ca_ders.push(der.to_vec());
         }
-        Ok(CertVerifier {
-            ca_ders,
-            chained: Arc::default(),
+        Ok(TrustedCas(ca_ders))
+    }
+
+    /// How many CA certificates.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// No CA at all (nothing verifies).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The trusted CAs and the certificates remembered as chained to them,
+/// replaced together so that a certificate chained under CAs no longer
+/// trusted is never taken from memory.
+struct Trust {
+    cas: TrustedCas,
+    /// Certificates that passed the time-independent checks.
+    chained: Mutex<HashMap<[u8; 32], Arc<ChainedCert>>>,
+}
+
+/// Verifies signatures made by [`CertSigner`]s holding mesh certificates.
+///
+/// A certificate that chained once is remembered by the SHA-256 of its DER,
+/// so later messages from the same signer cost one Ed25519 check instead of
+/// two plus two certificate parses; the validity periods and the revocation
+/// list are still checked for each message. Clones share what they remember,
+/// the trusted CAs ([`CertVerifier::set_trusted_cas`]) and the revocation
+/// list ([`CertVerifier::set_revocations`]), so a reload reaches every
+/// holder of a clone.
+#[derive(Clone)]
+pub struct CertVerifier {
+    /// The trusted CAs (several during a CA rotation) with their memory.
+    trust: Arc<RwLock<Arc<Trust>>>,
+    /// Revoked serial numbers (normalized), shared by clones.
+    revoked: Arc<RwLock<Arc<BTreeSet<Vec<u8>>>>>,
+}
+
+impl fmt::Debug for CertVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertVerifier")
+            .field("trusted_cas", &self.trust().cas.len())
+            .field("chained_certificates", &self.chained_count())
+            .finish()
+    }
+}
+
+impl CertVerifier {
+    /// A verifier trusting the CA certificate(s) in `ca_pem`. Each must be a
+    /// self-signed CA certificate.
+    pub fn new(ca_pem: &str) -> Result<CertVerifier> {
+        Ok(Self::with_cas(TrustedCas::from_pem(ca_pem)?))
+    }
+
+    /// A verifier trusting `cas`.
+    pub fn with_cas(cas: TrustedCas) -> CertVerifier {
+        CertVerifier {
+            trust: Arc::new(RwLock::new(Arc::new(Trust {
+                cas,
+                chained: Mutex::default(),
+            }))),
             revoked: Arc::default(),
-        })
+        }
+    }
+
+    fn trust(&self) -> Arc<Trust> {
+        // Only whole values are ever stored, so a poisoned lock is still usable.
+        self.trust.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Trusts `cas` from now on instead of the CAs trusted so far (for this
+    /// verifier and all its clones), e.g. after the CA file changed. Returns
+    /// whether they differ; if so, the certificates remembered as chained
+    /// are forgotten and checked afresh against `cas`.
+    pub fn set_trusted_cas(&self, cas: TrustedCas) -> bool {
+        let mut slot = self.trust.write().unwrap_or_else(|e| e.into_inner());
+        if slot.cas == cas {
+            return false;
+        }
+        *slot = Arc::new(Trust {
+            cas,
+            chained: Mutex::default(),
+        });
+        true
+    }
+
+    /// The CAs trusted now.
+    pub fn trusted_cas(&self) -> TrustedCas {
+        self.trust().cas.clone()
     }
 
     /// Refuses, from now on, every certificate on `list` (for this verifier
@@ -264,14 +336,9 @@ impl CertVerifier {
         Ok(())
     }
 
-    fn chained_map(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Arc<ChainedCert>>> {
-        // The map holds only complete entries, so a poisoned lock is still usable.
-        self.chained.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// How many certificates this verifier (and its clones) remember as chained.
     pub fn chained_count(&self) -> usize {
-        self.chained_map().len()
+        self.trust().chained_map().len()
     }
 
     /// Checks that `signer_cert_der` is an end-entity certificate issued by
@@ -285,14 +352,16 @@ impl CertVerifier {
         now: OffsetDateTime,
     ) -> Result<Identity> {
         let key = crate::sha256(signer_cert_der);
-        let known = self.chained_map().get(&key).cloned();
+        // One consistent set of CAs and memory for the whole check.
+        let trust = self.trust();
+        let known = trust.chained_map().get(&key).cloned();
         if let Some(chained) = known {
             chained.validity.check(now)?;
             self.check_not_revoked(&chained)?;
             return chained.verify_signature(msg, signature);
         }
         let cert = parse_complete(signer_cert_der)?;
-        let (ca_not_before, ca_not_after) = self.issuing_ca_validity(&cert)?;
+        let (ca_not_before, ca_not_after) = trust.issuing_ca_validity(&cert)?;
         let validity = cert.validity();
         let validity = Validity {
             not_before: to_datetime(validity.not_before),
@@ -315,7 +384,7 @@ impl CertVerifier {
             validity,
         });
         {
-            let mut map = self.chained_map();
+            let mut map = trust.chained_map();
             if map.len() >= MAX_CHAINED {
                 map.clear();
             }
@@ -325,6 +394,13 @@ impl CertVerifier {
         self.check_not_revoked(&chained)?;
         chained.verify_signature(msg, signature)
     }
+}
+
+impl Trust {
+    fn chained_map(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Arc<ChainedCert>>> {
+        // The map holds only complete entries, so a poisoned lock is still usable.
+        self.chained.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
     /// Finds the trusted CA that signed `cert` and returns its validity period.
     fn issuing_ca_validity(
@@ -332,7 +408,7 @@ impl CertVerifier {
         cert: &X509Certificate<'_>,
     ) -> Result<(OffsetDateTime, OffsetDateTime)> {
         let mut reason = "issuer is not the mesh CA";
-        for ca_der in &self.ca_ders {
+        for ca_der in &self.cas.0 {
             let ca = parse_complete(ca_der)?;
             if ca.subject().as_raw() != cert.issuer().as_raw() {
                 continue;
@@ -603,6 +679,60 @@ mod tests {
                 .unwrap(),
             Identity::Coordinator { name: node("main") }
         );
+    }
+
+    /// A CA rotation reaches every clone: a signer of the new CA passes once
+    /// both are trusted, and a signer of the dropped CA is refused from
+    /// then on, even though it was remembered as chained.
+    #[test]
+    fn trusted_cas_follow_a_ca_rotation() {
+        let old_ca = ca();
+        let new_ca = MeshCa::generate("fedmesh test CA 2", now(), 365).unwrap();
+        let old = signer(&old_ca);
+        let new = signer(&new_ca);
+        let v = CertVerifier::new(old_ca.cert_pem()).unwrap();
+        let agent_copy = v.clone();
+        let (old_sig, new_sig) = (old.sign(b"m"), new.sign(b"m"));
+        v.verify(old.cert_der(), b"m", &old_sig, later()).unwrap();
+        assert!(matches!(
+            agent_copy.verify(new.cert_der(), b"m", &new_sig, later()),
+            Err(CryptoError::UntrustedCertificate(_))
+        ));
+
+        let both = format!("{}{}", new_ca.cert_pem(), old_ca.cert_pem());
+        assert!(v.set_trusted_cas(TrustedCas::from_pem(&both).unwrap()));
+        assert!(
+            !v.set_trusted_cas(TrustedCas::from_pem(&both).unwrap()),
+            "the same CAs change nothing"
+        );
+        assert_eq!(agent_copy.trusted_cas().len(), 2);
+        for s in [&old, &new] {
+            assert_eq!(
+                agent_copy
+                    .verify(s.cert_der(), b"m", &s.sign(b"m"), later())
+                    .unwrap(),
+                node_identity("acme", "n1")
+            );
+        }
+        assert_eq!(agent_copy.chained_count(), 2);
+
+        assert!(v.set_trusted_cas(TrustedCas::from_pem(new_ca.cert_pem()).unwrap()));
+        assert_eq!(agent_copy.chained_count(), 0, "memory is forgotten");
+        assert!(matches!(
+            agent_copy.verify(old.cert_der(), b"m", &old_sig, later()),
+            Err(CryptoError::UntrustedCertificate(_))
+        ));
+        agent_copy
+            .verify(new.cert_der(), b"m", &new_sig, later())
+            .unwrap();
+        // A file that is not a CA is refused before anything changes.
+        let leaf = new_ca
+            .issue_node(&tenant("acme"), &node("x"), now(), 1)
+            .unwrap();
+        assert!(matches!(
+            TrustedCas::from_pem(&leaf.cert_pem),
+            Err(CryptoError::NotACa(_))
+        ));
     }
 
     #[test]

@@ -4,17 +4,22 @@
 //!
 //! [`NodeCredentials`] keeps the node's TLS material current while it runs:
 //! a rotated certificate and key, a new CA file or a new revocation list are
-//! picked up without a restart (the next connection uses them; models are
-//! checked against the new list at once).
+//! picked up without a restart (the next connection uses them, the next
+//! secure-aggregation round signs with the new key, models and peers'
+//! adverts are checked against the new CAs and list at once).
 
-use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
+use fedmesh_crypto::files::expiry_warning_due;
 use fedmesh_crypto::tls::ClientTls;
-use fedmesh_crypto::{CertVerifier, CryptoError, Identity, RevocationList, SecretPem};
+use fedmesh_crypto::{
+    CertSigner, CertVerifier, CryptoError, FileError, FileStamp, Identity, RevocationList,
+    SharedSigner, TlsFiles, TlsMaterial, TrustedCas,
+};
 use time::OffsetDateTime;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{error, info, warn};
 
 use fedmesh_proto::v1::federation_client::FederationClient;
@@ -137,156 +142,66 @@ pub enum CredentialError {
         current: u64,
     },
     /// A file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Files(#[from] FileError),
 }
-
-/// The bytes of a node's TLS material.
-#[derive(Debug, Clone)]
-pub struct NodeMaterial {
-    /// Mesh CA certificate(s), PEM.
-    pub ca_pem: String,
-    /// The node's certificate, PEM.
-    pub cert_pem: String,
-    /// Its key, PKCS#8 PEM.
-    pub key_pem: SecretPem,
-    /// The mesh CA's revocation list, PEM, if configured and present.
-    pub crl_pem: Option<Vec<u8>>,
-}
-
-/// Where a node's TLS material lives.
-#[derive(Debug, Clone)]
-pub struct NodeTlsFiles {
-    /// Mesh CA certificate.
-    pub ca_cert: PathBuf,
-    /// Node certificate.
-    pub cert: PathBuf,
-    /// Node key.
-    pub key: PathBuf,
-    /// Revocation list (optional; a configured list not written yet counts
-    /// as empty).
-    pub crl: Option<PathBuf>,
-}
-
-impl NodeTlsFiles {
-    /// Reads every file.
-    pub fn read(&self) -> Result<NodeMaterial, CredentialError> {
-        let text = |path: &PathBuf| {
-            std::fs::read_to_string(path).map_err(|source| CredentialError::Io {
-                path: path.clone(),
-                source,
-            })
-        };
-        let crl_pem = match &self.crl {
-            None => None,
-            Some(path) => match std::fs::read(path) {
-                Ok(b) => Some(b),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(source) => {
-                    return Err(CredentialError::Io {
-                        path: path.clone(),
-                        source,
-                    });
-                }
-            },
-        };
-        Ok(NodeMaterial {
-            ca_pem: text(&self.ca_cert)?,
-            cert_pem: text(&self.cert)?,
-            key_pem: SecretPem::new(text(&self.key)?),
-            crl_pem,
-        })
-    }
-
-    /// (mtime, length) of every file, to tell later whether any changed
-    /// (take it before reading the files).
-    pub fn stamp(&self) -> NodeFileStamp {
-        NodeFileStamp(self.stamp_files())
-    }
-
-    fn stamp_files(&self) -> Vec<Option<(SystemTime, u64)>> {
-        [&self.ca_cert, &self.cert, &self.key]
-            .into_iter()
-            .chain(self.crl.as_ref())
-            .map(|p| {
-                std::fs::metadata(p)
-                    .ok()
-                    .and_then(|m| Some((m.modified().ok()?, m.len())))
-            })
-            .collect()
-    }
-}
-
-/// The (mtime, length) of a node's TLS files at one moment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeFileStamp(Vec<Option<(SystemTime, u64)>>);
 
 #[derive(Debug)]
 struct NodeState {
     cert_pem: String,
     crl_number: Option<u64>,
     not_after: OffsetDateTime,
+    ca_not_after: Option<OffsetDateTime>,
     warned_days: Option<i64>,
 }
 
-/// A node's live TLS material: the mTLS client configuration and the
-/// verifier of global models follow reloads ([`NodeCredentials::apply`],
-/// [`NodeCredentials::watch_files`]).
+/// A node's live TLS material: the mTLS client configuration, the signer
+/// of its secure-aggregation messages and the verifier of global models
+/// and peers' signatures all follow reloads ([`NodeCredentials::apply`],
+/// [`NodeCredentials::watch_files`], [`NodeCredentials::request_reload`]).
 #[derive(Debug)]
 pub struct NodeCredentials {
     tls: ClientTls,
+    signer: SharedSigner,
     verifier: CertVerifier,
     identity: Identity,
     warn_days: u32,
     state: Mutex<NodeState>,
-}
-
-fn parse_crl(m: &NodeMaterial) -> Result<Option<RevocationList>, CredentialError> {
-    Ok(m.crl_pem
-        .as_deref()
-        .map(|pem| RevocationList::from_pem(pem, &m.ca_pem))
-        .transpose()?)
-}
-
-fn cert_facts(cert_pem: &str) -> Result<(Identity, OffsetDateTime), CredentialError> {
-    let der = fedmesh_crypto::tls::cert_der_from_pem(cert_pem)?;
-    Ok((
-        fedmesh_crypto::tls::identity_from_cert_der(&der)?,
-        fedmesh_crypto::crl::cert_not_after(&der)?,
-    ))
+    reload_now: Notify,
+    /// Reloads applied and refused by the file watcher.
+    reloads: [AtomicU64; 2],
 }
 
 impl NodeCredentials {
-    /// Builds the client configuration and the model verifier (with the
-    /// revocation list, if any).
+    /// Builds the client configuration, the signer and the model verifier
+    /// (with the revocation list, if any).
     pub fn new(
-        m: &NodeMaterial,
+        m: &TlsMaterial,
         warn_days: u32,
         now: OffsetDateTime,
     ) -> Result<Self, CredentialError> {
-        let crl = parse_crl(m)?;
+        let crl = m.revocation_list()?;
         let tls = ClientTls::new(&m.ca_pem, &m.cert_pem, &m.key_pem, crl.as_ref())?;
+        let signer = CertSigner::from_pem(&m.cert_pem, &m.key_pem)?;
         let verifier = CertVerifier::new(&m.ca_pem)?;
         if let Some(crl) = &crl {
             verifier.set_revocations(crl);
         }
-        let (identity, not_after) = cert_facts(&m.cert_pem)?;
         let creds = NodeCredentials {
             tls,
+            identity: signer.identity().clone(),
+            signer: SharedSigner::new(signer),
             verifier,
-            identity,
             warn_days,
             state: Mutex::new(NodeState {
                 cert_pem: m.cert_pem.clone(),
                 crl_number: crl.as_ref().map(RevocationList::number),
-                not_after,
+                not_after: m.cert_not_after()?,
+                ca_not_after: m.ca_not_after(),
                 warned_days: None,
             }),
+            reload_now: Notify::new(),
+            reloads: Default::default(),
         };
         creds.check_expiry(now);
         Ok(creds)
@@ -297,15 +212,46 @@ impl NodeCredentials {
         self.tls.config()
     }
 
-    /// The verifier of global models and peers' signatures (follows the
-    /// revocation list; share it with the agent).
+    /// The signer of this node's secure-aggregation messages (follows
+    /// reloads: share it with the federation loop).
+    pub fn signer(&self) -> &SharedSigner {
+        &self.signer
+    }
+
+    /// The verifier of global models and peers' signatures (follows the CA
+    /// file and the revocation list; clones share them, so hand a clone to
+    /// the agent).
     pub fn verifier(&self) -> &CertVerifier {
         &self.verifier
+    }
+
+    /// This node's identity (a reload never changes it).
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// Days left on the node's certificate at `now` (negative once expired).
     pub fn days_left(&self, now: OffsetDateTime) -> i64 {
         (self.lock().not_after - now).whole_days()
+    }
+
+    /// Seconds left at `now` on the node's certificate (`"node"`) and on the
+    /// mesh CA in use (`"ca"`, when readable); negative once expired. The
+    /// node exposes them as `fedmesh_certificate_expiry_seconds`.
+    pub fn expiry_seconds(&self, now: OffsetDateTime) -> Vec<(&'static str, f64)> {
+        let st = self.lock();
+        std::iter::once(("node", Some(st.not_after)))
+            .chain(std::iter::once(("ca", st.ca_not_after)))
+            .filter_map(|(which, at)| Some((which, (at? - now).as_seconds_f64())))
+            .collect()
+    }
+
+    /// Reloads by the file watcher so far: (applied, refused).
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.reloads[0].load(Ordering::Relaxed),
+            self.reloads[1].load(Ordering::Relaxed),
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, NodeState> {
@@ -314,13 +260,17 @@ impl NodeCredentials {
 
     /// Installs new material; returns whether the certificate changed. On
     /// error nothing changes.
-    pub fn apply(&self, m: &NodeMaterial, now: OffsetDateTime) -> Result<bool, CredentialError> {
-        let crl = parse_crl(m)?;
-        let (identity, not_after) = cert_facts(&m.cert_pem)?;
-        if identity != self.identity {
+    ///
+    /// A secure-aggregation round in progress keeps the signer it started
+    /// with (its messages must match the certificate in its advert); the
+    /// next round signs with the new one.
+    pub fn apply(&self, m: &TlsMaterial, now: OffsetDateTime) -> Result<bool, CredentialError> {
+        let crl = m.revocation_list()?;
+        let signer = CertSigner::from_pem(&m.cert_pem, &m.key_pem)?;
+        if signer.identity() != &self.identity {
             return Err(CredentialError::IdentityChanged {
                 expected: self.identity.clone(),
-                got: identity,
+                got: signer.identity().clone(),
             });
         }
         if let (Some(current), Some(crl)) = (self.lock().crl_number, &crl)
@@ -331,13 +281,23 @@ impl NodeCredentials {
                 current,
             });
         }
+        let cas = TrustedCas::from_pem(&m.ca_pem)?;
+        let not_after = m.cert_not_after()?;
+        // The last step that can fail: from here on everything is swapped.
         self.tls
             .reload(&m.ca_pem, &m.cert_pem, &m.key_pem, crl.as_ref())?;
+        if self.verifier.set_trusted_cas(cas) {
+            info!(
+                trusted_cas = self.verifier.trusted_cas().len(),
+                "mesh CA certificates reloaded"
+            );
+        }
         if let Some(crl) = &crl {
             self.verifier.set_revocations(crl);
         }
         let changed = {
             let mut st = self.lock();
+            st.ca_not_after = m.ca_not_after();
             let changed = st.cert_pem != m.cert_pem;
             if changed {
                 st.cert_pem = m.cert_pem.clone();
@@ -349,6 +309,10 @@ impl NodeCredentials {
             }
             changed
         };
+        if changed {
+            info!(identity = %signer.identity(), "node certificate reloaded");
+            self.signer.replace(signer);
+        }
         self.check_expiry(now);
         Ok(changed)
     }
@@ -357,37 +321,46 @@ impl NodeCredentials {
     /// node's certificate (once per day left); returns the days left.
     pub fn check_expiry(&self, now: OffsetDateTime) -> i64 {
         let mut st = self.lock();
-        let days_left = (st.not_after - now).whole_days();
-        if days_left < i64::from(self.warn_days) && st.warned_days != Some(days_left) {
-            st.warned_days = Some(days_left);
+        let not_after = st.not_after;
+        if let Some(days_left) =
+            expiry_warning_due(not_after, now, self.warn_days, &mut st.warned_days)
+        {
             if days_left < 0 {
-                error!(not_after = %st.not_after, "this node's certificate has expired: the coordinator refuses it; install a new one");
+                error!(%not_after, "this node's certificate has expired: the coordinator refuses it; install a new one");
             } else {
-                warn!(days_left, not_after = %st.not_after, "this node's certificate expires soon: install a new one (no restart needed)");
+                warn!(days_left, %not_after, "this node's certificate expires soon: install a new one (no restart needed)");
             }
         }
-        days_left
+        (not_after - now).whole_days()
     }
 
-    /// Polls `files` every `interval` and applies them when they differ
-    /// from `seen` (the stamp taken before the material in use was read),
-    /// until `stop` turns true. A refused reload keeps the old material.
+    /// Asks [`NodeCredentials::watch_files`] to reload now (SIGHUP).
+    pub fn request_reload(&self) {
+        self.reload_now.notify_one();
+    }
+
+    /// Polls `files` every `interval` (and at once on
+    /// [`NodeCredentials::request_reload`]) and applies them when they
+    /// differ from `seen` (the stamp taken before the material in use was
+    /// read), until `stop` turns true. A refused reload keeps the old
+    /// material and is logged.
     pub async fn watch_files(
         self: Arc<Self>,
-        files: NodeTlsFiles,
-        mut seen: NodeFileStamp,
+        files: TlsFiles,
+        mut seen: FileStamp,
         interval: Duration,
         mut stop: watch::Receiver<bool>,
     ) {
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+            let forced = tokio::select! {
+                _ = tokio::time::sleep(interval) => false,
+                _ = self.reload_now.notified() => true,
                 _ = stop.changed() => return,
-            }
+            };
             if *stop.borrow() {
                 return;
             }
-            if files.stamp() == seen {
+            if !forced && files.stamp() == seen {
                 self.check_expiry(OffsetDateTime::now_utc());
                 continue;
             }
@@ -396,13 +369,259 @@ impl NodeCredentials {
             seen = files.stamp();
             match files
                 .read()
+                .map_err(CredentialError::from)
                 .and_then(|m| self.apply(&m, OffsetDateTime::now_utc()))
             {
-                Ok(changed) => info!(certificate_changed = changed, "TLS credentials reloaded"),
+                Ok(changed) => {
+                    self.reloads[0].fetch_add(1, Ordering::Relaxed);
+                    info!(certificate_changed = changed, "TLS credentials reloaded")
+                }
                 Err(e) => {
+                    self.reloads[1].fetch_add(1, Ordering::Relaxed);
                     warn!(error = %e, "TLS credentials not reloaded; the previous ones stay in use")
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedmesh_crypto::{IssuedCert, MeshCa};
+
+    fn now() -> OffsetDateTime {
+        // Whole seconds, so validity periods come out exact.
+        OffsetDateTime::from_unix_timestamp(1_893_456_000).unwrap()
+    }
+
+    fn node_cert(ca: &MeshCa, days: u32) -> IssuedCert {
+        ca.issue_node(
+            &"acme".parse().unwrap(),
+            &"n1".parse().unwrap(),
+            now(),
+            days,
+        )
+        .unwrap()
+    }
+
+    fn coordinator_signer(ca: &MeshCa) -> CertSigner {
+        let c = ca
+            .issue_coordinator(
+                &"main".parse().unwrap(),
+                &["localhost".into()],
+                &[],
+                now(),
+                30,
+            )
+            .unwrap();
+        CertSigner::from_pem(&c.cert_pem, &c.key_pem).unwrap()
+    }
+
+    fn material(ca_pem: &str, cert: &IssuedCert) -> TlsMaterial {
+        TlsMaterial {
+            ca_pem: ca_pem.to_string(),
+            cert_pem: cert.cert_pem.clone(),
+            key_pem: cert.key_pem.clone(),
+            crl_pem: None,
+        }
+    }
+
+    /// Verifies a "model" signed by `s` with `v`.
+    fn verify(v: &CertVerifier, s: &CertSigner) -> Result<Identity, CryptoError> {
+        v.verify(s.cert_der(), b"model", &s.sign(b"model"), now())
+    }
+
+    /// A CA rotation and a key rotation reach the clones the federation
+    /// loop holds: the model verifier trusts exactly the CA file's CAs, the
+    /// shared signer signs with the new key; a refused reload changes
+    /// nothing.
+    #[test]
+    fn verifier_and_signer_follow_ca_and_key_rotation() {
+        let (ca1, ca2) = (
+            MeshCa::generate("CA 1", now(), 365).unwrap(),
+            MeshCa::generate("CA 2", now(), 365).unwrap(),
+        );
+        let (old_coord, new_coord) = (coordinator_signer(&ca1), coordinator_signer(&ca2));
+        let first = node_cert(&ca1, 30);
+        let creds = NodeCredentials::new(&material(ca1.cert_pem(), &first), 7, now()).unwrap();
+        // What the federation loop and the agent hold.
+        let verifier = creds.verifier().clone();
+        let signer = creds.signer().clone();
+        verify(&verifier, &old_coord).unwrap();
+        assert!(matches!(
+            verify(&verifier, &new_coord),
+            Err(CryptoError::UntrustedCertificate(_))
+        ));
+
+        // Step 1: both CAs trusted, the node's certificate unchanged.
+        let both = format!("{}{}", ca2.cert_pem(), ca1.cert_pem());
+        assert!(!creds.apply(&material(&both, &first), now()).unwrap());
+        verify(&verifier, &old_coord).unwrap();
+        verify(&verifier, &new_coord).unwrap();
+
+        // Step 2: a certificate of the new CA; the old CA dropped.
+        let second = node_cert(&ca2, 30);
+        assert!(creds.apply(&material(&both, &second), now()).unwrap());
+        let current = signer.current();
+        assert_eq!(
+            current.cert_der(),
+            fedmesh_crypto::tls::cert_der_from_pem(&second.cert_pem).unwrap()
+        );
+        verify(&CertVerifier::new(ca2.cert_pem()).unwrap(), &current).unwrap();
+        assert!(
+            creds
+                .apply(&material(ca2.cert_pem(), &second), now())
+                .is_ok()
+        );
+        assert!(matches!(
+            verify(&verifier, &old_coord),
+            Err(CryptoError::UntrustedCertificate(_))
+        ));
+        verify(&verifier, &new_coord).unwrap();
+
+        // Refused: a key of another certificate, a CA file that is not a
+        // CA, another node's certificate. Nothing changes.
+        let third = node_cert(&ca2, 30);
+        let mismatched = TlsMaterial {
+            key_pem: first.key_pem.clone(),
+            ..material(&both, &third)
+        };
+        assert!(creds.apply(&mismatched, now()).is_err());
+        assert!(
+            creds
+                .apply(&material(&third.cert_pem, &third), now())
+                .is_err()
+        );
+        let other = ca2
+            .issue_node(&"acme".parse().unwrap(), &"n2".parse().unwrap(), now(), 30)
+            .unwrap();
+        assert!(matches!(
+            creds.apply(&material(ca2.cert_pem(), &other), now()),
+            Err(CredentialError::IdentityChanged { .. })
+        ));
+        assert_eq!(signer.current().cert_der(), current.cert_der());
+        assert_eq!(verifier.trusted_cas().len(), 1);
+        assert!(verify(&verifier, &old_coord).is_err());
+    }
+
+    /// Seconds left on the certificate and the CA, as the metric shows them.
+    #[test]
+    fn expiry_seconds_of_certificate_and_ca() {
+        let ca = MeshCa::generate("CA", now(), 365).unwrap();
+        let creds =
+            NodeCredentials::new(&material(ca.cert_pem(), &node_cert(&ca, 3)), 7, now()).unwrap();
+        let at = now() + time::Duration::days(1);
+        assert_eq!(
+            creds.expiry_seconds(at),
+            vec![("node", 2.0 * 86_400.0), ("ca", 364.0 * 86_400.0)]
+        );
+        assert_eq!(creds.days_left(at), 2);
+        assert_eq!(
+            creds.expiry_seconds(now() + time::Duration::days(4))[0],
+            ("node", -86_400.0)
+        );
+    }
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Fewer than `warn_days` days left: one warning per day left, an error
+    /// once expired; a new certificate starts over.
+    #[test]
+    fn expiry_is_warned_once_per_day_left() {
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let ca = MeshCa::generate("CA", now(), 365).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            let creds =
+                NodeCredentials::new(&material(ca.cert_pem(), &node_cert(&ca, 3)), 7, now())
+                    .unwrap();
+            assert_eq!(creds.check_expiry(now()), 3);
+            assert_eq!(creds.check_expiry(now() + time::Duration::days(1)), 2);
+            assert_eq!(creds.check_expiry(now() + time::Duration::days(4)), -1);
+            let fresh = node_cert(&ca, 30);
+            creds
+                .apply(
+                    &material(ca.cert_pem(), &fresh),
+                    now() + time::Duration::days(4),
+                )
+                .unwrap();
+        });
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let warnings: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("certificate expires soon"))
+            .collect();
+        assert_eq!(warnings.len(), 2, "{text}");
+        assert!(warnings[0].contains("WARN") && warnings[0].contains("days_left=3"));
+        assert!(warnings[1].contains("days_left=2"));
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.contains("ERROR") && l.contains("has expired"))
+                .count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("node certificate reloaded"));
+    }
+
+    /// The file watcher applies a rotated certificate on a reload request
+    /// (SIGHUP) without waiting for its next poll.
+    #[tokio::test]
+    async fn reload_request_applies_rotated_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = MeshCa::generate("CA", now(), 365).unwrap();
+        let files = TlsFiles {
+            ca_cert: dir.path().join("ca.crt"),
+            cert: dir.path().join("node.crt"),
+            key: dir.path().join("node.key"),
+            crl: None,
+        };
+        let write = |c: &IssuedCert| {
+            std::fs::write(&files.ca_cert, ca.cert_pem()).unwrap();
+            std::fs::write(&files.cert, &c.cert_pem).unwrap();
+            std::fs::write(&files.key, c.key_pem.expose()).unwrap();
+        };
+        write(&node_cert(&ca, 30));
+        let stamp = files.stamp();
+        let creds = Arc::new(NodeCredentials::new(&files.read().unwrap(), 7, now()).unwrap());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(creds.clone().watch_files(
+            files.clone(),
+            stamp,
+            Duration::from_secs(3600),
+            stop_rx,
+        ));
+        let next = node_cert(&ca, 30);
+        write(&next);
+        let want = fedmesh_crypto::tls::cert_der_from_pem(&next.cert_pem).unwrap();
+        creds.request_reload();
+        let mut applied = false;
+        for _ in 0..200 {
+            if creds.signer().current().cert_der() == want.as_slice() {
+                applied = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(applied, "the reload request was not applied within 5 s");
+        assert_eq!(creds.reloads(), (1, 0));
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
     }
 }

@@ -74,7 +74,7 @@ pub struct TlsPaths {
     #[serde(default)]
     pub crl: Option<PathBuf>,
     /// Seconds between checks of the TLS files for changes (certificate
-    /// rotation, a new revocation list); 0 = never.
+    /// rotation, a new CA file, a new revocation list); 0 = only on SIGHUP.
     #[serde(default = "d_reload_interval_secs")]
     pub reload_interval_secs: u64,
     /// Warn when this node's certificate has fewer days left than this.

@@ -57,8 +57,28 @@ struct RuleLabel {
     rule: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabel {
+    certificate: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabel {
+    result: &'static str,
+}
+
+/// The TLS credentials' metrics, under the same names as the
+/// coordinator's (no `fedmesh_node_` prefix): read at scrape time.
+struct CredentialMetrics {
+    creds: Arc<crate::client::NodeCredentials>,
+    expiry: Family<CertLabel, Gauge<f64, AtomicU64>>,
+    reloads: Family<ReloadLabel, Counter>,
+}
+
 /// The node's metrics.
 pub struct NodeMetrics {
+    /// Unprefixed root: the node's own metrics live in a `fedmesh_node`
+    /// sub-registry, the credentials' under the coordinator's names.
     registry: Registry,
     agent: SharedAgent,
     sources: Arc<SourceCounters>,
@@ -77,12 +97,14 @@ pub struct NodeMetrics {
     models_refused: Counter,
     models_held_back: Counter,
     rule_hits: Option<(Arc<crate::rules::RuleCounters>, Family<RuleLabel, Counter>)>,
+    credentials: Option<CredentialMetrics>,
 }
 
 impl NodeMetrics {
     /// Registers the metrics of `agent`.
     pub fn new(agent: SharedAgent, sources: Arc<SourceCounters>) -> Self {
-        let mut registry = Registry::with_prefix("fedmesh_node");
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("fedmesh_node");
         let m = Self {
             registry: Registry::default(),
             agent,
@@ -102,6 +124,7 @@ impl NodeMetrics {
             models_refused: Counter::default(),
             models_held_back: Counter::default(),
             rule_hits: None,
+            credentials: None,
         };
         registry.register(
             "events_ingested",
@@ -165,7 +188,10 @@ impl NodeMetrics {
             "Global models held back as far worse on this node's benign windows",
             m.models_held_back.clone(),
         );
-        Self { registry, ..m }
+        Self {
+            registry: root,
+            ..m
+        }
     }
 
     /// Also exposes `ops`: `rule_hits_total{rule}`, `webhook_delivered_total`,
@@ -174,7 +200,7 @@ impl NodeMetrics {
     /// `webhook_outbox_depth`, `docker_errors_total` and
     /// `responses_total{action,mode,result}`.
     pub fn with_ops(mut self, ops: &OpsMetrics) -> Self {
-        let r = &mut self.registry;
+        let r = self.registry.sub_registry_with_prefix("fedmesh_node");
         let hits = Family::<RuleLabel, Counter>::default();
         r.register(
             "rule_hits",
@@ -220,8 +246,42 @@ impl NodeMetrics {
         self
     }
 
+    /// Also exposes the TLS credentials of a node with a coordinator, under
+    /// the coordinator's names: `fedmesh_certificate_expiry_seconds{certificate}`
+    /// (seconds left on the node's certificate, `"node"`, and on the mesh
+    /// CA in use, `"ca"`; negative once expired) and
+    /// `fedmesh_credential_reloads_total{result="ok"|"refused"}`.
+    pub fn with_credentials(mut self, creds: Arc<crate::client::NodeCredentials>) -> Self {
+        let expiry = Family::<CertLabel, Gauge<f64, AtomicU64>>::default();
+        let reloads = Family::<ReloadLabel, Counter>::default();
+        // The registry's prefix is `fedmesh_node`; these two keep the
+        // coordinator's names, so dashboards and alerts serve both.
+        let shared = self.registry.sub_registry_with_prefix("fedmesh");
+        shared.register(
+            "certificate_expiry_seconds",
+            "Seconds until this node's certificate (certificate=\"node\") or the mesh CA (\"ca\") expires",
+            expiry.clone(),
+        );
+        shared.register(
+            "credential_reloads",
+            "Reloads of the TLS credentials and revocation list (result=\"ok\" or \"refused\")",
+            reloads.clone(),
+        );
+        self.credentials = Some(CredentialMetrics {
+            creds,
+            expiry,
+            reloads,
+        });
+        self
+    }
+
     /// Prometheus text exposition of the current state.
     pub fn encode(&self) -> String {
+        self.encode_at(time::OffsetDateTime::now_utc())
+    }
+
+    /// [`NodeMetrics::encode`] with certificate expiry counted from `now`.
+    pub fn encode_at(&self, now: time::OffsetDateTime) -> String {
         {
             let a = lock(&self.agent);
             let st = a.stats();
@@ -264,6 +324,20 @@ impl NodeMetrics {
             for (rule, n) in counts.snapshot() {
                 family
                     .get_or_create(&RuleLabel { rule })
+                    .inner()
+                    .store(n, Ordering::Relaxed);
+            }
+        }
+        if let Some(c) = &self.credentials {
+            for (certificate, seconds) in c.creds.expiry_seconds(now) {
+                c.expiry
+                    .get_or_create(&CertLabel { certificate })
+                    .set(seconds);
+            }
+            let (ok, refused) = c.creds.reloads();
+            for (result, n) in [("ok", ok), ("refused", refused)] {
+                c.reloads
+                    .get_or_create(&ReloadLabel { result })
                     .inner()
                     .store(n, Ordering::Relaxed);
             }
@@ -356,6 +430,60 @@ mod tests {
         ] {
             assert!(text.contains(&needle), "missing {needle} in\n{text}");
         }
+    }
+
+    /// A node with a coordinator exposes its certificate's and CA's time
+    /// left under the coordinator's metric name, and the reloads.
+    #[test]
+    fn exposes_certificate_expiry_under_the_coordinators_name() {
+        let now = time::OffsetDateTime::from_unix_timestamp(1_893_456_000).unwrap();
+        let ca = fedmesh_crypto::MeshCa::generate("CA", now, 365).unwrap();
+        let cert = ca
+            .issue_node(&"t".parse().unwrap(), &"n".parse().unwrap(), now, 3)
+            .unwrap();
+        let creds = crate::client::NodeCredentials::new(
+            &fedmesh_crypto::TlsMaterial {
+                ca_pem: ca.cert_pem().to_string(),
+                cert_pem: cert.cert_pem,
+                key_pem: cert.key_pem,
+                crl_pem: None,
+            },
+            7,
+            now,
+        )
+        .unwrap();
+        let agent = Agent::new(
+            AgentSettings {
+                tenant: "t".into(),
+                node: "n".into(),
+                detector: Default::default(),
+                seed: 0,
+            },
+            None,
+            None,
+            now,
+        )
+        .unwrap();
+        let m = NodeMetrics::new(
+            Arc::new(Mutex::new(agent)),
+            Arc::new(SourceCounters::default()),
+        )
+        .with_ops(&OpsMetrics::default())
+        .with_credentials(Arc::new(creds));
+        let text = m.encode_at(now + time::Duration::days(1));
+        for needle in [
+            "# TYPE fedmesh_certificate_expiry_seconds gauge",
+            "fedmesh_certificate_expiry_seconds{certificate=\"node\"} 172800.0",
+            "fedmesh_certificate_expiry_seconds{certificate=\"ca\"} 31449600.0",
+            "fedmesh_credential_reloads_total{result=\"ok\"} 0",
+            "fedmesh_credential_reloads_total{result=\"refused\"} 0",
+            "fedmesh_node_model_version -1",
+            "fedmesh_node_docker_errors_total 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        assert_eq!(text.matches("# EOF").count(), 1);
+        assert!(!text.contains("fedmesh_node_certificate"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use fedmesh_crypto::{CertVerifier, Identity, SecretPem};
+use fedmesh_crypto::{CertVerifier, Identity};
 use fedmesh_node::agent::{Agent, AgentSettings, verify_global_model};
 use fedmesh_node::alert::{AlertPipeline, AlertSinks};
 use fedmesh_node::client::Connector;
@@ -232,13 +232,24 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
     let mut verifier = None;
     let mut credentials = None;
     if let (Some(c), Some(tls)) = (&cfg.coordinator, &cfg.tls) {
-        let cert = read(&tls.cert, "certificate")?;
-        let key = SecretPem::new(read(&tls.key, "private key")?);
-        let der = fedmesh_crypto::tls::cert_der_from_pem(&cert)?;
+        let files = fedmesh_crypto::TlsFiles {
+            ca_cert: tls.ca_cert.clone(),
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+            crl: tls.crl.clone(),
+        };
+        // Stamped before reading, so a change from now on is picked up.
+        let stamp = files.stamp();
+        let material = files.read()?;
+        let creds = Arc::new(fedmesh_node::client::NodeCredentials::new(
+            &material,
+            tls.expiry_warning_days,
+            time::OffsetDateTime::now_utc(),
+        )?);
         let Identity::Node {
             tenant: ct,
             node: cn,
-        } = fedmesh_crypto::tls::identity_from_cert_der(&der)?
+        } = creds.identity().clone()
         else {
             bail!("{} is not a node certificate", tls.cert.display());
         };
@@ -254,45 +265,30 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
         }
         tenant = Some(ct.to_string());
         node = Some(cn.to_string());
-        let files = fedmesh_node::client::NodeTlsFiles {
-            ca_cert: tls.ca_cert.clone(),
-            cert: tls.cert.clone(),
-            key: tls.key.clone(),
-            crl: tls.crl.clone(),
-        };
-        let stamp = files.stamp();
-        let material = files.read()?;
-        let creds = Arc::new(fedmesh_node::client::NodeCredentials::new(
-            &material,
-            tls.expiry_warning_days,
-            time::OffsetDateTime::now_utc(),
-        )?);
-        // Clones share the revocation list, which follows reloads.
+        // Clones share the trusted CAs and the revocation list, which
+        // follow reloads; so does the signer.
         let v = Arc::new(creds.verifier().clone());
-        let client_tls = creds.tls_config();
-        if tls.reload_interval_secs > 0 {
-            credentials = Some((
-                creds,
-                files,
-                stamp,
-                Duration::from_secs(tls.reload_interval_secs),
-            ));
-        }
         federation = Some(FederationSettings {
             connector: Connector::new(
                 &c.endpoint,
                 &c.server_name,
-                client_tls,
+                creds.tls_config(),
                 fedmesh_proto::DEFAULT_MAX_MESSAGE_BYTES,
             )?,
             verifier: v.clone(),
-            signer: Arc::new(fedmesh_crypto::CertSigner::from_pem(&cert, &key)?),
+            signer: creds.signer().clone(),
             secagg_seed: None,
             tamper: None,
             hook: None,
             max_backoff: Duration::from_millis(c.max_backoff_ms.max(200)),
         });
         verifier = Some(v);
+        let interval = match tls.reload_interval_secs {
+            // Only on SIGHUP (and the expiry check about once a day).
+            0 => Duration::from_secs(86_400),
+            s => Duration::from_secs(s),
+        };
+        credentials = Some((creds, files, stamp, interval));
     }
     let (Some(tenant), Some(node)) = (tenant, node) else {
         bail!("tenant and node must be set in the config when no coordinator/TLS is configured");
@@ -319,7 +315,9 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
     let mut sinks = AlertSinks::open(cfg.alerts.stdout, cfg.alerts.file.as_deref())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    let node_credentials = credentials.as_ref().map(|c| c.0.clone());
     if let Some((creds, files, stamp, interval)) = credentials {
+        reload_on_sighup(creds.clone());
         tasks.push(tokio::spawn(creds.watch_files(
             files,
             stamp,
@@ -332,7 +330,11 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} for metrics"))?;
-        let m = Arc::new(NodeMetrics::new(agent.clone(), counters.clone()).with_ops(&ops));
+        let mut m = NodeMetrics::new(agent.clone(), counters.clone()).with_ops(&ops);
+        if let Some(creds) = &node_credentials {
+            m = m.with_credentials(creds.clone());
+        }
+        let m = Arc::new(m);
         let mut rx = stop_rx.clone();
         tracing::info!(%addr, "metrics serving on /metrics");
         tasks.push(tokio::spawn(async move {
@@ -478,6 +480,22 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
         let _ = t.await;
     }
     Ok(())
+}
+
+/// SIGHUP makes the node re-read its TLS files and revocation list.
+fn reload_on_sighup(credentials: Arc<fedmesh_node::client::NodeCredentials>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading TLS credentials");
+                    credentials.request_reload();
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP; TLS files are still polled"),
+    }
 }
 
 async fn shutdown_signal() {

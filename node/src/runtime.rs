@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use fedmesh_crypto::{CertSigner, CertVerifier};
+use fedmesh_crypto::{CertVerifier, SharedSigner};
 use fedmesh_proto::v1::{self, round_event::Event as Ev};
 use rand::Rng;
 use tokio::sync::watch;
@@ -64,7 +64,10 @@ pub struct FederationSettings {
     /// peers' signed secure-aggregation keys).
     pub verifier: Arc<CertVerifier>,
     /// This node's mesh identity key: signs secure-aggregation messages.
-    pub signer: Arc<CertSigner>,
+    /// Shared with [`crate::client::NodeCredentials`], so a rotated
+    /// certificate and key sign from the next secure round on (a round keeps
+    /// the signer it advertised with).
+    pub signer: SharedSigner,
     /// Seed for the secure-aggregation randomness (keys, masks, rounding,
     /// DP noise). `None` (production) draws from the OS; simulations set it
     /// so that a run replays bit for bit. Never set it on a real node.

@@ -253,7 +253,11 @@ pub(crate) async fn participate(
             return Ok(None);
         }
     };
-    let advert = match c.advertise(&fs.signer) {
+    // One certificate and key for the whole round: the masked input and the
+    // unmask response are checked against the certificate in the advert,
+    // so a rotation during the round takes effect at the next one.
+    let signer = fs.signer.current();
+    let advert = match c.advertise(&signer) {
         Ok(a) => a,
         Err(e) => {
             warn!(error = %e, "cannot sign the key advert");
@@ -350,7 +354,7 @@ pub(crate) async fn participate(
                     &update.delta,
                     &extra_words(&update),
                     &mask,
-                    &fs.signer,
+                    &signer,
                     &mut rng,
                 )?;
                 drop(mask);
@@ -375,7 +379,7 @@ pub(crate) async fn participate(
             }
             if masked && phase == v1::SecAggPhase::Unmask as i32 && !bv.unmask_request.is_empty() {
                 let request = UnmaskRequest::decode(&bv.unmask_request)?;
-                let response = c.unmask(&request, &fs.signer)?;
+                let response = c.unmask(&request, &signer)?;
                 r.send(client, M::UnmaskResponse(response.encode())).await?;
                 return Ok(Some(()));
             }

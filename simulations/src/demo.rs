@@ -448,7 +448,7 @@ rule = "{rule}"
                 fedmesh_proto::DEFAULT_MAX_MESSAGE_BYTES,
             )?,
             verifier: verifier.clone(),
-            signer: Arc::new(fedmesh_crypto::CertSigner::from_pem(&cert, &key)?),
+            signer: fedmesh_crypto::CertSigner::from_pem(&cert, &key)?.into(),
             secagg_seed: Some(opts.seed.wrapping_mul(1_000_003).wrapping_add(i as u64)),
             tamper: (i >= opts.nodes - opts.attackers).then_some(opts.attack),
             hook: None,

@@ -571,7 +571,9 @@ prox_mu = {mu:?}
             )
             .map_err(mesh)?,
             verifier: verifier.clone(),
-            signer: Arc::new(fedmesh_crypto::CertSigner::from_pem(&cert, &key).map_err(mesh)?),
+            signer: fedmesh_crypto::CertSigner::from_pem(&cert, &key)
+                .map_err(mesh)?
+                .into(),
             secagg_seed: Some(derive_seed(
                 s.seed,
                 &[P_SECAGG_NODE, i as u64, u64::from(sybil)],
