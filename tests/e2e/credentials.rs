@@ -1,126 +1,51 @@
 //! Certificate revocation and rotation on a running mesh: an in-process
-//! coordinator and protocol-level nodes over real mTLS, the nodes dialling
-//! through their own connector and live credentials. Every wait is bounded.
+//! coordinator and nodes over real mTLS, dialling through the node's own
+//! connector and live credentials: protocol-level nodes for plaintext
+//! rounds, the node crate's federation loop for secure rounds. Every wait
+//! is bounded.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
-use fedmesh_coordinator::credentials::{Credentials, Material};
 use fedmesh_coordinator::reputation::Action;
-use fedmesh_coordinator::{Coordinator, CoordinatorConfig, Federation, Pki, Store};
-use fedmesh_crypto::{CryptoError, IssuedCert, MeshCa, RevocationList, RevokedCert};
-use fedmesh_node::agent::verify_global_model;
-use fedmesh_node::client::{Connector, NodeCredentials, NodeMaterial};
+use fedmesh_crypto::{CryptoError, IssuedCert, MeshCa, RevocationList, TlsMaterial};
+use fedmesh_node::agent::{Agent, AgentSettings, verify_global_model};
+use fedmesh_node::client::{Connector, NodeCredentials};
+use fedmesh_node::config::DetectorConfig;
+use fedmesh_node::runtime::{FederationSettings, SharedAgent, lock, run_federation};
+use fedmesh_node::telemetry::synthetic::{Profile, SyntheticSource};
 use fedmesh_proto::v1::{self, round_event::Event};
 use prost::Message;
-use tokio::sync::oneshot;
 use tonic::Streaming;
 
-use crate::protocol::{Client, WAIT, get_model, join, next_event, now, param_count, watch};
+use crate::protocol::{
+    Client, Mesh, WAIT, crl, get_model, issue_coordinator, join, material, next_event, now,
+    param_count, serial, watch,
+};
 
-/// A running coordinator with its live credentials.
-struct Running {
-    ca: MeshCa,
-    addr: SocketAddr,
-    creds: Arc<Credentials>,
-    fed: Arc<Federation>,
-    store: Store,
-    coord: IssuedCert,
-    stop: Option<oneshot::Sender<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-fn issue_coordinator(ca: &MeshCa) -> Result<IssuedCert> {
-    Ok(ca.issue_coordinator(
-        &"main".parse()?,
-        &["localhost".into()],
-        &["127.0.0.1".parse()?],
-        now(),
-        30,
-    )?)
-}
-
-/// Tenant `acme`: rounds open once `min_nodes` stream, commit with `quorum`
-/// updates or at the `timeout_ms` deadline; unlimited rounds.
-async fn start(min_nodes: usize, quorum: usize, timeout_ms: u64) -> Result<Running> {
-    let ca = MeshCa::generate("test CA", now(), 30)?;
-    let coord = issue_coordinator(&ca)?;
-    let dir = tempfile::tempdir()?;
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = '{}'\n\
-         [tls]\nca_cert = \"unused\"\ncert = \"unused\"\nkey = \"unused\"\nreload_interval_secs = 0\n\
-         [[tenants]]\nname = \"acme\"\nmin_nodes = {min_nodes}\nquorum = {quorum}\n\
+/// Tenant `acme` in plaintext rounds: rounds open once `min_nodes` stream,
+/// commit with `quorum` updates or at the `timeout_ms` deadline; unlimited
+/// rounds.
+fn rotating_tenant(min_nodes: usize, quorum: usize, timeout_ms: u64) -> String {
+    format!(
+        "[[tenants]]\nname = \"acme\"\nmin_nodes = {min_nodes}\nquorum = {quorum}\n\
          round_timeout_ms = {timeout_ms}\nround_interval_ms = 50\nmax_rounds = 0\n\
-         max_update_norm = 1.0\n[tenants.model]\nhidden = [4]\n",
-        dir.path().join("data").display(),
-    );
-    let cfg = CoordinatorConfig::from_toml(&text, Path::new("test.toml"))?;
-    let pki = Pki {
-        ca_pem: ca.cert_pem().to_string(),
-        cert_pem: coord.cert_pem.clone(),
-        key_pem: coord.key_pem.clone(),
-    };
-    let coordinator = Coordinator::open(&cfg, &pki)?;
-    let creds = coordinator.credentials();
-    let fed = coordinator
-        .federation("acme")
-        .ok_or_else(|| anyhow!("no federation"))?;
-    let store = coordinator.store().clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop, stop_rx) = oneshot::channel::<()>();
-    tokio::spawn(coordinator.serve(listener, async move {
-        let _ = stop_rx.await;
-    }));
-    Ok(Running {
-        ca,
-        addr,
-        creds,
-        fed,
-        store,
-        coord,
-        stop: Some(stop),
-        _dir: dir,
-    })
+         max_update_norm = 1.0\n[tenants.model]\nhidden = [4]\n"
+    )
 }
 
-fn serial(cert_pem: &str) -> Result<Vec<u8>> {
-    Ok(fedmesh_crypto::crl::cert_serial(
-        &fedmesh_crypto::tls::cert_der_from_pem(cert_pem)?,
-    )?)
+async fn start(min_nodes: usize, quorum: usize, timeout_ms: u64) -> Result<Mesh> {
+    Mesh::start(
+        &[rotating_tenant(min_nodes, quorum, timeout_ms)],
+        fedmesh_proto::DEFAULT_MAX_MESSAGE_BYTES,
+    )
+    .await
 }
 
-fn crl(ca: &MeshCa, revoked: &[&str], number: u64) -> Result<Vec<u8>> {
-    let entries = revoked
-        .iter()
-        .map(|pem| {
-            Ok(RevokedCert {
-                serial: serial(pem)?,
-                revoked_at: now(),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(ca.issue_crl(&entries, number, now())?.into_bytes())
-}
-
-fn coordinator_material(r: &Running, cert: &IssuedCert, crl: Option<Vec<u8>>) -> Material {
-    Material {
-        ca_pem: r.ca.cert_pem().to_string(),
-        cert_pem: cert.cert_pem.clone(),
-        key_pem: cert.key_pem.clone(),
-        crl_pem: crl,
-    }
+fn coordinator_material(r: &Mesh, cert: &IssuedCert, crl: Option<Vec<u8>>) -> TlsMaterial {
+    material(r.ca.cert_pem(), cert, crl)
 }
 
 /// A protocol-level node: live credentials and a connector that follows them.
@@ -132,21 +57,15 @@ struct Node {
 }
 
 impl Node {
-    fn new(r: &Running, name: &'static str) -> Result<Node> {
-        let cert =
-            r.ca.issue_node(&"acme".parse()?, &name.parse()?, now(), 30)?;
+    fn new(r: &Mesh, name: &'static str) -> Result<Node> {
+        let cert = r.issue_node("acme", name)?;
         let creds = Arc::new(NodeCredentials::new(
-            &NodeMaterial {
-                ca_pem: r.ca.cert_pem().to_string(),
-                cert_pem: cert.cert_pem.clone(),
-                key_pem: cert.key_pem.clone(),
-                crl_pem: None,
-            },
+            &material(r.ca.cert_pem(), &cert, None),
             7,
             now(),
         )?);
         let connector = Connector::new(
-            &r.addr.to_string(),
+            &r.addr().to_string(),
             "localhost",
             creds.tls_config(),
             64 << 20,
@@ -164,18 +83,11 @@ impl Node {
     }
 
     /// Installs a new certificate (and list) the way the file watcher does.
-    fn rotate(&mut self, r: &Running, crl: Option<Vec<u8>>) -> Result<IssuedCert> {
-        let new =
-            r.ca.issue_node(&"acme".parse()?, &self.name.parse()?, now(), 30)?;
-        let changed = self.creds.apply(
-            &NodeMaterial {
-                ca_pem: r.ca.cert_pem().to_string(),
-                cert_pem: new.cert_pem.clone(),
-                key_pem: new.key_pem.clone(),
-                crl_pem: crl,
-            },
-            now(),
-        )?;
+    fn rotate(&mut self, r: &Mesh, crl: Option<Vec<u8>>) -> Result<IssuedCert> {
+        let new = r.issue_node("acme", self.name)?;
+        let changed = self
+            .creds
+            .apply(&material(r.ca.cert_pem(), &new, crl), now())?;
         assert!(changed);
         Ok(std::mem::replace(&mut self.cert, new))
     }
@@ -291,7 +203,7 @@ async fn revoked_node_is_cut_off_dropped_and_audited() -> Result<()> {
     let open = wait_open(&mut s3.stream).await?;
     s3.client.submit_update(update(&s3, &open, 0.05)).await?;
 
-    let outcome = r.creds.apply(
+    let outcome = r.credentials().apply(
         &coordinator_material(&r, &r.coord, Some(crl(&r.ca, &[&thief.cert.cert_pem], 1)?)),
         now(),
     )?;
@@ -353,7 +265,7 @@ async fn revoked_node_is_cut_off_dropped_and_audited() -> Result<()> {
     s1.client.submit_update(update(&s1, &open, 0.01)).await?;
     s2.client.submit_update(update(&s2, &open, 0.01)).await?;
     let v = wait_committed(&mut s1.stream, 0).await?;
-    let log = r.fed.audit_log()?;
+    let log = r.fed("acme").audit_log()?;
     let entry = log
         .iter()
         .find(|e| e.version == v)
@@ -372,7 +284,7 @@ async fn revoked_node_is_cut_off_dropped_and_audited() -> Result<()> {
                 &thief.cert.cert_pem
             )?))
     );
-    assert_eq!(r.store.verify_chain("acme")?, log.len());
+    assert_eq!(r.verify_chain("acme")?, log.len());
     let (_, body) = get_model(&mut s2.client, v).await?;
     let params = crate::protocol::params(&body)?;
     // Mean of the two honest deltas (0.01), not pulled towards 0.05.
@@ -385,12 +297,11 @@ async fn revoked_node_is_cut_off_dropped_and_audited() -> Result<()> {
     verify_global_model(&signed, honest[0].creds.verifier(), "acme", None, now())?;
     let revoked_coordinator = crl(&r.ca, &[&thief.cert.cert_pem, &r.coord.cert_pem], 2)?;
     honest[0].creds.apply(
-        &NodeMaterial {
-            ca_pem: r.ca.cert_pem().to_string(),
-            cert_pem: honest[0].cert.cert_pem.clone(),
-            key_pem: honest[0].cert.key_pem.clone(),
-            crl_pem: Some(revoked_coordinator.clone()),
-        },
+        &material(
+            r.ca.cert_pem(),
+            &honest[0].cert,
+            Some(revoked_coordinator.clone()),
+        ),
         now(),
     )?;
     let refused = verify_global_model(&signed, honest[0].creds.verifier(), "acme", None, now());
@@ -401,7 +312,7 @@ async fn revoked_node_is_cut_off_dropped_and_audited() -> Result<()> {
     // ... and the coordinator refuses a list that revokes its own
     // certificate, or an older list, keeping the one in force.
     assert!(
-        r.creds
+        r.credentials()
             .apply(
                 &coordinator_material(&r, &r.coord, Some(revoked_coordinator)),
                 now()
@@ -409,7 +320,7 @@ async fn revoked_node_is_cut_off_dropped_and_audited() -> Result<()> {
             .is_err()
     );
     assert!(
-        r.creds
+        r.credentials()
             .apply(
                 &coordinator_material(&r, &r.coord, Some(crl(&r.ca, &[], 0)?)),
                 now()
@@ -440,7 +351,7 @@ async fn every_certificate_rotates_while_rounds_commit() -> Result<()> {
     // Rotate the coordinator and both nodes; nothing reconnects.
     let new_coord = issue_coordinator(&r.ca)?;
     let outcome = r
-        .creds
+        .credentials()
         .apply(&coordinator_material(&r, &new_coord, None), now())?;
     assert!(outcome.certificate_changed);
     let old_a = nodes[0].rotate(&r, None)?;
@@ -457,25 +368,20 @@ async fn every_certificate_rotates_while_rounds_commit() -> Result<()> {
         &[&r.coord.cert_pem, &old_a.cert_pem, &old_b.cert_pem],
         1,
     )?;
-    let outcome = r.creds.apply(
+    let outcome = r.credentials().apply(
         &coordinator_material(&r, &new_coord, Some(list.clone())),
         now(),
     )?;
     assert_eq!(outcome.revoked.len(), 3);
     for n in &nodes {
         n.creds.apply(
-            &NodeMaterial {
-                ca_pem: r.ca.cert_pem().to_string(),
-                cert_pem: n.cert.cert_pem.clone(),
-                key_pem: n.cert.key_pem.clone(),
-                crl_pem: Some(list.clone()),
-            },
+            &material(r.ca.cert_pem(), &n.cert, Some(list.clone())),
             now(),
         )?;
     }
     let [a, b] = &nodes;
     assert_eq!(
-        presented_serial(r.addr, a.creds.tls_config()).await?,
+        presented_serial(r.addr(), a.creds.tls_config()).await?,
         serial(&new_coord.cert_pem)?
     );
     let (mut sa, mut sb) = (session(a).await?, session(b).await?);
@@ -502,9 +408,9 @@ async fn every_certificate_rotates_while_rounds_commit() -> Result<()> {
         Err(CryptoError::Revoked { .. }) => {}
         other => bail!("a model signed by the revoked certificate: {other:?}"),
     }
-    assert_eq!(r.store.verify_chain("acme")?, r.fed.audit_log()?.len());
+    assert_eq!(r.verify_chain("acme")?, r.fed("acme").audit_log()?.len());
     let revoked_nodes: BTreeMap<String, usize> = r
-        .fed
+        .fed("acme")
         .audit_log()?
         .iter()
         .flat_map(|e| e.reputation.iter())
@@ -517,6 +423,248 @@ async fn every_certificate_rotates_while_rounds_commit() -> Result<()> {
         revoked_nodes,
         BTreeMap::from([("n1".to_string(), 1), ("n2".to_string(), 1)])
     );
+    Ok(())
+}
+
+// ------------------------------------------------ real nodes in secure rounds
+
+/// Tenant `acme` aggregating securely in buckets of 2 among `nodes` nodes;
+/// unlimited rounds.
+fn secure_rotating_tenant(nodes: usize) -> String {
+    format!(
+        "[[tenants]]\nname = \"acme\"\nmin_nodes = {nodes}\nquorum = {nodes}\n\
+         round_timeout_ms = 10000\nround_interval_ms = 50\nmax_rounds = 0\n\
+         [tenants.model]\nhidden = [4]\n\
+         [tenants.secure]\nbucket_size = 2\nphase_timeout_ms = 5000\n"
+    )
+}
+
+/// A node run by the node crate's own federation loop (training, secure
+/// aggregation, model verification), in process, with its live
+/// credentials; the loop signs with `creds.signer()` and verifies with a
+/// clone of `creds.verifier()`, exactly as the binary wires them.
+struct LiveNode {
+    name: &'static str,
+    cert: IssuedCert,
+    creds: Arc<NodeCredentials>,
+    agent: SharedAgent,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LiveNode {
+    fn start(
+        mesh: &Mesh,
+        name: &'static str,
+        seed: u64,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<LiveNode> {
+        let cert = mesh.issue_node("acme", name)?;
+        let creds = Arc::new(NodeCredentials::new(
+            &material(mesh.ca.cert_pem(), &cert, None),
+            7,
+            now(),
+        )?);
+        let agent = Arc::new(std::sync::Mutex::new(Agent::new(
+            AgentSettings {
+                tenant: "acme".into(),
+                node: name.into(),
+                detector: DetectorConfig {
+                    min_train_windows: 32,
+                    bootstrap_after_windows: 0,
+                    ..DetectorConfig::default()
+                },
+                seed,
+            },
+            None,
+            None,
+            now(),
+        )?));
+        // Benign windows to train on (two containers: 80 windows).
+        let mut source = SyntheticSource::new(
+            seed,
+            &[
+                ("web-1".into(), Profile::Web),
+                ("db-1".into(), Profile::Database),
+            ],
+            10_000,
+        );
+        for _ in 0..40 {
+            let (w, events) = source.next_window();
+            let mut a = lock(&agent);
+            for e in &events {
+                a.observe(e);
+            }
+            a.close_window((w + 1) * 10_000)?;
+        }
+        let settings = FederationSettings {
+            connector: Connector::new(
+                &mesh.addr().to_string(),
+                "localhost",
+                creds.tls_config(),
+                fedmesh_proto::DEFAULT_MAX_MESSAGE_BYTES,
+            )?,
+            verifier: Arc::new(creds.verifier().clone()),
+            signer: creds.signer().clone(),
+            secagg_seed: Some(seed),
+            tamper: None,
+            hook: None,
+            max_backoff: std::time::Duration::from_millis(500),
+        };
+        let task = tokio::spawn(run_federation(agent.clone(), settings, stop));
+        Ok(LiveNode {
+            name,
+            cert,
+            creds,
+            agent,
+            task,
+        })
+    }
+
+    /// Installs `cert` (and its key) with CA file `ca_pem` and list `crl`,
+    /// as the file watcher does.
+    fn install(&mut self, ca_pem: &str, cert: IssuedCert, crl: Option<Vec<u8>>) -> Result<()> {
+        self.creds.apply(&material(ca_pem, &cert, crl), now())?;
+        self.cert = cert;
+        Ok(())
+    }
+}
+
+/// Waits (bounded) until two more versions than `after` are committed, so
+/// that at least one whole round opened after the caller's change; every
+/// version after `after` must come from a secure round with both nodes'
+/// masked updates. Returns the latest version.
+async fn two_secure_commits(mesh: &Mesh, after: u64, what: &str) -> Result<u64> {
+    let fed = mesh.fed("acme");
+    let mut committed = false;
+    for _ in 0..1200 {
+        if fed.version() >= after + 2 {
+            committed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let log = fed.audit_log()?;
+    let entries: Vec<_> = log.iter().filter(|e| e.version > after).collect();
+    if !committed {
+        bail!(
+            "{what}: no two secure rounds committed within 60 s; audit after v{after}: {entries:?}"
+        );
+    }
+    for e in &entries {
+        if e.secure.is_none() || e.participants != ["n1", "n2"] {
+            bail!(
+                "{what}: version {} is not a secure round of n1 and n2: {e:?}",
+                e.version
+            );
+        }
+    }
+    Ok(fed.version())
+}
+
+/// Secure aggregation (k = 2) goes on across rotations of every key: the
+/// real node loop signs its adverts, masked inputs and unmask responses
+/// with its rotated key, and trusts a new CA for models and peers' adverts.
+///
+/// 1. Both nodes rotate their keys and the coordinator revokes the old
+///    certificates: the nodes reconnect and their adverts, signed with the
+///    new keys, are accepted (signed with the revoked ones they would be
+///    refused, and no secure round would commit).
+/// 2. The mesh CA rotates: everyone trusts both CAs, the coordinator and the
+///    nodes take certificates of the new CA, then everyone drops the old
+///    CA. Models signed by the new coordinator certificate are verified and
+///    installed by the nodes, and the rounds keep committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_rounds_commit_across_key_and_ca_rotation() -> Result<()> {
+    let mesh = Mesh::start(
+        &[secure_rotating_tenant(2)],
+        fedmesh_proto::DEFAULT_MAX_MESSAGE_BYTES,
+    )
+    .await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut nodes = [
+        LiveNode::start(&mesh, "n1", 11, stop_rx.clone())?,
+        LiveNode::start(&mesh, "n2", 12, stop_rx)?,
+    ];
+    let v = two_secure_commits(&mesh, 0, "before any rotation").await?;
+
+    // 1. New node keys; the old certificates are revoked.
+    let ca1 = mesh.ca.cert_pem().to_string();
+    let mut old = Vec::new();
+    for n in &mut nodes {
+        let new = mesh.issue_node("acme", n.name)?;
+        old.push(n.cert.cert_pem.clone());
+        n.install(&ca1, new, None)?;
+    }
+    let outcome = mesh.revoke(&[&old[0], &old[1]], 1)?;
+    assert_eq!(outcome.revoked.len(), 2, "{outcome:?}");
+    let list = crl(&mesh.ca, &[&old[0], &old[1]], 1)?;
+    let after_revocation = mesh.fed("acme").version();
+    for n in &mut nodes {
+        let cert = n.cert.clone();
+        n.install(&ca1, cert, Some(list.clone()))?;
+    }
+    let v = two_secure_commits(&mesh, after_revocation.max(v), "after the key rotation").await?;
+
+    // 2. CA rotation: trust both, move every certificate, drop the old CA.
+    let ca2 = MeshCa::generate("test CA 2", now(), 30)?;
+    let both = format!("{}{ca1}", ca2.cert_pem());
+    let coord = mesh.credentials();
+    coord.apply(&material(&both, &mesh.coord, Some(list.clone())), now())?;
+    for n in &mut nodes {
+        let cert = n.cert.clone();
+        n.install(&both, cert, Some(list.clone()))?;
+    }
+    let coord2 = issue_coordinator(&ca2)?;
+    assert!(
+        coord
+            .apply(&material(&both, &coord2, Some(list.clone())), now())?
+            .certificate_changed
+    );
+    for n in &mut nodes {
+        let new = ca2.issue_node(&"acme".parse()?, &n.name.parse()?, now(), 30)?;
+        n.install(&both, new, Some(list.clone()))?;
+    }
+    coord.apply(&material(ca2.cert_pem(), &coord2, None), now())?;
+    for n in &mut nodes {
+        let cert = n.cert.clone();
+        n.install(ca2.cert_pem(), cert, None)?;
+    }
+    let dropped_ca1 = mesh.fed("acme").version();
+    let last = two_secure_commits(&mesh, dropped_ca1.max(v), "after the CA rotation").await?;
+
+    // The newest model is signed by the new coordinator certificate, and
+    // both nodes verified and installed a model committed after the switch.
+    let bytes = mesh.fed("acme").model(last)?;
+    let signed = v1::SignedModel::decode(bytes.as_slice())?;
+    assert_eq!(
+        fedmesh_crypto::crl::cert_serial(&signed.signer_cert)?,
+        serial(&coord2.cert_pem)?
+    );
+    for n in &nodes {
+        verify_global_model(&bytes, n.creds.verifier(), "acme", None, now())?;
+        let mut installed = None;
+        for _ in 0..200 {
+            installed = lock(&n.agent).global_version();
+            if installed.is_some_and(|have| have > dropped_ca1) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        assert!(
+            installed.is_some_and(|have| have > dropped_ca1),
+            "{} holds version {installed:?}",
+            n.name
+        );
+    }
+    assert_eq!(
+        mesh.verify_chain("acme")?,
+        mesh.fed("acme").audit_log()?.len()
+    );
+
+    stop_tx.send(true)?;
+    for n in nodes {
+        tokio::time::timeout(WAIT, n.task).await??;
+    }
     Ok(())
 }
 

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
+use fedmesh_coordinator::credentials::{Credentials, ReloadOutcome};
 use fedmesh_coordinator::{Coordinator, CoordinatorConfig, Federation, Pki};
-use fedmesh_crypto::{CertVerifier, Identity, MeshCa};
+use fedmesh_crypto::{CertVerifier, Identity, IssuedCert, MeshCa, TlsMaterial};
 use fedmesh_proto::v1::{self, federation_client::FederationClient, round_event::Event};
 use prost::Message;
 use time::OffsetDateTime;
@@ -43,41 +44,85 @@ pub(crate) fn tenant(name: &str, min_nodes: usize, hidden: &[usize]) -> String {
     )
 }
 
-/// A running in-process coordinator and the CA that issued its certificate.
+/// A running in-process coordinator, the CA that issued its certificate and
+/// its live credentials (to revoke and rotate while it runs).
 pub(crate) struct Mesh {
     pub(crate) ca: MeshCa,
+    /// The certificate the coordinator started with.
+    pub(crate) coord: IssuedCert,
     addr: SocketAddr,
     feds: BTreeMap<String, Arc<Federation>>,
     store: fedmesh_coordinator::store::Store,
+    creds: Arc<Credentials>,
     stop: Option<oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
+}
+
+/// A coordinator certificate for `ca`, valid for 30 days, reached at
+/// `localhost` and `127.0.0.1`.
+pub(crate) fn issue_coordinator(ca: &MeshCa) -> Result<IssuedCert> {
+    Ok(ca.issue_coordinator(
+        &"main".parse()?,
+        &["localhost".into()],
+        &["127.0.0.1".parse()?],
+        now(),
+        30,
+    )?)
+}
+
+/// The serial number of a certificate.
+pub(crate) fn serial(cert_pem: &str) -> Result<Vec<u8>> {
+    Ok(fedmesh_crypto::crl::cert_serial(
+        &fedmesh_crypto::tls::cert_der_from_pem(cert_pem)?,
+    )?)
+}
+
+/// A revocation list of `ca` (number `number`) revoking `revoked`.
+pub(crate) fn crl(ca: &MeshCa, revoked: &[&str], number: u64) -> Result<Vec<u8>> {
+    let entries = revoked
+        .iter()
+        .map(|pem| {
+            Ok(fedmesh_crypto::RevokedCert {
+                serial: serial(pem)?,
+                revoked_at: now(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ca.issue_crl(&entries, number, now())?.into_bytes())
+}
+
+/// TLS material: CA file `ca_pem`, `cert` and its key, revocation list `crl`.
+pub(crate) fn material(ca_pem: &str, cert: &IssuedCert, crl: Option<Vec<u8>>) -> TlsMaterial {
+    TlsMaterial {
+        ca_pem: ca_pem.to_string(),
+        cert_pem: cert.cert_pem.clone(),
+        key_pem: cert.key_pem.clone(),
+        crl_pem: crl,
+    }
 }
 
 impl Mesh {
     /// Starts a coordinator serving the given `[[tenants]]` entries.
     pub(crate) async fn start(tenants: &[String], max_message_bytes: usize) -> Result<Self> {
         let ca = MeshCa::generate("test CA", now(), 30)?;
-        let issued = ca.issue_coordinator(
-            &"main".parse()?,
-            &["localhost".into()],
-            &["127.0.0.1".parse()?],
-            now(),
-            30,
-        )?;
+        let coord = issue_coordinator(&ca)?;
         let dir = tempfile::tempdir()?;
+        // No TLS files: tests install credentials with `credentials().apply`.
         let text = format!(
             "listen = \"127.0.0.1:0\"\ndata_dir = '{}'\nmax_message_bytes = {max_message_bytes}\n\
-             [tls]\nca_cert = \"unused\"\ncert = \"unused\"\nkey = \"unused\"\n{}",
+             [tls]\nca_cert = \"unused\"\ncert = \"unused\"\nkey = \"unused\"\n\
+             reload_interval_secs = 0\n{}",
             dir.path().join("data").display(),
             tenants.concat()
         );
         let cfg = CoordinatorConfig::from_toml(&text, Path::new("test.toml"))?;
         let pki = Pki {
             ca_pem: ca.cert_pem().to_string(),
-            cert_pem: issued.cert_pem,
-            key_pem: issued.key_pem,
+            cert_pem: coord.cert_pem.clone(),
+            key_pem: coord.key_pem.clone(),
         };
         let coordinator = Coordinator::open(&cfg, &pki)?;
+        let creds = coordinator.credentials();
         let mut feds = BTreeMap::new();
         for t in &cfg.tenants {
             let fed = coordinator
@@ -94,12 +139,36 @@ impl Mesh {
         }));
         Ok(Self {
             ca,
+            coord,
             addr,
             feds,
             store,
+            creds,
             stop: Some(stop),
             _dir: dir,
         })
+    }
+
+    /// The coordinator's live credentials.
+    pub(crate) fn credentials(&self) -> &Credentials {
+        &self.creds
+    }
+
+    /// Installs a revocation list (number `number`) revoking `revoked`,
+    /// keeping the coordinator's starting certificate.
+    pub(crate) fn revoke(&self, revoked: &[&str], number: u64) -> Result<ReloadOutcome> {
+        let list = crl(&self.ca, revoked, number)?;
+        Ok(self.creds.apply(
+            &material(self.ca.cert_pem(), &self.coord, Some(list)),
+            now(),
+        )?)
+    }
+
+    /// A certificate of node `tenant/node` (a new one each call).
+    pub(crate) fn issue_node(&self, tenant: &str, node: &str) -> Result<IssuedCert> {
+        Ok(self
+            .ca
+            .issue_node(&tenant.parse()?, &node.parse()?, now(), 30)?)
     }
 
     pub(crate) fn fed(&self, tenant: &str) -> Arc<Federation> {
@@ -121,13 +190,15 @@ impl Mesh {
 
     /// The mTLS client configuration of node `tenant/node`.
     pub(crate) fn node_tls(&self, tenant: &str, node: &str) -> Result<rustls::ClientConfig> {
-        let c = self
-            .ca
-            .issue_node(&tenant.parse()?, &node.parse()?, now(), 30)?;
+        self.tls_of(&self.issue_node(tenant, node)?)
+    }
+
+    /// The mTLS client configuration presenting `cert`.
+    pub(crate) fn tls_of(&self, cert: &IssuedCert) -> Result<rustls::ClientConfig> {
         Ok(fedmesh_crypto::tls::client_config(
             self.ca_pem(),
-            &c.cert_pem,
-            &c.key_pem,
+            &cert.cert_pem,
+            &cert.key_pem,
         )?)
     }
 
