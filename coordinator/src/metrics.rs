@@ -231,7 +231,7 @@ impl Metrics {
         let handshakes_refused = Family::<HandshakeLabel, Counter>::default();
         registry.register(
             "handshakes_refused",
-            "Connections closed before gRPC, by reason (per_address_limit, timeout, tls, no_identity)",
+            "Connections closed before gRPC, by reason (per_address_limit, timeout, tls, revoked, no_identity)",
             handshakes_refused.clone(),
         );
         Self {

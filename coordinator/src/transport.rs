@@ -132,6 +132,8 @@ pub enum HandshakeRefusal {
     Timeout,
     /// TLS refused it (bad or missing client certificate, protocol error).
     Tls,
+    /// The client certificate is on the revocation list.
+    Revoked,
     /// The certificate verified but names no fedmesh identity.
     NoIdentity,
 }
@@ -143,6 +145,7 @@ impl HandshakeRefusal {
             Self::PerAddressLimit => "per_address_limit",
             Self::Timeout => "timeout",
             Self::Tls => "tls",
+            Self::Revoked => "revoked",
             Self::NoIdentity => "no_identity",
         }
     }
@@ -258,8 +261,13 @@ pub fn tls_incoming(
                     Ok(Ok(io)) => io,
                     Ok(Err(e)) => {
                         drop(slot);
-                        debug!(%remote, error = %e, "TLS handshake refused");
-                        refused(HandshakeRefusal::Tls);
+                        if is_revoked_error(&e) {
+                            debug!(%remote, "client certificate revoked");
+                            refused(HandshakeRefusal::Revoked);
+                        } else {
+                            debug!(%remote, error = %e, "TLS handshake refused");
+                            refused(HandshakeRefusal::Tls);
+                        }
                         return;
                     }
                     Err(_) => {
@@ -282,7 +290,7 @@ pub fn tls_incoming(
                         if revocations.is_revoked(&serial) {
                             // Revoked while this handshake ran on the old list.
                             debug!(%remote, "client certificate revoked");
-                            refused(HandshakeRefusal::Tls);
+                            refused(HandshakeRefusal::Revoked);
                             return;
                         }
                         let _ = tx
@@ -306,6 +314,19 @@ pub fn tls_incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Whether a failed handshake failed because rustls found the client
+/// certificate on the revocation list.
+fn is_revoked_error(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| {
+            matches!(
+                r,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
+            )
+        })
 }
 
 /// The identity and (normalized) serial number of a verified client certificate.

@@ -6,8 +6,11 @@
 //! minimal protobuf reader. A hostile node (a valid certificate of tenant
 //! `acme`) sends every class of bad request the coordinator must refuse;
 //! each refusal is counted by class and checked for its exact status code
-//! and a bounded message (≤ 1 KiB). Afterwards the coordinator must still
-//! serve, a legitimate round must commit and the audit chain must verify.
+//! and a bounded message (≤ 1 KiB). A node whose certificate is revoked
+//! while it is connected (its identity was valid a moment ago) must be cut
+//! off below gRPC on its old connection and every new one. Afterwards the
+//! coordinator must still serve, a legitimate round must commit and the
+//! audit chain must verify.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +19,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
+
+use fedmesh_coordinator::transport::HandshakeRefusal;
 
 use super::protocol::{Mesh, WAIT, raw_channel, tenant};
 
@@ -209,11 +214,52 @@ fn path(method: &str) -> Result<PathAndQuery> {
 
 impl Raw {
     async fn connect(mesh: &Mesh, tenant: &str, node: &str, max_bytes: usize) -> Result<Self> {
-        let channel = raw_channel(mesh.addr(), mesh.node_tls(tenant, node)?).await?;
+        Self::open(mesh.addr(), mesh.node_tls(tenant, node)?, max_bytes)
+            .await
+            .map_err(anyhow::Error::from)
+    }
+
+    async fn open(
+        addr: std::net::SocketAddr,
+        tls: rustls::ClientConfig,
+        max_bytes: usize,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = raw_channel(addr, tls).await?;
         let grpc = tonic::client::Grpc::new(channel)
             .max_decoding_message_size(max_bytes)
             .max_encoding_message_size(max_bytes);
         Ok(Self { grpc })
+    }
+
+    /// Sends one request (for `WatchRounds`, reads the first event too) and
+    /// reports how it ended, without giving up on a transport failure.
+    async fn attempt(&mut self, method: &str, body: Vec<u8>) -> Result<Outcome> {
+        match tokio::time::timeout(WAIT, self.grpc.ready()).await {
+            Err(_) => bail!("{method}: the channel was not ready in time"),
+            Ok(Err(e)) => return Ok(Outcome::of_transport(&e)),
+            Ok(Ok(())) => {}
+        }
+        let path = path(method)?;
+        let call = async {
+            if method == "WatchRounds" {
+                let mut stream = self
+                    .grpc
+                    .server_streaming(tonic::Request::new(body), path, BytesCodec)
+                    .await?
+                    .into_inner();
+                stream.message().await.map(|_| ())
+            } else {
+                self.grpc
+                    .unary(tonic::Request::new(body), path, BytesCodec)
+                    .await
+                    .map(|_| ())
+            }
+        };
+        match tokio::time::timeout(WAIT, call).await {
+            Err(_) => bail!("{method} did not end in time"),
+            Ok(Ok(())) => Ok(Outcome::Served),
+            Ok(Err(status)) => Ok(Outcome::of_status(status)),
+        }
     }
 
     async fn unary(&mut self, method: &str, body: Vec<u8>) -> Result<Result<Vec<u8>, Status>> {
@@ -406,6 +452,58 @@ fn scaler(count: u64, sum: &[f64], sum_sq: &[f64]) -> Pb {
 
 // ------------------------------------------------------------ the tally
 
+/// How a request of a revoked identity ended.
+#[derive(Debug)]
+enum Outcome {
+    /// It failed in the client's transport: the coordinator never answered
+    /// at the gRPC layer. `status` is the code the client's stack reports
+    /// (`None`: no connection at all); `alert` whether the TLS alert
+    /// `certificate_revoked` came back.
+    CutOff { status: Option<Code>, alert: bool },
+    /// A status the coordinator sent: the request reached the service.
+    Status(Status),
+    /// The request was served.
+    Served,
+}
+
+/// Walks an error chain: whether the client's transport raised it (rather
+/// than the server answering with a status), and whether the TLS alert
+/// `certificate_revoked` is in it.
+fn transport_failure(first: Option<&(dyn std::error::Error + 'static)>) -> (bool, bool) {
+    let (mut transport, mut alert) = (false, false);
+    let mut cur = first;
+    while let Some(e) = cur {
+        transport |= e.is::<tonic::transport::Error>();
+        // The transport keeps only the text of rustls' error.
+        alert |= e.is::<std::io::Error>()
+            && e.to_string().contains(&format!(
+                "{:?}",
+                rustls::AlertDescription::CertificateRevoked
+            ));
+        cur = e.source();
+    }
+    (transport, alert)
+}
+
+impl Outcome {
+    fn of_status(s: Status) -> Self {
+        match transport_failure(std::error::Error::source(&s)) {
+            (true, alert) => Outcome::CutOff {
+                status: Some(s.code()),
+                alert,
+            },
+            (false, _) => Outcome::Status(s),
+        }
+    }
+
+    fn of_transport(e: &tonic::transport::Error) -> Self {
+        Outcome::CutOff {
+            status: None,
+            alert: transport_failure(Some(e)).1,
+        }
+    }
+}
+
 /// Refusals by class: (sent, refused with the expected code).
 #[derive(Debug, Default)]
 struct Tally {
@@ -435,6 +533,35 @@ impl Tally {
             Ok(v) => self.wrong.push(format!(
                 "{class}/{what}: expected {code:?}, accepted: {v:.200?}"
             )),
+        }
+    }
+
+    /// Records one request of a revoked identity: it must never reach the
+    /// service. Right: it failed in the client's transport (no connection,
+    /// or one the coordinator refused at the handshake or closed); a status
+    /// sent by the coordinator, even a refusal, or an answer is wrong.
+    fn cut_off(&mut self, class: &'static str, what: &str, outcome: Outcome) {
+        let e = self.by_class.entry(class).or_default();
+        e.0 += 1;
+        match outcome {
+            Outcome::CutOff { status, alert } => {
+                e.1 += 1;
+                eprintln!(
+                    "{class}/{what}: cut off ({}{})",
+                    status.map_or("no connection".into(), |c| format!("client status {c:?}")),
+                    if alert {
+                        ", TLS alert certificate_revoked"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Outcome::Status(s) => self.wrong.push(format!(
+                "{class}/{what}: the coordinator answered {:?}: {:.200}",
+                s.code(),
+                s.message()
+            )),
+            Outcome::Served => self.wrong.push(format!("{class}/{what}: served")),
         }
     }
 
@@ -932,10 +1059,76 @@ async fn hostile_client_is_refused_by_class_and_the_mesh_goes_on() -> Result<()>
         Code::FailedPrecondition,
     );
 
+    // ---- Revoked identity: acme/r is served, then its certificate is
+    // revoked (`ca revoke` writes the list, the coordinator installs it).
+    // Its open stream ends; every later request, on its old connection
+    // (which the client tries to re-establish) or on a new one, is refused
+    // before the service: the handshake fails on the revoked certificate.
+    let r_cert = mesh.issue_node("acme", "r")?;
+    let mut r = Raw::open(mesh.addr(), mesh.tls_of(&r_cert)?, 4 * LIMIT).await?;
+    r.unary("Join", join("acme", "r").into_bytes())
+        .await?
+        .map_err(|s| anyhow!("r's join refused before the revocation: {s:?}"))?;
+    let mut rs = r.watch().await?;
+    let revoked_before = mesh.metrics().handshakes_refused(HandshakeRefusal::Revoked);
+    let outcome = mesh.revoke(&[&r_cert.cert_pem], 1)?;
+    assert_eq!(outcome.revoked.len(), 1, "{outcome:?}");
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match rs.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the revoked identity's stream stayed open");
+    let rc = Ctx {
+        node: "r".into(),
+        ..c.clone()
+    };
+    let requests = || {
+        [
+            ("Join", join("acme", "r").into_bytes()),
+            ("SubmitUpdate", Update::valid(&rc, 0.01).encode()),
+            ("GetModel", Pb::default().into_bytes()),
+            ("SecAgg", secagg("r", round, 0, Some((5, &[1, 2, 3])))),
+            ("WatchRounds", Pb::default().varint(1, 0).into_bytes()),
+        ]
+    };
+    let class = "revoked identity";
+    for (method, body) in requests() {
+        let outcome = r.attempt(method, body).await?;
+        t.cut_off(class, &format!("{method} on the old connection"), outcome);
+    }
+    let mut fresh = 0;
+    for (method, body) in requests() {
+        let outcome = match Raw::open(mesh.addr(), mesh.tls_of(&r_cert)?, 4 * LIMIT).await {
+            Err(e) => Outcome::of_transport(&e),
+            Ok(mut c) => c.attempt(method, body).await?,
+        };
+        fresh += 1;
+        t.cut_off(class, &format!("{method} on a new connection"), outcome);
+    }
+    // The coordinator saw the revoked certificate at each new handshake.
+    let revoked_handshakes =
+        mesh.metrics().handshakes_refused(HandshakeRefusal::Revoked) - revoked_before;
+    assert!(
+        revoked_handshakes >= fresh,
+        "{revoked_handshakes} handshakes refused as revoked, {fresh} attempted"
+    );
+    // A new certificate for the same identity is served again.
+    let mut again = Raw::connect(&mesh, "acme", "r", 4 * LIMIT).await?;
+    again
+        .unary("Join", join("acme", "r").into_bytes())
+        .await?
+        .map_err(|s| anyhow!("a new certificate of acme/r refused: {s:?}"))?;
+
     eprintln!("hostile requests by class\n{}", t.table());
     assert!(t.wrong.is_empty(), "mishandled:\n{}", t.wrong.join("\n"));
     let sent: usize = t.by_class.values().map(|v| v.0).sum();
     assert!(sent >= 60, "only {sent} hostile requests");
+    assert_eq!(t.by_class.get(class), Some(&(10, 10)));
 
     // ---- The coordinator is alive and consistent.
     let model = h

@@ -54,6 +54,7 @@ pub(crate) struct Mesh {
     feds: BTreeMap<String, Arc<Federation>>,
     store: fedmesh_coordinator::store::Store,
     creds: Arc<Credentials>,
+    metrics: Arc<fedmesh_coordinator::metrics::Metrics>,
     stop: Option<oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
 }
@@ -123,6 +124,7 @@ impl Mesh {
         };
         let coordinator = Coordinator::open(&cfg, &pki)?;
         let creds = coordinator.credentials();
+        let metrics = coordinator.metrics();
         let mut feds = BTreeMap::new();
         for t in &cfg.tenants {
             let fed = coordinator
@@ -144,9 +146,15 @@ impl Mesh {
             feds,
             store,
             creds,
+            metrics,
             stop: Some(stop),
             _dir: dir,
         })
+    }
+
+    /// The coordinator's metrics.
+    pub(crate) fn metrics(&self) -> &fedmesh_coordinator::metrics::Metrics {
+        &self.metrics
     }
 
     /// The coordinator's live credentials.
