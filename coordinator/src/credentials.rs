@@ -30,8 +30,8 @@ use std::time::Duration;
 use fedmesh_crypto::files::expiry_warning_due;
 use fedmesh_crypto::tls::ServerTls;
 use fedmesh_crypto::{
-    CertSigner, CertVerifier, CryptoError, FileError, FileStamp, Identity, RevocationList,
-    SharedSigner, TenantId, TlsFiles, TlsMaterial, TrustedCas,
+    CertSigner, CertVerifier, CrlSuccession, CryptoError, FileError, FileStamp, Identity,
+    RevocationList, SharedSigner, TenantId, TlsFiles, TlsMaterial, TrustedCas,
 };
 use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
@@ -50,14 +50,10 @@ pub enum CredentialError {
     /// Certificate, key, CA or revocation list unusable.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
-    /// The revocation list is older than the one in force.
-    #[error("revocation list number {got} is older than the one in force ({current})")]
-    CrlRollback {
-        /// The number offered.
-        got: u64,
-        /// The number in force.
-        current: u64,
-    },
+    /// The revocation list may not replace the one in force (older, or
+    /// another CA's while that one's CA is still trusted).
+    #[error(transparent)]
+    CrlSuccession(#[from] CrlSuccession),
     /// The revocation list revokes the coordinator's own certificate.
     #[error("the revocation list revokes this coordinator's own certificate; install a new one")]
     OwnCertificateRevoked,
@@ -144,7 +140,8 @@ pub struct ReloadOutcome {
 #[derive(Debug, Default)]
 struct State {
     cert_pem: String,
-    crl_number: Option<u64>,
+    /// The revocation list in force.
+    crl: Option<RevocationList>,
     not_after: Option<OffsetDateTime>,
     ca_not_after: Option<OffsetDateTime>,
     /// Days left when the last expiry warning was logged.
@@ -208,7 +205,7 @@ impl Credentials {
             warn_days,
             state: Mutex::new(State {
                 cert_pem: material.cert_pem.clone(),
-                crl_number: crl.as_ref().map(RevocationList::number),
+                crl: crl.clone(),
                 not_after: Some(material.cert_not_after()?),
                 ca_not_after: material.ca_not_after(),
                 warned_days: None,
@@ -258,18 +255,12 @@ impl Credentials {
         now: OffsetDateTime,
     ) -> Result<ReloadOutcome, CredentialError> {
         let crl = material.revocation_list()?;
-        let current = lock(&self.state).crl_number;
-        if let (Some(current), Some(crl)) = (current, &crl)
-            && crl.number() < current
-        {
-            return Err(CredentialError::CrlRollback {
-                got: crl.number(),
-                current,
-            });
+        let cas = TrustedCas::from_pem(&material.ca_pem)?;
+        if let (Some(in_force), Some(crl)) = (&lock(&self.state).crl, &crl) {
+            crl.may_replace(in_force, &cas)?;
         }
         let signer = CertSigner::from_pem(&material.cert_pem, &material.key_pem)?;
         check_own_not_revoked(&signer, crl.as_ref())?;
-        let cas = TrustedCas::from_pem(&material.ca_pem)?;
         let not_after = material.cert_not_after()?;
         // The last step that can fail: from here on everything is swapped.
         self.tls.reload(
@@ -294,7 +285,7 @@ impl Credentials {
                 st.warned_days = None;
             }
             if let Some(crl) = &crl {
-                st.crl_number = Some(crl.number());
+                st.crl = Some(crl.clone());
             }
             changed
         };
@@ -322,7 +313,7 @@ impl Credentials {
         self.check_expiry(now);
         Ok(ReloadOutcome {
             certificate_changed,
-            crl_number: lock(&self.state).crl_number,
+            crl_number: lock(&self.state).crl.as_ref().map(RevocationList::number),
             revoked,
         })
     }

@@ -59,10 +59,32 @@ pub enum CrlRefusal {
     Serial,
 }
 
+/// Why a verified revocation list may not replace the one in force
+/// ([`RevocationList::may_replace`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CrlSuccession {
+    /// Same issuing CA, smaller CRL number: an older list.
+    #[error("revocation list number {got} is older than the one in force ({current})")]
+    Rollback {
+        /// The number offered.
+        got: u64,
+        /// The number in force.
+        current: u64,
+    },
+    /// Another CA's list while the CA of the list in force is still
+    /// trusted: installing it would lift that CA's revocations.
+    #[error(
+        "the revocation list is issued by another CA than the one in force, which is still trusted; drop that CA in the same reload"
+    )]
+    IssuerChanged,
+}
+
 /// A CRL verified against a trusted mesh CA.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RevocationList {
     der: Vec<u8>,
+    /// SHA-256 of the DER of the CA certificate that signed it.
+    issuer_ca: [u8; 32],
     number: u64,
     this_update: OffsetDateTime,
     serials: BTreeSet<Vec<u8>>,
@@ -110,7 +132,7 @@ impl RevocationList {
         if !rest.is_empty() {
             return Err(refused(CrlRefusal::Malformed));
         }
-        let mut trusted = false;
+        let mut issuer_ca = None;
         for ca_der in &cas {
             let Ok((_, ca)) = x509_parser::parse_x509_certificate(ca_der) else {
                 continue;
@@ -118,13 +140,13 @@ impl RevocationList {
             if ca.subject().as_raw() == crl.issuer().as_raw()
                 && crl.verify_signature(ca.public_key()).is_ok()
             {
-                trusted = true;
+                issuer_ca = Some(crate::sha256(ca_der));
                 break;
             }
         }
-        if !trusted {
+        let Some(issuer_ca) = issuer_ca else {
             return Err(refused(CrlRefusal::UntrustedIssuer));
-        }
+        };
         let number = crl
             .crl_number()
             .map(|n| n.to_u64_digits())
@@ -151,6 +173,7 @@ impl RevocationList {
         }
         Ok(RevocationList {
             der: der.to_vec(),
+            issuer_ca,
             number,
             this_update: crl.last_update().to_datetime(),
             serials,
@@ -172,6 +195,37 @@ impl RevocationList {
     /// carry over into the next list.
     pub fn entries(&self) -> &[RevokedCert] {
         &self.entries
+    }
+
+    /// SHA-256 of the DER of the CA certificate that signed this list.
+    pub fn issuer_ca_sha256(&self) -> &[u8; 32] {
+        &self.issuer_ca
+    }
+
+    /// Whether this list may replace `in_force` in a reload that makes
+    /// `trusted` the CAs in use. CRL numbers only grow per issuing CA: a
+    /// list of the same CA must not be older; a list of another CA may
+    /// replace one whose CA is no longer trusted (the last step of a CA
+    /// rotation: drop the old CA and install the new CA's list together),
+    /// never one whose CA still is, since that would lift its revocations.
+    pub fn may_replace(
+        &self,
+        in_force: &RevocationList,
+        trusted: &crate::TrustedCas,
+    ) -> std::result::Result<(), CrlSuccession> {
+        if self.issuer_ca == in_force.issuer_ca {
+            if self.number < in_force.number {
+                return Err(CrlSuccession::Rollback {
+                    got: self.number,
+                    current: in_force.number,
+                });
+            }
+            return Ok(());
+        }
+        if trusted.contains_sha256(&in_force.issuer_ca) {
+            return Err(CrlSuccession::IssuerChanged);
+        }
+        Ok(())
     }
 
     /// The CRL number (grows with every list the CA issues).
@@ -273,6 +327,7 @@ fn pem_block(label: &str, der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MeshCa;
     use crate::test_util::*;
     use proptest::prelude::*;
     use time::Duration;
@@ -314,6 +369,43 @@ mod tests {
         let empty = ca.issue_crl(&[], 1, now()).unwrap();
         let empty = RevocationList::from_pem(empty.as_bytes(), ca.cert_pem()).unwrap();
         assert!(empty.serials().is_empty());
+    }
+
+    /// Numbers only grow per CA; another CA's list replaces the one in
+    /// force only once that list's CA is no longer trusted.
+    #[test]
+    fn succession_is_per_issuing_ca() {
+        let (old, new) = (
+            ca(),
+            MeshCa::generate("fedmesh test CA 2", now(), 365).unwrap(),
+        );
+        let both = format!("{}{}", new.cert_pem(), old.cert_pem());
+        let list = |ca: &MeshCa, number| {
+            let pem = ca.issue_crl(&[], number, now()).unwrap();
+            RevocationList::from_pem(pem.as_bytes(), &both).unwrap()
+        };
+        let trust = |pem: &str| crate::TrustedCas::from_pem(pem).unwrap();
+        let in_force = list(&old, 5);
+        assert_eq!(
+            in_force.issuer_ca_sha256(),
+            &crate::sha256(&der(old.cert_pem()))
+        );
+        assert_eq!(list(&old, 5).may_replace(&in_force, &trust(&both)), Ok(()));
+        assert_eq!(list(&old, 6).may_replace(&in_force, &trust(&both)), Ok(()));
+        assert_eq!(
+            list(&old, 4).may_replace(&in_force, &trust(&both)),
+            Err(CrlSuccession::Rollback { got: 4, current: 5 })
+        );
+        // The new CA's first list, while the old CA is trusted: refused.
+        assert_eq!(
+            list(&new, 1).may_replace(&in_force, &trust(&both)),
+            Err(CrlSuccession::IssuerChanged)
+        );
+        // ... and together with dropping the old CA: accepted.
+        assert_eq!(
+            list(&new, 1).may_replace(&in_force, &trust(new.cert_pem())),
+            Ok(())
+        );
     }
 
     #[test]

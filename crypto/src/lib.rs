@@ -30,7 +30,7 @@ pub mod sign;
 pub mod tls;
 
 pub use ca::{IssuedCert, MeshCa};
-pub use crl::{RevocationList, RevokedCert};
+pub use crl::{CrlSuccession, RevocationList, RevokedCert};
 pub use error::CryptoError;
 pub use files::{FileError, FileStamp, TlsFiles, TlsMaterial};
 pub use identity::{Identity, NodeId, TenantId};

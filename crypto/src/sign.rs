@@ -218,6 +218,11 @@ impl TrustedCas {
         Ok(TrustedCas(ca_ders))
     }
 
+    /// Whether one of the CA certificates has this SHA-256 (of its DER).
+    pub fn contains_sha256(&self, digest: &[u8; 32]) -> bool {
+        self.0.iter().any(|der| &crate::sha256(der) == digest)
+    }
+
     /// How many CA certificates.
     pub fn len(&self) -> usize {
         self.0.len()

@@ -9,8 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
+use fedmesh_coordinator::credentials::CredentialError;
 use fedmesh_coordinator::reputation::Action;
-use fedmesh_crypto::{CryptoError, IssuedCert, MeshCa, RevocationList, TlsMaterial};
+use fedmesh_crypto::{CrlSuccession, CryptoError, IssuedCert, MeshCa, RevocationList, TlsMaterial};
 use fedmesh_node::agent::{Agent, AgentSettings, verify_global_model};
 use fedmesh_node::client::{Connector, NodeCredentials};
 use fedmesh_node::config::DetectorConfig;
@@ -571,8 +572,9 @@ async fn two_secure_commits(mesh: &Mesh, after: u64, what: &str) -> Result<u64> 
 ///    refused, and no secure round would commit).
 /// 2. The mesh CA rotates: everyone trusts both CAs, the coordinator and the
 ///    nodes take certificates of the new CA, then everyone drops the old
-///    CA. Models signed by the new coordinator certificate are verified and
-///    installed by the nodes, and the rounds keep committing.
+///    CA and installs the new CA's first revocation list (its number below
+///    the old list's). Models signed by the new coordinator certificate are
+///    verified and installed by the nodes, and the rounds keep committing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secure_rounds_commit_across_key_and_ca_rotation() -> Result<()> {
     let mesh = Mesh::start(
@@ -595,9 +597,9 @@ async fn secure_rounds_commit_across_key_and_ca_rotation() -> Result<()> {
         old.push(n.cert.cert_pem.clone());
         n.install(&ca1, new, None)?;
     }
-    let outcome = mesh.revoke(&[&old[0], &old[1]], 1)?;
+    let outcome = mesh.revoke(&[&old[0], &old[1]], 3)?;
     assert_eq!(outcome.revoked.len(), 2, "{outcome:?}");
-    let list = crl(&mesh.ca, &[&old[0], &old[1]], 1)?;
+    let list = crl(&mesh.ca, &[&old[0], &old[1]], 3)?;
     let after_revocation = mesh.fed("acme").version();
     for n in &mut nodes {
         let cert = n.cert.clone();
@@ -624,10 +626,24 @@ async fn secure_rounds_commit_across_key_and_ca_rotation() -> Result<()> {
         let new = ca2.issue_node(&"acme".parse()?, &n.name.parse()?, now(), 30)?;
         n.install(&both, new, Some(list.clone()))?;
     }
-    coord.apply(&material(ca2.cert_pem(), &coord2, None), now())?;
+    // The new CA's first list (#1) cannot lift the old CA's revocations
+    // while the old CA is trusted; it goes in together with dropping it.
+    let list2 = crl(&ca2, &[], 1)?;
+    let refused = coord.apply(&material(&both, &coord2, Some(list2.clone())), now());
+    assert!(
+        matches!(
+            refused,
+            Err(CredentialError::CrlSuccession(CrlSuccession::IssuerChanged))
+        ),
+        "{refused:?}"
+    );
+    coord.apply(
+        &material(ca2.cert_pem(), &coord2, Some(list2.clone())),
+        now(),
+    )?;
     for n in &mut nodes {
         let cert = n.cert.clone();
-        n.install(ca2.cert_pem(), cert, None)?;
+        n.install(ca2.cert_pem(), cert, Some(list2.clone()))?;
     }
     let dropped_ca1 = mesh.fed("acme").version();
     let last = two_secure_commits(&mesh, dropped_ca1.max(v), "after the CA rotation").await?;
