@@ -18,7 +18,7 @@ use crate::{Result, RevocationList, SecretPem};
 
 /// A TLS file could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {source}")]
+#[error("cannot read {path}: {source}")]
 pub struct FileError {
     /// The file.
     pub path: PathBuf,
