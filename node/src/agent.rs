@@ -3,7 +3,7 @@
 //! installs verified global models.
 //!
 //! The agent does no network I/O and reads no clock: the runtime
-//! ([`crate::runtime`]) feeds it events and window boundaries and moves
+//! ([`crate::federation::session`]) feeds it events and window boundaries and moves
 //! updates to and from the coordinator. Heavy training runs as a
 //! [`TrainingJob`] outside the agent's lock.
 
@@ -15,12 +15,12 @@ use ndarray::Array2;
 use prost::Message;
 use tracing::{info, warn};
 
-use crate::alert::Alert;
+use crate::alerting::alert::Alert;
 use crate::config::DetectorConfig;
-use crate::detector::{Detector, calibrate_threshold, top_features};
-use crate::features::{FeatureWindow, NUM_FEATURES, WindowBuilder, feature_schema_hash};
-use crate::model::{Autoencoder, ModelSpec, TrainConfig};
-use crate::scaler::{Scaler, ScalerStats};
+use crate::detection::detector::{Detector, calibrate_threshold, top_features};
+use crate::detection::features::{FeatureWindow, NUM_FEATURES, WindowBuilder, feature_schema_hash};
+use crate::detection::model::{Autoencoder, ModelSpec, TrainConfig};
+use crate::detection::scaler::{Scaler, ScalerStats};
 use crate::store::{LocalModelRecord, NodeStore};
 use crate::telemetry::Event;
 
@@ -839,7 +839,7 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
-    use crate::telemetry::synthetic::{AttackKind, Profile, SyntheticSource};
+    use crate::sim::synthetic::{AttackKind, Profile, SyntheticSource};
 
     const TENANT: &str = "acme";
     const WINDOW_MS: u64 = 10_000;

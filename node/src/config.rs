@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::telemetry::synthetic::{AttackKind, Profile};
+use crate::sim::synthetic::{AttackKind, Profile};
 
 /// Errors from loading or validating configuration.
 #[derive(Debug, thiserror::Error)]
@@ -259,7 +259,7 @@ pub struct AlertConfig {
     /// POST each alert to a webhook (`[alerts.webhook]`), through an
     /// on-disk outbox.
     #[serde(default)]
-    pub webhook: Option<crate::webhook::WebhookConfig>,
+    pub webhook: Option<crate::alerting::webhook::WebhookConfig>,
     /// Containers whose alerts are not emitted (still scored): container
     /// ids, names or images, exact or a prefix ending in `*` — e.g. the
     /// monitoring stack itself (`"fedmesh-*"`). Names and images need
@@ -323,15 +323,15 @@ pub struct NodeConfig {
     pub alerts: AlertConfig,
     /// Rule layer (`[rules]`): decisive rare events alert at once.
     #[serde(default)]
-    pub rules: crate::rules::RulesConfig,
+    pub rules: crate::detection::rules::RulesConfig,
     /// Docker Engine API (`[docker]`): container names, images and pod
     /// labels in alerts; required by the enforcing response modes. Omit to
     /// run without it.
     #[serde(default)]
-    pub docker: Option<crate::docker::DockerConfig>,
+    pub docker: Option<crate::ops::docker::DockerConfig>,
     /// Response actions (`[response]`), off by default.
     #[serde(default)]
-    pub response: crate::response::ResponseConfig,
+    pub response: crate::alerting::response::ResponseConfig,
     /// Seed for local training.
     #[serde(default)]
     pub seed: u64,
@@ -445,7 +445,7 @@ impl NodeConfig {
         if let Some(d) = &self.docker {
             errs.extend(d.problems());
         }
-        use crate::response::ResponseMode;
+        use crate::alerting::response::ResponseMode;
         if matches!(
             self.response.mode,
             ResponseMode::Pause | ResponseMode::Disconnect
@@ -616,12 +616,21 @@ kind = "tetragon"
         c.validate().unwrap();
         assert!(!c.rules.disable.is_empty());
         assert_eq!(c.alerts.webhook.as_ref().unwrap().max_pending, 50);
-        assert_eq!(c.response.mode, crate::response::ResponseMode::Disconnect);
-        assert_eq!(c.response.min_severity, crate::alert::Severity::High);
+        assert_eq!(
+            c.response.mode,
+            crate::alerting::response::ResponseMode::Disconnect
+        );
+        assert_eq!(
+            c.response.min_severity,
+            crate::alerting::alert::Severity::High
+        );
         // Defaults: rules on, response off, no docker, no webhook.
         let d = NodeConfig::from_toml(base, Path::new("n.toml")).unwrap();
         assert!(d.rules.enabled && d.docker.is_none() && d.alerts.webhook.is_none());
-        assert_eq!(d.response.mode, crate::response::ResponseMode::Off);
+        assert_eq!(
+            d.response.mode,
+            crate::alerting::response::ResponseMode::Off
+        );
         // Unknown keys and values are refused with their names.
         for (bad, needle) in [
             ("[response]\nmode = \"kill\"\n", "kill"),

@@ -10,24 +10,24 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use fedmesh_crypto::{CertVerifier, Identity, SecretPem};
 use fedmesh_node::agent::{Agent, AgentSettings, verify_global_model};
-use fedmesh_node::alert::{AlertPipeline, AlertSinks};
-use fedmesh_node::client::Connector;
+use fedmesh_node::alerting::alert::{AlertPipeline, AlertSinks};
+use fedmesh_node::alerting::response::{Responder, ResponseMode, run_responses};
+use fedmesh_node::alerting::webhook::{Outbox, Webhook, run_delivery};
 use fedmesh_node::config::{NodeConfig, SourceConfig};
-use fedmesh_node::docker::{DockerClient, IdentityCache, run_identity_refresher};
-use fedmesh_node::exposition::OpsMetrics;
-use fedmesh_node::exposition::{self, NodeMetrics, SourceCounters};
-use fedmesh_node::response::{Responder, ResponseMode, run_responses};
-use fedmesh_node::rules::RuleEngine;
-use fedmesh_node::runtime::{
+use fedmesh_node::detection::rules::RuleEngine;
+use fedmesh_node::federation::client::Connector;
+use fedmesh_node::federation::session::{
     FederationSettings, run_federation, run_live_detection, run_synthetic_detection,
     spawn_line_source,
 };
+use fedmesh_node::ops::docker::{DockerClient, IdentityCache, run_identity_refresher};
+use fedmesh_node::ops::exposition::OpsMetrics;
+use fedmesh_node::ops::exposition::{self, NodeMetrics, SourceCounters};
+use fedmesh_node::sim::synthetic::{Profile, SyntheticSource};
 use fedmesh_node::store::NodeStore;
 use fedmesh_node::telemetry::cgroup::CgroupCollector;
 use fedmesh_node::telemetry::falco::parse_falco_line;
-use fedmesh_node::telemetry::synthetic::{Profile, SyntheticSource};
 use fedmesh_node::telemetry::tetragon::parse_tetragon_line;
-use fedmesh_node::webhook::{Outbox, Webhook, run_delivery};
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -213,8 +213,8 @@ fn run(cmd: Cmd) -> Result<()> {
             let Some(det) = agent.detector() else {
                 bail!("the node in {} has no model yet", data_dir.display());
             };
-            let data = fedmesh_node::eval::standard_heldout(seed, &profiles, 2, 60, 10_000)?;
-            let report = fedmesh_node::eval::evaluate(det, &data)?;
+            let data = fedmesh_node::sim::eval::standard_heldout(seed, &profiles, 2, 60, 10_000)?;
+            let report = fedmesh_node::sim::eval::evaluate(det, &data)?;
             println!(
                 "{}",
                 serde_json::to_string(
@@ -254,7 +254,7 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
         }
         tenant = Some(ct.to_string());
         node = Some(cn.to_string());
-        let files = fedmesh_node::client::NodeTlsFiles {
+        let files = fedmesh_node::federation::client::NodeTlsFiles {
             ca_cert: tls.ca_cert.clone(),
             cert: tls.cert.clone(),
             key: tls.key.clone(),
@@ -262,7 +262,7 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
         };
         let stamp = files.stamp();
         let material = files.read()?;
-        let creds = Arc::new(fedmesh_node::client::NodeCredentials::new(
+        let creds = Arc::new(fedmesh_node::federation::client::NodeCredentials::new(
             &material,
             tls.expiry_warning_days,
             time::OffsetDateTime::now_utc(),

@@ -17,15 +17,17 @@ use fedmesh_coordinator::pki::{self, layout};
 use fedmesh_coordinator::{Coordinator, CoordinatorConfig, Pki};
 use fedmesh_crypto::{CertVerifier, MeshCa, NodeId, SecretPem, TenantId};
 use fedmesh_node::agent::{Agent, AgentSettings};
-use fedmesh_node::client::Connector;
 use fedmesh_node::config::DetectorConfig;
-use fedmesh_node::detector::Detector;
-use fedmesh_node::eval::{EvalReport, evaluate};
-use fedmesh_node::features::{FeatureWindow, WindowBuilder};
-use fedmesh_node::model::ModelSpec;
-use fedmesh_node::runtime::{FederationSettings, SharedAgent, Tamper, lock, run_federation};
+use fedmesh_node::detection::detector::Detector;
+use fedmesh_node::detection::features::{FeatureWindow, WindowBuilder};
+use fedmesh_node::detection::model::ModelSpec;
+use fedmesh_node::federation::client::Connector;
+use fedmesh_node::federation::session::{
+    FederationSettings, SharedAgent, Tamper, lock, run_federation,
+};
+use fedmesh_node::sim::eval::{EvalReport, evaluate};
+use fedmesh_node::sim::synthetic::{AttackKind, Profile, SyntheticSource};
 use fedmesh_node::store::NodeStore;
-use fedmesh_node::telemetry::synthetic::{AttackKind, Profile, SyntheticSource};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -758,7 +760,7 @@ rule = "{rule}"
 /// Held-out windows: two containers of every workload, each attack kind
 /// injected into one of them for the second half.
 fn heldout_set(seed: u64) -> Result<Vec<(FeatureWindow, Option<AttackKind>)>> {
-    Ok(fedmesh_node::eval::standard_heldout(
+    Ok(fedmesh_node::sim::eval::standard_heldout(
         seed,
         &Profile::ALL,
         2,

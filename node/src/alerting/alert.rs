@@ -1,10 +1,10 @@
 //! Alerts and where they go: JSON lines on stdout and/or a file, the webhook
-//! outbox ([`crate::webhook`]) and the response queue ([`crate::response`]).
+//! outbox ([`crate::alerting::webhook`]) and the response queue ([`crate::alerting::response`]).
 //!
 //! Two kinds of alert share one record: a **model** alert (a window scored
 //! above the calibrated threshold; it names the score, the threshold and the
 //! top contributing features) and a **rule** alert (a decisive rare event
-//! matched by [`crate::rules`]; it names the rule and the triggering event and
+//! matched by [`crate::detection::rules`]; it names the rule and the triggering event and
 //! is raised whatever the model says). Every alert carries a deterministic
 //! [`Alert::id`] so receivers can drop re-deliveries.
 
@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
-use crate::docker::ContainerInfo;
-use crate::rules::{RuleEngine, RuleHit};
+use crate::detection::rules::{RuleEngine, RuleHit};
+use crate::ops::docker::ContainerInfo;
 
 /// How serious an alert is; ordered `low < medium < high < critical`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -224,14 +224,14 @@ pub enum AlertError {
     },
     /// The webhook outbox failed to record the alert.
     #[error(transparent)]
-    Outbox(#[from] crate::webhook::WebhookError),
+    Outbox(#[from] crate::alerting::webhook::WebhookError),
 }
 
 /// Where alerts go.
 pub struct AlertSinks {
     stdout: bool,
     file: Option<(String, std::fs::File)>,
-    outbox: Option<crate::webhook::Outbox>,
+    outbox: Option<crate::alerting::webhook::Outbox>,
 }
 
 impl AlertSinks {
@@ -268,8 +268,8 @@ impl AlertSinks {
     }
 
     /// Also records every alert in the webhook outbox (delivered by
-    /// [`crate::webhook::run_delivery`]).
-    pub fn with_outbox(mut self, outbox: crate::webhook::Outbox) -> Self {
+    /// [`crate::alerting::webhook::run_delivery`]).
+    pub fn with_outbox(mut self, outbox: crate::alerting::webhook::Outbox) -> Self {
         self.outbox = Some(outbox);
         self
     }
@@ -309,7 +309,7 @@ impl AlertSinks {
 pub struct AlertPipeline {
     rules: RuleEngine,
     sinks: AlertSinks,
-    identity: Option<crate::docker::IdentityCache>,
+    identity: Option<crate::ops::docker::IdentityCache>,
     responses: Option<tokio::sync::mpsc::Sender<Alert>>,
     ignore: Vec<String>,
 }
@@ -358,7 +358,7 @@ impl AlertPipeline {
     }
 
     /// Names containers from this cache.
-    pub fn with_identity(mut self, cache: crate::docker::IdentityCache) -> Self {
+    pub fn with_identity(mut self, cache: crate::ops::docker::IdentityCache) -> Self {
         self.identity = Some(cache);
         self
     }

@@ -35,9 +35,9 @@ use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
-use crate::alert::Alert;
-use crate::docker::BoundedLog;
-use crate::http::HttpError;
+use crate::alerting::alert::Alert;
+use crate::ops::docker::BoundedLog;
+use crate::ops::http::HttpError;
 use crate::store::{NodeStore, NodeStoreError};
 
 /// Webhook failures.
@@ -453,7 +453,7 @@ impl Webhook {
                     source,
                 })?;
             match &self.tls {
-                None => crate::http::send(tcp, req, 64 * 1024).await,
+                None => crate::ops::http::send(tcp, req, 64 * 1024).await,
                 Some(conn) => {
                     let name =
                         rustls_pki_types::ServerName::try_from(t.host.clone()).map_err(|e| {
@@ -466,7 +466,7 @@ impl Webhook {
                         host: t.host.clone(),
                         message: e.to_string(),
                     })?;
-                    crate::http::send(tls, req, 64 * 1024).await
+                    crate::ops::http::send(tls, req, 64 * 1024).await
                 }
             }
         };

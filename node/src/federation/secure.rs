@@ -29,8 +29,8 @@ use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::agent::{AgentError, LocalUpdate};
-use crate::features::NUM_FEATURES;
-use crate::runtime::{
+use crate::detection::features::NUM_FEATURES;
+use crate::federation::session::{
     FederationSettings, SessionError, SharedAgent, SimPresence, SimSend, lock, sync_model,
     train_and_rewrite,
 };

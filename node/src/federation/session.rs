@@ -14,10 +14,10 @@ use tonic::Code;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::agent::{Agent, AgentError, verify_global_model};
-use crate::alert::AlertPipeline;
-use crate::client::{ClientError, Connector};
-use crate::features::{NUM_FEATURES, feature_schema_hash};
-use crate::telemetry::synthetic::SyntheticSource;
+use crate::alerting::alert::AlertPipeline;
+use crate::detection::features::{NUM_FEATURES, feature_schema_hash};
+use crate::federation::client::{ClientError, Connector};
+use crate::sim::synthetic::SyntheticSource;
 
 /// Shared handle to the agent. The lock is never held across an await or
 /// during training.
@@ -287,9 +287,10 @@ async fn session(
             Some(Ev::Open(o)) if o.selected && o.secure.is_some() => {
                 secure_round = Some(o.round);
                 let span = info_span!("round", tenant = %tenant, round = o.round, node = %node);
-                pending = crate::secure::participate(agent, fs, &mut client, &mut stream, &o)
-                    .instrument(span)
-                    .await?;
+                pending =
+                    crate::federation::secure::participate(agent, fs, &mut client, &mut stream, &o)
+                        .instrument(span)
+                        .await?;
             }
             Some(Ev::Open(o)) if o.selected => {
                 let span = info_span!("round", tenant = %tenant, round = o.round, node = %node);
@@ -486,7 +487,7 @@ pub fn process_window(
     events: &[crate::telemetry::Event],
     end_ms: u64,
     pipeline: &mut AlertPipeline,
-) -> Vec<crate::alert::Alert> {
+) -> Vec<crate::alerting::alert::Alert> {
     let (model_alerts, tenant, node) = {
         let mut a = lock(agent);
         for e in events {
@@ -518,9 +519,9 @@ pub fn spawn_line_source(
     parser: LineParser,
     tx: tokio::sync::mpsc::Sender<crate::telemetry::Event>,
     stop: watch::Receiver<bool>,
-    counters: Arc<crate::exposition::SourceCounters>,
+    counters: Arc<crate::ops::exposition::SourceCounters>,
 ) {
-    let slot = crate::exposition::source_index(name);
+    let slot = crate::ops::exposition::source_index(name);
     use crate::telemetry::events::{FollowFile, JsonLineReader, StartAt};
     let send_all =
         move |events: Vec<crate::telemetry::Event>,
@@ -614,7 +615,7 @@ pub async fn run_live_detection(
     mut pipeline: AlertPipeline,
     tick: Duration,
     mut shutdown: watch::Receiver<bool>,
-    counters: Arc<crate::exposition::SourceCounters>,
+    counters: Arc<crate::ops::exposition::SourceCounters>,
 ) {
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -656,10 +657,11 @@ pub async fn run_live_detection(
                         );
                     }
                     cgroup_skips = skipped;
-                    counters.parse_errors[crate::exposition::source_index("cgroup")].fetch_add(
-                        stats.malformed_lines + stats.unreadable_files,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
+                    counters.parse_errors[crate::ops::exposition::source_index("cgroup")]
+                        .fetch_add(
+                            stats.malformed_lines + stats.unreadable_files,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
                     batch.extend(evs);
                 }
                 Err(e) => warn!(error = %e, "cgroup sampling failed"),
@@ -676,10 +678,10 @@ pub async fn run_live_detection(
 mod tests {
     use super::*;
     use crate::agent::AgentSettings;
-    use crate::alert::AlertSinks;
+    use crate::alerting::alert::AlertSinks;
     use crate::config::DetectorConfig;
-    use crate::rules::{RuleEngine, RulesConfig};
-    use crate::telemetry::synthetic::Profile;
+    use crate::detection::rules::{RuleEngine, RulesConfig};
+    use crate::sim::synthetic::Profile;
     use crate::telemetry::{ContainerId, Event, KernelDetail, KernelEventKind};
 
     fn agent() -> SharedAgent {
@@ -744,7 +746,7 @@ mod tests {
             (a.container.as_str(), a.ts_ms),
             ("web-1", w * 10_000 + 4_321)
         );
-        assert_eq!(a.severity, crate::alert::Severity::Critical);
+        assert_eq!(a.severity, crate::alerting::alert::Severity::Critical);
         assert_eq!((a.score, a.threshold), (None, None));
         assert!(rule.event.contains("uid=33") && rule.event.contains("target_uid=0"));
         // Train the local model on benign windows.

@@ -39,8 +39,8 @@ use fedmesh_coordinator::pki::{self, layout};
 use fedmesh_coordinator::{Coordinator, CoordinatorConfig, Pki};
 use fedmesh_crypto::{CertVerifier, MeshCa, NodeId, SecretPem, TenantId};
 use fedmesh_node::agent::LocalUpdate;
-use fedmesh_node::client::Connector;
-use fedmesh_node::runtime::{
+use fedmesh_node::federation::client::Connector;
+use fedmesh_node::federation::session::{
     FederationSettings, SimPresence, SimSend, SimulationHook, run_federation,
 };
 use std::collections::{BTreeMap, BTreeSet};

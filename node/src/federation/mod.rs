@@ -1,0 +1,6 @@
+//! The node's side of federated learning: the mTLS client, the session
+//! with the coordinator and the plaintext and secure rounds.
+
+pub mod client;
+pub mod secure;
+pub mod session;

@@ -1,0 +1,6 @@
+//! Research and test support: synthetic workloads and attacks, detection
+//! quality metrics and the held-out evaluation.
+
+pub mod eval;
+pub mod metrics;
+pub mod synthetic;
