@@ -622,7 +622,7 @@ kind = "tetragon"
         );
         assert_eq!(
             c.response.min_severity,
-            crate::alerting::alert::Severity::High
+            crate::detection::severity::Severity::High
         );
         // Defaults: rules on, response off, no docker, no webhook.
         let d = NodeConfig::from_toml(base, Path::new("n.toml")).unwrap();

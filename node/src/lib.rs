@@ -19,6 +19,7 @@ pub mod config;
 pub mod detection;
 pub mod federation;
 pub mod ops;
+pub mod runtime;
 pub mod sim;
 pub mod store;
 pub mod telemetry;

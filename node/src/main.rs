@@ -10,19 +10,20 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use fedmesh_crypto::{CertVerifier, Identity, SecretPem};
 use fedmesh_node::agent::{Agent, AgentSettings, verify_global_model};
-use fedmesh_node::alerting::alert::{AlertPipeline, AlertSinks};
+use fedmesh_node::alerting::pipeline::AlertPipeline;
 use fedmesh_node::alerting::response::{Responder, ResponseMode, run_responses};
+use fedmesh_node::alerting::sink::AlertSinks;
 use fedmesh_node::alerting::webhook::{Outbox, Webhook, run_delivery};
 use fedmesh_node::config::{NodeConfig, SourceConfig};
 use fedmesh_node::detection::rules::RuleEngine;
 use fedmesh_node::federation::client::Connector;
-use fedmesh_node::federation::session::{
-    FederationSettings, run_federation, run_live_detection, run_synthetic_detection,
-    spawn_line_source,
-};
+use fedmesh_node::federation::round::FederationSettings;
+use fedmesh_node::federation::session::run_federation;
 use fedmesh_node::ops::docker::{DockerClient, IdentityCache, run_identity_refresher};
 use fedmesh_node::ops::exposition::OpsMetrics;
 use fedmesh_node::ops::exposition::{self, NodeMetrics, SourceCounters};
+use fedmesh_node::runtime::detection::{run_live_detection, run_synthetic_detection};
+use fedmesh_node::runtime::sources::spawn_line_source;
 use fedmesh_node::sim::synthetic::{Profile, SyntheticSource};
 use fedmesh_node::store::NodeStore;
 use fedmesh_node::telemetry::cgroup::CgroupCollector;
@@ -349,7 +350,7 @@ async fn run_node(cfg: NodeConfig) -> Result<()> {
         let hook = Webhook::new(w).context("webhook sink")?;
         let outbox = Outbox::open(&outbox_store, w.max_pending, ops.webhook.clone())
             .context("webhook outbox")?;
-        sinks = sinks.with_outbox(outbox.clone());
+        sinks = sinks.with_sink(outbox.clone());
         tasks.push(tokio::spawn(run_delivery(outbox, hook, stop_rx.clone())));
     }
     let rules = RuleEngine::new(&cfg.rules).with_counters(ops.rule_hits.clone());

@@ -857,7 +857,7 @@ fn kernel_details_from_falco_and_tetragon_fixtures() {
     use fedmesh_node::telemetry::KernelDetail;
     fn details(
         name: &str,
-        parser: fedmesh_node::federation::session::LineParser,
+        parser: fedmesh_node::telemetry::events::LineParser,
     ) -> Vec<KernelDetail> {
         let text = fs::read_to_string(fixtures().join(name)).unwrap();
         text.lines()

@@ -17,15 +17,16 @@ use fedmesh_coordinator::pki::{self, layout};
 use fedmesh_coordinator::{Coordinator, CoordinatorConfig, Pki};
 use fedmesh_crypto::{CertVerifier, MeshCa, NodeId, SecretPem, TenantId};
 use fedmesh_node::agent::{Agent, AgentSettings};
+use fedmesh_node::agent::{SharedAgent, lock};
 use fedmesh_node::config::DetectorConfig;
 use fedmesh_node::detection::detector::Detector;
 use fedmesh_node::detection::features::{FeatureWindow, WindowBuilder};
 use fedmesh_node::detection::model::ModelSpec;
 use fedmesh_node::federation::client::Connector;
-use fedmesh_node::federation::session::{
-    FederationSettings, SharedAgent, Tamper, lock, run_federation,
-};
+use fedmesh_node::federation::round::FederationSettings;
+use fedmesh_node::federation::session::run_federation;
 use fedmesh_node::sim::eval::{EvalReport, evaluate};
+use fedmesh_node::sim::hook::Tamper;
 use fedmesh_node::sim::synthetic::{AttackKind, Profile, SyntheticSource};
 use fedmesh_node::store::NodeStore;
 use indicatif::{ProgressBar, ProgressStyle};

@@ -21,7 +21,8 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::alerting::alert::{Alert, Severity};
+use crate::alerting::alert::Alert;
+use crate::detection::severity::Severity;
 use crate::ops::docker::{DockerClient, IdentityCache};
 
 /// What the response layer does.

@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
 use crate::alerting::alert::Alert;
+use crate::alerting::sink::{AlertError, AlertSink};
 use crate::ops::docker::BoundedLog;
 use crate::ops::http::HttpError;
 use crate::store::{NodeStore, NodeStoreError};
@@ -302,6 +303,12 @@ impl Outbox {
     /// Whether nothing is pending.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl AlertSink for Outbox {
+    fn emit(&mut self, alert: &Alert) -> Result<(), AlertError> {
+        self.push(alert).map_err(|e| AlertError::Sink(Box::new(e)))
     }
 }
 

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::alerting::alert::Severity;
+use crate::detection::severity::Severity;
 use crate::telemetry::{ContainerId, Event, KernelDetail, KernelEventKind};
 
 /// One rule: id, severity and what it detects.
@@ -543,7 +543,7 @@ mod tests {
     fn line_events(
         text: &str,
         needle: &str,
-        parse: crate::federation::session::LineParser,
+        parse: crate::telemetry::events::LineParser,
     ) -> Vec<Event> {
         let line = text
             .lines()

@@ -2,5 +2,7 @@
 //! with the coordinator and the plaintext and secure rounds.
 
 pub mod client;
+pub mod plain;
+pub mod round;
 pub mod secure;
 pub mod session;

@@ -28,12 +28,10 @@ use tonic::Code;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
-use crate::agent::{AgentError, LocalUpdate};
+use crate::agent::{AgentError, LocalUpdate, SharedAgent, lock};
 use crate::detection::features::NUM_FEATURES;
-use crate::federation::session::{
-    FederationSettings, SessionError, SharedAgent, SimPresence, SimSend, lock, sync_model,
-    train_and_rewrite,
-};
+use crate::federation::round::{FederationSettings, SessionError, sync_model, train_and_rewrite};
+use crate::sim::hook::{SimPresence, SimSend};
 
 type Client = v1::federation_client::FederationClient<Channel>;
 

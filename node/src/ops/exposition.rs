@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::federation::session::{SharedAgent, lock};
+use crate::agent::{SharedAgent, lock};
 
 /// Per-source ingest counters shared with the reader threads.
 #[derive(Debug, Default)]

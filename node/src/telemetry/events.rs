@@ -55,6 +55,9 @@ const MAX_READ_PER_POLL: usize = 8 * 1024 * 1024;
 /// [`ContainerId`] to make their events join in one feature window.
 pub const SHORT_ID_LEN: usize = 12;
 
+/// Parser of one JSON line into events (Falco's, Tetragon's).
+pub type LineParser = fn(&str) -> Result<Vec<Event>, ParseError>;
+
 /// Why one line could not be turned into events.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {

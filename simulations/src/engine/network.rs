@@ -40,9 +40,9 @@ use fedmesh_coordinator::{Coordinator, CoordinatorConfig, Pki};
 use fedmesh_crypto::{CertVerifier, MeshCa, NodeId, SecretPem, TenantId};
 use fedmesh_node::agent::LocalUpdate;
 use fedmesh_node::federation::client::Connector;
-use fedmesh_node::federation::session::{
-    FederationSettings, SimPresence, SimSend, SimulationHook, run_federation,
-};
+use fedmesh_node::federation::round::FederationSettings;
+use fedmesh_node::federation::session::run_federation;
+use fedmesh_node::sim::hook::{SimPresence, SimSend, SimulationHook};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Condvar;
 use tokio::sync::watch;
