@@ -3,8 +3,8 @@
 //! raises alerts, and learns with its federation by sending model updates
 //! (never telemetry) to the coordinator.
 //!
-//! The binary (`src/main.rs`) is glue: CLI, config, [`agent::Agent`],
-//! [`federation::session`] loops.
+//! The binary (`src/main.rs`) is glue: CLI and config; [`Node::open`]
+//! assembles the node and [`Node::run`] runs it.
 //!
 //! Folders: [`telemetry`] (sources → events), [`detection`] (events →
 //! windows → scores and rule hits), [`alerting`] (alerts, sinks, webhook,
@@ -23,3 +23,5 @@ pub mod runtime;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+
+pub use runtime::node::{Node, NodeError, RunningNode};
