@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+#[cfg(feature = "sim")]
 use crate::sim::synthetic::{AttackKind, Profile};
 
 /// Errors from loading or validating configuration.
@@ -91,6 +92,7 @@ fn d_expiry_warning_days() -> u32 {
 }
 
 /// One synthetic container.
+#[cfg(feature = "sim")]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyntheticContainer {
@@ -101,6 +103,7 @@ pub struct SyntheticContainer {
 }
 
 /// An attack to inject into a synthetic container.
+#[cfg(feature = "sim")]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyntheticAttack {
@@ -118,7 +121,8 @@ pub struct SyntheticAttack {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
 pub enum SourceConfig {
-    /// Synthetic workloads (demo, harness, tests).
+    /// Synthetic workloads (demo, harness, tests; `sim` feature).
+    #[cfg(feature = "sim")]
     Synthetic {
         /// Seed.
         #[serde(default)]
@@ -129,6 +133,11 @@ pub enum SourceConfig {
         #[serde(default)]
         attacks: Vec<SyntheticAttack>,
     },
+    /// `kind = "synthetic"` in a build without the `sim` feature (release
+    /// builds): parsed so that validation can say why it is refused.
+    #[cfg(not(feature = "sim"))]
+    #[serde(rename = "synthetic")]
+    SyntheticUnavailable(serde::de::IgnoredAny),
     /// cgroup v2 or v1/hybrid tree plus /proc (Docker, containerd,
     /// Kubernetes, CRI-O layouts), sampled once per window.
     Cgroup {
@@ -169,6 +178,14 @@ fn d_proc_root() -> PathBuf {
 }
 
 impl SourceConfig {
+    /// Whether this is the synthetic source.
+    pub fn is_synthetic(&self) -> bool {
+        #[cfg(feature = "sim")]
+        return matches!(self, SourceConfig::Synthetic { .. });
+        #[cfg(not(feature = "sim"))]
+        matches!(self, SourceConfig::SyntheticUnavailable(_))
+    }
+
     /// Whether this source reads standard input.
     pub fn reads_stdin(&self) -> bool {
         matches!(
@@ -460,16 +477,18 @@ impl NodeConfig {
         if all.is_empty() {
             errs.push("a [source] or at least one [[sources]] entry is required".to_string());
         }
-        let synthetic = all
-            .iter()
-            .filter(|s| matches!(s, SourceConfig::Synthetic { .. }))
-            .count();
+        let synthetic = all.iter().filter(|s| s.is_synthetic()).count();
         if synthetic > 0 && all.len() > 1 {
             errs.push("a synthetic source runs on its own clock and cannot be combined with other sources".to_string());
         }
         if all.iter().filter(|s| s.reads_stdin()).count() > 1 {
             errs.push("only one source can read stdin (set `path` on the others)".to_string());
         }
+        #[cfg(not(feature = "sim"))]
+        if synthetic > 0 {
+            errs.push("kind = \"synthetic\" needs a node built with the `sim` feature (release builds have no synthetic workloads)".to_string());
+        }
+        #[cfg(feature = "sim")]
         for src in all {
             let SourceConfig::Synthetic {
                 containers,

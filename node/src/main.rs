@@ -1,6 +1,8 @@
 //! `fedmesh-node`: the edge agent. `run` watches containers, scores them,
-//! raises alerts and takes part in federated rounds; `inspect` and
-//! `evaluate` read a stopped node's store.
+//! raises alerts and takes part in federated rounds; `inspect` and (built
+//! with the `sim` feature) `evaluate` read a stopped node's store. This
+//! file is compiled by the node crate and by the e2e tests crate: each
+//! defines a `sim` feature.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +11,7 @@ use clap::{Parser, Subcommand};
 use fedmesh_crypto::CertVerifier;
 use fedmesh_node::agent::{Agent, AgentSettings, verify_global_model};
 use fedmesh_node::config::NodeConfig;
+#[cfg(feature = "sim")]
 use fedmesh_node::sim::synthetic::Profile;
 use fedmesh_node::store::NodeStore;
 
@@ -55,6 +58,7 @@ enum Cmd {
         #[arg(long)]
         tenant: String,
     },
+    #[cfg(feature = "sim")]
     /// Evaluates a stopped node's detector on a synthetic held-out set with
     /// every attack kind (JSON).
     Evaluate {
@@ -184,6 +188,7 @@ fn run(cmd: Cmd) -> Result<()> {
             );
             Ok(())
         }
+        #[cfg(feature = "sim")]
         Cmd::Evaluate {
             data_dir,
             ca_cert,

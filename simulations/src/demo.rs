@@ -23,7 +23,7 @@ use fedmesh_node::detection::features::{FeatureWindow, WindowBuilder};
 use fedmesh_node::detection::model::ModelSpec;
 use fedmesh_node::runtime::node::federation_from_pem;
 use fedmesh_node::sim::eval::{EvalReport, evaluate};
-use fedmesh_node::sim::hook::Tamper;
+use fedmesh_node::sim::hook::{SeededNode, Tamper};
 use fedmesh_node::sim::synthetic::{AttackKind, Profile, SyntheticSource};
 use fedmesh_node::store::NodeStore;
 use fedmesh_node::{Node, RunningNode};
@@ -450,8 +450,10 @@ rule = "{rule}"
             verifier.clone(),
             Duration::from_secs(2),
         )?;
-        settings.secagg_seed = Some(opts.seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
-        settings.tamper = (i >= opts.nodes - opts.attackers).then_some(opts.attack);
+        settings.sim = Some(Arc::new(SeededNode {
+            secagg_seed: opts.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
+            tamper: (i >= opts.nodes - opts.attackers).then_some(opts.attack),
+        }));
         running.push(node.with_federation(settings).start());
     }
     let pb = bar(q, opts.rounds, "rounds");

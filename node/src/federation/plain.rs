@@ -51,13 +51,10 @@ pub(crate) async fn participate(
             Err(e) => return Err(e.into()),
         }
     };
-    let (mut update, send) = train_and_rewrite(job, fs.hook.clone(), open.round).await?;
+    let (update, send) = train_and_rewrite(job, fs.hook(), open.round).await?;
     if send == SimSend::Nothing {
         info!(round = open.round, "simulated: sending nothing this round");
         return Ok(());
-    }
-    if let Some(t) = &fs.tamper {
-        t.apply(&mut update.delta);
     }
     let (tenant, node, schema) = {
         let a = lock(agent);

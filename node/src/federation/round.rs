@@ -10,7 +10,7 @@ use fedmesh_proto::v1;
 
 use crate::agent::{AgentError, LocalUpdate, SharedAgent, TrainingJob, lock, verify_global_model};
 use crate::federation::client::{ClientError, Connector};
-use crate::sim::hook::{SimPresence, SimSend, SimulationHook, Tamper};
+use crate::sim::hook::{SimPresence, SimSend, SimulationHook};
 
 /// Federation loop failures within one session.
 #[derive(Debug, thiserror::Error)]
@@ -48,28 +48,65 @@ pub struct FederationSettings {
     pub verifier: Arc<CertVerifier>,
     /// This node's mesh identity key: signs secure-aggregation messages.
     pub signer: Arc<CertSigner>,
-    /// Seed for the secure-aggregation randomness (keys, masks, rounding,
-    /// DP noise). `None` (production) draws from the OS; simulations set it
-    /// so that a run replays bit for bit. Never set it on a real node.
-    pub secagg_seed: Option<u64>,
-    /// Poisoning for simulated malicious nodes (the harness runs attackers
-    /// with the real node code). `None` on every real node; the node binary
-    /// has no way to set it.
-    pub tamper: Option<Tamper>,
-    /// Simulated presence and update rewriting, for the harness's network
-    /// engine (attackers that collude, dropouts at chosen protocol phases).
-    /// `None` on every real node; the node binary has no way to set it.
-    pub hook: Option<Arc<dyn SimulationHook>>,
     /// Longest pause between reconnection attempts.
     pub max_backoff: Duration,
+    /// The simulation hook (the harness runs simulated, possibly malicious
+    /// nodes with the real node code): presence per round, update
+    /// rewriting and poisoning, share corruption, the secure-aggregation
+    /// seed. Only with the `sim` feature, which release builds leave off:
+    /// a real node has no such field.
+    #[cfg(feature = "sim")]
+    pub sim: Option<Arc<dyn SimulationHook>>,
 }
 
 impl FederationSettings {
+    /// Settings without a simulation hook.
+    pub fn new(
+        connector: Connector,
+        verifier: Arc<CertVerifier>,
+        signer: Arc<CertSigner>,
+        max_backoff: Duration,
+    ) -> Self {
+        Self {
+            connector,
+            verifier,
+            signer,
+            max_backoff,
+            #[cfg(feature = "sim")]
+            sim: None,
+        }
+    }
+
+    /// The simulation hook, if any (never on a real node).
+    pub(crate) fn hook(&self) -> Option<Arc<dyn SimulationHook>> {
+        #[cfg(feature = "sim")]
+        return self.sim.clone();
+        #[cfg(not(feature = "sim"))]
+        None
+    }
+
     /// This node's presence in `round`: always `Present` on a real node.
     pub(crate) fn presence(&self, round: u64) -> SimPresence {
-        self.hook
-            .as_ref()
+        self.hook()
             .map_or(SimPresence::Present, |h| h.presence(round))
+    }
+
+    /// k > 1: whether this node spoils its Shamir shares in `round` (never
+    /// on a real node).
+    pub(crate) fn corrupts_shares(&self, round: u64) -> bool {
+        self.hook().is_some_and(|h| h.corrupt_shares(round))
+    }
+
+    /// Seed of the secure-aggregation randomness (keys, masks, rounding,
+    /// DP noise): `None` on a real node (drawn from the OS).
+    pub(crate) fn secagg_seed(&self) -> Option<u64> {
+        self.hook().and_then(|h| h.secagg_seed())
+    }
+
+    /// How much larger than the round's clip norm this node quantizes: 1
+    /// on a real node.
+    pub(crate) fn clip_factor(&self) -> f64 {
+        self.hook().map_or(1.0, |h| h.clip_factor())
     }
 }
 

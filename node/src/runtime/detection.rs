@@ -12,12 +12,14 @@ use crate::agent::{SharedAgent, lock};
 use crate::alerting::alert::Alert;
 use crate::alerting::pipeline::AlertPipeline;
 use crate::ops::exposition::{SourceCounters, source_index};
+#[cfg(feature = "sim")]
 use crate::sim::synthetic::SyntheticSource;
 use crate::telemetry::Event;
 use crate::telemetry::cgroup::CgroupCollector;
 
 /// Runs the synthetic source in real time: one window every `window_ms`
 /// (scaled by `speedup`), scoring and alerting, until `shutdown`.
+#[cfg(feature = "sim")]
 pub async fn run_synthetic_detection(
     agent: SharedAgent,
     mut source: SyntheticSource,

@@ -123,7 +123,13 @@ pub enum NodeError {
     /// The synthetic source is exclusive.
     #[error("a synthetic source cannot be combined with other sources")]
     MixedSynthetic,
+    /// A synthetic source in a build without the `sim` feature.
+    #[error(
+        "kind = \"synthetic\" needs a node built with the `sim` feature (release builds have no synthetic workloads)"
+    )]
+    SimUnavailable,
     /// A synthetic attack does not fit its source.
+    #[cfg(feature = "sim")]
     #[error(transparent)]
     Synthetic(#[from] crate::sim::synthetic::SyntheticError),
 }
@@ -167,20 +173,17 @@ pub fn federation_from_pem(
     max_backoff: Duration,
 ) -> Result<FederationSettings, NodeError> {
     let tls = fedmesh_crypto::tls::client_config(ca_pem, cert_pem, key_pem)?;
-    Ok(FederationSettings {
-        connector: Connector::new(
+    Ok(FederationSettings::new(
+        Connector::new(
             endpoint,
             server_name,
             tls,
             fedmesh_proto::DEFAULT_MAX_MESSAGE_BYTES,
         )?,
         verifier,
-        signer: Arc::new(CertSigner::from_pem(cert_pem, key_pem)?),
-        secagg_seed: None,
-        tamper: None,
-        hook: None,
+        Arc::new(CertSigner::from_pem(cert_pem, key_pem)?),
         max_backoff,
-    })
+    ))
 }
 
 impl Node {
@@ -276,20 +279,17 @@ impl Node {
                     Duration::from_secs(tls.reload_interval_secs),
                 ));
             }
-            federation = Some(FederationSettings {
-                connector: Connector::new(
+            federation = Some(FederationSettings::new(
+                Connector::new(
                     &c.endpoint,
                     &c.server_name,
                     client_tls,
                     fedmesh_proto::DEFAULT_MAX_MESSAGE_BYTES,
                 )?,
-                verifier: v.clone(),
-                signer: Arc::new(CertSigner::from_pem(&cert, &key)?),
-                secagg_seed: None,
-                tamper: None,
-                hook: None,
-                max_backoff: Duration::from_millis(c.max_backoff_ms.max(200)),
-            });
+                v.clone(),
+                Arc::new(CertSigner::from_pem(&cert, &key)?),
+                Duration::from_millis(c.max_backoff_ms.max(200)),
+            ));
             verifier = Some(v);
         }
         let (Some(tenant), Some(node)) = (tenant, node) else {
@@ -409,6 +409,7 @@ impl Node {
         let sources = cfg.all_sources();
         let tick = Duration::from_millis(cfg.tick_ms.unwrap_or(cfg.window_ms).max(1));
         let agent = self.agent.clone();
+        #[cfg(feature = "sim")]
         if let [
             SourceConfig::Synthetic {
                 seed,
@@ -436,7 +437,10 @@ impl Node {
         let mut readers = Vec::new();
         for src in sources {
             match src {
+                #[cfg(feature = "sim")]
                 SourceConfig::Synthetic { .. } => return Err(NodeError::MixedSynthetic),
+                #[cfg(not(feature = "sim"))]
+                SourceConfig::SyntheticUnavailable(_) => return Err(NodeError::SimUnavailable),
                 SourceConfig::Cgroup { root, proc_root } => {
                     let c = CgroupCollector::new(root.clone())
                         .map_err(|source| NodeError::Cgroup {

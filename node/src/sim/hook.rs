@@ -1,5 +1,9 @@
-//! The harness's hooks into the real node code: how a simulated node
-//! poisons its update, whether it takes part in a round, and what it sends.
+//! The harness's one hook into the real node code ([`SimulationHook`]):
+//! whether a simulated node takes part in a round, what it sends (its
+//! update rewritten or poisoned), whether it spoils its shares, and the
+//! seed of its secure-aggregation randomness. A node holds a hook only
+//! with the `sim` feature (`FederationSettings::sim`); the types here are
+//! inert without it.
 
 use crate::agent::LocalUpdate;
 
@@ -73,5 +77,48 @@ pub trait SimulationHook: Send + Sync {
     /// `round` (protocol misbehaviour: its peers cannot decrypt them).
     fn corrupt_shares(&self, _round: u64) -> bool {
         false
+    }
+    /// Seed for the secure-aggregation randomness (keys, masks, rounding,
+    /// DP noise), so that a run replays bit for bit; `None` draws from the
+    /// OS.
+    fn secagg_seed(&self) -> Option<u64> {
+        None
+    }
+    /// k > 1: how much larger than the round's clip norm this node
+    /// quantizes (a poisoning node's clipping bypass, see
+    /// [`Tamper::clip_factor`]).
+    fn clip_factor(&self) -> f64 {
+        1.0
+    }
+}
+
+/// The hook of a node that always takes part: a fixed secure-aggregation
+/// seed and, for an attacker, a poisoning applied to every update.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SeededNode {
+    /// Seed of the secure-aggregation randomness.
+    pub secagg_seed: u64,
+    /// Poisoning (`None`: an honest node).
+    pub tamper: Option<Tamper>,
+}
+
+impl SimulationHook for SeededNode {
+    fn presence(&self, _round: u64) -> SimPresence {
+        SimPresence::Present
+    }
+
+    fn rewrite(&self, _round: u64, update: &mut LocalUpdate) -> SimSend {
+        if let Some(t) = &self.tamper {
+            t.apply(&mut update.delta);
+        }
+        SimSend::Update
+    }
+
+    fn secagg_seed(&self) -> Option<u64> {
+        Some(self.secagg_seed)
+    }
+
+    fn clip_factor(&self) -> f64 {
+        self.tamper.map_or(1.0, |t| t.clip_factor())
     }
 }

@@ -311,9 +311,15 @@ struct NodeHook {
     /// A Sybil identity of an attacker node (takes part only while the
     /// attack is active).
     sybil: bool,
+    /// Seed of the node's secure-aggregation randomness.
+    secagg_seed: u64,
 }
 
 impl SimulationHook for NodeHook {
+    fn secagg_seed(&self) -> Option<u64> {
+        Some(self.secagg_seed)
+    }
+
     fn corrupt_shares(&self, round: u64) -> bool {
         self.board.bad_shares(self.node, round)
     }
@@ -568,14 +574,11 @@ prox_mu = {mu:?}
             Duration::from_secs(2),
         )
         .map_err(mesh)?;
-        settings.secagg_seed = Some(derive_seed(
-            s.seed,
-            &[P_SECAGG_NODE, i as u64, u64::from(sybil)],
-        ));
-        settings.hook = Some(Arc::new(NodeHook {
+        settings.sim = Some(Arc::new(NodeHook {
             board: board.clone(),
             node: i,
             sybil,
+            secagg_seed: derive_seed(s.seed, &[P_SECAGG_NODE, i as u64, u64::from(sybil)]),
         }));
         running.push(Node::new(agent).with_federation(settings).start());
     }
