@@ -35,12 +35,38 @@ pub async fn run_synthetic_detection(
             _ = shutdown.changed() => return,
         }
         let (idx, events) = source.next_window();
-        process_window(
-            &agent,
-            &events,
-            (idx + 1) * source.window_ms(),
-            &mut pipeline,
-        );
+        let end_ms = (idx + 1) * source.window_ms();
+        pipeline = match process_window_blocking(&agent, events, end_ms, pipeline).await {
+            Some(p) => p,
+            None => return,
+        };
+    }
+}
+
+/// [`process_window`] on a blocking thread, so that the window's heavy
+/// steps (the one-time bootstrap training inside `close_window`, the
+/// webhook outbox's per-alert durable writes) never stall an async worker.
+/// The loop awaits it before its next tick: windows stay in order. `None`
+/// (logged) if the window task panicked; the loop then stops, as it did
+/// when the window ran inline.
+async fn process_window_blocking(
+    agent: &SharedAgent,
+    events: Vec<Event>,
+    end_ms: u64,
+    mut pipeline: AlertPipeline,
+) -> Option<AlertPipeline> {
+    let agent = agent.clone();
+    match tokio::task::spawn_blocking(move || {
+        process_window(&agent, &events, end_ms, &mut pipeline);
+        pipeline
+    })
+    .await
+    {
+        Ok(p) => Some(p),
+        Err(e) => {
+            warn!(error = %e, "window task failed; detection stops");
+            None
+        }
     }
 }
 
@@ -135,7 +161,10 @@ pub async fn run_live_detection(
         while let Ok(e) = events.try_recv() {
             batch.push(e);
         }
-        process_window(&agent, &batch, now_ms, &mut pipeline);
+        pipeline = match process_window_blocking(&agent, batch, now_ms, pipeline).await {
+            Some(p) => p,
+            None => return,
+        };
     }
 }
 
