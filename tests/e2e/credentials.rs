@@ -13,7 +13,7 @@ use fedmesh_coordinator::reputation::Action;
 use fedmesh_coordinator::{Coordinator, CoordinatorConfig, Federation, Pki, Store};
 use fedmesh_crypto::{CryptoError, IssuedCert, MeshCa, RevocationList, RevokedCert};
 use fedmesh_node::agent::verify_global_model;
-use fedmesh_node::client::{Connector, NodeCredentials, NodeMaterial};
+use fedmesh_node::federation::client::{Connector, NodeCredentials, NodeMaterial};
 use fedmesh_proto::v1::{self, round_event::Event};
 use prost::Message;
 use tokio::sync::oneshot;

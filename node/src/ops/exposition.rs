@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::runtime::{SharedAgent, lock};
+use crate::agent::{SharedAgent, lock};
 
 /// Per-source ingest counters shared with the reader threads.
 #[derive(Debug, Default)]
@@ -43,13 +43,13 @@ struct Source {
 #[derive(Debug, Clone, Default)]
 pub struct OpsMetrics {
     /// Rule hits (read at scrape time).
-    pub rule_hits: Arc<crate::rules::RuleCounters>,
+    pub rule_hits: Arc<crate::detection::rules::RuleCounters>,
     /// Webhook delivery counters and outbox depth.
-    pub webhook: crate::webhook::WebhookCounters,
+    pub webhook: crate::alerting::webhook::WebhookCounters,
     /// Failed Docker Engine API calls (identity refresh and responses).
     pub docker_errors: Counter,
     /// Responses by action, mode and result.
-    pub responses: crate::response::ResponseCounters,
+    pub responses: crate::alerting::response::ResponseCounters,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,7 +76,10 @@ pub struct NodeMetrics {
     held_back: Gauge,
     models_refused: Counter,
     models_held_back: Counter,
-    rule_hits: Option<(Arc<crate::rules::RuleCounters>, Family<RuleLabel, Counter>)>,
+    rule_hits: Option<(
+        Arc<crate::detection::rules::RuleCounters>,
+        Family<RuleLabel, Counter>,
+    )>,
 }
 
 impl NodeMetrics {
@@ -326,9 +329,9 @@ mod tests {
         )
         .unwrap();
         let agent = Arc::new(Mutex::new(agent));
-        let mut src = crate::telemetry::synthetic::SyntheticSource::new(
+        let mut src = crate::sim::synthetic::SyntheticSource::new(
             1,
-            &[("w".into(), crate::telemetry::synthetic::Profile::Web)],
+            &[("w".into(), crate::sim::synthetic::Profile::Web)],
             10_000,
         );
         for _ in 0..3 {
@@ -374,8 +377,8 @@ mod tests {
         .unwrap();
         let agent = Arc::new(Mutex::new(agent));
         let ops = OpsMetrics::default();
-        let rules =
-            crate::rules::RuleEngine::new(&Default::default()).with_counters(ops.rule_hits.clone());
+        let rules = crate::detection::rules::RuleEngine::new(&Default::default())
+            .with_counters(ops.rule_hits.clone());
         let ev = crate::telemetry::Event::Exec {
             container: crate::telemetry::ContainerId("c".into()),
             ts_ms: 1,
@@ -388,7 +391,7 @@ mod tests {
         ops.webhook.depth.set(7);
         ops.docker_errors.inc_by(2);
         ops.responses
-            .get_or_create(&crate::response::ResponseLabels {
+            .get_or_create(&crate::alerting::response::ResponseLabels {
                 action: "pause",
                 mode: "dry-run",
                 result: "would",
