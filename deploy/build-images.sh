@@ -17,7 +17,11 @@
 #
 # --from-target DIR reuses binaries already in DIR/<profile>: the CI's
 # `cargo test --workspace` builds target/debug/e2e-fedmesh-{node,coordinator}.
-# Without it the binaries are built with cargo (CARGO_TARGET_DIR honoured).
+# Those are test builds: workspace builds enable the node's `sim` feature
+# (synthetic workloads, `evaluate`), which the compose end-to-end test uses.
+# Without --from-target the binaries are built with
+# `cargo build -p fedmesh-node -p fedmesh-coordinator` (CARGO_TARGET_DIR
+# honoured), without `sim`: these are the release images.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -66,10 +70,10 @@ if [ -n "$from_target" ]; then
 else
   target="${CARGO_TARGET_DIR:-$repo/target}"
   flags=(); [ "$profile" = release ] && flags=(--release)
-  echo "== cargo build -p fedmesh-e2e --bins ${flags[*]}"
-  (cd "$repo" && cargo build --locked -p fedmesh-e2e --bins "${flags[@]}")
-  coord_bin="$target/$profile/e2e-fedmesh-coordinator"
-  node_bin="$target/$profile/e2e-fedmesh-node"
+  echo "== cargo build -p fedmesh-node -p fedmesh-coordinator --bins ${flags[*]}"
+  (cd "$repo" && cargo build --locked -p fedmesh-node -p fedmesh-coordinator --bins "${flags[@]}")
+  coord_bin="$target/$profile/fedmesh-coordinator"
+  node_bin="$target/$profile/fedmesh-node"
 fi
 echo "coordinator binary: $coord_bin"
 echo "node binary:        $node_bin"

@@ -24,6 +24,7 @@
 
 use std::fmt;
 
+use fedmesh_crypto::secagg::SecAggError;
 use fedmesh_proto::v1;
 
 /// Largest accepted training loss. The autoencoder's reconstruction loss
@@ -198,10 +199,14 @@ pub enum InvalidReason {
     /// The scaler statistics are out of bounds.
     #[error("{0}")]
     Scaler(ScalerProblem),
-    /// A secure-aggregation message broke the protocol (text from the
-    /// secure-aggregation layer, bounded).
-    #[error("{0}")]
-    SecureProtocol(BoundedText),
+    /// A secure-aggregation message broke the protocol.
+    #[error("{detail}")]
+    SecureProtocol {
+        /// What kind of violation.
+        kind: SecureViolation,
+        /// The secure-aggregation layer's description, bounded.
+        detail: BoundedText,
+    },
     /// The federation's own configuration is unusable (at start-up).
     #[error("configuration: {0}")]
     Config(&'static str),
@@ -235,15 +240,82 @@ impl InvalidReason {
             InvalidReason::NumSamples { .. } => "invalid_num_samples",
             InvalidReason::TrainLoss { .. } => "invalid_train_loss",
             InvalidReason::Scaler(_) => "invalid_scaler",
-            InvalidReason::SecureProtocol(_) => "invalid_secure_message",
+            InvalidReason::SecureProtocol { .. } => "invalid_secure_message",
             InvalidReason::Config(_) => "invalid_config",
         }
     }
 
-    /// A secure-aggregation protocol violation described by free text
-    /// (truncated to [`MAX_REFUSAL_TEXT`] bytes).
-    pub fn secure_protocol(text: &str) -> Self {
-        InvalidReason::SecureProtocol(BoundedText::new(text))
+    /// A secure-aggregation protocol violation of `kind`, described by
+    /// `detail` (truncated to [`MAX_REFUSAL_TEXT`] bytes).
+    pub fn secure_protocol(kind: SecureViolation, detail: &str) -> Self {
+        InvalidReason::SecureProtocol {
+            kind,
+            detail: BoundedText::new(detail),
+        }
+    }
+
+    /// The refusal of a secure-aggregation message the protocol layer
+    /// rejected with `e`.
+    pub fn secure_message(e: &SecAggError) -> Self {
+        Self::secure_protocol(SecureViolation::of(e), &e.to_string())
+    }
+}
+
+/// The kinds of secure-aggregation protocol violation a member can commit
+/// (a closed set: callers and tests tell them apart without parsing text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecureViolation {
+    /// The request names another bucket than the sender's.
+    WrongBucket,
+    /// The request carries no message.
+    EmptyRequest,
+    /// The message names another node than the sender's certificate.
+    ClaimsOtherNode,
+    /// The message's bytes do not decode.
+    Decode,
+    /// A signature does not verify, or is another member's.
+    Signature,
+    /// The message is bound to another tenant, round, bucket or member set.
+    Binding,
+    /// Shares that do not decrypt, name the wrong owners, or disagree with
+    /// the owner's signed commitments.
+    Share,
+    /// A key that is not contributory (a low-order X25519 point).
+    WeakKey,
+    /// A masked input or request asking for both secrets of one member.
+    Message,
+}
+
+impl SecureViolation {
+    /// The kind of the protocol layer's refusal `e`.
+    pub fn of(e: &SecAggError) -> Self {
+        match e {
+            SecAggError::Decode { .. } => SecureViolation::Decode,
+            SecAggError::Signature { .. } | SecAggError::WrongSigner { .. } => {
+                SecureViolation::Signature
+            }
+            SecAggError::Binding(_) => SecureViolation::Binding,
+            SecAggError::ShareDecrypt { .. }
+            | SecAggError::Sharing(_)
+            | SecAggError::Reconstruction { .. } => SecureViolation::Share,
+            SecAggError::WeakKey(_) => SecureViolation::WeakKey,
+            _ => SecureViolation::Message,
+        }
+    }
+
+    /// A short name (for logs and test summaries).
+    pub fn name(self) -> &'static str {
+        match self {
+            SecureViolation::WrongBucket => "wrong_bucket",
+            SecureViolation::EmptyRequest => "empty_request",
+            SecureViolation::ClaimsOtherNode => "claims_other_node",
+            SecureViolation::Decode => "decode",
+            SecureViolation::Signature => "signature",
+            SecureViolation::Binding => "binding",
+            SecureViolation::Share => "share",
+            SecureViolation::WeakKey => "weak_key",
+            SecureViolation::Message => "message",
+        }
     }
 }
 
@@ -590,7 +662,7 @@ mod tests {
         let long = "ü".repeat(10_000);
         let b = BoundedText::new(&long);
         assert!(b.as_str().len() <= MAX_REFUSAL_TEXT + 3);
-        let r = InvalidReason::secure_protocol(&long);
+        let r = InvalidReason::secure_protocol(SecureViolation::Decode, &long);
         assert!(r.to_string().len() <= MAX_REFUSAL_TEXT + 3);
     }
 
@@ -615,7 +687,7 @@ mod tests {
             InvalidReason::NumSamples { got: 0, max: 1 },
             InvalidReason::TrainLoss { got: f32::NAN },
             InvalidReason::Scaler(ScalerProblem::Mean { feature: 0 }),
-            InvalidReason::secure_protocol("x"),
+            InvalidReason::secure_protocol(SecureViolation::Binding, "x"),
             InvalidReason::Config("x"),
         ];
         let mut seen = std::collections::BTreeSet::new();

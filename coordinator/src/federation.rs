@@ -88,12 +88,10 @@ pub enum FedError {
     /// message is bounded whatever the request's size.
     #[error("invalid update: {0}")]
     Refused(InvalidReason),
-    /// A secure-aggregation message that breaks the protocol (free text
-    /// from the secure-aggregation layer, attributable to the sender;
-    /// displayed truncated to [`crate::bounds::MAX_REFUSAL_TEXT`] bytes and
-    /// counted as [`InvalidReason::SecureProtocol`]).
-    #[error("invalid update: {}", truncate_text(.0, MAX_REFUSAL_TEXT))]
-    Invalid(String),
+    /// A secure round could not be set up from the tenant's configuration
+    /// (not attributable to any node; the round is aborted).
+    #[error("secure round cannot open: {0}")]
+    SecureSetup(#[source] fedmesh_crypto::secagg::SecAggError),
     /// A message that does not fit the round's current phase or mode (for
     /// example a plaintext update in a securely aggregated round, or an
     /// advert after the advert phase closed). Displayed truncated.
@@ -134,7 +132,6 @@ impl FedError {
     pub fn invalid_reason(&self) -> Option<InvalidReason> {
         match self {
             FedError::Refused(r) => Some(r.clone()),
-            FedError::Invalid(text) => Some(InvalidReason::secure_protocol(text)),
             _ => None,
         }
     }
@@ -1306,9 +1303,10 @@ impl Federation {
             ) {
                 self.note_violation(
                     &v.node,
-                    &InvalidReason::SecureProtocol(crate::bounds::BoundedText::new(
+                    &InvalidReason::secure_protocol(
+                        crate::bounds::SecureViolation::Share,
                         &v.kind.to_string(),
-                    )),
+                    ),
                 );
             }
         }

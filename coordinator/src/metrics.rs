@@ -109,10 +109,12 @@ pub fn refusal_reason(e: &FedError) -> &'static str {
         FedError::StaleVersion { .. } => "stale_version",
         FedError::NotSelected { .. } => "not_selected",
         FedError::Duplicate { .. } => "duplicate",
-        FedError::Invalid(_) => "invalid_secure_message",
         FedError::Phase(_) => "wrong_phase",
         FedError::UnknownVersion(_) | FedError::Pruned { .. } => "unknown_version",
-        FedError::Store(_) | FedError::Aggregate(_) | FedError::Corrupt(_) => "internal",
+        FedError::Store(_)
+        | FedError::Aggregate(_)
+        | FedError::Corrupt(_)
+        | FedError::SecureSetup(_) => "internal",
     }
 }
 
@@ -662,7 +664,13 @@ mod tests {
                 round: 3,
             },
         );
-        m.refused("beta", &FedError::Invalid("nan".into()));
+        m.refused(
+            "beta",
+            &FedError::Refused(crate::bounds::InvalidReason::secure_protocol(
+                crate::bounds::SecureViolation::Decode,
+                "nan",
+            )),
+        );
         m.refused(
             "beta",
             &FedError::Refused(crate::bounds::InvalidReason::NumSamples { got: 0, max: 1 }),

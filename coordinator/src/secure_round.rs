@@ -24,6 +24,7 @@ use rayon::prelude::*;
 use time::OffsetDateTime;
 use tracing::warn;
 
+use crate::bounds::{InvalidReason, SecureViolation};
 use crate::config::SecureConfig;
 use crate::federation::FedError;
 
@@ -310,7 +311,7 @@ pub struct Finished {
 fn violation(e: SecAggError) -> FedError {
     match e {
         SecAggError::State { .. } => FedError::Phase(e.to_string()),
-        other => FedError::Invalid(other.to_string()),
+        other => FedError::Refused(InvalidReason::secure_message(&other)),
     }
 }
 
@@ -340,7 +341,7 @@ impl SecureRound {
             bucket_size: cfg.bucket_size,
         })
         .map_err(|e| FedError::Phase(e.to_string()))?;
-        let quant = cfg.quant().map_err(|e| FedError::Invalid(e.to_string()))?;
+        let quant = cfg.quant().map_err(FedError::SecureSetup)?;
         let extra = fedmesh_proto::secure::extra_words(input_dim);
         let mut buckets = Vec::with_capacity(assignment.buckets.len());
         let mut member_of = BTreeMap::new();
@@ -357,7 +358,7 @@ impl SecureRound {
                 cfg.noise_multiplier,
             )
             .and_then(|p| p.with_extra_words(extra))
-            .map_err(|e| FedError::Invalid(e.to_string()))?;
+            .map_err(FedError::SecureSetup)?;
             for m in &b.members {
                 member_of.insert(m.clone(), buckets.len());
             }
@@ -459,9 +460,12 @@ impl SecureRound {
         let phase = self.view.phase;
         let b = &mut self.buckets[idx];
         if req.bucket != b.public.id {
-            return Err(FedError::Invalid(format!(
-                "request names bucket {}, {node} is in bucket {}",
-                req.bucket, b.public.id
+            return Err(FedError::Refused(InvalidReason::secure_protocol(
+                SecureViolation::WrongBucket,
+                &format!(
+                    "request names bucket {}, {node} is in bucket {}",
+                    req.bucket, b.public.id
+                ),
             )));
         }
         if let Some(reason) = &b.dropped {
@@ -475,7 +479,12 @@ impl SecureRound {
             Some(M::Shares(_)) => Phase::Share,
             Some(M::Masked(_)) => Phase::Mask,
             Some(M::UnmaskResponse(_)) => Phase::Unmask,
-            None => return Err(FedError::Invalid("empty secure-aggregation request".into())),
+            None => {
+                return Err(FedError::Refused(InvalidReason::secure_protocol(
+                    SecureViolation::EmptyRequest,
+                    "empty secure-aggregation request",
+                )));
+            }
         };
         if want != phase {
             return Err(FedError::Phase(format!(
@@ -502,8 +511,9 @@ impl SecureRound {
             if claimed == node {
                 Ok(())
             } else {
-                Err(FedError::Invalid(format!(
-                    "message claims node {claimed}, the certificate names {node}"
+                Err(FedError::Refused(InvalidReason::secure_protocol(
+                    SecureViolation::ClaimsOtherNode,
+                    &format!("message claims node {claimed}, the certificate names {node}"),
                 )))
             }
         };
@@ -774,7 +784,16 @@ mod tests {
                         1,
                     )
                     .unwrap_err();
-                assert!(matches!(e, FedError::Invalid(_)), "{e}");
+                assert!(
+                    matches!(
+                        e,
+                        FedError::Refused(InvalidReason::SecureProtocol {
+                            kind: SecureViolation::WeakKey,
+                            ..
+                        })
+                    ),
+                    "{e}"
+                );
                 continue;
             }
             r.accept(

@@ -95,11 +95,12 @@ pub fn to_status(e: FedError) -> Status {
         | FedError::NotSelected { .. }
         | FedError::Phase(_) => Code::FailedPrecondition,
         FedError::Duplicate { .. } => Code::AlreadyExists,
-        FedError::Invalid(_) | FedError::Refused(_) => Code::InvalidArgument,
+        FedError::Refused(_) => Code::InvalidArgument,
         FedError::UnknownVersion(_) | FedError::Pruned { .. } => Code::NotFound,
         FedError::Store(_)
         | FedError::Aggregate(_)
         | FedError::Corrupt(_)
+        | FedError::SecureSetup(_)
         | FedError::CommitRefused(_) => {
             let text = e.to_string();
             warn!(error = %truncate_text(&text, MAX_REFUSAL_TEXT), "internal error");
@@ -222,9 +223,11 @@ mod tests {
     fn free_text_refusals_are_truncated() {
         let long = "é".repeat(1_000_000);
         for e in [
-            FedError::Invalid(long.clone()),
             FedError::Phase(long.clone()),
-            FedError::Refused(InvalidReason::secure_protocol(&long)),
+            FedError::Refused(InvalidReason::secure_protocol(
+                crate::bounds::SecureViolation::Message,
+                &long,
+            )),
         ] {
             let st = to_status(e);
             assert!(st.message().len() <= 1024, "{}", st.message().len());

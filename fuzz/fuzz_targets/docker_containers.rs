@@ -2,7 +2,7 @@
 //! and every decoded container can be looked up by its id afterwards.
 #![no_main]
 
-use fedmesh_node::docker::{IdentityCache, parse_container_list};
+use fedmesh_node::ops::docker::{IdentityCache, parse_container_list};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

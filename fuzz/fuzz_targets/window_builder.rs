@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use fedmesh_node::features::WindowBuilder;
+use fedmesh_node::detection::features::WindowBuilder;
 use fedmesh_node::telemetry::{ContainerId, Event, KernelEventKind, ResourceCounters};
 use libfuzzer_sys::fuzz_target;
 
@@ -127,7 +127,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(b.known_containers() <= 8);
 });
 
-fn check(windows: &[fedmesh_node::features::FeatureWindow], end: u64) {
+fn check(windows: &[fedmesh_node::detection::features::FeatureWindow], end: u64) {
     for w in windows {
         assert_eq!(w.end_ms, end);
         assert!(w.start_ms <= w.end_ms);

@@ -17,10 +17,10 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use fedmesh_node::detector::Detector;
-use fedmesh_node::features::{FeatureWindow, NUM_FEATURES, WindowBuilder};
-use fedmesh_node::model::{Autoencoder, ModelSpec};
-use fedmesh_node::scaler::Scaler;
+use fedmesh_node::detection::detector::Detector;
+use fedmesh_node::detection::features::{FeatureWindow, NUM_FEATURES, WindowBuilder};
+use fedmesh_node::detection::model::{Autoencoder, ModelSpec};
+use fedmesh_node::detection::scaler::Scaler;
 use fedmesh_node::telemetry::events::ParseError;
 use fedmesh_node::telemetry::falco::parse_falco_line;
 use fedmesh_node::telemetry::tetragon::parse_tetragon_line;

@@ -2,12 +2,15 @@
 //! raises alerts, keeps a buffer of benign windows for local training, and
 //! installs verified global models.
 //!
-//! The agent does no network I/O and reads no clock: the runtime
-//! ([`crate::runtime`]) feeds it events and window boundaries and moves
-//! updates to and from the coordinator. Heavy training runs as a
-//! [`TrainingJob`] outside the agent's lock.
+//! The agent does no network I/O and reads no clock: the detection loop
+//! ([`crate::runtime::detection`]) feeds it events and window boundaries,
+//! the federation session ([`crate::federation::session`]) moves updates to
+//! and from the coordinator. Heavy training runs as a [`TrainingJob`]
+//! outside the agent's lock. The agent persists its models through
+//! [`NodeStore`] (file I/O under the data directory).
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use fedmesh_crypto::{CertVerifier, Identity};
 use fedmesh_proto::v1;
@@ -15,14 +18,24 @@ use ndarray::Array2;
 use prost::Message;
 use tracing::{info, warn};
 
-use crate::alert::Alert;
+use crate::alerting::alert::Alert;
 use crate::config::DetectorConfig;
-use crate::detector::{Detector, calibrate_threshold, top_features};
-use crate::features::{FeatureWindow, NUM_FEATURES, WindowBuilder, feature_schema_hash};
-use crate::model::{Autoencoder, ModelSpec, TrainConfig};
-use crate::scaler::{Scaler, ScalerStats};
+use crate::detection::detector::{Detector, calibrate_threshold, top_features};
+use crate::detection::features::{FeatureWindow, NUM_FEATURES, WindowBuilder, feature_schema_hash};
+use crate::detection::model::{Autoencoder, ModelSpec, TrainConfig};
+use crate::detection::scaler::{Scaler, ScalerStats};
 use crate::store::{LocalModelRecord, NodeStore};
 use crate::telemetry::Event;
+
+/// Shared handle to the agent. The lock is never held across an await or
+/// during training.
+pub type SharedAgent = Arc<Mutex<Agent>>;
+
+/// Locks the agent (a poisoned lock still holds consistent data: every
+/// mutation completes before unlock).
+pub fn lock(agent: &SharedAgent) -> MutexGuard<'_, Agent> {
+    agent.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Agent failures.
 #[derive(Debug, thiserror::Error)]
@@ -839,7 +852,7 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
-    use crate::telemetry::synthetic::{AttackKind, Profile, SyntheticSource};
+    use crate::sim::synthetic::{AttackKind, Profile, SyntheticSource};
 
     const TENANT: &str = "acme";
     const WINDOW_MS: u64 = 10_000;

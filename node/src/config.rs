@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::telemetry::synthetic::{AttackKind, Profile};
+#[cfg(feature = "sim")]
+use crate::sim::synthetic::{AttackKind, Profile};
 
 /// Errors from loading or validating configuration.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +92,7 @@ fn d_expiry_warning_days() -> u32 {
 }
 
 /// One synthetic container.
+#[cfg(feature = "sim")]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyntheticContainer {
@@ -101,6 +103,7 @@ pub struct SyntheticContainer {
 }
 
 /// An attack to inject into a synthetic container.
+#[cfg(feature = "sim")]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyntheticAttack {
@@ -118,7 +121,8 @@ pub struct SyntheticAttack {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
 pub enum SourceConfig {
-    /// Synthetic workloads (demo, harness, tests).
+    /// Synthetic workloads (demo, harness, tests; `sim` feature).
+    #[cfg(feature = "sim")]
     Synthetic {
         /// Seed.
         #[serde(default)]
@@ -129,6 +133,11 @@ pub enum SourceConfig {
         #[serde(default)]
         attacks: Vec<SyntheticAttack>,
     },
+    /// `kind = "synthetic"` in a build without the `sim` feature (release
+    /// builds): parsed so that validation can say why it is refused.
+    #[cfg(not(feature = "sim"))]
+    #[serde(rename = "synthetic")]
+    SyntheticUnavailable(serde::de::IgnoredAny),
     /// cgroup v2 or v1/hybrid tree plus /proc (Docker, containerd,
     /// Kubernetes, CRI-O layouts), sampled once per window.
     Cgroup {
@@ -169,6 +178,14 @@ fn d_proc_root() -> PathBuf {
 }
 
 impl SourceConfig {
+    /// Whether this is the synthetic source.
+    pub fn is_synthetic(&self) -> bool {
+        #[cfg(feature = "sim")]
+        return matches!(self, SourceConfig::Synthetic { .. });
+        #[cfg(not(feature = "sim"))]
+        matches!(self, SourceConfig::SyntheticUnavailable(_))
+    }
+
     /// Whether this source reads standard input.
     pub fn reads_stdin(&self) -> bool {
         matches!(
@@ -259,7 +276,7 @@ pub struct AlertConfig {
     /// POST each alert to a webhook (`[alerts.webhook]`), through an
     /// on-disk outbox.
     #[serde(default)]
-    pub webhook: Option<crate::webhook::WebhookConfig>,
+    pub webhook: Option<crate::alerting::webhook::WebhookConfig>,
     /// Containers whose alerts are not emitted (still scored): container
     /// ids, names or images, exact or a prefix ending in `*` — e.g. the
     /// monitoring stack itself (`"fedmesh-*"`). Names and images need
@@ -323,15 +340,15 @@ pub struct NodeConfig {
     pub alerts: AlertConfig,
     /// Rule layer (`[rules]`): decisive rare events alert at once.
     #[serde(default)]
-    pub rules: crate::rules::RulesConfig,
+    pub rules: crate::detection::rules::RulesConfig,
     /// Docker Engine API (`[docker]`): container names, images and pod
     /// labels in alerts; required by the enforcing response modes. Omit to
     /// run without it.
     #[serde(default)]
-    pub docker: Option<crate::docker::DockerConfig>,
+    pub docker: Option<crate::ops::docker::DockerConfig>,
     /// Response actions (`[response]`), off by default.
     #[serde(default)]
-    pub response: crate::response::ResponseConfig,
+    pub response: crate::alerting::response::ResponseConfig,
     /// Seed for local training.
     #[serde(default)]
     pub seed: u64,
@@ -445,7 +462,7 @@ impl NodeConfig {
         if let Some(d) = &self.docker {
             errs.extend(d.problems());
         }
-        use crate::response::ResponseMode;
+        use crate::alerting::response::ResponseMode;
         if matches!(
             self.response.mode,
             ResponseMode::Pause | ResponseMode::Disconnect
@@ -460,16 +477,18 @@ impl NodeConfig {
         if all.is_empty() {
             errs.push("a [source] or at least one [[sources]] entry is required".to_string());
         }
-        let synthetic = all
-            .iter()
-            .filter(|s| matches!(s, SourceConfig::Synthetic { .. }))
-            .count();
+        let synthetic = all.iter().filter(|s| s.is_synthetic()).count();
         if synthetic > 0 && all.len() > 1 {
             errs.push("a synthetic source runs on its own clock and cannot be combined with other sources".to_string());
         }
         if all.iter().filter(|s| s.reads_stdin()).count() > 1 {
             errs.push("only one source can read stdin (set `path` on the others)".to_string());
         }
+        #[cfg(not(feature = "sim"))]
+        if synthetic > 0 {
+            errs.push("kind = \"synthetic\" needs a node built with the `sim` feature (release builds have no synthetic workloads)".to_string());
+        }
+        #[cfg(feature = "sim")]
         for src in all {
             let SourceConfig::Synthetic {
                 containers,
@@ -616,12 +635,21 @@ kind = "tetragon"
         c.validate().unwrap();
         assert!(!c.rules.disable.is_empty());
         assert_eq!(c.alerts.webhook.as_ref().unwrap().max_pending, 50);
-        assert_eq!(c.response.mode, crate::response::ResponseMode::Disconnect);
-        assert_eq!(c.response.min_severity, crate::alert::Severity::High);
+        assert_eq!(
+            c.response.mode,
+            crate::alerting::response::ResponseMode::Disconnect
+        );
+        assert_eq!(
+            c.response.min_severity,
+            crate::detection::severity::Severity::High
+        );
         // Defaults: rules on, response off, no docker, no webhook.
         let d = NodeConfig::from_toml(base, Path::new("n.toml")).unwrap();
         assert!(d.rules.enabled && d.docker.is_none() && d.alerts.webhook.is_none());
-        assert_eq!(d.response.mode, crate::response::ResponseMode::Off);
+        assert_eq!(
+            d.response.mode,
+            crate::alerting::response::ResponseMode::Off
+        );
         // Unknown keys and values are refused with their names.
         for (bad, needle) in [
             ("[response]\nmode = \"kill\"\n", "kill"),

@@ -3,28 +3,25 @@
 //! raises alerts, and learns with its federation by sending model updates
 //! (never telemetry) to the coordinator.
 //!
-//! The binary (`src/main.rs`) is glue: CLI, config, [`agent::Agent`],
-//! [`runtime`] loops.
+//! The binary (`src/main.rs`) is glue: CLI and config; [`Node::open`]
+//! assembles the node and [`Node::run`] runs it.
+//!
+//! Folders: [`telemetry`] (sources → events), [`detection`] (events →
+//! windows → scores and rule hits), [`alerting`] (alerts, sinks, webhook,
+//! responses), [`federation`] (the coordinator session and its rounds),
+//! [`ops`] (metrics, Docker identity, HTTP). [`sim`] (synthetic workloads,
+//! evaluation, simulation hooks) is compiled only with the `sim` feature.
 #![deny(missing_docs)]
 
 pub mod agent;
-pub mod alert;
-pub mod baseline;
-pub mod client;
+pub mod alerting;
 pub mod config;
-pub mod detector;
-pub mod docker;
-pub mod eval;
-pub mod exposition;
-pub mod features;
-mod http;
-pub mod metrics;
-pub mod model;
-pub mod response;
-pub mod rules;
+pub mod detection;
+pub mod federation;
+pub mod ops;
 pub mod runtime;
-pub mod scaler;
-pub mod secure;
+pub mod sim;
 pub mod store;
 pub mod telemetry;
-pub mod webhook;
+
+pub use runtime::node::{Node, NodeError, RunningNode};

@@ -1,34 +1,19 @@
 //! `fedmesh-node`: the edge agent. `run` watches containers, scores them,
-//! raises alerts and takes part in federated rounds; `inspect` and
-//! `evaluate` read a stopped node's store.
+//! raises alerts and takes part in federated rounds; `inspect` and (built
+//! with the `sim` feature) `evaluate` read a stopped node's store. This
+//! file is compiled by the node crate and by the e2e tests crate: each
+//! defines a `sim` feature.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use fedmesh_crypto::{CertVerifier, Identity};
+use fedmesh_crypto::CertVerifier;
 use fedmesh_node::agent::{Agent, AgentSettings, verify_global_model};
-use fedmesh_node::alert::{AlertPipeline, AlertSinks};
-use fedmesh_node::client::Connector;
-use fedmesh_node::config::{NodeConfig, SourceConfig};
-use fedmesh_node::docker::{DockerClient, IdentityCache, run_identity_refresher};
-use fedmesh_node::exposition::OpsMetrics;
-use fedmesh_node::exposition::{self, NodeMetrics, SourceCounters};
-use fedmesh_node::response::{Responder, ResponseMode, run_responses};
-use fedmesh_node::rules::RuleEngine;
-use fedmesh_node::runtime::{
-    FederationSettings, run_federation, run_live_detection, run_synthetic_detection,
-    spawn_line_source,
-};
+use fedmesh_node::config::NodeConfig;
+#[cfg(feature = "sim")]
+use fedmesh_node::sim::synthetic::Profile;
 use fedmesh_node::store::NodeStore;
-use fedmesh_node::telemetry::cgroup::CgroupCollector;
-use fedmesh_node::telemetry::falco::parse_falco_line;
-use fedmesh_node::telemetry::synthetic::{Profile, SyntheticSource};
-use fedmesh_node::telemetry::tetragon::parse_tetragon_line;
-use fedmesh_node::webhook::{Outbox, Webhook, run_delivery};
-use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(
@@ -73,6 +58,7 @@ enum Cmd {
         #[arg(long)]
         tenant: String,
     },
+    #[cfg(feature = "sim")]
     /// Evaluates a stopped node's detector on a synthetic held-out set with
     /// every attack kind (JSON).
     Evaluate {
@@ -202,6 +188,7 @@ fn run(cmd: Cmd) -> Result<()> {
             );
             Ok(())
         }
+        #[cfg(feature = "sim")]
         Cmd::Evaluate {
             data_dir,
             ca_cert,
@@ -213,8 +200,8 @@ fn run(cmd: Cmd) -> Result<()> {
             let Some(det) = agent.detector() else {
                 bail!("the node in {} has no model yet", data_dir.display());
             };
-            let data = fedmesh_node::eval::standard_heldout(seed, &profiles, 2, 60, 10_000)?;
-            let report = fedmesh_node::eval::evaluate(det, &data)?;
+            let data = fedmesh_node::sim::eval::standard_heldout(seed, &profiles, 2, 60, 10_000)?;
+            let report = fedmesh_node::sim::eval::evaluate(det, &data)?;
             println!(
                 "{}",
                 serde_json::to_string(
@@ -227,275 +214,9 @@ fn run(cmd: Cmd) -> Result<()> {
 }
 
 async fn run_node(cfg: NodeConfig) -> Result<()> {
-    let (mut tenant, mut node) = (cfg.tenant.clone(), cfg.node.clone());
-    let mut federation = None;
-    let mut verifier = None;
-    let mut credentials = None;
-    if let (Some(c), Some(tls)) = (&cfg.coordinator, &cfg.tls) {
-        let files = fedmesh_crypto::TlsFiles {
-            ca_cert: tls.ca_cert.clone(),
-            cert: tls.cert.clone(),
-            key: tls.key.clone(),
-            crl: tls.crl.clone(),
-        };
-        // Stamped before reading, so a change from now on is picked up.
-        let stamp = files.stamp();
-        let material = files.read()?;
-        let creds = Arc::new(fedmesh_node::client::NodeCredentials::new(
-            &material,
-            tls.expiry_warning_days,
-            time::OffsetDateTime::now_utc(),
-        )?);
-        let Identity::Node {
-            tenant: ct,
-            node: cn,
-        } = creds.identity().clone()
-        else {
-            bail!("{} is not a node certificate", tls.cert.display());
-        };
-        for (field, cfgv, certv) in [
-            ("tenant", &tenant, ct.as_str()),
-            ("node", &node, cn.as_str()),
-        ] {
-            if let Some(v) = cfgv
-                && v != certv
-            {
-                bail!("config {field} = {v:?} but the certificate names {certv:?}");
-            }
-        }
-        tenant = Some(ct.to_string());
-        node = Some(cn.to_string());
-        // Clones share the trusted CAs and the revocation list, which
-        // follow reloads; so does the signer.
-        let v = Arc::new(creds.verifier().clone());
-        federation = Some(FederationSettings {
-            connector: Connector::new(
-                &c.endpoint,
-                &c.server_name,
-                creds.tls_config(),
-                fedmesh_proto::DEFAULT_MAX_MESSAGE_BYTES,
-            )?,
-            verifier: v.clone(),
-            signer: creds.signer().clone(),
-            secagg_seed: None,
-            tamper: None,
-            hook: None,
-            max_backoff: Duration::from_millis(c.max_backoff_ms.max(200)),
-        });
-        verifier = Some(v);
-        let interval = match tls.reload_interval_secs {
-            // Only on SIGHUP (and the expiry check about once a day).
-            0 => Duration::from_secs(86_400),
-            s => Duration::from_secs(s),
-        };
-        credentials = Some((creds, files, stamp, interval));
-    }
-    let (Some(tenant), Some(node)) = (tenant, node) else {
-        bail!("tenant and node must be set in the config when no coordinator/TLS is configured");
-    };
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
-    let store = NodeStore::open(&cfg.data_dir)
-        .with_context(|| format!("cannot open store in {}", cfg.data_dir.display()))?;
-    let settings = AgentSettings {
-        tenant: tenant.clone(),
-        node: node.clone(),
-        detector: cfg.detector.clone(),
-        seed: cfg.seed,
-    };
-    let outbox_store = store.clone();
-    let agent = Agent::new(
-        settings,
-        Some(store),
-        verifier.as_deref(),
-        time::OffsetDateTime::now_utc(),
-    )?;
-    let agent = Arc::new(Mutex::new(agent));
-    let ops = OpsMetrics::default();
-    let mut sinks = AlertSinks::open(cfg.alerts.stdout, cfg.alerts.file.as_deref())?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
-    let node_credentials = credentials.as_ref().map(|c| c.0.clone());
-    if let Some((creds, files, stamp, interval)) = credentials {
-        reload_on_sighup(creds.clone());
-        tasks.push(tokio::spawn(creds.watch_files(
-            files,
-            stamp,
-            interval,
-            stop_rx.clone(),
-        )));
-    }
-    let counters = Arc::new(SourceCounters::default());
-    if let Some(addr) = cfg.metrics_listen {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
-        let mut m = NodeMetrics::new(agent.clone(), counters.clone()).with_ops(&ops);
-        if let Some(creds) = &node_credentials {
-            m = m.with_credentials(creds.clone());
-        }
-        let m = Arc::new(m);
-        let mut rx = stop_rx.clone();
-        tracing::info!(%addr, "metrics serving on /metrics");
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = exposition::serve(l, m, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await
-            {
-                tracing::warn!(error = %e, "metrics server failed");
-            }
-        }));
-    }
-    if let Some(w) = &cfg.alerts.webhook {
-        let hook = Webhook::new(w).context("webhook sink")?;
-        let outbox = Outbox::open(&outbox_store, w.max_pending, ops.webhook.clone())
-            .context("webhook outbox")?;
-        sinks = sinks.with_outbox(outbox.clone());
-        tasks.push(tokio::spawn(run_delivery(outbox, hook, stop_rx.clone())));
-    }
-    let rules = RuleEngine::new(&cfg.rules).with_counters(ops.rule_hits.clone());
-    let mut pipeline = AlertPipeline::new(rules, sinks).with_ignore(cfg.alerts.ignore.clone());
-    let docker = cfg
-        .docker
-        .as_ref()
-        .map(|d| DockerClient::new(&d.socket, Duration::from_millis(d.timeout_ms)));
-    let identity = match (&cfg.docker, &docker) {
-        (Some(d), Some(client)) => {
-            let cache = IdentityCache::new();
-            tasks.push(tokio::spawn(run_identity_refresher(
-                client.clone(),
-                cache.clone(),
-                d.clone(),
-                ops.docker_errors.clone(),
-                stop_rx.clone(),
-            )));
-            pipeline = pipeline.with_identity(cache.clone());
-            Some(cache)
-        }
-        _ => None,
-    };
-    if cfg.response.mode != ResponseMode::Off {
-        let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        let responder = Responder::new(
-            cfg.response.clone(),
-            docker.clone(),
-            identity.clone(),
-            ops.responses.clone(),
-            ops.docker_errors.clone(),
-        );
-        tracing::info!(mode = ?cfg.response.mode, min_severity = %cfg.response.min_severity, "response actions enabled");
-        tasks.push(tokio::spawn(run_responses(responder, rx, stop_rx.clone())));
-        pipeline = pipeline.with_responses(tx);
-    }
-    let sources = cfg.all_sources();
-    if let [
-        SourceConfig::Synthetic {
-            seed,
-            containers,
-            attacks,
-        },
-    ] = sources.as_slice()
-    {
-        let list: Vec<(String, _)> = containers
-            .iter()
-            .map(|c| (c.id.clone(), c.profile))
-            .collect();
-        let mut source = SyntheticSource::new(*seed, &list, cfg.window_ms);
-        for a in attacks {
-            source.inject(&a.container, a.kind, a.start_window, a.duration_windows)?;
-        }
-        let tick = Duration::from_millis(cfg.tick_ms.unwrap_or(cfg.window_ms).max(1));
-        tasks.push(tokio::spawn(run_synthetic_detection(
-            agent.clone(),
-            source,
-            pipeline,
-            tick,
-            stop_rx.clone(),
-        )));
-    } else {
-        let mut cgroup = None;
-        let (tx, rx) = tokio::sync::mpsc::channel(65_536);
-        for src in sources {
-            match src {
-                SourceConfig::Synthetic { .. } => {
-                    bail!("a synthetic source cannot be combined with other sources")
-                }
-                SourceConfig::Cgroup { root, proc_root } => {
-                    let c = CgroupCollector::new(root.clone())
-                        .with_context(|| format!("cgroup source at {}", root.display()))?
-                        .with_proc_root(proc_root.clone());
-                    tracing::info!(root = %root.display(), version = ?c.version(), "watching cgroup tree");
-                    cgroup = Some(c);
-                }
-                SourceConfig::Falco { path, from_start } => {
-                    spawn_line_source(
-                        "falco",
-                        path.clone(),
-                        *from_start,
-                        parse_falco_line,
-                        tx.clone(),
-                        stop_rx.clone(),
-                        counters.clone(),
-                    );
-                }
-                SourceConfig::Tetragon { path, from_start } => {
-                    spawn_line_source(
-                        "tetragon",
-                        path.clone(),
-                        *from_start,
-                        parse_tetragon_line,
-                        tx.clone(),
-                        stop_rx.clone(),
-                        counters.clone(),
-                    );
-                }
-            }
-        }
-        drop(tx);
-        let tick = Duration::from_millis(cfg.tick_ms.unwrap_or(cfg.window_ms).max(1));
-        tasks.push(tokio::spawn(run_live_detection(
-            agent.clone(),
-            cgroup,
-            rx,
-            pipeline,
-            tick,
-            stop_rx.clone(),
-            counters.clone(),
-        )));
-    }
-    if let Some(fs) = federation {
-        tasks.push(tokio::spawn(run_federation(
-            agent.clone(),
-            fs,
-            stop_rx.clone(),
-        )));
-    } else {
-        tracing::info!("no coordinator configured: running stand-alone");
-    }
-    tracing::info!(%tenant, %node, "node running");
-    shutdown_signal().await;
-    let _ = stop_tx.send(true);
-    for t in tasks {
-        let _ = t.await;
-    }
+    let node = fedmesh_node::Node::open(&cfg).await?;
+    node.run(shutdown_signal()).await;
     Ok(())
-}
-
-/// SIGHUP makes the node re-read its TLS files and revocation list.
-fn reload_on_sighup(credentials: Arc<fedmesh_node::client::NodeCredentials>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::hangup()) {
-        Ok(mut hup) => {
-            tokio::spawn(async move {
-                while hup.recv().await.is_some() {
-                    tracing::info!("SIGHUP: reloading TLS credentials");
-                    credentials.request_reload();
-                }
-            });
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP; TLS files are still polled"),
-    }
 }
 
 async fn shutdown_signal() {

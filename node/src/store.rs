@@ -117,7 +117,7 @@ impl NodeStore {
         }
     }
 
-    /// The tree of the webhook alert outbox ([`crate::webhook::Outbox`]):
+    /// The tree of the webhook alert outbox ([`crate::alerting::webhook::Outbox`]):
     /// big-endian sequence numbers to alert JSON.
     pub fn alert_outbox(&self) -> Result<sled::Tree, NodeStoreError> {
         Ok(self.db.open_tree(OUTBOX)?)

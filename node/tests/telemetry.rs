@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fedmesh_node::features::{WindowBuilder, idx};
+use fedmesh_node::detection::features::{WindowBuilder, idx};
 use fedmesh_node::telemetry::cgroup::{
     CgroupCollector, CgroupError, CgroupVersion, CollectStats, QosClass, Runtime,
     classify_cgroup_path, parse_blkio_service_bytes, parse_flat_keyed, parse_io_stat,
@@ -855,7 +855,10 @@ proptest! {
 #[test]
 fn kernel_details_from_falco_and_tetragon_fixtures() {
     use fedmesh_node::telemetry::KernelDetail;
-    fn details(name: &str, parser: fedmesh_node::runtime::LineParser) -> Vec<KernelDetail> {
+    fn details(
+        name: &str,
+        parser: fedmesh_node::telemetry::events::LineParser,
+    ) -> Vec<KernelDetail> {
         let text = fs::read_to_string(fixtures().join(name)).unwrap();
         text.lines()
             .filter_map(|l| parser(l).ok())

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 pub const FEATURE_SCHEMA_V1: &str = "fedmesh.features.v1";
 
 /// Hex SHA-256 digest of the v1 feature schema (version and feature names)
-/// as computed by `fedmesh_node::features::feature_schema_hash`; a node test
+/// as computed by `fedmesh_node::detection::features::feature_schema_hash`; a node test
 /// keeps the two equal. Coordinators use it as the default federation schema.
 pub const FEATURE_SCHEMA_V1_DIGEST: &str =
     "2d34de5e3895548c56f14a3ff9cd89200db4007a157b57a9463a5447eb410f02";

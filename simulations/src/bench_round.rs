@@ -189,7 +189,7 @@ pub async fn run_round_bench(b: &RoundBench) -> Result<Vec<RoundRow>> {
             .build()?;
         let mut clients = Vec::new();
         for (i, (name, tls, signer)) in identities.iter().enumerate() {
-            let connector = fedmesh_node::client::Connector::new(
+            let connector = fedmesh_node::federation::client::Connector::new(
                 &addr.to_string(),
                 "localhost",
                 tls.clone(),
@@ -260,7 +260,7 @@ pub async fn run_round_bench(b: &RoundBench) -> Result<Vec<RoundRow>> {
 /// address at once, and every client here dials from 127.0.0.1. `salt`
 /// (the client's index) spreads the clients' retries.
 pub(crate) async fn connect_retrying(
-    connector: &fedmesh_node::client::Connector,
+    connector: &fedmesh_node::federation::client::Connector,
     salt: u64,
 ) -> Result<Client> {
     let mut attempt = 0u64;
@@ -344,7 +344,8 @@ pub(crate) async fn client_loop(
         if state.as_ref().is_none_or(|(r, _, _)| *r != o.round) {
             // Phase 0: keys (the bench trusts the announced bucket; the
             // node's own check is exercised by the node and the e2e tests).
-            let bucket = fedmesh_node::secure::announced_bucket(bv).map_err(anyhow::Error::msg)?;
+            let bucket = fedmesh_node::federation::secure::announced_bucket(bv)
+                .map_err(anyhow::Error::msg)?;
             let params = BucketParams::new(
                 TENANT.parse()?,
                 o.round,

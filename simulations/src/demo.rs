@@ -9,26 +9,26 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use fedmesh_coordinator::pki::{self, layout};
 use fedmesh_coordinator::{Coordinator, CoordinatorConfig, Pki};
 use fedmesh_crypto::{CertVerifier, MeshCa, NodeId, SecretPem, TenantId};
-use fedmesh_node::agent::{Agent, AgentSettings};
-use fedmesh_node::client::Connector;
+use fedmesh_node::agent::{Agent, AgentSettings, SharedAgent, lock};
 use fedmesh_node::config::DetectorConfig;
-use fedmesh_node::detector::Detector;
-use fedmesh_node::eval::{EvalReport, evaluate};
-use fedmesh_node::features::{FeatureWindow, WindowBuilder};
-use fedmesh_node::model::ModelSpec;
-use fedmesh_node::runtime::{FederationSettings, SharedAgent, Tamper, lock, run_federation};
+use fedmesh_node::detection::detector::Detector;
+use fedmesh_node::detection::features::{FeatureWindow, WindowBuilder};
+use fedmesh_node::detection::model::ModelSpec;
+use fedmesh_node::runtime::node::federation_from_pem;
+use fedmesh_node::sim::eval::{EvalReport, evaluate};
+use fedmesh_node::sim::hook::{SeededNode, Tamper};
+use fedmesh_node::sim::synthetic::{AttackKind, Profile, SyntheticSource};
 use fedmesh_node::store::NodeStore;
-use fedmesh_node::telemetry::synthetic::{AttackKind, Profile, SyntheticSource};
+use fedmesh_node::{Node, RunningNode};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tokio::sync::watch;
 
 /// Demo parameters.
 #[derive(Debug, Clone)]
@@ -362,6 +362,7 @@ rule = "{rule}"
     let ca_pem = ca.cert_pem().to_string();
     let verifier = Arc::new(CertVerifier::new(&ca_pem)?);
     let mut nodes = Vec::new();
+    let mut assembled = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let containers = fleet(i);
         let source = SyntheticSource::new(
@@ -389,12 +390,14 @@ rule = "{rule}"
             Some(&verifier),
             now,
         )?;
+        let node = Node::new(agent);
         nodes.push(DemoNode {
             name: name.clone(),
             containers,
             source,
-            agent: Arc::new(Mutex::new(agent)),
+            agent: node.agent().clone(),
         });
+        assembled.push(node);
     }
     let pb = bar(q, opts.warmup_windows * nodes.len() as u64, "telemetry");
     let mut warmups = Vec::new();
@@ -432,33 +435,26 @@ rule = "{rule}"
     }
 
     // Phase 4: federated rounds over mTLS.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut fed_tasks = Vec::new();
-    for (i, n) in nodes.iter().enumerate() {
+    let mut running = Vec::new();
+    for (i, (n, node)) in nodes.iter().zip(assembled).enumerate() {
         let cert = std::fs::read_to_string(layout::node_cert(&pki_dir, TENANT, &n.name))?;
         let key = SecretPem::new(std::fs::read_to_string(layout::node_key(
             &pki_dir, TENANT, &n.name,
         ))?);
-        let tls = fedmesh_crypto::tls::client_config(&ca_pem, &cert, &key)?;
-        let settings = FederationSettings {
-            connector: Connector::new(
-                &addr.to_string(),
-                "localhost",
-                tls,
-                fedmesh_proto::DEFAULT_MAX_MESSAGE_BYTES,
-            )?,
-            verifier: verifier.clone(),
-            signer: fedmesh_crypto::CertSigner::from_pem(&cert, &key)?.into(),
-            secagg_seed: Some(opts.seed.wrapping_mul(1_000_003).wrapping_add(i as u64)),
+        let mut settings = federation_from_pem(
+            &addr.to_string(),
+            "localhost",
+            &ca_pem,
+            &cert,
+            &key,
+            verifier.clone(),
+            Duration::from_secs(2),
+        )?;
+        settings.sim = Some(Arc::new(SeededNode {
+            secagg_seed: opts.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
             tamper: (i >= opts.nodes - opts.attackers).then_some(opts.attack),
-            hook: None,
-            max_backoff: Duration::from_secs(2),
-        };
-        fed_tasks.push(tokio::spawn(run_federation(
-            n.agent.clone(),
-            settings,
-            stop_rx.clone(),
-        )));
+        }));
+        running.push(node.with_federation(settings).start());
     }
     let pb = bar(q, opts.rounds, "rounds");
     line(
@@ -602,9 +598,9 @@ rule = "{rule}"
         q,
         "attacks injected and scored by each node's federated detector",
     );
-    let _ = stop_tx.send(true);
-    for t in fed_tasks {
-        let _ = t.await;
+    running.iter().for_each(RunningNode::stop);
+    for r in running {
+        r.join().await;
     }
     let _ = coord_stop_tx.send(());
     let _ = server.await;
@@ -758,7 +754,7 @@ rule = "{rule}"
 /// Held-out windows: two containers of every workload, each attack kind
 /// injected into one of them for the second half.
 fn heldout_set(seed: u64) -> Result<Vec<(FeatureWindow, Option<AttackKind>)>> {
-    Ok(fedmesh_node::eval::standard_heldout(
+    Ok(fedmesh_node::sim::eval::standard_heldout(
         seed,
         &Profile::ALL,
         2,

@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod attacks;
+pub mod baseline;
 pub mod bench;
 pub mod bench_handshake;
 pub mod bench_round;

@@ -46,7 +46,7 @@ enum Cmd {
         attackers: usize,
         /// How they poison: `scale:F` (model replacement) or `sign-flip:F`.
         #[arg(long, default_value = "scale:10", value_parser = parse_tamper)]
-        attack: fedmesh_node::runtime::Tamper,
+        attack: fedmesh_node::sim::hook::Tamper,
         /// Write the report as JSON to this file.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
@@ -629,8 +629,8 @@ fn run(cmd: Cmd) -> Result<()> {
 }
 
 /// Parses `scale:F` or `sign-flip:F`.
-fn parse_tamper(s: &str) -> Result<fedmesh_node::runtime::Tamper, String> {
-    use fedmesh_node::runtime::Tamper;
+fn parse_tamper(s: &str) -> Result<fedmesh_node::sim::hook::Tamper, String> {
+    use fedmesh_node::sim::hook::Tamper;
     let (kind, factor) = s
         .split_once(':')
         .ok_or_else(|| format!("{s:?}: expected scale:F or sign-flip:F"))?;

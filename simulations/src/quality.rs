@@ -7,7 +7,7 @@
 //! - **local**: the autoencoder the node trains alone on the same windows
 //!   (same architecture and epochs);
 //! - **pca**: the linfa PCA reconstruction-error baseline
-//!   ([`fedmesh_node::baseline::PcaDetector`]) fitted on the same windows.
+//!   ([`crate::baseline::PcaDetector`]) fitted on the same windows.
 //!
 //! Evaluation data (fresh seeds, every workload of the fleet, two
 //! containers each): a benign set of `benign_windows` windows per container
@@ -18,12 +18,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::baseline::{PcaConfig, PcaDetector};
 use anyhow::{Context, Result, bail};
-use fedmesh_node::baseline::{PcaConfig, PcaDetector};
-use fedmesh_node::detector::Detector;
-use fedmesh_node::features::FeatureWindow;
-use fedmesh_node::metrics::roc_auc;
-use fedmesh_node::telemetry::synthetic::{AttackKind, Profile, labelled_windows};
+use fedmesh_node::detection::detector::Detector;
+use fedmesh_node::detection::features::FeatureWindow;
+use fedmesh_node::sim::metrics::roc_auc;
+use fedmesh_node::sim::synthetic::{AttackKind, Profile, labelled_windows};
 use serde::Serialize;
 
 use crate::demo::{self, DemoOptions, WINDOW_MS};

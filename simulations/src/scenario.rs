@@ -38,7 +38,7 @@ use std::path::Path;
 
 use fedmesh_coordinator::aggregate::RuleConfig;
 use fedmesh_coordinator::reputation::ReputationConfig;
-use fedmesh_node::telemetry::synthetic::{AttackKind, Profile};
+use fedmesh_node::sim::synthetic::{AttackKind, Profile};
 use serde::{Deserialize, Serialize};
 
 use crate::attacks::Perturbation;

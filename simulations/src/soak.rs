@@ -192,7 +192,7 @@ pub async fn run_soak(o: &SoakOptions, mut sample: impl FnMut(&SoakSample)) -> R
         let c = ca.issue_node(&tenant, &name.parse()?, now, 2)?;
         let tls = fedmesh_crypto::tls::client_config(ca.cert_pem(), &c.cert_pem, &c.key_pem)?;
         let signer = Arc::new(CertSigner::from_pem(&c.cert_pem, &c.key_pem)?);
-        let connector = fedmesh_node::client::Connector::new(
+        let connector = fedmesh_node::federation::client::Connector::new(
             &addr.to_string(),
             "localhost",
             tls,

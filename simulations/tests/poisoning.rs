@@ -10,7 +10,7 @@
 //! with a clip norm as large as the factor, so the round's clipping does not
 //! neutralize them; the norm gate and the robust rule have to.
 
-use fedmesh_node::runtime::Tamper;
+use fedmesh_node::sim::hook::Tamper;
 use fedmesh_sim::demo::{DemoOptions, run};
 
 /// Largest AUC loss against the clean run that counts as "contained"

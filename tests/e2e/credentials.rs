@@ -12,11 +12,12 @@ use anyhow::{Context, Result, anyhow, bail};
 use fedmesh_coordinator::credentials::CredentialError;
 use fedmesh_coordinator::reputation::Action;
 use fedmesh_crypto::{CrlSuccession, CryptoError, IssuedCert, MeshCa, RevocationList, TlsMaterial};
-use fedmesh_node::agent::{Agent, AgentSettings, verify_global_model};
-use fedmesh_node::client::{Connector, NodeCredentials};
+use fedmesh_node::agent::{Agent, AgentSettings, SharedAgent, lock, verify_global_model};
 use fedmesh_node::config::DetectorConfig;
-use fedmesh_node::runtime::{FederationSettings, SharedAgent, lock, run_federation};
-use fedmesh_node::telemetry::synthetic::{Profile, SyntheticSource};
+use fedmesh_node::federation::client::{Connector, NodeCredentials};
+use fedmesh_node::federation::round::FederationSettings;
+use fedmesh_node::federation::session::run_federation;
+use fedmesh_node::sim::synthetic::{Profile, SyntheticSource};
 use fedmesh_proto::v1::{self, round_event::Event};
 use prost::Message;
 use tonic::Streaming;
@@ -497,20 +498,17 @@ impl LiveNode {
             }
             a.close_window((w + 1) * 10_000)?;
         }
-        let settings = FederationSettings {
-            connector: Connector::new(
+        let settings = FederationSettings::new(
+            Connector::new(
                 &mesh.addr().to_string(),
                 "localhost",
                 creds.tls_config(),
                 fedmesh_proto::DEFAULT_MAX_MESSAGE_BYTES,
             )?,
-            verifier: Arc::new(creds.verifier().clone()),
-            signer: creds.signer().clone(),
-            secagg_seed: Some(seed),
-            tamper: None,
-            hook: None,
-            max_backoff: std::time::Duration::from_millis(500),
-        };
+            Arc::new(creds.verifier().clone()),
+            creds.signer().clone(),
+            std::time::Duration::from_millis(500),
+        );
         let task = tokio::spawn(run_federation(agent.clone(), settings, stop));
         Ok(LiveNode {
             name,

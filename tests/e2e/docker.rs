@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use fedmesh_node::alert::Alert;
+use fedmesh_node::alerting::alert::Alert;
 
 const NODE: &str = env!("CARGO_BIN_EXE_e2e-fedmesh-node");
 const IMAGE: &str = "fedmesh-test-busybox:latest";

@@ -214,7 +214,7 @@ impl Mesh {
     /// connector.
     pub(crate) async fn node(&self, tenant: &str, node: &str) -> Result<Client> {
         let tls = self.node_tls(tenant, node)?;
-        let connector = fedmesh_node::client::Connector::new(
+        let connector = fedmesh_node::federation::client::Connector::new(
             &self.addr.to_string(),
             "localhost",
             tls,

@@ -120,7 +120,8 @@ impl Member {
             .iter()
             .map(|p| p.parse())
             .collect::<Result<Vec<_>, _>>()?;
-        let announced = fedmesh_node::secure::announced_bucket(bv).map_err(anyhow::Error::msg)?;
+        let announced =
+            fedmesh_node::federation::secure::announced_bucket(bv).map_err(anyhow::Error::msg)?;
         let mine = verify_own_bucket(
             &AssignmentInput {
                 tenant: &tenant,

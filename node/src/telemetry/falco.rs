@@ -39,10 +39,8 @@
 //! skipped; of duplicate keys the last counts; `null` is absent (except that
 //! a present `evt.time` or port key, even `null`, is not "missing").
 
-use super::events::{
-    Lit, Nested, ParseError, Skip, classify_file_access, ip, json_fields, normalize_container_id,
-    parse_rfc3339_ms, parse_top, str_of,
-};
+use super::events::json::{Lit, Nested, Skip, ip, json_fields, parse_top, str_of};
+use super::events::{ParseError, classify_file_access, normalize_container_id, parse_rfc3339_ms};
 use super::{ContainerId, Event, KernelDetail, KernelEventKind};
 
 /// What a Falco alert describes.

@@ -1,8 +1,8 @@
 //! Telemetry event model shared by every source (cgroup v2 + /proc readers,
-//! Falco/Tetragon JSON, and the [`synthetic`] generator).
+//! Falco/Tetragon JSON, and, with the `sim` feature, the synthetic generator).
 //!
 //! Sources turn whatever they read into a stream of [`Event`]s; the
-//! [`crate::features::WindowBuilder`] aggregates them into per-container
+//! [`crate::detection::features::WindowBuilder`] aggregates them into per-container
 //! feature windows. Resource counters are *cumulative* (as the kernel exposes
 //! them); rates are computed downstream from deltas with reset detection.
 
@@ -10,7 +10,6 @@ pub mod cgroup;
 pub mod events;
 pub mod falco;
 pub mod proc;
-pub mod synthetic;
 pub mod tetragon;
 
 use serde::{Deserialize, Serialize};
@@ -129,7 +128,7 @@ pub enum Event {
 
 /// Optional particulars of a [`Event::Kernel`] event, as far as the source
 /// exposes them. Every field may be absent; the rule layer
-/// ([`crate::rules`]) treats an absent field as "unknown", never as benign.
+/// ([`crate::detection::rules`]) treats an absent field as "unknown", never as benign.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelDetail {
     /// Binary of the acting process (path or comm).

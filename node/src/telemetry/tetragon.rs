@@ -39,10 +39,8 @@
 //! its camelCase twin, even when `null`), every other value is validated as
 //! JSON and skipped; of duplicate keys the last counts.
 
-use super::events::{
-    Array, Lit, Nested, ParseError, classify_file_access, get, ip, json_fields,
-    normalize_container_id, parse_rfc3339_ms, parse_top, pick, str_of,
-};
+use super::events::json::{Array, Lit, Nested, get, ip, json_fields, parse_top, pick, str_of};
+use super::events::{ParseError, classify_file_access, normalize_container_id, parse_rfc3339_ms};
 use super::{ContainerId, Event, KernelDetail, KernelEventKind};
 
 /// Kinds of Tetragon events.

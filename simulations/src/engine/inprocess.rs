@@ -41,12 +41,12 @@ use fedmesh_crypto::secagg::QuantConfig;
 use fedmesh_crypto::secagg::local::Dropout;
 use fedmesh_node::agent::{Agent, AgentSettings, GlobalModel, LocalUpdate};
 use fedmesh_node::config::DetectorConfig;
-use fedmesh_node::detector::{Detector, calibrate_threshold};
-use fedmesh_node::eval::{evaluate, standard_heldout};
-use fedmesh_node::features::{FeatureWindow, NUM_FEATURES, feature_schema_hash};
-use fedmesh_node::model::{Autoencoder, ModelSpec};
-use fedmesh_node::scaler::Scaler;
-use fedmesh_node::telemetry::synthetic::{AttackKind, Profile, labelled_windows};
+use fedmesh_node::detection::detector::{Detector, calibrate_threshold};
+use fedmesh_node::detection::features::{FeatureWindow, NUM_FEATURES, feature_schema_hash};
+use fedmesh_node::detection::model::{Autoencoder, ModelSpec};
+use fedmesh_node::detection::scaler::Scaler;
+use fedmesh_node::sim::eval::{evaluate, standard_heldout};
+use fedmesh_node::sim::synthetic::{AttackKind, Profile, labelled_windows};
 use fedmesh_proto::v1;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
@@ -177,7 +177,7 @@ pub(crate) struct Heldout {
 }
 
 pub(crate) fn heldout(s: &Scenario) -> Result<Heldout, EngineError> {
-    let e = |x: fedmesh_node::eval::EvalError| EngineError::Eval(x.to_string());
+    let e = |x: fedmesh_node::sim::eval::EvalError| EngineError::Eval(x.to_string());
     let data = standard_heldout(
         derive_seed(s.seed, &[P_EVAL]),
         &Profile::ALL,

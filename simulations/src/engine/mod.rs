@@ -226,7 +226,7 @@ impl RunReport {
         engine: &str,
         aggregation: &str,
         attackers: Vec<usize>,
-        target: Option<fedmesh_node::telemetry::synthetic::AttackKind>,
+        target: Option<fedmesh_node::sim::synthetic::AttackKind>,
     ) -> Self {
         Self {
             scenario: s.name.clone(),

@@ -39,13 +39,11 @@ use fedmesh_coordinator::pki::{self, layout};
 use fedmesh_coordinator::{Coordinator, CoordinatorConfig, Pki};
 use fedmesh_crypto::{CertVerifier, MeshCa, NodeId, SecretPem, TenantId};
 use fedmesh_node::agent::LocalUpdate;
-use fedmesh_node::client::Connector;
-use fedmesh_node::runtime::{
-    FederationSettings, SimPresence, SimSend, SimulationHook, run_federation,
-};
+use fedmesh_node::runtime::node::federation_from_pem;
+use fedmesh_node::sim::hook::{SimPresence, SimSend, SimulationHook};
+use fedmesh_node::{Node, RunningNode};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Condvar;
-use tokio::sync::watch;
 use tracing::warn;
 
 use super::inprocess::{
@@ -313,9 +311,15 @@ struct NodeHook {
     /// A Sybil identity of an attacker node (takes part only while the
     /// attack is active).
     sybil: bool,
+    /// Seed of the node's secure-aggregation randomness.
+    secagg_seed: u64,
 }
 
 impl SimulationHook for NodeHook {
+    fn secagg_seed(&self) -> Option<u64> {
+        Some(self.secagg_seed)
+    }
+
     fn corrupt_shares(&self, round: u64) -> bool {
         self.board.bad_shares(self.node, round)
     }
@@ -534,8 +538,7 @@ prox_mu = {mu:?}
     }));
     let ca_pem = ca.cert_pem().to_string();
     let verifier = Arc::new(CertVerifier::new(&ca_pem).map_err(mesh)?);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
+    let mut running = Vec::new();
     let mut agents: Vec<Option<fedmesh_node::agent::Agent>> =
         nodes.into_iter().map(|n| Some(n.agent)).collect();
     for (name, i, sybil) in &identities {
@@ -561,36 +564,23 @@ prox_mu = {mu:?}
         let key = SecretPem::new(
             std::fs::read_to_string(layout::node_key(&pki_dir, TENANT, name)).map_err(mesh)?,
         );
-        let tls = fedmesh_crypto::tls::client_config(&ca_pem, &cert, &key).map_err(mesh)?;
-        let settings = FederationSettings {
-            connector: Connector::new(
-                &addr.to_string(),
-                "localhost",
-                tls,
-                fedmesh_proto::DEFAULT_MAX_MESSAGE_BYTES,
-            )
-            .map_err(mesh)?,
-            verifier: verifier.clone(),
-            signer: fedmesh_crypto::CertSigner::from_pem(&cert, &key)
-                .map_err(mesh)?
-                .into(),
-            secagg_seed: Some(derive_seed(
-                s.seed,
-                &[P_SECAGG_NODE, i as u64, u64::from(sybil)],
-            )),
-            tamper: None,
-            hook: Some(Arc::new(NodeHook {
-                board: board.clone(),
-                node: i,
-                sybil,
-            })),
-            max_backoff: Duration::from_secs(2),
-        };
-        tasks.push(tokio::spawn(run_federation(
-            Arc::new(Mutex::new(agent)),
-            settings,
-            stop_rx.clone(),
-        )));
+        let mut settings = federation_from_pem(
+            &addr.to_string(),
+            "localhost",
+            &ca_pem,
+            &cert,
+            &key,
+            verifier.clone(),
+            Duration::from_secs(2),
+        )
+        .map_err(mesh)?;
+        settings.sim = Some(Arc::new(NodeHook {
+            board: board.clone(),
+            node: i,
+            sybil,
+            secagg_seed: derive_seed(s.seed, &[P_SECAGG_NODE, i as u64, u64::from(sybil)]),
+        }));
+        running.push(Node::new(agent).with_federation(settings).start());
     }
     // Round numbers advance per attempt, committed or aborted, as in the
     // in-process engine: the run is over once round `s.rounds` is decided.
@@ -630,9 +620,9 @@ prox_mu = {mu:?}
     }
     let participants: Vec<usize> = committed.values().map(|x| x.participants).collect();
     let final_version = committed.values().last().map_or(0, |x| x.version);
-    let _ = stop_tx.send(true);
-    for t in tasks {
-        let _ = t.await;
+    running.iter().for_each(RunningNode::stop);
+    for r in running {
+        r.join().await;
     }
     // The model of round `s.rounds` as the coordinator signed it (a node
     // may already be working on the next round).

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::alert::Severity;
+use crate::detection::severity::Severity;
 use crate::telemetry::{ContainerId, Event, KernelDetail, KernelEventKind};
 
 /// One rule: id, severity and what it detects.
@@ -536,11 +536,15 @@ mod tests {
     use crate::telemetry::falco::parse_falco_line;
     use crate::telemetry::tetragon::parse_tetragon_line;
 
-    const FALCO: &str = include_str!("../tests/fixtures/falco-rules.jsonl");
-    const TETRAGON: &str = include_str!("../tests/fixtures/tetragon-kprobes.jsonl");
+    const FALCO: &str = include_str!("../../tests/fixtures/falco-rules.jsonl");
+    const TETRAGON: &str = include_str!("../../tests/fixtures/tetragon-kprobes.jsonl");
 
     /// Events of the fixture line whose text contains `needle`.
-    fn line_events(text: &str, needle: &str, parse: crate::runtime::LineParser) -> Vec<Event> {
+    fn line_events(
+        text: &str,
+        needle: &str,
+        parse: crate::telemetry::events::LineParser,
+    ) -> Vec<Event> {
         let line = text
             .lines()
             .find(|l| l.contains(needle))
@@ -763,7 +767,7 @@ mod tests {
 
     #[test]
     fn synthetic_workloads_benign_quiet_attacks_caught() {
-        use crate::telemetry::synthetic::{AttackKind, Profile, SyntheticSource};
+        use crate::sim::synthetic::{AttackKind, Profile, SyntheticSource};
         let profiles = [Profile::Web, Profile::Database, Profile::Batch, Profile::Ml];
         let list: Vec<(String, Profile)> = profiles
             .iter()

@@ -84,8 +84,9 @@ pub(crate) mod falco {
     use serde_json::{Map, Value};
 
     use super::{lenient_bool, lenient_u64, parse_object, port};
+    use crate::telemetry::events::json::ip;
     use crate::telemetry::events::{
-        ParseError, classify_file_access, ip, normalize_container_id, parse_rfc3339_ms,
+        ParseError, classify_file_access, normalize_container_id, parse_rfc3339_ms,
     };
     use crate::telemetry::{ContainerId, Event, KernelDetail, KernelEventKind};
 
@@ -386,8 +387,9 @@ pub(crate) mod tetragon {
     use serde_json::Value;
 
     use super::{field, lenient_u64, parse_object, port};
+    use crate::telemetry::events::json::ip;
     use crate::telemetry::events::{
-        ParseError, classify_file_access, ip, normalize_container_id, parse_rfc3339_ms,
+        ParseError, classify_file_access, normalize_container_id, parse_rfc3339_ms,
     };
     use crate::telemetry::{ContainerId, Event, KernelDetail, KernelEventKind};
 
@@ -644,11 +646,11 @@ mod equivalence {
     use crate::telemetry::events::ParseError;
 
     const FIXTURES: [&[u8]; 5] = [
-        include_bytes!("../../tests/fixtures/falco.jsonl"),
-        include_bytes!("../../tests/fixtures/falco-rules.jsonl"),
-        include_bytes!("../../tests/fixtures/tetragon.jsonl"),
-        include_bytes!("../../tests/fixtures/tetragon-kprobes.jsonl"),
-        include_bytes!("../../tests/fixtures/malformed.jsonl"),
+        include_bytes!("../../../tests/fixtures/falco.jsonl"),
+        include_bytes!("../../../tests/fixtures/falco-rules.jsonl"),
+        include_bytes!("../../../tests/fixtures/tetragon.jsonl"),
+        include_bytes!("../../../tests/fixtures/tetragon-kprobes.jsonl"),
+        include_bytes!("../../../tests/fixtures/malformed.jsonl"),
     ];
 
     const CRI: &str = "2026-03-15T00:06:32.475152409Z stdout F ";

@@ -1,8 +1,8 @@
 //! A linear baseline detector (PCA reconstruction error, fitted by
 //! `linfa-reduction`) over the same standardized 22-feature windows as the
-//! autoencoder [`crate::detector::Detector`], with the same interface shape
+//! autoencoder [`fedmesh_node::detection::detector::Detector`], with the same interface shape
 //! (fit on benign windows, score windows, calibrate a threshold), so the two
-//! can be compared on the same data (e.g. with [`crate::metrics::roc_auc`]).
+//! can be compared on the same data (e.g. with [`fedmesh_node::sim::metrics::roc_auc`]).
 //!
 //! Fit: a [`Scaler`] from the benign windows, then PCA on the standardized
 //! rows, keeping the fewest leading components that explain
@@ -18,9 +18,9 @@ use linfa::traits::{Fit, Predict};
 use linfa_reduction::Pca;
 use ndarray::Array2;
 
-use crate::detector::{DetectorError, calibrate_threshold, windows_to_matrix};
-use crate::features::{FeatureWindow, NUM_FEATURES};
-use crate::scaler::{Scaler, ScalerError, ScalerStats};
+use fedmesh_node::detection::detector::{DetectorError, calibrate_threshold, windows_to_matrix};
+use fedmesh_node::detection::features::{FeatureWindow, NUM_FEATURES};
+use fedmesh_node::detection::scaler::{Scaler, ScalerError, ScalerStats};
 
 /// Errors of the baseline detector.
 #[derive(Debug, thiserror::Error)]
@@ -197,10 +197,10 @@ impl PcaDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::idx;
-    use crate::metrics::roc_auc;
-    use crate::telemetry::ContainerId;
-    use crate::telemetry::synthetic::{AttackKind, Profile, labelled_windows};
+    use fedmesh_node::detection::features::idx;
+    use fedmesh_node::sim::metrics::roc_auc;
+    use fedmesh_node::sim::synthetic::{AttackKind, Profile, labelled_windows};
+    use fedmesh_node::telemetry::ContainerId;
 
     fn fleet(per_profile: usize) -> Vec<(String, Profile)> {
         let mut v = Vec::new();

@@ -28,12 +28,10 @@ use tonic::Code;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
-use crate::agent::{AgentError, LocalUpdate};
-use crate::features::NUM_FEATURES;
-use crate::runtime::{
-    FederationSettings, SessionError, SharedAgent, SimPresence, SimSend, lock, sync_model,
-    train_and_rewrite,
-};
+use crate::agent::{AgentError, LocalUpdate, SharedAgent, lock};
+use crate::detection::features::NUM_FEATURES;
+use crate::federation::round::{FederationSettings, SessionError, sync_model, train_and_rewrite};
+use crate::sim::hook::{SimPresence, SimSend};
 
 type Client = v1::federation_client::FederationClient<Channel>;
 
@@ -229,7 +227,7 @@ pub(crate) async fn participate(
         );
         return Ok(None);
     }
-    let clip_factor = fs.tamper.map_or(1.0, |t| t.clip_factor());
+    let clip_factor = fs.clip_factor();
     let (params, me) = match r.params(sr, open.base_version, dim, digest, clip_factor) {
         Ok(p) => p,
         Err(e) => {
@@ -240,7 +238,7 @@ pub(crate) async fn participate(
     r.bucket = params.bucket();
     // Mask seeds, keys and rounding come from the OS; simulations that
     // must replay bit for bit pass a seed.
-    let mut rng = match fs.secagg_seed {
+    let mut rng = match fs.secagg_seed() {
         Some(seed) => {
             ChaCha20Rng::seed_from_u64(seed ^ r.round.wrapping_mul(0x9E37_79B9_7F4A_7C15))
         }
@@ -268,11 +266,7 @@ pub(crate) async fn participate(
         return Ok(None);
     }
     debug!(bucket = r.bucket, "keys advertised; training");
-    let mut training = Some(tokio::spawn(train_and_rewrite(
-        job,
-        fs.hook.clone(),
-        r.round,
-    )));
+    let mut training = Some(tokio::spawn(train_and_rewrite(job, fs.hook(), r.round)));
     let (mut shared, mut masked) = (false, false);
     loop {
         let Some(ev) = stream.message().await.map_err(|status| SessionError::Rpc {
@@ -303,7 +297,7 @@ pub(crate) async fn participate(
                     .collect::<Result<Vec<_>, _>>()?;
                 c.receive_adverts(&adverts, &fs.verifier, time::OffsetDateTime::now_utc())?;
                 let mut shares = c.share_keys(&mut rng)?;
-                if fs.hook.as_ref().is_some_and(|h| h.corrupt_shares(r.round)) {
+                if fs.corrupts_shares(r.round) {
                     info!(bucket = r.bucket, "simulated: sending spoiled shares");
                     for share in &mut shares {
                         if let Some(b) = share.ciphertext.first_mut() {
@@ -337,7 +331,7 @@ pub(crate) async fn participate(
                 // training finishes.
                 let plan = c.mask_plan()?;
                 let mask = tokio::task::spawn_blocking(move || plan.expand());
-                let (mut update, send) = job
+                let (update, send) = job
                     .await
                     .map_err(|e| AgentError::Model(format!("training task failed: {e}")))??;
                 let mask = mask
@@ -346,9 +340,6 @@ pub(crate) async fn participate(
                 if send == SimSend::Nothing {
                     info!(bucket = r.bucket, "simulated: sending nothing this round");
                     return Ok(Some(()));
-                }
-                if let Some(t) = &fs.tamper {
-                    t.apply(&mut update.delta);
                 }
                 let y = c.mask_update_with_mask(
                     &update.delta,

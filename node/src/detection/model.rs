@@ -26,7 +26,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::features::{NUM_FEATURES, feature_schema_hash};
+use crate::detection::features::{NUM_FEATURES, feature_schema_hash};
 
 /// Maximum number of parameters [`ModelSpec::validate`] accepts.
 pub const MAX_PARAMS: usize = 50_000_000;

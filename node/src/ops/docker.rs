@@ -22,7 +22,7 @@ use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
-use crate::http::HttpError;
+use crate::ops::http::HttpError;
 
 /// Largest Docker API response read (the container list of a busy host).
 const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -265,7 +265,7 @@ impl DockerClient {
                     target: socket.display().to_string(),
                     source,
                 })?;
-            crate::http::send(io, req, MAX_BODY).await
+            crate::ops::http::send(io, req, MAX_BODY).await
         };
         let resp = tokio::time::timeout(self.timeout, exchange)
             .await

@@ -1,64 +1,17 @@
-//! Alerts and where they go: JSON lines on stdout and/or a file, the webhook
-//! outbox ([`crate::webhook`]) and the response queue ([`crate::response`]).
-//!
-//! Two kinds of alert share one record: a **model** alert (a window scored
-//! above the calibrated threshold; it names the score, the threshold and the
-//! top contributing features) and a **rule** alert (a decisive rare event
-//! matched by [`crate::rules`]; it names the rule and the triggering event and
-//! is raised whatever the model says). Every alert carries a deterministic
-//! [`Alert::id`] so receivers can drop re-deliveries.
-
-use std::io::Write;
-use std::path::Path;
+//! The alert record. Two kinds of alert share one record: a **model** alert
+//! (a window scored above the calibrated threshold; it names the score, the
+//! threshold and the top contributing features) and a **rule** alert (a
+//! decisive rare event matched by [`crate::detection::rules`]; it names the
+//! rule and the triggering event and is raised whatever the model says).
+//! Every alert carries a deterministic [`Alert::id`] so receivers can drop
+//! re-deliveries. Where alerts go: [`super::sink`], [`super::pipeline`].
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tracing::warn;
 
-use crate::docker::ContainerInfo;
-use crate::rules::{RuleEngine, RuleHit};
-
-/// How serious an alert is; ordered `low < medium < high < critical`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// Worth a look.
-    Low,
-    /// Suspicious.
-    Medium,
-    /// Likely an attack.
-    High,
-    /// An attack step that should not happen in a container at all.
-    Critical,
-}
-
-impl Severity {
-    /// Lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
-    }
-
-    /// Severity of a model alert: `high` from twice the threshold on,
-    /// `medium` below.
-    pub fn of_score(score: f32, threshold: f32) -> Severity {
-        if threshold > 0.0 && score >= 2.0 * threshold {
-            Severity::High
-        } else {
-            Severity::Medium
-        }
-    }
-}
-
-impl std::fmt::Display for Severity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::detection::rules::RuleHit;
+use crate::detection::severity::Severity;
+use crate::ops::docker::ContainerInfo;
 
 /// The rule behind a rule alert.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -211,109 +164,6 @@ impl Alert {
     }
 }
 
-/// Sink errors.
-#[derive(Debug, thiserror::Error)]
-pub enum AlertError {
-    /// The alert file failed.
-    #[error("alert file {path}: {source}")]
-    Io {
-        /// File.
-        path: String,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The webhook outbox failed to record the alert.
-    #[error(transparent)]
-    Outbox(#[from] crate::webhook::WebhookError),
-}
-
-/// Where alerts go.
-pub struct AlertSinks {
-    stdout: bool,
-    file: Option<(String, std::fs::File)>,
-    outbox: Option<crate::webhook::Outbox>,
-}
-
-impl AlertSinks {
-    /// Opens the configured sinks (the file in append mode).
-    pub fn open(stdout: bool, file: Option<&Path>) -> Result<Self, AlertError> {
-        let file = match file {
-            None => None,
-            Some(p) => {
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|source| AlertError::Io {
-                        path: p.display().to_string(),
-                        source,
-                    })?;
-                Some((p.display().to_string(), f))
-            }
-        };
-        Ok(Self {
-            stdout,
-            file,
-            outbox: None,
-        })
-    }
-
-    /// Sinks that drop everything (the demo prints its own view).
-    pub fn none() -> Self {
-        Self {
-            stdout: false,
-            file: None,
-            outbox: None,
-        }
-    }
-
-    /// Also records every alert in the webhook outbox (delivered by
-    /// [`crate::webhook::run_delivery`]).
-    pub fn with_outbox(mut self, outbox: crate::webhook::Outbox) -> Self {
-        self.outbox = Some(outbox);
-        self
-    }
-
-    /// Emits one alert to every sink. Every sink is tried; the first error
-    /// is returned.
-    pub fn emit(&mut self, alert: &Alert) -> Result<(), AlertError> {
-        let mut line = serde_json::to_string(alert).unwrap_or_default();
-        line.push('\n');
-        let mut result = Ok(());
-        if self.stdout {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(line.as_bytes());
-            let _ = out.flush();
-        }
-        if let Some((path, f)) = self.file.as_mut()
-            && let Err(source) = f.write_all(line.as_bytes())
-        {
-            result = Err(AlertError::Io {
-                path: path.clone(),
-                source,
-            });
-        }
-        if let Some(ob) = &self.outbox
-            && let Err(e) = ob.push(alert)
-            && result.is_ok()
-        {
-            result = Err(e.into());
-        }
-        result
-    }
-}
-
-/// Everything that happens to the events and alerts of one window after the
-/// agent scored it: the rule layer, container identity, the sinks and the
-/// response queue.
-pub struct AlertPipeline {
-    rules: RuleEngine,
-    sinks: AlertSinks,
-    identity: Option<crate::docker::IdentityCache>,
-    responses: Option<tokio::sync::mpsc::Sender<Alert>>,
-    ignore: Vec<String>,
-}
-
 /// Whether `value` matches `pattern` (exact, or a prefix ending in `*`).
 fn matches(pattern: &str, value: &str) -> bool {
     match pattern.strip_suffix('*') {
@@ -335,89 +185,6 @@ impl Alert {
                 || name.is_some_and(|n| matches(p, n))
                 || self.image.as_deref().is_some_and(|i| matches(p, i))
         })
-    }
-}
-
-impl AlertPipeline {
-    /// A pipeline with rules and sinks only.
-    pub fn new(rules: RuleEngine, sinks: AlertSinks) -> Self {
-        Self {
-            rules,
-            sinks,
-            identity: None,
-            responses: None,
-            ignore: Vec::new(),
-        }
-    }
-
-    /// Alerts for these containers (ids, names, images; `*` suffix for a
-    /// prefix) are dropped before the sinks and responses.
-    pub fn with_ignore(mut self, patterns: Vec<String>) -> Self {
-        self.ignore = patterns;
-        self
-    }
-
-    /// Names containers from this cache.
-    pub fn with_identity(mut self, cache: crate::docker::IdentityCache) -> Self {
-        self.identity = Some(cache);
-        self
-    }
-
-    /// Sends every alert to the response task (dropped with a warning when
-    /// its queue is full; detection never waits for a response).
-    pub fn with_responses(mut self, tx: tokio::sync::mpsc::Sender<Alert>) -> Self {
-        self.responses = Some(tx);
-        self
-    }
-
-    /// Runs the rules over the window's `events` and returns the rule alerts
-    /// followed by `model_alerts`, each named and with its id.
-    pub fn collect(
-        &mut self,
-        events: &[crate::telemetry::Event],
-        model_alerts: Vec<Alert>,
-        tenant: &str,
-        node: &str,
-    ) -> Vec<Alert> {
-        let mut all: Vec<Alert> = self
-            .rules
-            .evaluate(events)
-            .iter()
-            .map(|h| Alert::rule(h, tenant, node))
-            .collect();
-        all.extend(model_alerts);
-        if let Some(cache) = &self.identity {
-            for a in &mut all {
-                match cache.get(&a.container) {
-                    Some(info) => a.set_identity(&info),
-                    None => cache.request_refresh(),
-                }
-            }
-        }
-        all
-    }
-
-    /// Rules, identity, sinks and responses for one window.
-    pub fn dispatch(
-        &mut self,
-        events: &[crate::telemetry::Event],
-        model_alerts: Vec<Alert>,
-        tenant: &str,
-        node: &str,
-    ) -> Vec<Alert> {
-        let mut all = self.collect(events, model_alerts, tenant, node);
-        all.retain(|a| !a.is_ignored(&self.ignore));
-        for a in &all {
-            if let Err(e) = self.sinks.emit(a) {
-                warn!(error = %e, alert = %a.id, "alert sink failed");
-            }
-            if let Some(tx) = &self.responses
-                && let Err(e) = tx.try_send(a.clone())
-            {
-                warn!(error = %e, alert = %a.id, container = %a.container, "response queue full or closed; no response for this alert");
-            }
-        }
-        all
     }
 }
 

@@ -8,9 +8,9 @@
 
 use ndarray::Array2;
 
-use crate::features::{FEATURE_NAMES, FeatureWindow, NUM_FEATURES};
-use crate::model::{Autoencoder, ModelError};
-use crate::scaler::{Scaler, ScalerError};
+use crate::detection::features::{FEATURE_NAMES, FeatureWindow, NUM_FEATURES};
+use crate::detection::model::{Autoencoder, ModelError};
+use crate::detection::scaler::{Scaler, ScalerError};
 
 /// Errors of the detector.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -144,11 +144,11 @@ pub fn windows_to_matrix(windows: &[FeatureWindow]) -> Array2<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{precision_recall, roc_auc};
-    use crate::model::{ModelSpec, TrainConfig};
-    use crate::scaler::ScalerStats;
+    use crate::detection::model::{ModelSpec, TrainConfig};
+    use crate::detection::scaler::ScalerStats;
+    use crate::sim::metrics::{precision_recall, roc_auc};
+    use crate::sim::synthetic::{AttackKind, Profile, labelled_windows};
     use crate::telemetry::ContainerId;
-    use crate::telemetry::synthetic::{AttackKind, Profile, labelled_windows};
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 

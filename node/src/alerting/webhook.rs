@@ -35,9 +35,10 @@ use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
-use crate::alert::Alert;
-use crate::docker::BoundedLog;
-use crate::http::HttpError;
+use crate::alerting::alert::Alert;
+use crate::alerting::sink::{AlertError, AlertSink};
+use crate::ops::docker::BoundedLog;
+use crate::ops::http::HttpError;
 use crate::store::{NodeStore, NodeStoreError};
 
 /// Webhook failures.
@@ -305,6 +306,12 @@ impl Outbox {
     }
 }
 
+impl AlertSink for Outbox {
+    fn emit(&mut self, alert: &Alert) -> Result<(), AlertError> {
+        self.push(alert).map_err(|e| AlertError::Sink(Box::new(e)))
+    }
+}
+
 fn alert_id(body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
@@ -453,7 +460,7 @@ impl Webhook {
                     source,
                 })?;
             match &self.tls {
-                None => crate::http::send(tcp, req, 64 * 1024).await,
+                None => crate::ops::http::send(tcp, req, 64 * 1024).await,
                 Some(conn) => {
                     let name =
                         rustls_pki_types::ServerName::try_from(t.host.clone()).map_err(|e| {
@@ -466,7 +473,7 @@ impl Webhook {
                         host: t.host.clone(),
                         message: e.to_string(),
                     })?;
-                    crate::http::send(tls, req, 64 * 1024).await
+                    crate::ops::http::send(tls, req, 64 * 1024).await
                 }
             }
         };

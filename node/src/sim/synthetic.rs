@@ -38,8 +38,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 
-use super::{ContainerId, Event, KernelEventKind, ResourceCounters};
-use crate::features::{FeatureWindow, WindowBuilder};
+use crate::detection::features::{FeatureWindow, WindowBuilder};
+use crate::telemetry::{ContainerId, Event, KernelEventKind, ResourceCounters};
 
 /// Errors of the synthetic source.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -867,7 +867,7 @@ pub fn labelled_windows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::idx;
+    use crate::detection::features::idx;
 
     fn fleet() -> Vec<(String, Profile)> {
         Profile::ALL
@@ -985,7 +985,7 @@ mod tests {
             assert!(
                 dirty - clean >= min_delta,
                 "{kind} on {p}: {} clean {clean} attacked {dirty}",
-                crate::features::FEATURE_NAMES[f]
+                crate::detection::features::FEATURE_NAMES[f]
             );
         }
     }

@@ -43,7 +43,7 @@
 //! - A container's first window has no earlier baseline, so its rates come
 //!   from the samples inside the window only, and every binary / destination
 //!   it uses counts as "new". Consumers that want clean statistics (e.g.
-//!   [`crate::telemetry::synthetic::labelled_windows`]) skip that window.
+//!   [`crate::sim::synthetic::labelled_windows`]) skip that window.
 //! - A container with events but no sample in the window gets zero rates and
 //!   the gauges (memory, pids) of its last known sample (zero if none).
 //! - The per-container memories of known binaries and destination IPs are

@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::runtime::{SharedAgent, lock};
+use crate::agent::{SharedAgent, lock};
 
 /// Per-source ingest counters shared with the reader threads.
 #[derive(Debug, Default)]
@@ -43,13 +43,13 @@ struct Source {
 #[derive(Debug, Clone, Default)]
 pub struct OpsMetrics {
     /// Rule hits (read at scrape time).
-    pub rule_hits: Arc<crate::rules::RuleCounters>,
+    pub rule_hits: Arc<crate::detection::rules::RuleCounters>,
     /// Webhook delivery counters and outbox depth.
-    pub webhook: crate::webhook::WebhookCounters,
+    pub webhook: crate::alerting::webhook::WebhookCounters,
     /// Failed Docker Engine API calls (identity refresh and responses).
     pub docker_errors: Counter,
     /// Responses by action, mode and result.
-    pub responses: crate::response::ResponseCounters,
+    pub responses: crate::alerting::response::ResponseCounters,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -70,7 +70,7 @@ struct ReloadLabel {
 /// The TLS credentials' metrics, under the same names as the
 /// coordinator's (no `fedmesh_node_` prefix): read at scrape time.
 struct CredentialMetrics {
-    creds: Arc<crate::client::NodeCredentials>,
+    creds: Arc<crate::federation::client::NodeCredentials>,
     expiry: Family<CertLabel, Gauge<f64, AtomicU64>>,
     reloads: Family<ReloadLabel, Counter>,
 }
@@ -96,7 +96,10 @@ pub struct NodeMetrics {
     held_back: Gauge,
     models_refused: Counter,
     models_held_back: Counter,
-    rule_hits: Option<(Arc<crate::rules::RuleCounters>, Family<RuleLabel, Counter>)>,
+    rule_hits: Option<(
+        Arc<crate::detection::rules::RuleCounters>,
+        Family<RuleLabel, Counter>,
+    )>,
     credentials: Option<CredentialMetrics>,
 }
 
@@ -251,7 +254,10 @@ impl NodeMetrics {
     /// (seconds left on the node's certificate, `"node"`, and on the mesh
     /// CA in use, `"ca"`; negative once expired) and
     /// `fedmesh_credential_reloads_total{result="ok"|"refused"}`.
-    pub fn with_credentials(mut self, creds: Arc<crate::client::NodeCredentials>) -> Self {
+    pub fn with_credentials(
+        mut self,
+        creds: Arc<crate::federation::client::NodeCredentials>,
+    ) -> Self {
         let expiry = Family::<CertLabel, Gauge<f64, AtomicU64>>::default();
         let reloads = Family::<ReloadLabel, Counter>::default();
         // The registry's prefix is `fedmesh_node`; these two keep the
@@ -400,9 +406,9 @@ mod tests {
         )
         .unwrap();
         let agent = Arc::new(Mutex::new(agent));
-        let mut src = crate::telemetry::synthetic::SyntheticSource::new(
+        let mut src = crate::sim::synthetic::SyntheticSource::new(
             1,
-            &[("w".into(), crate::telemetry::synthetic::Profile::Web)],
+            &[("w".into(), crate::sim::synthetic::Profile::Web)],
             10_000,
         );
         for _ in 0..3 {
@@ -441,7 +447,7 @@ mod tests {
         let cert = ca
             .issue_node(&"t".parse().unwrap(), &"n".parse().unwrap(), now, 3)
             .unwrap();
-        let creds = crate::client::NodeCredentials::new(
+        let creds = crate::federation::client::NodeCredentials::new(
             &fedmesh_crypto::TlsMaterial {
                 ca_pem: ca.cert_pem().to_string(),
                 cert_pem: cert.cert_pem,
@@ -502,8 +508,8 @@ mod tests {
         .unwrap();
         let agent = Arc::new(Mutex::new(agent));
         let ops = OpsMetrics::default();
-        let rules =
-            crate::rules::RuleEngine::new(&Default::default()).with_counters(ops.rule_hits.clone());
+        let rules = crate::detection::rules::RuleEngine::new(&Default::default())
+            .with_counters(ops.rule_hits.clone());
         let ev = crate::telemetry::Event::Exec {
             container: crate::telemetry::ContainerId("c".into()),
             ts_ms: 1,
@@ -516,7 +522,7 @@ mod tests {
         ops.webhook.depth.set(7);
         ops.docker_errors.inc_by(2);
         ops.responses
-            .get_or_create(&crate::response::ResponseLabels {
+            .get_or_create(&crate::alerting::response::ResponseLabels {
                 action: "pause",
                 mode: "dry-run",
                 result: "would",

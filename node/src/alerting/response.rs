@@ -21,8 +21,9 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::alert::{Alert, Severity};
-use crate::docker::{DockerClient, IdentityCache};
+use crate::alerting::alert::Alert;
+use crate::detection::severity::Severity;
+use crate::ops::docker::{DockerClient, IdentityCache};
 
 /// What the response layer does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -281,9 +282,9 @@ impl Responder {
         &self,
         action: ResponseAction,
         container: &str,
-    ) -> Result<Vec<String>, crate::docker::DockerError> {
+    ) -> Result<Vec<String>, crate::ops::docker::DockerError> {
         let Some(docker) = &self.docker else {
-            return Err(crate::docker::DockerError::NotConfigured(
+            return Err(crate::ops::docker::DockerError::NotConfigured(
                 container.to_string(),
             ));
         };
@@ -320,13 +321,13 @@ pub async fn run_responses(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::tests::{fake_docker, sample_list};
+    use crate::ops::docker::tests::{fake_docker, sample_list};
 
     const WEB: &str = "28c0c7a20575";
 
     fn crit(container: &str) -> Alert {
-        let hit = crate::rules::RuleHit {
-            rule: &crate::rules::RULES[0],
+        let hit = crate::detection::rules::RuleHit {
+            rule: &crate::detection::rules::RULES[0],
             container: crate::telemetry::ContainerId(container.into()),
             ts_ms: 5,
             event: "setuid".into(),

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::detector::Detector;
-use crate::features::FeatureWindow;
-use crate::metrics::{precision_recall, roc_auc};
-use crate::telemetry::synthetic::{AttackKind, Profile, labelled_windows};
+use crate::detection::detector::Detector;
+use crate::detection::features::FeatureWindow;
+use crate::sim::metrics::{precision_recall, roc_auc};
+use crate::sim::synthetic::{AttackKind, Profile, labelled_windows};
 
 /// Quality figures.
 #[derive(Debug, Clone, Serialize, PartialEq)]
