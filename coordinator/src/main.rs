@@ -262,6 +262,7 @@ fn offline_status(store: &Store) -> Result<serde_json::Value> {
         out.push(serde_json::json!({
             "tenant": t,
             "version": latest.as_ref().map(|e| e.version),
+            "oldest_kept_version": store.pruned_below(&t)?,
             "round": {
                 "state": "stopped",
                 "last_round": latest.as_ref().map(|e| e.round),
