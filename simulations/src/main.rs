@@ -549,12 +549,13 @@ fn run(cmd: Cmd) -> Result<()> {
                     if quiet {
                         println!(
                             "round {} at {:.0} s: coordinator RSS {:.1} MiB, clients RSS {:.1} MiB, \
-                             store {:.2} MiB, {} model bodies",
+                             store {:.2} MiB (audit log {:.2} MiB), {} model bodies",
                             s.round,
                             s.elapsed_s,
                             s.rss_kib as f64 / 1024.0,
                             s.clients_rss_kib as f64 / 1024.0,
                             s.store_bytes as f64 / 1048576.0,
+                            s.audit_log_bytes as f64 / 1048576.0,
                             s.model_bodies
                         );
                     }

@@ -110,8 +110,10 @@ pub struct SoakSample {
     /// Resident memory of this process (clients and harness), KiB; the
     /// same as `rss_kib` when the coordinator runs in this process.
     pub clients_rss_kib: u64,
-    /// Bytes of the data directory on disk.
+    /// Bytes of the data directory on disk (sled and the audit logs).
     pub store_bytes: u64,
+    /// Of which the audit logs (one JSON line per version, kept forever).
+    pub audit_log_bytes: u64,
     /// Model bodies in the store.
     pub model_bodies: usize,
 }
@@ -521,6 +523,10 @@ pub async fn run_soak(o: &SoakOptions, mut sample: impl FnMut(&SoakSample)) -> R
                 Running::Child { .. } => rss_kib()?,
             },
             store_bytes: dir_bytes(data)?,
+            audit_log_bytes: match data.join(fedmesh_coordinator::store::AUDIT_DIR) {
+                d if d.is_dir() => dir_bytes(&d)?,
+                _ => 0,
+            },
             model_bodies: coordinator.model_bodies().await?,
         })
     }
@@ -620,13 +626,13 @@ pub fn markdown(r: &SoakReport) -> String {
     let mib = |kib: u64| kib as f64 / 1024.0;
     let mut out = if r.separate_process {
         String::from(
-            "| round | elapsed s | coordinator RSS MiB | clients RSS MiB | store MiB | model bodies |\n\
-             |---|---|---|---|---|---|\n",
+            "| round | elapsed s | coordinator RSS MiB | clients RSS MiB | store MiB | of which audit log MiB | model bodies |\n\
+             |---|---|---|---|---|---|---|\n",
         )
     } else {
         String::from(
-            "| round | elapsed s | RSS MiB (coordinator + clients) | store MiB | model bodies |\n\
-             |---|---|---|---|---|\n",
+            "| round | elapsed s | RSS MiB (coordinator + clients) | store MiB | of which audit log MiB | model bodies |\n\
+             |---|---|---|---|---|---|\n",
         )
     };
     for s in &r.samples {
@@ -636,11 +642,12 @@ pub fn markdown(r: &SoakReport) -> String {
             String::new()
         };
         out.push_str(&format!(
-            "| {} | {:.0} | {:.1} |{clients} {:.2} | {} |\n",
+            "| {} | {:.0} | {:.1} |{clients} {:.2} | {:.2} | {} |\n",
             s.round,
             s.elapsed_s,
             mib(s.rss_kib),
             s.store_bytes as f64 / 1048576.0,
+            s.audit_log_bytes as f64 / 1048576.0,
             s.model_bodies
         ));
     }
@@ -707,7 +714,13 @@ mod tests {
             // Genesis plus the versions so far, capped by the retention.
             assert_eq!(s.model_bodies as u64, (s.round + 1).min(5), "{s:?}");
             assert!(s.rss_kib > 0);
+            assert_eq!(s.clients_rss_kib, s.rss_kib);
+            assert!(s.audit_log_bytes <= s.store_bytes);
         }
+        // The audit log (outside sled) grows with every version.
+        let logs: Vec<u64> = r.samples.iter().map(|s| s.audit_log_bytes).collect();
+        assert!(logs.windows(2).all(|w| w[0] < w[1]), "{logs:?}");
+        assert!(!r.separate_process);
         assert!(markdown(&r).contains("audit chain OK (31 versions)"));
     }
 }
