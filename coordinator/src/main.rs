@@ -173,7 +173,7 @@ const MALLOC_ARENAS: &str = "2";
 /// (up to 8 per core) and returns little of their free space to the
 /// system, so allocations made on one tokio worker and freed on another
 /// leave each arena a little fuller: over a 10,000-round soak the
-/// coordinator's resident memory crept by 5–6 % with a flat live heap
+/// coordinator's resident memory crept by about 5 % with a flat live heap
 /// (heaptrack) and a bounded store; with two arenas it stays flat
 /// (BENCHMARKS.md, soak). glibc reads the limit from the environment when
 /// the process starts, before `main`, so `serve` re-executes itself once
