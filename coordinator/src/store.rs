@@ -429,6 +429,16 @@ impl Store {
             .truncate(false)
             .open(&path)
             .map_err(Self::io(&path))?;
+        // The file's directory entry must be as durable as the entries
+        // the head will point into (once per tenant and process).
+        for d in [
+            self.audit_dir.as_path(),
+            self.audit_dir.parent().unwrap_or(Path::new(".")),
+        ] {
+            std::fs::File::open(d)
+                .and_then(|f| f.sync_all())
+                .map_err(Self::io(d))?;
+        }
         let on_disk = file.metadata().map_err(Self::io(&path))?.len();
         let committed = self.head(tenant)?.map_or(0, |h| h.len);
         if on_disk < committed {
