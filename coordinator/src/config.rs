@@ -579,9 +579,10 @@ pub struct StoreConfig {
     /// chain still verifies. A pruned version is answered with NOT_FOUND.
     #[serde(default = "d_retain_versions")]
     pub retain_versions: u64,
-    /// Page cache of the store, MiB. Normal operation reads only the
-    /// newest version and audit entry; the cache bounds the memory the
-    /// store takes as the audit log grows.
+    /// Page cache of sled, MiB. Normal operation reads only the newest
+    /// version, and sled holds only the retained bodies and a few values
+    /// per tenant (the audit log is a file beside it), so a small cache
+    /// suffices.
     #[serde(default = "d_cache_mib")]
     pub cache_mib: u64,
 }

@@ -544,6 +544,12 @@ impl Federation {
         }
     }
 
+    /// The oldest version whose signed body the store still holds (older
+    /// ones were removed by `[store] retain_versions`; 0 when none was).
+    pub fn oldest_kept_version(&self) -> u64 {
+        self.store.pruned_below(self.tenant.as_str()).unwrap_or(0)
+    }
+
     /// Subscribes a node to round status; the node counts as connected
     /// while the returned guard lives.
     pub fn subscribe(

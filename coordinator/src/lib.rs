@@ -1,6 +1,7 @@
 //! fedmesh coordinator: serves `fedmesh.v1.Federation` over mutual TLS,
 //! runs one federation per tenant (rounds, validation, aggregation), signs
-//! every committed global version and keeps it in a hash-chained sled store.
+//! every committed global version and keeps it in a store (sled for the
+//! bounded state, an append-only hash-chained audit log per tenant).
 //!
 //! The binary (`src/main.rs`) is glue: CLI, config, [`Coordinator::open`],
 //! [`Coordinator::serve`].

@@ -424,6 +424,7 @@ pub fn status_json(fed: &Federation) -> serde_json::Value {
     serde_json::json!({
         "tenant": fed.tenant().to_string(),
         "version": fed.version(),
+        "oldest_kept_version": fed.oldest_kept_version(),
         "connected": fed.connected().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
         "quarantined": fed.quarantined(),
         "reputation": fed.reputation().iter().map(|(n, r)| (n.clone(), serde_json::json!({

@@ -199,7 +199,7 @@ pub async fn run_round_bench(b: &RoundBench) -> Result<Vec<RoundRow>> {
             let (name, signer, verifier) = (name.clone(), signer.clone(), verifier.clone());
             clients.push(client_rt.spawn(async move {
                 let client = connect_retrying(&connector, i as u64).await?;
-                client_loop(client, name, signer, verifier, seed).await
+                client_loop(client, name, signer, verifier, seed, None).await
             }));
         }
         let mut times = Vec::new();
@@ -279,13 +279,15 @@ pub(crate) async fn connect_retrying(
 }
 
 /// A protocol client: joins, then answers every round it is selected for
-/// until the task is aborted.
+/// until the task is aborted. With `progress`, it reports the newest
+/// committed version it hears of (from commit, idle and round-open events).
 pub(crate) async fn client_loop(
     mut client: Client,
     name: String,
     signer: Arc<CertSigner>,
     verifier: Arc<CertVerifier>,
     seed: u64,
+    progress: Option<tokio::sync::watch::Sender<u64>>,
 ) -> Result<()> {
     let join = client
         .join(v1::JoinRequest {
@@ -309,6 +311,23 @@ pub(crate) async fn client_loop(
         .into_inner();
     let mut state: Option<(u64, ClientRound, u8)> = None;
     while let Some(ev) = stream.message().await? {
+        if let Some(tx) = &progress {
+            let seen = match &ev.event {
+                Some(Event::Open(o)) => Some(o.base_version),
+                Some(Event::Committed(c)) => Some(c.version),
+                Some(Event::Idle(i)) => Some(i.current_version),
+                _ => None,
+            };
+            if let Some(v) = seen {
+                tx.send_if_modified(|cur| {
+                    let newer = v > *cur;
+                    if newer {
+                        *cur = v;
+                    }
+                    newer
+                });
+            }
+        }
         let Some(Event::Open(o)) = ev.event else {
             continue;
         };

@@ -176,6 +176,14 @@ enum Cmd {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// The coordinator binary to start as a child process (default:
+        /// `fedmesh-coordinator` beside this executable).
+        #[arg(long, conflicts_with = "in_process")]
+        coordinator_bin: Option<std::path::PathBuf>,
+        /// Run the coordinator in this process, beside the clients (the
+        /// resident memory is then theirs together).
+        #[arg(long)]
+        in_process: bool,
     },
     /// Benchmarks.
     Bench {
@@ -514,7 +522,15 @@ fn run(cmd: Cmd) -> Result<()> {
             seed,
             json,
             quiet,
+            coordinator_bin,
+            in_process,
         } => {
+            use fedmesh_sim::soak::CoordinatorProcess;
+            let coordinator = match (in_process, coordinator_bin) {
+                (true, _) => CoordinatorProcess::InProcess,
+                (false, Some(bin)) => CoordinatorProcess::Binary(bin),
+                (false, None) => CoordinatorProcess::beside_current_exe()?,
+            };
             let rt = tokio::runtime::Runtime::new()?;
             let r = rt.block_on(fedmesh_sim::soak::run_soak(
                 &fedmesh_sim::soak::SoakOptions {
@@ -527,15 +543,19 @@ fn run(cmd: Cmd) -> Result<()> {
                     warmup,
                     seed,
                     progress: !quiet,
+                    coordinator,
                 },
                 |s| {
                     if quiet {
                         println!(
-                            "round {} at {:.0} s: RSS {:.1} MiB, store {:.2} MiB, {} model bodies",
+                            "round {} at {:.0} s: coordinator RSS {:.1} MiB, clients RSS {:.1} MiB, \
+                             store {:.2} MiB (audit log {:.2} MiB), {} model bodies",
                             s.round,
                             s.elapsed_s,
                             s.rss_kib as f64 / 1024.0,
+                            s.clients_rss_kib as f64 / 1024.0,
                             s.store_bytes as f64 / 1048576.0,
+                            s.audit_log_bytes as f64 / 1048576.0,
                             s.model_bodies
                         );
                     }

@@ -2,22 +2,58 @@
 //! mutual TLS on loopback, with `nodes` hand-driven protocol clients (the
 //! clients of `bench round`: no training, each sends a fixed update, so the
 //! run measures the coordinator and the protocol, not the nodes' CPU). It
-//! samples the process's resident memory and the store's size on disk as
-//! the rounds go by, and reports the memory growth after a warm-up.
+//! samples the coordinator's resident memory and the store's size on disk
+//! as the rounds go by, and reports the memory growth after a warm-up.
 //!
-//! Coordinator and clients share this process, so the resident memory is
-//! theirs together: an upper bound on the coordinator's.
+//! By default the coordinator is the real `fedmesh-coordinator` binary,
+//! started as a child process with a generated PKI and config in a
+//! temporary directory, so its resident memory (`VmRSS` of its
+//! `/proc/<pid>/status`) is its own; the clients' memory (this process) is
+//! reported beside it. [`CoordinatorProcess::InProcess`] runs both in this
+//! process instead (then the memory is theirs together).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use fedmesh_coordinator::{Coordinator, CoordinatorConfig};
+use fedmesh_coordinator::pki::layout;
+use fedmesh_coordinator::{Coordinator, CoordinatorConfig, RoundSummary};
 use fedmesh_crypto::{CertSigner, CertVerifier, MeshCa, TenantId};
 use serde::Serialize;
 use std::sync::Arc;
 
 use crate::bench_round::{TENANT, client_loop, connect_retrying, hidden_for, pki};
+
+/// Where the coordinator runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoordinatorProcess {
+    /// In this process, beside the clients: the resident memory is theirs
+    /// together (an upper bound on the coordinator's).
+    InProcess,
+    /// This `fedmesh-coordinator` binary, as a child process: the resident
+    /// memory is the coordinator's alone.
+    Binary(PathBuf),
+}
+
+impl CoordinatorProcess {
+    /// `fedmesh-coordinator` in the directory of the running executable
+    /// (where cargo puts both binaries), if it is there.
+    pub fn beside_current_exe() -> Result<Self> {
+        let exe = std::env::current_exe().context("locating the running executable")?;
+        let bin = exe
+            .parent()
+            .map(|d| d.join("fedmesh-coordinator"))
+            .ok_or_else(|| anyhow!("the running executable has no directory"))?;
+        if !bin.is_file() {
+            bail!(
+                "{} not found: build it (`cargo build --release -p fedmesh-coordinator`), \
+                 give --coordinator-bin, or run with --in-process",
+                bin.display()
+            );
+        }
+        Ok(Self::Binary(bin))
+    }
+}
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -41,6 +77,8 @@ pub struct SoakOptions {
     pub seed: u64,
     /// Show a progress bar.
     pub progress: bool,
+    /// Where the coordinator runs.
+    pub coordinator: CoordinatorProcess,
 }
 
 impl Default for SoakOptions {
@@ -55,6 +93,7 @@ impl Default for SoakOptions {
             warmup: 1_000,
             seed: 42,
             progress: true,
+            coordinator: CoordinatorProcess::InProcess,
         }
     }
 }
@@ -66,10 +105,15 @@ pub struct SoakSample {
     pub round: u64,
     /// Seconds since the first round opened.
     pub elapsed_s: f64,
-    /// Resident memory of the process, KiB (`VmRSS`).
+    /// Resident memory of the coordinator's process, KiB (`VmRSS`).
     pub rss_kib: u64,
-    /// Bytes of the data directory on disk.
+    /// Resident memory of this process (clients and harness), KiB; the
+    /// same as `rss_kib` when the coordinator runs in this process.
+    pub clients_rss_kib: u64,
+    /// Bytes of the data directory on disk (sled and the audit logs).
     pub store_bytes: u64,
+    /// Of which the audit logs (one JSON line per version, kept forever).
+    pub audit_log_bytes: u64,
     /// Model bodies in the store.
     pub model_bodies: usize,
 }
@@ -87,6 +131,9 @@ pub struct SoakReport {
     pub retain: u64,
     /// Bucket size.
     pub bucket_size: usize,
+    /// Whether the coordinator ran as its own process (else the memory
+    /// figures are coordinator and clients together).
+    pub separate_process: bool,
     /// Samples, in round order.
     pub samples: Vec<SoakSample>,
     /// Resident memory at the end of the warm-up, KiB.
@@ -97,6 +144,9 @@ pub struct SoakReport {
     pub rss_growth_pct: f64,
     /// Largest resident memory after the warm-up, KiB.
     pub peak_rss_kib: u64,
+    /// Resident memory of the clients' process at the end of the warm-up
+    /// and at the end, KiB.
+    pub clients_rss_kib: (u64, u64),
     /// Store size at the end, bytes.
     pub final_store_bytes: u64,
     /// Largest store size seen, bytes.
@@ -109,14 +159,22 @@ pub struct SoakReport {
 
 /// Resident memory of this process, KiB.
 pub fn rss_kib() -> Result<u64> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    rss_kib_of(None)
+}
+
+/// Resident memory of process `pid` (None = this process), KiB.
+pub fn rss_kib_of(pid: Option<u32>) -> Result<u64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/status"),
+        None => "/proc/self/status".to_string(),
+    };
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("no VmRSS line in /proc/self/status"))
+        .ok_or_else(|| anyhow!("no VmRSS line in {path}"))
 }
 
 /// Bytes of the files under `dir` (not following links), bounded to a
@@ -143,6 +201,254 @@ pub fn dir_bytes(dir: &Path) -> Result<u64> {
     Ok(total)
 }
 
+/// The coordinator config of a soak run. `tls` are the paths of the CA
+/// certificate, certificate and key (`-` when the PKI is passed in memory).
+fn config_text(
+    o: &SoakOptions,
+    data: &Path,
+    tls: [&str; 3],
+    listen: &str,
+    metrics: Option<&str>,
+) -> String {
+    let metrics = metrics.map_or(String::new(), |m| format!("metrics_listen = \"{m}\"\n"));
+    format!(
+        "listen = \"{listen}\"\ndata_dir = '{data}'\n{metrics}\
+         [tls]\nca_cert = '{ca}'\ncert = '{cert}'\nkey = '{key}'\n\
+         [store]\nretain_versions = {retain}\n\
+         [[tenants]]\nname = \"{TENANT}\"\nmin_nodes = {n}\nquorum = {n}\n\
+         round_timeout_ms = 60000\nround_interval_ms = 0\nmax_rounds = {r}\n\
+         max_update_norm = 10.0\n[tenants.model]\nhidden = [{h}]\n\
+         [tenants.secure]\nbucket_size = {k}\nclip_norm = 1.0\nphase_timeout_ms = 60000\n",
+        data = data.display(),
+        ca = tls[0],
+        cert = tls[1],
+        key = tls[2],
+        retain = o.retain,
+        n = o.nodes,
+        r = o.rounds,
+        h = hidden_for(o.params),
+        k = o.bucket_size,
+    )
+}
+
+fn free_port() -> Result<u16> {
+    // Bound and released at once: another process could take the port in
+    // between, which would make the coordinator fail to start, loudly.
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A running coordinator.
+enum Running {
+    InProcess {
+        store: fedmesh_coordinator::Store,
+        summaries: tokio::sync::broadcast::Receiver<RoundSummary>,
+        stop: tokio::sync::oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<Result<(), fedmesh_coordinator::CoordinatorError>>,
+    },
+    Child {
+        child: tokio::process::Child,
+        pid: u32,
+        status_url: String,
+        log: PathBuf,
+    },
+}
+
+/// The last lines of the coordinator's log, for an error message.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
+}
+
+impl Running {
+    /// Starts the coordinator; returns it and the address of its gRPC
+    /// listener.
+    async fn start(
+        o: &SoakOptions,
+        ca: &MeshCa,
+        dir: &Path,
+        data: &Path,
+    ) -> Result<(Self, std::net::SocketAddr)> {
+        match &o.coordinator {
+            CoordinatorProcess::InProcess => {
+                let text = config_text(o, data, ["-", "-", "-"], "127.0.0.1:0", None);
+                let cfg = CoordinatorConfig::from_toml(&text, Path::new("soak.toml"))?;
+                let coordinator = Coordinator::open(&cfg, &pki(ca)?)?;
+                let store = coordinator.store().clone();
+                let summaries = coordinator
+                    .federation(TENANT)
+                    .ok_or_else(|| anyhow!("soak tenant missing"))?
+                    .summaries();
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let addr = listener.local_addr()?;
+                let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+                let server = tokio::spawn(coordinator.serve(listener, async move {
+                    let _ = stop_rx.await;
+                }));
+                Ok((
+                    Self::InProcess {
+                        store,
+                        summaries,
+                        stop,
+                        server,
+                    },
+                    addr,
+                ))
+            }
+            CoordinatorProcess::Binary(bin) => {
+                let pki_dir = dir.join("pki");
+                let p = pki(ca)?;
+                let (ca_path, cert_path, key_path) = (
+                    layout::ca_cert(&pki_dir),
+                    layout::coordinator_cert(&pki_dir),
+                    layout::coordinator_key(&pki_dir),
+                );
+                fedmesh_coordinator::pki::write_public(&ca_path, &p.ca_pem)?;
+                fedmesh_coordinator::pki::write_public(&cert_path, &p.cert_pem)?;
+                fedmesh_coordinator::pki::write_secret(&key_path, &p.key_pem)?;
+                let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+                let http = format!("127.0.0.1:{}", free_port()?);
+                let text = config_text(
+                    o,
+                    data,
+                    [
+                        &ca_path.display().to_string(),
+                        &cert_path.display().to_string(),
+                        &key_path.display().to_string(),
+                    ],
+                    &addr.to_string(),
+                    Some(&http),
+                );
+                let cfg_path = dir.join("coordinator.toml");
+                std::fs::write(&cfg_path, text)?;
+                let log = dir.join("coordinator.log");
+                let child = tokio::process::Command::new(bin)
+                    .arg("serve")
+                    .arg("--config")
+                    .arg(&cfg_path)
+                    .env("FEDMESH_LOG", "warn")
+                    .env_remove("FEDMESH_LISTEN")
+                    .env_remove("FEDMESH_DATA_DIR")
+                    .env_remove("FEDMESH_LOG_JSON")
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::fs::File::create(&log)?)
+                    .kill_on_drop(true)
+                    .spawn()
+                    .with_context(|| format!("starting {}", bin.display()))?;
+                let pid = child
+                    .id()
+                    .ok_or_else(|| anyhow!("the coordinator exited at once"))?;
+                let mut running = Self::Child {
+                    child,
+                    pid,
+                    status_url: format!("http://{http}"),
+                    log,
+                };
+                running.wait_ready().await?;
+                Ok((running, addr))
+            }
+        }
+    }
+
+    /// Waits until a child coordinator answers `/status` (30 s at most).
+    async fn wait_ready(&mut self) -> Result<()> {
+        let Self::Child {
+            child,
+            status_url,
+            log,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        for _ in 0..600 {
+            if let Some(code) = child.try_wait()? {
+                bail!("the coordinator exited ({code}):\n{}", log_tail(log));
+            }
+            if fedmesh_coordinator::metrics::fetch_status(status_url)
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the coordinator did not answer /status within 30 s")
+    }
+
+    /// Fails if a child coordinator has exited.
+    fn check_alive(&mut self) -> Result<()> {
+        if let Self::Child { child, log, .. } = self
+            && let Some(code) = child.try_wait()?
+        {
+            bail!("the coordinator exited ({code}):\n{}", log_tail(log));
+        }
+        Ok(())
+    }
+
+    /// Resident memory of the coordinator, KiB.
+    fn rss_kib(&self) -> Result<u64> {
+        match self {
+            Self::InProcess { .. } => rss_kib(),
+            Self::Child { pid, .. } => rss_kib_of(Some(*pid)),
+        }
+    }
+
+    /// Model bodies in the store: counted in process, from `/status`
+    /// (version + 1 − oldest kept version) for a child.
+    async fn model_bodies(&self) -> Result<usize> {
+        match self {
+            Self::InProcess { store, .. } => Ok(store.model_count(TENANT)),
+            Self::Child { status_url, .. } => {
+                let s = fedmesh_coordinator::metrics::fetch_status(status_url).await?;
+                let t = s
+                    .as_array()
+                    .and_then(|a| a.first())
+                    .ok_or_else(|| anyhow!("/status lists no tenant"))?;
+                let version = t["version"].as_u64().unwrap_or(0);
+                let oldest = t["oldest_kept_version"].as_u64().unwrap_or(0);
+                Ok(usize::try_from((version + 1).saturating_sub(oldest))?)
+            }
+        }
+    }
+
+    /// Stops the coordinator (SIGTERM for a child, then SIGKILL after 30 s)
+    /// and verifies the audit chain of the store it leaves.
+    async fn stop_and_verify(self, data: &Path) -> Result<usize> {
+        match self {
+            Self::InProcess {
+                store,
+                stop,
+                server,
+                ..
+            } => {
+                let _ = stop.send(());
+                let _ = server.await;
+                Ok(store.verify_chain(TENANT)?)
+            }
+            Self::Child { mut child, pid, .. } => {
+                // No unsafe code for kill(2): the `kill` utility sends it.
+                let _ = tokio::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status()
+                    .await;
+                if tokio::time::timeout(Duration::from_secs(30), child.wait())
+                    .await
+                    .is_err()
+                {
+                    child.kill().await?;
+                }
+                let store = fedmesh_coordinator::Store::open(data)?;
+                Ok(store.verify_chain(TENANT)?)
+            }
+        }
+    }
+}
+
 /// Runs the soak; calls `sample` with every sample as it is taken.
 pub async fn run_soak(o: &SoakOptions, mut sample: impl FnMut(&SoakSample)) -> Result<SoakReport> {
     if o.nodes < 2 || o.rounds == 0 || o.sample_every == 0 {
@@ -159,33 +465,12 @@ pub async fn run_soak(o: &SoakOptions, mut sample: impl FnMut(&SoakSample)) -> R
     let verifier = Arc::new(CertVerifier::new(ca.cert_pem())?);
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = '{data}'\n\
-         [tls]\nca_cert = \"-\"\ncert = \"-\"\nkey = \"-\"\n\
-         [store]\nretain_versions = {retain}\n\
-         [[tenants]]\nname = \"{TENANT}\"\nmin_nodes = {n}\nquorum = {n}\n\
-         round_timeout_ms = 60000\nround_interval_ms = 0\nmax_rounds = {r}\n\
-         max_update_norm = 10.0\n[tenants.model]\nhidden = [{h}]\n\
-         [tenants.secure]\nbucket_size = {k}\nclip_norm = 1.0\nphase_timeout_ms = 60000\n",
-        data = data.display(),
-        retain = o.retain,
-        n = o.nodes,
-        r = o.rounds,
-        k = o.bucket_size,
-    );
-    let cfg = CoordinatorConfig::from_toml(&text, Path::new("soak.toml"))?;
-    let coordinator = Coordinator::open(&cfg, &pki(&ca)?)?;
-    let store = coordinator.store().clone();
-    let fed = coordinator
-        .federation(TENANT)
-        .ok_or_else(|| anyhow!("soak tenant missing"))?;
-    let mut summaries = fed.summaries();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(coordinator.serve(listener, async move {
-        let _ = stop_rx.await;
-    }));
+    let (mut coordinator, addr) = Running::start(o, &ca, dir.path(), &data).await?;
+    let separate_process = matches!(coordinator, Running::Child { .. });
+    // The first client reports the committed versions it hears of (used
+    // when the coordinator is another process).
+    let (progress_tx, mut progress) = tokio::sync::watch::channel(0u64);
+    let mut progress_tx = Some(progress_tx);
     let mut clients = Vec::with_capacity(o.nodes);
     for i in 0..o.nodes {
         let name = format!("n{i:04}");
@@ -200,9 +485,10 @@ pub async fn run_soak(o: &SoakOptions, mut sample: impl FnMut(&SoakSample)) -> R
         )?;
         let seed = o.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let verifier = verifier.clone();
+        let tx = progress_tx.take();
         clients.push(tokio::spawn(async move {
             let client = connect_retrying(&connector, i as u64).await?;
-            client_loop(client, name, signer, verifier, seed).await
+            client_loop(client, name, signer, verifier, seed, tx).await
         }));
     }
     let bar = if o.progress {
@@ -221,56 +507,85 @@ pub async fn run_soak(o: &SoakOptions, mut sample: impl FnMut(&SoakSample)) -> R
     let start = Instant::now();
     let mut samples: Vec<SoakSample> = Vec::new();
     let mut version = 0u64;
-    let mut take = |version: u64, samples: &mut Vec<SoakSample>| -> Result<()> {
-        let s = SoakSample {
+    async fn take(
+        coordinator: &Running,
+        version: u64,
+        start: Instant,
+        data: &Path,
+    ) -> Result<SoakSample> {
+        let rss = coordinator.rss_kib()?;
+        Ok(SoakSample {
             round: version,
             elapsed_s: start.elapsed().as_secs_f64(),
-            rss_kib: rss_kib()?,
-            store_bytes: dir_bytes(&data)?,
-            model_bodies: store.model_count(TENANT),
-        };
-        sample(&s);
-        samples.push(s);
-        Ok(())
-    };
-    take(0, &mut samples)?;
+            rss_kib: rss,
+            clients_rss_kib: match coordinator {
+                Running::InProcess { .. } => rss,
+                Running::Child { .. } => rss_kib()?,
+            },
+            store_bytes: dir_bytes(data)?,
+            audit_log_bytes: match data.join(fedmesh_coordinator::store::AUDIT_DIR) {
+                d if d.is_dir() => dir_bytes(&d)?,
+                _ => 0,
+            },
+            model_bodies: coordinator.model_bodies().await?,
+        })
+    }
+    let s = take(&coordinator, 0, start, &data).await?;
+    sample(&s);
+    samples.push(s);
     while version < o.rounds {
         if clients.iter().any(|c| c.is_finished()) {
             bail!("a client stopped before the run ended");
         }
-        let s = match tokio::time::timeout(Duration::from_secs(120), summaries.recv()).await {
-            Err(_) => bail!("no round committed for 2 minutes (at version {version})"),
-            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
-            Ok(Err(e)) => return Err(e.into()),
-            Ok(Ok(s)) => s,
+        coordinator.check_alive()?;
+        let wait = Duration::from_secs(120);
+        let next = match &mut coordinator {
+            Running::InProcess { summaries, .. } => {
+                match tokio::time::timeout(wait, summaries.recv()).await {
+                    Err(_) => None,
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                    Ok(Err(e)) => return Err(e.into()),
+                    Ok(Ok(s)) => Some(s.version),
+                }
+            }
+            Running::Child { .. } => match tokio::time::timeout(wait, progress.changed()).await {
+                Err(_) => None,
+                Ok(r) => {
+                    r.context("the reporting client stopped")?;
+                    Some(*progress.borrow_and_update())
+                }
+            },
+        };
+        let Some(next) = next else {
+            bail!("no round committed for 2 minutes (at version {version})");
         };
         let before = version;
-        version = s.version;
+        version = next.max(version);
         if let Some(b) = &bar {
             b.set_position(version);
         }
         // A sample at every multiple of `sample_every` passed.
-        if version / o.sample_every > before / o.sample_every || version == o.rounds {
-            take(version, &mut samples)?;
-            if let (Some(b), Some(last)) = (&bar, samples.last()) {
+        if version / o.sample_every > before / o.sample_every || version >= o.rounds {
+            let s = take(&coordinator, version, start, &data).await?;
+            sample(&s);
+            if let Some(b) = &bar {
                 b.set_message(format!(
-                    "RSS {:.1} MiB, store {:.2} MiB",
-                    last.rss_kib as f64 / 1024.0,
-                    last.store_bytes as f64 / 1048576.0
+                    "coordinator RSS {:.1} MiB, store {:.2} MiB",
+                    s.rss_kib as f64 / 1024.0,
+                    s.store_bytes as f64 / 1048576.0
                 ));
             }
+            samples.push(s);
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
     if let Some(b) = bar {
         b.finish();
     }
-    let _ = stop_tx.send(());
     for c in &clients {
         c.abort();
     }
-    let _ = server.await;
-    let audit_verified = store.verify_chain(TENANT)?;
+    let audit_verified = coordinator.stop_and_verify(&data).await?;
     let warm = samples
         .iter()
         .find(|s| s.round >= o.warmup.min(o.rounds))
@@ -291,11 +606,13 @@ pub async fn run_soak(o: &SoakOptions, mut sample: impl FnMut(&SoakSample)) -> R
         params,
         retain: o.retain,
         bucket_size: o.bucket_size,
+        separate_process,
         warmup_rss_kib: warm.rss_kib,
         final_rss_kib: last.rss_kib,
         rss_growth_pct: (last.rss_kib as f64 - warm.rss_kib as f64) / warm.rss_kib.max(1) as f64
             * 100.0,
         peak_rss_kib,
+        clients_rss_kib: (warm.clients_rss_kib, last.clients_rss_kib),
         final_store_bytes: last.store_bytes,
         peak_store_bytes,
         audit_verified,
@@ -307,22 +624,41 @@ pub async fn run_soak(o: &SoakOptions, mut sample: impl FnMut(&SoakSample)) -> R
 /// The samples and the summary as Markdown.
 pub fn markdown(r: &SoakReport) -> String {
     let mib = |kib: u64| kib as f64 / 1024.0;
-    let mut out = String::from(
-        "| round | elapsed s | RSS MiB | store MiB | model bodies |\n|---|---|---|---|---|\n",
-    );
+    let mut out = if r.separate_process {
+        String::from(
+            "| round | elapsed s | coordinator RSS MiB | clients RSS MiB | store MiB | of which audit log MiB | model bodies |\n\
+             |---|---|---|---|---|---|---|\n",
+        )
+    } else {
+        String::from(
+            "| round | elapsed s | RSS MiB (coordinator + clients) | store MiB | of which audit log MiB | model bodies |\n\
+             |---|---|---|---|---|---|\n",
+        )
+    };
     for s in &r.samples {
+        let clients = if r.separate_process {
+            format!(" {:.1} |", mib(s.clients_rss_kib))
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "| {} | {:.0} | {:.1} | {:.2} | {} |\n",
+            "| {} | {:.0} | {:.1} |{clients} {:.2} | {:.2} | {} |\n",
             s.round,
             s.elapsed_s,
             mib(s.rss_kib),
             s.store_bytes as f64 / 1048576.0,
+            s.audit_log_bytes as f64 / 1048576.0,
             s.model_bodies
         ));
     }
+    let whose = if r.separate_process {
+        "coordinator RSS"
+    } else {
+        "RSS (coordinator and clients in one process)"
+    };
     out.push_str(&format!(
         "\n{} rounds, {} nodes, {} parameters, k = {}, retain_versions = {}: {:.1} rounds/s; \
-         RSS {:.1} MiB after warm-up, {:.1} MiB at the end ({:+.2} %), peak {:.1} MiB; \
+         {whose} {:.1} MiB after warm-up, {:.1} MiB at the end ({:+.2} %), peak {:.1} MiB; \
          store {:.2} MiB at the end, peak {:.2} MiB; audit chain OK ({} versions)\n",
         r.rounds,
         r.nodes,
@@ -338,6 +674,13 @@ pub fn markdown(r: &SoakReport) -> String {
         r.peak_store_bytes as f64 / 1048576.0,
         r.audit_verified,
     ));
+    if r.separate_process {
+        out.push_str(&format!(
+            "clients' process: {:.1} MiB after warm-up, {:.1} MiB at the end\n",
+            mib(r.clients_rss_kib.0),
+            mib(r.clients_rss_kib.1)
+        ));
+    }
     out
 }
 
@@ -360,6 +703,7 @@ mod tests {
             warmup: 10,
             seed: 7,
             progress: false,
+            coordinator: CoordinatorProcess::InProcess,
         };
         let mut seen = Vec::new();
         let r = run_soak(&o, |s| seen.push(s.round)).await.unwrap();
@@ -370,7 +714,13 @@ mod tests {
             // Genesis plus the versions so far, capped by the retention.
             assert_eq!(s.model_bodies as u64, (s.round + 1).min(5), "{s:?}");
             assert!(s.rss_kib > 0);
+            assert_eq!(s.clients_rss_kib, s.rss_kib);
+            assert!(s.audit_log_bytes <= s.store_bytes);
         }
+        // The audit log (outside sled) grows with every version.
+        let logs: Vec<u64> = r.samples.iter().map(|s| s.audit_log_bytes).collect();
+        assert!(logs.windows(2).all(|w| w[0] < w[1]), "{logs:?}");
+        assert!(!r.separate_process);
         assert!(markdown(&r).contains("audit chain OK (31 versions)"));
     }
 }

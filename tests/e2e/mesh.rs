@@ -332,6 +332,20 @@ containers = [ {containers} ]
         status.contains("\"tenant\":\"acme\"") && status.contains(&format!("\"version\":{FINAL}")),
         "{status}"
     );
+    assert!(status.contains("\"oldest_kept_version\":0"), "{status}");
+    // `serve` runs with two glibc malloc arenas (it re-executes itself with
+    // MALLOC_ARENA_MAX set, same pid), or with the operator's value.
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        let environ = std::fs::read(format!("/proc/{}/environ", coord.child.id()))?;
+        let want = format!(
+            "MALLOC_ARENA_MAX={}",
+            std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "2".into())
+        );
+        assert!(
+            environ.split(|&b| b == 0).any(|kv| kv == want.as_bytes()),
+            "{want} not in the coordinator's environment"
+        );
+    }
     // Kubernetes-style gRPC probe on the plaintext health port.
     let serving = tokio::runtime::Runtime::new()?.block_on(async {
         let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{hport}"))?
