@@ -11,8 +11,9 @@ Per attack: detected (at least one alert on the attacked container from the
 attack's start to its stop plus one window, since a window that ends up to one
 window after the stop still holds attack activity), time from the start to the
 first such alert (window end), alerts in that span, the top features of the
-first one, and for an attack inside a benign container the alerts that
-container's benign rate alone would give in the same span (chance).
+first one, and the chance of at least one alert in that span from the
+container's own alert rate outside its attack spans alone (Poisson): a
+"detection" in a container that alerts all the time says little.
 Per benign container: alerts per container-hour over its benign time (from the
 node's bootstrap model to the end, minus its own attack spans), and episodes
 per container-hour (alerts at most two windows apart merged; a post-hoc
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -137,21 +139,30 @@ def main() -> int:
 
     obs_start = model if model is not None else end
 
-    # Benign containers.
-    benign_rows = []
-    rate_of: dict[str, float | None] = {}
-    for c in containers:
-        if c["class"] != "benign":
-            continue
-        name = c["name"]
+    def quiet(name: str) -> tuple[float, list[int]]:
+        """Hours a container was watched by a model outside its attack spans, and its alerts then."""
         span_ms = max(0, end - obs_start)
         for s, e in spans.get(name, []):
             s2, e2 = max(s, obs_start), min(e, end)
             span_ms -= max(0, e2 - s2)
-        hours = span_ms / 3_600_000
         ts = [int(a["ts_ms"]) for a in per[name] if int(a["ts_ms"]) >= obs_start and not in_spans(name, int(a["ts_ms"]))]
-        rate = len(ts) / hours if hours > 0 else None
-        rate_of[name] = rate
+        return span_ms / 3_600_000, ts
+
+    # Every container's own alert rate outside its attack spans: what chance
+    # alone gives during an attack.
+    rate_of: dict[str, float | None] = {}
+    for c in containers:
+        hours, ts = quiet(c["name"])
+        rate_of[c["name"]] = len(ts) / hours if hours > 0 else None
+
+    # Benign containers.
+    benign_rows = []
+    for c in containers:
+        if c["class"] != "benign":
+            continue
+        name = c["name"]
+        hours, ts = quiet(name)
+        rate = rate_of[name]
         eps = episodes(ts, 2 * win)
         feats: dict[str, int] = {}
         for a in per[name]:
@@ -182,6 +193,7 @@ def main() -> int:
         c = by_name.get(name, {})
         rate = rate_of.get(name)
         chance = None if rate is None else rate * (e + win - s) / 3_600_000
+        p_chance = None if chance is None else 1 - math.exp(-chance)
         attack_rows.append(
             {
                 "kind": at["kind"],
@@ -194,6 +206,7 @@ def main() -> int:
                 "alerts": len(hits),
                 "windows": max(1, round((e + win - s) / win)),
                 "chance_alerts": None if chance is None else round(chance, 2),
+                "chance_p_any": None if p_chance is None else round(p_chance, 3),
                 "first_top_features": [] if first is None else [f[0] for f in first.get("top_features", [])],
                 "first_rule": None if first is None or not first.get("rule") else first["rule"].get("id"),
                 "pre_attack_alerts": sum(1 for a in per.get(name, []) if obs_start <= int(a["ts_ms"]) < s),
@@ -245,19 +258,21 @@ def main() -> int:
               f"kernel {s['host']['kernel']}, Docker {s['host']['docker']} (cgroup {s['host']['cgroup']}), "
               f"commit {s['host']['git_commit']}.")
     md.append("")
-    md.append("| attack | container | detected | time to first alert | alerts / windows | by chance | first alert's top features |")
+    md.append("| attack | container | detected | time to first alert | alerts / windows | chance of an alert anyway | first alert's top features |")
     md.append("|---|---|---|---:|---:|---:|---|")
     for r in attack_rows:
         where = r["container"] + (" (benign)" if r["inside_benign"] else "")
         md.append(
             f"| {r['kind']} | {where} | {'yes' if r['detected'] else '**no**'} | "
             f"{'—' if r['time_to_first_alert_s'] is None else str(r['time_to_first_alert_s']) + ' s'} | "
-            f"{r['alerts']} / {r['windows']} | {'—' if r['chance_alerts'] is None else r['chance_alerts']} | "
+            f"{r['alerts']} / {r['windows']} | {'—' if r['chance_p_any'] is None else format(r['chance_p_any'] * 100, '.0f') + ' %'} | "
             f"{', '.join(r['first_top_features']) or (r['first_rule'] or '—')} |"
         )
     md.append("")
     md.append(f"Detected {s['attacks_detected']} of {s['attacks']}; median time to first alert "
-              f"{fmt_f(s['median_time_to_first_alert_s'])} s (window end minus attack start).")
+              f"{fmt_f(s['median_time_to_first_alert_s'])} s (window end minus attack start). "
+              "Chance of an alert anyway: the probability that the container's own alert rate outside "
+              "its attack spans gives at least one alert in the attack's span (Poisson).")
     md.append("")
     md.append("| benign container | benign hours | alerts | alerts / container-hour | episodes / container-hour | most frequent first feature |")
     md.append("|---|---:|---:|---:|---:|---|")

@@ -24,8 +24,10 @@
 #
 # The default schedule (written to DIR/schedule.tsv): warm-up max(4 min, 30 %
 # of the duration), then the six attacks in equal slots, each active for
-# 60 % of its slot (at most 90 s), and a 60 s benign tail. --schedule FILE
-# takes lines "KIND OFFSET_S DURATION_S" (kinds below) instead.
+# 60 % of its slot (at most 90 s), each start shifted by a different
+# fraction of a window, and a 60 s benign tail. --schedule FILE takes lines
+# "KIND OFFSET_S DURATION_S" (kinds: port_scan reverse_shell
+# privilege_escalation exfiltration cryptojacking fork_bomb) instead.
 #
 # Outputs in DIR: alerts.jsonl (the node's JSON alert lines), node.log,
 # node.toml, containers.tsv, schedule.tsv, attacks.tsv, load.tsv (load
@@ -108,9 +110,13 @@ else
   slot=$(( (dur_s - warm_s - tail_s) / 6 ))
   adur=$(( slot * 6 / 10 )); [ "$adur" -gt 90 ] && adur=90
   [ "$adur" -ge 20 ] || { echo "error: --duration $duration leaves $slot s per attack after a ${warm_s} s warm-up (need >= 34 s)" >&2; exit 2; }
+  # Each start shifted by a different fraction of a window (0, .7, .4, .1,
+  # .8, .5 of it), so the attacks do not all begin at the same point of the
+  # node's windows; the shift stays inside the gap between attacks.
   i=0
   for k in $kinds; do
-    printf '%s\t%s\t%s\n' "$k" $(( warm_s + i * slot )) "$adur"
+    jit=$(( (i * 7 * window_ms / 10) % window_ms / 1000 % (slot - adur) ))
+    printf '%s\t%s\t%s\n' "$k" $(( warm_s + i * slot + jit )) "$adur"
     i=$((i + 1))
   done > "$out/schedule.tsv.body"
 fi
