@@ -11,9 +11,10 @@ Per attack: detected (at least one alert on the attacked container from the
 attack's start to its stop plus one window, since a window that ends up to one
 window after the stop still holds attack activity), time from the start to the
 first such alert (window end), alerts in that span, the top features of the
-first one, and the chance of at least one alert in that span from the
-container's own alert rate outside its attack spans alone (Poisson): a
-"detection" in a container that alerts all the time says little.
+first one, the chance of at least one alert in that span from the
+container's own alert rate before the attack alone (Poisson: a "detection" in
+a container that alerts all the time says little), and the container's alerts
+after the attack (an attack can leave a container changed).
 Per benign container: alerts per container-hour over its benign time (from the
 node's bootstrap model to the end, minus its own attack spans), and episodes
 per container-hour (alerts at most two windows apart merged; a post-hoc
@@ -191,7 +192,14 @@ def main() -> int:
         hits = sorted((a for a in per.get(name, []) if s <= int(a["ts_ms"]) <= e + win), key=lambda a: int(a["ts_ms"]))
         first = hits[0] if hits else None
         c = by_name.get(name, {})
-        rate = rate_of.get(name)
+        # The container's own rate before this attack (from the model on,
+        # outside earlier attack spans): what chance alone would give.
+        pre_ms = max(0, s - obs_start)
+        for s0, e0 in spans.get(name, []):
+            if e0 < s:
+                pre_ms -= max(0, min(e0, s) - max(s0, obs_start))
+        pre = [a for a in per.get(name, []) if obs_start <= int(a["ts_ms"]) < s and not in_spans(name, int(a["ts_ms"]))]
+        rate = len(pre) / (pre_ms / 3_600_000) if pre_ms > 0 else None
         chance = None if rate is None else rate * (e + win - s) / 3_600_000
         p_chance = None if chance is None else 1 - math.exp(-chance)
         attack_rows.append(
@@ -209,7 +217,8 @@ def main() -> int:
                 "chance_p_any": None if p_chance is None else round(p_chance, 3),
                 "first_top_features": [] if first is None else [f[0] for f in first.get("top_features", [])],
                 "first_rule": None if first is None or not first.get("rule") else first["rule"].get("id"),
-                "pre_attack_alerts": sum(1 for a in per.get(name, []) if obs_start <= int(a["ts_ms"]) < s),
+                "pre_attack_alerts": len(pre),
+                "post_attack_alerts": sum(1 for a in per.get(name, []) if int(a["ts_ms"]) > e + win and not in_spans(name, int(a["ts_ms"]))),
             }
         )
 
@@ -258,21 +267,22 @@ def main() -> int:
               f"kernel {s['host']['kernel']}, Docker {s['host']['docker']} (cgroup {s['host']['cgroup']}), "
               f"commit {s['host']['git_commit']}.")
     md.append("")
-    md.append("| attack | container | detected | time to first alert | alerts / windows | chance of an alert anyway | first alert's top features |")
-    md.append("|---|---|---|---:|---:|---:|---|")
+    md.append("| attack | container | detected | time to first alert | alerts / windows | chance of an alert anyway | alerts after | first alert's top features |")
+    md.append("|---|---|---|---:|---:|---:|---:|---|")
     for r in attack_rows:
         where = r["container"] + (" (benign)" if r["inside_benign"] else "")
         md.append(
             f"| {r['kind']} | {where} | {'yes' if r['detected'] else '**no**'} | "
             f"{'—' if r['time_to_first_alert_s'] is None else str(r['time_to_first_alert_s']) + ' s'} | "
             f"{r['alerts']} / {r['windows']} | {'—' if r['chance_p_any'] is None else format(r['chance_p_any'] * 100, '.0f') + ' %'} | "
+            f"{r['post_attack_alerts']} | "
             f"{', '.join(r['first_top_features']) or (r['first_rule'] or '—')} |"
         )
     md.append("")
     md.append(f"Detected {s['attacks_detected']} of {s['attacks']}; median time to first alert "
               f"{fmt_f(s['median_time_to_first_alert_s'])} s (window end minus attack start). "
-              "Chance of an alert anyway: the probability that the container's own alert rate outside "
-              "its attack spans gives at least one alert in the attack's span (Poisson).")
+              "Chance of an alert anyway: the probability that the container's own alert rate before "
+              "the attack gives at least one alert in the attack's span (Poisson).")
     md.append("")
     md.append("| benign container | benign hours | alerts | alerts / container-hour | episodes / container-hour | most frequent first feature |")
     md.append("|---|---:|---:|---:|---:|---|")

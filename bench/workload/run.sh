@@ -178,12 +178,14 @@ docker network create --internal --label "fedmesh-workload=$rid" "$rid" >/dev/nu
 
 printf 'name\trole\tclass\tid\timage\n' > "$out/containers.tsv"
 # start ROLE CLASS IMAGE USER CPUS MEM ARGS...: one long-running container.
+# --init: a PID 1 that reaps orphans (without it every busybox `timeout` of an
+# attack leaves a zombie that raises the container's pid count for good).
 start() {
   local role="$1" class="$2" image="$3" user="$4" cpus="$5" mem="$6" id
   shift 6
   id="$(timeout 120 docker run -d --name "$rid-$role" --hostname "$role" \
     --label "fedmesh-workload=$rid" --label "fedmesh-workload-role=$role" \
-    --network "$rid" --network-alias "$role" --user "$user" \
+    --network "$rid" --network-alias "$role" --user "$user" --init \
     --cpus "$cpus" --memory "$mem" --pids-limit 512 -e "WL_END=$wl_end" \
     "fedmesh-wl-$image:$tag" "$@")"
   printf '%s\t%s\t%s\t%s\t%s\n' "$rid-$role" "$role" "$class" "$id" "fedmesh-wl-$image:$tag" >> "$out/containers.tsv"

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -123,8 +124,9 @@ class ReportTest(unittest.TestCase):
                 alert(IDS["r-web"][:12], T0 + 10 * 60_000),
                 alert(IDS["r-web"][:12], T0 + 10 * 60_000 + WIN),  # same episode
                 alert(IDS["r-web"][:12], T0 + 50 * 60_000),
+                alert(IDS["r-cache"][:12], T0 + 10 * 60_000),  # before its attack
                 alert(IDS["r-cache"][:12], attack + 5_000),  # during its attack: a detection
-                alert(IDS["r-cache"][:12], T0 + 45 * 60_000),
+                alert(IDS["r-cache"][:12], T0 + 45 * 60_000),  # after it
                 alert("e" * 12, T0 + 45 * 60_000),  # not a scenario container
             ]
         )
@@ -135,17 +137,20 @@ class ReportTest(unittest.TestCase):
         self.assertAlmostEqual(benign["web"]["benign_hours"], web_hours, places=3)
         self.assertAlmostEqual(benign["web"]["alerts_per_container_hour"], round(3 / web_hours, 2), places=2)
         cache_hours = web_hours - (60_000 + WIN) / HOUR
-        self.assertEqual(benign["cache"]["alerts"], 1)
+        self.assertEqual(benign["cache"]["alerts"], 2)
         self.assertAlmostEqual(benign["cache"]["benign_hours"], cache_hours, places=3)
         self.assertEqual(benign["cache"]["hosts_attack"], "privilege_escalation")
         pe = {a["kind"]: a for a in rep["attacks"]}["privilege_escalation"]
         self.assertTrue(pe["detected"])
         self.assertTrue(pe["inside_benign"])
-        self.assertGreater(pe["chance_p_any"], 0.0)
-        self.assertLess(pe["chance_p_any"], 0.1)
+        # one alert in the 14 min between the model and the attack; span 60 s + one window
+        expected = 1 - math.exp(-(1 / (14 * 60_000)) * (60_000 + WIN))
+        self.assertAlmostEqual(pe["chance_p_any"], round(expected, 3), places=3)
+        self.assertEqual(pe["pre_attack_alerts"], 1)
+        self.assertEqual(pe["post_attack_alerts"], 1)
         self.assertEqual(rep["summary"]["alerts_other_containers"], 1)
         self.assertEqual(rep["summary"]["unparsed_alert_lines"], 0)
-        self.assertEqual(rep["summary"]["benign_alerts"], 4)
+        self.assertEqual(rep["summary"]["benign_alerts"], 5)
         self.assertEqual(rep["summary"]["node_rss_max_kb"], 12288)
         self.assertEqual(rep["summary"]["load1_max"], 2.5)
 
