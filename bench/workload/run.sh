@@ -109,7 +109,7 @@ else
   tail_s=60
   slot=$(( (dur_s - warm_s - tail_s) / 6 ))
   adur=$(( slot * 6 / 10 )); [ "$adur" -gt 90 ] && adur=90
-  [ "$adur" -ge 20 ] || { echo "error: --duration $duration leaves $slot s per attack after a ${warm_s} s warm-up (need >= 34 s)" >&2; exit 2; }
+  [ "$adur" -ge 20 ] || { echo "error: --duration $duration leaves $slot s per attack after a ${warm_s} s warm-up (need >= 34 s: a longer --duration or a shorter --warmup, e.g. --duration 7m --warmup 2m)" >&2; exit 2; }
   # Each start shifted by a different fraction of a window (0, .7, .4, .1,
   # .8, .5 of it), so the attacks do not all begin at the same point of the
   # node's windows; the shift stays inside the gap between attacks.
