@@ -422,6 +422,14 @@ impl Agent {
         self.held_back.as_ref()
     }
 
+    /// Whether the node is still learning: no detector yet, or a threshold
+    /// calibrated on too few benign windows to be trusted (the response
+    /// layer never acts while it is).
+    pub fn learning(&self) -> bool {
+        self.detector.is_none()
+            || self.calibrated_on < self.settings.detector.min_train_windows / 5
+    }
+
     /// Benign windows buffered for training.
     pub fn buffered(&self) -> usize {
         self.buffer.len()

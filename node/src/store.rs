@@ -46,6 +46,7 @@ const THRESHOLD: &[u8] = b"threshold";
 const LOCAL: &[u8] = b"local_model";
 const CALIBRATED_ON: &[u8] = b"calibrated_on";
 const OUTBOX: &[u8] = b"alert_outbox";
+const RESPONSES: &[u8] = b"responses";
 
 impl NodeStore {
     /// Opens or creates the store.
@@ -121,6 +122,13 @@ impl NodeStore {
     /// big-endian sequence numbers to alert JSON.
     pub fn alert_outbox(&self) -> Result<sled::Tree, NodeStoreError> {
         Ok(self.db.open_tree(OUTBOX)?)
+    }
+
+    /// The tree of the response layer's rate-limit memory
+    /// ([`crate::alerting::response::ResponseMemory`]): full container id to
+    /// the big-endian Unix time (ms) of the last successful action.
+    pub fn responses(&self) -> Result<sled::Tree, NodeStoreError> {
+        Ok(self.db.open_tree(RESPONSES)?)
     }
 
     /// A number larger than every one returned before, across restarts.

@@ -26,6 +26,27 @@ pub struct RuleMatch {
     pub count: u32,
 }
 
+/// What the response layer did about one alert. A response record is the
+/// alert it answers with this field set and its own id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseRecord {
+    /// Id of the alert acted on (or not).
+    pub alert: String,
+    /// `pause` or `disconnect`.
+    pub action: String,
+    /// `done`, `failed`, `would` (dry-run) or `refused`.
+    pub result: String,
+    /// Why it was refused (`learning`, `unresolved`, `allowlisted`,
+    /// `warm_up`, `rate_limited`) or how it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Networks the container was disconnected from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
+    /// When it was decided (Unix ms, the node's clock).
+    pub at_unix_ms: u64,
+}
+
 /// One alert: which container, why (score against threshold with the top
 /// contributing features, or the rule and its event), and how serious.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +94,10 @@ pub struct Alert {
     /// The rule that fired (rule alerts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<RuleMatch>,
+    /// Set on a response record only: what was done about the alert
+    /// `response.alert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<ResponseRecord>,
 }
 
 impl Alert {
@@ -104,6 +129,7 @@ impl Alert {
             model_version,
             top_features,
             rule: None,
+            response: None,
         };
         a.id = a.compute_id();
         a
@@ -132,13 +158,24 @@ impl Alert {
                 event: hit.event.clone(),
                 count: hit.count,
             }),
+            response: None,
         };
         a.id = a.compute_id();
         a
     }
 
+    /// The response record for this alert: the alert with `response` set
+    /// and its own id.
+    pub fn response_record(&self, record: ResponseRecord) -> Alert {
+        let mut r = self.clone();
+        r.response = Some(record);
+        r.id = r.compute_id();
+        r
+    }
+
     /// SHA-256 over tenant, node, container, time and the rule id (or
-    /// `model`), first 16 bytes in hex.
+    /// `model`), and for a response record the answered alert's id, the
+    /// result and the time, first 16 bytes in hex.
     pub fn compute_id(&self) -> String {
         let mut h = Sha256::new();
         let source = self.rule.as_ref().map_or("model", |r| r.id.as_str());
@@ -151,6 +188,17 @@ impl Alert {
         ] {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part);
+        }
+        if let Some(r) = &self.response {
+            for part in [
+                b"response".as_slice(),
+                r.alert.as_bytes(),
+                r.result.as_bytes(),
+                &r.at_unix_ms.to_be_bytes(),
+            ] {
+                h.update((part.len() as u64).to_be_bytes());
+                h.update(part);
+            }
         }
         hex::encode(&h.finalize()[..16])
     }
@@ -240,6 +288,7 @@ mod tests {
             pod: Some("web-0".into()),
             namespace: Some("prod".into()),
             networks: vec![],
+            started_unix_ms: None,
         });
         let text = serde_json::to_string(&a).unwrap();
         assert!(text.contains("\"severity\":\"high\""), "{text}");

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::alerting::alert::Alert;
 
@@ -30,11 +31,26 @@ pub trait AlertSink: Send {
     fn emit(&mut self, alert: &Alert) -> Result<(), AlertError>;
 }
 
-/// Where alerts go.
+/// Where alerts go. Clones share the same sinks (the detection loop and the
+/// response task write to one file and one outbox); one record is written
+/// whole before the next.
+#[derive(Clone)]
 pub struct AlertSinks {
+    inner: Arc<Mutex<Sinks>>,
+}
+
+struct Sinks {
     stdout: bool,
     file: Option<(String, std::fs::File)>,
     further: Vec<Box<dyn AlertSink>>,
+}
+
+impl AlertSinks {
+    fn of(sinks: Sinks) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(sinks)),
+        }
+    }
 }
 
 impl AlertSinks {
@@ -54,42 +70,48 @@ impl AlertSinks {
                 Some((p.display().to_string(), f))
             }
         };
-        Ok(Self {
+        Ok(Self::of(Sinks {
             stdout,
             file,
             further: Vec::new(),
-        })
+        }))
     }
 
     /// Sinks that drop everything (the demo prints its own view).
     pub fn none() -> Self {
-        Self {
+        Self::of(Sinks {
             stdout: false,
             file: None,
             further: Vec::new(),
-        }
+        })
     }
 
     /// Also emits every alert to `sink` (e.g. the webhook outbox, delivered
     /// by [`crate::alerting::webhook::run_delivery`]). Sinks are tried in
     /// the order they were added.
-    pub fn with_sink(mut self, sink: impl AlertSink + 'static) -> Self {
-        self.further.push(Box::new(sink));
+    pub fn with_sink(self, sink: impl AlertSink + 'static) -> Self {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .further
+            .push(Box::new(sink));
         self
     }
 
     /// Emits one alert to every sink. Every sink is tried; the first error
     /// is returned.
-    pub fn emit(&mut self, alert: &Alert) -> Result<(), AlertError> {
+    pub fn emit(&self, alert: &Alert) -> Result<(), AlertError> {
         let mut line = serde_json::to_string(alert).unwrap_or_default();
         line.push('\n');
         let mut result = Ok(());
-        if self.stdout {
+        let mut guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let sinks = &mut *guard;
+        if sinks.stdout {
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(line.as_bytes());
             let _ = out.flush();
         }
-        if let Some((path, f)) = self.file.as_mut()
+        if let Some((path, f)) = sinks.file.as_mut()
             && let Err(source) = f.write_all(line.as_bytes())
         {
             result = Err(AlertError::Io {
@@ -97,7 +119,7 @@ impl AlertSinks {
                 source,
             });
         }
-        for sink in &mut self.further {
+        for sink in &mut sinks.further {
             if let Err(e) = sink.emit(alert)
                 && result.is_ok()
             {

@@ -145,6 +145,9 @@ pub struct ContainerInfo {
     pub namespace: Option<String>,
     /// Networks the container is attached to.
     pub networks: Vec<String>,
+    /// When the container last started (Unix ms; `GET /containers/{id}/json`
+    /// only, `None` from the list or when it never started).
+    pub started_unix_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -188,6 +191,7 @@ impl From<Summary> for ContainerInfo {
             pod: labels.get("io.kubernetes.pod.name").cloned(),
             namespace: labels.get("io.kubernetes.pod.namespace").cloned(),
             networks,
+            started_unix_ms: None,
         }
     }
 }
@@ -310,6 +314,14 @@ impl DockerClient {
             config: Option<InspectConfig>,
             #[serde(default)]
             network_settings: Option<NetworkSettings>,
+            #[serde(default)]
+            state: Option<InspectState>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct InspectState {
+            #[serde(default)]
+            started_at: Option<String>,
         }
         #[derive(Deserialize)]
         #[serde(rename_all = "PascalCase")]
@@ -327,13 +339,21 @@ impl DockerClient {
             .config
             .map(|c| (c.image, c.labels))
             .unwrap_or((None, None));
-        Ok(ContainerInfo::from(Summary {
+        // Docker reports a container that never started as year 1.
+        let started_unix_ms = i
+            .state
+            .and_then(|s| s.started_at)
+            .and_then(|t| crate::telemetry::events::normalize::parse_rfc3339_ms(&t))
+            .filter(|ms| *ms > 0);
+        let mut info = ContainerInfo::from(Summary {
             id: i.id,
             names: i.name.into_iter().collect(),
             image,
             labels,
             network_settings: i.network_settings,
-        }))
+        });
+        info.started_unix_ms = started_unix_ms;
+        Ok(info)
     }
 
     /// `POST /containers/{id}/pause`.
@@ -503,6 +523,8 @@ pub(crate) mod tests {
         pub _dir: tempfile::TempDir,
         pub socket: PathBuf,
         pub requests: Arc<Mutex<Vec<String>>>,
+        /// While set, pause answers 500.
+        pub fail_pause: Arc<std::sync::atomic::AtomicBool>,
         pub task: tokio::task::JoinHandle<()>,
     }
 
@@ -513,11 +535,22 @@ pub(crate) mod tests {
     }
 
     pub(crate) async fn fake_docker(list: serde_json::Value) -> FakeDocker {
-        use axum::extract::{Path as AxPath, State};
-        use axum::routing::{get, post};
-        type Log = Arc<Mutex<Vec<String>>>;
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("docker.sock");
+        let mut fake = fake_docker_at(&socket, list).await;
+        fake._dir = dir;
+        fake
+    }
+
+    /// [`fake_docker`] listening on `socket`.
+    pub(crate) async fn fake_docker_at(socket: &Path, list: serde_json::Value) -> FakeDocker {
+        use axum::extract::{Path as AxPath, State};
+        use axum::routing::{get, post};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        type Log = Arc<Mutex<Vec<String>>>;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = socket.to_path_buf();
+        let fail_pause = Arc::new(AtomicBool::new(false));
         let requests: Log = Arc::default();
         let listener = tokio::net::UnixListener::bind(&socket).unwrap();
         let list = Arc::new(list);
@@ -553,6 +586,8 @@ pub(crate) mod tests {
                                     "Name": c["Names"][0],
                                     "Config": {"Image": c["Image"], "Labels": c["Labels"]},
                                     "NetworkSettings": c["NetworkSettings"],
+                                    "State": {"StartedAt": c.get("StartedAt").cloned()
+                                        .unwrap_or_else(|| "2020-01-01T00:00:00Z".into())},
                                 })),
                             ),
                             None => (
@@ -565,14 +600,19 @@ pub(crate) mod tests {
             )
             .route(
                 "/containers/{id}/pause",
-                post(
-                    |State(log): State<Log>, AxPath(id): AxPath<String>| async move {
+                post({
+                    let fail = fail_pause.clone();
+                    move |State(log): State<Log>, AxPath(id): AxPath<String>| async move {
                         log.lock()
                             .unwrap()
                             .push(format!("POST /containers/{id}/pause"));
-                        StatusCode::NO_CONTENT
-                    },
-                ),
+                        if fail.load(Ordering::SeqCst) {
+                            StatusCode::INTERNAL_SERVER_ERROR
+                        } else {
+                            StatusCode::NO_CONTENT
+                        }
+                    }
+                }),
             )
             .route(
                 "/networks/{net}/disconnect",
@@ -593,6 +633,7 @@ pub(crate) mod tests {
             _dir: dir,
             socket,
             requests,
+            fail_pause,
             task,
         }
     }

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::agent::{Agent, AgentError, AgentSettings, SharedAgent, lock};
 use crate::alerting::pipeline::AlertPipeline;
-use crate::alerting::response::{Responder, ResponseMode, run_responses};
+use crate::alerting::response::{Responder, ResponseMemory, ResponseMode, run_responses};
 use crate::alerting::sink::{AlertError, AlertSinks};
 use crate::alerting::webhook::{Outbox, Webhook, WebhookError, run_delivery};
 use crate::config::{NodeConfig, SourceConfig};
@@ -359,6 +359,7 @@ impl Node {
             me = me.service(move |stop| Box::pin(run_delivery(outbox, hook, stop)));
         }
         let rules = RuleEngine::new(&cfg.rules).with_counters(ops.rule_hits.clone());
+        let response_sinks = sinks.clone();
         let mut pipeline = AlertPipeline::new(rules, sinks).with_ignore(cfg.alerts.ignore.clone());
         let docker = cfg
             .docker
@@ -383,13 +384,34 @@ impl Node {
         };
         if cfg.response.mode != ResponseMode::Off {
             let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            let tree = outbox_store
+                .responses()
+                .map_err(|source| NodeError::Store {
+                    path: cfg.data_dir.clone(),
+                    source,
+                })?;
+            let (memory, dropped) =
+                ResponseMemory::open(tree).map_err(|source| NodeError::Store {
+                    path: cfg.data_dir.clone(),
+                    source: source.into(),
+                })?;
+            if dropped > 0 {
+                tracing::warn!(
+                    dropped,
+                    "undecodable response-memory entries removed from the store"
+                );
+            }
+            let probe = me.agent.clone();
             let responder = Responder::new(
                 cfg.response.clone(),
                 docker.clone(),
                 identity.clone(),
                 ops.responses.clone(),
                 ops.docker_errors.clone(),
-            );
+            )
+            .with_memory(memory)
+            .with_learning(Arc::new(move || lock(&probe).learning()))
+            .with_sinks(response_sinks);
             tracing::info!(mode = ?cfg.response.mode, min_severity = %cfg.response.min_severity, "response actions enabled");
             me = me.service(move |stop| Box::pin(run_responses(responder, rx, stop)));
             pipeline = pipeline.with_responses(tx);
