@@ -426,8 +426,7 @@ impl Agent {
     /// calibrated on too few benign windows to be trusted (the response
     /// layer never acts while it is).
     pub fn learning(&self) -> bool {
-        self.detector.is_none()
-            || self.calibrated_on < self.settings.detector.min_train_windows / 5
+        self.detector.is_none() || self.calibrated_on < self.settings.detector.min_train_windows / 5
     }
 
     /// Benign windows buffered for training.

@@ -1,7 +1,8 @@
 //! The real `fedmesh-node` binary with a Falco file source, a webhook
 //! receiver, a fake Docker Engine API (identity) and dry-run responses:
 //! one `Non sudo setuid` line reaches the webhook as a named rule alert,
-//! the dry-run is counted on `/metrics`, and no request but the container
+//! followed by the response record (refused: the node is still learning),
+//! the refusal is counted on `/metrics`, and no request but the container
 //! list reaches the Docker API.
 // Test crate: helpers outside `#[test]` fns may unwrap and panic.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -158,11 +159,18 @@ min_severity = "critical"
         .unwrap();
     writeln!(f, "{FALCO_SETUID}").unwrap();
     drop(f);
-    while seen.lock().unwrap().is_empty() && start.elapsed() < Duration::from_secs(30) {
+    while seen.lock().unwrap().len() < 2 && start.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let alerts = seen.lock().unwrap().clone();
-    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    // The response record: this node has no detector yet, so it is
+    // learning and the response layer refuses to act.
+    let r = &alerts[1];
+    assert_eq!(r["response"]["alert"], alerts[0]["id"]);
+    assert_eq!(r["response"]["result"], "refused");
+    assert_eq!(r["response"]["reason"], "learning");
+    assert_ne!(r["id"], alerts[0]["id"]);
     let a = &alerts[0];
     assert_eq!(a["rule"]["id"], "setuid_root");
     assert_eq!(a["severity"], "critical");
@@ -180,21 +188,22 @@ min_severity = "critical"
     let mut text = String::new();
     for _ in 0..50 {
         text = metrics(metrics_port).await;
-        if text.contains("result=\"would\"} 1") {
+        if text.contains("result=\"learning\"} 1") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for needle in [
         "fedmesh_node_rule_hits_total{rule=\"setuid_root\"} 1",
-        "fedmesh_node_webhook_delivered_total 1",
+        "fedmesh_node_webhook_delivered_total 2",
         "fedmesh_node_webhook_outbox_depth 0",
-        "fedmesh_node_responses_total{action=\"pause\",mode=\"dry-run\",result=\"would\"} 1",
+        "fedmesh_node_responses_total{action=\"pause\",mode=\"dry-run\",result=\"learning\"} 1",
         "fedmesh_node_docker_errors_total 0",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
-    // Dry-run: the Docker API saw container listings only.
+    // Learning: the container was not even inspected; the Docker API saw
+    // container listings only.
     let calls = docker_log.lock().unwrap().clone();
     assert!(
         calls.iter().all(|c| c == "GET /containers/json"),

@@ -26,11 +26,11 @@ use anyhow::{Context, Result, bail, ensure};
 use fedmesh_node::alerting::alert::Alert;
 
 const NODE: &str = env!("CARGO_BIN_EXE_e2e-fedmesh-node");
-const IMAGE: &str = "fedmesh-test-busybox:latest";
+pub(crate) const IMAGE: &str = "fedmesh-test-busybox:latest";
 const BUSYBOX_PATHS: [&str; 3] = ["/bin/busybox", "/usr/bin/busybox", "/usr/local/bin/busybox"];
 
 /// Runs `docker` with `args`, failing after `timeout`.
-fn docker(args: &[&str], timeout: Duration) -> Result<Output> {
+pub(crate) fn docker(args: &[&str], timeout: Duration) -> Result<Output> {
     let mut child = Command::new("docker")
         .args(args)
         .stdin(Stdio::null())
@@ -53,7 +53,7 @@ fn docker(args: &[&str], timeout: Duration) -> Result<Output> {
 }
 
 /// `docker args` that must succeed; returns trimmed stdout.
-fn docker_ok(args: &[&str], timeout: Duration) -> Result<String> {
+pub(crate) fn docker_ok(args: &[&str], timeout: Duration) -> Result<String> {
     let out = docker(args, timeout)?;
     ensure!(
         out.status.success(),
@@ -65,7 +65,7 @@ fn docker_ok(args: &[&str], timeout: Duration) -> Result<String> {
 }
 
 /// Why Docker cannot be used here, if it cannot.
-fn docker_unavailable() -> Option<String> {
+pub(crate) fn docker_unavailable() -> Option<String> {
     match docker(
         &["info", "--format", "{{.ServerVersion}} {{.CgroupDriver}}"],
         Duration::from_secs(20),
@@ -83,7 +83,7 @@ fn docker_unavailable() -> Option<String> {
 }
 
 /// Builds the busybox image unless it exists.
-fn ensure_image() -> Result<()> {
+pub(crate) fn ensure_image() -> Result<()> {
     if docker(&["image", "inspect", IMAGE], Duration::from_secs(20))?
         .status
         .success()
@@ -111,7 +111,7 @@ fn ensure_image() -> Result<()> {
 }
 
 /// Removes the containers when dropped.
-struct Containers(Vec<String>);
+pub(crate) struct Containers(pub(crate) Vec<String>);
 
 impl Drop for Containers {
     fn drop(&mut self) {

@@ -1,7 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test binary
 //! End-to-end tests: `protocol` drives an in-process coordinator over real
 //! mTLS; `mesh` starts the real binaries; `docker` runs the real node on
-//! this machine's Docker engine against a benign and an attacking container.
+//! this machine's Docker engine against a benign and an attacking container;
+//! `response` pauses and disconnects real containers through the node's
+//! response layer and shows where it refuses.
 
 mod cli;
 mod credentials;
@@ -9,4 +11,5 @@ mod docker;
 mod hostile;
 mod mesh;
 mod protocol;
+mod response;
 mod secure;

@@ -837,7 +837,10 @@ mod tests {
             r.handle(&crit(WEB), NOW).await,
             Decision::Refused(Refusal::Learning)
         );
-        assert!(fake.requests.lock().unwrap().is_empty(), "not even resolved");
+        assert!(
+            fake.requests.lock().unwrap().is_empty(),
+            "not even resolved"
+        );
         learning.store(false, std::sync::atomic::Ordering::SeqCst);
         // Started 10 s ago: inside the default 120 s warm-up.
         assert_eq!(
@@ -912,8 +915,11 @@ mod tests {
         r.handle(&alert, NOW + 1).await;
         r.handle(&crit("551e161c47d8"), NOW + 2).await;
         // Below min_severity: no decision, no record.
-        r.handle(&Alert::model(1, "t", "n", WEB, 1.1, 1.0, None, vec![]), NOW + 3)
-            .await;
+        r.handle(
+            &Alert::model(1, "t", "n", WEB, 1.1, 1.0, None, vec![]),
+            NOW + 3,
+        )
+        .await;
         let got = seen.0.lock().unwrap().clone();
         let outcome: Vec<(String, Option<String>)> = got
             .iter()
