@@ -29,7 +29,8 @@
 # "KIND OFFSET_S DURATION_S" (kinds: port_scan reverse_shell
 # privilege_escalation exfiltration cryptojacking fork_bomb) instead.
 #
-# Outputs in DIR: alerts.jsonl (the node's JSON alert lines), node.log,
+# Outputs in DIR: alerts.jsonl (the node's JSON alert lines), recording.jsonl
+# (every window's events, for `fedmesh-node replay`), node.log,
 # node.toml, containers.tsv, schedule.tsv, attacks.tsv, load.tsv (load
 # average and node RSS every 10 s), run.env, logs/ (container logs),
 # report.md, report.json.
@@ -240,6 +241,9 @@ socket = "/var/run/docker.sock"
 
 [alerts]
 stdout = true
+
+[record]
+path = "recording.jsonl"
 EOF
 log "$n_host containers on the host: bootstrap after $boot_windows windows"
 FEDMESH_LOG=info NO_COLOR=1 "$node_bin" run --config "$out/node.toml" \

@@ -356,10 +356,30 @@ pub struct NodeConfig {
     /// disable.
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Records what the detection loop sees (`[record]`), for
+    /// `fedmesh-node replay`; off when omitted.
+    #[serde(default)]
+    pub record: Option<RecordConfig>,
 }
 
 fn d_window() -> u64 {
     10_000
+}
+
+/// `[record]`: write every window's events to a recording file
+/// ([`crate::telemetry::recording`]). Live sources only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordConfig {
+    /// The file (created, or truncated, at start).
+    pub path: PathBuf,
+    /// Recording stops (with a warning) once the file holds this many MiB.
+    #[serde(default = "d_record_mb")]
+    pub max_mb: u64,
+}
+
+fn d_record_mb() -> u64 {
+    256
 }
 
 impl NodeConfig {
@@ -400,6 +420,9 @@ impl NodeConfig {
             }
             if let Some(f) = cfg.alerts.file.as_mut() {
                 fix(f);
+            }
+            if let Some(r) = cfg.record.as_mut() {
+                fix(&mut r.path);
             }
             if let Some(w) = cfg.alerts.webhook.as_mut() {
                 if let Some(p) = w.ca_file.as_mut() {
@@ -480,6 +503,17 @@ impl NodeConfig {
         let synthetic = all.iter().filter(|s| s.is_synthetic()).count();
         if synthetic > 0 && all.len() > 1 {
             errs.push("a synthetic source runs on its own clock and cannot be combined with other sources".to_string());
+        }
+        if let Some(r) = &self.record {
+            if synthetic > 0 {
+                errs.push("record: a synthetic source is reproducible from its seed; record live sources only".to_string());
+            }
+            if r.max_mb == 0 {
+                errs.push("record.max_mb must be positive".to_string());
+            }
+            if r.path.as_os_str().is_empty() {
+                errs.push("record.path must name a file".to_string());
+            }
         }
         if all.iter().filter(|s| s.reads_stdin()).count() > 1 {
             errs.push("only one source can read stdin (set `path` on the others)".to_string());

@@ -1,5 +1,6 @@
 //! `fedmesh-node`: the edge agent. `run` watches containers, scores them,
-//! raises alerts and takes part in federated rounds; `inspect` and (built
+//! raises alerts and takes part in federated rounds; `replay` runs a
+//! recording of a live run through a fresh detector; `inspect` and (built
 //! with the `sim` feature) `evaluate` read a stopped node's store. This
 //! file is compiled by the node crate and by the e2e tests crate: each
 //! defines a `sim` feature.
@@ -45,6 +46,21 @@ enum Cmd {
         /// Overrides `coordinator.endpoint`.
         #[arg(long, env = "FEDMESH_COORDINATOR")]
         coordinator: Option<String>,
+    },
+    /// Replays a recording (`[record]` in a node's config) through a fresh
+    /// detector built from this config's detector, rules and seed: alert
+    /// JSON lines on stdout (or to --alerts), a JSON summary on stderr. The
+    /// same recording and config give the same alerts.
+    Replay {
+        /// Config file (TOML): its detector, rules, ignore list and seed.
+        #[arg(long)]
+        config: PathBuf,
+        /// Recording file.
+        #[arg(long)]
+        recording: PathBuf,
+        /// Writes the alerts to this file instead of stdout.
+        #[arg(long)]
+        alerts: Option<PathBuf>,
     },
     /// Prints the stored global model of a stopped node (JSON).
     Inspect {
@@ -154,6 +170,28 @@ fn run(cmd: Cmd) -> Result<()> {
             cfg.validate()?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(run_node(cfg))
+        }
+        Cmd::Replay {
+            config,
+            recording,
+            alerts,
+        } => {
+            let cfg = NodeConfig::load(&config)?;
+            let reader =
+                fedmesh_node::telemetry::recording::RecordingReader::open(&recording)?;
+            let sinks = match &alerts {
+                Some(p) => {
+                    // A fresh file per replay, not appended to an old one.
+                    std::fs::File::create(p)
+                        .with_context(|| format!("cannot create {}", p.display()))?;
+                    fedmesh_node::alerting::sink::AlertSinks::open(false, Some(p))?
+                }
+                None => fedmesh_node::alerting::sink::AlertSinks::open(true, None)?,
+            };
+            let summary = fedmesh_node::runtime::replay::replay(&cfg, reader, sinks)
+                .with_context(|| format!("replaying {}", recording.display()))?;
+            eprintln!("{}", serde_json::to_string(&summary)?);
+            Ok(())
         }
         Cmd::Inspect {
             data_dir,

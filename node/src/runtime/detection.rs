@@ -16,6 +16,7 @@ use crate::ops::exposition::{SourceCounters, source_index};
 use crate::sim::synthetic::SyntheticSource;
 use crate::telemetry::Event;
 use crate::telemetry::cgroup::CgroupCollector;
+use crate::telemetry::recording::Recorder;
 
 /// Runs the synthetic source in real time: one window every `window_ms`
 /// (scaled by `speedup`), scoring and alerting, until `shutdown`.
@@ -100,6 +101,9 @@ pub fn process_window(
 /// Real-time detection over real sources: every `tick`, samples the cgroup
 /// collector (if any), drains the events the JSON-line readers delivered,
 /// closes a window at the wall-clock time, scores it and emits alerts.
+/// With a `recorder`, each window's events are written to it first (a
+/// failed write is logged and ends the recording, never detection).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_live_detection(
     agent: SharedAgent,
     mut cgroup: Option<CgroupCollector>,
@@ -108,6 +112,7 @@ pub async fn run_live_detection(
     tick: Duration,
     mut shutdown: watch::Receiver<bool>,
     counters: Arc<SourceCounters>,
+    mut recorder: Option<Recorder>,
 ) {
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -160,6 +165,19 @@ pub async fn run_live_detection(
         }
         while let Ok(e) = events.try_recv() {
             batch.push(e);
+        }
+        if let Some(r) = recorder.as_mut() {
+            match r.write(now_ms, &batch) {
+                Ok(true) => {}
+                Ok(false) => {
+                    warn!(bytes = r.written(), "recording reached record.max_mb; recording stops");
+                    recorder = None;
+                }
+                Err(e) => {
+                    warn!(error = %e, "recording failed; recording stops");
+                    recorder = None;
+                }
+            }
         }
         pipeline = match process_window_blocking(&agent, batch, now_ms, pipeline).await {
             Some(p) => p,

@@ -28,6 +28,7 @@ use crate::federation::session::run_federation;
 use crate::ops::docker::{DockerClient, IdentityCache, run_identity_refresher};
 use crate::ops::exposition::{self, NodeMetrics, OpsMetrics, SourceCounters};
 use crate::runtime::detection::run_live_detection;
+use crate::telemetry::recording::{Recorder, RecordingError};
 use crate::runtime::sources::spawn_line_source;
 use crate::store::{NodeStore, NodeStoreError};
 use crate::telemetry::cgroup::{CgroupCollector, CgroupError};
@@ -37,6 +38,9 @@ use crate::telemetry::tetragon::parse_tetragon_line;
 /// Why a node could not be assembled.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The recording file could not be created.
+    #[error(transparent)]
+    Recording(#[from] RecordingError),
     /// A file of the node's identity could not be read.
     #[error("cannot read {what} {}", path.display())]
     Read {
@@ -489,6 +493,22 @@ impl Node {
                 }
             }
         }
+        let recorder = match &cfg.record {
+            None => None,
+            Some(r) => {
+                let started = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let rec = Recorder::create(
+                    &r.path,
+                    cfg.window_ms,
+                    started,
+                    r.max_mb.saturating_mul(1 << 20),
+                )?;
+                tracing::info!(path = %r.path.display(), max_mb = r.max_mb, "recording every window's events");
+                Some(rec)
+            }
+        };
         self = self.service(move |stop| {
             let (tx, rx) = tokio::sync::mpsc::channel(65_536);
             for (name, path, from_start, parser) in readers {
@@ -504,7 +524,7 @@ impl Node {
             }
             drop(tx);
             Box::pin(run_live_detection(
-                agent, cgroup, rx, pipeline, tick, stop, counters,
+                agent, cgroup, rx, pipeline, tick, stop, counters, recorder,
             ))
         });
         Ok(self)

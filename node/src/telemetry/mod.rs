@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod events;
 pub mod falco;
 pub mod proc;
+pub mod recording;
 pub mod tetragon;
 
 use serde::{Deserialize, Serialize};
