@@ -177,8 +177,8 @@ fn run(cmd: Cmd) -> Result<()> {
             alerts,
         } => {
             let cfg = NodeConfig::load(&config)?;
-            let reader =
-                fedmesh_node::telemetry::recording::RecordingReader::open(&recording)?;
+            cfg.validate()?;
+            let reader = fedmesh_node::telemetry::recording::RecordingReader::open(&recording)?;
             let sinks = match &alerts {
                 Some(p) => {
                     // A fresh file per replay, not appended to an old one.

@@ -170,7 +170,10 @@ pub async fn run_live_detection(
             match r.write(now_ms, &batch) {
                 Ok(true) => {}
                 Ok(false) => {
-                    warn!(bytes = r.written(), "recording reached record.max_mb; recording stops");
+                    warn!(
+                        bytes = r.written(),
+                        "recording reached record.max_mb; recording stops"
+                    );
                     recorder = None;
                 }
                 Err(e) => {

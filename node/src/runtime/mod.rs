@@ -4,5 +4,5 @@
 
 pub mod detection;
 pub mod node;
-pub mod sources;
 pub mod replay;
+pub mod sources;

@@ -28,11 +28,11 @@ use crate::federation::session::run_federation;
 use crate::ops::docker::{DockerClient, IdentityCache, run_identity_refresher};
 use crate::ops::exposition::{self, NodeMetrics, OpsMetrics, SourceCounters};
 use crate::runtime::detection::run_live_detection;
-use crate::telemetry::recording::{Recorder, RecordingError};
 use crate::runtime::sources::spawn_line_source;
 use crate::store::{NodeStore, NodeStoreError};
 use crate::telemetry::cgroup::{CgroupCollector, CgroupError};
 use crate::telemetry::falco::parse_falco_line;
+use crate::telemetry::recording::{Recorder, RecordingError};
 use crate::telemetry::tetragon::parse_tetragon_line;
 
 /// Why a node could not be assembled.

@@ -241,11 +241,11 @@ impl<R: BufRead> RecordingReader<R> {
                     reason: format!("longer than {MAX_LINE} bytes"),
                 });
             }
-            Some(true) => serde_json::from_slice::<Header>(&buf).map_err(|e| {
-                RecordingError::Header {
+            Some(true) => {
+                serde_json::from_slice::<Header>(&buf).map_err(|e| RecordingError::Header {
                     reason: e.to_string(),
-                }
-            })?,
+                })?
+            }
         };
         if header.fedmesh_recording != VERSION {
             return Err(RecordingError::Header {
@@ -400,10 +400,21 @@ mod tests {
         let header = "{\"fedmesh_recording\":1,\"window_ms\":10000,\"started_unix_ms\":0}\n";
         let cases: [(&str, &str); 5] = [
             ("", "empty"),
-            ("{\"fedmesh_recording\":2,\"window_ms\":1,\"started_unix_ms\":0}\n", "version 2"),
+            (
+                "{\"fedmesh_recording\":2,\"window_ms\":1,\"started_unix_ms\":0}\n",
+                "version 2",
+            ),
             ("not json\n", "header"),
-            (&format!("{header}{{\"end_ms\":5,\"events\":[]}}\n{{\"end_ms\":4,\"events\":[]}}\n"), "line 3: window ends at 4"),
-            (&format!("{header}\n{{\"end_ms\":5,\"events\":[{{\"Nope\":{{}}}}]}}\n"), "line 3: not a window record"),
+            (
+                &format!(
+                    "{header}{{\"end_ms\":5,\"events\":[]}}\n{{\"end_ms\":4,\"events\":[]}}\n"
+                ),
+                "line 3: window ends at 4",
+            ),
+            (
+                &format!("{header}\n{{\"end_ms\":5,\"events\":[{{\"Nope\":{{}}}}]}}\n"),
+                "line 3: not a window record",
+            ),
         ];
         for (text, want) in cases {
             std::fs::write(&p, text).unwrap();
