@@ -148,6 +148,14 @@ pub enum SourceConfig {
         #[serde(default = "d_proc_root")]
         proc_root: PathBuf,
     },
+    /// Process events from the kernel's proc connector (exec, setuid,
+    /// ptrace), attributed to containers through /proc; needs root or
+    /// `CAP_NET_ADMIN`.
+    Process {
+        /// /proc root.
+        #[serde(default = "d_proc_root")]
+        proc_root: PathBuf,
+    },
     /// Falco JSON lines (`json_output: true`), from a followed file or stdin.
     Falco {
         /// File to follow as it grows (rotation and truncation handled);

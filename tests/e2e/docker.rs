@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use fedmesh_node::alerting::alert::Alert;
 
-const NODE: &str = env!("CARGO_BIN_EXE_e2e-fedmesh-node");
+pub(crate) const NODE: &str = env!("CARGO_BIN_EXE_e2e-fedmesh-node");
 pub(crate) const IMAGE: &str = "fedmesh-test-busybox:latest";
 const BUSYBOX_PATHS: [&str; 3] = ["/bin/busybox", "/usr/bin/busybox", "/usr/local/bin/busybox"];
 

@@ -2,7 +2,8 @@
 //! End-to-end tests: `protocol` drives an in-process coordinator over real
 //! mTLS; `mesh` starts the real binaries; `docker` runs the real node on
 //! this machine's Docker engine against a benign and an attacking container;
-//! `response` pauses and disconnects real containers through the node's
+//! `process` sees a setuid-root exec in a real container through the
+//! kernel's proc connector alone; `response` pauses and disconnects real containers through the node's
 //! response layer and shows where it refuses.
 
 mod cli;
@@ -10,6 +11,7 @@ mod credentials;
 mod docker;
 mod hostile;
 mod mesh;
+mod process;
 mod protocol;
 mod response;
 mod secure;

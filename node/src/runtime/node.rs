@@ -463,6 +463,7 @@ impl Node {
             }));
         }
         let mut cgroup = None;
+        let mut process = None;
         let mut readers = Vec::new();
         for src in sources {
             match src {
@@ -479,6 +480,9 @@ impl Node {
                         .with_proc_root(proc_root.clone());
                     tracing::info!(root = %root.display(), version = ?c.version(), "watching cgroup tree");
                     cgroup = Some(c);
+                }
+                SourceConfig::Process { proc_root } => {
+                    process = Some(proc_root.clone());
                 }
                 SourceConfig::Falco { path, from_start } => {
                     readers.push(("falco", path.clone(), *from_start, parse_falco_line as _));
@@ -521,6 +525,9 @@ impl Node {
                     stop.clone(),
                     counters.clone(),
                 );
+            }
+            if let Some(root) = process {
+                crate::runtime::sources::spawn_process_source(root, tx.clone(), stop.clone());
             }
             drop(tx);
             Box::pin(run_live_detection(

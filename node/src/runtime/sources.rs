@@ -105,3 +105,63 @@ pub fn spawn_line_source(
         warn!(source = name, error = %e, "cannot start reader thread");
     }
 }
+
+/// Starts the proc connector reader thread (`[source] kind = "process"`):
+/// kernel process events, attributed and translated
+/// ([`crate::telemetry::process`]), into `tx` until `stop`. Without the
+/// privilege to subscribe it logs why and ends; detection goes on.
+pub fn spawn_process_source(
+    proc_root: std::path::PathBuf,
+    tx: tokio::sync::mpsc::Sender<Event>,
+    stop: watch::Receiver<bool>,
+) {
+    use crate::telemetry::process::{ProcConnector, ProcessTranslator};
+    let spawned = std::thread::Builder::new()
+        .name("process-reader".into())
+        .spawn(move || {
+            let mut conn = match ProcConnector::open(Duration::from_millis(250)) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "process source unavailable (needs root or CAP_NET_ADMIN); continuing without it");
+                    return;
+                }
+            };
+            info!(proc_root = %proc_root.display(), "watching process events (proc connector)");
+            let mut t = ProcessTranslator::new(proc_root);
+            let (mut dropped, mut bad) = (0u64, 0u64);
+            while !*stop.borrow() {
+                let events = match conn.recv() {
+                    Ok(Some(evs)) => evs,
+                    Ok(None) => {
+                        dropped += 1;
+                        if dropped.is_power_of_two() {
+                            warn!(dropped, "the kernel dropped process events (socket buffer full)");
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        bad += 1;
+                        if bad.is_power_of_two() {
+                            warn!(error = %e, bad, "process event datagram refused");
+                        }
+                        continue;
+                    }
+                };
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                for ev in events {
+                    for e in t.translate(ev, now_ms) {
+                        if tx.blocking_send(e).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let st = t.stats();
+            info!(received = st.received, emitted = st.emitted, unresolved = st.unresolved, dropped, bad, "process reader stopped");
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the process reader thread");
+    }
+}

@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod events;
 pub mod falco;
 pub mod proc;
+pub mod process;
 pub mod recording;
 pub mod tetragon;
 
