@@ -135,10 +135,10 @@ pub fn decode(buf: &[u8]) -> Result<Vec<ProcEvent>, DecodeError> {
             if code != 0 {
                 return Err(DecodeError::Refused(code));
             }
-        } else if kind == NLMSG_DONE || msg.len() >= CN_MSG_HDR {
-            if let Some(e) = decode_cn(msg, at)? {
-                out.push(e);
-            }
+        } else if (kind == NLMSG_DONE || msg.len() >= CN_MSG_HDR)
+            && let Some(e) = decode_cn(msg, at)?
+        {
+            out.push(e);
         }
         at = end.saturating_add(3) & !3;
     }
