@@ -229,7 +229,7 @@ case "$role" in
   storm)
     log "start"
     stop=$(( $(now) + $1 ))
-    xmrig --fork 4 --timeout "$1"s --quiet &
+    stress-ng --fork 4 --timeout "$1"s --quiet &
     i=0
     while [ $i -lt 200 ] && [ "$(now)" -lt "$stop" ]; do
       sleep "$(until_ts "$stop")" &
