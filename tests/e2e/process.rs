@@ -2,7 +2,8 @@
 //! kind = "process"`, no Falco, no Tetragon, no cgroup collector) on this
 //! machine's kernel and Docker engine: a non-root user in a container runs
 //! a setuid-root binary, and the node raises the `setuid_root` rule alert
-//! naming that container; an ordinary container's execs raise nothing.
+//! naming that container; a shell served on a socket (busybox `nc -e`)
+//! raises `reverse_shell`; an ordinary container's execs raise nothing.
 //!
 //! Bounded: about 15 s; containers removed by a drop guard. Skipped without
 //! Docker (or without root, which the proc connector needs) unless
@@ -111,6 +112,23 @@ fn run() -> Result<()> {
         ],
         Duration::from_secs(60),
     )?;
+    // A bind shell: busybox nc hands its socket to /bin/sh as stdin.
+    let shell = format!("fedmesh-e2e-shell-{suffix}");
+    guard.0.push(shell.clone());
+    let shell_id = docker_ok(
+        &[
+            "run",
+            "-d",
+            "--name",
+            &shell,
+            IMAGE,
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "nc -l -p 4444 -e /bin/sh & sleep 2; echo id | nc 127.0.0.1 4444; sleep 5",
+        ],
+        Duration::from_secs(60),
+    )?;
     let alerts_path = dir.path().join("alerts.jsonl");
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut alerts: Vec<Alert> = Vec::new();
@@ -120,7 +138,8 @@ fn run() -> Result<()> {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
-        if alerts.iter().any(|a| victim_id.starts_with(&a.container)) {
+        let seen = |id: &str| alerts.iter().any(|a| id.starts_with(&a.container));
+        if seen(&victim_id) && seen(&shell_id) {
             break;
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -139,6 +158,12 @@ fn run() -> Result<()> {
     ensure!(
         rule.event.contains("uid=1000") && rule.event.contains("target_uid=0"),
         "{rule:?}"
+    );
+    ensure!(
+        alerts.iter().any(|a| !a.container.is_empty()
+            && shell_id.starts_with(&a.container)
+            && a.rule.as_ref().is_some_and(|r| r.id == "reverse_shell")),
+        "no reverse_shell alert on the bind shell: {alerts:?}"
     );
     ensure!(
         !alerts

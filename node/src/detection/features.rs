@@ -287,6 +287,8 @@ impl WindowBuilder {
                     | KernelEventKind::Ptrace
                     | KernelEventKind::ModuleLoad
                     | KernelEventKind::PacketSocket => &mut acc.escape,
+                    // Decisive on its own: the rule layer's, not a feature.
+                    KernelEventKind::ShellOnSocket => return,
                 };
                 *c = c.saturating_add(1);
             }

@@ -19,7 +19,7 @@
 //! | `miner_binary` | critical | exec of a known miner binary (`xmrig`, `minerd`, …) |
 //! | `stratum_port` | high | a connection to a mining-pool port (3333, 4444, 5555, 7777, 14444, 45700, …; configurable) |
 //! | `module_load` | critical | `init_module`/`finit_module` |
-//! | `reverse_shell` | high | exec of a shell or netcat **and** a connection to an external address (not loopback, private, link-local, unique-local or CGNAT) by the same container in the same window |
+//! | `reverse_shell` | high | a shell whose standard input is a network socket (the process source), or exec of a shell or netcat **and** a connection to an external address (not loopback, private, link-local, unique-local or CGNAT) by the same container in the same window |
 //!
 //! Falco's own "Redirect STDOUT/STDIN to Network Connection" rule reaches
 //! the node as a connection event only, so `reverse_shell` is the pair
@@ -104,7 +104,7 @@ pub const RULES: &[Rule] = &[
     Rule {
         id: "reverse_shell",
         severity: Severity::High,
-        description: "shell or netcat exec together with a connection to an external address in the same window",
+        description: "shell with a network socket as stdin, or shell or netcat exec together with a connection to an external address in the same window",
     },
 ];
 
@@ -444,6 +444,9 @@ impl RuleEngine {
                         }
                     }
                     KernelEventKind::PacketSocket => {}
+                    KernelEventKind::ShellOnSocket => {
+                        hit("reverse_shell", words("shell with a socket as stdin"));
+                    }
                 }
             }
             Event::Sample { .. } => {}
@@ -666,6 +669,25 @@ mod tests {
             .unwrap()
             .replace("{\"int_arg\":16}", "{\"int_arg\":2}");
         assert!(fired(&parse_tetragon_line(&peek).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn a_shell_on_a_socket_is_a_reverse_shell_on_its_own() {
+        let mut engine = RuleEngine::new(&RulesConfig::default());
+        let ev = Event::Kernel {
+            container: ContainerId("c1".into()),
+            ts_ms: 9,
+            kind: KernelEventKind::ShellOnSocket,
+            detail: KernelDetail {
+                process: Some("/bin/sh".into()),
+                ..KernelDetail::default()
+            }
+            .boxed(),
+        };
+        let hits = engine.evaluate(&[ev]);
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!(hits[0].rule.id, "reverse_shell");
+        assert!(hits[0].event.contains("/bin/sh"));
     }
 
     #[test]

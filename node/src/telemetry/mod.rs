@@ -79,6 +79,9 @@ pub enum KernelEventKind {
     SensitiveFileWrite,
     /// Creation of an `AF_PACKET` socket.
     PacketSocket,
+    /// A shell started with a network socket as its standard input (a
+    /// reverse or bind shell). Rule layer only: no model feature counts it.
+    ShellOnSocket,
 }
 
 /// One telemetry event for one container.

@@ -10,6 +10,7 @@
 //! | exec | `Exec { binary }` (`/proc/<pid>/exe`, else `comm`); when the new image runs with an effective uid other than its real uid (a setuid binary), also `Kernel { Setuid }` with `uid` → `target_uid` |
 //! | uid change | `Kernel { Setuid }` when a process whose real uid was not 0 gains uid 0 |
 //! | ptrace attach | `Kernel { Ptrace }` on the tracee's container |
+//! | exec of a shell whose fd 0 is a socket (`/proc/<pid>/fd/0`) | `Kernel { ShellOnSocket }` (the `reverse_shell` rule) |
 //!
 //! So the existing exec, privilege and escape features and rules
 //! (`setuid_root`, `miner_binary`, `ptrace_attach`, `reverse_shell`) see
@@ -218,6 +219,11 @@ struct Known {
     ruid: u32,
 }
 
+/// Shells whose standard input being a socket is a reverse (or bind) shell.
+const SHELLS: &[&str] = &[
+    "sh", "bash", "dash", "zsh", "ash", "ksh", "mksh", "tcsh", "csh", "fish",
+];
+
 /// Tracked processes at most (the oldest half is dropped beyond).
 const MAX_TRACKED: usize = 65_536;
 
@@ -291,6 +297,20 @@ impl ProcessTranslator {
             .filter(|b| !b.is_empty())
     }
 
+    /// A shell by its executable's or its command's name (busybox applets
+    /// show as `/bin/busybox` with the applet as `comm`).
+    fn is_shell(&self, tgid: u32, binary: Option<&str>) -> bool {
+        let base = |s: &str| s.rsplit('/').next().unwrap_or(s).to_ascii_lowercase();
+        binary.is_some_and(|b| SHELLS.contains(&base(b).as_str()))
+            || read_small(&self.file(tgid, "comm"))
+                .is_some_and(|c| SHELLS.contains(&base(c.trim()).as_str()))
+    }
+
+    fn stdin_is_socket(&self, tgid: u32) -> bool {
+        std::fs::read_link(self.file(tgid, "fd/0"))
+            .is_ok_and(|l| l.to_string_lossy().starts_with("socket:["))
+    }
+
     fn remember(&mut self, tgid: u32, k: Known) {
         if self.known.len() >= MAX_TRACKED {
             let mut pids: Vec<u32> = self.known.keys().copied().collect();
@@ -345,6 +365,18 @@ impl ProcessTranslator {
                         container: container.clone(),
                         ts_ms,
                         binary: b.clone(),
+                    });
+                }
+                if self.is_shell(tgid, binary.as_deref()) && self.stdin_is_socket(tgid) {
+                    out.push(Event::Kernel {
+                        container: container.clone(),
+                        ts_ms,
+                        kind: KernelEventKind::ShellOnSocket,
+                        detail: KernelDetail {
+                            process: binary.clone(),
+                            ..KernelDetail::default()
+                        }
+                        .boxed(),
                     });
                 }
                 if let Some((ruid, euid)) = uids {
@@ -690,12 +722,35 @@ mod tests {
                 ..
             }]
         ));
+        // A shell (busybox applet: comm "sh") whose stdin is a socket.
+        fake_proc(dir.path(), 400, &cg, "101\t101\t101\t101", "/bin/busybox");
+        std::fs::write(dir.path().join("400/comm"), "sh\n").unwrap();
+        std::fs::create_dir_all(dir.path().join("400/fd")).unwrap();
+        std::os::unix::fs::symlink("socket:[4242]", dir.path().join("400/fd/0")).unwrap();
+        let sh = t.translate(ProcEvent::Exec { tgid: 400 }, 12);
+        assert!(
+            matches!(
+                &sh[..],
+                [
+                    Event::Exec { .. },
+                    Event::Kernel {
+                        kind: KernelEventKind::ShellOnSocket,
+                        ..
+                    }
+                ]
+            ),
+            "{sh:?}"
+        );
+        // The same shell on a pipe: only the exec.
+        std::fs::remove_file(dir.path().join("400/fd/0")).unwrap();
+        std::os::unix::fs::symlink("pipe:[1]", dir.path().join("400/fd/0")).unwrap();
+        assert_eq!(t.translate(ProcEvent::Exec { tgid: 400 }, 13).len(), 1);
         // Host processes and vanished ones: nothing.
         assert!(t.translate(ProcEvent::Exec { tgid: 300 }, 13).is_empty());
         assert!(t.translate(ProcEvent::Exec { tgid: 999 }, 14).is_empty());
         t.translate(ProcEvent::Exit { tgid: 200 }, 15);
         assert!(!t.known.contains_key(&200));
-        assert_eq!(t.stats().emitted, 5);
+        assert_eq!(t.stats().emitted, 8);
     }
 
     #[test]
