@@ -673,7 +673,7 @@ mod tests {
 
     #[test]
     fn a_shell_on_a_socket_is_a_reverse_shell_on_its_own() {
-        let mut engine = RuleEngine::new(&RulesConfig::default());
+        let engine = RuleEngine::new(&RulesConfig::default());
         let ev = Event::Kernel {
             container: ContainerId("c1".into()),
             ts_ms: 9,
