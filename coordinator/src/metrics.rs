@@ -14,7 +14,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::federation::{FedError, Federation, RoundStatus, RoundSummary};
+use crate::error::FedError;
+use crate::federation::Federation;
+use crate::round::{RoundStatus, RoundSummary};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Tenant {
@@ -84,38 +86,12 @@ impl Default for Metrics {
     }
 }
 
-/// Refusal labels besides the typed reasons of
-/// [`crate::bounds::InvalidReason::LABELS`].
-pub const REFUSAL_LABELS: &[&str] = &[
-    "no_open_round",
-    "wrong_round",
-    "stale_version",
-    "not_selected",
-    "duplicate",
-    "wrong_phase",
-    "unknown_version",
-    "commit_refused",
-    "internal",
-];
+pub use crate::error::REFUSAL_LABELS;
 
 /// The bounded set of refusal reasons used as a label: one of
 /// [`REFUSAL_LABELS`] or [`crate::bounds::InvalidReason::LABELS`].
 pub fn refusal_reason(e: &FedError) -> &'static str {
-    match e {
-        FedError::Refused(r) => r.label(),
-        FedError::CommitRefused(_) => "commit_refused",
-        FedError::NoOpenRound { .. } => "no_open_round",
-        FedError::WrongRound { .. } => "wrong_round",
-        FedError::StaleVersion { .. } => "stale_version",
-        FedError::NotSelected { .. } => "not_selected",
-        FedError::Duplicate { .. } => "duplicate",
-        FedError::Phase(_) => "wrong_phase",
-        FedError::UnknownVersion(_) | FedError::Pruned { .. } => "unknown_version",
-        FedError::Store(_)
-        | FedError::Aggregate(_)
-        | FedError::Corrupt(_)
-        | FedError::SecureSetup(_) => "internal",
-    }
+    e.label()
 }
 
 impl Metrics {
@@ -647,7 +623,7 @@ mod tests {
             excluded: 1,
             quarantined: 2,
             duration: Duration::from_millis(40),
-            secure: Some(crate::federation::SecureSummary {
+            secure: Some(crate::round::SecureSummary {
                 bucket_size: 3,
                 buckets: 2,
                 dropped: 1,
