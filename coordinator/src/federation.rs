@@ -23,11 +23,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::{Notify, broadcast, watch};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::aggregate;
-use crate::bounds::{
-    CommitRefusal, InvalidReason, MAX_REFUSAL_TEXT, check_model, check_num_samples,
-    check_scaler_stats, check_train_loss, truncate_text,
-};
+use crate::bounds::{CommitRefusal, InvalidReason, MAX_REFUSAL_TEXT, check_model, truncate_text};
 use crate::config::TenantConfig;
 pub use crate::error::FedError;
 use crate::metrics::Metrics;
@@ -35,6 +31,8 @@ use crate::reputation::{Decision, Evidence, Reputation, plaintext_evidence};
 pub use crate::round::{OpenInfo, RoundStatus, RoundSummary, SecureSummary, ValidUpdate};
 use crate::secure_round::{Phase, SecureRound};
 use crate::store::{AuditEntry, Store};
+pub use crate::validate::validate_fields;
+use crate::validate::{self, Limits, RoundFacts};
 
 /// Most refused commits kept for the next audit entry; later ones are only
 /// logged and counted (a tenant refusing this many rounds in a row is
@@ -428,81 +426,21 @@ impl Federation {
         req: v1::UpdateRequest,
         wire_bytes: u64,
     ) -> Result<v1::SubmitAck, FedError> {
-        if req.schema_hash != self.schema_hash {
-            return Err(FedError::Refused(InvalidReason::SchemaHash));
-        }
+        let limits = Limits::of(&self.cfg, self.schema_hash, self.param_count);
         let mut g = self.lock();
         let version = g.version;
+        let facts = g.round.as_ref().map(|r| RoundFacts {
+            info: &r.info,
+            secure: r.secure.is_some(),
+            submitted: r.updates.contains_key(node),
+        });
+        let update = validate::update(&limits, version, facts, node, req, wire_bytes)?;
         let round = g.round.as_mut().ok_or(FedError::NoOpenRound { version })?;
-        let info = round.info.clone();
-        if round.secure.is_some() {
-            return Err(FedError::Phase(format!(
-                "round {} aggregates securely in buckets: send SecAgg messages, not a plaintext update",
-                info.round
-            )));
-        }
-        if req.round != info.round {
-            return Err(FedError::WrongRound {
-                got: req.round,
-                open: info.round,
-            });
-        }
-        if req.base_version != info.base_version {
-            return Err(FedError::StaleVersion {
-                round: info.round,
-                got: req.base_version,
-                expected: info.base_version,
-            });
-        }
-        if !info.selected.contains(node) && !info.shadow.contains(node) {
-            return Err(FedError::NotSelected {
-                node: node.to_string(),
-                round: info.round,
-            });
-        }
-        if round.updates.contains_key(node) {
-            return Err(FedError::Duplicate {
-                node: node.to_string(),
-                round: info.round,
-            });
-        }
-        let tensor = req
-            .delta
-            .as_ref()
-            .ok_or(FedError::Refused(InvalidReason::MissingDelta))?;
-        let delta = fedmesh_proto::decode_f32(tensor, self.param_count)
-            .map_err(|e| FedError::Refused(InvalidReason::Tensor(e)))?;
-        if delta.len() != self.param_count || tensor.shape != [self.param_count as u64] {
-            return Err(FedError::Refused(InvalidReason::Shape {
-                got: fedmesh_proto::ShapeSummary::of(&tensor.shape),
-                expected: self.param_count,
-            }));
-        }
-        let norm = aggregate::l2_norm(&delta);
-        if norm > f64::from(self.cfg.max_update_norm) {
-            return Err(FedError::Refused(InvalidReason::Norm {
-                norm,
-                bound: self.cfg.max_update_norm,
-            }));
-        }
-        validate_fields(&req, &self.cfg).map_err(FedError::Refused)?;
-        round.updates.insert(
-            node.clone(),
-            ValidUpdate {
-                node: node.clone(),
-                round: req.round,
-                base_version: req.base_version,
-                delta,
-                num_samples: req.num_samples,
-                scaler: req.scaler_stats,
-                train_loss: req.train_loss,
-                wire_bytes,
-            },
-        );
+        round.updates.insert(node.clone(), update);
         let ack = v1::SubmitAck {
-            round: info.round,
+            round: round.info.round,
             received: round.updates.len() as u32,
-            expected: info.selected.len() as u32,
+            expected: round.info.selected.len() as u32,
         };
         drop(g);
         self.wake.notify_one();
@@ -1256,20 +1194,6 @@ impl Federation {
             .ok()
             .and_then(|(_, body)| body.scaler)
     }
-}
-
-/// Checks the numeric fields of an update besides its delta against the
-/// tenant's bounds (see [`crate::bounds`]): `num_samples` in
-/// `1..=max_samples_per_update`, `train_loss` finite in `[0, 10⁶]`, and the
-/// scaler statistics, when present.
-pub fn validate_fields(req: &v1::UpdateRequest, cfg: &TenantConfig) -> Result<(), InvalidReason> {
-    check_num_samples(req.num_samples, cfg.max_samples_per_update)?;
-    check_train_loss(req.train_loss)?;
-    if let Some(s) = &req.scaler_stats {
-        check_scaler_stats(s, cfg.model.input_dim, cfg.max_samples_per_update)
-            .map_err(InvalidReason::Scaler)?;
-    }
-    Ok(())
 }
 
 /// Everything a commit needs besides the federation's state.

@@ -23,6 +23,7 @@ pub mod server_step;
 pub mod service;
 pub mod store;
 pub mod transport;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::future::Future;
