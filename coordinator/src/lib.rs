@@ -13,6 +13,7 @@ pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod federation;
+pub mod machine;
 pub mod metrics;
 pub mod pki;
 pub mod reputation;
