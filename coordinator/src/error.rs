@@ -1,7 +1,9 @@
-//! The federation's errors: every refusal and failure of a federation
-//! operation, one variant per gRPC status class. A leaf: it depends on the
-//! typed reasons of [`crate::bounds`] and the error types of the modules it
-//! wraps, never on the federation itself.
+//! The coordinator's errors and closed refusal sets: every refusal and
+//! failure of a federation operation ([`FedError`], one variant per gRPC
+//! status class) and why a connection was closed before gRPC
+//! ([`HandshakeRefusal`]). A leaf: it depends on the typed reasons of
+//! [`crate::bounds`] and the error types of the modules it wraps, never on
+//! the federation, the transport or the metrics.
 
 use crate::aggregate::AggregateError;
 use crate::bounds::{CommitRefusal, InvalidReason, MAX_REFUSAL_TEXT, truncate_text};
@@ -137,3 +139,32 @@ pub const REFUSAL_LABELS: &[&str] = &[
     "commit_refused",
     "internal",
 ];
+
+/// Why a connection was closed before it reached gRPC (a closed set: it is
+/// a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HandshakeRefusal {
+    /// Its address already had `max_handshakes_per_address` in flight.
+    PerAddressLimit,
+    /// The handshake did not complete within the timeout.
+    Timeout,
+    /// TLS refused it (bad or missing client certificate, protocol error).
+    Tls,
+    /// The client certificate is on the revocation list.
+    Revoked,
+    /// The certificate verified but names no fedmesh identity.
+    NoIdentity,
+}
+
+impl HandshakeRefusal {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::PerAddressLimit => "per_address_limit",
+            Self::Timeout => "timeout",
+            Self::Tls => "tls",
+            Self::Revoked => "revoked",
+            Self::NoIdentity => "no_identity",
+        }
+    }
+}

@@ -13,6 +13,7 @@ pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod federation;
+pub mod http;
 pub mod machine;
 pub mod metrics;
 pub mod pki;
@@ -22,6 +23,7 @@ pub mod secure;
 pub mod secure_round;
 pub mod server_step;
 pub mod service;
+pub mod status;
 pub mod store;
 pub mod transport;
 pub mod validate;
@@ -243,14 +245,14 @@ impl Coordinator {
             let l = TcpListener::bind(addr)
                 .await
                 .map_err(|source| CoordinatorError::Listen { addr, source })?;
-            info!(url = %metrics::describe(l.local_addr().unwrap_or(addr)), "metrics serving");
+            info!(url = %http::describe(l.local_addr().unwrap_or(addr)), "metrics serving");
             let feds = self
                 .feds
                 .iter()
                 .map(|(t, f)| (t.to_string(), f.clone()))
                 .collect();
             let mut rx = stop_rx.clone();
-            http = Some(tokio::spawn(metrics::serve_http(
+            http = Some(tokio::spawn(http::serve_http(
                 l,
                 self.metrics.clone(),
                 feds,
@@ -284,7 +286,7 @@ impl Coordinator {
         let incoming = transport::tls_incoming(
             listener,
             self.credentials.tls().config(),
-            self.limits.accept(),
+            transport::AcceptLimits::of(&self.limits),
             Arc::new(move |r| metrics.handshake_refused(r)),
             self.credentials.revocations().clone(),
         );
