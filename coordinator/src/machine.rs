@@ -299,11 +299,6 @@ impl RoundMachine {
         self.round.as_ref()
     }
 
-    /// The open round, mutably (for tests that bypass validation).
-    pub fn open_round_mut(&mut self) -> Option<&mut OpenRound> {
-        self.round.as_mut()
-    }
-
     /// A snapshot of the committed state for a commit.
     pub fn base(&self) -> Base {
         Base {
@@ -493,8 +488,9 @@ impl RoundMachine {
         dropped
     }
 
-    /// Whether every selected node of the open plaintext round has an
-    /// update (false without an open round unless `selected` is empty).
+    /// Updates from selected nodes in the open round (0 without one). The
+    /// shell closes a plaintext round when this reaches the number of
+    /// selected nodes; shadow updates never count.
     pub fn selected_updates(&self) -> usize {
         self.round.as_ref().map_or(0, OpenRound::selected_updates)
     }
