@@ -1,14 +1,14 @@
 //! `fedmesh-coordinator`: mesh CA commands, the coordinator server, and
 //! offline audit/status commands.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use fedmesh_coordinator::pki::{self, layout};
-use fedmesh_coordinator::status::{NodeStatus, RoundState, TenantStatus};
+use fedmesh_coordinator::status::offline_status;
 use fedmesh_coordinator::{Coordinator, CoordinatorConfig, Pki, Store};
 use fedmesh_crypto::{Identity, MeshCa, NodeId, RevocationList, RevokedCert, SecretPem, TenantId};
 
@@ -284,39 +284,6 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// The same [`TenantStatus`] entries as `/status`, from a stopped
-/// coordinator's store.
-fn offline_status(store: &Store) -> Result<Vec<TenantStatus>> {
-    let mut out = Vec::new();
-    for t in store.tenants()? {
-        let latest = store.latest_audit(&t)?;
-        let reputation: BTreeMap<String, NodeStatus> = match store.reputation_state(&t)? {
-            Some(b) => serde_json::from_slice(&b).context("stored reputation state")?,
-            None => BTreeMap::new(),
-        };
-        let quarantined = reputation
-            .iter()
-            .filter(|(_, r)| r.quarantined_at.is_some())
-            .map(|(n, _)| n.clone())
-            .collect();
-        out.push(TenantStatus {
-            tenant: t.clone(),
-            version: latest.as_ref().map(|e| e.version),
-            oldest_kept_version: store.pruned_below(&t)?,
-            connected: Vec::new(),
-            quarantined,
-            reputation,
-            round: RoundState::Stopped {
-                last_round: latest.as_ref().map(|e| e.round),
-                next_round: store.next_round(&t)?,
-                participants: latest.as_ref().map(|e| e.participants.clone()),
-                excluded: latest.as_ref().map(|e| e.excluded.clone()),
-            },
-        });
-    }
-    Ok(out)
 }
 
 fn open_existing(dir: &Path) -> Result<Store> {

@@ -1,7 +1,7 @@
 //! `/status`: one serde type, [`TenantStatus`], for what the coordinator
 //! serves (built from a running [`Federation`]), what the `status` command
 //! prints (fetched from `/status`, or read from a stopped coordinator's
-//! store) and what the simulations read. Depends on the federation; nothing
+//! store by [`offline_status`]) and what the simulations read. Depends on the federation; nothing
 //! in the round path depends on it.
 
 use std::collections::BTreeMap;
@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::federation::Federation;
 use crate::reputation::NodeRecord;
 use crate::round::RoundStatus;
+use crate::store::{Store, StoreError};
 
 /// One tenant's entry in `/status` (a JSON array of them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,6 +168,61 @@ impl TenantStatus {
     }
 }
 
+/// Failures reading a stopped coordinator's status from its store.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineStatusError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored reputation state does not decode.
+    #[error("stored reputation state of tenant {tenant}: {source}")]
+    Reputation {
+        /// Tenant.
+        tenant: String,
+        /// Cause.
+        source: serde_json::Error,
+    },
+}
+
+/// The same entries as `/status`, from a stopped coordinator's store: the
+/// latest version and round, the next round number, the stored
+/// reputation (quarantined = a quarantine in force), nobody connected.
+pub fn offline_status(store: &Store) -> Result<Vec<TenantStatus>, OfflineStatusError> {
+    let mut out = Vec::new();
+    for t in store.tenants()? {
+        let latest = store.latest_audit(&t)?;
+        let reputation: BTreeMap<String, NodeStatus> = match store.reputation_state(&t)? {
+            Some(b) => {
+                serde_json::from_slice(&b).map_err(|source| OfflineStatusError::Reputation {
+                    tenant: t.clone(),
+                    source,
+                })?
+            }
+            None => BTreeMap::new(),
+        };
+        let quarantined = reputation
+            .iter()
+            .filter(|(_, r)| r.quarantined_at.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        out.push(TenantStatus {
+            version: latest.as_ref().map(|e| e.version),
+            oldest_kept_version: store.pruned_below(&t)?,
+            connected: Vec::new(),
+            quarantined,
+            reputation,
+            round: RoundState::Stopped {
+                last_round: latest.as_ref().map(|e| e.round),
+                next_round: store.next_round(&t)?,
+                participants: latest.as_ref().map(|e| e.participants.clone()),
+                excluded: latest.as_ref().map(|e| e.excluded.clone()),
+            },
+            tenant: t,
+        });
+    }
+    Ok(out)
+}
+
 /// Failures of the live `status` command.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusFetchError {
@@ -313,6 +369,69 @@ pub fn render_status(tenants: &[TenantStatus]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stopped_store_reads_as_the_same_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(offline_status(&store).unwrap().is_empty());
+        let entry = crate::store::AuditEntry {
+            tenant: "acme".into(),
+            version: 0,
+            round: 0,
+            rule: "genesis".into(),
+            participants: vec![],
+            excluded: vec![],
+            model_sha256: String::new(),
+            prev_entry_sha256: String::new(),
+            unix_ms: 1,
+            quarantined: vec![],
+            reputation: vec![],
+            secure: None,
+            refused_commits: vec![],
+        };
+        store
+            .commit("acme", 0, b"model", entry, None, None)
+            .unwrap();
+        store.set_next_round("acme", 4).unwrap();
+        let records = BTreeMap::from([
+            (
+                "evil".to_string(),
+                NodeRecord {
+                    score: 7.5,
+                    quarantined_at: Some(0),
+                    release_at: Some(5),
+                    ..Default::default()
+                },
+            ),
+            ("good".to_string(), NodeRecord::default()),
+        ]);
+        store
+            .save_reputation("acme", &serde_json::to_vec(&records).unwrap())
+            .unwrap();
+        let s = offline_status(&store).unwrap();
+        assert_eq!(s.len(), 1);
+        let t = &s[0];
+        assert_eq!((t.tenant.as_str(), t.version), ("acme", Some(0)));
+        assert_eq!(t.quarantined, ["evil"]);
+        assert_eq!(t.reputation["evil"].release_at, Some(5));
+        assert!(t.connected.is_empty());
+        assert_eq!(
+            t.round,
+            RoundState::Stopped {
+                last_round: Some(0),
+                next_round: 4,
+                participants: Some(vec![]),
+                excluded: Some(vec![]),
+            }
+        );
+        let text = render_status(&s);
+        assert!(
+            text.contains("tenant acme: version 0, stopped (last round 0, next 4)"),
+            "{text}"
+        );
+        assert!(text.contains("quarantined at v0, release at v5"), "{text}");
+    }
 
     #[test]
     fn the_json_keeps_the_served_shape_and_reads_back() {
