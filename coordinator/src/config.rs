@@ -558,15 +558,6 @@ impl LimitsConfig {
         }
         out
     }
-
-    /// The accept loop's share of these limits.
-    pub fn accept(&self) -> crate::transport::AcceptLimits {
-        crate::transport::AcceptLimits {
-            max_handshakes: self.max_handshakes,
-            max_handshakes_per_address: self.max_handshakes_per_address,
-            handshake_timeout: std::time::Duration::from_millis(self.handshake_timeout_ms),
-        }
-    }
 }
 
 /// Store settings (`[store]`).

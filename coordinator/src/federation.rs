@@ -1,5 +1,8 @@
-//! One tenant's federation: the round state machine, update validation and
-//! commits.
+//! One tenant's federation: the async shell around its round core
+//! ([`crate::machine::RoundMachine`]). The shell holds the machine under a
+//! lock and owns everything with effects: the store (round numbers,
+//! versions, the audit log), the signer, the round-status `watch` channel,
+//! the wake-ups and deadlines, and the metrics. The machine decides.
 //!
 //! States: `Idle` (waiting for `min_nodes` watchers) → `Open` (collecting
 //! until every selected node has submitted, or the deadline) → either commit
@@ -9,7 +12,6 @@
 //! `watch` channel, so a node that (re)subscribes always sees the latest
 //! state first and never needs to poll.
 
-use crate::server_step::{ServerStep, genesis_params, merged_scaler, server_step};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,297 +19,32 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fedmesh_crypto::{CertSigner, CertVerifier, NodeId, SharedSigner, TenantId};
 use fedmesh_proto::v1;
 use prost::Message;
-use rand::SeedableRng;
-use rand::seq::IteratorRandom;
-use rand_chacha::ChaCha8Rng;
 use tokio::sync::{Notify, broadcast, watch};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::aggregate::{self, AggregateError};
-use crate::bounds::{
-    CommitRefusal, InvalidReason, MAX_REFUSAL_TEXT, check_model, check_num_samples,
-    check_scaler_stats, check_train_loss, truncate_text,
-};
+use crate::bounds::{CommitRefusal, InvalidReason, MAX_REFUSAL_TEXT, truncate_text};
 use crate::config::TenantConfig;
+pub use crate::error::FedError;
+use crate::machine::training_of;
+use crate::machine::{
+    Close, CommitPlan, Restored, RoundMachine, SecureOutcome, Selection, plan_plaintext,
+    plan_secure, step,
+};
 use crate::metrics::Metrics;
-use crate::reputation::{Decision, Evidence, Reputation, plaintext_evidence};
-use crate::secure_round::{Phase, SecureRound, SecureView};
-use crate::store::{AuditEntry, Store, StoreError};
-
-/// Most refused commits kept for the next audit entry; later ones are only
-/// logged and counted (a tenant refusing this many rounds in a row is
-/// misconfigured, and the metric says so).
-const MAX_PENDING_REFUSALS: usize = 64;
-
-/// Refusals and failures of federation operations. The gRPC layer maps each
-/// variant to one status code.
-#[derive(Debug, thiserror::Error)]
-pub enum FedError {
-    /// No round is open.
-    #[error("no round is open (current model version {version})")]
-    NoOpenRound {
-        /// Current version.
-        version: u64,
-    },
-    /// The update names another round.
-    #[error("round {got} is not open; the open round is {open}")]
-    WrongRound {
-        /// Round in the request.
-        got: u64,
-        /// Open round.
-        open: u64,
-    },
-    /// The update was computed against another global version.
-    #[error("update is based on version {got}, round {round} trains from version {expected}")]
-    StaleVersion {
-        /// Round.
-        round: u64,
-        /// Version in the request.
-        got: u64,
-        /// Base version of the round.
-        expected: u64,
-    },
-    /// The node was not selected for this round.
-    #[error("node {node} is not a participant of round {round}")]
-    NotSelected {
-        /// Node.
-        node: String,
-        /// Round.
-        round: u64,
-    },
-    /// A second update from the same node for the same round.
-    #[error("node {node} already submitted an update for round {round}")]
-    Duplicate {
-        /// Node.
-        node: String,
-        /// Round.
-        round: u64,
-    },
-    /// A request refused for a typed reason: wrong schema, shape or
-    /// values, a field out of its bound (attributable to the sender). The
-    /// message is bounded whatever the request's size.
-    #[error("invalid update: {0}")]
-    Refused(InvalidReason),
-    /// A secure round could not be set up from the tenant's configuration
-    /// (not attributable to any node; the round is aborted).
-    #[error("secure round cannot open: {0}")]
-    SecureSetup(#[source] fedmesh_crypto::secagg::SecAggError),
-    /// A message that does not fit the round's current phase or mode (for
-    /// example a plaintext update in a securely aggregated round, or an
-    /// advert after the advert phase closed). Displayed truncated.
-    #[error("{}", truncate_text(.0, MAX_REFUSAL_TEXT))]
-    Phase(String),
-    /// The round's aggregate would not be a usable model (not finite or out
-    /// of bounds); nothing was signed and the version did not advance.
-    #[error("commit refused: {0}")]
-    CommitRefused(CommitRefusal),
-    /// The requested model version is not stored.
-    #[error("model version {0} not found")]
-    UnknownVersion(u64),
-    /// The version was committed but its body was removed by the store's
-    /// retention (`[store] retain_versions`).
-    #[error(
-        "model version {version} was pruned by retention; versions from {oldest_kept} on are kept"
-    )]
-    Pruned {
-        /// Requested version.
-        version: u64,
-        /// Oldest version whose body is kept.
-        oldest_kept: u64,
-    },
-    /// Storage failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Aggregation failed.
-    #[error(transparent)]
-    Aggregate(#[from] AggregateError),
-    /// A stored model failed to decode.
-    #[error("stored model is corrupt: {0}")]
-    Corrupt(String),
-}
-
-impl FedError {
-    /// The typed reason of a refusal attributable to the sender (for
-    /// metrics and reputation evidence), if this is one.
-    pub fn invalid_reason(&self) -> Option<InvalidReason> {
-        match self {
-            FedError::Refused(r) => Some(r.clone()),
-            _ => None,
-        }
-    }
-}
-
-/// What nodes see of the federation's state.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RoundStatus {
-    /// No round open.
-    Idle {
-        /// Latest committed version.
-        version: u64,
-        /// Why.
-        reason: String,
-    },
-    /// A round is collecting updates.
-    Open(Arc<OpenInfo>),
-    /// A round committed a new version.
-    Committed {
-        /// Round.
-        round: u64,
-        /// New version.
-        version: u64,
-    },
-    /// A round was aborted.
-    Aborted {
-        /// Round.
-        round: u64,
-        /// Why.
-        reason: String,
-    },
-}
-
-/// Public facts of an open round.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OpenInfo {
-    /// Round number.
-    pub round: u64,
-    /// Version participants train from.
-    pub base_version: u64,
-    /// Selected participants.
-    pub selected: BTreeSet<NodeId>,
-    /// Quarantined nodes asked to train anyway: their updates are validated
-    /// and scored as evidence, never aggregated, and the round does not
-    /// wait for them.
-    pub shadow: BTreeSet<NodeId>,
-    /// Deadline, unix ms.
-    pub deadline_unix_ms: i64,
-    /// Local training parameters.
-    pub training: v1::TrainingParams,
-    /// Secure aggregation state (bucket size k > 1).
-    pub secure: Option<Arc<SecureView>>,
-}
-
-impl RoundStatus {
-    /// The event a given node receives for this status.
-    pub fn event_for(&self, node: &NodeId) -> v1::RoundEvent {
-        use v1::round_event::Event;
-        let event = match self {
-            RoundStatus::Idle { version, reason } => Event::Idle(v1::Idle {
-                current_version: *version,
-                reason: reason.clone(),
-            }),
-            RoundStatus::Open(o) => Event::Open(v1::RoundOpen {
-                round: o.round,
-                base_version: o.base_version,
-                selected: o.selected.contains(node) || o.shadow.contains(node),
-                deadline_unix_ms: o.deadline_unix_ms,
-                training: Some(o.training),
-                secure: o.secure.as_ref().map(|v| v.for_node(node)),
-            }),
-            RoundStatus::Committed { round, version } => Event::Committed(v1::ModelCommitted {
-                round: *round,
-                version: *version,
-            }),
-            RoundStatus::Aborted { round, reason } => Event::Aborted(v1::RoundAborted {
-                round: *round,
-                reason: reason.clone(),
-            }),
-        };
-        v1::RoundEvent { event: Some(event) }
-    }
-}
-
-/// Summary of a committed round, for operators and the demo.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RoundSummary {
-    /// Tenant.
-    pub tenant: String,
-    /// Round.
-    pub round: u64,
-    /// New version.
-    pub version: u64,
-    /// Updates aggregated.
-    pub participants: usize,
-    /// Nodes selected.
-    pub selected: usize,
-    /// Mean of the participants' reported local training loss.
-    pub mean_train_loss: f32,
-    /// Bytes of accepted update messages.
-    pub bytes_received: u64,
-    /// Updates left out by the aggregation rule.
-    pub excluded: usize,
-    /// Quarantined nodes (updates ignored) during the round.
-    pub quarantined: usize,
-    /// Time from opening to commit.
-    pub duration: Duration,
-    /// Secure aggregation facts, when the round was masked.
-    pub secure: Option<SecureSummary>,
-}
-
-/// What a securely aggregated round did with its buckets.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SecureSummary {
-    /// Bucket size k.
-    pub bucket_size: usize,
-    /// Buckets formed.
-    pub buckets: usize,
-    /// Buckets that lost too many members (no sum).
-    pub dropped: usize,
-    /// Buckets refused by the norm gate.
-    pub rejected: usize,
-    /// Buckets the rule left out.
-    pub excluded: usize,
-    /// Cumulative ε of distributed DP after this version (q = 1, no
-    /// subsampling amplification claimed), when DP is on.
-    pub epsilon: Option<f64>,
-}
-
-/// A validated update, ready for aggregation.
-#[derive(Debug, Clone)]
-pub struct ValidUpdate {
-    /// The node.
-    pub node: NodeId,
-    /// Round.
-    pub round: u64,
-    /// Base version.
-    pub base_version: u64,
-    /// Delta.
-    pub delta: Vec<f32>,
-    /// Local samples.
-    pub num_samples: u64,
-    /// Scaler sums, if sent.
-    pub scaler: Option<v1::ScalerStats>,
-    /// Reported training loss.
-    pub train_loss: f32,
-    /// Encoded size of the request.
-    pub wire_bytes: u64,
-}
-
-struct OpenRound {
-    info: Arc<OpenInfo>,
-    started: tokio::time::Instant,
-    updates: BTreeMap<NodeId, ValidUpdate>,
-    secure: Option<SecureRound>,
-}
+use crate::reputation::Reputation;
+pub use crate::round::{OpenInfo, RoundStatus, RoundSummary, SecureSummary, ValidUpdate};
+use crate::secure_round::Phase;
+use crate::server_step::genesis_params;
+use crate::store::{AuditEntry, Store};
+pub use crate::validate::validate_fields;
 
 struct Inner {
-    version: u64,
-    params: Arc<Vec<f32>>,
+    /// The round core: committed state, reputation, the open round.
+    machine: RoundMachine,
+    /// Signed bytes of the machine's version.
     signed: Arc<Vec<u8>>,
     watchers: BTreeMap<NodeId, usize>,
     joined: BTreeSet<NodeId>,
-    round: Option<OpenRound>,
-    committed_this_run: u64,
-    /// Last aggregated delta: the centre for centered clipping.
-    last_delta: Option<Arc<Vec<f32>>>,
-    /// Server momentum buffer (persisted with every commit).
-    momentum: Option<Arc<Vec<f32>>>,
-    /// Per-node reputation (persisted with every commit).
-    reputation: Reputation,
-    /// Decisions taken since the last commit (violations), for its audit entry.
-    pending_decisions: Vec<Decision>,
-    /// Rounds refused by the commit guard since the last commit, for its
-    /// audit entry.
-    refused_commits: Vec<crate::store::RefusedCommit>,
 }
 
 /// A tenant's federation.
@@ -316,7 +53,6 @@ pub struct Federation {
     cfg: TenantConfig,
     schema_hash: [u8; 32],
     feature_digest: [u8; 32],
-    param_count: usize,
     store: Store,
     signer: SharedSigner,
     verifier: CertVerifier,
@@ -367,7 +103,7 @@ impl Federation {
             .ok_or(FedError::Refused(InvalidReason::Config(
                 "model size overflows",
             )))?;
-        let (version, signed, params) = match store.latest_model(tenant.as_str())? {
+        let (version, signed, params, scaler) = match store.latest_model(tenant.as_str())? {
             Some((v, bytes)) => {
                 let (_, body) = decode_signed(&bytes)?;
                 if body.schema_hash != schema_hash {
@@ -384,7 +120,7 @@ impl Federation {
                     .map_err(|e| FedError::Corrupt(e.to_string()))?
                     .ok_or_else(|| FedError::Corrupt("model without parameters".into()))?;
                 info!(tenant = %tenant, version = v, "resuming from committed version");
-                (v, bytes, params)
+                (v, bytes, params, body.scaler)
             }
             None => {
                 let params = genesis_params(cfg.model.input_dim, &cfg.model.hidden, cfg.seed);
@@ -425,15 +161,15 @@ impl Federation {
                     None,
                 )?;
                 info!(tenant = %tenant, params = params.len(), "created genesis version 0");
-                (0, signed, params)
+                (0, signed, params, None)
             }
         };
         let momentum = match store.server_state(tenant.as_str())? {
-            Some(b) if b.len() == param_count * 4 => Some(Arc::new(
+            Some(b) if b.len() == param_count * 4 => Some(
                 b.chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                     .collect::<Vec<f32>>(),
-            )),
+            ),
             Some(_) => {
                 warn!(tenant = %tenant, "stored server momentum has another size; starting from zero");
                 None
@@ -450,28 +186,32 @@ impl Federation {
             reason: "waiting for nodes".into(),
         });
         let (summaries, _) = broadcast::channel(64);
+        let machine = RoundMachine::new(
+            tenant.clone(),
+            cfg.clone(),
+            schema_hash,
+            param_count,
+            Restored {
+                version,
+                params,
+                scaler,
+                momentum,
+                reputation,
+            },
+        );
         Ok(Arc::new(Self {
             tenant,
             cfg,
             schema_hash,
             feature_digest: digest,
-            param_count,
             store,
             signer,
             verifier,
             inner: Mutex::new(Inner {
-                version,
-                params: Arc::new(params),
+                machine,
                 signed: Arc::new(signed),
                 watchers: BTreeMap::new(),
                 joined: BTreeSet::new(),
-                round: None,
-                committed_this_run: 0,
-                last_delta: None,
-                momentum,
-                reputation,
-                pending_decisions: Vec::new(),
-                refused_commits: Vec::new(),
             }),
             status,
             summaries,
@@ -498,7 +238,7 @@ impl Federation {
 
     /// Latest committed version.
     pub fn version(&self) -> u64 {
-        self.lock().version
+        self.lock().machine.version()
     }
 
     /// Join parameters for a node.
@@ -516,7 +256,7 @@ impl Federation {
         Ok(v1::JoinResponse {
             tenant: self.tenant.to_string(),
             node: node.to_string(),
-            current_version: g.version,
+            current_version: g.machine.version(),
             schema_hash: self.schema_hash.to_vec(),
             model_spec: Some(spec_of(&self.cfg)),
             training: Some(training_of(&self.cfg)),
@@ -527,10 +267,11 @@ impl Federation {
     pub fn model(&self, version: u64) -> Result<Arc<Vec<u8>>, FedError> {
         {
             let g = self.lock();
-            if version == 0 || version == g.version {
+            let current = g.machine.version();
+            if version == 0 || version == current {
                 return Ok(g.signed.clone());
             }
-            if version > g.version {
+            if version > current {
                 return Err(FedError::UnknownVersion(version));
             }
         }
@@ -611,12 +352,9 @@ impl Federation {
     /// NaN, wrong shape or schema, a field out of bounds): attributable
     /// evidence for reputation, recorded with the reason's bounded text.
     fn note_violation(&self, node: &NodeId, reason: &InvalidReason) {
-        let mut g = self.lock();
-        let version = g.version;
-        let text = reason.to_string();
-        if let Some(d) = g.reputation.violation(node.as_str(), version, &text) {
+        let decision = self.lock().machine.violation(node, reason);
+        if let Some(d) = decision {
             warn!(tenant = %self.tenant, node = %node, reason = %d.reason, "node quarantined");
-            g.pending_decisions.push(d);
         }
     }
 
@@ -627,23 +365,7 @@ impl Federation {
     /// sum (it cannot be told apart); its connections are closed, so it is
     /// a dropout from then on.
     pub fn revoke(&self, node: &NodeId, serial: &str) -> bool {
-        let mut g = self.lock();
-        let dropped = g
-            .round
-            .as_mut()
-            .is_some_and(|r| r.secure.is_none() && r.updates.remove(node).is_some());
-        let score = g
-            .reputation
-            .records()
-            .get(node.as_str())
-            .map_or(0.0, |r| r.score);
-        g.pending_decisions.push(crate::reputation::Decision {
-            node: node.to_string(),
-            action: crate::reputation::Action::Revoked,
-            score,
-            reason: format!("certificate {serial} revoked"),
-        });
-        drop(g);
+        let dropped = self.lock().machine.revoke(node, serial);
         self.wake.notify_one();
         dropped
     }
@@ -655,12 +377,12 @@ impl Federation {
 
     /// Nodes currently quarantined.
     pub fn quarantined(&self) -> BTreeSet<String> {
-        self.lock().reputation.quarantined()
+        self.lock().machine.reputation().quarantined()
     }
 
     /// Reputation records of every node seen, for `/status`.
     pub fn reputation(&self) -> BTreeMap<String, crate::reputation::NodeRecord> {
-        self.lock().reputation.records().clone()
+        self.lock().machine.reputation().records().clone()
     }
 
     fn record_update(
@@ -669,83 +391,7 @@ impl Federation {
         req: v1::UpdateRequest,
         wire_bytes: u64,
     ) -> Result<v1::SubmitAck, FedError> {
-        if req.schema_hash != self.schema_hash {
-            return Err(FedError::Refused(InvalidReason::SchemaHash));
-        }
-        let mut g = self.lock();
-        let version = g.version;
-        let round = g.round.as_mut().ok_or(FedError::NoOpenRound { version })?;
-        let info = round.info.clone();
-        if round.secure.is_some() {
-            return Err(FedError::Phase(format!(
-                "round {} aggregates securely in buckets: send SecAgg messages, not a plaintext update",
-                info.round
-            )));
-        }
-        if req.round != info.round {
-            return Err(FedError::WrongRound {
-                got: req.round,
-                open: info.round,
-            });
-        }
-        if req.base_version != info.base_version {
-            return Err(FedError::StaleVersion {
-                round: info.round,
-                got: req.base_version,
-                expected: info.base_version,
-            });
-        }
-        if !info.selected.contains(node) && !info.shadow.contains(node) {
-            return Err(FedError::NotSelected {
-                node: node.to_string(),
-                round: info.round,
-            });
-        }
-        if round.updates.contains_key(node) {
-            return Err(FedError::Duplicate {
-                node: node.to_string(),
-                round: info.round,
-            });
-        }
-        let tensor = req
-            .delta
-            .as_ref()
-            .ok_or(FedError::Refused(InvalidReason::MissingDelta))?;
-        let delta = fedmesh_proto::decode_f32(tensor, self.param_count)
-            .map_err(|e| FedError::Refused(InvalidReason::Tensor(e)))?;
-        if delta.len() != self.param_count || tensor.shape != [self.param_count as u64] {
-            return Err(FedError::Refused(InvalidReason::Shape {
-                got: fedmesh_proto::ShapeSummary::of(&tensor.shape),
-                expected: self.param_count,
-            }));
-        }
-        let norm = aggregate::l2_norm(&delta);
-        if norm > f64::from(self.cfg.max_update_norm) {
-            return Err(FedError::Refused(InvalidReason::Norm {
-                norm,
-                bound: self.cfg.max_update_norm,
-            }));
-        }
-        validate_fields(&req, &self.cfg).map_err(FedError::Refused)?;
-        round.updates.insert(
-            node.clone(),
-            ValidUpdate {
-                node: node.clone(),
-                round: req.round,
-                base_version: req.base_version,
-                delta,
-                num_samples: req.num_samples,
-                scaler: req.scaler_stats,
-                train_loss: req.train_loss,
-                wire_bytes,
-            },
-        );
-        let ack = v1::SubmitAck {
-            round: info.round,
-            received: round.updates.len() as u32,
-            expected: info.selected.len() as u32,
-        };
-        drop(g);
+        let ack = self.lock().machine.submit(node, req, wire_bytes)?;
         self.wake.notify_one();
         Ok(ack)
     }
@@ -759,7 +405,7 @@ impl Federation {
                     return;
                 }
                 let max = self.cfg.max_rounds;
-                if max != 0 && self.lock().committed_this_run >= max {
+                if max != 0 && self.lock().machine.committed_this_run() >= max {
                     let version = self.version();
                     self.status.send_replace(RoundStatus::Idle {
                         version,
@@ -816,47 +462,21 @@ impl Federation {
         let round_no = self.store.next_round(self.tenant.as_str())?;
         self.store
             .set_next_round(self.tenant.as_str(), round_no + 1)?;
-        let mut rng =
-            ChaCha8Rng::seed_from_u64(self.cfg.seed ^ round_no.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let quarantined = self.lock().reputation.quarantined();
-        let (shadow, eligible): (BTreeSet<NodeId>, BTreeSet<NodeId>) = connected
-            .into_iter()
-            .partition(|n| quarantined.contains(n.as_str()));
-        let selected: BTreeSet<NodeId> =
-            if self.cfg.max_participants == 0 || eligible.len() <= self.cfg.max_participants {
-                eligible
-            } else {
-                eligible
-                    .into_iter()
-                    .choose_multiple(&mut rng, self.cfg.max_participants)
-                    .into_iter()
-                    .collect()
-            };
+        let Selection { selected, shadow } = self.lock().machine.select(round_no, connected);
         if self.cfg.secure.masked() {
             return self.run_secure_round(round_no, selected, shutdown).await;
         }
         let timeout = Duration::from_millis(self.cfg.round_timeout_ms);
-        let base_version;
-        let info;
-        {
-            let mut g = self.lock();
-            base_version = g.version;
-            info = Arc::new(OpenInfo {
-                round: round_no,
-                base_version,
+        let info = self.lock().machine.open(
+            round_no,
+            Selection {
                 selected: selected.clone(),
                 shadow: shadow.clone(),
-                deadline_unix_ms: unix_ms(SystemTime::now() + timeout),
-                training: training_of(&self.cfg),
-                secure: None,
-            });
-            g.round = Some(OpenRound {
-                info: info.clone(),
-                started: tokio::time::Instant::now(),
-                updates: BTreeMap::new(),
-                secure: None,
-            });
-        }
+            },
+            unix_ms(SystemTime::now()),
+        );
+        let started = tokio::time::Instant::now();
+        let base_version = info.base_version;
         let span = info_span!("round", tenant = %self.tenant, round = round_no);
         let _e = span.enter();
         info!(
@@ -867,134 +487,47 @@ impl Federation {
         );
         drop(_e);
         self.status.send_replace(RoundStatus::Open(info.clone()));
-        self.wait_round(tokio::time::Instant::now() + timeout, shutdown, |r| {
-            r.map(|r| r.updates.keys().filter(|n| selected.contains(*n)).count())
-                .unwrap_or(0)
-                >= selected.len()
+        // Only selected nodes close the round: shadow updates never do.
+        self.wait_round(tokio::time::Instant::now() + timeout, shutdown, |m| {
+            m.selected_updates() >= selected.len()
         })
         .await;
-        let round = self.lock().round.take();
+        let round = self.lock().machine.take_round();
         let Some(round) = round else { return Ok(()) };
         if *shutdown.borrow() {
             return Ok(());
         }
-        let got = round
-            .updates
-            .keys()
-            .filter(|n| selected.contains(*n))
-            .count();
-        if got < self.cfg.quorum || got == 0 {
-            let reason = format!(
-                "quorum not reached: {got} of {} updates (quorum {})",
-                selected.len(),
-                self.cfg.quorum
-            );
-            return self.abort_round(round_no, reason);
-        }
-        let summary = self.commit(round, &selected)?;
-        self.announce(&span, round_no, summary);
-        Ok(())
-    }
-
-    fn commit(
-        &self,
-        round: OpenRound,
-        selected: &BTreeSet<NodeId>,
-    ) -> Result<RoundSummary, FedError> {
-        let (updates, shadow): (Vec<&ValidUpdate>, Vec<&ValidUpdate>) = round
-            .updates
-            .values()
-            .partition(|u| selected.contains(&u.node));
-        let deltas: Vec<&[f32]> = updates.iter().map(|u| u.delta.as_slice()).collect();
-        // Bounded: every num_samples is in 1..=max_samples_per_update.
-        let weights: Vec<f64> = updates
-            .iter()
-            .map(|u| self.cfg.weighting.weight(u.num_samples))
-            .collect();
-        let prev_delta = self.lock().last_delta.clone();
-        let outcome = self.cfg.aggregation.aggregate_from(
-            &deltas,
-            &weights,
-            prev_delta.as_deref().map(|v| v.as_slice()),
-        )?;
-        let rule = self.cfg.aggregation.rule.name();
-        let mut excluded: Vec<(String, String)> = selected
-            .iter()
-            .filter(|n| !round.updates.contains_key(*n))
-            .map(|n| (n.to_string(), "no update before the deadline".to_string()))
-            .collect();
-        for (i, u) in updates.iter().enumerate() {
-            if outcome.selected.binary_search(&i).is_err() {
-                excluded.push((u.node.to_string(), format!("not selected by {rule}")));
+        let base = self.lock().machine.base();
+        match plan_plaintext(&self.cfg, &round, &base)? {
+            Close::Abort(reason) => self.abort_round(round_no, reason),
+            Close::Commit(plan) => {
+                let summary = self.publish_version(*plan, started)?;
+                self.announce(&span, round_no, summary);
+                Ok(())
             }
         }
-        let nodes: Vec<String> = updates.iter().map(|u| u.node.to_string()).collect();
-        let shadow_deltas: Vec<(String, &[f32])> = shadow
-            .iter()
-            .map(|u| (u.node.to_string(), u.delta.as_slice()))
-            .collect();
-        let evidence = plaintext_evidence(
-            &self.cfg.reputation,
-            &nodes,
-            &deltas,
-            &outcome.value,
-            &outcome.selected,
-            &shadow_deltas,
-        );
-        let scaler = merged_scaler(
-            updates.iter().filter_map(|u| u.scaler.as_ref()),
-            self.cfg.model.input_dim,
-        );
-        let excluded_count = updates.len().saturating_sub(outcome.selected.len());
-        self.publish_version(Commit {
-            round: round.info.round,
-            started: round.started,
-            delta: outcome.value,
-            scaler,
-            participants: nodes,
-            excluded,
-            excluded_count,
-            evidence,
-            quarantined: round.info.shadow.iter().map(|n| n.to_string()).collect(),
-            selected: selected.len(),
-            mean_train_loss: updates.iter().map(|u| u.train_loss).sum::<f32>()
-                / updates.len().max(1) as f32,
-            bytes_received: updates.iter().map(|u| u.wire_bytes).sum(),
-            secure: None,
-        })
     }
 
-    /// Signs and stores the next version from an aggregated delta, moves
-    /// reputation, and updates the in-memory state: the tail shared by the
-    /// plaintext and the secure commit.
-    fn publish_version(&self, c: Commit) -> Result<RoundSummary, FedError> {
-        let (base, prev_signed, version, prev_momentum) = {
+    /// Signs and stores the next version from a commit plan, moves
+    /// reputation, and installs the new state in the machine: the tail
+    /// shared by the plaintext and the secure commit.
+    fn publish_version(
+        &self,
+        c: CommitPlan,
+        started: tokio::time::Instant,
+    ) -> Result<RoundSummary, FedError> {
+        let (base, prev_signed) = {
             let g = self.lock();
-            (
-                g.params.clone(),
-                g.signed.clone(),
-                g.version + 1,
-                g.momentum.clone(),
-            )
+            (g.machine.base(), g.signed.clone())
         };
-        let ServerStep { params, momentum } = server_step(
-            &base,
-            &c.delta,
-            prev_momentum.as_deref().map(|v| v.as_slice()),
-            self.cfg.server_lr,
-            self.cfg.server_momentum,
-        );
         // The last guard: nothing that is not a usable model is signed.
-        if let Err(refusal) = check_model(
-            &params,
-            momentum.as_deref(),
-            c.scaler.as_ref(),
-            self.cfg.model.input_dim,
-            self.cfg.max_param_abs,
-        ) {
-            return Err(self.refuse_commit(c.round, refusal));
-        }
-        let momentum_bytes: Option<Vec<u8>> = momentum
+        let candidate = match step(&self.cfg, &base, &c) {
+            Ok(candidate) => candidate,
+            Err(refusal) => return Err(self.refuse_commit(c.round, refusal)),
+        };
+        let version = candidate.version;
+        let momentum_bytes: Option<Vec<u8>> = candidate
+            .momentum
             .as_ref()
             .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect());
         let rule = self.cfg.aggregation.rule.name().to_string();
@@ -1005,8 +538,11 @@ impl Federation {
             round: c.round,
             schema_hash: self.schema_hash.to_vec(),
             spec: Some(spec_of(&self.cfg)),
-            params: Some(fedmesh_proto::encode_f32(&params, &[params.len() as u64])),
-            scaler: c.scaler,
+            params: Some(fedmesh_proto::encode_f32(
+                &candidate.params,
+                &[candidate.params.len() as u64],
+            )),
+            scaler: c.scaler.clone(),
             prev_hash: fedmesh_crypto::sha256(&prev_signed).to_vec(),
             rule: rule.clone(),
             participants: c.participants.len() as u32,
@@ -1015,13 +551,8 @@ impl Federation {
         let signed = sign_model(&self.signer.current(), &body);
         // Reputation moves under the lock, so violations reported by
         // concurrent submissions are never overwritten.
-        let (decisions, reputation_bytes, refused_commits) = {
-            let mut g = self.lock();
-            let mut decisions = std::mem::take(&mut g.pending_decisions);
-            decisions.extend(g.reputation.observe_round(version, &c.evidence));
-            let refused = std::mem::take(&mut g.refused_commits);
-            (decisions, g.reputation.to_bytes(), refused)
-        };
+        let observed = self.lock().machine.observe(version, &c.evidence);
+        let decisions = observed.decisions;
         for d in &decisions {
             info!(tenant = %self.tenant, node = %d.node, action = d.action.label(), reason = %d.reason, "reputation");
         }
@@ -1050,19 +581,15 @@ impl Federation {
                     dp_epsilon: s.epsilon,
                     dp_delta: s.epsilon.map(|_| self.cfg.secure.dp_delta),
                 }),
-                refused_commits,
+                refused_commits: observed.refused_commits,
             },
             momentum_bytes.as_deref(),
-            Some(&reputation_bytes),
+            Some(&observed.reputation),
         )?;
         {
             let mut g = self.lock();
-            g.version = version;
-            g.params = Arc::new(params);
             g.signed = Arc::new(signed);
-            g.last_delta = Some(Arc::new(c.delta));
-            g.momentum = momentum.map(Arc::new);
-            g.committed_this_run += 1;
+            g.machine.apply(candidate, c.delta, c.scaler);
         }
         for d in &decisions {
             self.metrics
@@ -1078,7 +605,7 @@ impl Federation {
             bytes_received: c.bytes_received,
             excluded: c.excluded_count,
             quarantined,
-            duration: c.started.elapsed(),
+            duration: started.elapsed(),
             secure: c.secure,
         })
     }
@@ -1115,23 +642,10 @@ impl Federation {
         req: &v1::SecAggRequest,
         wire_bytes: u64,
     ) -> Result<v1::SecAggAck, FedError> {
-        let mut g = self.lock();
-        let version = g.version;
-        let round = g.round.as_mut().ok_or(FedError::NoOpenRound { version })?;
-        if req.round != round.info.round {
-            return Err(FedError::WrongRound {
-                got: req.round,
-                open: round.info.round,
-            });
-        }
-        let secure = round.secure.as_mut().ok_or_else(|| {
-            FedError::Phase(format!(
-                "round {} is not securely aggregated: submit a plaintext update",
-                req.round
-            ))
-        })?;
-        let ack = secure.accept(node, req, time::OffsetDateTime::now_utc(), wire_bytes)?;
-        drop(g);
+        let ack =
+            self.lock()
+                .machine
+                .secagg(node, req, time::OffsetDateTime::now_utc(), wire_bytes)?;
         self.wake.notify_one();
         Ok(ack)
     }
@@ -1148,17 +662,9 @@ impl Federation {
         // The audit chain only grows with commits: the refusal goes into
         // the next version's entry (bounded: one record per aborted round,
         // and at most `MAX_PENDING_REFUSALS` between two commits).
-        {
-            let mut g = self.lock();
-            if g.refused_commits.len() < MAX_PENDING_REFUSALS {
-                g.refused_commits.push(crate::store::RefusedCommit {
-                    round: round_no,
-                    reason: refusal.label().to_string(),
-                    detail: truncate_text(&refusal.to_string(), MAX_REFUSAL_TEXT).into_owned(),
-                    unix_ms: unix_ms(SystemTime::now()),
-                });
-            }
-        }
+        self.lock()
+            .machine
+            .refuse(round_no, &refusal, unix_ms(SystemTime::now()));
         if let Err(e) = self.abort_round(round_no, format!("commit refused: {refusal}")) {
             warn!(tenant = %self.tenant, round = round_no, error = %e, "cannot record the aborted round");
         }
@@ -1169,7 +675,7 @@ impl Federation {
         let reason = truncate_text(&reason, MAX_REFUSAL_TEXT).into_owned();
         warn!(tenant = %self.tenant, round = round_no, %reason, "round aborted");
         // Keep violations seen in this round across a crash.
-        let rep = self.lock().reputation.to_bytes();
+        let rep = self.lock().machine.reputation_bytes();
         self.store.save_reputation(self.tenant.as_str(), &rep)?;
         self.metrics.aborted(self.tenant.as_str());
         self.status.send_replace(RoundStatus::Aborted {
@@ -1200,84 +706,43 @@ impl Federation {
             }
         };
         let span = info_span!("round", tenant = %self.tenant, round = round_no);
-        let opened = SystemTime::now();
-        let (base_version, digest) = {
-            let g = self.lock();
-            (
-                g.version,
-                fedmesh_proto::secure::model_digest(g.version, &g.params),
-            )
+        let opened = unix_ms(SystemTime::now());
+        let opening = {
+            let mut g = self.lock();
+            g.machine
+                .open_secure(round_no, selected.clone(), opened, &self.verifier)
+                .map(|info| {
+                    let buckets = info.secure.as_ref().map_or(0, |v| v.buckets.len());
+                    (info, buckets)
+                })
         };
-        let secure = match SecureRound::new(
-            &self.tenant,
-            round_no,
-            base_version,
-            digest,
-            &selected,
-            sc,
-            self.param_count,
-            self.cfg.model.input_dim,
-            &self.verifier,
-            unix_ms(opened + phase_timeout),
-        ) {
-            Ok(s) => s,
+        let (info, buckets) = match opening {
+            Ok(opened) => opened,
             Err(e) => return self.abort_round(round_no, e.to_string()),
         };
-        let mut info = Arc::new(OpenInfo {
-            round: round_no,
-            base_version,
-            selected: selected.clone(),
-            shadow: BTreeSet::new(),
-            deadline_unix_ms: unix_ms(opened + 3 * phase_timeout + mask_timeout),
-            training: training_of(&self.cfg),
-            secure: Some(secure.view()),
-        });
-        info!(parent: &span, base_version, selected = selected.len(),
-            buckets = secure.bucket_count(), k = sc.bucket_size, "secure round open");
-        {
-            let mut g = self.lock();
-            g.round = Some(OpenRound {
-                info: info.clone(),
-                started: tokio::time::Instant::now(),
-                updates: BTreeMap::new(),
-                secure: Some(secure),
-            });
-        }
-        self.status.send_replace(RoundStatus::Open(info.clone()));
+        let started = tokio::time::Instant::now();
+        info!(parent: &span, base_version = info.base_version, selected = selected.len(),
+            buckets, k = sc.bucket_size, "secure round open");
+        self.status.send_replace(RoundStatus::Open(info));
         let mut phase = Phase::Advertise;
         loop {
             self.wait_round(
                 tokio::time::Instant::now() + timeout_of(phase),
                 shutdown,
-                |r| {
-                    r.and_then(|r| r.secure.as_ref())
-                        .is_none_or(|s| s.phase_complete())
-                },
+                RoundMachine::secure_phase_complete,
             )
             .await;
             if *shutdown.borrow() {
-                self.lock().round = None;
+                self.lock().machine.take_round();
                 return Ok(());
             }
             let Some(next) = phase.next() else {
                 break;
             };
             let next_deadline = unix_ms(SystemTime::now() + timeout_of(next));
-            let (view, live) = {
-                let mut g = self.lock();
-                let Some(s) = g.round.as_mut().and_then(|r| r.secure.as_mut()) else {
-                    return Ok(());
-                };
-                s.advance(next_deadline)?;
-                let view = s.view();
-                let live = s.any_live();
-                let mut next_info = (*info).clone();
-                next_info.secure = Some(view);
-                info = Arc::new(next_info);
-                if let Some(r) = g.round.as_mut() {
-                    r.info = info.clone();
-                }
-                (info.clone(), live)
+            let advanced = self.lock().machine.advance_secure(next_deadline)?;
+            let Some((view, live)) = advanced else {
+                return Ok(());
             };
             info!(parent: &span, phase = next.name(), "secure phase");
             self.status.send_replace(RoundStatus::Open(view));
@@ -1286,78 +751,48 @@ impl Federation {
             }
             phase = next;
         }
-        let Some(mut round) = self.lock().round.take() else {
+        let Some(mut round) = self.lock().machine.take_round() else {
             return Ok(());
         };
         let Some(secure) = round.secure.take() else {
             return Ok(());
         };
-        let bytes = secure.bytes_received();
-        let crate::secure_round::Finished {
-            sums,
-            dropped,
-            stragglers,
-            violations,
-        } = secure.finish();
+        let bytes_received = secure.bytes_received();
+        // Unmasking (rayon over buckets) runs outside the lock.
+        let finished = secure.finish();
         // Attributable violations found while unmasking (wrong shares in a
         // signed response) count against their sender; a refused advert
         // was reported when it was refused.
-        for v in &violations {
-            if matches!(
-                v.kind,
-                crate::secure_round::ViolationKind::WrongUnmaskShares { .. }
-            ) {
-                self.note_violation(
-                    &v.node,
-                    &InvalidReason::secure_protocol(
-                        crate::bounds::SecureViolation::Share,
-                        &v.kind.to_string(),
-                    ),
-                );
+        let quarantines = self.lock().machine.unmask_violations(&finished.violations);
+        for d in &quarantines {
+            warn!(tenant = %self.tenant, node = %d.node, reason = %d.reason, "node quarantined");
+        }
+        let base = self.lock().machine.base();
+        let outcome = SecureOutcome {
+            info: &round.info,
+            finished,
+            bytes_received,
+        };
+        match plan_secure(&self.cfg, outcome, &base)? {
+            Close::Abort(reason) => self.abort_round(round_no, reason),
+            Close::Commit(plan) => {
+                let summary = self.publish_version(*plan, started)?;
+                self.announce(&span, round_no, summary);
+                Ok(())
             }
         }
-        let contributors: usize = sums.iter().map(|s| s.member_count()).sum();
-        if sums.is_empty() || contributors < self.cfg.quorum {
-            let reason = format!(
-                "quorum not reached: {contributors} updates in {} unmasked buckets \
-                 ({} dropped; quorum {})",
-                sums.len(),
-                dropped.len(),
-                self.cfg.quorum
-            );
-            return self.abort_round(round_no, reason);
-        }
-        if let Err(short) = crate::secure_round::check_survivors(&sums, sc, self.cfg.quorum) {
-            let reason = format!(
-                "{} ({}; {} buckets dropped)",
-                short.label(),
-                short,
-                dropped.len()
-            );
-            return self.abort_round(round_no, reason);
-        }
-        let summary = self.commit_secure(
-            &round,
-            &selected,
-            sums,
-            dropped,
-            (stragglers, &violations),
-            bytes,
-        )?;
-        self.announce(&span, round_no, summary);
-        Ok(())
     }
 
-    /// Waits until `done` holds for the open round (checked after every
+    /// Waits until `done` holds for the machine (checked after every
     /// accepted message), the deadline passes or shutdown is requested.
     async fn wait_round(
         &self,
         deadline: tokio::time::Instant,
         shutdown: &mut watch::Receiver<bool>,
-        done: impl Fn(Option<&OpenRound>) -> bool,
+        done: impl Fn(&RoundMachine) -> bool,
     ) {
         loop {
-            if done(self.lock().round.as_ref()) || *shutdown.borrow() {
+            if done(&self.lock().machine) || *shutdown.borrow() {
                 return;
             }
             tokio::select! {
@@ -1384,150 +819,6 @@ impl Federation {
         self.metrics.committed(&summary);
         let _ = self.summaries.send(summary);
     }
-
-    fn commit_secure(
-        &self,
-        round: &OpenRound,
-        selected: &BTreeSet<NodeId>,
-        sums: Vec<fedmesh_crypto::secagg::BucketSum>,
-        dropped: Vec<crate::secure_round::DroppedBucket>,
-        (stragglers, violations): (
-            Vec<crate::secure_round::Straggler>,
-            &[crate::secure_round::Violation],
-        ),
-        bytes_received: u64,
-    ) -> Result<RoundSummary, FedError> {
-        let sc = &self.cfg.secure;
-        let prev_delta = self.lock().last_delta.clone();
-        let agg = crate::secure::aggregate_buckets(
-            &sums,
-            &self.cfg.aggregation,
-            &self.cfg.reputation,
-            prev_delta.as_deref().map(|v| v.as_slice()),
-            sc.max_bucket_mean_norm,
-        )?;
-        let rule = self.cfg.aggregation.rule.name();
-        let mut excluded: Vec<(String, String)> = Vec::new();
-        for d in &dropped {
-            for m in &d.members {
-                excluded.push((
-                    m.to_string(),
-                    format!(
-                        "bucket {} dropped: {}",
-                        d.bucket,
-                        truncate_text(&d.reason, MAX_REFUSAL_TEXT)
-                    ),
-                ));
-            }
-        }
-        for st in &stragglers {
-            excluded.push((
-                st.node.to_string(),
-                format!("no {} message before the deadline", st.phase.name()),
-            ));
-        }
-        // Members refused for a violation (outvoted liars still contributed).
-        for v in violations {
-            if v.kind == crate::secure_round::ViolationKind::NonContributoryKey {
-                excluded.push((
-                    v.node.to_string(),
-                    format!("bucket {}: {}", v.bucket, v.kind),
-                ));
-            }
-        }
-        let mut extras = fedmesh_proto::secure::ExtraSums::new(self.cfg.model.input_dim);
-        let mut participants = Vec::new();
-        let mut excluded_count = 0;
-        for s in &sums {
-            let members = s.contributors().iter().map(|n| n.to_string());
-            if let Some((_, reason)) = agg.rejected.iter().find(|(b, _)| *b == s.bucket()) {
-                excluded_count += s.member_count();
-                let reason = truncate_text(reason, MAX_REFUSAL_TEXT);
-                excluded.extend(members.map(|m| (m, reason.to_string())));
-            } else if agg.excluded.contains(&s.bucket()) {
-                excluded_count += s.member_count();
-                excluded.extend(
-                    members.map(|m| (m, format!("bucket {} not selected by {rule}", s.bucket()))),
-                );
-            } else {
-                extras.add_bucket(s.extra(), s.member_count());
-                participants.extend(members);
-            }
-        }
-        participants.sort();
-        excluded.sort();
-        let epsilon = sc.noise_multiplier.and_then(|z| {
-            let rounds = self.lock().version + 1;
-            fedmesh_crypto::secagg::epsilon(1.0, z, rounds, sc.dp_delta)
-                .ok()
-                .map(|e| e.improved)
-        });
-        let secure = SecureSummary {
-            bucket_size: sc.bucket_size,
-            buckets: sums.len() + dropped.len(),
-            dropped: dropped.len(),
-            rejected: agg.rejected.len(),
-            excluded: agg.excluded.len(),
-            epsilon,
-        };
-        // The previous scaler carries over if no bucket brought moments.
-        let scaler = extras
-            .scaler(crate::server_step::SCALER_STD_FLOOR)
-            .or_else(|| self.current_scaler());
-        self.publish_version(Commit {
-            round: round.info.round,
-            started: round.started,
-            delta: agg.value,
-            scaler,
-            participants,
-            excluded,
-            excluded_count,
-            evidence: agg.evidence,
-            quarantined: Vec::new(),
-            selected: selected.len(),
-            mean_train_loss: extras.mean_loss() as f32,
-            bytes_received,
-            secure: Some(secure),
-        })
-    }
-
-    fn current_scaler(&self) -> Option<v1::Scaler> {
-        let signed = self.lock().signed.clone();
-        decode_signed(&signed)
-            .ok()
-            .and_then(|(_, body)| body.scaler)
-    }
-}
-
-/// Checks the numeric fields of an update besides its delta against the
-/// tenant's bounds (see [`crate::bounds`]): `num_samples` in
-/// `1..=max_samples_per_update`, `train_loss` finite in `[0, 10⁶]`, and the
-/// scaler statistics, when present.
-pub fn validate_fields(req: &v1::UpdateRequest, cfg: &TenantConfig) -> Result<(), InvalidReason> {
-    check_num_samples(req.num_samples, cfg.max_samples_per_update)?;
-    check_train_loss(req.train_loss)?;
-    if let Some(s) = &req.scaler_stats {
-        check_scaler_stats(s, cfg.model.input_dim, cfg.max_samples_per_update)
-            .map_err(InvalidReason::Scaler)?;
-    }
-    Ok(())
-}
-
-/// Everything a commit needs besides the federation's state.
-struct Commit {
-    round: u64,
-    started: tokio::time::Instant,
-    delta: Vec<f32>,
-    scaler: Option<v1::Scaler>,
-    participants: Vec<String>,
-    excluded: Vec<(String, String)>,
-    excluded_count: usize,
-    evidence: Vec<(String, Evidence)>,
-    quarantined: Vec<String>,
-    selected: usize,
-    mean_train_loss: f32,
-    bytes_received: u64,
-    secure: Option<SecureSummary>,
 }
 
 /// Decrements a node's watcher count when its round stream ends.
@@ -1554,15 +845,6 @@ fn spec_of(cfg: &TenantConfig) -> v1::ModelSpec {
     v1::ModelSpec {
         input_dim: cfg.model.input_dim as u32,
         hidden: cfg.model.hidden.iter().map(|&h| h as u32).collect(),
-    }
-}
-
-fn training_of(cfg: &TenantConfig) -> v1::TrainingParams {
-    v1::TrainingParams {
-        local_epochs: cfg.training.local_epochs,
-        batch_size: cfg.training.batch_size,
-        learning_rate: cfg.training.learning_rate,
-        prox_mu: cfg.training.prox_mu,
     }
 }
 
@@ -1629,27 +911,31 @@ mod tests {
 
     /// Opens a plaintext round with `nodes` selected.
     fn open_round(fed: &Federation, nodes: &[&str]) -> Arc<OpenInfo> {
-        let mut g = fed.lock();
-        let info = Arc::new(OpenInfo {
-            round: 1,
-            base_version: g.version,
+        let selection = Selection {
             selected: nodes.iter().map(|n| node(n)).collect(),
             shadow: BTreeSet::new(),
-            deadline_unix_ms: 0,
-            training: training_of(&fed.cfg),
-            secure: None,
-        });
-        g.round = Some(OpenRound {
-            info: info.clone(),
-            started: tokio::time::Instant::now(),
-            updates: BTreeMap::new(),
-            secure: None,
-        });
-        info
+        };
+        fed.lock().machine.open(1, selection, 0)
+    }
+
+    fn take_round(fed: &Federation) -> crate::machine::OpenRound {
+        fed.lock().machine.take_round().unwrap()
+    }
+
+    /// Closes `round` and publishes it as the run loop does.
+    fn commit(
+        fed: &Federation,
+        round: crate::machine::OpenRound,
+    ) -> Result<RoundSummary, FedError> {
+        let base = fed.lock().machine.base();
+        match plan_plaintext(&fed.cfg, &round, &base)? {
+            Close::Commit(plan) => fed.publish_version(*plan, tokio::time::Instant::now()),
+            Close::Abort(reason) => panic!("round aborted: {reason}"),
+        }
     }
 
     fn update(fed: &Federation, info: &OpenInfo, node: &str, value: f32) -> v1::UpdateRequest {
-        let delta = vec![value; fed.param_count];
+        let delta = vec![value; fed.lock().machine.limits().param_count];
         v1::UpdateRequest {
             tenant: "acme".into(),
             node: node.into(),
@@ -1746,10 +1032,10 @@ mod tests {
         b.num_samples = 1000;
         fed.submit(&node("n1"), a, 10).unwrap();
         fed.submit(&node("n2"), b, 10).unwrap();
-        let round = fed.lock().round.take().unwrap();
-        let before = fed.lock().params.clone();
-        fed.commit(round, &info.selected).unwrap();
-        let after = fed.lock().params.clone();
+        let round = take_round(&fed);
+        let before = fed.lock().machine.params().clone();
+        commit(&fed, round).unwrap();
+        let after = fed.lock().machine.params().clone();
         for (w, w0) in after.iter().zip(before.iter()) {
             assert!((w - w0 - 0.01).abs() < 1e-6, "{w} {w0}");
         }
@@ -1765,20 +1051,20 @@ mod tests {
             .unwrap();
         fed.submit(&node("n2"), update(&fed, &info, "n2", 0.02), 10)
             .unwrap();
-        let round = fed.lock().round.take().unwrap();
+        let round = take_round(&fed);
         let (v0, signed0) = {
             let g = fed.lock();
-            (g.version, g.signed.clone())
+            (g.machine.version(), g.signed.clone())
         };
-        let e = fed.commit(round, &info.selected).unwrap_err();
+        let e = commit(&fed, round).unwrap_err();
         let FedError::CommitRefused(refusal) = &e else {
             panic!("expected a refused commit, got {e:?}");
         };
         assert!(CommitRefusal::LABELS.contains(&refusal.label()));
         let g = fed.lock();
-        assert_eq!(g.version, v0);
+        assert_eq!(g.machine.version(), v0);
         assert_eq!(g.signed, signed0);
-        assert!(g.last_delta.is_none());
+        assert!(g.machine.centre().is_none());
         drop(g);
         assert_eq!(fed.store.latest_model("acme").unwrap().unwrap().0, v0);
         assert!(matches!(
@@ -1801,7 +1087,7 @@ mod tests {
         fed.submit(&node("n2"), update(&fed, &info, "n2", 0.02), 10)
             .unwrap();
         // Bypass validation, as a path that forgot it would.
-        let mut round = fed.lock().round.take().unwrap();
+        let mut round = take_round(&fed);
         if let Some(u) = round.updates.get_mut(&node("n1")) {
             u.scaler = Some(v1::ScalerStats {
                 count: 1,
@@ -1809,7 +1095,7 @@ mod tests {
                 sum_sq: vec![1e300; 3],
             });
         }
-        let e = fed.commit(round, &info.selected).unwrap_err();
+        let e = commit(&fed, round).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -1825,8 +1111,8 @@ mod tests {
             .unwrap();
         fed.submit(&node("n2"), update(&fed, &info, "n2", 0.02), 10)
             .unwrap();
-        let round = fed.lock().round.take().unwrap();
-        fed.commit(round, &info.selected).unwrap();
+        let round = take_round(&fed);
+        commit(&fed, round).unwrap();
         assert_eq!(fed.version(), 1);
         let log = fed.audit_log().unwrap();
         let refused = &log[1].refused_commits;
@@ -1836,7 +1122,7 @@ mod tests {
             (1, "scaler_out_of_range")
         );
         assert!(refused[0].detail.len() <= MAX_REFUSAL_TEXT + 3);
-        assert!(fed.lock().refused_commits.is_empty());
+        assert!(fed.lock().machine.refused_commits().is_empty());
         assert_eq!(fed.store.verify_chain("acme").unwrap(), 2);
     }
 }

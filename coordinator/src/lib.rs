@@ -11,16 +11,22 @@ pub mod aggregate;
 pub mod bounds;
 pub mod config;
 pub mod credentials;
+pub mod error;
 pub mod federation;
+pub mod http;
+pub mod machine;
 pub mod metrics;
 pub mod pki;
 pub mod reputation;
+pub mod round;
 pub mod secure;
 pub mod secure_round;
 pub mod server_step;
 pub mod service;
+pub mod status;
 pub mod store;
 pub mod transport;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -239,14 +245,14 @@ impl Coordinator {
             let l = TcpListener::bind(addr)
                 .await
                 .map_err(|source| CoordinatorError::Listen { addr, source })?;
-            info!(url = %metrics::describe(l.local_addr().unwrap_or(addr)), "metrics serving");
+            info!(url = %http::describe(l.local_addr().unwrap_or(addr)), "metrics serving");
             let feds = self
                 .feds
                 .iter()
                 .map(|(t, f)| (t.to_string(), f.clone()))
                 .collect();
             let mut rx = stop_rx.clone();
-            http = Some(tokio::spawn(metrics::serve_http(
+            http = Some(tokio::spawn(http::serve_http(
                 l,
                 self.metrics.clone(),
                 feds,
@@ -280,7 +286,7 @@ impl Coordinator {
         let incoming = transport::tls_incoming(
             listener,
             self.credentials.tls().config(),
-            self.limits.accept(),
+            transport::AcceptLimits::of(&self.limits),
             Arc::new(move |r| metrics.handshake_refused(r)),
             self.credentials.revocations().clone(),
         );

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use fedmesh_coordinator::pki::{self, layout};
+use fedmesh_coordinator::status::offline_status;
 use fedmesh_coordinator::{Coordinator, CoordinatorConfig, Pki, Store};
 use fedmesh_crypto::{Identity, MeshCa, NodeId, RevocationList, RevokedCert, SecretPem, TenantId};
 
@@ -270,7 +271,7 @@ fn run(cli: Cli) -> Result<()> {
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;
-                    rt.block_on(fedmesh_coordinator::metrics::fetch_status(&url))?
+                    rt.block_on(fedmesh_coordinator::status::fetch_status(&url))?
                 }
                 (None, Some(dir)) => offline_status(&open_existing(&dir)?)?,
                 (None, None) => bail!("give --url (running coordinator) or --data-dir (stopped)"),
@@ -278,48 +279,11 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                print!("{}", fedmesh_coordinator::metrics::render_status(&out));
+                print!("{}", fedmesh_coordinator::status::render_status(&out));
             }
             Ok(())
         }
     }
-}
-
-/// The same JSON shape as `/status`, from a stopped coordinator's store.
-fn offline_status(store: &Store) -> Result<serde_json::Value> {
-    let mut out = Vec::new();
-    for t in store.tenants()? {
-        let latest = store.latest_audit(&t)?;
-        let reputation: serde_json::Value = match store.reputation_state(&t)? {
-            Some(b) => serde_json::from_slice(&b).context("stored reputation state")?,
-            None => serde_json::json!({}),
-        };
-        let quarantined: Vec<String> = reputation
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter(|(_, r)| !r["quarantined_at"].is_null())
-                    .map(|(n, _)| n.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push(serde_json::json!({
-            "tenant": t,
-            "version": latest.as_ref().map(|e| e.version),
-            "oldest_kept_version": store.pruned_below(&t)?,
-            "round": {
-                "state": "stopped",
-                "last_round": latest.as_ref().map(|e| e.round),
-                "next_round": store.next_round(&t)?,
-                "participants": latest.as_ref().map(|e| e.participants.clone()),
-                "excluded": latest.as_ref().map(|e| e.excluded.clone()),
-            },
-            "connected": [],
-            "quarantined": quarantined,
-            "reputation": reputation,
-        }));
-    }
-    Ok(serde_json::Value::Array(out))
 }
 
 fn open_existing(dir: &Path) -> Result<Store> {

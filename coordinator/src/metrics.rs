@@ -1,11 +1,8 @@
-//! Prometheus metrics of the coordinator and the HTTP endpoint that serves
-//! them (`/metrics`), a live federation summary (`/status`, JSON) and a
-//! liveness probe (`/healthz`). Labels are bounded: tenant names come from
-//! the configuration and refusal reasons from a fixed set.
-
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
+//! The coordinator's Prometheus registry: every metric and the calls that
+//! move them. Served by [`crate::http`]. Labels are bounded: tenant names
+//! come from the configuration and refusal reasons from closed sets
+//! ([`FedError::label`], [`crate::bounds::InvalidReason::LABELS`],
+//! [`HandshakeRefusal`], [`crate::bounds::CommitRefusal::LABELS`]).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,7 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::federation::{FedError, Federation, RoundStatus, RoundSummary};
+use crate::error::{FedError, HandshakeRefusal};
+use crate::round::RoundSummary;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Tenant {
@@ -84,38 +82,12 @@ impl Default for Metrics {
     }
 }
 
-/// Refusal labels besides the typed reasons of
-/// [`crate::bounds::InvalidReason::LABELS`].
-pub const REFUSAL_LABELS: &[&str] = &[
-    "no_open_round",
-    "wrong_round",
-    "stale_version",
-    "not_selected",
-    "duplicate",
-    "wrong_phase",
-    "unknown_version",
-    "commit_refused",
-    "internal",
-];
+pub use crate::error::REFUSAL_LABELS;
 
 /// The bounded set of refusal reasons used as a label: one of
 /// [`REFUSAL_LABELS`] or [`crate::bounds::InvalidReason::LABELS`].
 pub fn refusal_reason(e: &FedError) -> &'static str {
-    match e {
-        FedError::Refused(r) => r.label(),
-        FedError::CommitRefused(_) => "commit_refused",
-        FedError::NoOpenRound { .. } => "no_open_round",
-        FedError::WrongRound { .. } => "wrong_round",
-        FedError::StaleVersion { .. } => "stale_version",
-        FedError::NotSelected { .. } => "not_selected",
-        FedError::Duplicate { .. } => "duplicate",
-        FedError::Phase(_) => "wrong_phase",
-        FedError::UnknownVersion(_) | FedError::Pruned { .. } => "unknown_version",
-        FedError::Store(_)
-        | FedError::Aggregate(_)
-        | FedError::Corrupt(_)
-        | FedError::SecureSetup(_) => "internal",
-    }
+    e.label()
 }
 
 impl Metrics {
@@ -314,7 +286,7 @@ impl Metrics {
     }
 
     /// A connection closed before it reached gRPC.
-    pub fn handshake_refused(&self, reason: crate::transport::HandshakeRefusal) {
+    pub fn handshake_refused(&self, reason: HandshakeRefusal) {
         self.handshakes_refused
             .get_or_create(&HandshakeLabel {
                 reason: reason.label(),
@@ -323,7 +295,7 @@ impl Metrics {
     }
 
     /// Connections closed so far for `reason`.
-    pub fn handshakes_refused(&self, reason: crate::transport::HandshakeRefusal) -> u64 {
+    pub fn handshakes_refused(&self, reason: HandshakeRefusal) -> u64 {
         self.handshakes_refused
             .get_or_create(&HandshakeLabel {
                 reason: reason.label(),
@@ -403,231 +375,6 @@ impl Metrics {
     }
 }
 
-/// Live summary of one federation for `/status`.
-pub fn status_json(fed: &Federation) -> serde_json::Value {
-    let status = match fed.status() {
-        RoundStatus::Idle { version, reason } => {
-            serde_json::json!({"state": "idle", "version": version, "reason": reason})
-        }
-        RoundStatus::Open(o) => serde_json::json!({
-            "state": "open", "round": o.round, "base_version": o.base_version,
-            "selected": o.selected.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-            "deadline_unix_ms": o.deadline_unix_ms,
-        }),
-        RoundStatus::Committed { round, version } => {
-            serde_json::json!({"state": "committed", "round": round, "version": version})
-        }
-        RoundStatus::Aborted { round, reason } => {
-            serde_json::json!({"state": "aborted", "round": round, "reason": reason})
-        }
-    };
-    serde_json::json!({
-        "tenant": fed.tenant().to_string(),
-        "version": fed.version(),
-        "oldest_kept_version": fed.oldest_kept_version(),
-        "connected": fed.connected().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-        "quarantined": fed.quarantined(),
-        "reputation": fed.reputation().iter().map(|(n, r)| (n.clone(), serde_json::json!({
-            "score": r.score, "rounds": r.rounds, "flagged": r.flagged,
-            "violations": r.violations, "quarantined_at": r.quarantined_at,
-            "release_at": r.release_at, "offences": r.offences, "last_reason": r.last_reason,
-        }))).collect::<serde_json::Map<String, serde_json::Value>>(),
-        "round": status,
-    })
-}
-
-/// Serves `/metrics`, `/status` and `/healthz` until `shutdown`.
-pub async fn serve_http(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    feds: BTreeMap<String, Arc<Federation>>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::routing::get;
-    let feds = Arc::new(feds);
-    let m = metrics.clone();
-    let f2 = feds.clone();
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let m = m.clone();
-                let feds = f2.clone();
-                async move {
-                    for (t, f) in feds.iter() {
-                        m.observe_state(t, f.version(), f.connected().len(), f.quarantined().len());
-                    }
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        m.encode(),
-                    )
-                }
-            }),
-        )
-        .route(
-            "/status",
-            get(move || {
-                let feds = feds.clone();
-                async move {
-                    axum::Json(serde_json::Value::Array(
-                        feds.values().map(|f| status_json(f)).collect(),
-                    ))
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-/// Failures of the live `status` command.
-#[derive(Debug, thiserror::Error)]
-pub enum StatusFetchError {
-    /// The URL is not `http://host:port[/]`.
-    #[error("status URL {0:?} must look like http://HOST:PORT (the coordinator's metrics_listen)")]
-    BadUrl(String),
-    /// Connecting or reading failed.
-    #[error("cannot read {url}/status: {source}")]
-    Io {
-        /// URL.
-        url: String,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// No answer in time.
-    #[error("no answer from {0}/status within 5 s")]
-    Timeout(String),
-    /// Not a 200 response with a JSON body.
-    #[error("unexpected answer from {url}/status: {reason}")]
-    BadResponse {
-        /// URL.
-        url: String,
-        /// Why.
-        reason: String,
-    },
-}
-
-/// Fetches `/status` from a running coordinator's metrics listener.
-pub async fn fetch_status(url: &str) -> Result<serde_json::Value, StatusFetchError> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let base = url.trim_end_matches('/');
-    let host = base
-        .strip_prefix("http://")
-        .filter(|h| !h.is_empty() && !h.contains('/'))
-        .ok_or_else(|| StatusFetchError::BadUrl(url.to_string()))?;
-    let io = |source| StatusFetchError::Io {
-        url: base.to_string(),
-        source,
-    };
-    let fetch = async {
-        let mut stream = tokio::net::TcpStream::connect(host).await.map_err(io)?;
-        let req =
-            format!("GET /status HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n\r\n");
-        stream.write_all(req.as_bytes()).await.map_err(io)?;
-        let mut buf = Vec::new();
-        stream
-            .take(16 << 20)
-            .read_to_end(&mut buf)
-            .await
-            .map_err(io)?;
-        Ok::<_, StatusFetchError>(buf)
-    };
-    let buf = tokio::time::timeout(std::time::Duration::from_secs(5), fetch)
-        .await
-        .map_err(|_| StatusFetchError::Timeout(base.to_string()))??;
-    let bad = |reason: String| StatusFetchError::BadResponse {
-        url: base.to_string(),
-        reason,
-    };
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no HTTP header".into()))?;
-    let head = String::from_utf8_lossy(&buf[..split]);
-    let status_line = head.lines().next().unwrap_or_default();
-    if status_line.split_whitespace().nth(1) != Some("200") {
-        return Err(bad(format!("status line {status_line:?}")));
-    }
-    serde_json::from_slice(&buf[split + 4..]).map_err(|e| bad(format!("body is not JSON: {e}")))
-}
-
-/// Renders `/status` JSON (or the offline equivalent) as text.
-pub fn render_status(v: &serde_json::Value) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let empty = Vec::new();
-    for t in v.as_array().unwrap_or(&empty) {
-        let round = &t["round"];
-        let state = round["state"].as_str().unwrap_or("?");
-        let _ = writeln!(
-            out,
-            "tenant {}: version {}, {state}{}",
-            t["tenant"].as_str().unwrap_or("?"),
-            t["version"],
-            match state {
-                "open" => format!(
-                    " round {} from v{} ({} selected)",
-                    round["round"],
-                    round["base_version"],
-                    round["selected"].as_array().map_or(0, |a| a.len())
-                ),
-                "idle" | "aborted" => format!(": {}", round["reason"].as_str().unwrap_or("")),
-                "committed" => format!(" round {}", round["round"]),
-                "stopped" => format!(
-                    " (last round {}, next {})",
-                    round["last_round"], round["next_round"]
-                ),
-                _ => String::new(),
-            }
-        );
-        let names = |x: &serde_json::Value| -> String {
-            let v: Vec<&str> = x
-                .as_array()
-                .map(|a| a.iter().filter_map(|n| n.as_str()).collect())
-                .unwrap_or_default();
-            if v.is_empty() {
-                "-".into()
-            } else {
-                v.join(", ")
-            }
-        };
-        let _ = writeln!(out, "  connected:   {}", names(&t["connected"]));
-        let _ = writeln!(out, "  quarantined: {}", names(&t["quarantined"]));
-        if let Some(rep) = t["reputation"].as_object().filter(|m| !m.is_empty()) {
-            let _ = writeln!(
-                out,
-                "  {:<24} {:>7} {:>8} {:>10} {:>9}  state",
-                "node", "score", "flagged", "violations", "rounds"
-            );
-            for (node, r) in rep {
-                let state = match (r["quarantined_at"].as_u64(), r["release_at"].as_u64()) {
-                    (Some(at), Some(until)) => format!("quarantined at v{at}, release at v{until}"),
-                    _ => "ok".to_string(),
-                };
-                let _ = writeln!(
-                    out,
-                    "  {:<24} {:>7.2} {:>8} {:>10} {:>9}  {state}",
-                    node,
-                    r["score"].as_f64().unwrap_or(0.0),
-                    r["flagged"],
-                    r["violations"],
-                    r["rounds"],
-                );
-            }
-        }
-    }
-    out
-}
-
-/// Address helper for logs.
-pub fn describe(addr: SocketAddr) -> String {
-    format!("http://{addr}/metrics")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,7 +394,7 @@ mod tests {
             excluded: 1,
             quarantined: 2,
             duration: Duration::from_millis(40),
-            secure: Some(crate::federation::SecureSummary {
+            secure: Some(crate::round::SecureSummary {
                 bucket_size: 3,
                 buckets: 2,
                 dropped: 1,
@@ -700,50 +447,6 @@ mod tests {
             "fedmesh_round_buckets_rejected{tenant=\"acme\"} 1",
             "fedmesh_round_buckets_dropped{tenant=\"acme\"} 1",
             "fedmesh_dp_epsilon{tenant=\"acme\"} 2.5",
-        ] {
-            assert!(text.contains(needle), "missing {needle} in\n{text}");
-        }
-    }
-
-    #[tokio::test]
-    async fn live_status_is_fetched_and_rendered() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_http(
-            l,
-            Arc::new(Metrics::new()),
-            BTreeMap::new(),
-            async move {
-                let _ = rx.await;
-            },
-        ));
-        let v = fetch_status(&format!("http://{addr}/")).await.unwrap();
-        assert_eq!(v, serde_json::json!([]));
-        assert!(matches!(
-            fetch_status("https://example.org").await,
-            Err(StatusFetchError::BadUrl(_))
-        ));
-        let _ = tx.send(());
-        server.await.unwrap().unwrap();
-        assert!(matches!(
-            fetch_status(&format!("http://{addr}")).await,
-            Err(StatusFetchError::Io { .. })
-        ));
-
-        let v = serde_json::json!([{
-            "tenant": "acme", "version": 3,
-            "round": {"state": "open", "round": 4, "base_version": 3, "selected": ["a", "b"]},
-            "connected": ["a", "b", "evil"], "quarantined": ["evil"],
-            "reputation": {"evil": {"score": 7.5, "flagged": 3, "violations": 0, "rounds": 3,
-                                     "quarantined_at": 3, "release_at": 8}}
-        }]);
-        let text = render_status(&v);
-        for needle in [
-            "tenant acme: version 3, open round 4 from v3 (2 selected)",
-            "connected:   a, b, evil",
-            "quarantined: evil",
-            "quarantined at v3, release at v8",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

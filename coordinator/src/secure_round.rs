@@ -26,7 +26,7 @@ use tracing::warn;
 
 use crate::bounds::{InvalidReason, SecureViolation};
 use crate::config::SecureConfig;
-use crate::federation::FedError;
+use crate::error::FedError;
 
 /// Phases of a secure round, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

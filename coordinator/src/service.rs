@@ -16,7 +16,8 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, info_span, warn};
 
 use crate::bounds::{MAX_REFUSAL_TEXT, truncate_text};
-use crate::federation::{FedError, Federation};
+use crate::error::FedError;
+use crate::federation::Federation;
 use crate::transport::PeerInfo;
 
 /// The service object.

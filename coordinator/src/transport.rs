@@ -112,6 +112,17 @@ pub struct AcceptLimits {
     pub handshake_timeout: Duration,
 }
 
+impl AcceptLimits {
+    /// The accept loop's share of the `[limits]` settings.
+    pub fn of(limits: &crate::config::LimitsConfig) -> Self {
+        Self {
+            max_handshakes: limits.max_handshakes,
+            max_handshakes_per_address: limits.max_handshakes_per_address,
+            handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
+        }
+    }
+}
+
 impl Default for AcceptLimits {
     fn default() -> Self {
         Self {
@@ -122,34 +133,7 @@ impl Default for AcceptLimits {
     }
 }
 
-/// Why a connection was closed before it reached gRPC (a closed set: it is
-/// a metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum HandshakeRefusal {
-    /// Its address already had `max_handshakes_per_address` in flight.
-    PerAddressLimit,
-    /// The handshake did not complete within the timeout.
-    Timeout,
-    /// TLS refused it (bad or missing client certificate, protocol error).
-    Tls,
-    /// The client certificate is on the revocation list.
-    Revoked,
-    /// The certificate verified but names no fedmesh identity.
-    NoIdentity,
-}
-
-impl HandshakeRefusal {
-    /// Metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::PerAddressLimit => "per_address_limit",
-            Self::Timeout => "timeout",
-            Self::Tls => "tls",
-            Self::Revoked => "revoked",
-            Self::NoIdentity => "no_identity",
-        }
-    }
-}
+pub use crate::error::HandshakeRefusal;
 
 /// Receives every refused connection (for metrics).
 pub type RefusalSink = Arc<dyn Fn(HandshakeRefusal) + Send + Sync>;

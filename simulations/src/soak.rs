@@ -368,7 +368,7 @@ impl Running {
             if let Some(code) = child.try_wait()? {
                 bail!("the coordinator exited ({code}):\n{}", log_tail(log));
             }
-            if fedmesh_coordinator::metrics::fetch_status(status_url)
+            if fedmesh_coordinator::status::fetch_status(status_url)
                 .await
                 .is_ok()
             {
@@ -403,13 +403,12 @@ impl Running {
         match self {
             Self::InProcess { store, .. } => Ok(store.model_count(TENANT)),
             Self::Child { status_url, .. } => {
-                let s = fedmesh_coordinator::metrics::fetch_status(status_url).await?;
+                let s = fedmesh_coordinator::status::fetch_status(status_url).await?;
                 let t = s
-                    .as_array()
-                    .and_then(|a| a.first())
+                    .first()
                     .ok_or_else(|| anyhow!("/status lists no tenant"))?;
-                let version = t["version"].as_u64().unwrap_or(0);
-                let oldest = t["oldest_kept_version"].as_u64().unwrap_or(0);
+                let version = t.version.unwrap_or(0);
+                let oldest = t.oldest_kept_version;
                 Ok(usize::try_from((version + 1).saturating_sub(oldest))?)
             }
         }
