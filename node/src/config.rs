@@ -335,6 +335,9 @@ pub struct NodeConfig {
     /// Detector.
     #[serde(default)]
     pub detector: DetectorConfig,
+    /// How window scores and rule hits become incidents (`[incidents]`).
+    #[serde(default)]
+    pub incidents: crate::detection::incident::IncidentConfig,
     /// Alert sinks.
     #[serde(default)]
     pub alerts: AlertConfig,
@@ -455,6 +458,7 @@ impl NodeConfig {
         if d.loss_check_windows < 32 || d.loss_check_windows > 65_536 {
             errs.push("detector.loss_check_windows must be in 32..=65536".to_string());
         }
+        errs.extend(self.incidents.problems());
         errs.extend(self.rules.problems());
         if let Some(w) = &self.alerts.webhook {
             errs.extend(w.problems());

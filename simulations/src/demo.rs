@@ -384,6 +384,7 @@ rule = "{rule}"
                     max_loss_ratio: 0.0,
                     ..DetectorConfig::default()
                 },
+                incidents: Default::default(),
                 seed: opts.seed ^ (i as u64 + 1),
             },
             Some(store),
@@ -412,7 +413,7 @@ rule = "{rule}"
                 a.observe(e);
                 builder.push(e);
             }
-            a.close_window((w + 1) * WINDOW_MS)?;
+            a.close_window((w + 1) * WINDOW_MS, &[])?;
             seen.extend(builder.close((w + 1) * WINDOW_MS));
             pb.inc(1);
         }

@@ -326,14 +326,7 @@ mod tests {
     const WEB: &str = "28c0c7a20575";
 
     fn crit(container: &str) -> Alert {
-        let hit = crate::detection::rules::RuleHit {
-            rule: &crate::detection::rules::RULES[0],
-            container: crate::telemetry::ContainerId(container.into()),
-            ts_ms: 5,
-            event: "setuid".into(),
-            count: 1,
-        };
-        Alert::rule(&hit, "t", "n")
+        crate::alerting::alert::tests::open(container, 5, 0.0, Some("setuid_root"))
     }
 
     fn responder(
@@ -421,7 +414,7 @@ mod tests {
         assert_eq!(off.handle(&crit(WEB)).await, Decision::Ignore);
         // A medium model alert is below the default min_severity (critical).
         let (mut pause, c2, _) = responder(ResponseMode::Pause, &fake.socket, None);
-        let medium = Alert::model(1, "t", "n", WEB, 1.1, 1.0, None, vec![]);
+        let medium = crate::alerting::alert::tests::open(WEB, 1, 1.1, None);
         assert_eq!(pause.handle(&medium).await, Decision::Ignore);
         // Allowlisted by name ("db"), resolved through the identity cache.
         let cache = IdentityCache::new();

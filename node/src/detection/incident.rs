@@ -18,8 +18,9 @@
 //! - **Rule hits** ([`crate::detection::rules`]) open an incident at once,
 //!   or join the open one (escalating its severity if theirs is higher),
 //!   warm-up or not.
-//! - **Warm-up**: the first `warmup_windows` windows of a container feed
-//!   only its baseline; no model evidence counts.
+//! - **Warm-up**: the first `warmup_windows` scored windows of a container
+//!   (after it appears, or after the node's first model) feed only its
+//!   baseline; no model evidence counts.
 //! - **Baseline**: learned from every window outside an open incident,
 //!   each input clipped at `b + ln(baseline_factor)`, so slow growth is
 //!   learned and a sudden jump is not absorbed before it is judged. Frozen
@@ -63,7 +64,7 @@ const CUSUM_CAP_FACTOR: f32 = 4.0;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IncidentConfig {
-    /// Windows of a new container that only teach its baseline (no
+    /// Scored windows of a new container that only teach its baseline (no
     /// model-based incident; rules still open incidents).
     #[serde(default = "d_warmup")]
     pub warmup_windows: u32,
@@ -314,7 +315,8 @@ impl Incident {
 }
 
 /// Why an update record was emitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum UpdateReason {
     /// Severity rose.
     Escalated,
@@ -370,7 +372,6 @@ pub fn severity_index(s: Severity) -> usize {
 
 #[derive(Debug, Clone, Default)]
 struct Track {
-    windows_seen: u64,
     last_tick: u64,
     cusum: f32,
     baseline: Option<f32>,
@@ -445,11 +446,13 @@ impl IncidentTracker {
     ) -> Vec<IncidentEvent> {
         self.tick += 1;
         let mut out = Vec::new();
-        for w in windows {
-            self.window(now_ms, w, &mut out);
-        }
+        // Rule hits first: an incident they open starts at the event's
+        // time and names the rule as its cause; the windows then join it.
         for h in hits {
             self.hit(now_ms, h, &mut out);
+        }
+        for w in windows {
+            self.window(now_ms, w, &mut out);
         }
         self.finish_tick(now_ms, &mut out);
         out
@@ -503,7 +506,6 @@ impl IncidentTracker {
             self.stats.bad_scores += 1;
         }
         let track = self.track_mut(&w.container, out);
-        track.windows_seen += 1;
         let Some((score, threshold, x)) = ratio else {
             return;
         };
@@ -512,7 +514,9 @@ impl IncidentTracker {
             .baseline
             .map_or(x, |b| x - b.min(BASELINE_CAP.ln()) - own_bar);
         let excess = x.min(own);
-        let warm = track.windows_seen > u64::from(cfg.warmup_windows);
+        // Warm-up counts scored windows: a container seen before the node
+        // had a model is new to the model's scores.
+        let warm = track.baseline_n >= cfg.warmup_windows;
         if warm {
             let cap = cfg.open_bound * CUSUM_CAP_FACTOR;
             track.cusum = (track.cusum + excess - cfg.slack).clamp(0.0, cap);
@@ -530,7 +534,7 @@ impl IncidentTracker {
                 note_peak(inc, score, threshold, &w.top_features);
                 let before = inc.severity;
                 inc.recompute_severity();
-                if inc.severity > before {
+                if inc.severity > before && !track.opened_now {
                     track.escalated_now = true;
                 }
             }
