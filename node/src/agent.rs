@@ -1357,21 +1357,21 @@ mod tests {
         // restart neither enter the buffer nor recalibrate it away.
         assert_eq!(agent.calibrated_on, calibrated_on);
 
-        // A fresh window builder has no baselines: skip one window, then
-        // attack two containers while the other two stay benign.
+        // A fresh window builder has no baselines: skip one window. After a
+        // restart every container is new to the incident tracker: attack two
+        // containers once their warm-up is over, while the other two stay
+        // benign. Each attacked container opens exactly one incident within
+        // three windows, the benign ones none.
         let (last, _) = step(&mut agent, &mut src);
-        let start = last + 1;
-        let duration = 20;
-        src.inject("web-1", AttackKind::PortScan, start + 2, duration)
-            .unwrap();
-        src.inject("batch-1", AttackKind::ForkBomb, start + 2, duration)
-            .unwrap();
-        // After a restart every container is new to the incident tracker:
-        // its warm-up delays model incidents, then each attacked container
-        // opens exactly one incident and the benign ones none.
         let warmup = u64::from(IncidentConfig::default().warmup_windows);
+        let start = last + warmup + 1;
+        let duration = 20;
+        src.inject("web-1", AttackKind::PortScan, start, duration)
+            .unwrap();
+        src.inject("batch-1", AttackKind::ForkBomb, start, duration)
+            .unwrap();
         let mut opened = std::collections::BTreeMap::new();
-        for _ in 0..duration + 4 {
+        for _ in 0..warmup + duration + 4 {
             let (w, alerts) = step(&mut agent, &mut src);
             for a in &alerts {
                 assert_eq!(a.model_version, Some(1));
@@ -1393,11 +1393,7 @@ mod tests {
             vec!["batch-1", "web-1"]
         );
         for (c, w) in &opened {
-            assert!(
-                *w <= last + warmup + 2,
-                "{c} opened at window {w}, warm-up ended after {}",
-                last + warmup
-            );
+            assert!(*w <= start + 2, "{c} opened at window {w}, attack from {start}");
         }
         assert_eq!(agent.detector().map(|d| d.threshold), Some(threshold));
     }

@@ -50,7 +50,7 @@ pub struct QualityOptions {
     /// Warm-up windows per node (training data).
     pub warmup_windows: u64,
     /// Benign evaluation windows per container (360 = one hour of 10 s
-    /// windows; 2160 = six hours).
+    /// windows; 8640 = one day).
     pub benign_windows: u64,
     /// `[incidents]` the trackers use.
     pub incidents: IncidentConfig,
@@ -66,7 +66,7 @@ impl Default for QualityOptions {
             nodes: 6,
             rounds: 8,
             warmup_windows: 240,
-            benign_windows: 2160,
+            benign_windows: 8640,
             incidents: IncidentConfig::default(),
             attack_set_windows: 60,
             seed: 42,
@@ -458,7 +458,7 @@ pub async fn run(opts: QualityOptions) -> Result<QualityReport> {
     let container_hours = sets.benign.len() as f32 * WINDOW_MS as f32 / 3_600_000.0;
     let cfg = &opts.incidents;
     let mut bounds = Vec::new();
-    for open_bound in [1.0f32, 1.5, 2.0, 3.0, 4.0] {
+    for open_bound in [1.5f32, 2.0, 2.5, 3.0, 3.5, 4.0] {
         let c = IncidentConfig {
             open_bound,
             ..cfg.clone()

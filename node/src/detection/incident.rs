@@ -103,7 +103,7 @@ fn d_warmup() -> u32 {
     6
 }
 fn d_open_bound() -> f32 {
-    1.5
+    3.0
 }
 fn d_slack() -> f32 {
     0.25
@@ -737,9 +737,12 @@ mod tests {
         }
     }
 
+    /// The mechanics at a low bound (1.5), so the arithmetic in the tests
+    /// stays short.
     fn cfg() -> IncidentConfig {
         IncidentConfig {
             warmup_windows: 3,
+            open_bound: 1.5,
             ..IncidentConfig::default()
         }
     }
@@ -787,6 +790,19 @@ mod tests {
         assert!(!tr.is_open("web"));
         assert_eq!(tr.stats().opened[severity_index(Severity::High)], 1);
         assert_eq!(tr.stats().closed[severity_index(Severity::High)], 1);
+    }
+
+    #[test]
+    fn default_bound_needs_sustained_evidence() {
+        // Default bound 3: four windows at 3× the threshold, one at 30×.
+        let mut tr = IncidentTracker::new(IncidentConfig::default());
+        let mut scores = vec![0.3; 20];
+        scores.extend([3.0; 5]);
+        assert_eq!(states(&feed(&mut tr, "a", &scores)), vec![(23, IncidentState::Open)]);
+        let mut tr = IncidentTracker::new(IncidentConfig::default());
+        let mut scores = vec![0.3; 20];
+        scores.push(30.0);
+        assert_eq!(states(&feed(&mut tr, "a", &scores)), vec![(20, IncidentState::Open)]);
     }
 
     #[test]
