@@ -471,7 +471,11 @@ impl Agent {
     /// window, feeds the scores and this window's rule `hits` to the
     /// incident tracker, buffers the windows outside open incidents for
     /// training and returns the incident records.
-    pub fn close_window(&mut self, end_ms: u64, hits: &[RuleHit]) -> Result<Vec<Alert>, AgentError> {
+    pub fn close_window(
+        &mut self,
+        end_ms: u64,
+        hits: &[RuleHit],
+    ) -> Result<Vec<Alert>, AgentError> {
         let windows = self.builder.close(end_ms);
         self.stats.windows += windows.len() as u64;
         let alerts = self.judge(&windows, end_ms, hits)?;
@@ -530,9 +534,7 @@ impl Agent {
         let events: Vec<IncidentEvent> = self.incidents.step(end_ms, &verdicts, hits);
         let alerts: Vec<Alert> = events
             .iter()
-            .map(|e| {
-                Alert::incident(e, &self.settings.tenant, &self.settings.node, model_version)
-            })
+            .map(|e| Alert::incident(e, &self.settings.tenant, &self.settings.node, model_version))
             .collect();
         self.stats.alerts += alerts.len() as u64;
         // Only windows inside an open incident stay out of the training
@@ -1393,7 +1395,10 @@ mod tests {
             vec!["batch-1", "web-1"]
         );
         for (c, w) in &opened {
-            assert!(*w <= start + 2, "{c} opened at window {w}, attack from {start}");
+            assert!(
+                *w <= start + 2,
+                "{c} opened at window {w}, attack from {start}"
+            );
         }
         assert_eq!(agent.detector().map(|d| d.threshold), Some(threshold));
     }
@@ -1501,7 +1506,10 @@ mod tests {
             }
             before = agent.buffered();
         }
-        assert_eq!(opened, 4, "every container in an incident before recalibrating");
+        assert_eq!(
+            opened, 4,
+            "every container in an incident before recalibrating"
+        );
         assert!(recalibrated, "the buffer grew enough to recalibrate");
         assert!(agent.calibrated_on >= bar, "calibration now trusted");
         let t = agent.detector().unwrap().threshold;

@@ -21,8 +21,8 @@ use fedmesh_node::config::DetectorConfig;
 use fedmesh_node::detection::detector::Detector;
 use fedmesh_node::detection::features::{FeatureWindow, WindowBuilder};
 use fedmesh_node::detection::incident::IncidentState;
-use fedmesh_node::detection::rules::{RuleEngine, RulesConfig};
 use fedmesh_node::detection::model::ModelSpec;
+use fedmesh_node::detection::rules::{RuleEngine, RulesConfig};
 use fedmesh_node::runtime::node::federation_from_pem;
 use fedmesh_node::sim::eval::{EvalReport, evaluate};
 use fedmesh_node::sim::hook::{SeededNode, Tamper};
@@ -629,9 +629,7 @@ rule = "{rule}"
                     incidents.push(LiveIncident {
                         node: n.name.clone(),
                         container: r.container.clone(),
-                        windows_after_start: truth
-                            .as_ref()
-                            .map(|_| k.saturating_sub(attack_start)),
+                        windows_after_start: truth.as_ref().map(|_| k.saturating_sub(attack_start)),
                         truth,
                         opened_window: k,
                         severity: String::new(),

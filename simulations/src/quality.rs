@@ -553,7 +553,9 @@ pub fn table(r: &QualityReport) -> String {
                 format!("{w:.1} w ({:.0} s)", w * WINDOW_MS as f32 / 1000.0)
             })
     };
-    let rec = |x: Option<&KindFigures>| x.map_or("-".to_string(), |v| format!("{:.3}", v.incident_recall));
+    let rec = |x: Option<&KindFigures>| {
+        x.map_or("-".to_string(), |v| format!("{:.3}", v.incident_recall))
+    };
     for (kind, f) in &r.federated.per_kind {
         let l = r.local.per_kind.get(kind);
         let p = r.pca.per_kind.get(kind);
@@ -586,10 +588,11 @@ pub fn table(r: &QualityReport) -> String {
             b.open_bound,
             b.false_incidents_per_container_day,
             b.mean_incident_recall,
-            b.median_windows_to_incident.map_or("-".to_string(), |w| format!(
-                "{w:.1} w ({:.0} s)",
-                w * WINDOW_MS as f32 / 1000.0
-            ))
+            b.median_windows_to_incident
+                .map_or("-".to_string(), |w| format!(
+                    "{w:.1} w ({:.0} s)",
+                    w * WINDOW_MS as f32 / 1000.0
+                ))
         ));
     }
     out

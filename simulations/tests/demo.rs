@@ -48,10 +48,17 @@ async fn small_demo_federates_and_beats_local_only() {
             .collect();
         assert_eq!(mine.len(), 1, "{node}/{container} ({kind}): {mine:?}");
         let after = mine[0].windows_after_start.unwrap();
-        assert!(after <= 2, "{node}/{container} ({kind}) opened {after} windows late");
+        assert!(
+            after <= 2,
+            "{node}/{container} ({kind}) opened {after} windows late"
+        );
         assert!(!mine[0].top_features.is_empty() || !mine[0].rules.is_empty());
     }
-    let benign: Vec<_> = report.incidents.iter().filter(|i| i.truth.is_none()).collect();
+    let benign: Vec<_> = report
+        .incidents
+        .iter()
+        .filter(|i| i.truth.is_none())
+        .collect();
     assert!(benign.is_empty(), "benign incidents: {benign:?}");
     assert!(attacked >= 2, "at least two attack kinds are injected");
     // Measured with this seed: federated 0.96-0.97, local-only 0.86-0.90.

@@ -245,7 +245,12 @@ pub(crate) mod tests {
 
     /// An incident as the tracker reports it: opened at `ts_ms` by model
     /// evidence (`score` against threshold 1) or, with `rule`, by that rule.
-    pub(crate) fn incident(container: &str, ts_ms: u64, score: f32, rule: Option<&str>) -> Incident {
+    pub(crate) fn incident(
+        container: &str,
+        ts_ms: u64,
+        score: f32,
+        rule: Option<&str>,
+    ) -> Incident {
         let rules: Vec<IncidentRule> = rule
             .map(|id| {
                 let r = crate::detection::rules::RULES
@@ -331,13 +336,19 @@ pub(crate) mod tests {
             "n",
             None,
         );
-        assert_eq!((up.incident.as_str(), close.incident.as_str()), (a.incident.as_str(), a.incident.as_str()));
+        assert_eq!(
+            (up.incident.as_str(), close.incident.as_str()),
+            (a.incident.as_str(), a.incident.as_str())
+        );
         assert!(a.id != up.id && up.id != close.id && a.id != close.id);
         assert_eq!((close.ts_ms, close.closed_ms), (90, Some(90)));
         assert!(a.opens_or_escalates() && !up.opens_or_escalates() && !close.opens_or_escalates());
         assert_eq!(a.severity, Severity::High);
         assert_eq!(open("c", 10, 1.5, None).severity, Severity::Medium);
-        assert_eq!(open("c", 10, 0.0, Some("setuid_root")).severity, Severity::Critical);
+        assert_eq!(
+            open("c", 10, 0.0, Some("setuid_root")).severity,
+            Severity::Critical
+        );
     }
 
     #[test]

@@ -798,11 +798,17 @@ mod tests {
         let mut tr = IncidentTracker::new(IncidentConfig::default());
         let mut scores = vec![0.3; 20];
         scores.extend([3.0; 5]);
-        assert_eq!(states(&feed(&mut tr, "a", &scores)), vec![(23, IncidentState::Open)]);
+        assert_eq!(
+            states(&feed(&mut tr, "a", &scores)),
+            vec![(23, IncidentState::Open)]
+        );
         let mut tr = IncidentTracker::new(IncidentConfig::default());
         let mut scores = vec![0.3; 20];
         scores.push(30.0);
-        assert_eq!(states(&feed(&mut tr, "a", &scores)), vec![(20, IncidentState::Open)]);
+        assert_eq!(
+            states(&feed(&mut tr, "a", &scores)),
+            vec![(20, IncidentState::Open)]
+        );
     }
 
     #[test]
@@ -874,7 +880,10 @@ mod tests {
         );
         assert_eq!(evs.len(), 1);
         let inc = &evs[0].incident;
-        assert_eq!((evs[0].state, inc.opened_by), (IncidentState::Open, OpenReason::Rule));
+        assert_eq!(
+            (evs[0].state, inc.opened_by),
+            (IncidentState::Open, OpenReason::Rule)
+        );
         assert_eq!((inc.severity, inc.opened_ms), (Severity::High, 9_500));
         assert_eq!(inc.rules[0].id, "stratum_port");
         assert!(evs[0].triggers_response());
@@ -891,7 +900,10 @@ mod tests {
         let inc = &evs[0].incident;
         assert_eq!(inc.severity, Severity::Critical);
         assert_eq!(
-            inc.rules.iter().map(|r| (r.id.as_str(), r.count)).collect::<Vec<_>>(),
+            inc.rules
+                .iter()
+                .map(|r| (r.id.as_str(), r.count))
+                .collect::<Vec<_>>(),
             vec![("stratum_port", 2), ("miner_binary", 1)]
         );
         assert_eq!(inc.seq, 1, "second record of the incident");
@@ -996,11 +1008,14 @@ mod tests {
     #[test]
     fn bad_scores_are_counted_and_ignored() {
         let mut tr = IncidentTracker::new(cfg());
-        let mut evs: Vec<IncidentEvent> =
-            feed(&mut tr, "x", &[f32::NAN, f32::INFINITY, -1.0, 0.3, 0.3, 0.3])
-                .into_iter()
-                .map(|(_, e)| e)
-                .collect();
+        let mut evs: Vec<IncidentEvent> = feed(
+            &mut tr,
+            "x",
+            &[f32::NAN, f32::INFINITY, -1.0, 0.3, 0.3, 0.3],
+        )
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
         evs.extend(tr.step(
             70_000,
             &[WindowVerdict {
@@ -1020,8 +1035,16 @@ mod tests {
             let mut tr = IncidentTracker::new(cfg());
             let mut all = Vec::new();
             for i in 0..300u64 {
-                let s = if (100..130).contains(&i) { 4.0 } else { 0.2 + (i % 7) as f32 * 0.1 };
-                let hits = if i == 200 { vec![rule_hit("b", "shadow_read", i)] } else { vec![] };
+                let s = if (100..130).contains(&i) {
+                    4.0
+                } else {
+                    0.2 + (i % 7) as f32 * 0.1
+                };
+                let hits = if i == 200 {
+                    vec![rule_hit("b", "shadow_read", i)]
+                } else {
+                    vec![]
+                };
                 all.extend(tr.step(i * 10_000, &[verdict("a", s), verdict("b", 0.3)], &hits));
             }
             all

@@ -345,7 +345,12 @@ impl NodeMetrics {
                 .inner()
                 .store(st.anomalous_windows, Ordering::Relaxed);
             let inc = a.incident_stats();
-            for sev in [Severity::Low, Severity::Medium, Severity::High, Severity::Critical] {
+            for sev in [
+                Severity::Low,
+                Severity::Medium,
+                Severity::High,
+                Severity::Critical,
+            ] {
                 let label = SeverityLabel {
                     severity: sev.as_str(),
                 };

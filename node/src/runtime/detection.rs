@@ -176,8 +176,8 @@ mod tests {
     use crate::agent::AgentSettings;
     use crate::alerting::sink::AlertSinks;
     use crate::config::DetectorConfig;
-    use crate::detection::rules::{RuleEngine, RulesConfig};
     use crate::detection::incident::{CloseReason, IncidentState, OpenReason, UpdateReason};
+    use crate::detection::rules::{RuleEngine, RulesConfig};
     use crate::sim::synthetic::{AttackKind, Profile};
     use crate::telemetry::{ContainerId, KernelDetail, KernelEventKind};
     use std::sync::Mutex;
@@ -270,7 +270,12 @@ mod tests {
         let mut later = Vec::new();
         for _ in 0..25 {
             let (w, events) = src.next_window();
-            later.extend(process_window(&agent, &events, (w + 1) * 10_000, &mut pipeline));
+            later.extend(process_window(
+                &agent,
+                &events,
+                (w + 1) * 10_000,
+                &mut pipeline,
+            ));
         }
         assert!(lock(&agent).detector().is_some(), "bootstrapped");
         assert_eq!(
@@ -290,7 +295,11 @@ mod tests {
         assert_eq!(records.len(), 1, "{records:?}");
         assert_eq!(records[0].state, IncidentState::Open);
         assert_eq!(records[0].container, "web-1");
-        assert_eq!(records[0].ts_ms, w * 10_000 + 10, "opened at the event time");
+        assert_eq!(
+            records[0].ts_ms,
+            w * 10_000 + 10,
+            "opened at the event time"
+        );
         assert_ne!(records[0].incident, a.incident);
     }
 
@@ -316,7 +325,8 @@ mod tests {
             process_window(&agent, &events, w_end * 10_000, &mut pipeline);
         }
         assert!(lock(&agent).detector().is_some(), "bootstrapped");
-        src.inject("web-1", AttackKind::PortScan, w_end, 12).unwrap();
+        src.inject("web-1", AttackKind::PortScan, w_end, 12)
+            .unwrap();
         for _ in 0..32 {
             let (w, events) = src.next_window();
             process_window(&agent, &events, (w + 1) * 10_000, &mut pipeline);
@@ -335,7 +345,10 @@ mod tests {
             .collect();
         assert_eq!(
             states,
-            vec![("web-1", IncidentState::Open), ("web-1", IncidentState::Close)],
+            vec![
+                ("web-1", IncidentState::Open),
+                ("web-1", IncidentState::Close)
+            ],
             "{recorded:#?}"
         );
         let (open, close) = (&recorded[0], recorded.last().unwrap());
@@ -346,7 +359,10 @@ mod tests {
             "within three windows of the attack's start"
         );
         assert!(!open.top_features.is_empty() && open.score > open.threshold);
-        assert!(close.windows >= 12 && close.anomalous_windows >= 8, "{close:?}");
+        assert!(
+            close.windows >= 12 && close.anomalous_windows >= 8,
+            "{close:?}"
+        );
         assert_eq!(close.close_reason, Some(CloseReason::Quiet));
         // The response queue got the opening (and escalations) only.
         let mut queued = Vec::new();
@@ -356,6 +372,9 @@ mod tests {
         assert_eq!(queued[0], *open);
         assert!(queued.iter().all(|a| a.opens_or_escalates()));
         let st = lock(&agent).incident_stats();
-        assert_eq!((st.opened.iter().sum::<u64>(), st.closed.iter().sum::<u64>()), (1, 1));
+        assert_eq!(
+            (st.opened.iter().sum::<u64>(), st.closed.iter().sum::<u64>()),
+            (1, 1)
+        );
     }
 }
