@@ -537,19 +537,23 @@ impl Agent {
             .map(|e| Alert::incident(e, &self.settings.tenant, &self.settings.node, model_version))
             .collect();
         self.stats.alerts += alerts.len() as u64;
-        // Only windows inside an open incident stay out of the training
-        // data: a window judged anomalous on its own is learned, so a
-        // benign behaviour flagged early is not excluded forever. Model
-        // incidents exclude only once the threshold rests on enough benign
-        // windows (before that a poorly calibrated threshold would starve
-        // the buffer); rule incidents always do.
+        // Only windows inside an open incident, or strong enough to open
+        // one on their own (even during a container's warm-up), stay out
+        // of the training data: a window merely above the threshold is
+        // learned, so a benign behaviour flagged early is not excluded
+        // forever. Model evidence excludes only once the threshold rests on
+        // enough benign windows (before that a poorly calibrated threshold
+        // would starve the buffer); rule incidents always do.
         let trusted = self.calibrated_on >= self.settings.detector.min_train_windows / 5;
-        for w in windows {
-            let excluded = self
+        for (w, v) in windows.iter().zip(&verdicts) {
+            let in_incident = self
                 .incidents
                 .open_incident(&w.container.0)
                 .is_some_and(|i| trusted || !i.rules.is_empty());
-            if !excluded {
+            let decisive = trusted
+                && v.score
+                    .is_some_and(|(s, t)| self.incidents.opens_alone(s, t));
+            if !(in_incident || decisive) {
                 self.push_buffer(w.features);
             }
         }
@@ -1526,26 +1530,60 @@ mod tests {
     }
 
     #[test]
-    fn only_windows_inside_an_open_incident_stay_out_of_the_buffer() {
+    fn windows_in_an_incident_or_decisive_alone_stay_out_of_the_buffer() {
         let p = pki("coord");
         let (mut agent, mut src) = trained_agent(&p, 64);
+        // Every window is astronomically above the threshold: decisive on
+        // its own, so not learned even during the containers' warm-up.
         force_threshold(&mut agent, 1e-12, 64 / 5);
-        let warmup = IncidentConfig::default().warmup_windows as usize;
         let start = agent.buffered();
         let mut records = Vec::new();
         for _ in 0..10 {
             records.extend(step(&mut agent, &mut src).1);
         }
-        // Every window was anomalous; those of the warm-up (no incident
-        // yet) were learned, the rest (inside the incidents) were not.
         assert_eq!(agent.stats().anomalous_windows, 40);
-        assert_eq!(agent.buffered(), start + 4 * warmup);
-        // One open record per container, nothing else.
+        assert_eq!(agent.buffered(), start);
+        // One open record per container once its warm-up is over.
         assert_eq!(records.len(), 4, "{records:?}");
         assert!(records.iter().all(|a| a.state == IncidentState::Open));
         assert_eq!(agent.stats().alerts, 4);
         assert_eq!(agent.open_incidents(), 4);
         assert_eq!(agent.stats().windows, 40);
+    }
+
+    #[test]
+    fn anomalous_windows_outside_incidents_are_learned() {
+        let p = pki("coord");
+        let (mut agent, mut src) = trained_agent(&p, 64);
+        // A threshold just under every window's score but far from
+        // decisive: each window is anomalous, the evidence (ln of a ratio
+        // below e^slack) adds nothing, no incident opens, all are learned.
+        let n = agent.calibrated_on.max(64 / 5);
+        let start = agent.buffered();
+        let mut anomalous = 0;
+        for _ in 0..20 {
+            // Rescore this window's scores: the threshold is set to 0.9 ×
+            // the lowest score of the window about to be closed.
+            let mut look = src.clone();
+            let (w, evs) = look.next_window();
+            let mut copy = agent.builder.clone();
+            evs.iter().for_each(|e| copy.push(e));
+            let ws = copy.close((w + 1) * src.window_ms());
+            let det = agent.detector().unwrap().clone();
+            let low = det
+                .score_windows(&ws)
+                .unwrap()
+                .iter()
+                .map(|s| s.value)
+                .fold(f32::INFINITY, f32::min);
+            force_threshold(&mut agent, low * 0.9, n);
+            let before = agent.stats().anomalous_windows;
+            let (_, records) = step(&mut agent, &mut src);
+            anomalous += agent.stats().anomalous_windows - before;
+            assert!(records.is_empty(), "{records:?}");
+        }
+        assert_eq!(anomalous, 4 * 20, "every window above the threshold");
+        assert_eq!(agent.buffered(), start + 4 * 20, "and every one learned");
     }
 
     #[test]

@@ -50,13 +50,15 @@ async fn small_fleet_quality_report() {
         "{:?}",
         report.federated
     );
-    assert!(report.federated.mean_incident_recall >= 0.6, "{:?}", report.federated);
+    assert!(
+        report.federated.mean_incident_recall >= 0.6,
+        "{:?}",
+        report.federated
+    );
     // The sweep covers the default bound.
     assert!(
-        report
-            .bounds
-            .iter()
-            .any(|b| b.open_bound == fedmesh_node::detection::incident::IncidentConfig::default().open_bound),
+        report.bounds.iter().any(|b| b.open_bound
+            == fedmesh_node::detection::incident::IncidentConfig::default().open_bound),
         "{:?}",
         report.bounds
     );

@@ -426,6 +426,16 @@ impl IncidentTracker {
         self.tracks.values().filter(|t| t.open.is_some()).count()
     }
 
+    /// Whether one window at `score` against `threshold` is evidence enough
+    /// to open an incident on its own (`ln(score/threshold) − slack ≥
+    /// open_bound`), or not a usable score at all.
+    pub fn opens_alone(&self, score: f32, threshold: f32) -> bool {
+        if !(score.is_finite() && threshold.is_finite() && threshold > 0.0) {
+            return true;
+        }
+        score > threshold * (self.cfg.open_bound + self.cfg.slack).exp()
+    }
+
     /// Whether `container` has an open incident.
     pub fn is_open(&self, container: &str) -> bool {
         self.tracks.get(container).is_some_and(|t| t.open.is_some())
@@ -1003,6 +1013,16 @@ mod tests {
         assert_eq!(evs[0].state, IncidentState::Close);
         assert_eq!(evs[0].incident.close_reason, Some(CloseReason::Evicted));
         assert_eq!(tr.tracked(), 1);
+    }
+
+    #[test]
+    fn opens_alone_marks_decisive_windows() {
+        let tr = IncidentTracker::new(IncidentConfig::default());
+        // Default: e^(3 + 0.25) ≈ 25.8 × the threshold.
+        assert!(!tr.opens_alone(25.0, 1.0));
+        assert!(tr.opens_alone(26.0, 1.0));
+        assert!(tr.opens_alone(f32::NAN, 1.0));
+        assert!(tr.opens_alone(1.0, 0.0));
     }
 
     #[test]
