@@ -382,6 +382,9 @@ struct Track {
     windows_at_record: u32,
     opened_now: bool,
     escalated_now: bool,
+    /// This tick's window was anomalous by both views (above the threshold
+    /// and above the container's own bar).
+    evidence_window: bool,
     /// A window above both bars or a rule hit this tick.
     evidence_now: bool,
 }
@@ -434,6 +437,15 @@ impl IncidentTracker {
             return true;
         }
         score > threshold * (self.cfg.open_bound + self.cfg.slack).exp()
+    }
+
+    /// Whether `container`'s window of the last tick was anomalous by both
+    /// views: above the threshold and above its own normal. A window above
+    /// the threshold that the container's own normal explains is not.
+    pub fn anomalous_now(&self, container: &str) -> bool {
+        self.tracks
+            .get(container)
+            .is_some_and(|t| t.evidence_window)
     }
 
     /// Whether `container` has an open incident.
@@ -516,6 +528,7 @@ impl IncidentTracker {
             self.stats.bad_scores += 1;
         }
         let track = self.track_mut(&w.container, out);
+        track.evidence_window = false;
         let Some((score, threshold, x)) = ratio else {
             return;
         };
@@ -533,6 +546,7 @@ impl IncidentTracker {
         }
         if excess > 0.0 {
             track.evidence_now = true;
+            track.evidence_window = true;
         }
         match track.open.as_mut() {
             Some(inc) => {
