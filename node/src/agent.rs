@@ -462,6 +462,11 @@ impl Agent {
         self.incidents.open_count()
     }
 
+    /// The open incident of `container`, as it stands.
+    pub fn open_incident(&self, container: &str) -> Option<&crate::detection::incident::Incident> {
+        self.incidents.open_incident(container)
+    }
+
     /// Whether `container` has an open incident.
     pub fn incident_open(&self, container: &str) -> bool {
         self.incidents.is_open(container)

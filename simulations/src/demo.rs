@@ -653,6 +653,20 @@ rule = "{rule}"
             }
             pb.inc(1);
         }
+        // Incidents still open at the end: as they stand now.
+        let a = lock(&n.agent);
+        for inc in incidents
+            .iter_mut()
+            .filter(|i| i.node == n.name && !i.closed)
+        {
+            if let Some(now) = a.open_incident(&inc.container) {
+                inc.severity = now.severity.to_string();
+                inc.peak_ratio = now.peak.map(|(s, t)| s / t);
+                inc.top_features = now.top_features.iter().map(|(f, _)| f.clone()).collect();
+                inc.rules = now.rules.iter().map(|r| r.id.clone()).collect();
+                inc.windows = now.windows;
+            }
+        }
     }
     done(
         &pb,
@@ -702,7 +716,11 @@ rule = "{rule}"
                 truth,
                 opened,
                 inc.severity,
-                inc.peak_ratio.map_or("-".into(), |r| format!("{r:.1}x")),
+                inc.peak_ratio.map_or("-".into(), |r| if r >= 1000.0 {
+                    format!("{r:.0e}x")
+                } else {
+                    format!("{r:.1}x")
+                }),
                 format!("{}{}", inc.windows, if inc.closed { "" } else { "+" }),
                 why
             ),
