@@ -740,7 +740,7 @@ rule = "{rule}"
         q,
         &format!(
             "  {} of {} attacks opened an incident{}; {benign} incident(s) on the {} benign containers. \
-             (opened: windows after the attack started; peak: score over threshold; windows: \
+             (opened: attacked window it opened in, +0 = the first; peak: score over threshold; windows: \
              length so far, + while still open)",
             attacks.len() - missed.len(),
             attacks.len(),

@@ -382,9 +382,6 @@ struct Track {
     windows_at_record: u32,
     opened_now: bool,
     escalated_now: bool,
-    /// This tick's window was anomalous by both views (above the threshold
-    /// and above the container's own bar).
-    evidence_window: bool,
     /// A window above both bars or a rule hit this tick.
     evidence_now: bool,
 }
@@ -427,25 +424,6 @@ impl IncidentTracker {
     /// Open incidents.
     pub fn open_count(&self) -> usize {
         self.tracks.values().filter(|t| t.open.is_some()).count()
-    }
-
-    /// Whether one window at `score` against `threshold` is evidence enough
-    /// to open an incident on its own (`ln(score/threshold) − slack ≥
-    /// open_bound`), or not a usable score at all.
-    pub fn opens_alone(&self, score: f32, threshold: f32) -> bool {
-        if !(score.is_finite() && threshold.is_finite() && threshold > 0.0) {
-            return true;
-        }
-        score > threshold * (self.cfg.open_bound + self.cfg.slack).exp()
-    }
-
-    /// Whether `container`'s window of the last tick was anomalous by both
-    /// views: above the threshold and above its own normal. A window above
-    /// the threshold that the container's own normal explains is not.
-    pub fn anomalous_now(&self, container: &str) -> bool {
-        self.tracks
-            .get(container)
-            .is_some_and(|t| t.evidence_window)
     }
 
     /// Whether `container` has an open incident.
@@ -528,7 +506,6 @@ impl IncidentTracker {
             self.stats.bad_scores += 1;
         }
         let track = self.track_mut(&w.container, out);
-        track.evidence_window = false;
         let Some((score, threshold, x)) = ratio else {
             return;
         };
@@ -546,7 +523,6 @@ impl IncidentTracker {
         }
         if excess > 0.0 {
             track.evidence_now = true;
-            track.evidence_window = true;
         }
         match track.open.as_mut() {
             Some(inc) => {
@@ -1027,16 +1003,6 @@ mod tests {
         assert_eq!(evs[0].state, IncidentState::Close);
         assert_eq!(evs[0].incident.close_reason, Some(CloseReason::Evicted));
         assert_eq!(tr.tracked(), 1);
-    }
-
-    #[test]
-    fn opens_alone_marks_decisive_windows() {
-        let tr = IncidentTracker::new(IncidentConfig::default());
-        // Default: e^(3 + 0.25) ≈ 25.8 × the threshold.
-        assert!(!tr.opens_alone(25.0, 1.0));
-        assert!(tr.opens_alone(26.0, 1.0));
-        assert!(tr.opens_alone(f32::NAN, 1.0));
-        assert!(tr.opens_alone(1.0, 0.0));
     }
 
     #[test]
