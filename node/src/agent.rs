@@ -1,8 +1,8 @@
 //! The node agent: turns telemetry events into windows, scores them,
 //! turns scores and rule hits into incidents
-//! ([`crate::detection::incident`]), keeps a buffer of windows for local
-//! training (every window outside an open incident), and installs verified
-//! global models.
+//! ([`crate::detection::incident`]), keeps a buffer of benign windows for
+//! local training (none above a trusted threshold, none inside an open
+//! incident), and installs verified global models.
 //!
 //! The agent does no network I/O and reads no clock: the detection loop
 //! ([`crate::runtime::detection`]) feeds it events and window boundaries,
