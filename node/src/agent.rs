@@ -556,8 +556,8 @@ impl Agent {
                 .incidents
                 .open_incident(&w.container.0)
                 .is_some_and(|i| trusted || !i.rules.is_empty());
-            let decisive = trusted && v.score.is_some_and(|(s, t)| !(s <= t));
-            if !(in_incident || decisive) {
+            let above = trusted && v.score.is_some_and(|(s, t)| s > t);
+            if !(in_incident || above) {
                 self.push_buffer(w.features);
             }
         }
