@@ -56,7 +56,12 @@ fail() { log "FAIL: $*"; exit 1; }
 teardown() {
   local rc=$?
   trap - EXIT INT TERM
-  [ -n "${watchdog:-}" ] && kill "$watchdog" 2>/dev/null || true
+  # The watchdog's sleep inherits flock's lock descriptor: end it too, or
+  # the lock stays held until the sleep runs out.
+  if [ -n "${watchdog:-}" ]; then
+    pkill -P "$watchdog" 2>/dev/null || true
+    kill "$watchdog" 2>/dev/null || true
+  fi
   if [ "$rc" -ne 0 ] && [ "${up:-0}" = 1 ]; then
     log "failed (exit $rc): logs of every service follow"
     timeout 60 "${compose_bin[@]}" -p "$project" -f "$here/docker-compose.yml" \
