@@ -343,6 +343,9 @@ pub struct NodeConfig {
     /// Detector.
     #[serde(default)]
     pub detector: DetectorConfig,
+    /// How window scores and rule hits become incidents (`[incidents]`).
+    #[serde(default)]
+    pub incidents: crate::detection::incident::IncidentConfig,
     /// Alert sinks.
     #[serde(default)]
     pub alerts: AlertConfig,
@@ -486,6 +489,7 @@ impl NodeConfig {
         if d.loss_check_windows < 32 || d.loss_check_windows > 65_536 {
             errs.push("detector.loss_check_windows must be in 32..=65536".to_string());
         }
+        errs.extend(self.incidents.problems());
         errs.extend(self.rules.problems());
         if let Some(w) = &self.alerts.webhook {
             errs.extend(w.problems());
@@ -615,6 +619,32 @@ attacks = [ { container = "web-1", kind = "cryptojacking", start_window = 5, dur
         .unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn incident_settings_are_validated_by_key() {
+        let text = r#"
+data_dir = "d"
+[source]
+kind = "cgroup"
+[incidents]
+open_bound = 0.0
+close_after_windows = 0
+"#;
+        let c = NodeConfig::from_toml(text, Path::new("n.toml")).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("incidents.open_bound"), "{e}");
+        assert!(e.contains("incidents.close_after_windows"), "{e}");
+        let typo = "data_dir = \"d\"\n[source]\nkind = \"cgroup\"\n[incidents]\nopen_bund = 2.0\n";
+        let e = NodeConfig::from_toml(typo, Path::new("n.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("open_bund"), "{e}");
+        let ok = "data_dir = \"d\"\n[source]\nkind = \"cgroup\"\n[incidents]\nopen_bound = 4.0\n";
+        let c = NodeConfig::from_toml(ok, Path::new("n.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.incidents.open_bound, 4.0);
+        assert_eq!(c.incidents.warmup_windows, 6);
     }
 
     #[test]

@@ -142,6 +142,7 @@ fn open_agent_offline(
         tenant: tenant.to_string(),
         node: String::new(),
         detector: Default::default(),
+        incidents: Default::default(),
         seed: 0,
     };
     let agent = Agent::new(

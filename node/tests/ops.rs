@@ -132,6 +132,8 @@ min_refresh_s = 0
 [response]
 mode = "dry-run"
 min_severity = "critical"
+[incidents]
+close_after_windows = 100
 "#,
             socket.display()
         ),
@@ -172,7 +174,10 @@ min_severity = "critical"
     assert_eq!(r["response"]["reason"], "learning");
     assert_ne!(r["id"], alerts[0]["id"]);
     let a = &alerts[0];
-    assert_eq!(a["rule"]["id"], "setuid_root");
+    assert_eq!(a["state"], "open");
+    assert_eq!(a["opened_by"], "rule");
+    assert_eq!(a["rules"][0]["id"], "setuid_root");
+    assert_eq!(a["incident"].as_str().map(str::len), Some(32));
     assert_eq!(a["severity"], "critical");
     assert_eq!(a["container"], "28c0c7a20575");
     assert_eq!(a["container_name"], "shop-web");
@@ -195,6 +200,8 @@ min_severity = "critical"
     }
     for needle in [
         "fedmesh_node_rule_hits_total{rule=\"setuid_root\"} 1",
+        "fedmesh_node_incidents_opened_total{severity=\"critical\"} 1",
+        "fedmesh_node_incidents_open 1",
         "fedmesh_node_webhook_delivered_total 2",
         "fedmesh_node_webhook_outbox_depth 0",
         "fedmesh_node_responses_total{action=\"pause\",mode=\"dry-run\",result=\"learning\"} 1",

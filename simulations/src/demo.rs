@@ -20,7 +20,9 @@ use fedmesh_node::agent::{Agent, AgentSettings, SharedAgent, lock};
 use fedmesh_node::config::DetectorConfig;
 use fedmesh_node::detection::detector::Detector;
 use fedmesh_node::detection::features::{FeatureWindow, WindowBuilder};
+use fedmesh_node::detection::incident::IncidentState;
 use fedmesh_node::detection::model::ModelSpec;
+use fedmesh_node::detection::rules::{RuleEngine, RulesConfig};
 use fedmesh_node::runtime::node::federation_from_pem;
 use fedmesh_node::sim::eval::{EvalReport, evaluate};
 use fedmesh_node::sim::hook::{SeededNode, Tamper};
@@ -104,6 +106,35 @@ pub struct NodeQuality {
     pub local: EvalReport,
 }
 
+/// One incident of the live phase, as its records describe it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LiveIncident {
+    /// Node.
+    pub node: String,
+    /// Container.
+    pub container: String,
+    /// Attack injected there (`None`: a benign container).
+    pub truth: Option<String>,
+    /// Live window it opened in (0-based).
+    pub opened_window: u64,
+    /// Windows after the attack's first window (`None` for benign).
+    pub windows_after_start: Option<u64>,
+    /// Highest severity.
+    pub severity: String,
+    /// Peak score over the threshold.
+    pub peak_ratio: Option<f32>,
+    /// Top features of the peak window.
+    pub top_features: Vec<String>,
+    /// Rules that fired.
+    pub rules: Vec<String>,
+    /// Windows while open.
+    pub windows: u32,
+    /// Closed before the live phase ended.
+    pub closed: bool,
+    /// Records emitted (open, updates, close).
+    pub records: usize,
+}
+
 /// What the demo found.
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoReport {
@@ -116,8 +147,13 @@ pub struct DemoReport {
     pub final_params_sha256: String,
     /// Per-node quality.
     pub quality: Vec<NodeQuality>,
-    /// Live alerts: node → container → (alerted windows, attack injected there).
-    pub flagged: BTreeMap<String, BTreeMap<String, (usize, Option<String>)>>,
+    /// Every incident the nodes opened during the live phase.
+    pub incidents: Vec<LiveIncident>,
+    /// Attacks injected: (node, container, kind, first attacked window
+    /// relative to the live phase).
+    pub attacks: Vec<(String, String, String, u64)>,
+    /// Containers watched during the live phase (all nodes).
+    pub live_containers: usize,
     /// Mean federated AUC over nodes.
     pub mean_federated_auc: f32,
     /// Mean local-only AUC over nodes.
@@ -384,6 +420,7 @@ rule = "{rule}"
                     max_loss_ratio: 0.0,
                     ..DetectorConfig::default()
                 },
+                incidents: Default::default(),
                 seed: opts.seed ^ (i as u64 + 1),
             },
             Some(store),
@@ -412,7 +449,7 @@ rule = "{rule}"
                 a.observe(e);
                 builder.push(e);
             }
-            a.close_window((w + 1) * WINDOW_MS)?;
+            a.close_window((w + 1) * WINDOW_MS, &[])?;
             seen.extend(builder.close((w + 1) * WINDOW_MS));
             pb.inc(1);
         }
@@ -561,42 +598,80 @@ rule = "{rule}"
         n.source.inject(&target, kind, start, opts.attack_windows)?;
         injected.insert((n.name.clone(), target), kind);
     }
+    let attack_start = opts.attack_windows / 3;
+    let attacks: Vec<(String, String, String, u64)> = injected
+        .iter()
+        .map(|((n, c), k)| (n.clone(), c.clone(), k.to_string(), attack_start))
+        .collect();
     let pb = bar(q, opts.attack_windows * nodes.len() as u64, "live");
-    let mut flagged: BTreeMap<String, BTreeMap<String, (usize, Option<String>)>> = BTreeMap::new();
+    let mut incidents: Vec<LiveIncident> = Vec::new();
+    let mut live_containers = 0;
+    // The node's rule layer runs over the same events, as in a real node.
+    let rules = RuleEngine::new(&RulesConfig::default());
     for n in &mut nodes {
-        let per = flagged.entry(n.name.clone()).or_default();
-        for (c, _) in &n.containers {
-            per.insert(
-                c.clone(),
-                (
-                    0,
-                    injected
-                        .get(&(n.name.clone(), c.clone()))
-                        .map(|k| k.to_string()),
-                ),
-            );
-        }
-        for _ in 0..opts.attack_windows {
+        live_containers += n.containers.len();
+        let mut by_incident: BTreeMap<String, usize> = BTreeMap::new();
+        for k in 0..opts.attack_windows {
             let (w, events) = n.source.next_window();
-            let alerts = {
+            let hits = rules.evaluate(&events);
+            let records = {
                 let mut a = lock(&n.agent);
                 for e in &events {
                     a.observe(e);
                 }
-                a.close_window((w + 1) * WINDOW_MS)?
+                a.close_window((w + 1) * WINDOW_MS, &hits)?
             };
-            for al in alerts {
-                if let Some(e) = per.get_mut(&al.container) {
-                    e.0 += 1;
-                }
+            for r in records {
+                let truth = injected
+                    .get(&(n.name.clone(), r.container.clone()))
+                    .map(|k| k.to_string());
+                let idx = *by_incident.entry(r.incident.clone()).or_insert_with(|| {
+                    incidents.push(LiveIncident {
+                        node: n.name.clone(),
+                        container: r.container.clone(),
+                        windows_after_start: truth.as_ref().map(|_| k.saturating_sub(attack_start)),
+                        truth,
+                        opened_window: k,
+                        severity: String::new(),
+                        peak_ratio: None,
+                        top_features: Vec::new(),
+                        rules: Vec::new(),
+                        windows: 0,
+                        closed: false,
+                        records: 0,
+                    });
+                    incidents.len() - 1
+                });
+                let inc = &mut incidents[idx];
+                inc.severity = r.severity.to_string();
+                inc.peak_ratio = r.score.zip(r.threshold).map(|(s, t)| s / t);
+                inc.top_features = r.top_features.iter().map(|(f, _)| f.clone()).collect();
+                inc.rules = r.rules.iter().map(|m| m.id.clone()).collect();
+                inc.windows = r.windows;
+                inc.closed |= r.state == IncidentState::Close;
+                inc.records += 1;
             }
             pb.inc(1);
+        }
+        // Incidents still open at the end: as they stand now.
+        let a = lock(&n.agent);
+        for inc in incidents
+            .iter_mut()
+            .filter(|i| i.node == n.name && !i.closed)
+        {
+            if let Some(now) = a.open_incident(&inc.container) {
+                inc.severity = now.severity.to_string();
+                inc.peak_ratio = now.peak.map(|(s, t)| s / t);
+                inc.top_features = now.top_features.iter().map(|(f, _)| f.clone()).collect();
+                inc.rules = now.rules.iter().map(|r| r.id.clone()).collect();
+                inc.windows = now.windows;
+            }
         }
     }
     done(
         &pb,
         q,
-        "attacks injected and scored by each node's federated detector",
+        "attacks injected; each node's federated detector and rule layer turn windows into incidents",
     );
     running.iter().for_each(RunningNode::stop);
     for r in running {
@@ -607,28 +682,76 @@ rule = "{rule}"
 
     say(
         q,
-        "\nWhat each node flagged during the live phase (alerted windows out of the live windows):",
+        &format!(
+            "\nIncidents opened during the live phase ({} containers, {} windows each; attacks start at window {attack_start}):",
+            live_containers, opts.attack_windows
+        ),
     );
     say(
         q,
         &format!(
-            "  {:<8}  {:<12}  {:>7}  {}",
-            "node", "container", "alerts", "ground truth"
+            "  {:<8}  {:<10}  {:<28}  {:>6}  {:<8}  {:>5}  {:>7}  explanation",
+            "node", "container", "ground truth", "opened", "severity", "peak", "windows"
         ),
     );
-    for (node, per) in &flagged {
-        for (c, (count, truth)) in per {
-            if *count > 0 || truth.is_some() {
-                let truth = truth
-                    .clone()
-                    .map_or_else(|| "benign".to_string(), |k| format!("ATTACK: {k}"));
-                say(
-                    q,
-                    &format!("  {:<8}  {:<12}  {:>7}  {}", node, c, count, truth),
-                );
-            }
+    for inc in &incidents {
+        let truth = inc
+            .truth
+            .clone()
+            .map_or_else(|| "benign".to_string(), |k| format!("ATTACK: {k}"));
+        let opened = match inc.windows_after_start {
+            Some(d) => format!("+{d}"),
+            None => format!("w{}", inc.opened_window),
+        };
+        let mut why = format!("top features: {}", inc.top_features.join(", "));
+        if !inc.rules.is_empty() {
+            why.push_str(&format!("; rules: {}", inc.rules.join(", ")));
         }
+        say(
+            q,
+            &format!(
+                "  {:<8}  {:<10}  {:<28}  {:>6}  {:<8}  {:>5}  {:>7}  {}",
+                inc.node,
+                inc.container,
+                truth,
+                opened,
+                inc.severity,
+                inc.peak_ratio.map_or("-".into(), |r| if r >= 1000.0 {
+                    format!("{r:.0e}x")
+                } else {
+                    format!("{r:.1}x")
+                }),
+                format!("{}{}", inc.windows, if inc.closed { "" } else { "+" }),
+                why
+            ),
+        );
     }
+    let missed: Vec<String> = attacks
+        .iter()
+        .filter(|(n, c, _, _)| {
+            !incidents
+                .iter()
+                .any(|i| &i.node == n && &i.container == c && i.truth.is_some())
+        })
+        .map(|(n, c, k, _)| format!("{n}/{c} ({k})"))
+        .collect();
+    let benign = incidents.iter().filter(|i| i.truth.is_none()).count();
+    say(
+        q,
+        &format!(
+            "  {} of {} attacks opened an incident{}; {benign} incident(s) on the {} benign containers. \
+             (opened: attacked window it opened in, +0 = the first; peak: score over threshold; windows: \
+             length so far, + while still open)",
+            attacks.len() - missed.len(),
+            attacks.len(),
+            if missed.is_empty() {
+                String::new()
+            } else {
+                format!(" (missed: {})", missed.join(", "))
+            },
+            live_containers - attacks.len()
+        ),
+    );
 
     // Phase 7: quality on the same held-out windows: every workload of the
     // fleet, every attack kind, fresh seed.
@@ -742,7 +865,9 @@ rule = "{rule}"
             final_version,
             final_params_sha256,
             quality,
-            flagged,
+            incidents,
+            attacks,
+            live_containers,
             mean_federated_auc,
             mean_local_auc,
             seconds,

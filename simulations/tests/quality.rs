@@ -1,5 +1,6 @@
 //! The quality report on a small fleet: every attack kind gets a finite AUC
-//! for every detector, and the federated model beats local-only models.
+//! for every detector, the federated model beats local-only models, and
+//! the figures by incident are consistent.
 
 use fedmesh_sim::quality::{QualityOptions, run, table};
 
@@ -12,6 +13,7 @@ async fn small_fleet_quality_report() {
         benign_windows: 120,
         attack_set_windows: 40,
         seed: 7,
+        ..QualityOptions::default()
     })
     .await
     .unwrap();
@@ -27,7 +29,39 @@ async fn small_fleet_quality_report() {
         }
         assert!(figs.false_alarms_per_container_hour.is_finite());
         assert!(figs.false_alarms_per_container_hour >= 0.0);
+        assert!(figs.false_incidents_per_container_day >= 0.0);
+        for (kind, f) in &figs.per_kind {
+            assert!((0.0..=1.0).contains(&f.incident_recall), "{kind}: {f:?}");
+            // Detected containers have a time to their first incident.
+            assert_eq!(
+                f.incident_recall > 0.0,
+                f.median_windows_to_incident.is_some(),
+                "{kind}: {f:?}"
+            );
+            assert!(f.median_windows_to_incident.is_none_or(|w| w >= 1.0));
+        }
     }
+    // Incidents page far less than windows: the federated model's false
+    // incidents per container-day are below its false alarms per
+    // container-hour, and it catches most attack kinds by incident.
+    assert!(
+        report.federated.false_incidents_per_container_day
+            < report.federated.false_alarms_per_container_hour,
+        "{:?}",
+        report.federated
+    );
+    assert!(
+        report.federated.mean_incident_recall >= 0.6,
+        "{:?}",
+        report.federated
+    );
+    // The sweep covers the default bound.
+    assert!(
+        report.bounds.iter().any(|b| b.open_bound
+            == fedmesh_node::detection::incident::IncidentConfig::default().open_bound),
+        "{:?}",
+        report.bounds
+    );
     assert_eq!(report.benign_windows, 8 * 120);
     assert!(
         report.federated.mean_auc > report.local.mean_auc,

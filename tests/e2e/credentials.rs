@@ -475,6 +475,7 @@ impl LiveNode {
                     bootstrap_after_windows: 0,
                     ..DetectorConfig::default()
                 },
+                incidents: Default::default(),
                 seed,
             },
             None,
@@ -496,7 +497,7 @@ impl LiveNode {
             for e in &events {
                 a.observe(e);
             }
-            a.close_window((w + 1) * 10_000)?;
+            a.close_window((w + 1) * 10_000, &[])?;
         }
         let settings = FederationSettings::new(
             Connector::new(

@@ -151,10 +151,14 @@ fn run() -> Result<()> {
     ensure!(
         on_victim
             .iter()
-            .any(|a| a.rule.as_ref().is_some_and(|r| r.id == "setuid_root")),
+            .any(|a| a.rules.iter().any(|r| r.id == "setuid_root")),
         "no setuid_root alert on the container: {alerts:?}"
     );
-    let rule = on_victim[0].rule.as_ref().context("rule")?;
+    let rule = on_victim
+        .iter()
+        .flat_map(|a| &a.rules)
+        .find(|r| r.id == "setuid_root")
+        .context("rule")?;
     ensure!(
         rule.event.contains("uid=1000") && rule.event.contains("target_uid=0"),
         "{rule:?}"
@@ -162,7 +166,7 @@ fn run() -> Result<()> {
     ensure!(
         alerts.iter().any(|a| !a.container.is_empty()
             && shell_id.starts_with(&a.container)
-            && a.rule.as_ref().is_some_and(|r| r.id == "reverse_shell")),
+            && a.rules.iter().any(|r| r.id == "reverse_shell")),
         "no reverse_shell alert on the bind shell: {alerts:?}"
     );
     ensure!(

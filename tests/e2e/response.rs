@@ -56,12 +56,25 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// A critical rule alert (`setuid_root`) for `container` (short id).
+/// A critical incident opened by a rule for `container` (short id).
 fn critical(container: &str) -> Alert {
-    let mut a = Alert::model(1, "t", "n", &container[..12], 9.0, 1.0, None, vec![]);
-    a.severity = fedmesh_node::detection::severity::Severity::Critical;
-    a.id = a.compute_id();
-    a
+    serde_json::from_value(serde_json::json!({
+        "id": format!("rec-{container}"),
+        "incident": format!("inc-{container}"),
+        "state": "open",
+        "ts_ms": 1,
+        "tenant": "t",
+        "node": "n",
+        "container": &container[..12],
+        "severity": "critical",
+        "opened_by": "rule",
+        "opened_ms": 1,
+        "last_seen_ms": 1,
+        "windows": 1,
+        "anomalous_windows": 0,
+        "model_version": null,
+    }))
+    .unwrap()
 }
 
 fn responder(

@@ -1,11 +1,13 @@
-//! Everything after the agent scored a window: the rule layer, container
-//! identity, ignore patterns, the sinks and the response queue.
+//! Around the agent's window: the rule layer before it (its hits feed the
+//! incident tracker), and after it, for the incident records, container
+//! identity, ignore patterns, the sinks and the response queue (incidents
+//! that open or escalate only).
 
 use tracing::warn;
 
 use crate::alerting::alert::Alert;
 use crate::alerting::sink::AlertSinks;
-use crate::detection::rules::RuleEngine;
+use crate::detection::rules::{RuleEngine, RuleHit};
 
 /// Everything that happens to the events and alerts of one window after the
 /// agent scored it: the rule layer, container identity, the sinks and the
@@ -43,60 +45,55 @@ impl AlertPipeline {
         self
     }
 
-    /// Sends every alert to the response task (dropped with a warning when
-    /// its queue is full; detection never waits for a response).
+    /// Sends incidents that open or escalate to the response task (dropped
+    /// with a warning when its queue is full; detection never waits for a
+    /// response).
     pub fn with_responses(mut self, tx: tokio::sync::mpsc::Sender<Alert>) -> Self {
         self.responses = Some(tx);
         self
     }
 
-    /// Runs the rules over the window's `events` and returns the rule alerts
-    /// followed by `model_alerts`, each named and with its id.
-    pub fn collect(
-        &mut self,
-        events: &[crate::telemetry::Event],
-        model_alerts: Vec<Alert>,
-        tenant: &str,
-        node: &str,
-    ) -> Vec<Alert> {
-        let mut all: Vec<Alert> = self
-            .rules
-            .evaluate(events)
-            .iter()
-            .map(|h| Alert::rule(h, tenant, node))
-            .collect();
-        all.extend(model_alerts);
+    /// Runs the rule layer over one window's `events` (its hits open or
+    /// join incidents in the agent).
+    pub fn rule_hits(&mut self, events: &[crate::telemetry::Event]) -> Vec<RuleHit> {
+        self.rules.evaluate(events)
+    }
+
+    /// Names the containers of `records` (incident records from the agent).
+    pub fn name(&self, records: &mut [Alert]) {
         if let Some(cache) = &self.identity {
-            for a in &mut all {
+            for a in records {
                 match cache.get(&a.container) {
                     Some(info) => a.set_identity(&info),
                     None => cache.request_refresh(),
                 }
             }
         }
-        all
     }
 
-    /// Rules, identity, sinks and responses for one window.
-    pub fn dispatch(
-        &mut self,
-        events: &[crate::telemetry::Event],
-        model_alerts: Vec<Alert>,
-        tenant: &str,
-        node: &str,
-    ) -> Vec<Alert> {
-        let mut all = self.collect(events, model_alerts, tenant, node);
-        all.retain(|a| !a.is_ignored(&self.ignore));
-        for a in &all {
+    /// Identity, ignore patterns, sinks and responses for one window's
+    /// incident records. Returns the records emitted.
+    pub fn dispatch(&mut self, mut records: Vec<Alert>) -> Vec<Alert> {
+        self.name(&mut records);
+        records.retain(|a| !a.is_ignored(&self.ignore));
+        for a in &records {
             if let Err(e) = self.sinks.emit(a) {
                 warn!(error = %e, alert = %a.id, "alert sink failed");
             }
-            if let Some(tx) = &self.responses
-                && let Err(e) = tx.try_send(a.clone())
-            {
-                warn!(error = %e, alert = %a.id, container = %a.container, "response queue full or closed; no response for this alert");
+            if a.opens_or_escalates() {
+                self.respond(a);
             }
         }
-        all
+        records
+    }
+
+    /// Hands an incident that opened (or whose severity rose) to the
+    /// response task; never waits.
+    fn respond(&self, record: &Alert) {
+        if let Some(tx) = &self.responses
+            && let Err(e) = tx.try_send(record.clone())
+        {
+            warn!(error = %e, alert = %record.id, container = %record.container, "response queue full or closed; no response for this incident");
+        }
     }
 }

@@ -592,14 +592,7 @@ mod tests {
     const NOW: u64 = STARTED + 86_400_000;
 
     fn crit(container: &str) -> Alert {
-        let hit = crate::detection::rules::RuleHit {
-            rule: &crate::detection::rules::RULES[0],
-            container: crate::telemetry::ContainerId(container.into()),
-            ts_ms: 5,
-            event: "setuid".into(),
-            count: 1,
-        };
-        Alert::rule(&hit, "t", "n")
+        crate::alerting::alert::tests::open(container, 5, 0.0, Some("setuid_root"))
     }
 
     fn responder(
@@ -713,7 +706,7 @@ mod tests {
         assert_eq!(off.handle(&crit(WEB), NOW).await, Decision::Ignore);
         // A medium model alert is below the default min_severity (critical).
         let (mut pause, c2, _) = responder(ResponseMode::Pause, &fake.socket);
-        let medium = Alert::model(1, "t", "n", WEB, 1.1, 1.0, None, vec![]);
+        let medium = crate::alerting::alert::tests::open(WEB, 1, 1.1, None);
         assert_eq!(pause.handle(&medium, NOW).await, Decision::Ignore);
         assert_eq!(count(&c2, "pause", "enforce", "done"), 0);
         assert!(
@@ -916,7 +909,7 @@ mod tests {
         r.handle(&crit("551e161c47d8"), NOW + 2).await;
         // Below min_severity: no decision, no record.
         r.handle(
-            &Alert::model(1, "t", "n", WEB, 1.1, 1.0, None, vec![]),
+            &crate::alerting::alert::tests::open(WEB, 1, 1.1, None),
             NOW + 3,
         )
         .await;
@@ -941,7 +934,10 @@ mod tests {
         assert_eq!(rec.response.as_ref().unwrap().action, "pause");
         assert_eq!(rec.response.as_ref().unwrap().at_unix_ms, NOW);
         assert_ne!(rec.id, alert.id, "a record has its own id");
-        assert_eq!(rec.id, rec.compute_id());
+        assert_eq!(
+            rec.id,
+            alert.response_record(rec.response.clone().unwrap()).id
+        );
         assert_ne!(got[0].id, got[2].id);
         // A response record is never itself acted on.
         assert_eq!(r.handle(rec, NOW + 400_000).await, Decision::Ignore);

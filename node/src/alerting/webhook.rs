@@ -584,7 +584,7 @@ mod tests {
     use axum::http::{HeaderMap, StatusCode};
 
     fn alert(i: u64) -> Alert {
-        Alert::model(1000 + i, "t", "n", &format!("c{i}"), 2.0, 1.0, None, vec![])
+        crate::alerting::alert::tests::open(&format!("c{i}"), 1000 + i, 2.0, None)
     }
 
     /// Reopens a sled store dropped a moment ago (its lock is released

@@ -172,7 +172,7 @@ pub struct FeatureWindow {
 }
 
 /// Per-window aggregation state of one container.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct WindowAcc {
     first_sample: Option<(u64, ResourceCounters)>,
     last_sample: Option<(u64, ResourceCounters)>,
@@ -187,7 +187,7 @@ struct WindowAcc {
 }
 
 /// Long-lived state of one container.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct ContainerState {
     /// Last sample seen in any closed window (the next window's baseline).
     baseline: Option<(u64, ResourceCounters)>,
@@ -198,7 +198,7 @@ struct ContainerState {
 }
 
 /// Aggregates events into per-container [`FeatureWindow`]s.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct WindowBuilder {
     containers: BTreeMap<ContainerId, ContainerState>,
     window_start: Option<u64>,

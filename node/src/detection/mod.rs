@@ -3,6 +3,7 @@
 
 pub mod detector;
 pub mod features;
+pub mod incident;
 pub mod model;
 pub mod rules;
 pub mod scaler;

@@ -13,6 +13,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::agent::{SharedAgent, lock};
+use crate::detection::incident::severity_index;
+use crate::detection::severity::Severity;
 
 /// Per-source ingest counters shared with the reader threads.
 #[derive(Debug, Default)]
@@ -58,6 +60,11 @@ struct RuleLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SeverityLabel {
+    severity: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CertLabel {
     certificate: &'static str,
 }
@@ -85,7 +92,12 @@ pub struct NodeMetrics {
     events: Counter,
     windows: Counter,
     scored: Counter,
+    anomalous: Counter,
     alerts: Counter,
+    incidents_opened: Family<SeverityLabel, Counter>,
+    incidents_closed: Family<SeverityLabel, Counter>,
+    incidents_open: Gauge,
+    bad_scores: Counter,
     rounds: Counter,
     parse_errors: Family<Source, Counter>,
     version: Gauge,
@@ -115,7 +127,12 @@ impl NodeMetrics {
             events: Counter::default(),
             windows: Counter::default(),
             scored: Counter::default(),
+            anomalous: Counter::default(),
             alerts: Counter::default(),
+            incidents_opened: Family::default(),
+            incidents_closed: Family::default(),
+            incidents_open: Gauge::default(),
+            bad_scores: Counter::default(),
             rounds: Counter::default(),
             parse_errors: Family::default(),
             version: Gauge::default(),
@@ -140,7 +157,36 @@ impl NodeMetrics {
             "Windows scored by a model",
             m.scored.clone(),
         );
-        registry.register("alerts", "Alerts raised", m.alerts.clone());
+        registry.register(
+            "anomalous_windows",
+            "Scored windows above the threshold (each is evidence, not an alert)",
+            m.anomalous.clone(),
+        );
+        registry.register(
+            "alerts",
+            "Incident records emitted (open, update and close)",
+            m.alerts.clone(),
+        );
+        registry.register(
+            "incidents_opened",
+            "Incidents opened, by severity at opening",
+            m.incidents_opened.clone(),
+        );
+        registry.register(
+            "incidents_closed",
+            "Incidents closed, by final severity",
+            m.incidents_closed.clone(),
+        );
+        registry.register(
+            "incidents_open",
+            "Incidents open now",
+            m.incidents_open.clone(),
+        );
+        registry.register(
+            "bad_scores",
+            "Windows whose score or threshold was not a finite non-negative number (treated as unscored)",
+            m.bad_scores.clone(),
+        );
         registry.register(
             "rounds_trained",
             "Federated rounds this node trained for",
@@ -295,6 +341,33 @@ impl NodeMetrics {
             self.windows.inner().store(st.windows, Ordering::Relaxed);
             self.scored.inner().store(st.scored, Ordering::Relaxed);
             self.alerts.inner().store(st.alerts, Ordering::Relaxed);
+            self.anomalous
+                .inner()
+                .store(st.anomalous_windows, Ordering::Relaxed);
+            let inc = a.incident_stats();
+            for sev in [
+                Severity::Low,
+                Severity::Medium,
+                Severity::High,
+                Severity::Critical,
+            ] {
+                let label = SeverityLabel {
+                    severity: sev.as_str(),
+                };
+                let i = severity_index(sev);
+                self.incidents_opened
+                    .get_or_create(&label)
+                    .inner()
+                    .store(inc.opened[i], Ordering::Relaxed);
+                self.incidents_closed
+                    .get_or_create(&label)
+                    .inner()
+                    .store(inc.closed[i], Ordering::Relaxed);
+            }
+            self.incidents_open.set(a.open_incidents() as i64);
+            self.bad_scores
+                .inner()
+                .store(inc.bad_scores, Ordering::Relaxed);
             self.rounds
                 .inner()
                 .store(a.trained_rounds(), Ordering::Relaxed);
@@ -398,6 +471,7 @@ mod tests {
                 tenant: "t".into(),
                 node: "n".into(),
                 detector: Default::default(),
+                incidents: Default::default(),
                 seed: 0,
             },
             None,
@@ -417,8 +491,18 @@ mod tests {
             for e in &evs {
                 a.observe(e);
             }
-            a.close_window((w + 1) * 10_000).unwrap();
+            a.close_window((w + 1) * 10_000, &[]).unwrap();
         }
+        // A rule hit opens a (critical) incident.
+        let hit = crate::detection::rules::RuleHit {
+            rule: &crate::detection::rules::RULES[0],
+            container: crate::telemetry::ContainerId("w".into()),
+            ts_ms: 35_000,
+            event: "setuid".into(),
+            count: 1,
+        };
+        let records = lock(&agent).close_window(40_000, &[hit]).unwrap();
+        assert_eq!(records.len(), 1);
         let counters = Arc::new(SourceCounters::default());
         counters.parse_errors[source_index("falco")].fetch_add(5, Ordering::Relaxed);
         let m = NodeMetrics::new(agent.clone(), counters);
@@ -432,7 +516,12 @@ mod tests {
             "fedmesh_node_parse_errors_total{source=\"falco\"} 5".to_string(),
             "fedmesh_node_parse_errors_total{source=\"cgroup\"} 0".to_string(),
             "fedmesh_node_model_version -1".to_string(),
-            "fedmesh_node_alerts_total 0".to_string(),
+            "fedmesh_node_alerts_total 1".to_string(),
+            "fedmesh_node_incidents_opened_total{severity=\"critical\"} 1".to_string(),
+            "fedmesh_node_incidents_opened_total{severity=\"medium\"} 0".to_string(),
+            "fedmesh_node_incidents_closed_total{severity=\"critical\"} 0".to_string(),
+            "fedmesh_node_incidents_open 1".to_string(),
+            "fedmesh_node_bad_scores_total 0".to_string(),
         ] {
             assert!(text.contains(&needle), "missing {needle} in\n{text}");
         }
@@ -463,6 +552,7 @@ mod tests {
                 tenant: "t".into(),
                 node: "n".into(),
                 detector: Default::default(),
+                incidents: Default::default(),
                 seed: 0,
             },
             None,
@@ -499,6 +589,7 @@ mod tests {
                 tenant: "t".into(),
                 node: "n".into(),
                 detector: Default::default(),
+                incidents: Default::default(),
                 seed: 0,
             },
             None,

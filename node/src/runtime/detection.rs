@@ -71,31 +71,32 @@ async fn process_window_blocking(
     }
 }
 
-/// Feeds one window's events to the agent, closes the window at `end_ms`,
-/// runs the rule layer over the same events and sends every alert (rule
-/// alerts first) through the pipeline. Failures are logged; the loop goes
-/// on. Returns the alerts.
+/// Runs the rule layer over one window's events, feeds the events to the
+/// agent, closes the window at `end_ms` (scores and rule hits become
+/// incident records) and sends the records through the pipeline. Failures
+/// are logged; the loop goes on. Returns the records emitted.
 pub fn process_window(
     agent: &SharedAgent,
     events: &[Event],
     end_ms: u64,
     pipeline: &mut AlertPipeline,
 ) -> Vec<Alert> {
-    let (model_alerts, tenant, node) = {
+    let hits = pipeline.rule_hits(events);
+    let (records, tenant, node) = {
         let mut a = lock(agent);
         for e in events {
             a.observe(e);
         }
-        let r = a.close_window(end_ms);
+        let r = a.close_window(end_ms, &hits);
         (r, a.settings().tenant.clone(), a.settings().node.clone())
     };
     let span = tracing::debug_span!("window", tenant = %tenant, node = %node, end_ms);
     let _g = span.enter();
-    let model_alerts = model_alerts.unwrap_or_else(|e| {
+    let records = records.unwrap_or_else(|e| {
         warn!(error = %e, "window processing failed");
         Vec::new()
     });
-    pipeline.dispatch(events, model_alerts, &tenant, &node)
+    pipeline.dispatch(records)
 }
 
 /// Real-time detection over real sources: every `tick`, samples the cgroup
@@ -196,8 +197,9 @@ mod tests {
     use crate::agent::AgentSettings;
     use crate::alerting::sink::AlertSinks;
     use crate::config::DetectorConfig;
+    use crate::detection::incident::{CloseReason, IncidentState, OpenReason, UpdateReason};
     use crate::detection::rules::{RuleEngine, RulesConfig};
-    use crate::sim::synthetic::Profile;
+    use crate::sim::synthetic::{AttackKind, Profile};
     use crate::telemetry::{ContainerId, KernelDetail, KernelEventKind};
     use std::sync::Mutex;
 
@@ -213,6 +215,7 @@ mod tests {
                 top_features: 3,
                 ..DetectorConfig::default()
             },
+            incidents: Default::default(),
             seed: 7,
         };
         Arc::new(Mutex::new(
@@ -236,10 +239,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn one_setuid_root_event_in_a_normal_window_alerts() {
-        let agent = agent();
-        let mut src = SyntheticSource::new(
+    fn source() -> SyntheticSource {
+        SyntheticSource::new(
             5,
             &[
                 ("web-1".into(), Profile::Web),
@@ -248,56 +249,153 @@ mod tests {
                 ("ml-1".into(), Profile::Ml),
             ],
             10_000,
-        );
+        )
+    }
+
+    /// Every record the sinks received, in order.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<Alert>>>);
+
+    impl crate::alerting::sink::AlertSink for Recorder {
+        fn emit(&mut self, alert: &Alert) -> Result<(), crate::alerting::sink::AlertError> {
+            self.0.lock().unwrap().push(alert.clone());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn one_setuid_root_event_opens_a_critical_incident_at_once() {
+        let agent = agent();
+        let mut src = source();
         let mut pipeline =
             AlertPipeline::new(RuleEngine::new(&RulesConfig::default()), AlertSinks::none());
-        // No model yet: the rule alerts on its own.
+        // No model yet, first window of every container (warm-up): the rule
+        // opens an incident on its own.
         let (w, mut events) = src.next_window();
         events.push(setuid_root("web-1", w * 10_000 + 4_321));
-        let alerts = process_window(&agent, &events, (w + 1) * 10_000, &mut pipeline);
-        assert_eq!(alerts.len(), 1, "{alerts:?}");
-        let a = &alerts[0];
-        let rule = a.rule.as_ref().unwrap();
-        assert_eq!(rule.id, "setuid_root");
+        let records = process_window(&agent, &events, (w + 1) * 10_000, &mut pipeline);
+        assert_eq!(records.len(), 1, "{records:?}");
+        let a = &records[0];
+        assert_eq!(a.state, IncidentState::Open);
+        assert_eq!(a.opened_by, OpenReason::Rule);
+        assert_eq!(a.rules[0].id, "setuid_root");
         assert_eq!(
             (a.container.as_str(), a.ts_ms),
             ("web-1", w * 10_000 + 4_321)
         );
         assert_eq!(a.severity, crate::detection::severity::Severity::Critical);
         assert_eq!((a.score, a.threshold), (None, None));
-        assert!(rule.event.contains("uid=33") && rule.event.contains("target_uid=0"));
-        // Train the local model on benign windows.
+        assert!(a.rules[0].event.contains("uid=33") && a.rules[0].event.contains("target_uid=0"));
+        // Train the local model on benign windows; the incident closes
+        // once the container is quiet.
+        let mut later = Vec::new();
         for _ in 0..25 {
             let (w, events) = src.next_window();
-            process_window(&agent, &events, (w + 1) * 10_000, &mut pipeline);
+            later.extend(process_window(
+                &agent,
+                &events,
+                (w + 1) * 10_000,
+                &mut pipeline,
+            ));
         }
         assert!(lock(&agent).detector().is_some(), "bootstrapped");
-        // A normal window with one decisive event: the rule alert is there
-        // whatever the model says (here the model flags the window too, on
-        // the privilege-event feature; both alerts are kept, rule first).
+        assert_eq!(
+            later
+                .iter()
+                .map(|r| (r.container.as_str(), r.state, r.incident == a.incident))
+                .collect::<Vec<_>>(),
+            vec![("web-1", IncidentState::Close, true)]
+        );
+        // A normal window with one decisive event: a new incident, whatever
+        // the model says; the benign containers stay quiet.
         let (w, mut events) = src.next_window();
         let n = events.len();
         events.push(setuid_root("web-1", w * 10_000 + 10));
-        let alerts = process_window(&agent, &events, (w + 1) * 10_000, &mut pipeline);
+        let records = process_window(&agent, &events, (w + 1) * 10_000, &mut pipeline);
         assert!(n >= 8, "an otherwise normal window ({n} events)");
-        let web: Vec<_> = alerts.iter().filter(|a| a.container == "web-1").collect();
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!(records[0].state, IncidentState::Open);
+        assert_eq!(records[0].container, "web-1");
         assert_eq!(
-            web[0].rule.as_ref().map(|r| r.id.as_str()),
-            Some("setuid_root")
-        );
-        assert_eq!(
-            web[0].ts_ms,
+            records[0].ts_ms,
             w * 10_000 + 10,
-            "rule alerts carry the event time"
+            "opened at the event time"
         );
-        assert!(
-            web[1..]
-                .iter()
-                .all(|a| a.rule.is_none() && a.score.is_some())
+        assert_ne!(records[0].incident, a.incident);
+    }
+
+    #[test]
+    fn one_attack_episode_is_one_open_and_one_close_record_in_every_sink() {
+        let agent = agent();
+        let mut src = source();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("alerts.jsonl");
+        let recorder = Recorder::default();
+        let sinks = AlertSinks::open(false, Some(&file))
+            .unwrap()
+            .with_sink(recorder.clone());
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let mut pipeline =
+            AlertPipeline::new(RuleEngine::new(&RulesConfig::default()), sinks).with_responses(tx);
+        // Learn (bootstrap after 80 windows), then a 12-window port scan in
+        // web-1, then 20 benign windows.
+        let mut w_end = 0;
+        for _ in 0..40 {
+            let (w, events) = src.next_window();
+            w_end = w + 1;
+            process_window(&agent, &events, w_end * 10_000, &mut pipeline);
+        }
+        assert!(lock(&agent).detector().is_some(), "bootstrapped");
+        src.inject("web-1", AttackKind::PortScan, w_end, 12)
+            .unwrap();
+        for _ in 0..32 {
+            let (w, events) = src.next_window();
+            process_window(&agent, &events, (w + 1) * 10_000, &mut pipeline);
+        }
+        let recorded = recorder.0.lock().unwrap().clone();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let from_file: Vec<Alert> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(from_file, recorded, "the file and the further sink agree");
+        let states: Vec<_> = recorded
+            .iter()
+            .filter(|r| r.update != Some(UpdateReason::Escalated))
+            .map(|r| (r.container.as_str(), r.state))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                ("web-1", IncidentState::Open),
+                ("web-1", IncidentState::Close)
+            ],
+            "{recorded:#?}"
         );
+        let (open, close) = (&recorded[0], recorded.last().unwrap());
+        assert_eq!(open.incident, close.incident);
+        assert!(open.ts_ms >= w_end * 10_000, "opened during the attack");
         assert!(
-            alerts.iter().all(|a| a.container == "web-1"),
-            "benign containers stay quiet: {alerts:?}"
+            open.ts_ms <= (w_end + 3) * 10_000,
+            "within three windows of the attack's start"
+        );
+        assert!(!open.top_features.is_empty() && open.score > open.threshold);
+        assert!(
+            close.windows >= 12 && close.anomalous_windows >= 8,
+            "{close:?}"
+        );
+        assert_eq!(close.close_reason, Some(CloseReason::Quiet));
+        // The response queue got the opening (and escalations) only.
+        let mut queued = Vec::new();
+        while let Ok(a) = rx.try_recv() {
+            queued.push(a);
+        }
+        assert_eq!(queued[0], *open);
+        assert!(queued.iter().all(|a| a.opens_or_escalates()));
+        let st = lock(&agent).incident_stats();
+        assert_eq!(
+            (st.opened.iter().sum::<u64>(), st.closed.iter().sum::<u64>()),
+            (1, 1)
         );
     }
 }

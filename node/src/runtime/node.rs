@@ -307,6 +307,7 @@ impl Node {
             tenant,
             node,
             detector: cfg.detector.clone(),
+            incidents: cfg.incidents.clone(),
             seed: cfg.seed,
         };
         let outbox_store = store.clone();

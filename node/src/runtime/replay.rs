@@ -37,9 +37,9 @@ pub struct ReplaySummary {
     pub windows: u64,
     /// Events replayed.
     pub events: u64,
-    /// Alerts raised (rule and model).
+    /// Incident records raised (open, update, close).
     pub alerts: u64,
-    /// Alerts per container id.
+    /// Incident records per container id.
     pub alerts_by_container: BTreeMap<String, u64>,
     /// Windows replayed before the agent had a detector.
     pub learning_windows: u64,
@@ -61,6 +61,7 @@ pub fn replay<R: BufRead>(
         tenant: cfg.tenant.clone().unwrap_or_else(|| "replay".into()),
         node: cfg.node.clone().unwrap_or_else(|| "replay".into()),
         detector: cfg.detector.clone(),
+        incidents: cfg.incidents.clone(),
         seed: cfg.seed,
     };
     let agent = Arc::new(Mutex::new(Agent::new(settings, None, None, now)?));

@@ -157,14 +157,13 @@ pub(crate) fn build_node_as(
             max_loss_ratio: 0.0,
             ..DetectorConfig::default()
         },
+        incidents: Default::default(),
         seed: derive_seed(s.seed, &[P_AGENT, i as u64]),
     };
     let mut agent = Agent::new(settings, None, None, time::OffsetDateTime::UNIX_EPOCH)
         .map_err(|e| err(e.to_string()))?;
     // No detector yet: every window goes to the training buffer.
-    agent
-        .score_and_buffer(&windows)
-        .map_err(|e| err(e.to_string()))?;
+    agent.buffer_windows(&windows);
     Ok(SimNode { name, agent })
 }
 

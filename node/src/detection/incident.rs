@@ -1,0 +1,1123 @@
+//! Incidents: per-container evidence over consecutive windows, so that an
+//! operator gets one alert per episode instead of one per window.
+//!
+//! A calibrated per-window false-alarm rate of 1 % on 10 s windows is 86
+//! alarms per container-day. The [`IncidentTracker`] turns window scores and
+//! rule hits into incidents that open, update and close:
+//!
+//! - **Evidence** per scored window is `x = ln(score / threshold)` (the
+//!   fleet's view: above 0 means above the calibrated threshold) and
+//!   `x_own = ln(score / threshold) − b − ln(baseline_factor)` (the
+//!   container's own view: `b` is an EWMA of the container's own recent
+//!   `ln(score / threshold)`, capped at `ln(`[`BASELINE_CAP`]`)`). A window
+//!   counts as evidence only by how far it is above **both** bars:
+//!   `e = min(x, x_own) − slack`. A CUSUM `S = max(0, S + e)` accumulates
+//!   it; an incident opens when `S ≥ open_bound`. One window just above the
+//!   threshold (`x < slack`) never adds anything; one window at
+//!   `exp(open_bound + slack)` times the threshold opens at once.
+//! - **Rule hits** ([`crate::detection::rules`]) open an incident at once,
+//!   or join the open one (escalating its severity if theirs is higher),
+//!   warm-up or not.
+//! - **Warm-up**: the first `warmup_windows` scored windows of a container
+//!   (after it appears, or after the node's first model) feed only its
+//!   baseline; no model evidence counts.
+//! - **Baseline**: learned from every window outside an open incident,
+//!   each input clipped at `b + ln(baseline_factor)`, so slow growth is
+//!   learned and a sudden jump is not absorbed before it is judged. Frozen
+//!   while an incident is open.
+//! - **Close**: after `close_after_windows` consecutive ticks in which the
+//!   container had no rule hit and was either absent or normal by one of the
+//!   two views (`min(x, x_own) ≤ 0`).
+//! - **Records**: [`IncidentState::Open`] once, [`IncidentState::Update`] on
+//!   a severity escalation or at most every `update_interval_s` while the
+//!   incident has new windows, [`IncidentState::Close`] once.
+//! - **Bounded**: at most `max_containers` containers are tracked (the least
+//!   recently seen one is dropped, its open incident closed with
+//!   [`CloseReason::Evicted`]); a container not seen for
+//!   `forget_after_windows` ticks is forgotten; at most
+//!   [`MAX_RULES_PER_INCIDENT`] distinct rules per incident. Non-finite or
+//!   negative scores and non-positive thresholds are counted
+//!   ([`IncidentStats::bad_scores`]) and treated as an unscored window.
+//!
+//! Pure and deterministic: time is a parameter, state lives in ordered maps,
+//! no clock and no I/O.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::detection::rules::RuleHit;
+use crate::detection::severity::Severity;
+
+/// Highest own baseline, as a multiple of the threshold: a container whose
+/// normal is noisier still opens an incident from
+/// `BASELINE_CAP × baseline_factor × e^slack` times the threshold on.
+pub const BASELINE_CAP: f32 = 4.0;
+/// Distinct rules remembered per incident (further hits still count).
+pub const MAX_RULES_PER_INCIDENT: usize = 16;
+/// Largest `|ln(score / threshold)|` one window contributes.
+const MAX_LOG_RATIO: f32 = 8.0;
+/// The CUSUM never exceeds this multiple of `open_bound` (bounded state).
+const CUSUM_CAP_FACTOR: f32 = 4.0;
+
+/// `[incidents]`: how window scores become incidents.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentConfig {
+    /// Scored windows of a new container that only teach its baseline (no
+    /// model-based incident; rules still open incidents).
+    #[serde(default = "d_warmup")]
+    pub warmup_windows: u32,
+    /// Evidence (CUSUM of `ln(score/threshold)` beyond `slack`) that opens an
+    /// incident. Higher: fewer false incidents, slower detection.
+    #[serde(default = "d_open_bound")]
+    pub open_bound: f32,
+    /// `ln` ratio above both bars one window must exceed to count as
+    /// evidence (0.25: 1.28 × the threshold).
+    #[serde(default = "d_slack")]
+    pub slack: f32,
+    /// A window counts only above this multiple of the container's own
+    /// baseline too.
+    #[serde(default = "d_baseline_factor")]
+    pub baseline_factor: f32,
+    /// EWMA weight of one window in the container's baseline (0.02: about
+    /// the last 50 windows).
+    #[serde(default = "d_baseline_alpha")]
+    pub baseline_alpha: f32,
+    /// Consecutive normal (or absent) windows that close an incident.
+    #[serde(default = "d_close_after")]
+    pub close_after_windows: u32,
+    /// Least time between two `update` records of one incident, seconds
+    /// (a severity escalation is reported at once).
+    #[serde(default = "d_update_interval")]
+    pub update_interval_s: u64,
+    /// Containers tracked at most.
+    #[serde(default = "d_max_containers")]
+    pub max_containers: usize,
+    /// A container not seen for this many windows is forgotten.
+    #[serde(default = "d_forget_after")]
+    pub forget_after_windows: u32,
+}
+
+fn d_warmup() -> u32 {
+    6
+}
+fn d_open_bound() -> f32 {
+    3.0
+}
+fn d_slack() -> f32 {
+    0.25
+}
+fn d_baseline_factor() -> f32 {
+    2.0
+}
+fn d_baseline_alpha() -> f32 {
+    0.02
+}
+fn d_close_after() -> u32 {
+    6
+}
+fn d_update_interval() -> u64 {
+    300
+}
+fn d_max_containers() -> usize {
+    4096
+}
+fn d_forget_after() -> u32 {
+    360
+}
+
+impl Default for IncidentConfig {
+    fn default() -> Self {
+        Self {
+            warmup_windows: d_warmup(),
+            open_bound: d_open_bound(),
+            slack: d_slack(),
+            baseline_factor: d_baseline_factor(),
+            baseline_alpha: d_baseline_alpha(),
+            close_after_windows: d_close_after(),
+            update_interval_s: d_update_interval(),
+            max_containers: d_max_containers(),
+            forget_after_windows: d_forget_after(),
+        }
+    }
+}
+
+impl IncidentConfig {
+    /// Problems with this section, each naming its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        if !(self.open_bound.is_finite() && self.open_bound > 0.0 && self.open_bound <= 50.0) {
+            errs.push(format!(
+                "incidents.open_bound = {} must be in (0, 50]",
+                self.open_bound
+            ));
+        }
+        if !(self.slack.is_finite() && (0.0..=5.0).contains(&self.slack)) {
+            errs.push(format!(
+                "incidents.slack = {} must be in [0, 5]",
+                self.slack
+            ));
+        }
+        if !(self.baseline_factor.is_finite() && (1.0..=100.0).contains(&self.baseline_factor)) {
+            errs.push(format!(
+                "incidents.baseline_factor = {} must be in [1, 100]",
+                self.baseline_factor
+            ));
+        }
+        if !(self.baseline_alpha.is_finite()
+            && self.baseline_alpha > 0.0
+            && self.baseline_alpha <= 1.0)
+        {
+            errs.push(format!(
+                "incidents.baseline_alpha = {} must be in (0, 1]",
+                self.baseline_alpha
+            ));
+        }
+        if self.warmup_windows > 100_000 {
+            errs.push("incidents.warmup_windows must be at most 100000".to_string());
+        }
+        if self.close_after_windows == 0 || self.close_after_windows > 100_000 {
+            errs.push("incidents.close_after_windows must be in 1..=100000".to_string());
+        }
+        if self.update_interval_s == 0 {
+            errs.push("incidents.update_interval_s must be positive".to_string());
+        }
+        if self.max_containers == 0 || self.max_containers > 1_000_000 {
+            errs.push("incidents.max_containers must be in 1..=1000000".to_string());
+        }
+        if self.forget_after_windows < self.close_after_windows {
+            errs.push(
+                "incidents.forget_after_windows must be at least close_after_windows".to_string(),
+            );
+        }
+        errs
+    }
+}
+
+/// One container's window as the detector saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowVerdict {
+    /// Container id.
+    pub container: String,
+    /// Score and the threshold in force (`None`: no model yet).
+    pub score: Option<(f32, f32)>,
+    /// Top contributing features of this window.
+    pub top_features: Vec<(String, f32)>,
+}
+
+/// What opened an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpenReason {
+    /// Model evidence crossed `open_bound`.
+    Evidence,
+    /// A rule hit.
+    Rule,
+}
+
+/// Why an incident closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    /// `close_after_windows` normal (or absent) windows in a row.
+    Quiet,
+    /// Dropped to keep at most `max_containers` tracked.
+    Evicted,
+}
+
+/// The record kinds of one incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentState {
+    /// The first record.
+    Open,
+    /// While it lasts: escalation or periodic summary.
+    Update,
+    /// The last record.
+    Close,
+}
+
+impl IncidentState {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentState::Open => "open",
+            IncidentState::Update => "update",
+            IncidentState::Close => "close",
+        }
+    }
+}
+
+/// A rule that fired inside an incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncidentRule {
+    /// Rule id.
+    pub id: String,
+    /// Its severity.
+    pub severity: Severity,
+    /// What it detects.
+    pub description: String,
+    /// The first triggering event, in words.
+    pub event: String,
+    /// Time of the first hit.
+    pub first_ms: u64,
+    /// Matching events so far.
+    pub count: u32,
+}
+
+/// One incident of one container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incident {
+    /// Container id.
+    pub container: String,
+    /// When it opened (window end, or the rule event's time).
+    pub opened_ms: u64,
+    /// Last window or hit that was part of it.
+    pub last_seen_ms: u64,
+    /// When it closed.
+    pub closed_ms: Option<u64>,
+    /// Highest severity so far.
+    pub severity: Severity,
+    /// What opened it.
+    pub opened_by: OpenReason,
+    /// Why it closed.
+    pub close_reason: Option<CloseReason>,
+    /// Windows of the container while it was open (the opening one included).
+    pub windows: u32,
+    /// Of those, windows above the threshold.
+    pub anomalous_windows: u32,
+    /// Highest score and the threshold it was judged against.
+    pub peak: Option<(f32, f32)>,
+    /// Top features of the peak window.
+    pub top_features: Vec<(String, f32)>,
+    /// Rules that fired, first hit first (at most [`MAX_RULES_PER_INCIDENT`]).
+    pub rules: Vec<IncidentRule>,
+    /// Evidence (CUSUM) when it opened.
+    pub evidence: f32,
+    /// Records emitted before the current one.
+    pub seq: u32,
+}
+
+impl Incident {
+    fn model_severity(&self) -> Option<Severity> {
+        self.peak.map(|(s, t)| Severity::of_score(s, t))
+    }
+
+    fn recompute_severity(&mut self) {
+        let rules = self.rules.iter().map(|r| r.severity).max();
+        self.severity = rules
+            .into_iter()
+            .chain(self.model_severity())
+            .max()
+            .unwrap_or(Severity::Medium);
+    }
+}
+
+/// Why an update record was emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateReason {
+    /// Severity rose.
+    Escalated,
+    /// `update_interval_s` passed with new windows.
+    Periodic,
+}
+
+/// One record to emit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentEvent {
+    /// Open, update or close.
+    pub state: IncidentState,
+    /// Why an update (update records only).
+    pub update: Option<UpdateReason>,
+    /// The incident as of this record.
+    pub incident: Incident,
+}
+
+impl IncidentEvent {
+    /// Whether this record should reach the response layer: an incident
+    /// opening, or its severity rising.
+    pub fn triggers_response(&self) -> bool {
+        self.state == IncidentState::Open || self.update == Some(UpdateReason::Escalated)
+    }
+}
+
+/// Counters of the tracker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IncidentStats {
+    /// Incidents opened, by severity at opening (`low..=critical`).
+    pub opened: [u64; 4],
+    /// Incidents closed, by final severity.
+    pub closed: [u64; 4],
+    /// Update records.
+    pub updates: u64,
+    /// Windows with a non-finite or negative score or a bad threshold.
+    pub bad_scores: u64,
+    /// Containers dropped to respect `max_containers`.
+    pub evicted: u64,
+    /// Containers forgotten after `forget_after_windows` unseen.
+    pub forgotten: u64,
+}
+
+/// Index of a severity in [`IncidentStats`] arrays.
+pub fn severity_index(s: Severity) -> usize {
+    match s {
+        Severity::Low => 0,
+        Severity::Medium => 1,
+        Severity::High => 2,
+        Severity::Critical => 3,
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Track {
+    last_tick: u64,
+    cusum: f32,
+    baseline: Option<f32>,
+    baseline_n: u32,
+    quiet: u32,
+    open: Option<Incident>,
+    last_record_ms: u64,
+    windows_at_record: u32,
+    opened_now: bool,
+    escalated_now: bool,
+    /// A window above both bars or a rule hit this tick.
+    evidence_now: bool,
+}
+
+/// Per-container incident state (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct IncidentTracker {
+    cfg: IncidentConfig,
+    tracks: BTreeMap<String, Track>,
+    tick: u64,
+    stats: IncidentStats,
+}
+
+impl IncidentTracker {
+    /// A tracker with `cfg` (validated by [`IncidentConfig::problems`]).
+    pub fn new(cfg: IncidentConfig) -> Self {
+        Self {
+            cfg,
+            tracks: BTreeMap::new(),
+            tick: 0,
+            stats: IncidentStats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &IncidentConfig {
+        &self.cfg
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> IncidentStats {
+        self.stats
+    }
+
+    /// Containers tracked.
+    pub fn tracked(&self) -> usize {
+        self.tracks.len()
+    }
+
+    /// Open incidents.
+    pub fn open_count(&self) -> usize {
+        self.tracks.values().filter(|t| t.open.is_some()).count()
+    }
+
+    /// Whether `container` has an open incident.
+    pub fn is_open(&self, container: &str) -> bool {
+        self.tracks.get(container).is_some_and(|t| t.open.is_some())
+    }
+
+    /// The open incident of `container`.
+    pub fn open_incident(&self, container: &str) -> Option<&Incident> {
+        self.tracks.get(container).and_then(|t| t.open.as_ref())
+    }
+
+    /// One tick at `now_ms`: this tick's windows and rule hits. Returns the
+    /// records to emit, in container order (open before close).
+    pub fn step(
+        &mut self,
+        now_ms: u64,
+        windows: &[WindowVerdict],
+        hits: &[RuleHit],
+    ) -> Vec<IncidentEvent> {
+        self.tick += 1;
+        let mut out = Vec::new();
+        // Rule hits first: an incident they open starts at the event's
+        // time and names the rule as its cause; the windows then join it.
+        for h in hits {
+            self.hit(now_ms, h, &mut out);
+        }
+        for w in windows {
+            self.window(now_ms, w, &mut out);
+        }
+        self.finish_tick(now_ms, &mut out);
+        out
+    }
+
+    fn track_mut(&mut self, container: &str, out: &mut Vec<IncidentEvent>) -> &mut Track {
+        if !self.tracks.contains_key(container) && self.tracks.len() >= self.cfg.max_containers {
+            // Drop the least recently seen container (ties: lowest id).
+            let victim = self
+                .tracks
+                .iter()
+                .min_by_key(|(_, t)| t.last_tick)
+                .map(|(k, _)| k.clone());
+            if let Some(v) = victim
+                && let Some(t) = self.tracks.remove(&v)
+            {
+                self.stats.evicted += 1;
+                if let Some(mut inc) = t.open {
+                    inc.close_reason = Some(CloseReason::Evicted);
+                    inc.closed_ms = Some(inc.last_seen_ms);
+                    self.stats.closed[severity_index(inc.severity)] += 1;
+                    out.push(IncidentEvent {
+                        state: IncidentState::Close,
+                        update: None,
+                        incident: inc,
+                    });
+                }
+            }
+        }
+        let tick = self.tick;
+        let t = self.tracks.entry(container.to_string()).or_default();
+        t.last_tick = tick;
+        t
+    }
+
+    fn window(&mut self, now_ms: u64, w: &WindowVerdict, out: &mut Vec<IncidentEvent>) {
+        let cfg = self.cfg.clone();
+        let mut bad = false;
+        let ratio = match w.score {
+            Some((s, t)) if s.is_finite() && s >= 0.0 && t.is_finite() && t > 0.0 => {
+                let x = (s.max(t * 1e-6) / t).ln();
+                Some((s, t, x.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)))
+            }
+            Some(_) => {
+                bad = true;
+                None
+            }
+            None => None,
+        };
+        if bad {
+            self.stats.bad_scores += 1;
+        }
+        let track = self.track_mut(&w.container, out);
+        let Some((score, threshold, x)) = ratio else {
+            return;
+        };
+        let own_bar = cfg.baseline_factor.ln();
+        let own = track
+            .baseline
+            .map_or(x, |b| x - b.min(BASELINE_CAP.ln()) - own_bar);
+        let excess = x.min(own);
+        // Warm-up counts scored windows: a container seen before the node
+        // had a model is new to the model's scores.
+        let warm = track.baseline_n >= cfg.warmup_windows;
+        if warm {
+            let cap = cfg.open_bound * CUSUM_CAP_FACTOR;
+            track.cusum = (track.cusum + excess - cfg.slack).clamp(0.0, cap);
+        }
+        if excess > 0.0 {
+            track.evidence_now = true;
+        }
+        match track.open.as_mut() {
+            Some(inc) => {
+                inc.windows = inc.windows.saturating_add(1);
+                inc.last_seen_ms = now_ms.max(inc.last_seen_ms);
+                if x > 0.0 {
+                    inc.anomalous_windows = inc.anomalous_windows.saturating_add(1);
+                }
+                note_peak(inc, score, threshold, &w.top_features);
+                let before = inc.severity;
+                inc.recompute_severity();
+                if inc.severity > before && !track.opened_now {
+                    track.escalated_now = true;
+                }
+            }
+            None => {
+                // The baseline learns windows outside incidents, each
+                // clipped at its own bar so a jump is judged, not absorbed.
+                let clipped = match track.baseline {
+                    Some(b) => x.min(b + own_bar),
+                    None => x,
+                };
+                track.baseline_n = track.baseline_n.saturating_add(1);
+                let alpha = cfg.baseline_alpha.max(1.0 / track.baseline_n as f32);
+                track.baseline = Some(match track.baseline {
+                    Some(b) => b + alpha * (clipped - b),
+                    None => clipped,
+                });
+                if warm && track.cusum >= cfg.open_bound {
+                    let mut inc = Incident {
+                        container: w.container.clone(),
+                        opened_ms: now_ms,
+                        last_seen_ms: now_ms,
+                        closed_ms: None,
+                        severity: Severity::Medium,
+                        opened_by: OpenReason::Evidence,
+                        close_reason: None,
+                        windows: 1,
+                        anomalous_windows: u32::from(x > 0.0),
+                        peak: None,
+                        top_features: Vec::new(),
+                        rules: Vec::new(),
+                        evidence: track.cusum,
+                        seq: 0,
+                    };
+                    note_peak(&mut inc, score, threshold, &w.top_features);
+                    inc.recompute_severity();
+                    track.open = Some(inc);
+                    track.opened_now = true;
+                }
+            }
+        }
+    }
+
+    fn hit(&mut self, now_ms: u64, h: &RuleHit, out: &mut Vec<IncidentEvent>) {
+        let track = self.track_mut(&h.container.0, out);
+        track.evidence_now = true;
+        let rule = IncidentRule {
+            id: h.rule.id.to_string(),
+            severity: h.rule.severity,
+            description: h.rule.description.to_string(),
+            event: h.event.clone(),
+            first_ms: h.ts_ms,
+            count: h.count,
+        };
+        match track.open.as_mut() {
+            Some(inc) => {
+                inc.last_seen_ms = inc.last_seen_ms.max(h.ts_ms).max(now_ms);
+                let room = inc.rules.len() < MAX_RULES_PER_INCIDENT;
+                match inc.rules.iter_mut().find(|r| r.id == rule.id) {
+                    Some(r) => r.count = r.count.saturating_add(rule.count),
+                    None if room => inc.rules.push(rule),
+                    None => {}
+                }
+                let before = inc.severity;
+                inc.recompute_severity();
+                if inc.severity > before && !track.opened_now {
+                    track.escalated_now = true;
+                }
+            }
+            None => {
+                let mut inc = Incident {
+                    container: h.container.0.clone(),
+                    opened_ms: h.ts_ms.min(now_ms),
+                    last_seen_ms: now_ms,
+                    closed_ms: None,
+                    severity: rule.severity,
+                    opened_by: OpenReason::Rule,
+                    close_reason: None,
+                    windows: 0,
+                    anomalous_windows: 0,
+                    peak: None,
+                    top_features: Vec::new(),
+                    rules: vec![rule],
+                    evidence: track.cusum,
+                    seq: 0,
+                };
+                inc.recompute_severity();
+                track.open = Some(inc);
+                track.opened_now = true;
+            }
+        }
+    }
+
+    fn finish_tick(&mut self, now_ms: u64, out: &mut Vec<IncidentEvent>) {
+        let cfg = &self.cfg;
+        let interval_ms = cfg.update_interval_s.saturating_mul(1000);
+        let tick = self.tick;
+        let mut forget = Vec::new();
+        for (id, t) in self.tracks.iter_mut() {
+            let opened = std::mem::take(&mut t.opened_now);
+            let escalated = std::mem::take(&mut t.escalated_now);
+            let evidence = std::mem::take(&mut t.evidence_now);
+            let Some(inc) = t.open.as_mut() else {
+                if tick.saturating_sub(t.last_tick) > u64::from(cfg.forget_after_windows) {
+                    forget.push(id.clone());
+                }
+                continue;
+            };
+            if opened {
+                t.quiet = 0;
+                self.stats.opened[severity_index(inc.severity)] += 1;
+                t.last_record_ms = now_ms;
+                t.windows_at_record = inc.windows;
+                out.push(IncidentEvent {
+                    state: IncidentState::Open,
+                    update: None,
+                    incident: inc.clone(),
+                });
+                inc.seq += 1;
+                continue;
+            }
+            // Absent this tick, or present and normal by one of the views.
+            if evidence {
+                t.quiet = 0;
+            } else {
+                t.quiet = t.quiet.saturating_add(1);
+            }
+            if t.quiet >= cfg.close_after_windows {
+                let mut inc = inc.clone();
+                inc.closed_ms = Some(now_ms);
+                inc.close_reason = Some(CloseReason::Quiet);
+                self.stats.closed[severity_index(inc.severity)] += 1;
+                out.push(IncidentEvent {
+                    state: IncidentState::Close,
+                    update: None,
+                    incident: inc,
+                });
+                t.open = None;
+                t.cusum = 0.0;
+                t.quiet = 0;
+                continue;
+            }
+            let periodic = now_ms.saturating_sub(t.last_record_ms) >= interval_ms
+                && inc.windows > t.windows_at_record;
+            if escalated || periodic {
+                self.stats.updates += 1;
+                t.last_record_ms = now_ms;
+                t.windows_at_record = inc.windows;
+                out.push(IncidentEvent {
+                    state: IncidentState::Update,
+                    update: Some(if escalated {
+                        UpdateReason::Escalated
+                    } else {
+                        UpdateReason::Periodic
+                    }),
+                    incident: inc.clone(),
+                });
+                inc.seq += 1;
+            }
+        }
+        for id in forget {
+            self.tracks.remove(&id);
+            self.stats.forgotten += 1;
+        }
+    }
+}
+
+fn note_peak(inc: &mut Incident, score: f32, threshold: f32, top: &[(String, f32)]) {
+    let ratio = score / threshold;
+    let better = inc.peak.is_none_or(|(s, t)| ratio > s / t);
+    if better {
+        inc.peak = Some((score, threshold));
+        inc.top_features = top.to_vec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detection::rules::RULES;
+    use crate::telemetry::ContainerId;
+    use proptest::prelude::*;
+
+    const T: f32 = 1.0;
+
+    fn verdict(c: &str, score: f32) -> WindowVerdict {
+        WindowVerdict {
+            container: c.into(),
+            score: Some((score, T)),
+            top_features: vec![("cpu_usage".into(), score)],
+        }
+    }
+
+    fn rule_hit(c: &str, rule: &str, ts_ms: u64) -> RuleHit {
+        RuleHit {
+            rule: RULES.iter().find(|r| r.id == rule).unwrap(),
+            container: ContainerId(c.into()),
+            ts_ms,
+            event: "e".into(),
+            count: 1,
+        }
+    }
+
+    /// The mechanics at a low bound (1.5), so the arithmetic in the tests
+    /// stays short.
+    fn cfg() -> IncidentConfig {
+        IncidentConfig {
+            warmup_windows: 3,
+            open_bound: 1.5,
+            ..IncidentConfig::default()
+        }
+    }
+
+    /// Feeds `scores` of one container (one per 10 s tick) and returns
+    /// (tick index, record) pairs.
+    fn feed(tr: &mut IncidentTracker, c: &str, scores: &[f32]) -> Vec<(usize, IncidentEvent)> {
+        let mut out = Vec::new();
+        for (i, s) in scores.iter().enumerate() {
+            let now = tr.tick * 10_000 + 10_000;
+            for e in tr.step(now, &[verdict(c, *s)], &[]) {
+                out.push((i, e));
+            }
+        }
+        out
+    }
+
+    fn states(evs: &[(usize, IncidentEvent)]) -> Vec<(usize, IncidentState)> {
+        evs.iter().map(|(i, e)| (*i, e.state)).collect()
+    }
+
+    #[test]
+    fn sustained_evidence_opens_once_and_closes_after_quiet() {
+        let mut tr = IncidentTracker::new(cfg());
+        let mut scores = vec![0.3; 20];
+        scores.extend([3.0; 10]);
+        scores.extend([0.3; 10]);
+        let evs = feed(&mut tr, "web", &scores);
+        // 3× the threshold: ln 3 − 0.25 = 0.85 per window, bound 1.5: the
+        // second attack window opens; six normal windows close.
+        assert_eq!(
+            states(&evs),
+            vec![(21, IncidentState::Open), (35, IncidentState::Close)]
+        );
+        let open = &evs[0].1.incident;
+        assert_eq!(open.opened_by, OpenReason::Evidence);
+        assert_eq!(open.severity, Severity::High);
+        assert_eq!(open.top_features[0].0, "cpu_usage");
+        let closed = &evs[1].1.incident;
+        assert_eq!(closed.windows, 15, "9 attack windows + 6 quiet ones");
+        assert_eq!(closed.anomalous_windows, 9);
+        assert_eq!(closed.peak, Some((3.0, T)));
+        assert_eq!(closed.close_reason, Some(CloseReason::Quiet));
+        assert_eq!(closed.opened_ms, open.opened_ms);
+        assert!(!tr.is_open("web"));
+        assert_eq!(tr.stats().opened[severity_index(Severity::High)], 1);
+        assert_eq!(tr.stats().closed[severity_index(Severity::High)], 1);
+    }
+
+    #[test]
+    fn default_bound_needs_sustained_evidence() {
+        // Default bound 3: four windows at 3× the threshold, one at 30×.
+        let mut tr = IncidentTracker::new(IncidentConfig::default());
+        let mut scores = vec![0.3; 20];
+        scores.extend([3.0; 5]);
+        assert_eq!(
+            states(&feed(&mut tr, "a", &scores)),
+            vec![(23, IncidentState::Open)]
+        );
+        let mut tr = IncidentTracker::new(IncidentConfig::default());
+        let mut scores = vec![0.3; 20];
+        scores.push(30.0);
+        assert_eq!(
+            states(&feed(&mut tr, "a", &scores)),
+            vec![(20, IncidentState::Open)]
+        );
+    }
+
+    #[test]
+    fn marginal_windows_never_open() {
+        let mut tr = IncidentTracker::new(cfg());
+        // Scores just above the threshold (1.03–1.16×), as benign jobs draw
+        // them, and single isolated spikes to 2×.
+        let mut scores = Vec::new();
+        for i in 0..2000 {
+            scores.push(match i % 50 {
+                7 => 2.0,
+                k if k % 3 == 0 => 1.16,
+                k if k % 3 == 1 => 1.03,
+                _ => 0.5,
+            });
+        }
+        assert!(feed(&mut tr, "job", &scores).is_empty());
+        // A single marginal window after a quiet history does not either.
+        let mut tr = IncidentTracker::new(cfg());
+        let mut scores = vec![0.3; 20];
+        scores.push(1.2);
+        scores.extend([0.3; 5]);
+        assert!(feed(&mut tr, "job", &scores).is_empty());
+    }
+
+    #[test]
+    fn own_baseline_raises_the_bar_for_a_noisy_container() {
+        // A container whose normal is 1.3× the threshold: the fleet's view
+        // alone would accumulate 0.01 per window forever; its own bar is
+        // 2.6× (and creeps up while 2.2× lasts), so 2.2× does not open, 8×
+        // does within three windows.
+        let mut tr = IncidentTracker::new(cfg());
+        let mut scores = vec![1.3; 100];
+        scores.extend([2.2; 30]);
+        assert!(feed(&mut tr, "cache", &scores).is_empty());
+        let evs = feed(&mut tr, "cache", &[8.0, 8.0, 8.0]);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(evs[0].1.state, IncidentState::Open);
+        // Without the own baseline (factor 1 and the cap reached it) the
+        // same history opens: the test can tell the two apart.
+        let mut fleet_only = IncidentTracker::new(IncidentConfig {
+            baseline_factor: 1.0,
+            slack: 0.0,
+            ..cfg()
+        });
+        let mut scores = vec![0.3; 20];
+        scores.extend([2.2; 5]);
+        assert!(!feed(&mut fleet_only, "cache", &scores).is_empty());
+    }
+
+    #[test]
+    fn a_slow_drift_is_learned_not_flagged() {
+        let mut tr = IncidentTracker::new(cfg());
+        // From 0.3× to 3× the threshold over 2000 windows (5.5 h).
+        let scores: Vec<f32> = (0..2000)
+            .map(|i| 0.3 * 10f32.powf(i as f32 / 2000.0))
+            .collect();
+        assert!(feed(&mut tr, "cache", &scores).is_empty());
+    }
+
+    #[test]
+    fn rule_hit_opens_at_once_even_in_warm_up_and_escalates() {
+        let mut tr = IncidentTracker::new(cfg());
+        // First tick of a new container: a stratum connection (high).
+        let evs = tr.step(
+            10_000,
+            &[verdict("miner", 0.2)],
+            &[rule_hit("miner", "stratum_port", 9_500)],
+        );
+        assert_eq!(evs.len(), 1);
+        let inc = &evs[0].incident;
+        assert_eq!(
+            (evs[0].state, inc.opened_by),
+            (IncidentState::Open, OpenReason::Rule)
+        );
+        assert_eq!((inc.severity, inc.opened_ms), (Severity::High, 9_500));
+        assert_eq!(inc.rules[0].id, "stratum_port");
+        assert!(evs[0].triggers_response());
+        // The same rule again: no record. A critical rule: escalation.
+        assert!(
+            tr.step(20_000, &[], &[rule_hit("miner", "stratum_port", 15_000)])
+                .is_empty()
+        );
+        let evs = tr.step(30_000, &[], &[rule_hit("miner", "miner_binary", 25_000)]);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(evs[0].state, IncidentState::Update);
+        assert_eq!(evs[0].update, Some(UpdateReason::Escalated));
+        assert!(evs[0].triggers_response());
+        let inc = &evs[0].incident;
+        assert_eq!(inc.severity, Severity::Critical);
+        assert_eq!(
+            inc.rules
+                .iter()
+                .map(|r| (r.id.as_str(), r.count))
+                .collect::<Vec<_>>(),
+            vec![("stratum_port", 2), ("miner_binary", 1)]
+        );
+        assert_eq!(inc.seq, 1, "second record of the incident");
+        // Gone: closes after close_after_windows ticks without it.
+        let mut closes = Vec::new();
+        for k in 0..6 {
+            closes.extend(tr.step(40_000 + k * 10_000, &[], &[]));
+        }
+        assert_eq!(closes.len(), 1);
+        assert_eq!(closes[0].state, IncidentState::Close);
+        assert!(!closes[0].triggers_response());
+    }
+
+    #[test]
+    fn warm_up_suppresses_model_incidents_only() {
+        let mut tr = IncidentTracker::new(IncidentConfig {
+            warmup_windows: 5,
+            ..cfg()
+        });
+        // Huge scores from the first window: nothing during warm-up; the
+        // baseline learns them but is capped, so the sixth window opens.
+        let evs = feed(&mut tr, "new", &[50.0; 8]);
+        assert_eq!(states(&evs), vec![(5, IncidentState::Open)]);
+        let mut no_warmup = IncidentTracker::new(IncidentConfig {
+            warmup_windows: 0,
+            ..cfg()
+        });
+        assert_eq!(
+            states(&feed(&mut no_warmup, "new", &[50.0; 2])),
+            vec![(0, IncidentState::Open)]
+        );
+    }
+
+    #[test]
+    fn periodic_updates_are_rate_limited() {
+        let mut tr = IncidentTracker::new(IncidentConfig {
+            update_interval_s: 60,
+            ..cfg()
+        });
+        let mut scores = vec![0.3; 10];
+        scores.extend([2.5; 40]); // 400 s of attack at a steady severity
+        let evs = feed(&mut tr, "web", &scores);
+        let updates = evs
+            .iter()
+            .filter(|(_, e)| e.state == IncidentState::Update)
+            .count();
+        assert_eq!(evs[0].1.state, IncidentState::Open);
+        assert!((5..=7).contains(&updates), "about one a minute: {updates}");
+        assert!(
+            evs.iter()
+                .all(|(_, e)| e.update != Some(UpdateReason::Escalated))
+        );
+    }
+
+    #[test]
+    fn memory_is_bounded_and_old_containers_are_forgotten() {
+        let mut tr = IncidentTracker::new(IncidentConfig {
+            max_containers: 8,
+            forget_after_windows: 20,
+            ..cfg()
+        });
+        // An incident in "a", then 20 new containers, one per tick.
+        tr.step(1, &[], &[rule_hit("a", "setuid_root", 1)]);
+        let mut closed = Vec::new();
+        for i in 0..20u64 {
+            let v = verdict(&format!("c{i}"), 0.2);
+            closed.extend(tr.step(2 + i, &[v], &[]));
+            assert!(tr.tracked() <= 8);
+        }
+        assert_eq!(tr.stats().evicted, 13);
+        // "a" was closed before it was evicted? It was evicted first or
+        // closed by quiet: either way exactly one close record.
+        assert_eq!(
+            closed
+                .iter()
+                .filter(|e| e.state == IncidentState::Close && e.incident.container == "a")
+                .count(),
+            1
+        );
+        // Unseen for more than forget_after_windows: forgotten.
+        for k in 0..25 {
+            tr.step(100 + k, &[], &[]);
+        }
+        assert_eq!(tr.tracked(), 0);
+        assert!(tr.stats().forgotten >= 7);
+    }
+
+    #[test]
+    fn eviction_closes_an_open_incident() {
+        let mut tr = IncidentTracker::new(IncidentConfig {
+            max_containers: 1,
+            ..cfg()
+        });
+        tr.step(1, &[], &[rule_hit("a", "setuid_root", 1)]);
+        let evs = tr.step(2, &[verdict("b", 0.1)], &[]);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(evs[0].state, IncidentState::Close);
+        assert_eq!(evs[0].incident.close_reason, Some(CloseReason::Evicted));
+        assert_eq!(tr.tracked(), 1);
+    }
+
+    #[test]
+    fn bad_scores_are_counted_and_ignored() {
+        let mut tr = IncidentTracker::new(cfg());
+        let mut evs: Vec<IncidentEvent> = feed(
+            &mut tr,
+            "x",
+            &[f32::NAN, f32::INFINITY, -1.0, 0.3, 0.3, 0.3],
+        )
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+        evs.extend(tr.step(
+            70_000,
+            &[WindowVerdict {
+                container: "x".into(),
+                score: Some((1.0, 0.0)),
+                top_features: vec![],
+            }],
+            &[],
+        ));
+        assert!(evs.is_empty());
+        assert_eq!(tr.stats().bad_scores, 4);
+    }
+
+    #[test]
+    fn same_inputs_same_records() {
+        let run = || {
+            let mut tr = IncidentTracker::new(cfg());
+            let mut all = Vec::new();
+            for i in 0..300u64 {
+                let s = if (100..130).contains(&i) {
+                    4.0
+                } else {
+                    0.2 + (i % 7) as f32 * 0.1
+                };
+                let hits = if i == 200 {
+                    vec![rule_hit("b", "shadow_read", i)]
+                } else {
+                    vec![]
+                };
+                all.extend(tr.step(i * 10_000, &[verdict("a", s), verdict("b", 0.3)], &hits));
+            }
+            all
+        };
+        let (a, b) = (run(), run());
+        assert_eq!(a, b);
+        // a: open, one periodic update (300 s), close; b: open (rule), close.
+        assert_eq!(a.len(), 5, "{a:?}");
+    }
+
+    #[test]
+    fn config_problems_name_the_key() {
+        assert!(IncidentConfig::default().problems().is_empty());
+        let bad = IncidentConfig {
+            open_bound: f32::NAN,
+            close_after_windows: 0,
+            baseline_alpha: 0.0,
+            forget_after_windows: 0,
+            ..IncidentConfig::default()
+        };
+        let p = bad.problems().join("\n");
+        for key in [
+            "incidents.open_bound",
+            "incidents.close_after_windows",
+            "incidents.baseline_alpha",
+        ] {
+            assert!(p.contains(key), "{p}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn random_scores_never_panic_and_state_stays_bounded(
+            steps in proptest::collection::vec(
+                (0u8..12, prop_oneof![
+                    Just(f32::NAN), Just(f32::INFINITY), Just(-1.0f32), Just(0.0f32),
+                    0.0f32..100.0, Just(f32::MAX), Just(f32::MIN_POSITIVE)
+                ], prop_oneof![Just(1.0f32), Just(0.0f32), Just(f32::NAN), 0.001f32..10.0],
+                 any::<bool>(), any::<u64>()),
+                1..400),
+        ) {
+            let mut tr = IncidentTracker::new(IncidentConfig {
+                warmup_windows: 1,
+                max_containers: 5,
+                forget_after_windows: 30,
+                close_after_windows: 3,
+                ..IncidentConfig::default()
+            });
+            let mut open = std::collections::BTreeSet::new();
+            for (c, s, t, rule, now) in steps {
+                let id = format!("c{c}");
+                let hits = if rule { vec![rule_hit(&id, "ptrace_attach", now)] } else { vec![] };
+                let v = WindowVerdict { container: id, score: Some((s, t)), top_features: vec![] };
+                for e in tr.step(now, &[v], &hits) {
+                    match e.state {
+                        // Never two opens without a close in between.
+                        IncidentState::Open => prop_assert!(open.insert(e.incident.container.clone())),
+                        IncidentState::Update => prop_assert!(open.contains(&e.incident.container)),
+                        IncidentState::Close => prop_assert!(open.remove(&e.incident.container)),
+                    }
+                    prop_assert!(e.incident.rules.len() <= MAX_RULES_PER_INCIDENT);
+                    if let Some((p, _)) = e.incident.peak {
+                        prop_assert!(p.is_finite());
+                    }
+                }
+                prop_assert!(tr.tracked() <= 5);
+                prop_assert_eq!(tr.open_count(), open.len());
+                for t in tr.tracks.values() {
+                    prop_assert!(t.cusum.is_finite() && t.cusum >= 0.0);
+                    prop_assert!(t.baseline.is_none_or(f32::is_finite));
+                }
+            }
+        }
+    }
+}
