@@ -63,6 +63,12 @@ def read_alerts(path: Path) -> tuple[list[dict], int]:
             bad += 1
             continue
         if isinstance(a, dict) and "container" in a and "ts_ms" in a:
+            # Incident records: an incident counts once, at its opening;
+            # updates, closes and response records are not new alerts.
+            if a.get("response") or a.get("state", "open") != "open":
+                continue
+            if not a.get("rule") and a.get("rules"):
+                a["rule"] = a["rules"][0]
             alerts.append(a)
         else:
             bad += 1
