@@ -82,8 +82,8 @@ fn tsv(path: &Path) -> Vec<BTreeMap<String, String>> {
         .collect()
 }
 
-/// (short container id, start, stop) of every attack.
-fn attack_spans() -> Vec<(String, u64, u64)> {
+/// (kind, short container id, start, stop) of every attack.
+fn attack_spans() -> Vec<(String, String, u64, u64)> {
     let dir = fixture();
     let ids: BTreeMap<String, String> = tsv(&dir.join("containers.tsv"))
         .into_iter()
@@ -93,6 +93,7 @@ fn attack_spans() -> Vec<(String, u64, u64)> {
         .into_iter()
         .map(|a| {
             (
+                a["kind"].clone(),
                 ids[&a["container"]].clone(),
                 a["start_ms"].parse().unwrap(),
                 a["stop_ms"].parse().unwrap(),
@@ -104,22 +105,14 @@ fn attack_spans() -> Vec<(String, u64, u64)> {
 /// Attack kinds with at least one alert on their container between the
 /// attack's start and two windows after its end.
 fn caught(alerts: &[(String, u64)]) -> Vec<String> {
-    let dir = fixture();
-    let ids: BTreeMap<String, String> = tsv(&dir.join("containers.tsv"))
+    attack_spans()
         .into_iter()
-        .map(|r| (r["name"].clone(), r["id"][..12].to_string()))
-        .collect();
-    tsv(&dir.join("attacks.tsv"))
-        .into_iter()
-        .filter(|a| {
-            let id = &ids[&a["container"]];
-            let start: u64 = a["start_ms"].parse().unwrap();
-            let stop: u64 = a["stop_ms"].parse().unwrap();
+        .filter(|(_, id, start, stop)| {
             alerts
                 .iter()
-                .any(|(c, ts)| c == id && *ts >= start && *ts <= stop + 20_000)
+                .any(|(c, ts)| c == id && ts >= start && *ts <= stop + 20_000)
         })
-        .map(|a| a["kind"].clone())
+        .map(|(kind, ..)| kind)
         .collect()
 }
 
@@ -174,7 +167,7 @@ fn the_recorded_run_replays_deterministically_to_the_expected_alerts() {
     let spans = attack_spans();
     for a in replayed.iter().filter(|a| a.state.as_str() == "open") {
         assert!(
-            spans.iter().any(|(id, start, stop)| {
+            spans.iter().any(|(_, id, start, stop)| {
                 *id == a.container && a.ts_ms >= *start && a.ts_ms <= stop + 20_000
             }),
             "a false incident: {a:?}"

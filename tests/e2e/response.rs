@@ -77,15 +77,18 @@ fn critical(container: &str) -> Alert {
     .unwrap()
 }
 
+/// A responder on `store`'s rate-limit memory (a fresh one is a node
+/// restart).
 fn responder(
     mode: ResponseMode,
     socket: &Path,
     warmup_s: u64,
-    memory: ResponseMemory,
+    store: &NodeStore,
     learning: Arc<AtomicBool>,
     records: &Records,
-) -> Responder {
-    Responder::new(
+) -> Result<Responder> {
+    let (memory, _) = ResponseMemory::open(store.responses()?)?;
+    Ok(Responder::new(
         ResponseConfig {
             mode,
             allow_containers: vec![],
@@ -99,7 +102,7 @@ fn responder(
     )
     .with_memory(memory)
     .with_learning(Arc::new(move || learning.load(Ordering::SeqCst)))
-    .with_sinks(AlertSinks::none().with_sink(records.clone()))
+    .with_sinks(AlertSinks::none().with_sink(records.clone())))
 }
 
 fn state(id: &str, field: &str) -> Result<String> {
@@ -165,15 +168,14 @@ async fn run() -> Result<()> {
     let records = Records::default();
     let learning = Arc::new(AtomicBool::new(true));
     let socket = Path::new(SOCKET);
-    let (memory, _) = ResponseMemory::open(store.responses()?)?;
     let mut r = responder(
         ResponseMode::Pause,
         socket,
         0,
-        memory,
+        &store,
         learning.clone(),
         &records,
-    );
+    )?;
 
     // Learning: nothing happens.
     assert_eq!(
@@ -206,15 +208,14 @@ async fn run() -> Result<()> {
     );
     assert_eq!(state(&allowed, "{{.State.Paused}}")?, "false");
     // In its warm-up (an hour): nothing happens.
-    let (memory, _) = ResponseMemory::open(store.responses()?)?;
     let mut warm = responder(
         ResponseMode::Pause,
         socket,
         3600,
-        memory,
+        &store,
         learning.clone(),
         &records,
-    );
+    )?;
     assert_eq!(
         warm.handle(&critical(&victim), now_ms()).await,
         Decision::Refused(Refusal::WarmUp)
@@ -223,15 +224,14 @@ async fn run() -> Result<()> {
 
     // Docker socket gone: unresolved, and the slot is not used up.
     let gone = data.path().join("gone.sock");
-    let (memory, _) = ResponseMemory::open(store.responses()?)?;
     let mut broken = responder(
         ResponseMode::Pause,
         &gone,
         0,
-        memory,
+        &store,
         learning.clone(),
         &records,
-    );
+    )?;
     assert_eq!(
         broken.handle(&critical(&victim), now_ms()).await,
         Decision::Refused(Refusal::Unresolved)
@@ -245,15 +245,14 @@ async fn run() -> Result<()> {
     docker_ok(&["unpause", &victim], Duration::from_secs(20))?;
     // A restart (a new responder on the same store) remembers the action.
     drop(r);
-    let (memory, _) = ResponseMemory::open(store.responses()?)?;
     let mut again = responder(
         ResponseMode::Pause,
         socket,
         0,
-        memory,
+        &store,
         learning.clone(),
         &records,
-    );
+    )?;
     assert_eq!(
         again.handle(&critical(&victim), now_ms()).await,
         Decision::Refused(Refusal::RateLimited)
@@ -261,15 +260,14 @@ async fn run() -> Result<()> {
     assert_eq!(state(&victim, "{{.State.Paused}}")?, "false");
 
     // Disconnect: the container leaves every network it was on.
-    let (memory, _) = ResponseMemory::open(store.responses()?)?;
     let mut dis = responder(
         ResponseMode::Disconnect,
         socket,
         0,
-        memory,
+        &store,
         learning,
         &records,
-    );
+    )?;
     assert_eq!(
         dis.handle(&critical(&cut), now_ms()).await,
         Decision::Enforce(ResponseAction::Disconnect)

@@ -367,7 +367,8 @@ impl ProcessTranslator {
                         binary: b.clone(),
                     });
                 }
-                if self.is_shell(tgid, binary.as_deref()) && self.stdin_is_socket(tgid) {
+                // One readlink first; the `comm` read only for the rare exec on a socket.
+                if self.stdin_is_socket(tgid) && self.is_shell(tgid, binary.as_deref()) {
                     out.push(Event::Kernel {
                         container: container.clone(),
                         ts_ms,
