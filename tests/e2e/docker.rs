@@ -78,6 +78,14 @@ pub(crate) fn docker_unavailable() -> Option<String> {
         Ok(_) if !Path::new("/sys/fs/cgroup").is_dir() => {
             Some("no cgroup tree at /sys/fs/cgroup".into())
         }
+        // The test image is built from the host's static busybox.
+        Ok(_)
+            if !BUSYBOX_PATHS.iter().any(|p| Path::new(p).is_file())
+                && !docker(&["image", "inspect", IMAGE], Duration::from_secs(20))
+                    .is_ok_and(|o| o.status.success()) =>
+        {
+            Some("no busybox binary on this host (apt-get install busybox-static)".into())
+        }
         Ok(_) => None,
     }
 }
