@@ -112,7 +112,11 @@ fn run() -> Result<()> {
         ],
         Duration::from_secs(60),
     )?;
-    // A bind shell: busybox nc hands its socket to /bin/sh as stdin.
+    // A bind shell: busybox nc hands its socket to /bin/sh as stdin. The
+    // client keeps the connection open a few seconds, as an operator's
+    // session does: the source reads the new shell's fd 0 when the exec
+    // event arrives, and a shell that has already exited by then (one
+    // command, then EOF, within milliseconds) cannot be attributed.
     let shell = format!("fedmesh-e2e-shell-{suffix}");
     guard.0.push(shell.clone());
     let shell_id = docker_ok(
@@ -125,7 +129,7 @@ fn run() -> Result<()> {
             "/bin/busybox",
             "sh",
             "-c",
-            "nc -l -p 4444 -e /bin/sh & sleep 2; echo id | nc 127.0.0.1 4444; sleep 5",
+            "nc -l -p 4444 -e /bin/sh & sleep 2; (echo id; sleep 6) | nc 127.0.0.1 4444; sleep 2",
         ],
         Duration::from_secs(60),
     )?;

@@ -15,8 +15,10 @@
 //! So the existing exec, privilege and escape features and rules
 //! (`setuid_root`, `miner_binary`, `ptrace_attach`, `reverse_shell`) see
 //! processes on hosts with only this node. Processes outside containers are
-//! ignored. A process that exits before its `/proc` entry is read is
-//! counted (`unresolved`), never guessed.
+//! ignored. A process that exits before its `/proc` entry is read (the
+//! reader thread handles each event as it arrives, usually within
+//! milliseconds) is never guessed at: a shell on a socket that runs one
+//! command and exits at once can go unseen, an interactive one cannot.
 //!
 //! [`decode`] parses the kernel's datagrams: bounded, typed errors, fuzzed
 //! and property-tested.
