@@ -149,7 +149,7 @@ fn params(rule: &Rule) -> String {
 }
 
 /// N updates of P values, uniform in [−1, 1).
-fn random_batch(n: usize, p: usize, seed: u64) -> Vec<Vec<f32>> {
+pub(crate) fn random_batch(n: usize, p: usize, seed: u64) -> Vec<Vec<f32>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..n)
         .map(|_| (0..p).map(|_| rng.random_range(-1.0f32..1.0)).collect())
@@ -184,7 +184,7 @@ fn bandwidth_pass(rows: &[&[f32]]) -> f64 {
     })
 }
 
-fn best_of<T>(reps: usize, mut run: impl FnMut() -> Result<T>) -> Result<Duration> {
+pub(crate) fn best_of<T>(reps: usize, mut run: impl FnMut() -> Result<T>) -> Result<Duration> {
     let mut best = Duration::MAX;
     for _ in 0..reps.max(1) {
         let t0 = Instant::now();

@@ -10,6 +10,7 @@ pub mod attacks;
 pub mod baseline;
 pub mod bench;
 pub mod bench_handshake;
+pub mod bench_replay;
 pub mod bench_round;
 pub mod demo;
 pub mod engine;

@@ -254,6 +254,27 @@ enum BenchCmd {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Whether `fedmesh-sim aggregate` runs at I/O speed: a random batch
+    /// written as `.npy`, then reading it, the rule alone and the whole
+    /// replay timed in the same run, and the peak memory of a child
+    /// `aggregate`; prints a Markdown table.
+    Replay {
+        /// Updates.
+        #[arg(long, default_value_t = 100)]
+        n: usize,
+        /// Parameters per update.
+        #[arg(long, default_value_t = 1_000_000)]
+        p: usize,
+        /// Rule (see `bench aggregate --rules`).
+        #[arg(long, default_value = "fedavg")]
+        rule: String,
+        /// Runs per measurement; the best is reported.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Seed of the random batch.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// Latency of a legitimate node's connection (TCP, mTLS, HTTP/2 up to
     /// the server's SETTINGS) to the real coordinator while 127.0.0.1
     /// holds `stalled` connections that never send a ClientHello; prints
@@ -500,11 +521,13 @@ fn run(cmd: Cmd) -> Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "{}: {} updates × {} parameters in {:.3} ms; selected {:?}; written to {}",
+                    "{}: {} updates × {} parameters in {:.3} ms (read {:.1} ms, write {:.1} ms); selected {:?}; written to {}",
                     r.rule,
                     r.n,
                     r.p,
                     r.ms,
+                    r.read_ms,
+                    r.write_ms,
                     r.selected,
                     a.output.display()
                 );
@@ -622,6 +645,28 @@ fn run(cmd: Cmd) -> Result<()> {
                 },
             ))?;
             print!("{}", fedmesh_sim::bench_round::markdown(&rows));
+            Ok(())
+        }
+        Cmd::Bench {
+            what:
+                BenchCmd::Replay {
+                    n,
+                    p,
+                    rule,
+                    reps,
+                    seed,
+                },
+        } => {
+            let f = fedmesh_sim::bench_replay::run(&fedmesh_sim::bench_replay::ReplayBench {
+                n,
+                p,
+                rule,
+                reps,
+                seed,
+                dir: None,
+                exe: std::env::current_exe().ok(),
+            })?;
+            print!("{}", fedmesh_sim::bench_replay::table(&f));
             Ok(())
         }
         Cmd::Bench {

@@ -62,6 +62,12 @@ pub enum NpyError {
         /// The value.
         value: f64,
     },
+    /// The data does not fit in memory.
+    #[error("cannot allocate {bytes} bytes for the data section")]
+    TooLarge {
+        /// Bytes the shape needs.
+        bytes: usize,
+    },
     /// Reading or writing the file failed.
     #[error("{path}: {message}")]
     Io {
@@ -101,6 +107,10 @@ impl Matrix {
 }
 
 const MAGIC: &[u8] = b"\x93NUMPY";
+/// Magic (6), version (2) and the longest header length field (4).
+const PREAMBLE_MAX: usize = 12;
+/// Data is read and converted in pieces of this many bytes (a multiple of 4).
+const READ_CHUNK: usize = 1 << 20;
 
 /// The parsed header.
 #[derive(Debug, Clone, PartialEq)]
@@ -265,8 +275,9 @@ fn parse_header(text: &[u8]) -> Result<Header, NpyError> {
     })
 }
 
-/// Splits a `.npy` file into its header and data section.
-fn split(bytes: &[u8]) -> Result<(Header, &[u8]), NpyError> {
+/// The preamble of a `.npy` file (its first 12 bytes at most): where the
+/// header text starts and how long it is.
+fn preamble(bytes: &[u8]) -> Result<(usize, usize), NpyError> {
     if bytes.len() < 8 {
         return Err(NpyError::Truncated("shorter than the preamble"));
     }
@@ -292,6 +303,12 @@ fn split(bytes: &[u8]) -> Result<(Header, &[u8]), NpyError> {
     if minor != 0 {
         return Err(NpyError::Version(major, minor));
     }
+    Ok((start, len))
+}
+
+/// Splits a `.npy` file into its header and data section.
+fn split(bytes: &[u8]) -> Result<(Header, &[u8]), NpyError> {
+    let (start, len) = preamble(&bytes[..bytes.len().min(PREAMBLE_MAX)])?;
     let end = start
         .checked_add(len)
         .ok_or(NpyError::Truncated("header length overflows"))?;
@@ -321,20 +338,28 @@ fn check_len(shape: &[usize], width: usize, data: &[u8]) -> Result<usize, NpyErr
 }
 
 fn f32s(data: &[u8]) -> Result<Vec<f32>, NpyError> {
-    data.chunks_exact(4)
-        .enumerate()
-        .map(|(index, c)| {
-            let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            if v.is_finite() {
-                Ok(v)
-            } else {
-                Err(NpyError::NonFinite {
-                    index,
-                    value: f64::from(v),
-                })
-            }
-        })
-        .collect()
+    let mut out = Vec::with_capacity(data.len() / 4);
+    match push_f32s(data, &mut out) {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// Appends the little-endian f32s of `data` (a multiple of 4 bytes) to
+/// `out`; the first non-finite one, by its flat index, if any.
+fn push_f32s(data: &[u8], out: &mut Vec<f32>) -> Option<NpyError> {
+    let mut bad = None;
+    for c in data.chunks_exact(4) {
+        let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        if bad.is_none() && !v.is_finite() {
+            bad = Some(NpyError::NonFinite {
+                index: out.len(),
+                value: f64::from(v),
+            });
+        }
+        out.push(v);
+    }
+    bad
 }
 
 fn f64s(data: &[u8]) -> Result<Vec<f64>, NpyError> {
@@ -361,9 +386,9 @@ fn not_fortran(h: &Header) -> Result<(), NpyError> {
     }
 }
 
-/// Decodes an `N × P` little-endian float32 C-order matrix.
-pub fn decode_matrix(bytes: &[u8]) -> Result<Matrix, NpyError> {
-    let (h, data) = split(bytes)?;
+/// The `(rows, cols)` of a matrix header, or why it is not an `N × P`
+/// little-endian float32 C-order matrix.
+fn matrix_shape(h: Header) -> Result<(usize, usize), NpyError> {
     if h.descr != "<f4" {
         return Err(NpyError::Dtype {
             found: h.descr,
@@ -371,18 +396,125 @@ pub fn decode_matrix(bytes: &[u8]) -> Result<Matrix, NpyError> {
         });
     }
     not_fortran(&h)?;
-    if h.shape.len() != 2 {
-        return Err(NpyError::Shape {
+    match h.shape[..] {
+        [rows, cols] => Ok((rows, cols)),
+        _ => Err(NpyError::Shape {
             found: h.shape,
             expected: "two dimensions (N updates × P parameters)",
-        });
+        }),
     }
-    check_len(&h.shape, 4, data)?;
+}
+
+/// Decodes an `N × P` little-endian float32 C-order matrix.
+pub fn decode_matrix(bytes: &[u8]) -> Result<Matrix, NpyError> {
+    let (h, data) = split(bytes)?;
+    let (rows, cols) = matrix_shape(h)?;
+    check_len(&[rows, cols], 4, data)?;
     Ok(Matrix {
-        rows: h.shape[0],
-        cols: h.shape[1],
+        rows,
+        cols,
         data: f32s(data)?,
     })
+}
+
+/// Reads from `r` until `buf` is full or the input ends; the bytes read.
+fn fill(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Reads an `N × P` float32 matrix from a stream, straight into its one
+/// buffer: the data section is converted in [`READ_CHUNK`] pieces, so peak
+/// memory is one copy of the matrix (plus a piece), not the file and the
+/// matrix. Accepts and refuses exactly what [`decode_matrix`] does, with
+/// the same errors; `Err(Ok(e))` is a refusal, `Err(Err(io))` an I/O error.
+/// `total` is the stream's length when known (a regular file's size): the
+/// data length is then checked before the buffer is allocated, so a header
+/// announcing more than the file holds allocates nothing.
+fn stream_matrix(
+    r: &mut impl std::io::Read,
+    total: Option<u64>,
+) -> Result<Matrix, Result<NpyError, std::io::Error>> {
+    use std::io::Read;
+    let mut head = vec![0u8; PREAMBLE_MAX];
+    let got = fill(r, &mut head).map_err(Err)?;
+    head.truncate(got);
+    let (start, len) = preamble(&head).map_err(Ok)?;
+    let end = start
+        .checked_add(len)
+        .ok_or(Ok(NpyError::Truncated("header length overflows")))?;
+    if head.len() < end {
+        let want = (end - head.len()) as u64;
+        r.take(want).read_to_end(&mut head).map_err(Err)?;
+    }
+    let text = head
+        .get(start..end)
+        .ok_or(Ok(NpyError::Truncated("header shorter than announced")))?;
+    let (rows, cols) = matrix_shape(parse_header(text).map_err(Ok)?).map_err(Ok)?;
+    let shape = [rows, cols];
+    let overflow = || Ok(NpyError::Header(format!("shape {shape:?} overflows")));
+    let count = rows.checked_mul(cols).ok_or_else(overflow)?;
+    let expected = count.checked_mul(4).ok_or_else(overflow)?;
+    // Bytes of the data section already read with the header (a tiny
+    // version 1.0 header), then the rest in pieces.
+    let mut pending = head.split_off(end);
+    let length_error = |actual: usize| {
+        Ok(NpyError::DataLength {
+            shape: shape.to_vec(),
+            expected,
+            actual,
+        })
+    };
+    let mut data: Vec<f32> = Vec::new();
+    match total {
+        Some(t) => {
+            let actual = t.saturating_sub(end as u64);
+            if actual != expected as u64 {
+                return Err(length_error(usize::try_from(actual).unwrap_or(usize::MAX)));
+            }
+            data.try_reserve_exact(count)
+                .map_err(|_| Ok(NpyError::TooLarge { bytes: expected }))?;
+        }
+        // Unknown length: grow as the data arrives.
+        None => data.reserve(count.min(READ_CHUNK / 4)),
+    }
+    let mut buf = vec![0u8; READ_CHUNK.min(expected.max(4))];
+    let mut consumed = 0usize;
+    let mut bad = None;
+    while consumed < expected {
+        let want = (expected - consumed).min(buf.len());
+        let from_pending = pending.len().min(want);
+        buf[..from_pending].copy_from_slice(&pending[..from_pending]);
+        pending.drain(..from_pending);
+        let got = from_pending + fill(r, &mut buf[from_pending..want]).map_err(Err)?;
+        // Whole values only; a trailing partial value is a length error.
+        let whole = got - got % 4;
+        let e = push_f32s(&buf[..whole], &mut data);
+        bad = bad.or(e);
+        consumed += got;
+        if got < want {
+            break;
+        }
+    }
+    // Anything after the announced data makes the section too long.
+    let extra = pending.len() as u64 + std::io::copy(r, &mut std::io::sink()).map_err(Err)?;
+    if consumed != expected || extra > 0 {
+        return Err(length_error(
+            consumed.saturating_add(usize::try_from(extra).unwrap_or(usize::MAX)),
+        ));
+    }
+    match bad {
+        Some(e) => Err(Ok(e)),
+        None => Ok(Matrix { rows, cols, data }),
+    }
 }
 
 /// Decodes a one-dimensional little-endian float32 or float64 vector.
@@ -465,9 +597,25 @@ fn io(path: &Path, e: std::io::Error) -> NpyError {
     }
 }
 
-/// Reads an `N × P` float32 matrix from a file.
+/// Reads an `N × P` float32 matrix from a file, streamed into one buffer
+/// (peak memory about one copy of the matrix).
 pub fn read_matrix(path: &Path) -> Result<Matrix, NpyError> {
-    decode_matrix(&std::fs::read(path).map_err(|e| io(path, e))?)
+    let mut f = std::fs::File::open(path).map_err(|e| io(path, e))?;
+    let total = f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+    stream_matrix(&mut f, total).map_err(|e| e.unwrap_or_else(|e| io(path, e)))
+}
+
+/// [`read_matrix`] over any reader whose length, if known, is `total`.
+pub fn read_matrix_from(
+    r: &mut impl std::io::Read,
+    total: Option<u64>,
+) -> Result<Matrix, NpyError> {
+    stream_matrix(r, total).map_err(|e| {
+        e.unwrap_or_else(|e| NpyError::Io {
+            path: "<stream>".into(),
+            message: e.to_string(),
+        })
+    })
 }
 
 /// Reads a float32/float64 vector from a file.
@@ -591,7 +739,103 @@ mod tests {
         );
     }
 
+    /// A reader handing out at most `step` bytes per call.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        step: usize,
+    }
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
+    /// The streaming reader against the in-memory decoder: same matrix or
+    /// same refusal, with the length known or not, in any read sizes.
+    fn stream_agrees(bytes: &[u8], step: usize) -> Result<(), TestCaseError> {
+        let want = decode_matrix(bytes);
+        let total = Some(bytes.len() as u64);
+        let mut r = std::io::Cursor::new(bytes);
+        prop_assert_eq!(&read_matrix_from(&mut r, total), &want);
+        let mut r = Trickle { bytes, step };
+        prop_assert_eq!(&read_matrix_from(&mut r, None), &want);
+        Ok(())
+    }
+
+    #[test]
+    fn files_stream_into_one_buffer_across_read_chunks() {
+        // More than one READ_CHUNK of data, a NaN in the second piece.
+        let cols = READ_CHUNK / 4 + 3;
+        let mut m = Matrix {
+            rows: 2,
+            cols,
+            data: (0..2 * cols).map(|i| i as f32).collect(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.npy");
+        write(&path, &encode_matrix(&m)).unwrap();
+        assert_eq!(read_matrix(&path).unwrap(), m);
+        m.data[cols + 1] = f32::NAN;
+        write(&path, &encode_matrix(&m)).unwrap();
+        assert_eq!(
+            read_matrix(&path).unwrap_err().to_string(),
+            format!("value at flat index {} is not finite (NaN)", cols + 1)
+        );
+        // A header announcing far more than the file holds allocates
+        // nothing and says how much is there.
+        let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000, 1000000), }";
+        std::fs::write(&path, file(h, &[0u8; 8])).unwrap();
+        assert_eq!(
+            read_matrix(&path).unwrap_err(),
+            NpyError::DataLength {
+                shape: vec![1_000_000, 1_000_000],
+                expected: 4_000_000_000_000,
+                actual: 8
+            }
+        );
+        assert!(matches!(
+            read_matrix(&dir.path().join("absent.npy")),
+            Err(NpyError::Io { .. })
+        ));
+    }
+
     proptest! {
+        #[test]
+        fn streaming_reads_agree_with_decoding(
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+            step in 1usize..40,
+        ) {
+            stream_agrees(&bytes, step)?;
+            let mut with_magic = MAGIC.to_vec();
+            with_magic.extend_from_slice(&bytes);
+            stream_agrees(&with_magic, step)?;
+        }
+
+        #[test]
+        fn streaming_agrees_on_mutated_and_cut_files(
+            rows in 0usize..4,
+            cols in 0usize..5,
+            pos in 0usize..200,
+            byte in any::<u8>(),
+            cut in 0usize..200,
+            step in 1usize..40,
+        ) {
+            let m = Matrix { rows, cols, data: (0..rows * cols).map(|i| i as f32).collect() };
+            let mut bytes = encode_matrix(&m);
+            stream_agrees(&bytes, step)?;
+            let p = pos % bytes.len();
+            bytes[p] = byte;
+            stream_agrees(&bytes, step)?;
+            bytes.truncate(cut.min(bytes.len()));
+            stream_agrees(&bytes, step)?;
+            bytes.extend_from_slice(&[0, 0, 0]);
+            stream_agrees(&bytes, step)?;
+        }
+
         #[test]
         fn round_trip(rows in 0usize..5, cols in 0usize..7, seed in any::<u32>()) {
             let data: Vec<f32> = (0..rows * cols)

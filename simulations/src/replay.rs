@@ -154,6 +154,27 @@ pub struct ReplayReport {
     pub selected: Vec<usize>,
     /// Aggregation time in milliseconds (reading and writing excluded).
     pub ms: f64,
+    /// Time to read and check the batch (and weights), milliseconds.
+    pub read_ms: f64,
+    /// Time to write the aggregate, milliseconds.
+    pub write_ms: f64,
+    /// Peak resident memory of this process so far (`VmHWM`), bytes,
+    /// where readable.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Peak resident memory of this process (`VmHWM`), bytes, where readable.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// Aggregates a batch with a rule; returns the result and the time the rule
@@ -197,23 +218,37 @@ pub fn replay_files(
         let path = p.display().to_string();
         move |source| ReplayError::Npy { path, source }
     };
+    let t = Instant::now();
     let batch = npy::read_matrix(input).map_err(npy_err(input))?;
     let w = weights
         .map(|p| npy::read_vector(p).map_err(npy_err(p)))
         .transpose()?;
+    let read = t.elapsed();
     let (agg, took) = aggregate_batch(&batch, w.as_deref(), cfg)?;
+    let t = Instant::now();
     npy::write(output, &npy::encode_vector(&agg.value)).map_err(npy_err(output))?;
+    let write = t.elapsed();
     Ok(ReplayReport {
         rule: cfg.rule.name().to_string(),
         n: batch.rows,
         p: batch.cols,
         selected: agg.selected,
         ms: took.as_secs_f64() * 1e3,
+        read_ms: read.as_secs_f64() * 1e3,
+        write_ms: write.as_secs_f64() * 1e3,
+        peak_rss_bytes: peak_rss_bytes(),
     })
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn peak_memory_is_read_from_proc() {
+        if std::path::Path::new("/proc/self/status").exists() {
+            assert!(super::peak_rss_bytes().is_some_and(|b| b > 0));
+        }
+    }
+
     use super::*;
 
     fn args(rule: &str) -> RuleArgs {
