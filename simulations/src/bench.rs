@@ -1,15 +1,25 @@
-//! `fedmesh-sim bench aggregate`: wall-clock cost of the aggregation rules.
+//! `fedmesh-sim bench aggregate`: every aggregation rule against the
+//! physical limit it is bound by, measured in the same run.
 //!
 //! For every (N, P) cell: N random updates of P values (uniform in [−1, 1),
-//! seeded ChaCha, generated once per cell), then a plain memory-bandwidth
-//! pass over the same N×P f32 (the sum of every value, on all cores) as the
-//! physical floor, then every rule through
-//! [`fedmesh_coordinator::aggregate::RuleConfig::aggregate`]. Each time is
-//! the best of `reps` runs. For N = 100, P = 10⁶ the table also gives the
-//! speed-up against the Flower 1.42 timings the issue quotes (2-core
-//! machine, same N and P). Every row also records the 1-minute load average
-//! (`/proc/loadavg`, where readable) just before it was measured, since the
-//! machine may be shared.
+//! seeded ChaCha, generated once per cell), then two limits of this
+//! machine, then every rule through
+//! [`fedmesh_coordinator::aggregate::RuleConfig::aggregate`]:
+//!
+//! - a **memory pass** over the same N×P f32 (the sum of every value, on
+//!   all cores): the floor of the coordinate-wise rules (FedAvg, median,
+//!   trimmed mean read every value once; geometric median and centered
+//!   clipping once per iteration);
+//! - the **sgemm rate** (`matrixmultiply`, the kernel Krum's Gram pass
+//!   uses, on cache-resident blocks on every core): the floor of the
+//!   Gram-based rules is their N²P/2 multiply-adds at that rate (Krum,
+//!   Multi-Krum; Bulyan adds a memory pass for its coordinate-wise stage).
+//!
+//! Each time is the best of `reps` runs; "% of limit" is limit / time.
+//! Every row records the 1-minute load average (`/proc/loadavg`, where
+//! readable) just before it was measured, since the machine may be shared.
+//! Flower is compared in the same run by `simulations/scripts/compare_flower.py`,
+//! never against figures from another day.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -30,16 +40,6 @@ pub const RULES: [&str; 8] = [
     "bulyan",
     "geometric_median",
     "centered_clipping",
-];
-
-/// Flower 1.42 timings (ms) for N = 100, P = 10⁶ on a 2-core machine.
-const FLOWER_MS: [(&str, f64); 6] = [
-    ("fedavg", 128.0),
-    ("median", 2397.0),
-    ("trimmed_mean", 1896.0),
-    ("krum", 1048.0),
-    ("multi_krum", 1054.0),
-    ("bulyan", 6255.0),
 ];
 
 /// Parameters of `bench aggregate`.
@@ -74,10 +74,87 @@ pub struct BenchRow {
     pub best: Duration,
     /// `best` divided by the bandwidth pass of the same cell.
     pub ratio: f64,
-    /// Flower 1.42 time for this cell, where quoted.
-    pub flower_ms: Option<f64>,
+    /// What bounds the rule and its time at that bound on this machine.
+    pub limit: Option<Limit>,
     /// 1-minute load average just before the measurement, where readable.
     pub load: Option<f64>,
+}
+
+/// The physical bound of a rule and the time it implies.
+#[derive(Debug, Clone)]
+pub struct Limit {
+    /// `memory pass`, `3 memory passes`, `sgemm`, `sgemm + memory pass`…
+    pub bound: String,
+    /// The bound's time for this cell.
+    pub time: Duration,
+}
+
+impl Limit {
+    /// limit / measured time, in percent.
+    pub fn percent_of(&self, best: Duration) -> f64 {
+        100.0 * self.time.as_secs_f64() / best.as_secs_f64().max(1e-12)
+    }
+}
+
+/// The limit of `rule` for an `n × p` batch, given this run's memory pass
+/// and sgemm rate (multiply-adds per second, all cores).
+pub fn rule_limit(rule: &Rule, n: usize, p: usize, pass: Duration, fma_per_s: f64) -> Limit {
+    let passes = |k: usize| Limit {
+        bound: if k == 1 {
+            "memory pass".into()
+        } else {
+            format!("{k} memory passes")
+        },
+        time: pass * u32::try_from(k).unwrap_or(u32::MAX),
+    };
+    // The Gram matrix's distinct products: N²P/2 multiply-adds.
+    let gram = Duration::from_secs_f64((n * n) as f64 * p as f64 / 2.0 / fma_per_s.max(1.0));
+    match rule {
+        Rule::FedAvg | Rule::Median | Rule::TrimmedMean { .. } => passes(1),
+        Rule::GeometricMedian { iterations, .. } => passes((*iterations).max(1)),
+        Rule::CenteredClipping { iterations, .. } => passes((*iterations).max(1)),
+        Rule::Krum { .. } | Rule::MultiKrum { .. } => Limit {
+            bound: "sgemm".into(),
+            time: gram,
+        },
+        Rule::Bulyan { .. } => Limit {
+            bound: "sgemm + memory pass".into(),
+            time: gram + pass,
+        },
+    }
+}
+
+/// This machine's sgemm rate on every core, multiply-adds per second:
+/// each thread multiplies cache-resident 128 × 1024 by 1024 × 128 blocks
+/// with ndarray's `general_mat_mul` (→ `matrixmultiply`, Krum's kernel);
+/// the best of `reps`.
+pub fn sgemm_rate(reps: usize) -> f64 {
+    use ndarray::Array2;
+    use ndarray::linalg::general_mat_mul;
+    const M: usize = 128;
+    const K: usize = 1024;
+    const CALLS: usize = 16;
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let a = Array2::from_shape_fn((M, K), |(i, j)| ((i + j) % 7) as f32 * 0.25 - 0.5);
+    let at = a.t().to_owned();
+    let mut best = f64::INFINITY;
+    for _ in 0..reps.max(1) {
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                let (a, at) = (&a, &at);
+                s.spawn(move || {
+                    let mut c = Array2::<f32>::zeros((M, M));
+                    for _ in 0..CALLS {
+                        general_mat_mul(1.0, a, at, 0.0, &mut c);
+                    }
+                    black_box(c[(0, 0)])
+                });
+            }
+        });
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    (threads * CALLS * M * M * K) as f64 / best.max(1e-12)
 }
 
 /// The 1-minute load average from `/proc/loadavg` (Linux), if readable.
@@ -195,8 +272,8 @@ pub(crate) fn best_of<T>(reps: usize, mut run: impl FnMut() -> Result<T>) -> Res
 }
 
 /// Runs the benchmark; one row for the bandwidth pass and one per rule for
-/// every (N, P) cell.
-pub fn run_aggregate(opts: &AggregateBench) -> Result<Vec<BenchRow>> {
+/// every (N, P) cell. `fma_per_s` is this run's [`sgemm_rate`].
+pub fn run_aggregate(opts: &AggregateBench, fma_per_s: f64) -> Result<Vec<BenchRow>> {
     let names = parse_rules(&opts.rules)?;
     let cells: Vec<(usize, usize)> = opts
         .n
@@ -230,7 +307,7 @@ pub fn run_aggregate(opts: &AggregateBench) -> Result<Vec<BenchRow>> {
             p,
             best: floor,
             ratio: 1.0,
-            flower_ms: None,
+            limit: None,
             load,
         });
         bar.inc(1);
@@ -243,9 +320,7 @@ pub fn run_aggregate(opts: &AggregateBench) -> Result<Vec<BenchRow>> {
                 cfg.aggregate(&refs, &weights)
                     .with_context(|| format!("{name} on N={n} P={p}"))
             })?;
-            let flower_ms = (n == 100 && p == 1_000_000)
-                .then(|| FLOWER_MS.iter().find(|(r, _)| r == name).map(|(_, ms)| *ms))
-                .flatten();
+            let limit = rule_limit(&rule, n, p, floor, fma_per_s);
             rows.push(BenchRow {
                 rule: (*name).to_string(),
                 params: params(&rule),
@@ -253,7 +328,7 @@ pub fn run_aggregate(opts: &AggregateBench) -> Result<Vec<BenchRow>> {
                 p,
                 best,
                 ratio: best.as_secs_f64() / floor_s,
-                flower_ms,
+                limit: Some(limit),
                 load,
             });
             bar.inc(1);
@@ -266,22 +341,35 @@ pub fn run_aggregate(opts: &AggregateBench) -> Result<Vec<BenchRow>> {
 /// The rows as a Markdown table.
 pub fn table(rows: &[BenchRow]) -> String {
     let mut out = String::from(
-        "| rule | params | N | P | time ms | × bandwidth | Flower 1.42 ms | speed-up | load |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| rule | params | N | P | time ms | × memory pass | bound by | limit ms | % of limit | load |\n\
+         |---|---|---:|---:|---:|---:|---|---:|---:|---:|\n",
     );
     for r in rows {
         let ms = r.best.as_secs_f64() * 1e3;
-        let (flower, speedup) = match r.flower_ms {
-            Some(f) => (format!("{f:.0}"), format!("{:.1}×", f / ms.max(1e-9))),
-            None => (String::new(), String::new()),
+        let (bound, limit, pct) = match &r.limit {
+            Some(l) => (
+                l.bound.clone(),
+                format!("{:.2}", l.time.as_secs_f64() * 1e3),
+                format!("{:.0} %", l.percent_of(r.best)),
+            ),
+            None => (String::new(), String::new(), String::new()),
         };
         let load = r.load.map_or_else(String::new, |l| format!("{l:.2}"));
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.2} | {:.1} | {} | {} | {} |\n",
-            r.rule, r.params, r.n, r.p, ms, r.ratio, flower, speedup, load
+            "| {} | {} | {} | {} | {:.2} | {:.1} | {} | {} | {} | {} |\n",
+            r.rule, r.params, r.n, r.p, ms, r.ratio, bound, limit, pct, load
         ));
     }
     out
+}
+
+/// The machine's sgemm rate line printed above the table.
+pub fn sgemm_line(fma_per_s: f64) -> String {
+    format!(
+        "sgemm rate (all cores): {:.1} GFLOP/s ({:.1} G multiply-adds/s)\n",
+        2.0 * fma_per_s / 1e9,
+        fma_per_s / 1e9
+    )
 }
 
 #[cfg(test)]
@@ -298,12 +386,40 @@ mod tests {
             seed: 1,
             quiet: true,
         };
-        let rows = run_aggregate(&opts).unwrap();
+        let rows = run_aggregate(&opts, sgemm_rate(1)).unwrap();
         assert_eq!(rows.len(), 2 * (RULES.len() + 1));
         let t = table(&rows);
         assert!(t.contains("| bulyan | f=1 | 10 | 100 |"));
+        assert!(t.contains("sgemm + memory pass"), "{t}");
+        for r in &rows {
+            let bound = r.limit.as_ref().map(|l| l.bound.as_str());
+            match r.rule.as_str() {
+                "bandwidth" => assert!(bound.is_none()),
+                "krum" | "multi_krum" => assert_eq!(bound, Some("sgemm")),
+                "geometric_median" => assert_eq!(bound, Some("8 memory passes")),
+                _ => assert!(bound.is_some()),
+            }
+        }
         assert!(parse_rules(&["krum2".into()]).is_err());
         assert_eq!(parse_rules(&["krum".into()]).unwrap(), vec!["krum"]);
+    }
+
+    #[test]
+    fn limits_follow_the_work_each_rule_must_do() {
+        let pass = Duration::from_millis(10);
+        // 10⁹ multiply-adds per second: 100²·10⁶/2 = 5·10⁹ → 5 s.
+        let krum = rule_limit(&Rule::Krum { f: 10 }, 100, 1_000_000, pass, 1e9);
+        assert_eq!(krum.time, Duration::from_secs(5));
+        let bulyan = rule_limit(&Rule::Bulyan { f: 10 }, 100, 1_000_000, pass, 1e9);
+        assert_eq!(bulyan.time, Duration::from_secs(5) + pass);
+        let cc = Rule::CenteredClipping {
+            tau: 1.0,
+            iterations: 3,
+        };
+        assert_eq!(rule_limit(&cc, 100, 10, pass, 1e9).time, pass * 3);
+        assert_eq!(rule_limit(&Rule::Median, 100, 10, pass, 1e9).time, pass);
+        assert!((krum.percent_of(Duration::from_secs(10)) - 50.0).abs() < 1e-9);
+        assert!(sgemm_rate(1) > 0.0);
     }
 
     #[test]
