@@ -348,18 +348,18 @@ fn f32s(data: &[u8]) -> Result<Vec<f32>, NpyError> {
 /// Appends the little-endian f32s of `data` (a multiple of 4 bytes) to
 /// `out`; the first non-finite one, by its flat index, if any.
 fn push_f32s(data: &[u8], out: &mut Vec<f32>) -> Option<NpyError> {
-    let mut bad = None;
-    for c in data.chunks_exact(4) {
-        let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        if bad.is_none() && !v.is_finite() {
-            bad = Some(NpyError::NonFinite {
-                index: out.len(),
-                value: f64::from(v),
-            });
-        }
-        out.push(v);
-    }
-    bad
+    let start = out.len();
+    // Two tight loops (each vectorises) over a piece still in cache: the
+    // conversion, then the check.
+    out.extend(
+        data.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+    );
+    let at = out[start..].iter().position(|v| !v.is_finite())?;
+    Some(NpyError::NonFinite {
+        index: start + at,
+        value: f64::from(out[start + at]),
+    })
 }
 
 fn f64s(data: &[u8]) -> Result<Vec<f64>, NpyError> {
