@@ -180,6 +180,12 @@ def main() -> int:
             x = rng.normal(0.0, 1.0, size=(n, p)).astype("<f4")
             # f outliers, so selection rules have something to reject.
             x[:cell_f(n)] = x[:cell_f(n)] * 10.0 + 3.0
+            # Rows in lexicographic order: where Krum scores tie (Bulyan's
+            # last steps score with one neighbour, so a mutually nearest
+            # pair always ties when f = 1), fedmesh picks the
+            # lexicographically smaller update and Flower the first index;
+            # on sorted rows the two are the same update.
+            x = np.ascontiguousarray(x[np.lexsort(x.T[::-1])])
             inp = Path(tmp) / f"updates_{n}x{p}.npy"
             np.save(inp, np.ascontiguousarray(x))
             results = [([x[i]], 1) for i in range(n)]
