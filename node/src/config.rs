@@ -156,6 +156,17 @@ pub enum SourceConfig {
         #[serde(default = "d_proc_root")]
         proc_root: PathBuf,
     },
+    /// Per-container network-namespace signals (TCP counters and socket
+    /// tables of `/proc/<pid>/net/{snmp,tcp,tcp6}`), read once per window;
+    /// containers found in the cgroup tree as the cgroup source finds them.
+    Netns {
+        /// cgroup root (container discovery and member processes).
+        #[serde(default = "d_cgroup_root")]
+        root: PathBuf,
+        /// /proc root.
+        #[serde(default = "d_proc_root")]
+        proc_root: PathBuf,
+    },
     /// Falco JSON lines (`json_output: true`), from a followed file or stdin.
     Falco {
         /// File to follow as it grows (rotation and truncation handled);
@@ -445,7 +456,8 @@ impl NodeConfig {
             }
             for src in cfg.source.iter_mut().chain(cfg.sources.iter_mut()) {
                 match src {
-                    SourceConfig::Cgroup { root, proc_root } => {
+                    SourceConfig::Cgroup { root, proc_root }
+                    | SourceConfig::Netns { root, proc_root } => {
                         fix(root);
                         fix(proc_root);
                     }

@@ -28,9 +28,9 @@
 //! | 11 | `log1p_execs` | log1p(# exec events) |
 //! | 12 | `log1p_distinct_binaries` | log1p(# distinct exec'd binaries) |
 //! | 13 | `log1p_new_binaries` | log1p(# distinct binaries never exec'd before in this container) |
-//! | 14 | `log1p_connects` | log1p(# connect events) |
-//! | 15 | `log1p_distinct_dst_ips` | log1p(# distinct destination IPs) |
-//! | 16 | `log1p_distinct_dst_ports` | log1p(# distinct destination ports) |
+//! | 14 | `log1p_connects` | log1p(# outbound connection attempts: # connect events, or the TCP active opens of the container's network namespace when larger) |
+//! | 15 | `log1p_distinct_dst_ips` | log1p(# distinct destination IPs: of connect events and of outbound connections first seen in the namespace's socket tables) |
+//! | 16 | `log1p_distinct_dst_ports` | log1p(# distinct destination ports, from the same) |
 //! | 17 | `log1p_new_dst_ips` | log1p(# distinct destination IPs never seen before in this container) |
 //! | 18 | `log1p_privilege_events` | log1p(# `Setuid` + `Capset`) |
 //! | 19 | `log1p_escape_events` | log1p(# `Mount` + `Unshare` + `Setns` + `Ptrace` + `ModuleLoad` + `PacketSocket`) |
@@ -46,6 +46,14 @@
 //!   [`crate::sim::synthetic::labelled_windows`]) skip that window.
 //! - A container with events but no sample in the window gets zero rates and
 //!   the gauges (memory, pids) of its last known sample (zero if none).
+//! - Connection attempts come from two kinds of events that may both
+//!   describe the same connections: `Connect` events (Falco, Tetragon) and
+//!   the `netns` source's `Net` events (the namespace's `ActiveOpens`
+//!   growth; it also sees the attempts no socket table shows, such as
+//!   connections refused at once). Taking the larger of the two counts
+//!   never counts a connection twice when both sources run. The `Net`
+//!   events' other counters (failed attempts, resets) are the rule layer's
+//!   (`port_scan`), not features, so the schema (and its hash) is unchanged.
 //! - The per-container memories of known binaries and destination IPs are
 //!   capped at [`MAX_KNOWN_PER_CONTAINER`] entries each (beyond that, unknown
 //!   values keep counting as new).
@@ -179,6 +187,8 @@ struct WindowAcc {
     execs: u64,
     binaries: HashSet<String>,
     connects: u64,
+    /// TCP active opens of the container's namespace (`Net` events).
+    net_opens: u64,
     dst_ips: HashSet<IpAddr>,
     dst_ports: HashSet<u16>,
     privilege: u64,
@@ -273,6 +283,17 @@ impl WindowBuilder {
                 }
                 if acc.dst_ports.len() < MAX_KNOWN_PER_CONTAINER {
                     acc.dst_ports.insert(*dst_port);
+                }
+            }
+            Event::Net { net, .. } => {
+                acc.net_opens = acc.net_opens.saturating_add(net.active_opens);
+                for r in &net.new_remotes {
+                    if acc.dst_ips.len() < MAX_KNOWN_PER_CONTAINER {
+                        acc.dst_ips.insert(r.ip());
+                    }
+                    if acc.dst_ports.len() < MAX_KNOWN_PER_CONTAINER {
+                        acc.dst_ports.insert(r.port());
+                    }
                 }
             }
             Event::Kernel { kind, .. } => {
@@ -384,7 +405,7 @@ fn compute_features(st: &mut ContainerState, acc: &WindowAcc) -> [f32; NUM_FEATU
         }
     }
     f[idx::NEW_BINARIES] = count_log1p(new_bins);
-    f[idx::CONNECTS] = count_log1p(acc.connects);
+    f[idx::CONNECTS] = count_log1p(acc.connects.max(acc.net_opens));
     f[idx::DISTINCT_DST_IPS] = count_log1p(acc.dst_ips.len() as u64);
     f[idx::DISTINCT_DST_PORTS] = count_log1p(acc.dst_ports.len() as u64);
     let mut new_ips = 0u64;
