@@ -541,6 +541,61 @@ mod tests {
         assert!(b.close(20).is_empty());
     }
 
+    fn net(c: &str, ts: u64, opens: u64, remotes: &[&str]) -> Event {
+        Event::Net {
+            container: cid(c),
+            ts_ms: ts,
+            net: Box::new(crate::telemetry::NetActivity {
+                interval_ms: 10_000,
+                active_opens: opens,
+                attempt_fails: opens,
+                new_remotes: remotes.iter().map(|r| r.parse().unwrap()).collect(),
+                new_remotes_total: remotes.len() as u32,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn namespace_activity_feeds_the_connection_features_without_double_counting() {
+        let mut b = WindowBuilder::new();
+        // 100 refused attempts (no socket left) and one new outbound
+        // connection seen in the table.
+        b.push(&net("a", 5, 100, &["45.9.148.21:3333"]));
+        let f = b.close(10)[0].features;
+        assert!((f[idx::CONNECTS] - 101f32.ln()).abs() < 1e-5);
+        assert!((f[idx::DISTINCT_DST_IPS] - 2f32.ln()).abs() < 1e-6);
+        assert!((f[idx::DISTINCT_DST_PORTS] - 2f32.ln()).abs() < 1e-6);
+        assert!((f[idx::NEW_DST_IPS] - 2f32.ln()).abs() < 1e-6);
+        // Falco reports 3 of 4 attempts the namespace counted: 4, not 7.
+        for port in [80, 81, 82] {
+            b.push(&Event::Connect {
+                container: cid("a"),
+                ts_ms: 15,
+                dst_ip: "10.0.0.1".parse().unwrap(),
+                dst_port: port,
+            });
+        }
+        b.push(&net("a", 19, 4, &["10.0.0.1:80"]));
+        let f = b.close(20)[0].features;
+        assert!((f[idx::CONNECTS] - 5f32.ln()).abs() < 1e-5);
+        assert!((f[idx::DISTINCT_DST_PORTS] - 4f32.ln()).abs() < 1e-6);
+        assert!((f[idx::NEW_DST_IPS] - 2f32.ln()).abs() < 1e-6);
+        // More connect events than active opens: the events count.
+        for _ in 0..9 {
+            b.push(&Event::Connect {
+                container: cid("a"),
+                ts_ms: 25,
+                dst_ip: "10.0.0.1".parse().unwrap(),
+                dst_port: 80,
+            });
+        }
+        b.push(&net("a", 29, 2, &[]));
+        let f = b.close(30)[0].features;
+        assert!((f[idx::CONNECTS] - 10f32.ln()).abs() < 1e-5);
+        assert_eq!(f[idx::NEW_DST_IPS], 0.0);
+    }
+
     fn arb_counters() -> impl Strategy<Value = ResourceCounters> {
         (
             prop::array::uniform8(any::<u64>()),
@@ -588,6 +643,24 @@ mod tests {
                     dst_port,
                 }
             ),
+            (
+                c.clone(),
+                any::<u64>(),
+                any::<u64>(),
+                prop::collection::vec(any::<([u8; 4], u16)>(), 0..4)
+            )
+                .prop_map(|(container, ts_ms, opens, remotes)| Event::Net {
+                    container,
+                    ts_ms,
+                    net: Box::new(crate::telemetry::NetActivity {
+                        active_opens: opens,
+                        new_remotes: remotes
+                            .into_iter()
+                            .map(std::net::SocketAddr::from)
+                            .collect(),
+                        ..Default::default()
+                    }),
+                }),
             (c, any::<u64>(), 0usize..10).prop_map(|(container, ts_ms, k)| {
                 let kinds = [
                     KernelEventKind::Setuid,

@@ -852,6 +852,103 @@ mod tests {
         );
     }
 
+    fn net(c: &str, opens: u64, fails: u64, syn_ports: u32, remotes: &[&str]) -> Event {
+        Event::Net {
+            container: ContainerId(c.into()),
+            ts_ms: 42,
+            net: Box::new(crate::telemetry::NetActivity {
+                interval_ms: 10_000,
+                active_opens: opens,
+                attempt_fails: fails,
+                syn_sent: syn_ports,
+                syn_sent_ports: syn_ports,
+                new_remotes: remotes.iter().map(|r| r.parse().unwrap()).collect(),
+                new_remotes_total: remotes.len() as u32,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn port_scan_fires_on_many_failed_attempts_not_on_a_busy_client() {
+        let e = RuleEngine::new(&RulesConfig::default());
+        // A connect scan of 100 closed ports.
+        let hits = e.evaluate(&[net("scanner", 100, 100, 0, &[])]);
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!(hits[0].rule.id, "port_scan");
+        assert_eq!(hits[0].rule.severity, Severity::High);
+        assert_eq!(
+            hits[0].event,
+            "100 of 100 outbound TCP connection attempts failed in 10.0 s"
+        );
+        // Split over two readings of the same window: summed.
+        assert_eq!(
+            e.evaluate(&[net("s", 30, 30, 0, &[]), net("s", 30, 30, 0, &[])])
+                .len(),
+            1
+        );
+        // A busy client: 10,000 attempts, 400 failed while a backend restarted.
+        assert!(e.evaluate(&[net("web", 10_000, 400, 0, &[])]).is_empty());
+        // A client retrying a dead dependency once a second.
+        assert!(e.evaluate(&[net("app", 10, 10, 0, &[])]).is_empty());
+        // Just under and at the threshold.
+        assert!(e.evaluate(&[net("s", 49, 49, 0, &[])]).is_empty());
+        assert_eq!(e.evaluate(&[net("s", 50, 50, 0, &[])]).len(), 1);
+        // Two containers' failures are never added up.
+        assert!(
+            e.evaluate(&[net("a", 30, 30, 0, &[]), net("b", 30, 30, 0, &[])])
+                .is_empty()
+        );
+        // A scan of filtered ports: pending connections to many ports.
+        let hits = e.evaluate(&[net("f", 40, 0, 40, &[])]);
+        assert_eq!(hits.len(), 1);
+        assert!(hits[0].event.contains("40 distinct ports"), "{hits:?}");
+        assert!(e.evaluate(&[net("f", 40, 0, 31, &[])]).is_empty());
+        // Configurable threshold; disabled rule.
+        let strict = RuleEngine::new(&RulesConfig {
+            scan_failed_opens: 200,
+            ..RulesConfig::default()
+        });
+        assert!(strict.evaluate(&[net("s", 100, 100, 0, &[])]).is_empty());
+        let off = RuleEngine::new(&RulesConfig {
+            disable: vec!["port_scan".into()],
+            ..RulesConfig::default()
+        });
+        assert!(off.evaluate(&[net("s", 100, 100, 0, &[])]).is_empty());
+        let zero = RulesConfig {
+            scan_failed_opens: 0,
+            ..RulesConfig::default()
+        };
+        assert_eq!(zero.problems().len(), 1);
+    }
+
+    #[test]
+    fn socket_table_connections_reach_the_pool_and_reverse_shell_rules() {
+        let e = RuleEngine::new(&RulesConfig::default());
+        let miner = net("m", 1, 0, 0, &["45.9.148.21:3333"]);
+        let hits = e.evaluate(std::slice::from_ref(&miner));
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].rule.id, "stratum_port");
+        assert_eq!(
+            hits[0].event,
+            "connection to 45.9.148.21:3333 (socket table)"
+        );
+        // A shell exec and a new external connection in one window.
+        let shell = Event::Exec {
+            container: ContainerId("w".into()),
+            ts_ms: 5,
+            binary: "/bin/sh".into(),
+        };
+        let out = net("w", 1, 0, 0, &["10.0.0.5:5432", "203.0.113.7:9001"]);
+        let hits = e.evaluate(&[shell.clone(), out]);
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!(hits[0].rule.id, "reverse_shell");
+        assert_eq!(hits[0].event, "exec /bin/sh and connect 203.0.113.7:9001");
+        // In-cluster destinations only: nothing.
+        let local = net("w", 1, 0, 0, &["10.0.0.5:5432"]);
+        assert!(e.evaluate(&[shell, local]).is_empty());
+    }
+
     #[test]
     fn disabled_rules_and_counts() {
         let evs = line_events(FALCO, "Non sudo setuid", parse_falco_line);
