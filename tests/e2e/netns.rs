@@ -2,8 +2,8 @@
 //! kind = "cgroup"` and `kind = "netns"`: no Falco, no Tetragon, no proc
 //! connector) on this machine's kernel and Docker engine. A busybox httpd
 //! serves a benign client that fetches a page a few times; a scanner tries
-//! 100 closed ports of the server (busybox `nc`, each attempt refused at
-//! once), with a sidecar sharing its network namespace (`--network
+//! 100 closed ports of the server (busybox `nc`, 25 at a time, as scanners
+//! probe in parallel; each attempt refused at once), with a sidecar sharing its network namespace (`--network
 //! container:`) and a container on the host's namespace beside them.
 //!
 //! Checked: the scanner's namespace shows the failed attempts and the
@@ -106,7 +106,7 @@ fn run() -> Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::write(
         dir.path().join("node.toml"),
-        "tenant = \"t\"\nnode = \"n\"\ndata_dir = \"data\"\nwindow_ms = 1000\n\
+        "tenant = \"t\"\nnode = \"n\"\ndata_dir = \"data\"\nwindow_ms = 2000\n\
          [[sources]]\nkind = \"cgroup\"\n[[sources]]\nkind = \"netns\"\n\
          [detector]\nbootstrap_after_windows = 0\n\
          [record]\npath = \"rec.jsonl\"\n\
@@ -178,7 +178,8 @@ fn run() -> Result<()> {
         &[],
         &format!(
             "while [ ! -f /go ]; do sleep 0.2; done; \
-             for p in $(seq 1 100); do nc -w 1 {ip} $p </dev/null >/dev/null 2>&1; done; sleep 60"
+             for b in 0 1 2 3; do for k in $(seq 1 25); do \
+               nc -w 1 {ip} $((b * 25 + k)) </dev/null >/dev/null 2>&1 & done; wait; done; sleep 60"
         ),
     )?;
     let host = start("hostnet", &["--network", "host"], "sleep 60")?;
