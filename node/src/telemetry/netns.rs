@@ -1002,7 +1002,7 @@ Udp: InDatagrams NoPorts\nUdp: 0 0\n";
         // First reading: no deltas, the existing connection is new.
         let ev = t.step(
             1_000,
-            &[reading(7, &["a"], snmp(10, 2), &[pool.clone()])],
+            &[reading(7, &["a"], snmp(10, 2), std::slice::from_ref(&pool))],
             &mut st,
         );
         let (c, n) = activity(&ev[0]);
@@ -1011,7 +1011,7 @@ Udp: InDatagrams NoPorts\nUdp: 0 0\n";
         // Second: 100 refused attempts; the pool connection is known.
         let ev = t.step(
             11_000,
-            &[reading(7, &["a"], snmp(110, 102), &[pool.clone()])],
+            &[reading(7, &["a"], snmp(110, 102), std::slice::from_ref(&pool))],
             &mut st,
         );
         let (_, n) = activity(&ev[0]);
@@ -1023,7 +1023,7 @@ Udp: InDatagrams NoPorts\nUdp: 0 0\n";
         // Counters going backwards: no delta, counted.
         let ev = t.step(
             21_000,
-            &[reading(7, &["a"], snmp(5, 0), &[pool.clone()])],
+            &[reading(7, &["a"], snmp(5, 0), std::slice::from_ref(&pool))],
             &mut st,
         );
         let (_, n) = activity(&ev[0]);
