@@ -192,6 +192,10 @@ pub struct NetActivity {
     pub out_rsts: u64,
     /// Δ `Tcp: InErrs`: segments received in error.
     pub in_errs: u64,
+    /// Whether the socket tables were read at this reading (at the
+    /// namespace's first, and when `ActiveOpens` moved since they were last
+    /// read); the socket fields below are 0 when they were not.
+    pub tables: bool,
     /// Listening sockets at the reading.
     pub listening: u32,
     /// Sockets in `SYN_SENT` at the reading.

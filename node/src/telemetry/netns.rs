@@ -10,6 +10,14 @@
 //! | `snmp` `Tcp:` `ActiveOpens`, `PassiveOpens`, `AttemptFails`, `EstabResets`, `OutRsts`, `InErrs` | their growth since the namespace's previous reading |
 //! | `tcp` + `tcp6` | listening sockets, `SYN_SENT` sockets and their distinct remote ports, distinct remote endpoints, and the outbound connections first seen at this reading (a non-listening socket whose local port is no listening port) |
 //!
+//! `snmp` is read every window; the socket tables only when they can hold
+//! something new: at a namespace's first reading and when its `ActiveOpens`
+//! moved since they were last read (every new outbound connection is an
+//! active open), at most [`MAX_TABLE_READS`] namespaces per window. Reading
+//! `tcp` makes the kernel walk the whole TCP hash table, shared by every
+//! namespace unless `net.ipv4.tcp_child_ehash_entries` gives new ones their
+//! own (Linux ≥ 6.1); see BENCHMARKS.md for the cost.
+//!
 //! Namespaces, not containers, are read:
 //!
 //! - A namespace is identified by the inode of its `/proc/<pid>/net/snmp`
@@ -56,6 +64,10 @@ pub const MAX_SOCKETS: usize = 16_384;
 /// Outbound connections remembered per namespace to tell new ones; beyond,
 /// connections are not reported as new (counted as untracked).
 pub const MAX_TRACKED_OUTBOUND: usize = 1024;
+
+/// Namespaces whose socket tables are read per sample at most (see
+/// [`NetnsTracker::table_plan`]).
+pub const MAX_TABLE_READS: usize = 32;
 
 /// New remote endpoints listed in one event (all are counted).
 pub const MAX_NEW_REMOTES: usize = 64;
@@ -450,6 +462,8 @@ pub struct NetnsStats {
     pub containers: u64,
     /// Namespaces read (events emitted).
     pub namespaces: u64,
+    /// Namespaces whose socket tables were read.
+    pub tables: u64,
     /// Containers whose namespace was attributed to another container.
     pub shared: u64,
     /// Containers on the host's namespace (skipped).
@@ -483,6 +497,20 @@ struct NsState {
     owner: ContainerId,
     members: Vec<ContainerId>,
     outbound: HashSet<u64>,
+    /// `ActiveOpens` when the socket tables were last read (`None`: never).
+    opens_at_tables: Option<u64>,
+    /// When the socket tables were last read.
+    tables_ts_ms: u64,
+}
+
+impl NsState {
+    /// Whether `members` (sorted) continue this namespace: some member
+    /// stayed (else its inode was recycled for a new namespace).
+    fn continues(&self, members: &[ContainerId]) -> bool {
+        self.members
+            .iter()
+            .any(|m| members.binary_search(m).is_ok())
+    }
 }
 
 /// Turns namespace readings into [`Event::Net`]s: counter deltas per
@@ -504,6 +532,24 @@ fn delta(cur: &TcpCounters, prev: &TcpCounters) -> Option<TcpCounters> {
     })
 }
 
+fn sorted_members(r: &NetnsReading) -> Vec<ContainerId> {
+    let mut m = r.members.clone();
+    m.sort();
+    m.dedup();
+    m
+}
+
+/// What a reading starts from: interval, deltas, owner, known outbound
+/// connections, `ActiveOpens` and time of the last table read.
+type Start = (
+    u64,
+    TcpCounters,
+    ContainerId,
+    HashSet<u64>,
+    Option<u64>,
+    u64,
+);
+
 impl NetnsTracker {
     /// An empty tracker.
     pub fn new() -> Self {
@@ -515,12 +561,46 @@ impl NetnsTracker {
         self.states.len()
     }
 
+    /// The namespaces whose socket tables are worth reading at this sample
+    /// (`readings` carry only `snmp`): those never read, and those whose
+    /// `ActiveOpens` moved since their tables were last read — a new
+    /// outbound connection, pending or not, is always an active open, so a
+    /// namespace without one has nothing new in its tables. At most
+    /// [`MAX_TABLE_READS`], the longest unread first (ties by inode): the
+    /// rest wait for a later sample, their growth still pending. Reading a
+    /// table costs the kernel a walk of the whole TCP hash (BENCHMARKS.md).
+    pub fn table_plan(&self, readings: &[NetnsReading]) -> BTreeSet<u64> {
+        let mut want: Vec<(u64, u64)> = Vec::new();
+        for r in readings {
+            let Ok(c) = parse_snmp(&r.snmp) else { continue };
+            let members = sorted_members(r);
+            match self.states.get(&r.netns).filter(|s| s.continues(&members)) {
+                None => want.push((0, r.netns)),
+                Some(s) if s.opens_at_tables != Some(c.active_opens) => {
+                    // Never read (over the budget so far) before any read.
+                    let since = s
+                        .opens_at_tables
+                        .map_or(0, |_| s.tables_ts_ms.saturating_add(1));
+                    want.push((since, r.netns));
+                }
+                Some(_) => {}
+            }
+        }
+        want.sort_unstable();
+        want.into_iter()
+            .take(MAX_TABLE_READS)
+            .map(|(_, ino)| ino)
+            .collect()
+    }
+
     /// One reading of every namespace at `ts_ms`: one [`Event::Net`] per
     /// namespace whose `snmp` decodes, sorted by container. A namespace's
     /// first reading (or one after its counters went backwards, or whose
     /// members are all new: a recycled inode) has no deltas and reports
-    /// every outbound connection as new. Namespaces absent from `readings`
-    /// are forgotten.
+    /// every outbound connection as new. A reading without socket tables
+    /// (`tcp` and `tcp6` both `None`: not planned, or unreadable) reports
+    /// the counters only (`tables: false`) and keeps the connections known.
+    /// Namespaces absent from `readings` are forgotten.
     pub fn step(
         &mut self,
         ts_ms: u64,
@@ -534,9 +614,7 @@ impl NetnsTracker {
                 stats.unreadable += 1;
                 continue;
             }
-            let mut members = r.members.clone();
-            members.sort();
-            members.dedup();
+            let members = sorted_members(r);
             let Some(lowest) = members.first().cloned() else {
                 continue;
             };
@@ -552,6 +630,7 @@ impl NetnsTracker {
                     continue;
                 }
             };
+            let tables = r.tcp.is_some() || r.tcp6.is_some();
             let mut sockets = Vec::new();
             for text in [&r.tcp, &r.tcp6].into_iter().flatten() {
                 let t = parse_tcp_table(text, &mut sockets);
@@ -560,42 +639,59 @@ impl NetnsTracker {
             let summary = summarize(&sockets);
             // The same namespace as before: some member stayed, time and
             // counters moved forward.
-            let prev = prev.filter(|p| p.members.iter().any(|m| members.binary_search(m).is_ok()));
-            let (interval_ms, d, owner, known) = match prev {
-                Some(p) if ts_ms >= p.ts_ms => match delta(&counters, &p.counters) {
+            let prev = prev.filter(|p| p.continues(&members) && ts_ms >= p.ts_ms);
+            let fresh =
+                |lowest| -> Start { (0, TcpCounters::default(), lowest, HashSet::new(), None, 0) };
+            let (interval_ms, d, owner, known, opens_at_tables, tables_ts_ms) = match prev {
+                Some(p) => match delta(&counters, &p.counters) {
                     Some(d) => {
                         let owner = if members.binary_search(&p.owner).is_ok() {
                             p.owner
                         } else {
                             lowest
                         };
-                        (ts_ms - p.ts_ms, d, owner, p.outbound)
+                        let interval = ts_ms - p.ts_ms;
+                        (
+                            interval,
+                            d,
+                            owner,
+                            p.outbound,
+                            p.opens_at_tables,
+                            p.tables_ts_ms,
+                        )
                     }
                     None => {
                         stats.resets += 1;
-                        (0, TcpCounters::default(), lowest, HashSet::new())
+                        fresh(lowest)
                     }
                 },
-                _ => (0, TcpCounters::default(), lowest, HashSet::new()),
+                None => fresh(lowest),
             };
-            let mut outbound =
-                HashSet::with_capacity(summary.outbound.len().min(MAX_TRACKED_OUTBOUND));
-            let mut new_remotes = Vec::new();
-            let mut new_total = 0u32;
-            for (key, remote) in &summary.outbound {
-                if outbound.len() >= MAX_TRACKED_OUTBOUND {
-                    stats.untracked += 1;
-                    continue;
-                }
-                outbound.insert(*key);
-                if !known.contains(key) {
-                    new_total = new_total.saturating_add(1);
-                    if new_remotes.len() < MAX_NEW_REMOTES {
-                        new_remotes.push(*remote);
+            let (outbound, new_remotes, new_total, opens_at_tables, tables_ts_ms) = if tables {
+                let mut outbound =
+                    HashSet::with_capacity(summary.outbound.len().min(MAX_TRACKED_OUTBOUND));
+                let mut new_remotes = Vec::new();
+                let mut new_total = 0u32;
+                for (key, remote) in &summary.outbound {
+                    if outbound.len() >= MAX_TRACKED_OUTBOUND {
+                        stats.untracked += 1;
+                        continue;
+                    }
+                    outbound.insert(*key);
+                    if !known.contains(key) {
+                        new_total = new_total.saturating_add(1);
+                        if new_remotes.len() < MAX_NEW_REMOTES {
+                            new_remotes.push(*remote);
+                        }
                     }
                 }
-            }
+                let at = Some(counters.active_opens);
+                (outbound, new_remotes, new_total, at, ts_ms)
+            } else {
+                (known, Vec::new(), 0, opens_at_tables, tables_ts_ms)
+            };
             stats.namespaces += 1;
+            stats.tables += u64::from(tables);
             stats.shared += members.len() as u64 - 1;
             events.push(Event::Net {
                 container: owner.clone(),
@@ -608,6 +704,7 @@ impl NetnsTracker {
                     estab_resets: d.estab_resets,
                     out_rsts: d.out_rsts,
                     in_errs: d.in_errs,
+                    tables,
                     listening: summary.listening,
                     syn_sent: summary.syn_sent,
                     syn_sent_ports: summary.syn_sent_ports,
@@ -625,6 +722,8 @@ impl NetnsTracker {
                     owner,
                     members,
                     outbound,
+                    opens_at_tables,
+                    tables_ts_ms,
                 },
             );
         }
@@ -758,8 +857,12 @@ impl NetnsCollector {
                 }
             }
         }
-        for (ino, r) in readings.iter_mut() {
-            let Some(pid) = pid_of.get(ino) else { continue };
+        let mut readings: Vec<NetnsReading> = readings.into_values().collect();
+        let plan = self.tracker.table_plan(&readings);
+        for r in readings.iter_mut().filter(|r| plan.contains(&r.netns)) {
+            let Some(pid) = pid_of.get(&r.netns) else {
+                continue;
+            };
             let dir = self.proc_root.join(pid.to_string()).join("net");
             r.tcp = read_small(&dir.join("tcp")).ok();
             r.tcp6 = read_small(&dir.join("tcp6")).ok();
@@ -767,7 +870,6 @@ impl NetnsCollector {
                 stats.unreadable += 1;
             }
         }
-        let readings: Vec<NetnsReading> = readings.into_values().collect();
         let events = self.tracker.step(ts_ms, &readings, &mut stats);
         Ok((events, stats))
     }
@@ -1011,7 +1113,12 @@ Udp: InDatagrams NoPorts\nUdp: 0 0\n";
         // Second: 100 refused attempts; the pool connection is known.
         let ev = t.step(
             11_000,
-            &[reading(7, &["a"], snmp(110, 102), std::slice::from_ref(&pool))],
+            &[reading(
+                7,
+                &["a"],
+                snmp(110, 102),
+                std::slice::from_ref(&pool),
+            )],
             &mut st,
         );
         let (_, n) = activity(&ev[0]);
@@ -1076,6 +1183,85 @@ Udp: InDatagrams NoPorts\nUdp: 0 0\n";
         );
         let (c, n) = activity(&ev[0]);
         assert_eq!((c, n.active_opens, n.interval_ms), ("pod-0", 10, 10));
+    }
+
+    /// The readings as the collector first has them: `snmp` only.
+    fn snmp_only(mut r: NetnsReading) -> NetnsReading {
+        r.tcp = None;
+        r.tcp6 = None;
+        r
+    }
+
+    #[test]
+    fn tables_are_read_when_new_outbound_connections_can_exist() {
+        let me = [172, 17, 0, 3];
+        let pool = row(0, (me, 40001), ([45, 9, 148, 21], 3333), 0x01, 3);
+        let shell = row(1, (me, 40002), ([203, 0, 113, 7], 9001), 0x01, 4);
+        let mut t = NetnsTracker::new();
+        let mut st = NetnsStats::default();
+        let r = |opens: u64, rows: &[String]| reading(5, &["a"], snmp(opens, 0), rows);
+        // Never read: planned.
+        let first = r(10, std::slice::from_ref(&pool));
+        assert!(t.table_plan(&[snmp_only(first.clone())]).contains(&5));
+        t.step(0, &[first], &mut st);
+        // No active open since: not planned; a reading without tables keeps
+        // the known connections and reports no socket fields.
+        assert!(t.table_plan(&[snmp_only(r(10, &[]))]).is_empty());
+        let ev = t.step(10, &[snmp_only(r(10, &[]))], &mut st);
+        let (_, n) = activity(&ev[0]);
+        assert!(!n.tables && n.new_remotes.is_empty() && n.remote_endpoints == 0);
+        // One active open (the shell's connection): planned, and only the
+        // new connection is new.
+        assert!(t.table_plan(&[snmp_only(r(11, &[]))]).contains(&5));
+        let ev = t.step(20, &[r(11, &[pool, shell])], &mut st);
+        let (_, n) = activity(&ev[0]);
+        assert!(n.tables);
+        assert_eq!(n.new_remotes, vec!["203.0.113.7:9001".parse().unwrap()]);
+        assert_eq!(st.tables, 2);
+        // Planned but not read (over the budget): still planned next time.
+        assert!(t.table_plan(&[snmp_only(r(12, &[]))]).contains(&5));
+        t.step(30, &[snmp_only(r(12, &[]))], &mut st);
+        assert!(t.table_plan(&[snmp_only(r(12, &[]))]).contains(&5));
+    }
+
+    #[test]
+    fn the_table_plan_is_bounded_and_serves_the_longest_unread_first() {
+        let mut t = NetnsTracker::new();
+        let mut st = NetnsStats::default();
+        let n = MAX_TABLE_READS as u64 + 8;
+        let all = |opens: u64| -> Vec<NetnsReading> {
+            (0..n)
+                .map(|i| {
+                    snmp_only(reading(
+                        100 + i,
+                        &[&format!("c{i:03}")],
+                        snmp(opens, 0),
+                        &[],
+                    ))
+                })
+                .collect()
+        };
+        // First sample: every namespace wants its tables; the budget takes
+        // the lowest inodes.
+        let plan = t.table_plan(&all(1));
+        assert_eq!(plan.len(), MAX_TABLE_READS);
+        assert_eq!(plan.iter().next(), Some(&100));
+        let read: Vec<NetnsReading> = all(1)
+            .into_iter()
+            .map(|mut r| {
+                if plan.contains(&r.netns) {
+                    r.tcp = Some(table(&[]));
+                }
+                r
+            })
+            .collect();
+        t.step(0, &read, &mut st);
+        // Everyone opens a connection: those never read come first.
+        let plan = t.table_plan(&all(2));
+        assert_eq!(plan.len(), MAX_TABLE_READS);
+        for i in MAX_TABLE_READS as u64..n {
+            assert!(plan.contains(&(100 + i)), "{i} never read, not planned");
+        }
     }
 
     #[test]
@@ -1165,10 +1351,17 @@ Udp: InDatagrams NoPorts\nUdp: 0 0\n";
             (c2, n.attempt_fails, n.shared_with),
             (&ids[1][..12], 100, 1)
         );
-        // A container whose process is gone is counted, not guessed.
+        assert!(n.tables, "active opens moved: the tables are read");
+        // A container whose process is gone is counted, not guessed; the
+        // shared namespace made no new attempt: its tables are not read.
         std::fs::remove_dir_all(proc.join("11")).unwrap();
+        std::fs::remove_file(shared.join("tcp")).unwrap();
         let (ev, st) = c.sample(3_000).unwrap();
-        assert_eq!((ev.len(), st.no_process), (1, 1));
+        assert_eq!(
+            (ev.len(), st.no_process, st.tables, st.unreadable),
+            (1, 1, 0, 0)
+        );
+        assert!(!activity(&ev[0]).1.tables);
     }
 
     proptest! {
