@@ -311,7 +311,8 @@ fn bench_netns(c: &mut Criterion) {
     };
     let (cg, proc) = (dir.path().join("cgroup"), dir.path().join("proc"));
     let built = (0..100u32).try_for_each(|i| -> std::io::Result<()> {
-        let id = format!("{:064x}", u128::from(i) + 0xabc0_0000);
+        // Distinct in the first 12 digits (the short id).
+        let id = format!("{i:012x}{}", "a".repeat(52));
         let d = cg.join("pids/docker").join(&id);
         std::fs::create_dir_all(&d)?;
         std::fs::write(d.join("cgroup.procs"), format!("{}\n", 20_000 + i))?;

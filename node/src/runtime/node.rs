@@ -483,18 +483,25 @@ impl Node {
                     tracing::info!(root = %root.display(), version = ?c.version(), "watching cgroup tree");
                     sampled.cgroup = Some(c);
                 }
-                SourceConfig::Netns { root, proc_root } => {
-                    let n =
-                        NetnsCollector::new(root.clone(), proc_root.clone()).map_err(|source| {
-                            NodeError::Cgroup {
-                                root: root.clone(),
-                                source,
-                            }
-                        })?;
+                SourceConfig::Netns {
+                    root,
+                    proc_root,
+                    max_table_reads,
+                } => {
+                    let n = NetnsCollector::with_max_table_reads(
+                        root.clone(),
+                        proc_root.clone(),
+                        *max_table_reads,
+                    )
+                    .map_err(|source| NodeError::Cgroup {
+                        root: root.clone(),
+                        source,
+                    })?;
                     tracing::info!(
                         root = %root.display(),
                         proc_root = %proc_root.display(),
                         host_namespaces = n.host_namespaces().len(),
+                        max_table_reads,
                         "watching container network namespaces"
                     );
                     sampled.netns = Some(n);

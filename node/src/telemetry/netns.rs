@@ -13,7 +13,8 @@
 //! `snmp` is read every window; the socket tables only when they can hold
 //! something new: at a namespace's first reading and when its `ActiveOpens`
 //! moved since they were last read (every new outbound connection is an
-//! active open), at most [`MAX_TABLE_READS`] namespaces per window. Reading
+//! active open), at most `max_table_reads` ([`MAX_TABLE_READS`])
+//! namespaces per window. Reading
 //! `tcp` makes the kernel walk the whole TCP hash table, shared by every
 //! namespace unless `net.ipv4.tcp_child_ehash_entries` gives new ones their
 //! own (Linux ≥ 6.1); see BENCHMARKS.md for the cost.
@@ -65,7 +66,8 @@ pub const MAX_SOCKETS: usize = 16_384;
 /// connections are not reported as new (counted as untracked).
 pub const MAX_TRACKED_OUTBOUND: usize = 1024;
 
-/// Namespaces whose socket tables are read per sample at most (see
+/// Default of the namespaces whose socket tables are read per sample at
+/// most (`[[sources]] kind = "netns"` `max_table_reads`; see
 /// [`NetnsTracker::table_plan`]).
 pub const MAX_TABLE_READS: usize = 32;
 
@@ -516,9 +518,19 @@ impl NsState {
 /// Turns namespace readings into [`Event::Net`]s: counter deltas per
 /// namespace, new outbound connections, one owner per namespace.
 /// Deterministic: the same readings at the same times give the same events.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct NetnsTracker {
     states: HashMap<u64, NsState>,
+    max_table_reads: usize,
+}
+
+impl Default for NetnsTracker {
+    fn default() -> Self {
+        Self {
+            states: HashMap::new(),
+            max_table_reads: MAX_TABLE_READS,
+        }
+    }
 }
 
 fn delta(cur: &TcpCounters, prev: &TcpCounters) -> Option<TcpCounters> {
@@ -556,6 +568,13 @@ impl NetnsTracker {
         Self::default()
     }
 
+    /// Reads the socket tables of at most `n` namespaces per sample (0:
+    /// never; counters only).
+    pub fn with_max_table_reads(mut self, n: usize) -> Self {
+        self.max_table_reads = n;
+        self
+    }
+
     /// Namespaces remembered (at most [`MAX_NETNS`]).
     pub fn tracked(&self) -> usize {
         self.states.len()
@@ -566,7 +585,7 @@ impl NetnsTracker {
     /// `ActiveOpens` moved since their tables were last read — a new
     /// outbound connection, pending or not, is always an active open, so a
     /// namespace without one has nothing new in its tables. At most
-    /// [`MAX_TABLE_READS`], the longest unread first (ties by inode): the
+    /// `max_table_reads`, the longest unread first (ties by inode): the
     /// rest wait for a later sample, their growth still pending. Reading a
     /// table costs the kernel a walk of the whole TCP hash (BENCHMARKS.md).
     pub fn table_plan(&self, readings: &[NetnsReading]) -> BTreeSet<u64> {
@@ -588,7 +607,7 @@ impl NetnsTracker {
         }
         want.sort_unstable();
         want.into_iter()
-            .take(MAX_TABLE_READS)
+            .take(self.max_table_reads)
             .map(|(_, ino)| ino)
             .collect()
     }
@@ -765,10 +784,20 @@ impl NetnsCollector {
     /// A collector over the cgroup hierarchy at `cgroup_root` and the
     /// `/proc` mount at `proc_root`.
     pub fn new(cgroup_root: PathBuf, proc_root: PathBuf) -> Result<Self, CgroupError> {
+        Self::with_max_table_reads(cgroup_root, proc_root, MAX_TABLE_READS)
+    }
+
+    /// As [`NetnsCollector::new`], reading the socket tables of at most
+    /// `max_table_reads` namespaces per sample.
+    pub fn with_max_table_reads(
+        cgroup_root: PathBuf,
+        proc_root: PathBuf,
+        max_table_reads: usize,
+    ) -> Result<Self, CgroupError> {
         Ok(Self {
             cgroup: CgroupCollector::new(cgroup_root)?,
             proc_root,
-            tracker: NetnsTracker::new(),
+            tracker: NetnsTracker::new().with_max_table_reads(max_table_reads),
         })
     }
 
@@ -1262,6 +1291,9 @@ Udp: InDatagrams NoPorts\nUdp: 0 0\n";
         for i in MAX_TABLE_READS as u64..n {
             assert!(plan.contains(&(100 + i)), "{i} never read, not planned");
         }
+        // A budget of 0: counters only.
+        let t = NetnsTracker::new().with_max_table_reads(0);
+        assert!(t.table_plan(&all(1)).is_empty());
     }
 
     #[test]
