@@ -123,10 +123,14 @@ for _ in $(seq 1 "$SECS"); do
 done
 hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$node_pid/status")
 threads=$(awk '/^Threads:/ {print $2}' "/proc/$node_pid/status")
+# CPU time (user + system) of the node over the run, from /proc/<pid>/stat
+# (fields 14 and 15, after the parenthesised command name).
+tck=$(getconf CLK_TCK)
+cpu_ms=$(sed 's/.*) //' "/proc/$node_pid/stat" | awk -v t="$tck" '{print int(($12 + $13) * 1000 / t)}')
 scraped=$(curl -s "http://127.0.0.1:$port/metrics" | grep -E '^fedmesh_node_(windows|events_ingested)_total' | tr '\n' ' ' || true)
 bootstrapped=no
 grep -q "local bootstrap model" "$dir/node.log" && bootstrapped=yes
-echo "fedmesh-node watching $N containers for $SECS s (1 s windows, netns source: $NETNS): VmRSS max ${max_rss} kB ($((max_rss / 1024)) MiB), last ${last_rss} kB, VmHWM ${hwm} kB ($((hwm / 1024)) MiB), threads ${threads}, local model trained: ${bootstrapped}; ${scraped}"
+echo "fedmesh-node watching $N containers for $SECS s (1 s windows, netns source: $NETNS): VmRSS max ${max_rss} kB ($((max_rss / 1024)) MiB), last ${last_rss} kB, VmHWM ${hwm} kB ($((hwm / 1024)) MiB), threads ${threads}, CPU ${cpu_ms} ms, local model trained: ${bootstrapped}; ${scraped}"
 if grep -q " ERROR \| WARN \|panicked" "$dir/node.log"; then
   echo "node log has warnings or errors:" >&2; cat "$dir/node.log" >&2; exit 1
 fi
