@@ -3,17 +3,21 @@
 //! connector) on this machine's kernel and Docker engine. A busybox httpd
 //! serves a benign client that fetches a page a few times; a scanner tries
 //! 100 closed ports of the server (busybox `nc`, 25 at a time, as scanners
-//! probe in parallel; each attempt refused at once), with a sidecar sharing its network namespace (`--network
-//! container:`) and a container on the host's namespace beside them.
+//! probe in parallel; each attempt refused at once), with a sidecar sharing
+//! its network namespace (`--network container:`); a miner-like client
+//! holds one connection to a pool port (3333) of the server; a container on
+//! the host's namespace sits beside them.
 //!
 //! Checked: the scanner's namespace shows the failed attempts and the
-//! `port_scan` rule opens an incident on the scanner; the server (which
-//! answered 100 probes with resets), the client (whose fetches the node
-//! saw as successful active opens) and the sidecar open none; the shared
-//! namespace is attributed to one container only (never to the sidecar);
-//! the host-network container gets no namespace events at all. The model
-//! never bootstraps here (`bootstrap_after_windows = 0`): what opens or
-//! does not open an incident is the rule layer on the new signals.
+//! `port_scan` rule opens an incident on the scanner; the miner's
+//! connection, seen in its socket table, opens a `stratum_port` incident on
+//! the miner (and nothing else); the server (which answered 100 probes with
+//! resets), the client (whose fetches the node saw as successful active
+//! opens) and the sidecar open none; the shared namespace is attributed to
+//! one container only (never to the sidecar); the host-network container
+//! gets no namespace events at all. The model never bootstraps here
+//! (`bootstrap_after_windows = 0`): what opens or does not open an incident
+//! is the rule layer on the new signals.
 //!
 //! Bounded: about 15 s; containers removed by a drop guard. Skipped without
 //! Docker unless `FEDMESH_REQUIRE_DOCKER=1` (CI).
@@ -152,7 +156,8 @@ fn run() -> Result<()> {
     let server = start(
         "httpd",
         &[],
-        "mkdir /www && echo hello > /www/index.html && exec httpd -f -p 8080 -h /www",
+        "mkdir /www && echo hello > /www/index.html && nc -ll -p 3333 -e /bin/cat & \
+         exec httpd -f -p 8080 -h /www",
     )?;
     let ip = docker_ok(
         &[
@@ -182,12 +187,18 @@ fn run() -> Result<()> {
                nc -w 1 {ip} $((b * 25 + k)) </dev/null >/dev/null 2>&1 & done; wait; done; sleep 60"
         ),
     )?;
+    // A miner-like client: one long-lived connection to a pool port.
+    let miner = start(
+        "miner",
+        &[],
+        &format!("while [ ! -f /go ]; do sleep 0.2; done; sleep 60 | nc {ip} 3333"),
+    )?;
     let host = start("hostnet", &["--network", "host"], "sleep 60")?;
     // The node has read the scanner's and the client's namespaces (a
     // baseline) before the sidecar joins and before anything happens.
     wait_for("baseline readings", Duration::from_secs(15), || {
         let n = net_events(&rec);
-        !of(&n, &scanner).is_empty() && !of(&n, &client).is_empty()
+        !of(&n, &scanner).is_empty() && !of(&n, &client).is_empty() && !of(&n, &miner).is_empty()
     })
     .with_context(log)?;
     let sidecar = start(
@@ -201,7 +212,7 @@ fn run() -> Result<()> {
             .any(|(c, n)| scanner.starts_with(c.as_str()) && n.shared_with == 1)
     })
     .with_context(log)?;
-    for role in ["client", "scanner"] {
+    for role in ["client", "scanner", "miner"] {
         docker_ok(
             &["exec", &name(role), "/bin/busybox", "touch", "/go"],
             Duration::from_secs(20),
@@ -219,6 +230,16 @@ fn run() -> Result<()> {
     )
     .with_context(|| format!("{:?}\n{}", alerts(&alerts_path), log()))?;
     let caught = triggered.elapsed();
+    wait_for(
+        "a stratum_port incident on the miner",
+        Duration::from_secs(20),
+        || {
+            on(&alerts(&alerts_path), &miner)
+                .iter()
+                .any(|a| a.rules.iter().any(|r| r.id == "stratum_port"))
+        },
+    )
+    .with_context(|| format!("{:?}\n{}", alerts(&alerts_path), log()))?;
     // Let the client finish its fetches (about 3 s) and two more windows
     // pass, so a wrong alert on the benign side has its chance.
     std::thread::sleep(Duration::from_secs(5));
@@ -251,6 +272,24 @@ fn run() -> Result<()> {
         rule.event
             .contains("outbound TCP connection attempts failed"),
         "{rule:?}"
+    );
+    let pool = on(&all, &miner)
+        .iter()
+        .flat_map(|a| &a.rules)
+        .find(|r| r.id == "stratum_port")
+        .cloned()
+        .context("stratum_port rule")?;
+    println!("  {}: {}", pool.id, pool.event);
+    ensure!(
+        pool.event == format!("connection to {ip}:3333 (socket table)"),
+        "{pool:?}"
+    );
+    ensure!(
+        on(&all, &miner)
+            .iter()
+            .all(|a| a.rules.iter().all(|r| r.id == "stratum_port")),
+        "the miner: {:?}",
+        on(&all, &miner)
     );
     ensure!(
         client_opens >= 6 && client_fails == 0,
