@@ -10,6 +10,15 @@
 //! - `score/*`: windows scored per second by a [`Detector`] with the
 //!   default model and with a ~1.1M-parameter model, in batches
 //!   (`score/*`) and one window at a time (`score_one/*`).
+//! - `netns/*`: the `netns` source's cost per container and window. Live
+//!   `/proc` reads of one namespace's `net/snmp` (every window) and of
+//!   `tcp` + `tcp6` (only after new active opens) — of this process, or of
+//!   `FEDMESH_BENCH_NETNS_PID` — against the cgroup source's existing
+//!   per-container read of `net/dev` (the baseline); parsing and deltas of
+//!   100 namespaces of 24 sockets each, tables included
+//!   (`NetnsTracker::step`); and a whole `NetnsCollector::sample` of a
+//!   fixture host with 100 quiet containers (discovery in a cgroup v1 tree,
+//!   `snmp` only after the first sample, files on disk rather than procfs).
 //!
 //! Run: `cargo bench -p fedmesh-node --bench pipeline`. Throughput is in
 //! elements (lines, windows) per second.
@@ -200,5 +209,141 @@ fn bench_score(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_parse, bench_score);
+/// A namespace's `tcp` table: a listener, 8 accepted connections, 12
+/// outbound ones and 3 in `TIME_WAIT` (24 rows), varied by `salt`.
+fn tcp_fixture(salt: u32) -> String {
+    let hex = |ip: [u8; 4]| format!("{:08X}", u32::from_ne_bytes(ip));
+    let me = [172, 17, (salt >> 8) as u8, salt as u8];
+    let mut t = String::from(
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n",
+    );
+    let mut row = |i: usize, local: ([u8; 4], u16), remote: ([u8; 4], u16), st: u8| {
+        t.push_str(&format!(
+            "{i:4}: {}:{:04X} {}:{:04X} {st:02X} 00000000:00000000 00:00000000 00000000     0        0 {} 1 0000000000000000 20 4 30 10 -1\n",
+            hex(local.0),
+            local.1,
+            hex(remote.0),
+            remote.1,
+            1000 + i
+        ));
+    };
+    row(0, ([0, 0, 0, 0], 8080), ([0, 0, 0, 0], 0), 0x0A);
+    for i in 1..9 {
+        row(i, (me, 8080), ([10, 0, 1, i as u8], 40000 + i as u16), 0x01);
+    }
+    for i in 9..21 {
+        row(i, (me, 50000 + i as u16), ([10, 0, 2, i as u8], 5432), 0x01);
+    }
+    for i in 21..24 {
+        row(i, (me, 50000 + i as u16), ([10, 0, 3, i as u8], 443), 0x06);
+    }
+    t
+}
+
+fn snmp_fixture(n: u64) -> String {
+    format!(
+        "Ip: Forwarding DefaultTTL InReceives InHdrErrors InAddrErrors ForwDatagrams InUnknownProtos InDiscards InDelivers OutRequests OutDiscards OutNoRoutes ReasmTimeout ReasmReqds ReasmOKs ReasmFails FragOKs FragFails FragCreates OutTransmits\n\
+Ip: 1 64 {n} 0 0 0 0 0 {n} {n} 0 0 0 0 0 0 0 0 0 {n}\n\
+Icmp: InMsgs InErrors InCsumErrors InDestUnreachs\nIcmp: 0 0 0 0\n\
+Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab InSegs OutSegs RetransSegs InErrs OutRsts InCsumErrors\n\
+Tcp: 1 200 120000 -1 {n} {n} 0 0 20 {n} {n} 0 0 0 0\n\
+Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors\nUdp: 0 0 0 0 0 0 0 0 0\n"
+    )
+}
+
+fn bench_netns(c: &mut Criterion) {
+    use fedmesh_node::telemetry::netns::{NetnsCollector, NetnsReading, NetnsStats, NetnsTracker};
+    use fedmesh_node::telemetry::proc::{parse_net_dev, read_small};
+    let pid = std::env::var("FEDMESH_BENCH_NETNS_PID").unwrap_or_else(|_| "self".into());
+    let net = std::path::Path::new("/proc").join(&pid).join("net");
+    let mut g = c.benchmark_group("netns");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("read_net_dev_baseline", |b| {
+        b.iter(|| {
+            black_box(read_small(&net.join("dev")).map_or(0, |t| parse_net_dev(&t).interfaces))
+        })
+    });
+    g.bench_function("read_snmp", |b| {
+        b.iter(|| black_box(read_small(&net.join("snmp")).map_or(0, |t| t.len())))
+    });
+    g.bench_function("read_tcp_tcp6", |b| {
+        b.iter(|| {
+            let n: usize = ["tcp", "tcp6"]
+                .iter()
+                .map(|f| read_small(&net.join(f)).map_or(0, |t| t.len()))
+                .sum();
+            black_box(n)
+        })
+    });
+    // Parsing and deltas: 100 namespaces, counters moving every reading.
+    let tables: Vec<String> = (0..100).map(tcp_fixture).collect();
+    let readings = |tick: u64| -> Vec<NetnsReading> {
+        tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| NetnsReading {
+                netns: 4_026_532_000 + i as u64,
+                members: vec![ContainerId(format!("{i:012x}"))],
+                snmp: snmp_fixture(1000 + tick * (i as u64 + 1)),
+                tcp: Some(t.clone()),
+                tcp6: Some(String::from(
+                    "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n",
+                )),
+            })
+            .collect()
+    };
+    let batches: Vec<Vec<NetnsReading>> = (0..2).map(readings).collect();
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("parse_step_100_namespaces", |b| {
+        let mut t = NetnsTracker::new();
+        let mut tick = 0u64;
+        b.iter(|| {
+            tick += 1;
+            let mut st = NetnsStats::default();
+            let ev = t.step(tick * 10_000, &batches[(tick % 2) as usize], &mut st);
+            black_box(ev.len())
+        })
+    });
+    // A whole sample of a fixture host: 100 containers in a cgroup v1
+    // tree, one process each, its own namespace files.
+    let Ok(dir) = tempfile::tempdir() else {
+        return;
+    };
+    let (cg, proc) = (dir.path().join("cgroup"), dir.path().join("proc"));
+    let built = (0..100u32).try_for_each(|i| -> std::io::Result<()> {
+        // Distinct in the first 12 digits (the short id).
+        let id = format!("{i:012x}{}", "a".repeat(52));
+        let d = cg.join("pids/docker").join(&id);
+        std::fs::create_dir_all(&d)?;
+        std::fs::write(d.join("cgroup.procs"), format!("{}\n", 20_000 + i))?;
+        let n = proc.join((20_000 + i).to_string()).join("net");
+        std::fs::create_dir_all(&n)?;
+        std::fs::write(n.join("snmp"), snmp_fixture(u64::from(i)))?;
+        std::fs::write(n.join("tcp"), tcp_fixture(i))?;
+        Ok(())
+    });
+    let Ok(mut coll) = built.and_then(|()| {
+        NetnsCollector::new(cg.clone(), proc.clone()).map_err(std::io::Error::other)
+    }) else {
+        return;
+    };
+    if let Ok((ev, st)) = coll.sample(1) {
+        println!(
+            "netns fixture: {} containers, {} events, {} tables read at the first sample",
+            st.containers,
+            ev.len(),
+            st.tables
+        );
+    }
+    g.bench_function("collector_sample_100_quiet_containers", |b| {
+        let mut ts = 0u64;
+        b.iter(|| {
+            ts += 10_000;
+            black_box(coll.sample(ts).map_or(0, |(ev, _)| ev.len()))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_parse, bench_score, bench_netns);
 criterion_main!(benches);

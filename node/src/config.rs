@@ -156,6 +156,23 @@ pub enum SourceConfig {
         #[serde(default = "d_proc_root")]
         proc_root: PathBuf,
     },
+    /// Per-container network-namespace signals (TCP counters and socket
+    /// tables of `/proc/<pid>/net/{snmp,tcp,tcp6}`), read once per window;
+    /// containers found in the cgroup tree as the cgroup source finds them.
+    Netns {
+        /// cgroup root (container discovery and member processes).
+        #[serde(default = "d_cgroup_root")]
+        root: PathBuf,
+        /// /proc root.
+        #[serde(default = "d_proc_root")]
+        proc_root: PathBuf,
+        /// Namespaces whose socket tables (`tcp`, `tcp6`) are read per
+        /// window at most, among those with new outbound connection
+        /// attempts (each read walks the kernel's TCP hash); 0 reads the
+        /// counters only.
+        #[serde(default = "d_max_table_reads")]
+        max_table_reads: usize,
+    },
     /// Falco JSON lines (`json_output: true`), from a followed file or stdin.
     Falco {
         /// File to follow as it grows (rotation and truncation handled);
@@ -179,6 +196,10 @@ pub enum SourceConfig {
 
 fn d_cgroup_root() -> PathBuf {
     PathBuf::from("/sys/fs/cgroup")
+}
+
+fn d_max_table_reads() -> usize {
+    crate::telemetry::netns::MAX_TABLE_READS
 }
 
 fn d_proc_root() -> PathBuf {
@@ -445,7 +466,10 @@ impl NodeConfig {
             }
             for src in cfg.source.iter_mut().chain(cfg.sources.iter_mut()) {
                 match src {
-                    SourceConfig::Cgroup { root, proc_root } => {
+                    SourceConfig::Cgroup { root, proc_root }
+                    | SourceConfig::Netns {
+                        root, proc_root, ..
+                    } => {
                         fix(root);
                         fix(proc_root);
                     }
@@ -666,10 +690,18 @@ kind = "falco"
 path = "/var/log/falco/events.json"
 [[sources]]
 kind = "tetragon"
+[[sources]]
+kind = "netns"
+max_table_reads = 8
 "#;
         let c = NodeConfig::from_toml(text, Path::new("n.toml")).unwrap();
         c.validate().unwrap();
-        assert_eq!(c.all_sources().len(), 3);
+        assert_eq!(c.all_sources().len(), 4);
+        assert!(matches!(
+            c.all_sources()[3],
+            SourceConfig::Netns { root, proc_root, max_table_reads: 8 }
+                if root == Path::new("/sys/fs/cgroup") && proc_root == Path::new("/proc")
+        ));
         let two_stdin = text.replace("path = \"/var/log/falco/events.json\"\n", "");
         let e = NodeConfig::from_toml(&two_stdin, Path::new("n.toml"))
             .unwrap()

@@ -3,7 +3,8 @@
 //! mTLS; `mesh` starts the real binaries; `docker` runs the real node on
 //! this machine's Docker engine against a benign and an attacking container;
 //! `process` sees a setuid-root exec in a real container through the
-//! kernel's proc connector alone; `response` pauses and disconnects real containers through the node's
+//! kernel's proc connector alone; `netns` catches a port scan in a real
+//! container through the network-namespace source alone; `response` pauses and disconnects real containers through the node's
 //! response layer and shows where it refuses.
 
 mod cli;
@@ -11,6 +12,7 @@ mod credentials;
 mod docker;
 mod hostile;
 mod mesh;
+mod netns;
 mod process;
 mod protocol;
 mod response;

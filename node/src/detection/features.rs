@@ -28,9 +28,9 @@
 //! | 11 | `log1p_execs` | log1p(# exec events) |
 //! | 12 | `log1p_distinct_binaries` | log1p(# distinct exec'd binaries) |
 //! | 13 | `log1p_new_binaries` | log1p(# distinct binaries never exec'd before in this container) |
-//! | 14 | `log1p_connects` | log1p(# connect events) |
-//! | 15 | `log1p_distinct_dst_ips` | log1p(# distinct destination IPs) |
-//! | 16 | `log1p_distinct_dst_ports` | log1p(# distinct destination ports) |
+//! | 14 | `log1p_connects` | log1p(# outbound connection attempts: # connect events, or the TCP active opens of the container's network namespace when larger) |
+//! | 15 | `log1p_distinct_dst_ips` | log1p(# distinct destination IPs: of connect events and of outbound connections first seen in the namespace's socket tables) |
+//! | 16 | `log1p_distinct_dst_ports` | log1p(# distinct destination ports, from the same) |
 //! | 17 | `log1p_new_dst_ips` | log1p(# distinct destination IPs never seen before in this container) |
 //! | 18 | `log1p_privilege_events` | log1p(# `Setuid` + `Capset`) |
 //! | 19 | `log1p_escape_events` | log1p(# `Mount` + `Unshare` + `Setns` + `Ptrace` + `ModuleLoad` + `PacketSocket`) |
@@ -46,6 +46,14 @@
 //!   [`crate::sim::synthetic::labelled_windows`]) skip that window.
 //! - A container with events but no sample in the window gets zero rates and
 //!   the gauges (memory, pids) of its last known sample (zero if none).
+//! - Connection attempts come from two kinds of events that may both
+//!   describe the same connections: `Connect` events (Falco, Tetragon) and
+//!   the `netns` source's `Net` events (the namespace's `ActiveOpens`
+//!   growth; it also sees the attempts no socket table shows, such as
+//!   connections refused at once). Taking the larger of the two counts
+//!   never counts a connection twice when both sources run. The `Net`
+//!   events' other counters (failed attempts, resets) are the rule layer's
+//!   (`port_scan`), not features, so the schema (and its hash) is unchanged.
 //! - The per-container memories of known binaries and destination IPs are
 //!   capped at [`MAX_KNOWN_PER_CONTAINER`] entries each (beyond that, unknown
 //!   values keep counting as new).
@@ -179,6 +187,8 @@ struct WindowAcc {
     execs: u64,
     binaries: HashSet<String>,
     connects: u64,
+    /// TCP active opens of the container's namespace (`Net` events).
+    net_opens: u64,
     dst_ips: HashSet<IpAddr>,
     dst_ports: HashSet<u16>,
     privilege: u64,
@@ -273,6 +283,17 @@ impl WindowBuilder {
                 }
                 if acc.dst_ports.len() < MAX_KNOWN_PER_CONTAINER {
                     acc.dst_ports.insert(*dst_port);
+                }
+            }
+            Event::Net { net, .. } => {
+                acc.net_opens = acc.net_opens.saturating_add(net.active_opens);
+                for r in &net.new_remotes {
+                    if acc.dst_ips.len() < MAX_KNOWN_PER_CONTAINER {
+                        acc.dst_ips.insert(r.ip());
+                    }
+                    if acc.dst_ports.len() < MAX_KNOWN_PER_CONTAINER {
+                        acc.dst_ports.insert(r.port());
+                    }
                 }
             }
             Event::Kernel { kind, .. } => {
@@ -384,7 +405,7 @@ fn compute_features(st: &mut ContainerState, acc: &WindowAcc) -> [f32; NUM_FEATU
         }
     }
     f[idx::NEW_BINARIES] = count_log1p(new_bins);
-    f[idx::CONNECTS] = count_log1p(acc.connects);
+    f[idx::CONNECTS] = count_log1p(acc.connects.max(acc.net_opens));
     f[idx::DISTINCT_DST_IPS] = count_log1p(acc.dst_ips.len() as u64);
     f[idx::DISTINCT_DST_PORTS] = count_log1p(acc.dst_ports.len() as u64);
     let mut new_ips = 0u64;
@@ -520,6 +541,61 @@ mod tests {
         assert!(b.close(20).is_empty());
     }
 
+    fn net(c: &str, ts: u64, opens: u64, remotes: &[&str]) -> Event {
+        Event::Net {
+            container: cid(c),
+            ts_ms: ts,
+            net: Box::new(crate::telemetry::NetActivity {
+                interval_ms: 10_000,
+                active_opens: opens,
+                attempt_fails: opens,
+                new_remotes: remotes.iter().map(|r| r.parse().unwrap()).collect(),
+                new_remotes_total: remotes.len() as u32,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn namespace_activity_feeds_the_connection_features_without_double_counting() {
+        let mut b = WindowBuilder::new();
+        // 100 refused attempts (no socket left) and one new outbound
+        // connection seen in the table.
+        b.push(&net("a", 5, 100, &["45.9.148.21:3333"]));
+        let f = b.close(10)[0].features;
+        assert!((f[idx::CONNECTS] - 101f32.ln()).abs() < 1e-5);
+        assert!((f[idx::DISTINCT_DST_IPS] - 2f32.ln()).abs() < 1e-6);
+        assert!((f[idx::DISTINCT_DST_PORTS] - 2f32.ln()).abs() < 1e-6);
+        assert!((f[idx::NEW_DST_IPS] - 2f32.ln()).abs() < 1e-6);
+        // Falco reports 3 of 4 attempts the namespace counted: 4, not 7.
+        for port in [80, 81, 82] {
+            b.push(&Event::Connect {
+                container: cid("a"),
+                ts_ms: 15,
+                dst_ip: "10.0.0.1".parse().unwrap(),
+                dst_port: port,
+            });
+        }
+        b.push(&net("a", 19, 4, &["10.0.0.1:80"]));
+        let f = b.close(20)[0].features;
+        assert!((f[idx::CONNECTS] - 5f32.ln()).abs() < 1e-5);
+        assert!((f[idx::DISTINCT_DST_PORTS] - 4f32.ln()).abs() < 1e-6);
+        assert!((f[idx::NEW_DST_IPS] - 2f32.ln()).abs() < 1e-6);
+        // More connect events than active opens: the events count.
+        for _ in 0..9 {
+            b.push(&Event::Connect {
+                container: cid("a"),
+                ts_ms: 25,
+                dst_ip: "10.0.0.1".parse().unwrap(),
+                dst_port: 80,
+            });
+        }
+        b.push(&net("a", 29, 2, &[]));
+        let f = b.close(30)[0].features;
+        assert!((f[idx::CONNECTS] - 10f32.ln()).abs() < 1e-5);
+        assert_eq!(f[idx::NEW_DST_IPS], 0.0);
+    }
+
     fn arb_counters() -> impl Strategy<Value = ResourceCounters> {
         (
             prop::array::uniform8(any::<u64>()),
@@ -567,6 +643,24 @@ mod tests {
                     dst_port,
                 }
             ),
+            (
+                c.clone(),
+                any::<u64>(),
+                any::<u64>(),
+                prop::collection::vec(any::<([u8; 4], u16)>(), 0..4)
+            )
+                .prop_map(|(container, ts_ms, opens, remotes)| Event::Net {
+                    container,
+                    ts_ms,
+                    net: Box::new(crate::telemetry::NetActivity {
+                        active_opens: opens,
+                        new_remotes: remotes
+                            .into_iter()
+                            .map(std::net::SocketAddr::from)
+                            .collect(),
+                        ..Default::default()
+                    }),
+                }),
             (c, any::<u64>(), 0usize..10).prop_map(|(container, ts_ms, k)| {
                 let kinds = [
                     KernelEventKind::Setuid,

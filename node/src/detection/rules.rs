@@ -3,8 +3,9 @@
 //!
 //! The autoencoder scores whole windows, so one `setuid(0)` among hundreds
 //! of ordinary events barely moves the reconstruction error. Each rule here
-//! looks at single events (one rule, `reverse_shell`, at a pair in the same
-//! window) and a hit raises an alert at once, whatever the model score.
+//! looks at single events (`reverse_shell` at a pair in the same window,
+//! `port_scan` at a container's namespace counters over the window) and a
+//! hit raises an alert at once, whatever the model score.
 //!
 //! | id | severity | fires on |
 //! |---|---|---|
@@ -17,9 +18,22 @@
 //! | `cap_sys_admin` | high | `capset`/capability check naming `CAP_SYS_ADMIN` |
 //! | `shadow_read` | high | a read of `/etc/shadow` or `/etc/gshadow` |
 //! | `miner_binary` | critical | exec of a known miner binary (`xmrig`, `minerd`, …) |
-//! | `stratum_port` | high | a connection to a mining-pool port (3333, 4444, 5555, 7777, 14444, 45700, …; configurable) |
+//! | `stratum_port` | high | a connection to a mining-pool port (3333, 4444, 5555, 7777, 14444, 45700, …; configurable), from a connect event or a new outbound connection in the namespace's socket table |
 //! | `module_load` | critical | `init_module`/`finit_module` |
 //! | `reverse_shell` | high | a shell whose standard input is a network socket (the process source), or exec of a shell or netcat **and** a connection to an external address (not loopback, private, link-local, unique-local or CGNAT) by the same container in the same window |
+//! | `port_scan` | high | in one window, at least `scan_failed_opens` (50) of the container's outbound TCP connection attempts failed, and they are at least half of its attempts; or one reading shows connections pending (`SYN_SENT`) to at least [`SCAN_SYN_SENT_PORTS`] distinct ports (the `netns` source) |
+//!
+//! `port_scan`'s threshold: the counters say how many attempts failed, not
+//! to which ports (a refused attempt leaves no socket behind), so the rule
+//! counts failures. A healthy service makes no failed attempts however busy
+//! it is (and the half-of-attempts condition keeps a busy client whose
+//! backend restarts from firing); a client retrying a dead dependency with
+//! any backoff fails a few times a window (gRPC: 1 s, then ×1.6; nginx
+//! stops trying an upstream for `fail_timeout`, 10 s, after a failure). A
+//! connect scan of 100 closed ports fails 100 times in under a second. The
+//! rule does fire on a client that hammers a dead dependency without
+//! backoff at 5 or more attempts a second, which is an outage worth a look
+//! too; raise `scan_failed_opens` or disable the rule where that is normal.
 //!
 //! Falco's own "Redirect STDOUT/STDIN to Network Connection" rule reaches
 //! the node as a connection event only, so `reverse_shell` is the pair
@@ -106,7 +120,22 @@ pub const RULES: &[Rule] = &[
         severity: Severity::High,
         description: "shell with a network socket as stdin, or shell or netcat exec together with a connection to an external address in the same window",
     },
+    Rule {
+        id: "port_scan",
+        severity: Severity::High,
+        description: "many failed outbound TCP connection attempts in one window, or pending connections to many distinct ports (port scan)",
+    },
 ];
+
+/// Default `[rules] scan_failed_opens`: failed outbound connection
+/// attempts in one window that make a `port_scan` (see the module docs).
+pub const DEFAULT_SCAN_FAILED_OPENS: u64 = 50;
+
+/// Distinct remote ports of pending (`SYN_SENT`) connections in one
+/// reading that make a `port_scan` (a scan of filtered ports, whose
+/// attempts time out rather than fail at once). An ordinary client's
+/// pending connections last one round trip and go to a few service ports.
+pub const SCAN_SYN_SENT_PORTS: u32 = 32;
 
 /// Default mining-pool ports (Falco's miner port list without the generic
 /// web ports 25/80/443/8000/8080/...).
@@ -170,6 +199,14 @@ pub struct RulesConfig {
     /// Mining-pool ports for `stratum_port` (default [`DEFAULT_MINER_PORTS`]).
     #[serde(default)]
     pub miner_ports: Option<Vec<u16>>,
+    /// Failed outbound TCP connection attempts of one container in one
+    /// window that make a `port_scan` (default [`DEFAULT_SCAN_FAILED_OPENS`]).
+    #[serde(default = "d_scan_failed_opens")]
+    pub scan_failed_opens: u64,
+}
+
+fn d_scan_failed_opens() -> u64 {
+    DEFAULT_SCAN_FAILED_OPENS
 }
 
 fn d_true() -> bool {
@@ -182,6 +219,7 @@ impl Default for RulesConfig {
             enabled: true,
             disable: Vec::new(),
             miner_ports: None,
+            scan_failed_opens: DEFAULT_SCAN_FAILED_OPENS,
         }
     }
 }
@@ -200,6 +238,11 @@ impl RulesConfig {
         }
         if self.miner_ports.as_ref().is_some_and(|p| p.is_empty()) {
             errs.push("rules.miner_ports must not be empty (disable stratum_port instead)".into());
+        }
+        if self.scan_failed_opens == 0 {
+            errs.push(
+                "rules.scan_failed_opens must be at least 1 (disable port_scan instead)".into(),
+            );
         }
         errs
     }
@@ -243,7 +286,18 @@ impl RuleCounters {
 pub struct RuleEngine {
     enabled: [bool; RULES.len()],
     miner_ports: Vec<u16>,
+    scan_failed_opens: u64,
     counters: Arc<RuleCounters>,
+}
+
+/// One container's namespace counters summed over a window.
+#[derive(Debug, Default)]
+struct ScanTally {
+    ts_ms: u64,
+    opens: u64,
+    fails: u64,
+    interval_ms: u64,
+    syn_sent_ports: u32,
 }
 
 fn index(id: &str) -> Option<usize> {
@@ -331,6 +385,7 @@ impl RuleEngine {
                 .miner_ports
                 .clone()
                 .unwrap_or_else(|| DEFAULT_MINER_PORTS.to_vec()),
+            scan_failed_opens: cfg.scan_failed_opens.max(1),
             counters: Arc::new(RuleCounters::default()),
         }
     }
@@ -449,6 +504,13 @@ impl RuleEngine {
                     }
                 }
             }
+            Event::Net { net, .. } => {
+                for r in &net.new_remotes {
+                    if self.miner_ports.contains(&r.port()) {
+                        hit("stratum_port", format!("connection to {r} (socket table)"));
+                    }
+                }
+            }
             Event::Sample { .. } => {}
         }
         out
@@ -479,6 +541,8 @@ impl RuleEngine {
         // reverse_shell: first shell exec and first outbound connection per container.
         let mut shells: BTreeMap<&ContainerId, (u64, &str)> = BTreeMap::new();
         let mut connects: BTreeMap<&ContainerId, (u64, String)> = BTreeMap::new();
+        // port_scan: the namespace counters of each container over the window.
+        let mut scans: BTreeMap<&ContainerId, ScanTally> = BTreeMap::new();
         for ev in events {
             for (i, words) in self.match_event(ev) {
                 record(i, ev.container(), ev.ts_ms(), words);
@@ -507,7 +571,55 @@ impl RuleEngine {
                         *e = (*ts_ms, format!("{dst_ip}:{dst_port}"));
                     }
                 }
+                Event::Net {
+                    container,
+                    ts_ms,
+                    net,
+                } => {
+                    if let Some(r) = net.new_remotes.iter().find(|r| is_external(&r.ip())) {
+                        let e = connects.entry(container).or_insert((*ts_ms, r.to_string()));
+                        if *ts_ms < e.0 {
+                            *e = (*ts_ms, r.to_string());
+                        }
+                    }
+                    let t = scans.entry(container).or_insert(ScanTally {
+                        ts_ms: *ts_ms,
+                        ..ScanTally::default()
+                    });
+                    t.ts_ms = t.ts_ms.min(*ts_ms);
+                    t.opens = t.opens.saturating_add(net.active_opens);
+                    t.fails = t.fails.saturating_add(net.attempt_fails);
+                    t.interval_ms = t.interval_ms.saturating_add(net.interval_ms);
+                    t.syn_sent_ports = t.syn_sent_ports.max(net.syn_sent_ports);
+                }
                 _ => {}
+            }
+        }
+        if let Some(i) = index("port_scan").filter(|i| self.enabled[*i]) {
+            for (c, t) in &scans {
+                let failed = t.fails >= self.scan_failed_opens && t.fails >= t.opens.div_ceil(2);
+                if failed {
+                    let secs = t.interval_ms as f64 / 1000.0;
+                    record(
+                        i,
+                        c,
+                        t.ts_ms,
+                        format!(
+                            "{} of {} outbound TCP connection attempts failed in {secs:.1} s",
+                            t.fails, t.opens
+                        ),
+                    );
+                } else if t.syn_sent_ports >= SCAN_SYN_SENT_PORTS {
+                    record(
+                        i,
+                        c,
+                        t.ts_ms,
+                        format!(
+                            "connections pending (SYN_SENT) to {} distinct ports",
+                            t.syn_sent_ports
+                        ),
+                    );
+                }
             }
         }
         if let Some(i) = index("reverse_shell").filter(|i| self.enabled[*i]) {
@@ -738,6 +850,103 @@ mod tests {
             e.evaluate(&[shell, conn("web", "2001:4860::8888")]).len(),
             1
         );
+    }
+
+    fn net(c: &str, opens: u64, fails: u64, syn_ports: u32, remotes: &[&str]) -> Event {
+        Event::Net {
+            container: ContainerId(c.into()),
+            ts_ms: 42,
+            net: Box::new(crate::telemetry::NetActivity {
+                interval_ms: 10_000,
+                active_opens: opens,
+                attempt_fails: fails,
+                syn_sent: syn_ports,
+                syn_sent_ports: syn_ports,
+                new_remotes: remotes.iter().map(|r| r.parse().unwrap()).collect(),
+                new_remotes_total: remotes.len() as u32,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn port_scan_fires_on_many_failed_attempts_not_on_a_busy_client() {
+        let e = RuleEngine::new(&RulesConfig::default());
+        // A connect scan of 100 closed ports.
+        let hits = e.evaluate(&[net("scanner", 100, 100, 0, &[])]);
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!(hits[0].rule.id, "port_scan");
+        assert_eq!(hits[0].rule.severity, Severity::High);
+        assert_eq!(
+            hits[0].event,
+            "100 of 100 outbound TCP connection attempts failed in 10.0 s"
+        );
+        // Split over two readings of the same window: summed.
+        assert_eq!(
+            e.evaluate(&[net("s", 30, 30, 0, &[]), net("s", 30, 30, 0, &[])])
+                .len(),
+            1
+        );
+        // A busy client: 10,000 attempts, 400 failed while a backend restarted.
+        assert!(e.evaluate(&[net("web", 10_000, 400, 0, &[])]).is_empty());
+        // A client retrying a dead dependency once a second.
+        assert!(e.evaluate(&[net("app", 10, 10, 0, &[])]).is_empty());
+        // Just under and at the threshold.
+        assert!(e.evaluate(&[net("s", 49, 49, 0, &[])]).is_empty());
+        assert_eq!(e.evaluate(&[net("s", 50, 50, 0, &[])]).len(), 1);
+        // Two containers' failures are never added up.
+        assert!(
+            e.evaluate(&[net("a", 30, 30, 0, &[]), net("b", 30, 30, 0, &[])])
+                .is_empty()
+        );
+        // A scan of filtered ports: pending connections to many ports.
+        let hits = e.evaluate(&[net("f", 40, 0, 40, &[])]);
+        assert_eq!(hits.len(), 1);
+        assert!(hits[0].event.contains("40 distinct ports"), "{hits:?}");
+        assert!(e.evaluate(&[net("f", 40, 0, 31, &[])]).is_empty());
+        // Configurable threshold; disabled rule.
+        let strict = RuleEngine::new(&RulesConfig {
+            scan_failed_opens: 200,
+            ..RulesConfig::default()
+        });
+        assert!(strict.evaluate(&[net("s", 100, 100, 0, &[])]).is_empty());
+        let off = RuleEngine::new(&RulesConfig {
+            disable: vec!["port_scan".into()],
+            ..RulesConfig::default()
+        });
+        assert!(off.evaluate(&[net("s", 100, 100, 0, &[])]).is_empty());
+        let zero = RulesConfig {
+            scan_failed_opens: 0,
+            ..RulesConfig::default()
+        };
+        assert_eq!(zero.problems().len(), 1);
+    }
+
+    #[test]
+    fn socket_table_connections_reach_the_pool_and_reverse_shell_rules() {
+        let e = RuleEngine::new(&RulesConfig::default());
+        let miner = net("m", 1, 0, 0, &["45.9.148.21:3333"]);
+        let hits = e.evaluate(std::slice::from_ref(&miner));
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].rule.id, "stratum_port");
+        assert_eq!(
+            hits[0].event,
+            "connection to 45.9.148.21:3333 (socket table)"
+        );
+        // A shell exec and a new external connection in one window.
+        let shell = Event::Exec {
+            container: ContainerId("w".into()),
+            ts_ms: 5,
+            binary: "/bin/sh".into(),
+        };
+        let out = net("w", 1, 0, 0, &["10.0.0.5:5432", "203.0.113.7:9001"]);
+        let hits = e.evaluate(&[shell.clone(), out]);
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!(hits[0].rule.id, "reverse_shell");
+        assert_eq!(hits[0].event, "exec /bin/sh and connect 203.0.113.7:9001");
+        // In-cluster destinations only: nothing.
+        let local = net("w", 1, 0, 0, &["10.0.0.5:5432"]);
+        assert!(e.evaluate(&[shell, local]).is_empty());
     }
 
     #[test]

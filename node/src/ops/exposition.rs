@@ -20,7 +20,7 @@ use crate::detection::severity::Severity;
 #[derive(Debug, Default)]
 pub struct SourceCounters {
     /// Lines or files skipped as malformed, per source.
-    pub parse_errors: [AtomicU64; 4],
+    pub parse_errors: [AtomicU64; 5],
 }
 
 /// Index of a source in [`SourceCounters`].
@@ -29,11 +29,12 @@ pub fn source_index(name: &str) -> usize {
         "cgroup" => 0,
         "falco" => 1,
         "tetragon" => 2,
+        "netns" => 4,
         _ => 3,
     }
 }
 
-const SOURCE_NAMES: [&str; 4] = ["cgroup", "falco", "tetragon", "synthetic"];
+const SOURCE_NAMES: [&str; 5] = ["cgroup", "falco", "tetragon", "synthetic", "netns"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Source {

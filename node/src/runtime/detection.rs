@@ -16,6 +16,7 @@ use crate::ops::exposition::{SourceCounters, source_index};
 use crate::sim::synthetic::SyntheticSource;
 use crate::telemetry::Event;
 use crate::telemetry::cgroup::CgroupCollector;
+use crate::telemetry::netns::NetnsCollector;
 use crate::telemetry::recording::Recorder;
 
 /// Runs the synthetic source in real time: one window every `window_ms`
@@ -99,15 +100,78 @@ pub fn process_window(
     pipeline.dispatch(records)
 }
 
+/// The sources the live loop samples itself, once per tick.
+#[derive(Debug, Default)]
+pub struct Sampled {
+    /// The cgroup collector (`kind = "cgroup"`).
+    pub cgroup: Option<CgroupCollector>,
+    /// The network-namespace collector (`kind = "netns"`).
+    pub netns: Option<NetnsCollector>,
+}
+
+/// Skipped-file totals last logged, per sampled source.
+#[derive(Debug, Default)]
+struct Skips {
+    cgroup: u64,
+    netns: u64,
+}
+
+impl Sampled {
+    /// Samples every collector at `now_ms` (blocking file reads), returning
+    /// their events; counts what they skipped in `counters`.
+    fn sample(&mut self, now_ms: u64, counters: &SourceCounters, skips: &mut Skips) -> Vec<Event> {
+        let mut batch = Vec::new();
+        if let Some(c) = self.cgroup.as_mut() {
+            match c.sample(now_ms) {
+                Ok((evs, stats)) => {
+                    let skipped =
+                        stats.missing_files + stats.unreadable_files + stats.malformed_lines;
+                    if skipped > skips.cgroup {
+                        debug!(
+                            skipped,
+                            containers = stats.containers,
+                            "cgroup files skipped"
+                        );
+                    }
+                    skips.cgroup = skipped;
+                    counters.parse_errors[source_index("cgroup")].fetch_add(
+                        stats.malformed_lines + stats.unreadable_files,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    batch.extend(evs);
+                }
+                Err(e) => warn!(error = %e, "cgroup sampling failed"),
+            }
+        }
+        if let Some(n) = self.netns.as_mut() {
+            match n.sample(now_ms) {
+                Ok((evs, stats)) => {
+                    let skipped = stats.skipped();
+                    if skipped > skips.netns {
+                        debug!(?stats, "network namespace files skipped");
+                    }
+                    skips.netns = skipped;
+                    counters.parse_errors[source_index("netns")]
+                        .fetch_add(skipped, std::sync::atomic::Ordering::Relaxed);
+                    batch.extend(evs);
+                }
+                Err(e) => warn!(error = %e, "network namespace sampling failed"),
+            }
+        }
+        batch
+    }
+}
+
 /// Real-time detection over real sources: every `tick`, samples the cgroup
-/// collector (if any), drains the events the JSON-line readers delivered,
-/// closes a window at the wall-clock time, scores it and emits alerts.
+/// and network-namespace collectors (if any), drains the events the
+/// JSON-line and process readers delivered, closes a window at the
+/// wall-clock time, scores it and emits alerts.
 /// With a `recorder`, each window's events are written to it first (a
 /// failed write is logged and ends the recording, never detection).
 #[allow(clippy::too_many_arguments)]
 pub async fn run_live_detection(
     agent: SharedAgent,
-    mut cgroup: Option<CgroupCollector>,
+    sampled: Sampled,
     mut events: tokio::sync::mpsc::Receiver<Event>,
     mut pipeline: AlertPipeline,
     tick: Duration,
@@ -117,7 +181,7 @@ pub async fn run_live_detection(
 ) {
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut cgroup_skips = 0u64;
+    let mut sampled = Some((sampled, Skips::default()));
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -128,40 +192,21 @@ pub async fn run_live_detection(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let mut batch = Vec::new();
-        if let Some(c) = cgroup.take() {
-            let (c, r) = match tokio::task::spawn_blocking(move || {
-                let mut c = c;
-                let r = c.sample(now_ms);
-                (c, r)
+        if let Some((mut s, mut skips)) = sampled.take() {
+            let c = counters.clone();
+            match tokio::task::spawn_blocking(move || {
+                let evs = s.sample(now_ms, &c, &mut skips);
+                (s, skips, evs)
             })
             .await
             {
-                Ok(x) => x,
+                Ok((s, skips, evs)) => {
+                    sampled = Some((s, skips));
+                    batch = evs;
+                }
                 Err(e) => {
-                    warn!(error = %e, "cgroup sampling task failed; cgroup source disabled");
-                    continue;
+                    warn!(error = %e, "sampling task failed; cgroup and netns sources disabled");
                 }
-            };
-            cgroup = Some(c);
-            match r {
-                Ok((evs, stats)) => {
-                    let skipped =
-                        stats.missing_files + stats.unreadable_files + stats.malformed_lines;
-                    if skipped > cgroup_skips {
-                        debug!(
-                            skipped,
-                            containers = stats.containers,
-                            "cgroup files skipped"
-                        );
-                    }
-                    cgroup_skips = skipped;
-                    counters.parse_errors[source_index("cgroup")].fetch_add(
-                        stats.malformed_lines + stats.unreadable_files,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
-                    batch.extend(evs);
-                }
-                Err(e) => warn!(error = %e, "cgroup sampling failed"),
             }
         }
         while let Ok(e) = events.try_recv() {

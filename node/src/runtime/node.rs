@@ -32,6 +32,7 @@ use crate::runtime::sources::spawn_line_source;
 use crate::store::{NodeStore, NodeStoreError};
 use crate::telemetry::cgroup::{CgroupCollector, CgroupError};
 use crate::telemetry::falco::parse_falco_line;
+use crate::telemetry::netns::NetnsCollector;
 use crate::telemetry::recording::{Recorder, RecordingError};
 use crate::telemetry::tetragon::parse_tetragon_line;
 
@@ -463,7 +464,7 @@ impl Node {
                 ))
             }));
         }
-        let mut cgroup = None;
+        let mut sampled = crate::runtime::detection::Sampled::default();
         let mut process = None;
         let mut readers = Vec::new();
         for src in sources {
@@ -480,7 +481,30 @@ impl Node {
                         })?
                         .with_proc_root(proc_root.clone());
                     tracing::info!(root = %root.display(), version = ?c.version(), "watching cgroup tree");
-                    cgroup = Some(c);
+                    sampled.cgroup = Some(c);
+                }
+                SourceConfig::Netns {
+                    root,
+                    proc_root,
+                    max_table_reads,
+                } => {
+                    let n = NetnsCollector::with_max_table_reads(
+                        root.clone(),
+                        proc_root.clone(),
+                        *max_table_reads,
+                    )
+                    .map_err(|source| NodeError::Cgroup {
+                        root: root.clone(),
+                        source,
+                    })?;
+                    tracing::info!(
+                        root = %root.display(),
+                        proc_root = %proc_root.display(),
+                        host_namespaces = n.host_namespaces().len(),
+                        max_table_reads,
+                        "watching container network namespaces"
+                    );
+                    sampled.netns = Some(n);
                 }
                 SourceConfig::Process { proc_root } => {
                     process = Some(proc_root.clone());
@@ -532,7 +556,7 @@ impl Node {
             }
             drop(tx);
             Box::pin(run_live_detection(
-                agent, cgroup, rx, pipeline, tick, stop, counters, recorder,
+                agent, sampled, rx, pipeline, tick, stop, counters, recorder,
             ))
         });
         Ok(self)

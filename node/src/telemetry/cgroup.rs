@@ -594,6 +594,18 @@ impl CgroupCollector {
         Ok(stats)
     }
 
+    /// The `cgroup.procs` file of a container of the last discovery (v1:
+    /// the first controller directory that has one), if any.
+    pub fn procs_file(&self, info: &ContainerInfo) -> Option<PathBuf> {
+        let dirs: Vec<PathBuf> = match &self.layout {
+            Layout::V2 => vec![self.root.join(&info.cgroup_path)],
+            Layout::V1(d) => d.all().iter().map(|b| b.join(&info.cgroup_path)).collect(),
+        };
+        dirs.into_iter()
+            .map(|d| d.join("cgroup.procs"))
+            .find(|p| p.is_file())
+    }
+
     /// Re-discovers the containers and reads every container's counters,
     /// returning one [`Event::Sample`] per container (in cgroup-path order)
     /// stamped `ts_ms`, and the counters of what was skipped.

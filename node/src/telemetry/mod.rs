@@ -1,5 +1,6 @@
 //! Telemetry event model shared by every source (cgroup v2 + /proc readers,
-//! Falco/Tetragon JSON, and, with the `sim` feature, the synthetic generator).
+//! the proc connector, network namespaces, Falco/Tetragon JSON, and, with
+//! the `sim` feature, the synthetic generator).
 //!
 //! Sources turn whatever they read into a stream of [`Event`]s; the
 //! [`crate::detection::features::WindowBuilder`] aggregates them into per-container
@@ -9,6 +10,7 @@
 pub mod cgroup;
 pub mod events;
 pub mod falco;
+pub mod netns;
 pub mod proc;
 pub mod process;
 pub mod recording;
@@ -116,6 +118,17 @@ pub enum Event {
         /// Destination port.
         dst_port: u16,
     },
+    /// TCP activity of a container's network namespace between two
+    /// readings of its `/proc/<pid>/net/snmp`, `tcp` and `tcp6` (the
+    /// `netns` source, [`netns`]).
+    Net {
+        /// Container the namespace is attributed to (one per namespace).
+        container: ContainerId,
+        /// Milliseconds timestamp of the reading.
+        ts_ms: u64,
+        /// Counter deltas and the socket table's summary.
+        net: Box<NetActivity>,
+    },
     /// A security-relevant kernel event.
     Kernel {
         /// Container the event happened in.
@@ -159,6 +172,50 @@ pub struct KernelDetail {
     pub request: Option<String>,
 }
 
+/// What one reading of a network namespace shows: the TCP counters' growth
+/// since the namespace's previous reading (all zero, with `interval_ms` 0,
+/// on the first one) and a summary of its socket tables at the reading.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetActivity {
+    /// Milliseconds since the namespace's previous reading; 0 on its first.
+    pub interval_ms: u64,
+    /// Δ `Tcp: ActiveOpens`: outbound connection attempts (`connect`).
+    pub active_opens: u64,
+    /// Δ `Tcp: PassiveOpens`: connections accepted.
+    pub passive_opens: u64,
+    /// Δ `Tcp: AttemptFails`: attempts that failed (refused, reset or timed
+    /// out in `SYN_SENT`/`SYN_RECV`).
+    pub attempt_fails: u64,
+    /// Δ `Tcp: EstabResets`: established connections reset.
+    pub estab_resets: u64,
+    /// Δ `Tcp: OutRsts`: resets sent (e.g. for connections to closed ports).
+    pub out_rsts: u64,
+    /// Δ `Tcp: InErrs`: segments received in error.
+    pub in_errs: u64,
+    /// Whether the socket tables were read at this reading (at the
+    /// namespace's first, and when `ActiveOpens` moved since they were last
+    /// read); the socket fields below are 0 when they were not.
+    pub tables: bool,
+    /// Listening sockets at the reading.
+    pub listening: u32,
+    /// Sockets in `SYN_SENT` at the reading.
+    pub syn_sent: u32,
+    /// Distinct remote ports of the `SYN_SENT` sockets.
+    pub syn_sent_ports: u32,
+    /// Distinct remote endpoints (address and port) of non-listening sockets.
+    pub remote_endpoints: u32,
+    /// Remote endpoints of outbound connections (a non-listening socket
+    /// whose local port is no listening port) first seen at this reading,
+    /// at most [`netns::MAX_NEW_REMOTES`]; `new_remotes_total` counts all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub new_remotes: Vec<std::net::SocketAddr>,
+    /// Outbound connections first seen at this reading.
+    pub new_remotes_total: u32,
+    /// Other containers in the same namespace (a pod, or `--network
+    /// container:`): the namespace's activity is theirs too, attributed once.
+    pub shared_with: u32,
+}
+
 impl KernelDetail {
     /// `None` when nothing is known, so events without details stay small.
     pub fn boxed(self) -> Option<Box<KernelDetail>> {
@@ -173,6 +230,7 @@ impl Event {
             Event::Sample { container, .. }
             | Event::Exec { container, .. }
             | Event::Connect { container, .. }
+            | Event::Net { container, .. }
             | Event::Kernel { container, .. } => container,
         }
     }
@@ -183,6 +241,7 @@ impl Event {
             Event::Sample { ts_ms, .. }
             | Event::Exec { ts_ms, .. }
             | Event::Connect { ts_ms, .. }
+            | Event::Net { ts_ms, .. }
             | Event::Kernel { ts_ms, .. } => *ts_ms,
         }
     }

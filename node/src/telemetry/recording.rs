@@ -351,6 +351,19 @@ mod tests {
                 dst_ip: "10.0.0.1".parse().unwrap(),
                 dst_port: 3333,
             },
+            Event::Net {
+                container: ContainerId("abc".into()),
+                ts_ms: n + 3,
+                net: Box::new(crate::telemetry::NetActivity {
+                    interval_ms: 10_000,
+                    active_opens: n,
+                    attempt_fails: n / 2,
+                    listening: 1,
+                    new_remotes: vec!["[2001:db8::1]:443".parse().unwrap()],
+                    new_remotes_total: 1,
+                    ..Default::default()
+                }),
+            },
         ]
     }
 

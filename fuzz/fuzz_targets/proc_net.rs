@@ -1,0 +1,53 @@
+//! Arbitrary text -> the `netns` source's decoders: `/proc/<pid>/net/snmp`
+//! (`parse_snmp`), `tcp`/`tcp6` rows and tables (`parse_tcp_table`,
+//! `summarize`) and the delta tracker over two readings. Never panics;
+//! every row is decoded or counted; summaries never exceed the rows; a
+//! first reading reports no deltas; a second reading of the same text
+//! reports zero deltas and no new connection.
+#![no_main]
+
+use fedmesh_node::telemetry::netns::{
+    MAX_SOCKETS, NetnsReading, NetnsStats, NetnsTracker, parse_snmp, parse_tcp_table, summarize,
+};
+use fedmesh_node::telemetry::{ContainerId, Event};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = parse_snmp(text);
+    let mut socks = Vec::new();
+    let st = parse_tcp_table(text, &mut socks);
+    assert_eq!(st.rows as usize, socks.len());
+    assert!(socks.len() <= MAX_SOCKETS);
+    let sum = summarize(&socks);
+    assert!(sum.outbound.len() <= socks.len());
+    assert!(sum.listening as usize + sum.syn_sent as usize <= socks.len());
+    assert!(sum.remote_endpoints as usize <= socks.len());
+    assert!(sum.syn_sent_ports <= sum.syn_sent);
+    // The same text as every file of one namespace, read twice.
+    let reading = NetnsReading {
+        netns: 1,
+        members: vec![ContainerId("c".into())],
+        snmp: text.to_string(),
+        tcp: Some(text.to_string()),
+        tcp6: Some(text.to_string()),
+    };
+    let mut t = NetnsTracker::new();
+    let mut stats = NetnsStats::default();
+    for (i, ts) in [0u64, 10_000].into_iter().enumerate() {
+        let ev = t.step(ts, std::slice::from_ref(&reading), &mut stats);
+        assert!(ev.len() <= 1);
+        for e in &ev {
+            let Event::Net { net, .. } = e else {
+                panic!("not a net event")
+            };
+            assert_eq!(net.active_opens + net.attempt_fails + net.out_rsts, 0);
+            assert!(net.new_remotes.len() <= net.new_remotes_total as usize);
+            if i == 1 {
+                assert_eq!(net.new_remotes_total, 0);
+            }
+        }
+    }
+});
