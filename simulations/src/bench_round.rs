@@ -102,6 +102,10 @@ pub struct RoundRow {
     pub coordinator_cpu_ms: f64,
     /// `coordinator_cpu_ms` per node, µs.
     pub coordinator_cpu_us_per_node: f64,
+    /// Share of the coordinator's CPU spent in the kernel (system time:
+    /// sockets, and on loopback the receiving side of the clients' TCP
+    /// too), over the measured rounds; known for a child process only.
+    pub coordinator_kernel_share: Option<f64>,
     /// Median CPU time per round of one client (all clients ÷ nodes), ms.
     pub node_cpu_ms: f64,
     /// Coordinator CPU over the k = 1 coordinator CPU of the same run.
@@ -161,6 +165,26 @@ fn cpu_ns(pid: Option<u32>) -> Result<(u64, u64)> {
         }
     }
     Ok((all, clients))
+}
+
+/// User and system CPU time (clock ticks) of process `pid`, from
+/// `/proc/<pid>/stat` (fields 14 and 15, after the command in parentheses).
+fn user_sys_ticks(pid: u32) -> Result<(u64, u64)> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("unexpected {path}"))?;
+    let field = |i: usize| {
+        rest.split_whitespace()
+            .nth(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .ok_or_else(|| anyhow!("unexpected {path}"))
+    };
+    // After ')': state is field 3, so utime (14) and stime (15) are the
+    // 12th and 13th (0-based 11 and 12).
+    Ok((field(11)?, field(12)?))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -484,6 +508,9 @@ async fn run_one(
     };
     let mut durations = (0.0f64, 0u64);
     let mut version = 0u64;
+    // User and system ticks of the measured rounds (child only).
+    let mut ticks = (0u64, 0u64);
+    let mut last_ticks = pid.map(user_sys_ticks).transpose()?;
     for round in 0..b.rounds {
         let round_start = Instant::now();
         let in_process_ms = loop {
@@ -552,8 +579,16 @@ async fn run_one(
                 status_kib(pid, "VmRSS")? as f64 / 1024.0
             ),
         );
+        let now_ticks = pid.map(user_sys_ticks).transpose()?;
         // The first round also waits for the joins and opens the
         // streams; it counts only when it is the only one.
+        if let (Some(a), Some(z)) = (last_ticks, now_ticks)
+            && (round > 0 || b.rounds == 1)
+        {
+            ticks.0 += z.0.saturating_sub(a.0);
+            ticks.1 += z.1.saturating_sub(a.1);
+        }
+        last_ticks = now_ticks;
         if round > 0 || b.rounds == 1 {
             times.push(ms);
             coordinator_cpu.push(coord_ns as f64 / 1e6);
@@ -581,6 +616,8 @@ async fn run_one(
         ratio_to_plain: None,
         coordinator_cpu_ms: cpu,
         coordinator_cpu_us_per_node: cpu * 1e3 / b.nodes as f64,
+        coordinator_kernel_share: (separate_process && ticks.0 + ticks.1 > 0)
+            .then(|| ticks.1 as f64 / (ticks.0 + ticks.1) as f64),
         node_cpu_ms: median(client_cpu),
         coordinator_cpu_ratio: None,
         connect_s,
@@ -799,14 +836,14 @@ pub fn markdown(rows: &[RoundRow]) -> String {
         "coordinator + clients"
     };
     let mut out = format!(
-        "| k | nodes | params | rounds | median round ms | fastest ms | × k = 1 | coordinator CPU ms/round | µs/node/round | × k = 1 | client CPU ms/round/node | bytes/param/node | connect s | {whose} RSS idle MiB | RSS MiB | peak MiB | KiB/node |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| k | nodes | params | rounds | median round ms | fastest ms | × k = 1 | coordinator CPU ms/round | µs/node/round | kernel share | × k = 1 | client CPU ms/round/node | bytes/param/node | connect s | {whose} RSS idle MiB | RSS MiB | peak MiB | KiB/node |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let ratio = |x: Option<f64>| x.map_or_else(|| "—".to_string(), |x| format!("{x:.2}"));
     let mib = |k: u64| k as f64 / 1024.0;
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
             r.k,
             r.nodes,
             r.params,
@@ -816,6 +853,8 @@ pub fn markdown(rows: &[RoundRow]) -> String {
             ratio(r.ratio_to_plain),
             r.coordinator_cpu_ms,
             r.coordinator_cpu_us_per_node,
+            r.coordinator_kernel_share
+                .map_or_else(|| "—".to_string(), |x| format!("{:.0} %", x * 100.0)),
             ratio(r.coordinator_cpu_ratio),
             r.node_cpu_ms,
             r.bytes_per_param,
