@@ -404,11 +404,14 @@ async fn run_one(
     // The clients get their own runtime (threads named CLIENT_THREAD), so
     // the CPU time of the coordinator and of the clients can be told apart
     // in process; both still share this machine's cores.
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name(CLIENT_THREAD)
-        .enable_all()
-        .build()?;
+    let runtime = ClientRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(CLIENT_THREAD)
+            .enable_all()
+            .build()?,
+    ));
+    let client_rt = runtime.handle()?;
     let connected = Arc::new(AtomicUsize::new(0));
     let sent = Arc::new(AtomicU64::new(0));
     let gate = Arc::new(tokio::sync::Semaphore::new(CONNECTING_AT_ONCE));
@@ -600,7 +603,6 @@ async fn run_one(
     for c in clients {
         c.abort();
     }
-    client_rt.shutdown_background();
     coordinator.stop_and_verify(&data).await?;
     let min_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
     let cpu = median(coordinator_cpu);
@@ -627,6 +629,28 @@ async fn run_one(
         peak_rss_kib,
         kib_per_node: rss_kib.saturating_sub(rss_idle_kib) as f64 / b.nodes as f64,
     })
+}
+
+/// The clients' runtime, shut down in the background when dropped (also
+/// on an early error return: a runtime may not be dropped, blocking, from
+/// inside the harness's own runtime).
+struct ClientRuntime(Option<tokio::runtime::Runtime>);
+
+impl ClientRuntime {
+    fn handle(&self) -> Result<tokio::runtime::Handle> {
+        self.0
+            .as_ref()
+            .map(|rt| rt.handle().clone())
+            .ok_or_else(|| anyhow!("client runtime already shut down"))
+    }
+}
+
+impl Drop for ClientRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// The outcome of a finished client task, as text.
