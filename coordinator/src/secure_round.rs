@@ -136,14 +136,14 @@ impl SecureView {
     /// keeps each event's size and cost at its bucket's, not the fleet's).
     pub fn for_node(&self, node: &NodeId) -> v1::SecureRound {
         let bucket = self.bucket_of(node).map(|b| v1::BucketView {
-                id: b.id,
-                members: b.members.iter().map(|m| m.to_string()).collect(),
-                threshold: b.threshold,
-                adverts: b.adverts.as_ref().clone(),
-                shares: b.shares.get(node).cloned().unwrap_or_default(),
-                unmask_request: b.request.as_ref().clone(),
-                dropped: b.dropped,
-            });
+            id: b.id,
+            members: b.members.iter().map(|m| m.to_string()).collect(),
+            threshold: b.threshold,
+            adverts: b.adverts.as_ref().clone(),
+            shares: b.shares.get(node).cloned().unwrap_or_default(),
+            unmask_request: b.request.as_ref().clone(),
+            dropped: b.dropped,
+        });
         v1::SecureRound {
             bucket_size: self.bucket_size,
             min_bucket_size: self.min_bucket_size,

@@ -564,7 +564,8 @@ async fn run_one(
             (Some(ms), _) => ms,
             (None, Some(h)) => {
                 let d = round_durations(h).await?;
-                let ms = (d.0 - durations.0) * 1e3 / (d.1.saturating_sub(durations.1)).max(1) as f64;
+                let ms =
+                    (d.0 - durations.0) * 1e3 / (d.1.saturating_sub(durations.1)).max(1) as f64;
                 durations = d;
                 ms
             }
@@ -913,12 +914,18 @@ mod tests {
             assert!(r.coordinator_cpu_ms > 0.0 && r.node_cpu_ms > 0.0, "{r:?}");
             assert!(r.rss_kib > 0 && r.peak_rss_kib >= r.rss_kib, "{r:?}");
             assert!(!r.separate_process);
-            assert_eq!(r.params, fedmesh_proto::model::param_count(22, &[11]).unwrap());
+            assert_eq!(
+                r.params,
+                fedmesh_proto::model::param_count(22, &[11]).unwrap()
+            );
         }
         // 4 bytes per parameter in the clear; masked inputs are 4 bytes a
         // word too, plus the keys, shares and unmasking.
         assert!((4.0..4.5).contains(&rows[0].bytes_per_param), "{rows:?}");
-        assert!(rows[1].bytes_per_param > rows[0].bytes_per_param, "{rows:?}");
+        assert!(
+            rows[1].bytes_per_param > rows[0].bytes_per_param,
+            "{rows:?}"
+        );
         assert_eq!(rows[0].ratio_to_plain, Some(1.0));
         let table = markdown(&rows);
         assert_eq!(table.lines().count(), 4, "{table}");
