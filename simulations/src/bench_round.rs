@@ -341,7 +341,13 @@ pub async fn run_round_bench(b: &RoundBench) -> Result<Vec<RoundRow>> {
     if let Some(k) = b.bucket_sizes.iter().find(|k| **k == 0 || **k > b.nodes) {
         bail!("bucket size {k} must be between 1 and the number of nodes");
     }
-    let want_files = 2 * b.nodes as u64 + 1024;
+    // A socket per client here, and one per client in the coordinator:
+    // in this process too when it runs here.
+    let per_client = match b.coordinator {
+        CoordinatorProcess::InProcess => 2,
+        CoordinatorProcess::Binary(_) => 1,
+    };
+    let want_files = per_client * b.nodes as u64 + 1024;
     let files = raise_open_files(want_files)?;
     if files < want_files {
         bail!(
