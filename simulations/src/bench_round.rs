@@ -254,11 +254,15 @@ fn config_text(
 ) -> String {
     let http = http.map_or(String::new(), |m| format!("metrics_listen = \"{m}\"\n"));
     // Every client dials from 127.0.0.1: the per-address handshake cap is
-    // the global one here (a fleet spreads over many addresses).
+    // the global one here (a fleet spreads over many addresses). The
+    // clients' two threads answer the coordinator's HTTP/2 pings between
+    // thousands of clients' crypto, so the ping timeout is 2 minutes (a
+    // node answers from its own CPU).
     format!(
         "listen = \"{listen}\"\ndata_dir = '{data}'\n{http}\
          [tls]\nca_cert = '{ca}'\ncert = '{cert}'\nkey = '{key}'\n\
          [limits]\nmax_handshakes = 256\nmax_handshakes_per_address = 256\n\
+         http2_keepalive_timeout_ms = 120000\n\
          [[tenants]]\nname = \"{TENANT}\"\nmin_nodes = {n}\nquorum = {n}\n\
          round_timeout_ms = {t}\nround_interval_ms = 0\nmax_rounds = {r}\n\
          max_update_norm = 10.0\n[tenants.model]\nhidden = [{h}]\n\
