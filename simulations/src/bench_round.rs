@@ -479,7 +479,11 @@ async fn run_one(
             break;
         }
         if let Some(e) = failed(&mut clients) {
-            bail!("k = {k}: {e} ({n} of {} connected)", b.nodes);
+            bail!(
+                "k = {k}: {e} ({n} of {} connected)\n{}",
+                b.nodes,
+                coordinator.log_tail()
+            );
         }
         coordinator.check_alive()?;
         if start.elapsed() > b.timeout {
@@ -528,7 +532,7 @@ async fn run_one(
         let round_start = Instant::now();
         let in_process_ms = loop {
             if let Some(e) = failed(&mut clients) {
-                bail!("k = {k}, round {}: {e}", round + 1);
+                bail!("k = {k}, round {}: {e}\n{}", round + 1, coordinator.log_tail());
             }
             coordinator.check_alive()?;
             if round_start.elapsed() > b.timeout {

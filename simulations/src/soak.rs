@@ -390,6 +390,14 @@ impl Running {
         bail!("the coordinator did not answer /status within 30 s")
     }
 
+    /// The last lines of a child coordinator's log (empty in process).
+    pub(crate) fn log_tail(&self) -> String {
+        match self {
+            Self::InProcess { .. } => String::new(),
+            Self::Child { log, .. } => log_tail(log),
+        }
+    }
+
     /// The child coordinator's process id (None in process).
     pub(crate) fn pid(&self) -> Option<u32> {
         match self {
