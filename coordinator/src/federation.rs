@@ -38,6 +38,9 @@ use crate::server_step::genesis_params;
 use crate::store::{AuditEntry, Store};
 pub use crate::validate::validate_fields;
 
+/// Shortest interval between two "waiting for nodes" statuses.
+const IDLE_REPUBLISH: Duration = Duration::from_millis(500);
+
 struct Inner {
     /// The round core: committed state, reputation, the open round.
     machine: RoundMachine,
@@ -318,6 +321,12 @@ impl Federation {
         self.status.borrow().clone()
     }
 
+    /// How many nodes hold a round stream open (constant time: a node
+    /// whose last stream closed leaves `watchers`).
+    pub fn connected_count(&self) -> usize {
+        self.lock().watchers.len()
+    }
+
     /// Nodes currently holding a round stream open.
     pub fn connected(&self) -> BTreeSet<NodeId> {
         self.lock()
@@ -400,6 +409,11 @@ impl Federation {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let span = info_span!("federation", tenant = %self.tenant);
         async move {
+            // When the idle status last changed: while nodes connect, it
+            // is republished at most every IDLE_REPUBLISH (each change is
+            // an event on every open stream, so one per connection would
+            // cost the fleet's size per connection).
+            let mut idle_published: Option<tokio::time::Instant> = None;
             loop {
                 if *shutdown.borrow() {
                     return;
@@ -414,32 +428,46 @@ impl Federation {
                     let _ = shutdown.changed().await;
                     return;
                 }
-                let connected = self.connected();
-                if connected.len() < self.cfg.min_nodes {
-                    let version = self.version();
-                    let reason = format!(
-                        "waiting for nodes: {} of {} connected",
-                        connected.len(),
-                        self.cfg.min_nodes
-                    );
-                    self.status.send_if_modified(|s| {
-                        let next = RoundStatus::Idle {
-                            version,
-                            reason: reason.clone(),
-                        };
-                        if *s == next {
-                            return false;
+                let count = self.connected_count();
+                if count < self.cfg.min_nodes {
+                    let now = tokio::time::Instant::now();
+                    let due = idle_published.map_or(now, |t| t + IDLE_REPUBLISH);
+                    if now >= due {
+                        let version = self.version();
+                        let reason = format!(
+                            "waiting for nodes: {count} of {} connected",
+                            self.cfg.min_nodes
+                        );
+                        let changed = self.status.send_if_modified(|s| {
+                            let next = RoundStatus::Idle {
+                                version,
+                                reason: reason.clone(),
+                            };
+                            if *s == next {
+                                return false;
+                            }
+                            *s = next;
+                            true
+                        });
+                        if changed {
+                            idle_published = Some(now);
                         }
-                        *s = next;
-                        true
-                    });
+                    }
+                    // Wake-ups (connections) before `due` only recount.
+                    let sleep = if now >= due {
+                        IDLE_REPUBLISH
+                    } else {
+                        due - now
+                    };
                     tokio::select! {
                         _ = self.wake.notified() => {}
                         _ = shutdown.changed() => {}
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = tokio::time::sleep(sleep) => {}
                     }
                     continue;
                 }
+                idle_published = None;
+                let connected = self.connected();
                 match self.run_round(connected, &mut shutdown).await {
                     Ok(()) => {}
                     Err(e) => warn!(error = %e, "round failed"),
@@ -871,6 +899,11 @@ mod tests {
     /// A federation over a tiny model (3 features, hidden [2]) in a
     /// temporary store, and its directory.
     fn federation(extra: &str) -> (Arc<Federation>, tempfile::TempDir) {
+        federation_of(2, extra)
+    }
+
+    /// The same with `min_nodes` connected nodes before a round opens.
+    fn federation_of(min_nodes: usize, extra: &str) -> (Arc<Federation>, tempfile::TempDir) {
         let now = time::OffsetDateTime::now_utc();
         let ca = fedmesh_crypto::MeshCa::generate("test CA", now, 30).unwrap();
         let issued = ca
@@ -887,7 +920,7 @@ mod tests {
         );
         let verifier = CertVerifier::new(ca.cert_pem()).unwrap();
         let text = format!(
-            "name = \"acme\"\nmin_nodes = 2\nquorum = 2\n{extra}\n[model]\ninput_dim = 3\nhidden = [2]\n"
+            "name = \"acme\"\nmin_nodes = {min_nodes}\nquorum = 2\n{extra}\n[model]\ninput_dim = 3\nhidden = [2]\n"
         );
         let mut cfg: TenantConfig = toml::from_str(&text).unwrap();
         cfg.model.feature_schema_digest = "00".repeat(32);
@@ -958,6 +991,51 @@ mod tests {
             Err(FedError::Refused(reason)) => reason,
             other => panic!("expected a typed refusal, got {other:?}"),
         }
+    }
+
+    /// Nodes connecting while the federation waits for `min_nodes`: the
+    /// waiting status (an event on every open stream) changes at most once
+    /// per `IDLE_REPUBLISH`, not once per connection, and the count of
+    /// connected nodes follows the streams.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn connections_while_waiting_change_the_status_once_per_interval_not_per_node() {
+        let (fed, _dir) = federation_of(1000, "");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let run = tokio::spawn(fed.clone().run(stop_rx));
+        let mut status = fed.status.subscribe();
+        let counter = tokio::spawn(async move {
+            let mut changes = 0usize;
+            while status.changed().await.is_ok() {
+                changes += 1;
+            }
+            changes
+        });
+        tokio::task::yield_now().await;
+        let mut guards = Vec::new();
+        for i in 0..300 {
+            guards.push(fed.subscribe(&node(&format!("n{i:03}"))).1);
+            // Let the run loop and the counter see every connection.
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(fed.connected_count(), 300);
+        tokio::time::sleep(IDLE_REPUBLISH * 2).await;
+        let RoundStatus::Idle { reason, .. } = fed.status() else {
+            panic!("no round can open with 300 of 1000 nodes");
+        };
+        assert_eq!(reason, "waiting for nodes: 300 of 1000 connected");
+        guards.truncate(200);
+        assert_eq!(fed.connected_count(), 200);
+        assert_eq!(fed.connected().len(), 200);
+        stop_tx.send(true).unwrap();
+        run.await.unwrap();
+        drop(guards);
+        drop(fed);
+        let changes = counter.await.unwrap();
+        // At the start, at most one within the first interval of
+        // connections, and the settled count: never one per node.
+        assert!((1..=4).contains(&changes), "{changes} status changes");
     }
 
     #[test]
@@ -1088,7 +1166,7 @@ mod tests {
             .unwrap();
         // Bypass validation, as a path that forgot it would.
         let mut round = take_round(&fed);
-        if let Some(u) = round.updates.get_mut(&node("n1")) {
+        if let Some(u) = round.updates_mut().get_mut(&node("n1")) {
             u.scaler = Some(v1::ScalerStats {
                 count: 1,
                 sum: vec![1e300; 3],

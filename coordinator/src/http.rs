@@ -30,7 +30,7 @@ pub async fn serve_http(
                 let feds = f2.clone();
                 async move {
                     for (t, f) in feds.iter() {
-                        m.observe_state(t, f.version(), f.connected().len(), f.quarantined().len());
+                        m.observe_state(t, f.version(), f.connected_count(), f.quarantined().len());
                     }
                     (
                         [(

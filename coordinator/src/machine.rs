@@ -100,19 +100,60 @@ pub fn sample(
 pub struct OpenRound {
     /// Public facts (what nodes see).
     pub info: Arc<OpenInfo>,
-    /// Validated plaintext updates by node.
-    pub updates: BTreeMap<NodeId, ValidUpdate>,
+    /// Validated plaintext updates by node (recorded through
+    /// [`RoundMachine::submit`] only, which keeps `selected_received`).
+    updates: BTreeMap<NodeId, ValidUpdate>,
+    /// How many of `updates` come from selected nodes.
+    selected_received: usize,
     /// Buckets and unmaskers of a secure round.
     pub secure: Option<SecureRound>,
 }
 
 impl OpenRound {
+    fn new(info: Arc<OpenInfo>, secure: Option<SecureRound>) -> Self {
+        Self {
+            info,
+            updates: BTreeMap::new(),
+            selected_received: 0,
+            secure,
+        }
+    }
+
+    /// Validated plaintext updates by node (selected and shadow).
+    pub fn updates(&self) -> &BTreeMap<NodeId, ValidUpdate> {
+        &self.updates
+    }
+
     /// Updates recorded from selected nodes (shadow updates do not count).
+    /// Constant time: the shell asks after every accepted update.
     pub fn selected_updates(&self) -> usize {
-        self.updates
-            .keys()
-            .filter(|n| self.info.selected.contains(*n))
-            .count()
+        self.selected_received
+    }
+
+    /// Records `update` from `node` (replacing none: the machine refuses
+    /// duplicates before).
+    fn record(&mut self, node: &NodeId, update: ValidUpdate) {
+        if self.updates.insert(node.clone(), update).is_none() && self.info.selected.contains(node)
+        {
+            self.selected_received += 1;
+        }
+    }
+
+    /// Drops `node`'s update; returns whether there was one.
+    fn remove(&mut self, node: &NodeId) -> bool {
+        let had = self.updates.remove(node).is_some();
+        if had && self.info.selected.contains(node) {
+            self.selected_received = self.selected_received.saturating_sub(1);
+        }
+        had
+    }
+
+    /// Mutable access to the recorded updates, for tests that tamper
+    /// with one after validation (the count of selected updates is kept
+    /// only by `submit`, so tests must not add or remove entries here).
+    #[cfg(test)]
+    pub(crate) fn updates_mut(&mut self) -> &mut BTreeMap<NodeId, ValidUpdate> {
+        &mut self.updates
     }
 }
 
@@ -333,11 +374,7 @@ impl RoundMachine {
             training: training_of(&self.cfg),
             secure: None,
         });
-        self.round = Some(OpenRound {
-            info: info.clone(),
-            updates: BTreeMap::new(),
-            secure: None,
-        });
+        self.round = Some(OpenRound::new(info.clone(), None));
         info
     }
 
@@ -379,11 +416,7 @@ impl RoundMachine {
             training: training_of(&self.cfg),
             secure: Some(secure.view()),
         });
-        self.round = Some(OpenRound {
-            info: info.clone(),
-            updates: BTreeMap::new(),
-            secure: Some(secure),
-        });
+        self.round = Some(OpenRound::new(info.clone(), Some(secure)));
         Ok(info)
     }
 
@@ -404,7 +437,7 @@ impl RoundMachine {
         let round = self.round.as_mut().ok_or(FedError::NoOpenRound {
             version: self.version,
         })?;
-        round.updates.insert(node.clone(), update);
+        round.record(node, update);
         Ok(v1::SubmitAck {
             round: round.info.round,
             received: round.updates.len() as u32,
@@ -473,7 +506,7 @@ impl RoundMachine {
         let dropped = self
             .round
             .as_mut()
-            .is_some_and(|r| r.secure.is_none() && r.updates.remove(node).is_some());
+            .is_some_and(|r| r.secure.is_none() && r.remove(node));
         let score = self
             .reputation
             .records()
@@ -1026,6 +1059,40 @@ mod tests {
             scaler_stats: None,
             train_loss: 0.5,
         }
+    }
+
+    #[test]
+    fn the_count_of_selected_updates_follows_submissions_and_revocations() {
+        let mut m = machine("", &["q"]);
+        let sel = m.select(1, nodes(&["a", "b", "c", "q"]));
+        m.open(1, sel, 0);
+        // The count a walk over the recorded updates gives.
+        let walked = |m: &RoundMachine| {
+            let r = m.open_round().unwrap();
+            r.updates()
+                .keys()
+                .filter(|n| r.info.selected.contains(*n))
+                .count()
+        };
+        let mut seen = Vec::new();
+        submit(&mut m, "a", 0.01);
+        seen.push(m.selected_updates());
+        submit(&mut m, "q", 0.01); // shadow: not counted
+        seen.push(m.selected_updates());
+        let dup = update(&m, "a", 0.01);
+        assert!(m.submit(&node("a"), dup, 10).is_err());
+        seen.push(m.selected_updates());
+        assert!(m.revoke(&node("a"), "01"));
+        assert!(!m.open_round().unwrap().updates().contains_key(&node("a")));
+        seen.push(m.selected_updates());
+        assert!(!m.revoke(&node("a"), "01"));
+        seen.push(m.selected_updates());
+        submit(&mut m, "a", 0.01);
+        submit(&mut m, "b", 0.01);
+        seen.push(m.selected_updates());
+        assert_eq!(seen, [1, 1, 1, 0, 0, 2]);
+        assert_eq!(m.selected_updates(), walked(&m));
+        assert_eq!(m.open_round().unwrap().updates().len(), 3);
     }
 
     #[test]

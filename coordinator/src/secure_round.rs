@@ -94,6 +94,11 @@ pub struct BucketPublic {
 /// The public state of a secure round, published with every phase.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SecureView {
+    /// Index of every participant's bucket in `buckets` (shared with the
+    /// round: built once when the buckets are drawn).
+    member_of: Arc<BTreeMap<NodeId, usize>>,
+    /// `participants` as the strings sent on the wire (built once).
+    participant_names: Arc<Vec<String>>,
     /// k.
     pub bucket_size: u32,
     /// Smallest acceptable bucket.
@@ -117,26 +122,36 @@ pub struct SecureView {
 }
 
 impl SecureView {
+    /// The public state of `node`'s bucket, if it is a participant: one
+    /// look-up in the round's index, whatever the number of buckets.
+    pub fn bucket_of(&self, node: &NodeId) -> Option<&BucketPublic> {
+        self.member_of.get(node).and_then(|&i| self.buckets.get(i))
+    }
+
     /// The round as `node` sees it: its own bucket and the shares
-    /// addressed to it only.
+    /// addressed to it only. The committed participant list, which a node
+    /// needs only to check its bucket before it advertises, goes out in
+    /// the advert phase alone: a node that has not advertised by then is
+    /// out of the round, so later events need not carry the list (this
+    /// keeps each event's size and cost at its bucket's, not the fleet's).
     pub fn for_node(&self, node: &NodeId) -> v1::SecureRound {
-        let bucket = self
-            .buckets
-            .iter()
-            .find(|b| b.members.binary_search(node).is_ok())
-            .map(|b| v1::BucketView {
-                id: b.id,
-                members: b.members.iter().map(|m| m.to_string()).collect(),
-                threshold: b.threshold,
-                adverts: b.adverts.as_ref().clone(),
-                shares: b.shares.get(node).cloned().unwrap_or_default(),
-                unmask_request: b.request.as_ref().clone(),
-                dropped: b.dropped,
-            });
+        let bucket = self.bucket_of(node).map(|b| v1::BucketView {
+            id: b.id,
+            members: b.members.iter().map(|m| m.to_string()).collect(),
+            threshold: b.threshold,
+            adverts: b.adverts.as_ref().clone(),
+            shares: b.shares.get(node).cloned().unwrap_or_default(),
+            unmask_request: b.request.as_ref().clone(),
+            dropped: b.dropped,
+        });
         v1::SecureRound {
             bucket_size: self.bucket_size,
             min_bucket_size: self.min_bucket_size,
-            participants: self.participants.iter().map(|p| p.to_string()).collect(),
+            participants: if self.phase == Phase::Advertise {
+                self.participant_names.as_ref().clone()
+            } else {
+                Vec::new()
+            },
             clip_norm: self.clip_norm,
             quant_scale: self.quant_scale,
             noise_multiplier: self.noise_multiplier,
@@ -184,7 +199,11 @@ pub struct SecureRound {
     round: u64,
     view: SecureView,
     buckets: Vec<BucketState>,
-    member_of: BTreeMap<NodeId, usize>,
+    member_of: Arc<BTreeMap<NodeId, usize>>,
+    /// Members of live buckets expected in the current phase that have
+    /// not answered yet: the phase is complete at 0 (kept as messages
+    /// arrive, so checking it does not walk the buckets).
+    outstanding: usize,
     stragglers: Vec<Straggler>,
     violations: Vec<Violation>,
     bytes_received: u64,
@@ -378,7 +397,10 @@ impl SecureRound {
                 answered: BTreeSet::new(),
             });
         }
+        let member_of = Arc::new(member_of);
         let view = SecureView {
+            member_of: member_of.clone(),
+            participant_names: Arc::new(list.iter().map(|p| p.to_string()).collect()),
             bucket_size: cfg.bucket_size as u32,
             min_bucket_size: cfg.min_bucket() as u32,
             participants: list,
@@ -395,11 +417,13 @@ impl SecureRound {
             view,
             buckets,
             member_of,
+            outstanding: 0,
             stragglers: Vec::new(),
             violations: Vec::new(),
             bytes_received: 0,
         };
         r.refresh_view();
+        r.outstanding = r.count_outstanding();
         Ok(r)
     }
 
@@ -428,12 +452,19 @@ impl SecureRound {
     }
 
     /// Whether every expected member of every live bucket has answered the
-    /// current phase.
+    /// current phase. Constant time: the shell asks after every message.
     pub fn phase_complete(&self) -> bool {
+        self.outstanding == 0
+    }
+
+    /// Members of live buckets expected in the current phase that have not
+    /// answered, counted by walking the buckets (once per phase).
+    fn count_outstanding(&self) -> usize {
         self.buckets
             .iter()
             .filter(|b| b.dropped.is_none())
-            .all(|b| b.expected.is_subset(&b.answered))
+            .map(|b| b.expected.difference(&b.answered).count())
+            .sum()
     }
 
     /// Whether any bucket is still live.
@@ -525,7 +556,9 @@ impl SecureRound {
                     if matches!(e, SecAggError::WeakKey(_)) {
                         // A dropout from now on: the phase does not wait
                         // for it and it cannot try again this round.
-                        b.expected.remove(node);
+                        if b.expected.remove(node) {
+                            self.outstanding = self.outstanding.saturating_sub(1);
+                        }
                         let bucket = b.public.id;
                         self.violations.push(Violation {
                             node: node.clone(),
@@ -557,7 +590,10 @@ impl SecureRound {
             }
             None => {}
         }
-        b.answered.insert(node.clone());
+        // `node` is expected and had not answered (checked above).
+        if b.answered.insert(node.clone()) {
+            self.outstanding = self.outstanding.saturating_sub(1);
+        }
         self.bytes_received = self.bytes_received.saturating_add(wire_bytes);
         Ok(v1::SecAggAck {
             round: self.round,
@@ -618,6 +654,7 @@ impl SecureRound {
         self.view.phase = next;
         self.view.phase_deadline_unix_ms = next_deadline_unix_ms;
         self.refresh_view();
+        self.outstanding = self.count_outstanding();
         Ok(())
     }
 
@@ -891,6 +928,71 @@ mod tests {
             bucket_size: k,
             ..SecureConfig::default()
         }
+    }
+
+    #[test]
+    fn a_message_touches_only_its_bucket_and_the_phase_count_follows_the_messages() {
+        use v1::sec_agg_request::Message as M;
+        // 12 nodes in buckets of 3: 4 buckets.
+        let (mut r, nodes, _) = setup(12, &cfg(3));
+        assert_eq!(r.bucket_count(), 4);
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        // The index finds the bucket a walk over every bucket finds; the
+        // advert phase's event carries the participant list.
+        let view = r.view();
+        for n in &nodes {
+            let walked = view
+                .buckets
+                .iter()
+                .find(|b| b.members.binary_search(&n.id).is_ok());
+            assert!(walked.is_some());
+            assert_eq!(view.bucket_of(&n.id), walked);
+            let ev = view.for_node(&n.id);
+            assert_eq!(ev.participants.len(), 12);
+            assert_eq!(ev.bucket.map(|b| b.id), walked.map(|b| b.id));
+        }
+        let stranger: NodeId = "zz".parse().unwrap();
+        assert!(view.bucket_of(&stranger).is_none());
+        assert!(view.for_node(&stranger).bucket.is_none());
+        // Each advert changes its own bucket's state and no other's; the
+        // outstanding count is the walk's count after every message.
+        let answered = |r: &SecureRound| -> Vec<usize> {
+            r.buckets.iter().map(|b| b.answered.len()).collect()
+        };
+        for (i, n) in nodes.iter().enumerate() {
+            assert!(!r.phase_complete());
+            let b = bucket_of(&r, &n.id);
+            let before = answered(&r);
+            let params = r.buckets[b].unmasker.params().clone();
+            let c = ClientRound::new(params, n.id.clone(), &mut rng).unwrap();
+            let advert = M::Advert(c.advertise(&n.signer).unwrap().encode());
+            let req = request(&n.id, b as u32, advert);
+            r.accept(&n.id, &req, now(), 1).unwrap();
+            let after = answered(&r);
+            for (j, (x, y)) in before.iter().zip(&after).enumerate() {
+                assert_eq!(*y, x + usize::from(j == b), "bucket {j} after {}", n.id);
+            }
+            assert_eq!(r.outstanding, r.count_outstanding());
+            assert_eq!(r.outstanding, 11 - i);
+            // A second advert is refused and changes nothing.
+            let e = r.accept(&n.id, &req, now(), 1).unwrap_err();
+            assert!(matches!(e, FedError::Duplicate { .. }), "{e}");
+            assert_eq!(answered(&r), after);
+        }
+        assert!(r.phase_complete());
+        r.advance(0).unwrap();
+        // Every advertiser is expected in the share phase, whose events
+        // no longer carry the participant list (only the bucket).
+        assert_eq!((r.outstanding, r.count_outstanding()), (12, 12));
+        assert!(!r.phase_complete());
+        let ev = r.view().for_node(&nodes[0].id);
+        assert!(ev.participants.is_empty());
+        assert_eq!(ev.bucket.map(|b| b.adverts.len()), Some(3));
+        // Nobody shares: every bucket is dropped at the deadline and the
+        // next phase waits for no one.
+        r.advance(0).unwrap();
+        assert_eq!((r.outstanding, r.count_outstanding()), (0, 0));
+        assert!(r.phase_complete() && !r.any_live());
     }
 
     #[test]

@@ -321,6 +321,24 @@ enum BenchCmd {
         /// Seed.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// The coordinator binary to start as a child process (default:
+        /// `fedmesh-coordinator` beside this executable).
+        #[arg(long)]
+        coordinator_bin: Option<std::path::PathBuf>,
+        /// Run the coordinator in this process (its memory is then counted
+        /// with the clients').
+        #[arg(long)]
+        in_process: bool,
+        /// Longest wait, in seconds, for the clients to connect and for
+        /// each round.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+        /// No progress lines on stderr.
+        #[arg(long)]
+        quiet: bool,
+        /// Also write the rows as JSON.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
 }
 
@@ -634,8 +652,19 @@ fn run(cmd: Cmd) -> Result<()> {
                     k,
                     rounds,
                     seed,
+                    coordinator_bin,
+                    in_process,
+                    timeout_s,
+                    quiet,
+                    json,
                 },
         } => {
+            use fedmesh_sim::soak::CoordinatorProcess;
+            let coordinator = match (in_process, coordinator_bin) {
+                (true, _) => CoordinatorProcess::InProcess,
+                (false, Some(bin)) => CoordinatorProcess::Binary(bin),
+                (false, None) => CoordinatorProcess::beside_current_exe()?,
+            };
             let rt = tokio::runtime::Runtime::new()?;
             let rows = rt.block_on(fedmesh_sim::bench_round::run_round_bench(
                 &fedmesh_sim::bench_round::RoundBench {
@@ -644,9 +673,15 @@ fn run(cmd: Cmd) -> Result<()> {
                     bucket_sizes: k,
                     rounds,
                     seed,
+                    coordinator,
+                    progress: !quiet,
+                    timeout: std::time::Duration::from_secs(timeout_s),
                 },
             ))?;
             print!("{}", fedmesh_sim::bench_round::markdown(&rows));
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&rows)?)?;
+            }
             Ok(())
         }
         Cmd::Bench {

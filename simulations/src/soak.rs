@@ -22,7 +22,7 @@ use fedmesh_crypto::{CertSigner, CertVerifier, MeshCa, TenantId};
 use serde::Serialize;
 use std::sync::Arc;
 
-use crate::bench_round::{TENANT, client_loop, connect_retrying, hidden_for, pki};
+use crate::bench_round::{Hooks, TENANT, client_loop, connect_retrying, hidden_for, pki};
 
 /// Where the coordinator runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +164,12 @@ pub fn rss_kib() -> Result<u64> {
 
 /// Resident memory of process `pid` (None = this process), KiB.
 pub fn rss_kib_of(pid: Option<u32>) -> Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// A `KiB` line (`VmRSS`, `VmHWM`, …) of process `pid`'s
+/// `/proc/<pid>/status` (None = this process).
+pub fn status_kib(pid: Option<u32>, key: &str) -> Result<u64> {
     let path = match pid {
         Some(p) => format!("/proc/{p}/status"),
         None => "/proc/self/status".to_string(),
@@ -171,10 +177,10 @@ pub fn rss_kib_of(pid: Option<u32>) -> Result<u64> {
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("no VmRSS line in {path}"))
+        .ok_or_else(|| anyhow!("no {key} line in {path}"))
 }
 
 /// Bytes of the files under `dir` (not following links), bounded to a
@@ -239,8 +245,13 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-/// A running coordinator.
-enum Running {
+/// The coordinator config of a run: given the data directory, the TLS
+/// paths (`-` when the PKI is passed in memory), the gRPC listen address
+/// and the optional HTTP (`/status`, `/metrics`) address.
+pub(crate) type ConfigText<'a> = &'a dyn Fn(&Path, [&str; 3], &str, Option<&str>) -> String;
+
+/// A running coordinator (in this process or a child process).
+pub(crate) enum Running {
     InProcess {
         store: fedmesh_coordinator::Store,
         summaries: tokio::sync::broadcast::Receiver<RoundSummary>,
@@ -263,17 +274,18 @@ fn log_tail(log: &Path) -> String {
 }
 
 impl Running {
-    /// Starts the coordinator; returns it and the address of its gRPC
-    /// listener.
-    async fn start(
-        o: &SoakOptions,
+    /// Starts the coordinator with the config `config` makes; returns it
+    /// and the address of its gRPC listener.
+    pub(crate) async fn start(
+        process: &CoordinatorProcess,
+        config: ConfigText<'_>,
         ca: &MeshCa,
         dir: &Path,
         data: &Path,
     ) -> Result<(Self, std::net::SocketAddr)> {
-        match &o.coordinator {
+        match process {
             CoordinatorProcess::InProcess => {
-                let text = config_text(o, data, ["-", "-", "-"], "127.0.0.1:0", None);
+                let text = config(data, ["-", "-", "-"], "127.0.0.1:0", None);
                 let cfg = CoordinatorConfig::from_toml(&text, Path::new("soak.toml"))?;
                 let coordinator = Coordinator::open(&cfg, &pki(ca)?)?;
                 let store = coordinator.store().clone();
@@ -310,8 +322,7 @@ impl Running {
                 fedmesh_coordinator::pki::write_secret(&key_path, &p.key_pem)?;
                 let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
                 let http = format!("127.0.0.1:{}", free_port()?);
-                let text = config_text(
-                    o,
+                let text = config(
                     data,
                     [
                         &ca_path.display().to_string(),
@@ -379,8 +390,34 @@ impl Running {
         bail!("the coordinator did not answer /status within 30 s")
     }
 
+    /// The last lines of a child coordinator's log (empty in process).
+    pub(crate) fn log_tail(&self) -> String {
+        match self {
+            Self::InProcess { .. } => String::new(),
+            Self::Child { log, .. } => log_tail(log),
+        }
+    }
+
+    /// The child coordinator's process id (None in process).
+    pub(crate) fn pid(&self) -> Option<u32> {
+        match self {
+            Self::InProcess { .. } => None,
+            Self::Child { pid, .. } => Some(*pid),
+        }
+    }
+
+    /// Committed-round summaries of an in-process coordinator.
+    pub(crate) fn summaries(
+        &mut self,
+    ) -> Option<&mut tokio::sync::broadcast::Receiver<RoundSummary>> {
+        match self {
+            Self::InProcess { summaries, .. } => Some(summaries),
+            Self::Child { .. } => None,
+        }
+    }
+
     /// Fails if a child coordinator has exited.
-    fn check_alive(&mut self) -> Result<()> {
+    pub(crate) fn check_alive(&mut self) -> Result<()> {
         if let Self::Child { child, log, .. } = self
             && let Some(code) = child.try_wait()?
         {
@@ -416,7 +453,7 @@ impl Running {
 
     /// Stops the coordinator (SIGTERM for a child, then SIGKILL after 30 s)
     /// and verifies the audit chain of the store it leaves.
-    async fn stop_and_verify(self, data: &Path) -> Result<usize> {
+    pub(crate) async fn stop_and_verify(self, data: &Path) -> Result<usize> {
         match self {
             Self::InProcess {
                 store,
@@ -464,7 +501,11 @@ pub async fn run_soak(o: &SoakOptions, mut sample: impl FnMut(&SoakSample)) -> R
     let verifier = Arc::new(CertVerifier::new(ca.cert_pem())?);
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let (mut coordinator, addr) = Running::start(o, &ca, dir.path(), &data).await?;
+    let text = |data: &Path, tls: [&str; 3], listen: &str, http: Option<&str>| {
+        config_text(o, data, tls, listen, http)
+    };
+    let (mut coordinator, addr) =
+        Running::start(&o.coordinator, &text, &ca, dir.path(), &data).await?;
     let separate_process = matches!(coordinator, Running::Child { .. });
     // The first client reports the committed versions it hears of (used
     // when the coordinator is another process).
@@ -487,7 +528,11 @@ pub async fn run_soak(o: &SoakOptions, mut sample: impl FnMut(&SoakSample)) -> R
         let tx = progress_tx.take();
         clients.push(tokio::spawn(async move {
             let client = connect_retrying(&connector, i as u64).await?;
-            client_loop(client, name, signer, verifier, seed, tx).await
+            let hooks = Hooks {
+                version: tx,
+                sent: None,
+            };
+            client_loop(client, name, signer, verifier, seed, hooks).await
         }));
     }
     let bar = if o.progress {

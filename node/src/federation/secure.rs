@@ -227,6 +227,15 @@ pub(crate) async fn participate(
         );
         return Ok(None);
     }
+    if sr.phase > v1::SecAggPhase::Advertise as i32 {
+        // Joined after the advert phase (the event no longer carries the
+        // participant list): this round goes on without this node.
+        info!(
+            round = open.round,
+            "secure round past its advert phase; waiting for the next round"
+        );
+        return Ok(None);
+    }
     let clip_factor = fs.clip_factor();
     let (params, me) = match r.params(sr, open.base_version, dim, digest, clip_factor) {
         Ok(p) => p,
