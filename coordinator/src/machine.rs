@@ -212,6 +212,12 @@ pub struct CommitPlan {
     pub excluded: Vec<(String, String)>,
     /// Updates left out by the aggregation rule.
     pub excluded_count: usize,
+    /// Nodes whose update passed every check but the aggregation rule did
+    /// not select it (k > 1: the members of the bucket means it did not
+    /// select), sorted.
+    pub rule_excluded: Vec<String>,
+    /// Buckets whose mean the norm gate refused (k > 1), in bucket order.
+    pub rejected_buckets: Vec<u32>,
     /// Reputation evidence of the round.
     pub evidence: Vec<(String, Evidence)>,
     /// Shadow (quarantined) participants.
@@ -671,9 +677,11 @@ pub fn plan_plaintext(
         .filter(|n| !round.updates.contains_key(*n))
         .map(|n| (n.to_string(), "no update before the deadline".to_string()))
         .collect();
+    let mut rule_excluded = Vec::new();
     for (i, u) in updates.iter().enumerate() {
         if outcome.selected.binary_search(&i).is_err() {
             excluded.push((u.node.to_string(), format!("not selected by {rule}")));
+            rule_excluded.push(u.node.to_string());
         }
     }
     let nodes: Vec<String> = updates.iter().map(|u| u.node.to_string()).collect();
@@ -701,6 +709,8 @@ pub fn plan_plaintext(
         participants: nodes,
         excluded,
         excluded_count,
+        rule_excluded,
+        rejected_buckets: Vec::new(),
         evidence,
         quarantined: round.info.shadow.iter().map(|n| n.to_string()).collect(),
         selected: selected.len(),
@@ -822,15 +832,19 @@ fn plan_secure_commit(
     }
     let mut extras = fedmesh_proto::secure::ExtraSums::new(cfg.model.input_dim);
     let mut participants = Vec::new();
+    let mut rule_excluded = Vec::new();
+    let mut rejected_buckets = Vec::new();
     let mut excluded_count = 0;
     for s in sums {
         let members = s.contributors().iter().map(|n| n.to_string());
         if let Some((_, reason)) = agg.rejected.iter().find(|(b, _)| *b == s.bucket()) {
             excluded_count += s.member_count();
+            rejected_buckets.push(s.bucket());
             let reason = truncate_text(reason, MAX_REFUSAL_TEXT);
             excluded.extend(members.map(|m| (m, reason.to_string())));
         } else if agg.excluded.contains(&s.bucket()) {
             excluded_count += s.member_count();
+            rule_excluded.extend(members.clone());
             excluded.extend(
                 members.map(|m| (m, format!("bucket {} not selected by {rule}", s.bucket()))),
             );
@@ -840,6 +854,7 @@ fn plan_secure_commit(
         }
     }
     participants.sort();
+    rule_excluded.sort();
     excluded.sort();
     let epsilon = sc.noise_multiplier.and_then(|z| {
         let rounds = base.version + 1;
@@ -866,6 +881,8 @@ fn plan_secure_commit(
         participants,
         excluded,
         excluded_count,
+        rule_excluded,
+        rejected_buckets,
         evidence: agg.evidence,
         quarantined: Vec::new(),
         selected: info.selected.len(),
@@ -1124,6 +1141,27 @@ mod tests {
         }
         let scored: Vec<&str> = plan.evidence.iter().map(|(n, _)| n.as_str()).collect();
         assert!(scored.contains(&"q"), "{scored:?}");
+    }
+
+    #[test]
+    fn the_plan_names_the_updates_the_rule_left_out() {
+        let mut m = machine("[aggregation]\nrule = \"krum\"\nf = 0", &[]);
+        let sel = m.select(1, nodes(&["a", "b", "c"]));
+        m.open(1, sel, 0);
+        submit(&mut m, "a", 0.01);
+        submit(&mut m, "b", 0.011);
+        submit(&mut m, "c", 0.5);
+        let round = m.take_round().unwrap();
+        let Close::Commit(plan) = m.close(&round).unwrap() else {
+            panic!("must commit");
+        };
+        // Krum keeps one update; the far one is always left out.
+        assert_eq!(plan.participants, ["a", "b", "c"]);
+        assert_eq!(plan.rule_excluded.len(), 2, "{:?}", plan.rule_excluded);
+        assert!(plan.rule_excluded.is_sorted());
+        assert!(plan.rule_excluded.contains(&"c".to_string()));
+        assert_eq!(plan.excluded_count, 2);
+        assert!(plan.rejected_buckets.is_empty());
     }
 
     #[test]

@@ -78,7 +78,8 @@ pub struct Scenario {
     #[serde(default = "d_one")]
     pub bucket_size: usize,
     /// Rounds with fewer submissions than this are aborted (the global
-    /// model stays).
+    /// model stays). The tenant's `quorum` is this, raised to the fewest
+    /// updates the rule accepts (over bucket means when k > 1).
     #[serde(default = "d_one")]
     pub min_participants: usize,
     /// The fleet.
@@ -115,10 +116,11 @@ pub struct Scenario {
 /// last bucket (up to 2k − 1 members) and a bucket holds at most 255.
 pub const MAX_BUCKET_SIZE: usize = 128;
 
-/// Secure aggregation inside buckets (`bucket_size > 1`): every bucket runs
-/// the crypto crate's Bonawitz protocol (`fedmesh_crypto::secagg::local::
-/// run_bucket`: real X25519 keys, Shamir shares, AEAD, masks, signatures),
-/// and the coordinator's `aggregate_buckets` runs over the revealed sums.
+/// Secure aggregation inside buckets (`bucket_size > 1`, the tenant's
+/// `[tenants.secure]`): every bucket runs the crypto crate's Bonawitz
+/// protocol (real X25519 keys, Shamir shares, AEAD, masks, signatures)
+/// through the coordinator's round machine, which closes the round over the
+/// revealed sums.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecAgg {
@@ -177,7 +179,10 @@ pub struct Fleet {
     /// Telemetry windows per container collected before federating.
     #[serde(default = "d_windows")]
     pub windows: u64,
-    /// Fraction of nodes sampled per round, in (0, 1].
+    /// Fraction of nodes sampled per round, in (0, 1]: below 1, the
+    /// tenant's `max_participants` is ⌈participation · nodes⌉ and the
+    /// coordinator's round machine samples that many connected identities
+    /// (offline nodes never connect).
     #[serde(default = "d_participation")]
     pub participation: f64,
     /// Workload mixes (profile → relative weight); node i uses mix
@@ -387,9 +392,9 @@ pub enum ZRuleName {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Misbehaviour {
-    /// Sends shares that do not reconstruct: the attacker's bucket cannot
-    /// be unmasked and is lost. (Simulated by losing the bucket: the
-    /// crypto crate's `run_bucket` has no hook to corrupt a share.)
+    /// Sends Shamir shares its peers cannot decrypt: they abandon the
+    /// round, and the attacker's bucket cannot be unmasked and is lost
+    /// (k = 1: the attacker loses its own update).
     BadShares,
     /// Is selected, then drops out on purpose (to force unmasking or to
     /// push the round below quorum); with k > 1 at the protocol phase

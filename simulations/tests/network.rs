@@ -1,6 +1,8 @@
 //! Same seed, same numbers across engines: a small scenario run in-process
 //! and over the real gRPC/mTLS mesh on loopback ends with bit-identical
-//! global parameters.
+//! global parameters — with full or partial participation (both engines
+//! sample with the coordinator's round machine) and with secure
+//! aggregation in buckets.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use fedmesh_sim::engine::inprocess::{self, RunOptions};
@@ -171,7 +173,9 @@ windows = 16
 
 /// k > 1 over the wire: real secure aggregation in buckets of 2, with a
 /// node dropping out and one not answering the unmask request; the same
-/// seed gives the same model twice.
+/// seed gives the same model twice, and the in-process engine (the same
+/// round machine, each member's protocol randomness from the same seed)
+/// ends with it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buckets_over_the_wire_replay_bit_for_bit() {
     let mut s = scenario("rule = \"median\"");
@@ -182,6 +186,7 @@ async fn buckets_over_the_wire_replay_bit_for_bit() {
     s.dropout.rate = 0.1;
     s.min_participants = 2;
     let mut hashes = Vec::new();
+    let mut participants = Vec::new();
     for _ in 0..2 {
         let dir = tempfile::tempdir().unwrap();
         let net = network::run(&s, dir.path()).await.unwrap();
@@ -192,27 +197,52 @@ async fn buckets_over_the_wire_replay_bit_for_bit() {
             net.participants
         );
         hashes.push(net.final_params_sha256);
+        participants = net.participants;
     }
     assert_eq!(hashes[0], hashes[1], "same seed, different models");
+    let (local, _) = inprocess::run(
+        &s,
+        &RunOptions {
+            quiet: true,
+            record: None,
+        },
+    )
+    .unwrap();
+    assert!(
+        local.rounds.iter().any(|r| r.dropped > 0),
+        "the scenario should drop someone: {:?}",
+        local.rounds
+    );
+    assert_eq!(local.final_version, 2);
+    assert_eq!(
+        local.final_params_sha256, hashes[0],
+        "k = 2: the engines disagree (network participants {participants:?})"
+    );
 }
 
-/// Partial participation is the coordinator's own sampling; colluding
-/// attackers craft from the honest updates of the nodes it selected.
+/// Partial participation is the coordinator's own sampling, in both
+/// engines: the in-process engine samples with the same round machine over
+/// the same connected identities (an offline node never connects), so the
+/// two select the same participants every round and end with the same
+/// model; colluding attackers craft from the honest updates of the nodes
+/// the coordinator selected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partial_participation_samples_at_the_coordinator() {
+async fn partial_participation_samples_the_same_nodes_in_both_engines() {
     let s = Scenario::from_toml(
         r#"
 name = "sampled"
 seed = 9
 rounds = 3
 [fleet]
-nodes = 8
+nodes = 9
 participation = 0.5
 containers_per_node = 2
 windows = 16
 mixes = [{ web = 1, database = 1 }, { batch = 1, ml = 1 }]
 [rule]
 rule = "median"
+[dropout]
+always_offline = [8]
 [attack]
 fraction = 0.25
 kind = "ipm"
@@ -221,11 +251,37 @@ windows = 16
 "#,
     )
     .unwrap();
+    let (local, _) = inprocess::run(
+        &s,
+        &RunOptions {
+            quiet: true,
+            record: None,
+        },
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let net = network::run(&s, dir.path()).await.unwrap();
-    assert_eq!(net.participants, vec![4; 3]);
-    assert!(net.report.rounds.iter().all(|r| r.sampled == 4));
+    // ⌈0.5 · 9⌉ = 5 of the 8 connected nodes, every round.
+    assert_eq!(net.participants, vec![5; 3]);
+    assert!(net.report.rounds.iter().all(|r| r.sampled == 5));
     assert!(net.report.rounds.last().unwrap().auc.is_some());
+    // The offline node never connects, so it is never sampled (nobody is
+    // dropped); the same nodes, attackers among them, take part in both.
+    assert!(
+        local
+            .rounds
+            .iter()
+            .all(|r| r.sampled == 5 && r.dropped == 0)
+    );
+    for (a, b) in net.report.rounds.iter().zip(&local.rounds) {
+        assert_eq!(
+            (a.participants, a.malicious, a.version, a.auc),
+            (b.participants, b.malicious, b.version, b.auc),
+            "round {}: the engines selected different nodes",
+            a.round
+        );
+    }
+    assert_eq!(net.final_params_sha256, local.final_params_sha256);
 }
 
 /// Spoiled Shamir shares over the wire: the attacker's peers cannot decrypt

@@ -45,7 +45,7 @@ fn masked_buckets_keep_scaling_attackers_near_the_clean_run_and_fedavg_does_not(
     // (model replacement). Reputation is off in both runs so that only the
     // aggregation is compared. Measured (seed 5): FedAvg k = 1 ends 2.19 of
     // the clean run's progress away from it, the median over masked buckets
-    // of 2 (C = 0.5, honest update norms ≈ 0.13) 0.31.
+    // of 2 (C = 0.5, honest update norms ≈ 0.13) 0.37.
     let attack = "[reputation]\nenabled = false\n[attack]\nfraction = 0.2\nkind = \"scaling\"";
     let plain = run_full(
         &scenario(

@@ -1,54 +1,64 @@
 //! The in-process engine: real node and coordinator code, no network.
 //!
-//! Per round: sample participants; apply offline nodes, dropouts and
-//! stragglers; honest nodes (and training attackers) train in parallel
-//! through `Agent::training_job`; crafting attackers build their update
-//! from the round's honest updates ([`crate::attacks`]); Sybils repeat it;
-//! submissions are ordered by identity as the coordinator orders them.
+//! The round core is the coordinator's own: one `machine::RoundMachine`
+//! built from the scenario's tenant ([`super::tenant`], the configuration
+//! the network engine's coordinator loads) drives every round exactly as
+//! the coordinator's async shell (`Federation`) does, minus the effects
+//! (store, signer, channels, clock). Per round:
 //!
-//! - k = 1: the coordinator's rule aggregates the plaintext updates
-//!   (centred on the previous aggregate, as the coordinator does) and
-//!   `plaintext_evidence` scores every node for reputation.
-//! - k > 1: the real secure aggregation ([`super::buckets`]): the crypto
-//!   crate's bucket assignment and the whole masked protocol per bucket,
-//!   dropouts mapped to protocol phases; the coordinator's
-//!   `aggregate_buckets` (norm gate, rule over bucket means, bucket
-//!   evidence) runs over the revealed sums. A bucket with too few
-//!   survivors is lost and reported; the round goes on without it.
+//! - `select` samples the participants among the connected identities
+//!   (every online node, and an attacker's Sybils): the same seeded draw as
+//!   the networked coordinator, quarantined identities as *shadow*
+//!   participants;
+//! - presence (offline, dropout, straggler) is drawn per (node, round);
+//!   honest nodes (and training attackers) train in parallel through
+//!   `Agent::training_job`; crafting attackers build their update from the
+//!   round's honest updates ([`crate::attacks`]); Sybils repeat it;
+//! - k = 1: every update is sent to `submit` as a `v1::UpdateRequest`
+//!   (validated by `validate::update`; a refusal with a typed reason is a
+//!   reputation violation, as at the coordinator), the round is taken out
+//!   and `plan_plaintext` closes it (abort below the quorum, or the rule,
+//!   clipping, evidence and scaler merge);
+//! - k > 1: `open_secure` forms the buckets and [`super::buckets`] plays
+//!   every member's part of the masked protocol through `secagg` and
+//!   `advance_secure`; the machine unmasks, and `plan_secure` closes the
+//!   round from the bucket sums;
+//! - a commit plan goes through `step` (server step and the commit guard;
+//!   a refusal aborts the round), `observe` (reputation) and `apply`.
 //!
-//! Either way the coordinator's `Reputation` (SPRT, quarantine, probation)
-//! consumes the evidence of every committed round; quarantined identities
-//! are never aggregated afterwards (k = 1: scored as shadow updates; k > 1:
-//! left out of the participant list). `server_step` and `merged_scaler`
-//! produce the next global model; the global detector is evaluated on
-//! held-out windows.
+//! The global detector is evaluated on held-out windows.
 //!
-//! Determinism: every random choice comes from a ChaCha20 stream seeded
-//! by [`derive_seed`] from (seed, purpose, node, round) (the protocol's from
-//! (seed, round, bucket)); parallel results are collected in node or bucket
-//! order, so thread count does not change a bit.
+//! Determinism: every random choice of the simulation comes from a
+//! ChaCha20 stream seeded by [`derive_seed`] from (seed, purpose, node,
+//! round); sampling is the machine's; each secure-aggregation member draws
+//! from its own seeded stream; parallel results are collected in node or
+//! identity order, so thread count does not change a bit.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use fedmesh_coordinator::aggregate::clip_to_norm;
-use fedmesh_coordinator::reputation::{Evidence, Reputation, plaintext_evidence};
-use fedmesh_coordinator::secure::aggregate_buckets;
-use fedmesh_coordinator::server_step::{genesis_params, merged_scaler, server_step};
-use fedmesh_crypto::BucketSum;
-use fedmesh_crypto::secagg::QuantConfig;
+use fedmesh_coordinator::aggregate::{AggregateError, clip_to_norm};
+use fedmesh_coordinator::config::TenantConfig;
+use fedmesh_coordinator::error::FedError;
+use fedmesh_coordinator::machine::{
+    Close, CommitPlan, Restored, RoundMachine, SecureOutcome, plan_plaintext, plan_secure, step,
+};
+use fedmesh_coordinator::reputation::Reputation;
+use fedmesh_coordinator::server_step::genesis_params;
+use fedmesh_crypto::NodeId;
 use fedmesh_crypto::secagg::local::Dropout;
 use fedmesh_node::agent::{Agent, AgentSettings, GlobalModel, LocalUpdate};
 use fedmesh_node::config::DetectorConfig;
 use fedmesh_node::detection::detector::{Detector, calibrate_threshold};
-use fedmesh_node::detection::features::{FeatureWindow, NUM_FEATURES, feature_schema_hash};
+use fedmesh_node::detection::features::{FeatureWindow, NUM_FEATURES};
 use fedmesh_node::detection::model::{Autoencoder, ModelSpec};
 use fedmesh_node::detection::scaler::Scaler;
 use fedmesh_node::sim::eval::{evaluate, standard_heldout};
 use fedmesh_node::sim::synthetic::{AttackKind, Profile, labelled_windows};
 use fedmesh_proto::v1;
 use indicatif::{ProgressBar, ProgressStyle};
+use prost::Message;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, Normal};
@@ -56,23 +66,22 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info_span};
 
-use super::buckets::{self, BucketError, Member, SecAggFleet};
+use super::buckets::{self, LostBucket, Member, SecAggFleet};
+use super::tenant::{self, Identity, TENANT};
 use super::{CleanTwin, EngineError, RoundMetrics, RunReport, RunTiming, derive_seed};
 use crate::attacks::{self, ZRule};
 use crate::scenario::{AttackKindSpec, DropoutPhase, Misbehaviour, Scenario, ZRuleName};
 
 pub(crate) const WINDOW_MS: u64 = 10_000;
-pub(crate) const TENANT: &str = "sim";
 
-// Purposes of derived seeds.
+// Purposes of derived seeds (8 and 10, the tenant's seed and the members'
+// secure-aggregation seeds, are in `tenant`).
 const P_TELEMETRY: u64 = 1;
 const P_AGENT: u64 = 2;
 const P_ATTACKERS: u64 = 3;
-const P_ROUND: u64 = 4;
 const P_NODE_ROUND: u64 = 5;
 const P_EVAL: u64 = 6;
 const P_CALIB: u64 = 7;
-pub(crate) const P_GENESIS: u64 = 8;
 
 /// Run options besides the scenario.
 #[derive(Debug, Clone, Default)]
@@ -83,16 +92,21 @@ pub struct RunOptions {
     pub record: Option<PathBuf>,
 }
 
-/// One submission of a round.
+/// One identity's submission in a round.
 #[derive(Debug, Clone)]
 struct Submission {
-    identity: String,
+    id: NodeId,
     node: usize,
-    malicious: bool,
+    sybil: usize,
     delta: Vec<f32>,
-    weight: f64,
+    num_samples: u64,
     stats: Option<v1::ScalerStats>,
-    train_loss: Option<f32>,
+    /// The loss the request reports.
+    train_loss: f32,
+    /// An honest node's training loss (for the round's mean).
+    honest_loss: Option<f32>,
+    /// k > 1: the extra words it masks with its update.
+    extra: Option<Vec<u32>>,
     bad_shares: bool,
     dropout: Option<Dropout>,
 }
@@ -523,18 +537,83 @@ pub fn run_full(s: &Scenario, opts: &RunOptions) -> Result<RunOutput, EngineErro
     Ok(out)
 }
 
-/// Identities of node `i` in a round: its name, plus Sybils for an
-/// attacker.
-pub(crate) fn identities_of(name: &str, sybils: usize) -> Vec<String> {
-    (0..sybils.max(1))
-        .map(|j| {
-            if j == 0 {
-                name.to_string()
-            } else {
-                format!("{name}-sybil{j}")
-            }
-        })
-        .collect()
+/// The extra words a node masks with its update (k > 1): its training loss
+/// and per-feature first and second moments, as a node encodes them.
+fn extra_words(u: &LocalUpdate) -> Vec<u32> {
+    let n = u.stats.count.max(1) as f64;
+    let mean: Vec<f64> = u.stats.sum.iter().map(|s| s / n).collect();
+    let mean_sq: Vec<f64> = u.stats.sum_sq.iter().map(|s| s / n).collect();
+    fedmesh_proto::secure::encode_extra(u.train_loss, &mean, &mean_sq)
+}
+
+/// The committed model as a node installs it.
+fn global_of(
+    machine: &RoundMachine,
+    spec: &ModelSpec,
+    schema_hash: [u8; 32],
+    round: u64,
+) -> GlobalModel {
+    GlobalModel {
+        version: machine.version(),
+        round,
+        spec: spec.clone(),
+        params: machine.params().to_vec(),
+        scaler: machine.base().scaler.map(|sc| Scaler {
+            mean: sc.mean,
+            std: sc.std,
+        }),
+        signed: Vec::new(),
+        schema_hash,
+    }
+}
+
+/// The identities of one sampled node that take part in a round.
+#[derive(Debug, Default)]
+struct Part<'a> {
+    /// Selected: aggregated (k = 1) or in the participant list (k > 1).
+    selected: Vec<&'a Identity>,
+    /// Quarantined: scored as shadow updates (k = 1), never aggregated.
+    shadow: Vec<&'a Identity>,
+}
+
+impl Part<'_> {
+    /// Every identity this node submits for: the selected ones and, with
+    /// k = 1, the shadow ones.
+    fn submitting(&self, masked: bool) -> impl Iterator<Item = &Identity> {
+        let shadow: &[&Identity] = if masked { &[] } else { &self.shadow };
+        self.selected.iter().chain(shadow).copied()
+    }
+
+    /// All of the node's identities are quarantined.
+    fn all_shadow(&self) -> bool {
+        self.selected.is_empty()
+    }
+}
+
+/// A round's closing, whichever the mode.
+enum Closed {
+    /// Aborted, with the reason.
+    Abort(String),
+    /// To commit.
+    Commit(Box<CommitPlan>),
+}
+
+/// What the machine's close of a round means for the simulation: an
+/// aggregation that finds too few inputs (after the bucket norm gate) aborts
+/// the round, as the coordinator's shell commits nothing then.
+fn closed(round: u64, r: Result<Close, FedError>, gate: bool) -> Result<Closed, EngineError> {
+    match r {
+        Ok(Close::Abort(reason)) => Ok(Closed::Abort(reason)),
+        Ok(Close::Commit(plan)) => Ok(Closed::Commit(plan)),
+        Err(FedError::Aggregate(
+            e @ (AggregateError::Empty | AggregateError::TooFewClients { .. }),
+        )) => Ok(Closed::Abort(if gate {
+            format!("after the bucket norm gate: {e}")
+        } else {
+            e.to_string()
+        })),
+        Err(source) => Err(EngineError::Coordinator { round, source }),
+    }
 }
 
 fn run_once(
@@ -548,6 +627,8 @@ fn run_once(
         threads: rayon::current_num_threads(),
         ..RunTiming::default()
     };
+    let cfg: TenantConfig = tenant::tenant_config(s)?;
+    let (schema_hash, param_count) = tenant::model_of(&cfg)?;
     let attackers = choose_attackers(s);
     let attack = s.attack.as_ref();
     let poison = poison_of(s);
@@ -557,95 +638,107 @@ fn run_once(
         .collect::<Result<_, _>>()?;
     let held = heldout(s)?;
     let sybils = attack.map_or(1, |a| a.sybils);
-    let malicious_ids: BTreeSet<String> = attackers
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    // Every identity that connects to the coordinator, as in the network
+    // engine: online nodes, and an attacker's Sybils.
+    let idents = tenant::identities(s, &names, &attackers);
+    let mut by_id: BTreeMap<NodeId, &Identity> = BTreeMap::new();
+    for id in &idents {
+        let node: NodeId = id
+            .name
+            .parse()
+            .map_err(|e| EngineError::Tenant(format!("identity {}: {e}", id.name)))?;
+        by_id.insert(node, id);
+    }
+    let connected: BTreeSet<NodeId> = by_id.keys().cloned().collect();
+    let malicious_ids: BTreeSet<&str> = idents
         .iter()
-        .flat_map(|&i| identities_of(&nodes[i].name, sybils))
+        .filter(|id| attackers.contains(&id.node))
+        .map(|id| id.name.as_str())
         .collect();
     let masked = s.bucket_size > 1;
-    let secagg = if masked {
-        let ids: Vec<String> = (0..s.fleet.nodes)
-            .flat_map(|i| {
-                let n = if attackers.contains(&i) { sybils } else { 1 };
-                identities_of(&nodes[i].name, n)
-            })
-            .collect();
+    let fleet = if masked {
         let t_certs = Instant::now();
-        let fleet = SecAggFleet::new(TENANT, &ids).map_err(EngineError::SecAgg)?;
+        let names: Vec<String> = idents.iter().map(|id| id.name.clone()).collect();
+        let fleet = SecAggFleet::new(TENANT, &names).map_err(EngineError::SecAgg)?;
         timing.certificates_s = t_certs.elapsed().as_secs_f64();
-        let quant = QuantConfig::new(s.secagg.clip_norm, s.secagg.scale)
-            .map_err(|e| EngineError::SecAgg(BucketError::Setup(e.to_string())))?;
-        Some((
-            fleet,
-            buckets::Settings {
-                k: s.bucket_size,
-                quant,
-                noise_multiplier: s.secagg.noise_multiplier,
-            },
-        ))
+        Some(fleet)
     } else {
         None
     };
     timing.setup_s = t0.elapsed().as_secs_f64();
 
     let spec = ModelSpec::default_for_features();
-    let schema_hash = fedmesh_proto::model::model_schema_hash(
-        &feature_schema_hash(),
-        spec.input_dim,
-        &spec.hidden,
-    );
-    let mut global = GlobalModel {
-        version: 0,
-        round: 0,
-        spec: spec.clone(),
-        params: genesis_params(
-            spec.input_dim,
-            &spec.hidden,
-            derive_seed(s.seed, &[P_GENESIS]),
-        ),
-        scaler: None,
-        signed: Vec::new(),
+    let genesis = genesis_params(cfg.model.input_dim, &cfg.model.hidden, cfg.seed);
+    let tenant_id = TENANT
+        .parse()
+        .map_err(|e| EngineError::Tenant(format!("{e}")))?;
+    let mut machine = RoundMachine::new(
+        tenant_id,
+        cfg.clone(),
         schema_hash,
-    };
-    let genesis = global.params.clone();
-    let tp = v1::TrainingParams {
-        local_epochs: s.training.local_epochs,
-        batch_size: s.training.batch_size,
-        learning_rate: s.training.learning_rate,
-        prox_mu: s.training.prox_mu,
-    };
+        param_count,
+        Restored {
+            version: 0,
+            params: genesis.clone(),
+            scaler: None,
+            momentum: None,
+            reputation: Reputation::new(cfg.reputation.clone()),
+        },
+    );
+    // The protocol clock (deadlines and refusal records only).
+    let now_ms = buckets::sim_now_unix_ms();
+    let mut committed_round = 0;
+    let tp = fedmesh_coordinator::machine::training_of(&cfg);
     let offline: BTreeSet<usize> = s.dropout.always_offline.iter().copied().collect();
-    let mut reputation = Reputation::new(s.reputation.clone());
-    let mut last_agg: Option<Vec<f32>> = None;
-    let mut momentum: Option<Vec<f32>> = None;
+    let full = cfg.max_participants == 0;
     let mut rounds = Vec::new();
     let pb = progress(opts.quiet, s.rounds, &s.name);
 
     for round in 1..=s.rounds {
         let span = info_span!("round", tenant = TENANT, round);
         let _e = span.enter();
-        let mut rng = ChaCha20Rng::seed_from_u64(derive_seed(s.seed, &[P_ROUND, round]));
-        let n_sample = s.sampled_per_round();
-        let mut sampled: Vec<usize> = rand::seq::index::sample(&mut rng, s.fleet.nodes, n_sample)
-            .into_iter()
-            .collect();
-        sampled.sort_unstable();
+        let global = global_of(&machine, &spec, schema_hash, committed_round);
+        let selection = machine.select(round, connected.clone());
         let active_attack = attack.filter(|a| round >= a.start_round);
-        let quarantined = reputation.quarantined();
-        let ids_of = |i: usize| {
-            let n = if attackers.contains(&i) && active_attack.is_some() {
-                sybils
-            } else {
-                1
-            };
-            identities_of(&nodes[i].name, n)
-        };
-        let all_quarantined = |i: usize| ids_of(i).iter().all(|id| quarantined.contains(id));
+        // An attacker's Sybils take part while its attack is active (the
+        // coordinator may select them before: they send nothing).
+        let mut parts: BTreeMap<usize, Part<'_>> = BTreeMap::new();
+        for (set, shadow) in [(&selection.selected, false), (&selection.shadow, true)] {
+            for n in set {
+                let Some(id) = by_id.get(n).copied() else {
+                    continue;
+                };
+                if id.sybil > 0 && active_attack.is_none() {
+                    continue;
+                }
+                let part = parts.entry(id.node).or_default();
+                if shadow {
+                    part.shadow.push(id);
+                } else {
+                    part.selected.push(id);
+                }
+            }
+        }
+        // Sampled nodes: those with an identity in the round and, when the
+        // coordinator takes every connected node, the offline ones too.
+        let sampled: BTreeSet<usize> = parts
+            .keys()
+            .copied()
+            .chain(
+                offline
+                    .iter()
+                    .copied()
+                    .filter(|i| full && *i < s.fleet.nodes),
+            )
+            .collect();
+        let is_shadow = |i: usize| parts.get(&i).is_some_and(Part::all_shadow);
         let forced_phase = forced_phase(active_attack.map(|a| &a.kind));
         // Presence of each sampled node (per-node stream, node order).
         let presence: Vec<(usize, Presence)> = sampled
             .iter()
             .map(|&i| {
-                let p = if masked && !offline.contains(&i) && all_quarantined(i) {
+                let p = if masked && !offline.contains(&i) && is_shadow(i) {
                     // Not in the committed participant list.
                     Presence::Quarantined
                 } else {
@@ -675,12 +768,15 @@ fn run_once(
             attackers.contains(&i) && active_attack.is_some_and(|a| is_crafting(&a.kind))
         };
         let unmasks: BTreeMap<usize, bool> = present.iter().copied().collect();
-        // Everyone present who trains: honest nodes and training attackers.
+        // Everyone present who trains: honest nodes and training attackers;
+        // with k > 1 crafting attackers too (they mask the loss and scaler
+        // moments of their own training next to the crafted update, as a
+        // network node does).
         let t_train = Instant::now();
         let trainers: Vec<usize> = present
             .iter()
             .map(|(i, _)| *i)
-            .filter(|&i| !is_crafter(i))
+            .filter(|&i| masked || !is_crafter(i))
             .collect();
         let trained: Vec<(usize, LocalUpdate)> = trainers
             .par_iter()
@@ -698,30 +794,45 @@ fn run_once(
         let t_agg = Instant::now();
         let after_masked =
             |i: usize| (!unmasks.get(&i).copied().unwrap_or(true)).then_some(Dropout::AfterMasked);
+        let node_ids = |i: usize| {
+            parts
+                .get(&i)
+                .map(|p| p.submitting(masked).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
         let mut subs: Vec<Submission> = Vec::new();
         let mut honest: Vec<Vec<f32>> = Vec::new();
         let mut honest_weights: Vec<f64> = Vec::new();
         let mut train_attackers: Vec<(usize, LocalUpdate)> = Vec::new();
+        let mut crafter_updates: BTreeMap<usize, LocalUpdate> = BTreeMap::new();
         for (i, mut u) in trained {
             let malicious = attackers.contains(&i) && active_attack.is_some();
             if malicious {
-                train_attackers.push((i, u));
+                if is_crafter(i) {
+                    crafter_updates.insert(i, u);
+                } else {
+                    train_attackers.push((i, u));
+                }
                 continue;
             }
             privatize_honest(s, i, round, &mut u.delta);
             honest.push(u.delta.clone());
             honest_weights.push(u.num_samples as f64);
-            subs.push(Submission {
-                identity: nodes[i].name.clone(),
-                node: i,
-                malicious: false,
-                stats: Some(stats_msg(&u)),
-                weight: u.num_samples as f64,
-                train_loss: Some(u.train_loss),
-                delta: u.delta,
-                bad_shares: false,
-                dropout: after_masked(i),
-            });
+            for id in node_ids(i) {
+                subs.push(Submission {
+                    id: id_of(id)?,
+                    node: i,
+                    sybil: id.sybil,
+                    stats: Some(stats_msg(&u)),
+                    num_samples: u.num_samples,
+                    train_loss: u.train_loss,
+                    honest_loss: Some(u.train_loss),
+                    extra: masked.then(|| extra_words(&u)),
+                    delta: u.delta.clone(),
+                    bad_shares: false,
+                    dropout: after_masked(i),
+                });
+            }
         }
         let crafters: Vec<usize> = present
             .iter()
@@ -729,29 +840,37 @@ fn run_once(
             .filter(|&i| is_crafter(i))
             .collect();
         let n_malicious = (crafters.len() + train_attackers.len()) * sybils;
-        let n_total = subs.len() + n_malicious;
+        let n_total = honest.len() + n_malicious;
         let mean_weight = crafted_weight(&honest_weights);
         let honest_refs: Vec<&[f32]> = honest.iter().map(|v| v.as_slice()).collect();
         let mut attack_param = None;
+        // Present attackers with nothing to send (k > 1: they stop after
+        // sharing their keys).
+        let mut silent: Vec<usize> = Vec::new();
         let push_malicious = |subs: &mut Vec<Submission>,
                               i: usize,
                               delta: Vec<f32>,
-                              weight: f64,
+                              num_samples: u64,
+                              own: Option<&LocalUpdate>,
                               stats: Option<v1::ScalerStats>,
-                              bad_shares: bool| {
-            for identity in identities_of(&nodes[i].name, sybils) {
+                              bad_shares: bool|
+         -> Result<(), EngineError> {
+            for id in node_ids(i) {
                 subs.push(Submission {
-                    identity,
+                    id: id_of(id)?,
                     node: i,
-                    malicious: true,
+                    sybil: id.sybil,
                     delta: delta.clone(),
-                    weight,
+                    num_samples,
                     stats: stats.clone(),
-                    train_loss: None,
+                    train_loss: own.map_or(0.0, |u| u.train_loss),
+                    honest_loss: None,
+                    extra: own.filter(|_| masked).map(extra_words),
                     bad_shares,
                     dropout: after_masked(i),
                 });
             }
+            Ok(())
         };
         if let Some(a) = active_attack {
             let aerr = |source| EngineError::Attack { round, source };
@@ -771,21 +890,19 @@ fn run_once(
                 else {
                     // Nothing to craft from (no honest update this round):
                     // the attacker sends nothing and counts as dropped.
+                    silent.push(i);
                     continue;
                 };
-                push_malicious(&mut subs, i, delta, mean_weight, None, false);
+                let own = crafter_updates.get(&i);
+                push_malicious(&mut subs, i, delta, mean_weight as u64, own, None, false)?;
             }
-            for (i, u) in train_attackers {
-                let (delta, weight, stats, bad) = match &a.kind {
+            for (i, u) in &train_attackers {
+                let (i, stats) = (*i, Some(stats_msg(u)));
+                let (delta, bad) = match &a.kind {
                     AttackKindSpec::Scaling { gamma, .. } => {
                         let g = scaling_gamma(s, *gamma, n_total);
                         attack_param = Some(g);
-                        (
-                            attacks::scale(&u.delta, g),
-                            u.num_samples as f64,
-                            Some(stats_msg(&u)),
-                            false,
-                        )
+                        (attacks::scale(&u.delta, g), false)
                     }
                     AttackKindSpec::DataPoison { boost, .. } => {
                         let d = match boost {
@@ -795,26 +912,18 @@ fn run_once(
                             }
                             None => u.delta.clone(),
                         };
-                        (d, u.num_samples as f64, Some(stats_msg(&u)), false)
+                        (d, false)
                     }
-                    AttackKindSpec::Protocol { behaviour, .. } => (
-                        u.delta.clone(),
-                        u.num_samples as f64,
-                        Some(stats_msg(&u)),
-                        *behaviour == Misbehaviour::BadShares,
-                    ),
-                    _ => (
-                        u.delta.clone(),
-                        u.num_samples as f64,
-                        Some(stats_msg(&u)),
-                        false,
-                    ),
+                    AttackKindSpec::Protocol { behaviour, .. } => {
+                        (u.delta.clone(), *behaviour == Misbehaviour::BadShares)
+                    }
+                    _ => (u.delta.clone(), false),
                 };
-                push_malicious(&mut subs, i, delta, weight, stats, bad);
+                push_malicious(&mut subs, i, delta, u.num_samples, Some(u), stats, bad)?;
             }
         }
         // The coordinator keeps updates in a BTreeMap by node id.
-        subs.sort_by(|a, b| a.identity.cmp(&b.identity));
+        subs.sort_by(|a, b| a.id.cmp(&b.id));
         if let Some(dir) = &opts.record
             && !subs.is_empty()
         {
@@ -830,17 +939,12 @@ fn run_once(
             )
             .map_err(|e| EngineError::Record(e.to_string()))?;
         }
-        // Quarantined identities: never aggregated (k = 1: scored as shadow
-        // evidence; k > 1: left out of the participant list).
-        let (shadow, subs): (Vec<Submission>, Vec<Submission>) = subs
-            .into_iter()
-            .partition(|x| quarantined.contains(&x.identity));
-        let is_shadow = |i: usize, p: &Presence| {
-            matches!(p, Presence::Quarantined)
-                || (!masked && all_quarantined(i) && !matches!(p, Presence::Offline))
-        };
-        let shadow_nodes = presence.iter().filter(|(i, p)| is_shadow(*i, p)).count();
-        let train_losses: Vec<f32> = subs.iter().filter_map(|x| x.train_loss).collect();
+        let shadow_nodes = presence.iter().filter(|(i, _)| is_shadow(*i)).count();
+        let train_losses: Vec<f32> = subs
+            .iter()
+            .filter(|x| !selection.shadow.contains(&x.id))
+            .filter_map(|x| x.honest_loss)
+            .collect();
         let mean_train_loss = (!train_losses.is_empty())
             .then(|| train_losses.iter().sum::<f32>() / train_losses.len() as f32);
         let mut metrics = RoundMetrics {
@@ -851,227 +955,185 @@ fn run_once(
             shadow: shadow_nodes,
             ..RoundMetrics::new(round, s.rule.rule.name(), global.version)
         };
-        // What the rule aggregates, whichever path.
-        struct Aggregated {
-            value: Vec<f32>,
-            contributors: Vec<usize>,
-            evidence: Vec<(String, Evidence)>,
-        }
-        let mut aggregated: Option<Aggregated> = None;
+        // Nodes with an update in the aggregation's inputs.
         let mut contributing: BTreeSet<usize> = BTreeSet::new();
-        if let Some((fleet, settings)) = &secagg {
-            // The committed participant list: every identity that takes part
-            // in the protocol, with when it stops answering.
-            let mut members: Vec<Member<'_>> = subs
+        let mut count_in = |metrics: &mut RoundMetrics, ids: &[&NodeId]| {
+            metrics.participants = ids.len();
+            metrics.malicious = ids
                 .iter()
-                .map(|x| Member {
-                    id: &x.identity,
-                    update: Some(&x.delta),
-                    dropout: x.dropout,
-                    bad_shares: x.bad_shares,
-                })
-                .collect();
-            let absent: Vec<(String, Dropout)> = presence
-                .iter()
-                .filter_map(|(i, p)| {
-                    let d = match p {
-                        Presence::Dropped => Dropout::BeforeAdvert,
-                        Presence::Straggler => Dropout::AfterShares,
-                        Presence::Forced(d) => *d,
-                        _ => return None,
+                .filter(|n| malicious_ids.contains(n.as_str()))
+                .count();
+            contributing.extend(ids.iter().filter_map(|n| by_id.get(*n).map(|id| id.node)));
+        };
+        let closing = if let Some(fleet) = &fleet {
+            match machine.open_secure(round, selection.selected.clone(), now_ms, fleet.verifier()) {
+                // A configuration that cannot form buckets aborts the round.
+                Err(e) => Closed::Abort(e.to_string()),
+                Ok(_) => {
+                    // Every selected identity that answers, with when it
+                    // stops; the others never send anything.
+                    let mut members: Vec<Member<'_>> = subs
+                        .iter()
+                        .map(|x| Member {
+                            id: &x.id,
+                            update: Some(x.delta.as_slice()),
+                            extra: x.extra.as_deref(),
+                            dropout: x.dropout,
+                            bad_shares: x.bad_shares,
+                            seed: tenant::secagg_seed(s, x.node, x.sybil),
+                        })
+                        .collect();
+                    let absent: Vec<(usize, Option<Dropout>)> = presence
+                        .iter()
+                        .filter_map(|(i, p)| match p {
+                            Presence::Straggler => Some((*i, Some(Dropout::AfterShares))),
+                            Presence::Forced(d) => Some((*i, Some(*d))),
+                            _ => None,
+                        })
+                        .chain(silent.iter().map(|&i| (i, None)))
+                        .collect();
+                    let absent_ids: Vec<(NodeId, usize, usize, Option<Dropout>)> = absent
+                        .iter()
+                        .flat_map(|&(i, d)| {
+                            node_ids(i)
+                                .into_iter()
+                                .map(move |id| (id_of(id), id.node, id.sybil, d))
+                        })
+                        .map(|(id, node, sybil, d)| id.map(|id| (id, node, sybil, d)))
+                        .collect::<Result<_, _>>()?;
+                    members.extend(absent_ids.iter().map(|(id, node, sybil, d)| Member {
+                        id,
+                        update: None,
+                        extra: None,
+                        dropout: *d,
+                        bad_shares: false,
+                        seed: tenant::secagg_seed(s, *node, *sybil),
+                    }));
+                    let out = buckets::run_round(fleet, &mut machine, &members)
+                        .map_err(EngineError::SecAgg)?;
+                    for (node, why) in &out.refused {
+                        debug!(node = %node, %why, "secure-aggregation message refused");
+                    }
+                    // Wrong unmask shares count against their sender.
+                    machine.unmask_violations(&out.finished.violations);
+                    metrics.buckets = out.buckets;
+                    metrics.buckets_lost = out
+                        .finished
+                        .dropped
+                        .iter()
+                        .map(|d| LostBucket {
+                            bucket: d.bucket,
+                            members: d.members.len(),
+                            reason: d.reason.clone(),
+                        })
+                        .collect();
+                    for l in &metrics.buckets_lost {
+                        debug!(bucket = l.bucket, reason = %l.reason, "bucket lost");
+                    }
+                    let contributors: Vec<&NodeId> = out
+                        .finished
+                        .sums
+                        .iter()
+                        .flat_map(|b| b.contributors())
+                        .collect();
+                    count_in(&mut metrics, &contributors);
+                    let sums = out.finished.sums.len();
+                    let outcome = SecureOutcome {
+                        info: &out.info,
+                        finished: out.finished,
+                        bytes_received: out.bytes_received,
                     };
-                    Some(
-                        ids_of(*i)
-                            .into_iter()
-                            .filter(|id| !quarantined.contains(id))
-                            .map(move |id| (id, d)),
-                    )
-                })
-                .flatten()
-                .collect();
-            members.extend(absent.iter().map(|(id, d)| Member {
-                id,
-                update: None,
-                dropout: Some(*d),
-                bad_shares: false,
-            }));
-            let revealed = buckets::run_round(
-                fleet,
-                settings,
-                s.seed,
-                round,
-                global.version,
-                &global.params,
-                &members,
-            )
-            .map_err(EngineError::SecAgg)?;
-            metrics.buckets = revealed.formed;
-            for l in &revealed.lost {
-                debug!(bucket = l.bucket, reason = %l.reason, "bucket lost");
-            }
-            metrics.buckets_lost = revealed.lost;
-            let by_id: BTreeMap<&str, usize> = subs
-                .iter()
-                .enumerate()
-                .map(|(j, x)| (x.identity.as_str(), j))
-                .collect();
-            let contributors: Vec<&Submission> = revealed
-                .sums
-                .iter()
-                .flat_map(|b| b.contributors())
-                .filter_map(|id| by_id.get(id.as_str()).map(|&j| &subs[j]))
-                .collect();
-            metrics.participants = contributors.len();
-            metrics.malicious = contributors.iter().filter(|x| x.malicious).count();
-            contributing.extend(contributors.iter().map(|x| x.node));
-            if metrics.participants < s.min_participants || revealed.sums.is_empty() {
-                metrics.aborted = Some(format!(
-                    "{} submissions in {} unmasked buckets, at least {} needed",
-                    metrics.participants,
-                    revealed.sums.len(),
-                    s.min_participants
-                ));
-            } else if let Err(e) = s.rule.check(revealed.sums.len()) {
-                metrics.aborted = Some(e.to_string());
-            } else {
-                match aggregate_buckets(
-                    &revealed.sums,
-                    &s.rule,
-                    reputation.config(),
-                    last_agg.as_deref(),
-                    s.secagg.max_mean_norm,
-                ) {
-                    Ok(out) => {
-                        metrics.rule_inputs = revealed.sums.len() - out.rejected.len();
-                        metrics.buckets_rejected = out.rejected.iter().map(|r| r.0).collect();
-                        let by_bucket: BTreeMap<u32, &BucketSum> =
-                            revealed.sums.iter().map(|b| (b.bucket(), b)).collect();
-                        for b in &out.excluded {
-                            for id in by_bucket.get(b).map_or(&[][..], |x| x.contributors()) {
-                                metrics.rule_excluded.push(id.to_string());
-                                metrics.rule_excluded_malicious +=
-                                    usize::from(malicious_ids.contains(id.as_str()));
-                            }
-                        }
-                        let used: Vec<usize> = out
-                            .used
-                            .iter()
-                            .filter_map(|b| by_bucket.get(b))
-                            .flat_map(|x| x.contributors())
-                            .filter_map(|id| by_id.get(id.as_str()).copied())
-                            .collect();
-                        aggregated = Some(Aggregated {
-                            value: out.value,
-                            contributors: used,
-                            evidence: out.evidence,
-                        });
+                    let c = closed(round, plan_secure(&cfg, outcome, &machine.base()), true)?;
+                    if let Closed::Commit(plan) = &c {
+                        metrics.rule_inputs = sums - plan.rejected_buckets.len();
+                        metrics.buckets_rejected = plan.rejected_buckets.clone();
                     }
-                    Err(
-                        e @ (fedmesh_coordinator::aggregate::AggregateError::Empty
-                        | fedmesh_coordinator::aggregate::AggregateError::TooFewClients {
-                            ..
-                        }),
-                    ) => {
-                        metrics.aborted = Some(format!("after the bucket norm gate: {e}"));
-                    }
-                    Err(source) => return Err(EngineError::Aggregate { round, source }),
+                    c
                 }
             }
         } else {
-            // Without bucketing the rule sees each update itself (and a bad
-            // share loses only the sender's own update).
-            let kept: Vec<usize> = (0..subs.len()).filter(|&i| !subs[i].bad_shares).collect();
-            metrics.participants = kept.len();
-            metrics.malicious = kept.iter().filter(|&&i| subs[i].malicious).count();
-            metrics.rule_inputs = kept.len();
-            contributing.extend(kept.iter().map(|&i| subs[i].node));
-            if kept.len() < s.min_participants || kept.is_empty() {
-                metrics.aborted = Some(format!(
-                    "{} submissions, at least {} needed",
-                    kept.len(),
-                    s.min_participants
-                ));
-            } else if let Err(e) = s.rule.check(kept.len()) {
-                metrics.aborted = Some(e.to_string());
-            } else {
-                let refs: Vec<&[f32]> = kept.iter().map(|&i| subs[i].delta.as_slice()).collect();
-                let weights: Vec<f64> = kept
+            machine.open(round, selection.clone(), now_ms);
+            // Every update goes through the coordinator's validation
+            // (a bad-shares sender without buckets loses its own update);
+            // the machine keeps what it accepts, the submissions go.
+            for x in std::mem::take(&mut subs)
+                .into_iter()
+                .filter(|x| !x.bad_shares)
+            {
+                let req = v1::UpdateRequest {
+                    tenant: TENANT.into(),
+                    node: x.id.to_string(),
+                    round,
+                    base_version: global.version,
+                    schema_hash: schema_hash.to_vec(),
+                    delta: Some(fedmesh_proto::encode_f32(&x.delta, &[x.delta.len() as u64])),
+                    num_samples: x.num_samples,
+                    scaler_stats: x.stats,
+                    train_loss: x.train_loss,
+                };
+                let wire = req.encoded_len() as u64;
+                if let Err(e) = machine.submit(&x.id, req, wire) {
+                    if let Some(reason) = e.invalid_reason() {
+                        machine.violation(&x.id, &reason);
+                    }
+                    debug!(node = %x.id, error = %e, "update refused");
+                }
+            }
+            let open = machine
+                .take_round()
+                .ok_or_else(|| EngineError::Coordinator {
+                    round,
+                    source: FedError::NoOpenRound {
+                        version: global.version,
+                    },
+                })?;
+            let accepted: Vec<&NodeId> = open
+                .updates
+                .keys()
+                .filter(|n| open.info.selected.contains(*n))
+                .collect();
+            count_in(&mut metrics, &accepted);
+            metrics.rule_inputs = accepted.len();
+            closed(round, plan_plaintext(&cfg, &open, &machine.base()), false)?
+        };
+        match closing {
+            Closed::Abort(reason) => metrics.aborted = Some(reason),
+            Closed::Commit(plan) => {
+                metrics.rule_excluded = plan.rule_excluded.clone();
+                metrics.rule_excluded_malicious = plan
+                    .rule_excluded
                     .iter()
-                    .map(|&i| s.server.weighting.of_weight(subs[i].weight))
-                    .collect();
-                let outcome = s
-                    .rule
-                    .aggregate_from(&refs, &weights, last_agg.as_deref())
-                    .map_err(|source| EngineError::Aggregate { round, source })?;
-                for (b, &i) in kept.iter().enumerate() {
-                    if outcome.selected.binary_search(&b).is_err() {
-                        metrics.rule_excluded.push(subs[i].identity.clone());
-                        metrics.rule_excluded_malicious += usize::from(subs[i].malicious);
+                    .filter(|n| malicious_ids.contains(n.as_str()))
+                    .count();
+                match step(&cfg, &machine.base(), &plan) {
+                    // The commit guard: nothing that is not a usable model
+                    // is committed; the refusal goes into the next entry.
+                    Err(refusal) => {
+                        machine.refuse(round, &refusal, now_ms);
+                        metrics.aborted = Some(format!("commit refused: {refusal}"));
+                    }
+                    Ok(candidate) => {
+                        let observed = machine.observe(candidate.version, &plan.evidence);
+                        metrics.reputation_events = observed
+                            .decisions
+                            .iter()
+                            .map(|d| format!("{} {}", d.node, d.action.label()))
+                            .collect();
+                        let CommitPlan { delta, scaler, .. } = *plan;
+                        machine.apply(candidate, delta, scaler);
+                        metrics.version = machine.version();
+                        committed_round = round;
                     }
                 }
-                let names: Vec<String> = kept.iter().map(|&i| subs[i].identity.clone()).collect();
-                let shadow_refs: Vec<(String, &[f32])> = shadow
-                    .iter()
-                    .map(|x| (x.identity.clone(), x.delta.as_slice()))
-                    .collect();
-                let evidence = plaintext_evidence(
-                    reputation.config(),
-                    &names,
-                    &refs,
-                    &outcome.value,
-                    &outcome.selected,
-                    &shadow_refs,
-                );
-                aggregated = Some(Aggregated {
-                    value: outcome.value,
-                    contributors: kept,
-                    evidence,
-                });
             }
         }
-        metrics.rule_excluded.sort();
         // Sampled nodes without an aggregated update (quarantined ones are
         // counted in `shadow` instead).
         metrics.dropped = presence
             .iter()
-            .filter(|(i, p)| !contributing.contains(i) && !is_shadow(*i, p))
+            .filter(|(i, _)| !contributing.contains(i) && !is_shadow(*i))
             .count();
-        if let Some(agg) = aggregated {
-            let step = server_step(
-                &global.params,
-                &agg.value,
-                momentum.as_deref(),
-                s.server.lr,
-                s.server.momentum,
-            );
-            let kept: Vec<&v1::ScalerStats> = agg
-                .contributors
-                .iter()
-                .filter_map(|&i| subs[i].stats.as_ref())
-                .collect();
-            let scaler = merged_scaler(kept.into_iter(), NUM_FEATURES).map(|sc| Scaler {
-                mean: sc.mean,
-                std: sc.std,
-            });
-            global = GlobalModel {
-                version: global.version + 1,
-                round,
-                spec: spec.clone(),
-                params: step.params,
-                scaler,
-                signed: Vec::new(),
-                schema_hash,
-            };
-            momentum = step.momentum;
-            last_agg = Some(agg.value);
-            metrics.version = global.version;
-            metrics.reputation_events = reputation
-                .observe_round(global.version, &agg.evidence)
-                .into_iter()
-                .map(|d| format!("{} {}", d.node, d.action.label()))
-                .collect();
-        }
-        metrics.quarantined = reputation.quarantined().into_iter().collect();
+        metrics.quarantined = machine.reputation().quarantined().into_iter().collect();
         metrics.quarantined_malicious = metrics
             .quarantined
             .iter()
@@ -1080,8 +1142,9 @@ fn run_once(
         timing.aggregate_s += t_agg.elapsed().as_secs_f64();
 
         let t_eval = Instant::now();
-        if global.version > 0 && (round % s.eval.every == 0 || round == s.rounds) {
-            evaluate_into(&mut metrics, &global, &held, s, target)?;
+        if machine.version() > 0 && (round % s.eval.every == 0 || round == s.rounds) {
+            let g = global_of(&machine, &spec, schema_hash, committed_round);
+            evaluate_into(&mut metrics, &g, &held, s, target)?;
         }
         timing.eval_s += t_eval.elapsed().as_secs_f64();
         pb.set_message(match (metrics.auc, &metrics.aborted) {
@@ -1099,10 +1162,11 @@ fn run_once(
     } else {
         "plaintext (k = 1)"
     };
+    let final_params = machine.params().to_vec();
     let report = RunReport {
         rounds,
-        final_version: global.version,
-        final_params_sha256: sha256_params(&global.params),
+        final_version: machine.version(),
+        final_params_sha256: sha256_params(&final_params),
         ..RunReport::of_scenario(
             s,
             "in-process",
@@ -1114,9 +1178,15 @@ fn run_once(
     Ok(RunOutput {
         report,
         timing,
-        final_params: global.params,
+        final_params,
         genesis,
     })
+}
+
+fn id_of(id: &Identity) -> Result<NodeId, EngineError> {
+    id.name
+        .parse()
+        .map_err(|e| EngineError::Tenant(format!("identity {}: {e}", id.name)))
 }
 
 pub(crate) fn evaluate_into(
@@ -1278,6 +1348,31 @@ windows = 16
                 .iter()
                 .all(|m| m.participants == 5 && m.dropped == 1)
         );
+    }
+
+    #[test]
+    fn the_bucket_norm_gate_refuses_a_scaled_bucket_mean() {
+        // One of six nodes scales its update by γ = n/η = 6; the gate at
+        // 0.3 refuses its bucket's mean (honest update norms ≈ 0.13).
+        let s = tiny_with(
+            "bucket_size = 2",
+            "[rule]\nrule = \"median\"\n[secagg]\nclip_norm = 5.0\nmax_mean_norm = 0.3\n\
+             [reputation]\nenabled = false\n[attack]\nfraction = 0.2\nkind = \"scaling\"",
+        );
+        let (r, _) = run(
+            &s,
+            &RunOptions {
+                quiet: true,
+                record: None,
+            },
+        )
+        .unwrap();
+        for m in &r.rounds {
+            assert_eq!((m.buckets, m.participants, m.malicious), (3, 6, 1), "{m:?}");
+            assert_eq!(m.buckets_rejected.len(), 1, "{m:?}");
+            assert_eq!(m.rule_inputs, 2, "{m:?}");
+            assert!(m.aborted.is_none(), "{m:?}");
+        }
     }
 
     #[test]

@@ -1,21 +1,28 @@
 //! Scenario engines and what they report.
 //!
-//! [`inprocess`] runs a [`Scenario`](crate::scenario::Scenario) with the
-//! real node and coordinator library code and no network: every node is a
-//! `fedmesh_node::agent::Agent` fed with synthetic telemetry, training goes
-//! through `Agent::training_job`, aggregation through the coordinator's
-//! `RuleConfig::aggregate_from`, and the server step, genesis and scaler
-//! merge through `fedmesh_coordinator::server_step`, so the models are the
-//! ones the coordinator would commit for the same submissions.
+//! Both engines run a [`Scenario`](crate::scenario::Scenario) as one
+//! coordinator tenant ([`tenant`]: the same configuration, the same
+//! connected identities) over real node `Agent`s fed with synthetic
+//! telemetry.
 //!
-//! With bucket size k > 1, secure aggregation is the real protocol
-//! ([`buckets`]: the crypto crate's bucket assignment and masked bucket
-//! protocol, then the coordinator's `aggregate_buckets`), and reputation is
-//! the coordinator's `Reputation`.
+//! - [`inprocess`]: no network. The round core is the coordinator's own
+//!   `machine::RoundMachine`, driven as its async shell drives it: the
+//!   machine samples the participants, validates every update (k = 1) or
+//!   routes every secure-aggregation message ([`buckets`], k > 1), closes
+//!   the round (`plan_plaintext` / `plan_secure`: rule, clipping, evidence,
+//!   scaler merge), steps the server, moves reputation and installs the
+//!   version — so both engines share one sampling, one validation and one
+//!   commit path by construction.
+//! - [`network`]: the real coordinator and node runtimes over gRPC + mTLS
+//!   on loopback.
+//!
+//! With the same seed both end with the same global model, bit for bit
+//! (tests in `simulations/tests/network.rs`).
 
 pub mod buckets;
 pub mod inprocess;
 pub mod network;
+pub mod tenant;
 
 use std::collections::BTreeMap;
 
@@ -43,14 +50,6 @@ pub enum EngineError {
         /// Cause.
         source: crate::attacks::AttackError,
     },
-    /// Aggregation failed for a reason other than too few inputs.
-    #[error("round {round}: aggregation: {source}")]
-    Aggregate {
-        /// Round.
-        round: u64,
-        /// Cause.
-        source: fedmesh_coordinator::aggregate::AggregateError,
-    },
     /// Evaluation failed.
     #[error("evaluation: {0}")]
     Eval(String),
@@ -60,6 +59,18 @@ pub enum EngineError {
     /// Secure-aggregation set-up failed (certificates, parameters).
     #[error(transparent)]
     SecAgg(buckets::BucketError),
+    /// The scenario does not make a coordinator tenant.
+    #[error("tenant: {0}")]
+    Tenant(String),
+    /// The round core failed for a reason other than a refused update or
+    /// too few inputs.
+    #[error("round {round}: coordinator: {source}")]
+    Coordinator {
+        /// Round.
+        round: u64,
+        /// Cause.
+        source: fedmesh_coordinator::error::FedError,
+    },
 }
 
 /// One round as the engine saw it.
@@ -67,7 +78,9 @@ pub enum EngineError {
 pub struct RoundMetrics {
     /// Round number (1-based; aborted rounds use a number too).
     pub round: u64,
-    /// Nodes sampled.
+    /// Nodes sampled: those with an identity the coordinator selected (or
+    /// took as a shadow participant) and, with full participation, the
+    /// offline nodes (which never connect).
     pub sampled: usize,
     /// Submissions aggregated (identities, Sybils included).
     pub participants: usize,

@@ -17,19 +17,20 @@
 //! k > 1 the coordinator runs real secure aggregation in buckets
 //! (`[tenants.secure]` from the scenario's `[secagg]`).
 //!
-//! Partial participation is the coordinator's own sampling
-//! (`max_participants`); colluding attackers read the round's selection
-//! from the coordinator. An attacker's Sybil identities are extra nodes
-//! with their own certificates (and agents over the attacker's data) that
-//! take part while the attack is active. Bad shares are spoiled Shamir
-//! shares (the peers cannot decrypt them and abandon the bucket, which the
-//! coordinator drops); at k = 1 the sender loses its own update.
-//! With k = 1 and full participation the global model it ends with is
-//! bit-identical to the in-process engine's, attackers and dropouts
-//! included (a test checks it); with partial participation the two engines
-//! sample differently, and with k > 1 the protocol's own randomness (keys,
-//! stochastic rounding) is drawn per node instead of per bucket, so there
-//! the engines agree in distribution, not bit for bit.
+//! The coordinator's tenant is the scenario's [`super::tenant`] table, the
+//! configuration the in-process engine's round machine runs, and it samples
+//! among the same connected identities; colluding attackers read the
+//! round's selection from the coordinator. An attacker's Sybil identities
+//! are extra nodes with their own certificates (and agents over the
+//! attacker's data) that take part while the attack is active. Bad shares
+//! are spoiled Shamir shares (the peers cannot decrypt them and abandon the
+//! bucket, which the coordinator drops); at k = 1 the sender loses its own
+//! update. Each identity's secure-aggregation randomness is seeded by
+//! [`super::tenant::secagg_seed`], as the in-process engine's members are.
+//! So the global model it ends with is bit-identical to the in-process
+//! engine's: tests check it with full and with partial participation at
+//! k = 1 (attackers, Sybils, dropouts, an offline node and DP included) and
+//! with buckets of 2 and dropouts at protocol phases.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -47,15 +48,13 @@ use std::sync::Condvar;
 use tracing::warn;
 
 use super::inprocess::{
-    P_GENESIS, Presence, TENANT, build_node, build_node_as, choose_attackers, craft_for,
-    craft_shared, crafted_weight, draw_presence, evaluate_into, forced_phase, heldout,
-    identities_of, is_crafting, poison_of, privatize_honest, scaling_gamma, sha256_params,
+    Presence, build_node, build_node_as, choose_attackers, craft_for, craft_shared, crafted_weight,
+    draw_presence, evaluate_into, forced_phase, heldout, is_crafting, poison_of, privatize_honest,
+    scaling_gamma, sha256_params,
 };
-use super::{RoundMetrics, RunReport, derive_seed};
+use super::tenant::{self, TENANT};
+use super::{RoundMetrics, RunReport};
 use crate::scenario::{AttackKindSpec, Misbehaviour, Scenario};
-
-/// Purpose label of the nodes' secure-aggregation seeds.
-const P_SECAGG_NODE: u64 = 10;
 
 /// How long the round deadline (and each secure phase) is when some node
 /// may be absent: the coordinator waits that long for nodes that never
@@ -100,24 +99,6 @@ pub struct NetworkReport {
     /// coordinator's round summaries and audit log; every committed model
     /// evaluated on the held-out windows). No clean twin.
     pub report: RunReport,
-}
-
-/// The coordinator's quorum: the scenario's `min_participants`, raised to
-/// the smallest number of updates the rule accepts (over ⌊q/k⌋ bucket
-/// means with k > 1, so at least one full bucket) — the in-process engine
-/// aborts such rounds too.
-fn quorum_for(s: &Scenario) -> Result<usize, NetworkError> {
-    let k = s.bucket_size.max(1);
-    let least = (k..=s.fleet.nodes)
-        .find(|&q| s.rule.check(q / k).is_ok())
-        .ok_or_else(|| {
-            NetworkError::Mesh(format!(
-                "the rule {} cannot run with {} nodes in buckets of {k}",
-                s.rule.rule.name(),
-                s.fleet.nodes
-            ))
-        })?;
-    Ok(s.min_participants.max(least))
 }
 
 /// Whether some node may be absent from a round (the coordinator then has
@@ -410,19 +391,10 @@ pub async fn run(s: &Scenario, dir: &Path) -> Result<NetworkReport, NetworkError
         .as_ref()
         .filter(|a| a.fraction > 0.0)
         .map_or(1, |a| a.sybils.max(1));
-    // Every identity that connects: (name, node, is a Sybil copy).
-    let identities: Vec<(String, usize, bool)> = nodes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !offline.contains(i))
-        .flat_map(|(i, n)| {
-            let k = if attackers.contains(&i) { sybils } else { 1 };
-            identities_of(&n.name, k)
-                .into_iter()
-                .enumerate()
-                .map(move |(j, id)| (id, i, j > 0))
-        })
-        .collect();
+    // Every identity that connects (the in-process engine's coordinator
+    // samples among the same ones).
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let identities = tenant::identities(s, &names, &attackers);
     let online = identities.len();
     let board = Arc::new(Board {
         s: s.clone(),
@@ -433,7 +405,7 @@ pub async fn run(s: &Scenario, dir: &Path) -> Result<NetworkReport, NetworkError
         fed: std::sync::OnceLock::new(),
         index: identities
             .iter()
-            .map(|(id, i, _)| (id.clone(), *i))
+            .map(|id| (id.name.clone(), id.node))
             .collect(),
         sybils,
     });
@@ -442,29 +414,13 @@ pub async fn run(s: &Scenario, dir: &Path) -> Result<NetworkReport, NetworkError
     } else {
         60_000
     };
-    let reputation = toml::to_string(&s.reputation).map_err(mesh)?;
-    let secure = if s.bucket_size > 1 {
-        let mut t = format!(
-            "[tenants.secure]\nbucket_size = {}\nclip_norm = {:?}\nquant_scale = {:?}\nphase_timeout_ms = {timeout_ms}\n",
-            s.bucket_size, s.secagg.clip_norm, s.secagg.scale
-        );
-        if let Some(z) = s.secagg.noise_multiplier {
-            t.push_str(&format!("noise_multiplier = {z:?}\n"));
-        }
-        if let Some(m) = s.secagg.max_mean_norm {
-            t.push_str(&format!("max_bucket_mean_norm = {m:?}\n"));
-        }
-        t
-    } else {
-        String::new()
-    };
-    for (name, _, _) in &identities {
+    for ident in &identities {
+        let name = &ident.name;
         let id: NodeId = name.parse().map_err(mesh)?;
         let c = ca.issue_node(&tenant, &id, now, 1).map_err(mesh)?;
         pki::write_public(&layout::node_cert(&pki_dir, TENANT, name), &c.cert_pem).map_err(mesh)?;
         pki::write_secret(&layout::node_key(&pki_dir, TENANT, name), &c.key_pem).map_err(mesh)?;
     }
-    let rule = toml::to_string(&s.rule).map_err(mesh)?;
     let cfg_text = format!(
         r#"
 listen = "127.0.0.1:0"
@@ -474,51 +430,13 @@ ca_cert = "{ca}"
 cert = "{cert}"
 key = "{key}"
 [[tenants]]
-name = "{TENANT}"
-min_nodes = {online}
-quorum = {quorum}
-round_timeout_ms = {timeout_ms}
-round_interval_ms = 0
-max_rounds = 0
-max_participants = {max_participants}
-seed = "{seed}"
-server_lr = {lr:?}
-server_momentum = {beta:?}
-max_update_norm = 1.0e30
-max_param_abs = 1.0e30
-weighting = "{weighting}"
-[tenants.training]
-local_epochs = {epochs}
-batch_size = {batch}
-learning_rate = {tlr:?}
-prox_mu = {mu:?}
-[tenants.aggregation]
-{rule}
-[tenants.reputation]
-{reputation}
-{secure}
+{tenant}
 "#,
         data = dir.join("coordinator").display(),
         ca = layout::ca_cert(&pki_dir).display(),
         cert = layout::coordinator_cert(&pki_dir).display(),
         key = layout::coordinator_key(&pki_dir).display(),
-        quorum = quorum_for(s)?,
-        max_participants = if s.fleet.participation < 1.0 {
-            s.sampled_per_round()
-        } else {
-            0
-        },
-        seed = derive_seed(s.seed, &[P_GENESIS]),
-        lr = s.server.lr,
-        beta = s.server.momentum,
-        weighting = match s.server.weighting {
-            fedmesh_coordinator::aggregate::Weighting::Samples => "samples",
-            fedmesh_coordinator::aggregate::Weighting::Equal => "equal",
-        },
-        epochs = s.training.local_epochs,
-        batch = s.training.batch_size,
-        tlr = s.training.learning_rate,
-        mu = s.training.prox_mu,
+        tenant = tenant::tenant_toml(s, "tenants.", online, timeout_ms)?,
     );
     let cfg = CoordinatorConfig::from_toml(&cfg_text, Path::new("sim.toml")).map_err(mesh)?;
     let coord_pki = Pki::load(&cfg.tls.ca_cert, &cfg.tls.cert, &cfg.tls.key).map_err(mesh)?;
@@ -541,8 +459,8 @@ prox_mu = {mu:?}
     let mut running = Vec::new();
     let mut agents: Vec<Option<fedmesh_node::agent::Agent>> =
         nodes.into_iter().map(|n| Some(n.agent)).collect();
-    for (name, i, sybil) in &identities {
-        let (i, sybil) = (*i, *sybil);
+    for ident in &identities {
+        let (name, i, sybil) = (&ident.name, ident.node, ident.sybil > 0);
         // A Sybil identity gets its own agent over the attacker's data.
         let agent = match agents.get_mut(i).and_then(Option::take) {
             Some(a) if !sybil => a,
@@ -578,7 +496,7 @@ prox_mu = {mu:?}
             board: board.clone(),
             node: i,
             sybil,
-            secagg_seed: derive_seed(s.seed, &[P_SECAGG_NODE, i as u64, u64::from(sybil)]),
+            secagg_seed: tenant::secagg_seed(s, i, ident.sybil),
         }));
         running.push(Node::new(agent).with_federation(settings).start());
     }
