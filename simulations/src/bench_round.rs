@@ -532,7 +532,11 @@ async fn run_one(
         let round_start = Instant::now();
         let in_process_ms = loop {
             if let Some(e) = failed(&mut clients) {
-                bail!("k = {k}, round {}: {e}\n{}", round + 1, coordinator.log_tail());
+                bail!(
+                    "k = {k}, round {}: {e}\n{}",
+                    round + 1,
+                    coordinator.log_tail()
+                );
             }
             coordinator.check_alive()?;
             if round_start.elapsed() > b.timeout {
