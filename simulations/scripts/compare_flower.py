@@ -234,7 +234,7 @@ def main() -> int:
                   f"{os.cpu_count()} cores; load {load_before:.2f} before, {load_after:.2f} after; "
                   f"flwr {flwr.__version__}, numpy {np.__version__}; f = min({f}, (N-3)//4); "
                   f"best of {args.reps}, alternating")
-    head = ("N", "P", "rule", "max |diff|", "same Krum pick", "Flower ms", "fedmesh rule ms",
+    head = ("N", "P", "rule", "max abs diff", "same Krum pick", "Flower ms", "fedmesh rule ms",
             "fedmesh process ms", "Flower / fedmesh rule", "agree")
     md = [conditions, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
