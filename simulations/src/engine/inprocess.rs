@@ -1088,7 +1088,7 @@ fn run_once(
                     },
                 })?;
             let accepted: Vec<&NodeId> = open
-                .updates
+                .updates()
                 .keys()
                 .filter(|n| open.info.selected.contains(*n))
                 .collect();
