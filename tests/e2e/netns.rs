@@ -156,8 +156,10 @@ fn run() -> Result<()> {
     let server = start(
         "httpd",
         &[],
-        "mkdir /www && echo hello > /www/index.html && nc -ll -p 3333 -e /bin/cat & \
-         exec httpd -f -p 8080 -h /www",
+        // The pool listener runs in the background; `a && b & c` would
+        // background the whole list and race httpd against the mkdir.
+        "mkdir /www && echo hello > /www/index.html || exit 1; \
+         nc -ll -p 3333 -e /bin/cat & exec httpd -f -p 8080 -h /www",
     )?;
     let ip = docker_ok(
         &[
