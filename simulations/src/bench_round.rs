@@ -129,6 +129,10 @@ pub struct RoundRow {
 /// Name of the client runtime's threads (their CPU time is the clients').
 const CLIENT_THREAD: &str = "fm-bench-client";
 
+/// Pause between rounds (the coordinator's `round_interval_ms`), so every
+/// round's CPU falls between two reads of the counters.
+const ROUND_GAP_MS: u64 = 250;
+
 /// Clients connecting (TLS handshake) at once: a real fleet connects from
 /// many addresses over minutes; this keeps the bench's one address from
 /// storming the accept loop.
@@ -257,14 +261,17 @@ fn config_text(
     // the global one here (a fleet spreads over many addresses). The
     // clients' two threads answer the coordinator's HTTP/2 pings between
     // thousands of clients' crypto, so the ping timeout is 2 minutes (a
-    // node answers from its own CPU).
+    // node answers from its own CPU). Rounds are ROUND_GAP_MS apart: the
+    // bench reads CPU counters after each commit it observes, and with
+    // back-to-back rounds a fast round could commit before that read, so
+    // its CPU went to no round (a 6-node round takes about 2 ms).
     format!(
         "listen = \"{listen}\"\ndata_dir = '{data}'\n{http}\
          [tls]\nca_cert = '{ca}'\ncert = '{cert}'\nkey = '{key}'\n\
          [limits]\nmax_handshakes = 256\nmax_handshakes_per_address = 256\n\
          http2_keepalive_timeout_ms = 120000\n\
          [[tenants]]\nname = \"{TENANT}\"\nmin_nodes = {n}\nquorum = {n}\n\
-         round_timeout_ms = {t}\nround_interval_ms = 0\nmax_rounds = {r}\n\
+         round_timeout_ms = {t}\nround_interval_ms = {gap}\nmax_rounds = {r}\n\
          max_update_norm = 10.0\n[tenants.model]\nhidden = [{h}]\n\
          [tenants.secure]\nbucket_size = {k}\nclip_norm = 1.0\nphase_timeout_ms = {t}\n",
         data = data.display(),
@@ -272,6 +279,7 @@ fn config_text(
         cert = tls[1],
         key = tls[2],
         n = b.nodes,
+        gap = ROUND_GAP_MS,
         r = b.rounds,
         h = hidden_for(b.params),
         t = b.timeout.as_millis(),
