@@ -1,6 +1,6 @@
 //! Model-poisoning attacks as pure functions over the honest updates of a
-//! round (an omniscient attacker who sees every honest update), following
-//! `shared/reference/aggregation.md` §2.
+//! round (an omniscient attacker who sees every honest update), each cited
+//! at its function.
 //!
 //! Notation: honest updates `x_1..x_h`, coordinate-wise mean `μ` and
 //! standard deviation `σ` (unbiased, `h − 1` in the denominator as
@@ -77,7 +77,8 @@ pub enum AttackError {
 pub enum ZRule {
     /// epfml/byzfl code: `s = ⌊n/2 + 1⌋ − f`, `z = Φ⁻¹((n − f − s)/(n − f))`.
     Epfml,
-    /// Baruch et al. (as recalled in the reference, unverified):
+    /// Baruch et al. (NeurIPS'19, as commonly restated; not checked against
+    /// the paper):
     /// `z = Φ⁻¹((n − s)/n)`, the largest z with `Φ(z) < (n − s)/n`.
     Paper,
     /// A fixed z (byzfl default 1.5; NDSS'21 uses 0.726 for n = 50, f = 10).
@@ -181,14 +182,14 @@ fn to_f32(v: &[f64]) -> Vec<f32> {
     v.iter().map(|&x| x as f32).collect()
 }
 
-/// Row 1, sign flip: `−k·μ` (byzfl `SignFlipping` is k = 1).
+/// Sign flip: `−k·μ` (byzfl `SignFlipping` is k = 1).
 pub fn sign_flip(honest: &[&[f32]], k: f64) -> Result<Vec<f32>, AttackError> {
     finite("k", k)?;
     let s = stats(honest)?;
     Ok(s.mean.iter().map(|m| (-k * m) as f32).collect())
 }
 
-/// Row 2, model replacement (Bagdasaryan et al.): the attacker's own delta
+/// Model replacement (Bagdasaryan et al.): the attacker's own delta
 /// `X − G` scaled by `γ = n/η`, so that after a mean over `n` participants
 /// and a server step with learning rate `η` the global model lands near the
 /// attacker's model `X`. Returns `(γ·delta, γ)`.
@@ -223,7 +224,7 @@ pub fn honest_sigma(honest: &[&[f32]]) -> Result<f64, AttackError> {
     Ok((s.std.iter().map(|v| v * v).sum::<f64>() / s.std.len() as f64).sqrt())
 }
 
-/// Row 3, Gaussian noise: `x ~ N(0, σ²I)` with `σ = sigma`, or
+/// Gaussian noise: `x ~ N(0, σ²I)` with `σ = sigma`, or
 /// `σ = sigma · honest_sigma` when `relative`.
 pub fn gaussian(
     honest: &[&[f32]],
@@ -280,7 +281,7 @@ pub fn alie_z(n: usize, f: usize, rule: ZRule) -> Result<f64, AttackError> {
     Ok(phi.inverse_cdf(q))
 }
 
-/// Row 4, ALIE (Baruch et al. 2019): `μ − z·σ` coordinate-wise (epfml
+/// ALIE (Baruch et al. 2019): `μ − z·σ` coordinate-wise (epfml
 /// sign; pass a negative z for the byzfl/NDSS `μ + z·σ`). Every Byzantine
 /// client sends this same vector.
 pub fn alie(honest: &[&[f32]], z: f64) -> Result<Vec<f32>, AttackError> {
@@ -293,14 +294,14 @@ pub fn alie(honest: &[&[f32]], z: f64) -> Result<Vec<f32>, AttackError> {
         .collect())
 }
 
-/// Row 5, inner-product manipulation (Xie et al.): `−ε·μ` (epfml ε = 0.1;
+/// Inner-product manipulation (Xie et al.): `−ε·μ` (epfml ε = 0.1;
 /// byzfl `FallOfEmpires(τ)` is ε = τ − 1).
 pub fn ipm(honest: &[&[f32]], epsilon: f64) -> Result<Vec<f32>, AttackError> {
     positive("epsilon", epsilon)?;
     sign_flip(honest, epsilon)
 }
 
-/// Row 10, mimic (Karimireddy et al. 2022): a copy of honest update
+/// Mimic (Karimireddy et al. 2022): a copy of honest update
 /// `target`.
 pub fn mimic(honest: &[&[f32]], target: usize) -> Result<Vec<f32>, AttackError> {
     dims(honest, 1)?;
@@ -314,7 +315,7 @@ pub fn mimic(honest: &[&[f32]], target: usize) -> Result<Vec<f32>, AttackError> 
         })
 }
 
-/// Row 9, Sybil: the same crafted update under `k` identities.
+/// Sybil: the same crafted update under `k` identities.
 pub fn sybil(update: &[f32], k: usize) -> Vec<Vec<f32>> {
     vec![update.to_vec(); k]
 }
@@ -424,7 +425,7 @@ fn craft(
     })
 }
 
-/// Row 6, min-max (Shejwalkar & Houmansadr 2021): the largest λ with
+/// Min-max (Shejwalkar & Houmansadr 2021): the largest λ with
 /// `max_i ‖x_mal − x_i‖² ≤ max_{i,j} ‖x_i − x_j‖²`.
 pub fn min_max(honest: &[&[f32]], p: Perturbation, lambda0: f64) -> Result<Crafted, AttackError> {
     dims(honest, 2)?;
@@ -439,7 +440,7 @@ pub fn min_max(honest: &[&[f32]], p: Perturbation, lambda0: f64) -> Result<Craft
     })
 }
 
-/// Row 6, min-sum: the largest λ with
+/// Min-sum: the largest λ with
 /// `Σ_i ‖x_mal − x_i‖² ≤ min_i Σ_j ‖x_i − x_j‖²`.
 pub fn min_sum(honest: &[&[f32]], p: Perturbation, lambda0: f64) -> Result<Crafted, AttackError> {
     dims(honest, 2)?;

@@ -6,8 +6,8 @@
 //! on the input sizes, never on the number of threads, and partial results
 //! are combined in chunk order.
 //!
-//! Besides [`fedavg`] the module has the robust rules of the reference
-//! (`shared/reference/aggregation.md` §1): [`median`], [`trimmed_mean`],
+//! Besides [`fedavg`] the module has the robust rules of the literature
+//! (each cited at its function): [`median`], [`trimmed_mean`],
 //! [`krum`], [`multi_krum`], [`bulyan`], [`geometric_median`] and
 //! [`centered_clipping`], plus the norm-bounding pre-step [`clip_to_norm`].
 //! [`RuleConfig`] names one of them with its parameters (deserializable from

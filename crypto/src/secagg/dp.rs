@@ -290,7 +290,8 @@ mod tests {
 
     #[test]
     fn accountant_matches_reference_rows() {
-        // aggregation.md §5.3: (q, z, T, δ) → ε basic / improved.
+        // Published (q, z, T, δ) → ε rows of the moments accountant, basic /
+        // improved bound.
         let rows = [
             (0.1, 1.0, 100, 1e-5, 8.93, 7.97),
             (0.1, 1.0, 500, 1e-5, 20.0, 18.6),

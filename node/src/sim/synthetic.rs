@@ -5,7 +5,7 @@
 //! [`Event`]s of one window at a time (two counter samples per container per
 //! window, plus exec / connect / kernel events). Attacks ([`AttackKind`]) are
 //! injected per container over a range of windows and change the telemetry
-//! the way the reference signature table describes; their intensity varies
+//! the way each kind's signature in [`AttackKind`] describes; their intensity varies
 //! per window (about a quarter of attacked windows are subtle).
 //!
 //! Determinism: everything is drawn from `ChaCha8Rng` streams derived from the

@@ -10,8 +10,8 @@
 //! `evt.is_open_write`/`evt.arg.flags`, `evt.arg.domain`.
 //!
 //! Mapping, first match wins:
-//! 1. The rule name, for the Falco stable/incubating rules of the reference
-//!    (e.g. `Terminal shell in container` → Exec, `Read sensitive file
+//! 1. The rule name, for Falco's stable and incubating rules (e.g.
+//!    `Terminal shell in container` → Exec, `Read sensitive file
 //!    untrusted` → SensitiveFileRead, `Detect release_agent File Container
 //!    Escapes` → SensitiveFileWrite, `Change thread namespace` → Setns,
 //!    `Mount Launched in Privileged Container` → Mount). A kernel-class rule
