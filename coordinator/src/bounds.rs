@@ -26,6 +26,7 @@ use std::fmt;
 
 use fedmesh_crypto::secagg::SecAggError;
 use fedmesh_proto::v1;
+use serde::{Deserialize, Serialize};
 
 /// Largest accepted training loss. The autoencoder's reconstruction loss
 /// on standardised features is O(1); 10⁶ leaves room for a diverged but
@@ -497,6 +498,20 @@ pub fn check_model(
         }
     }
     Ok(())
+}
+
+/// A round whose aggregate failed the commit guard: nothing was signed and
+/// the version did not advance. Recorded in the next version's audit entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefusedCommit {
+    /// The aborted round.
+    pub round: u64,
+    /// Reason label, from [`CommitRefusal::LABELS`].
+    pub reason: String,
+    /// What was wrong, at most 512 bytes.
+    pub detail: String,
+    /// When, unix milliseconds.
+    pub unix_ms: i64,
 }
 
 #[cfg(test)]

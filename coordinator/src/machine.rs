@@ -36,7 +36,8 @@ use rand::seq::IteratorRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::bounds::{
-    CommitRefusal, InvalidReason, MAX_REFUSAL_TEXT, SecureViolation, check_model, truncate_text,
+    CommitRefusal, InvalidReason, MAX_REFUSAL_TEXT, RefusedCommit, SecureViolation, check_model,
+    truncate_text,
 };
 use crate::config::TenantConfig;
 use crate::error::FedError;
@@ -46,7 +47,6 @@ use crate::secure_round::{
     DroppedBucket, Finished, SecureRound, Straggler, Violation, ViolationKind, check_survivors,
 };
 use crate::server_step::{ServerStep, merged_scaler, server_step};
-use crate::store::RefusedCommit;
 use crate::validate::{self, Limits, RoundFacts};
 
 /// Most refused commits kept for the next audit entry; later ones are only

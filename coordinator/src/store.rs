@@ -120,19 +120,7 @@ pub struct AuditEntry {
     pub refused_commits: Vec<RefusedCommit>,
 }
 
-/// A round whose aggregate failed the commit guard: nothing was signed and
-/// the version did not advance. Recorded in the next version's audit entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RefusedCommit {
-    /// The aborted round.
-    pub round: u64,
-    /// Reason label, from `bounds::CommitRefusal::LABELS`.
-    pub reason: String,
-    /// What was wrong, at most 512 bytes.
-    pub detail: String,
-    /// When, unix milliseconds.
-    pub unix_ms: i64,
-}
+pub use crate::bounds::RefusedCommit;
 
 /// The audit record of a securely aggregated round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -20,7 +20,7 @@ use fedmesh_crypto::{MeshCa, TenantId};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::bench_round::{TENANT, pki};
+use crate::harness::{TENANT, pki};
 
 /// One accept-loop configuration to measure.
 #[derive(Debug, Clone, Copy)]

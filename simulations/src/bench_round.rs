@@ -28,11 +28,10 @@ use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 use tonic::transport::Channel;
 
-use crate::soak::{CoordinatorProcess, Running, status_kib};
+use crate::harness::{Hooks, TENANT, client_loop, connect_retrying, hidden_for, pki};
+use crate::harness::{CoordinatorProcess, Running, status_kib};
 
 type Client = v1::federation_client::FederationClient<Channel>;
-
-pub(crate) const TENANT: &str = "bench";
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -194,28 +193,6 @@ fn user_sys_ticks(pid: u32) -> Result<(u64, u64)> {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// Hidden width giving about `params` parameters for input width 22.
-pub(crate) fn hidden_for(params: usize) -> usize {
-    // 22·h + h + h·22 + 22 = 45h + 22.
-    params.saturating_sub(22).div_ceil(45).max(1)
-}
-
-pub(crate) fn pki(ca: &MeshCa) -> Result<Pki> {
-    let now = time::OffsetDateTime::now_utc();
-    let issued = ca.issue_coordinator(
-        &"bench".parse()?,
-        &["localhost".into()],
-        &["127.0.0.1".parse()?],
-        now,
-        1,
-    )?;
-    Ok(Pki {
-        ca_pem: ca.cert_pem().to_string(),
-        cert_pem: issued.cert_pem,
-        key_pem: issued.key_pem,
-    })
 }
 
 /// Raises this process's soft limit on open files to `want` (or the hard
@@ -689,194 +666,6 @@ fn futures_now(c: tokio::task::JoinHandle<Result<()>>) -> String {
         Some(Err(e)) => format!("task failed: {e}"),
         None => "still running".into(),
     }
-}
-
-/// What a client reports to the harness.
-#[derive(Default)]
-pub(crate) struct Hooks {
-    /// The newest committed version the client hears of (from commit,
-    /// idle and round-open events).
-    pub version: Option<tokio::sync::watch::Sender<u64>>,
-    /// Bytes of the requests the client sent (encoded length).
-    pub sent: Option<Arc<AtomicU64>>,
-}
-
-/// Connects, retrying for a few seconds: the coordinator closes
-/// handshakes beyond `[limits] max_handshakes_per_address` from one
-/// address at once, and every client here dials from 127.0.0.1. `salt`
-/// (the client's index) spreads the clients' retries.
-pub(crate) async fn connect_retrying(
-    connector: &fedmesh_node::federation::client::Connector,
-    salt: u64,
-) -> Result<Client> {
-    let mut attempt = 0u64;
-    loop {
-        match connector.connect().await {
-            Ok(c) => return Ok(c),
-            Err(e) if attempt >= 100 => return Err(e.into()),
-            Err(_) => {
-                attempt += 1;
-                // Spread the retries of many clients (10..=200 ms).
-                let ms = 10 + (attempt * 37 + salt * 53) % 191;
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-            }
-        }
-    }
-}
-
-/// A protocol client: joins, then answers every round it is selected for
-/// until the task is aborted. With `progress`, it reports the newest
-/// committed version it hears of (from commit, idle and round-open events).
-pub(crate) async fn client_loop(
-    mut client: Client,
-    name: String,
-    signer: Arc<CertSigner>,
-    verifier: Arc<CertVerifier>,
-    seed: u64,
-    hooks: Hooks,
-) -> Result<()> {
-    let count = |n: usize| {
-        if let Some(s) = &hooks.sent {
-            s.fetch_add(n as u64, Ordering::Relaxed);
-        }
-    };
-    let join = client
-        .join(v1::JoinRequest {
-            tenant: TENANT.into(),
-            node: name.clone(),
-            feature_schema: hex::decode(fedmesh_proto::model::FEATURE_SCHEMA_V1_DIGEST)?,
-            agent_version: "bench".into(),
-        })
-        .await?
-        .into_inner();
-    let spec = join.model_spec.unwrap_or_default();
-    let hidden: Vec<usize> = spec.hidden.iter().map(|&w| w as usize).collect();
-    let p = fedmesh_proto::model::param_count(spec.input_dim as usize, &hidden)
-        .ok_or_else(|| anyhow!("model size"))?;
-    let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let scale = 0.5 / (p as f32).sqrt();
-    let update: Vec<f32> = (0..p).map(|_| rng.random_range(-scale..scale)).collect();
-    let mut stream = client
-        .watch_rounds(v1::WatchRoundsRequest::default())
-        .await?
-        .into_inner();
-    let mut state: Option<(u64, ClientRound, u8)> = None;
-    while let Some(ev) = stream.message().await? {
-        if let Some(tx) = &hooks.version {
-            let seen = match &ev.event {
-                Some(Event::Open(o)) => Some(o.base_version),
-                Some(Event::Committed(c)) => Some(c.version),
-                Some(Event::Idle(i)) => Some(i.current_version),
-                _ => None,
-            };
-            if let Some(v) = seen {
-                tx.send_if_modified(|cur| {
-                    let newer = v > *cur;
-                    if newer {
-                        *cur = v;
-                    }
-                    newer
-                });
-            }
-        }
-        let Some(Event::Open(o)) = ev.event else {
-            continue;
-        };
-        if !o.selected {
-            continue;
-        }
-        let Some(sr) = o.secure.as_ref() else {
-            let req = v1::UpdateRequest {
-                tenant: TENANT.into(),
-                node: name.clone(),
-                round: o.round,
-                base_version: o.base_version,
-                delta: Some(fedmesh_proto::encode_f32(&update, &[p as u64])),
-                num_samples: 100,
-                scaler_stats: None,
-                train_loss: 0.1,
-                schema_hash: join.schema_hash.clone(),
-            };
-            count(req.encoded_len());
-            client.submit_update(req).await?;
-            continue;
-        };
-        let Some(bv) = sr.bucket.as_ref() else {
-            continue;
-        };
-        let send = |message: M| {
-            let req = v1::SecAggRequest {
-                tenant: TENANT.into(),
-                node: name.clone(),
-                round: o.round,
-                bucket: bv.id,
-                message: Some(message),
-            };
-            count(req.encoded_len());
-            req
-        };
-        let now = time::OffsetDateTime::now_utc();
-        if state.as_ref().is_none_or(|(r, _, _)| *r != o.round) {
-            // Phase 0: keys (the bench trusts the announced bucket; the
-            // node's own check is exercised by the node and the e2e tests).
-            let bucket = fedmesh_node::federation::secure::announced_bucket(bv)
-                .map_err(anyhow::Error::msg)?;
-            let params = BucketParams::new(
-                TENANT.parse()?,
-                o.round,
-                o.base_version,
-                bucket.id,
-                bucket.members,
-                None,
-                p,
-                QuantConfig::new(sr.clip_norm, sr.quant_scale)?,
-                None,
-            )?
-            .with_extra_words(sr.extra_words as usize)?;
-            let c = ClientRound::new(params, name.parse()?, &mut rng)?;
-            client
-                .sec_agg(send(M::Advert(c.advertise(&signer)?.encode())))
-                .await?;
-            state = Some((o.round, c, 0));
-        }
-        let Some((_, c, stage)) = state.as_mut() else {
-            continue;
-        };
-        if *stage == 0 && sr.phase >= SecAggPhase::Share as i32 && !bv.adverts.is_empty() {
-            let adverts = bv
-                .adverts
-                .iter()
-                .map(|a| KeyAdvert::decode(a))
-                .collect::<Result<Vec<_>, _>>()?;
-            c.receive_adverts(&adverts, &verifier, now)?;
-            let shares = c.share_keys(&mut rng)?;
-            client
-                .sec_agg(send(M::Shares(v1::ShareBundle {
-                    shares: shares.iter().map(|s| s.encode()).collect(),
-                })))
-                .await?;
-            *stage = 1;
-        }
-        if *stage == 1 && sr.phase >= SecAggPhase::Mask as i32 {
-            let shares = bv
-                .shares
-                .iter()
-                .map(|s| EncryptedShare::decode(s))
-                .collect::<Result<Vec<_>, _>>()?;
-            c.receive_shares(&shares)?;
-            let extra = vec![0u32; sr.extra_words as usize];
-            let y = c.mask_update_with_extra(&update, &extra, &signer, &mut rng)?;
-            client.sec_agg(send(M::Masked(y.encode()))).await?;
-            *stage = 2;
-        }
-        if *stage == 2 && sr.phase == SecAggPhase::Unmask as i32 && !bv.unmask_request.is_empty() {
-            let request = UnmaskRequest::decode(&bv.unmask_request)?;
-            let r = c.unmask(&request, &signer)?;
-            client.sec_agg(send(M::UnmaskResponse(r.encode()))).await?;
-            *stage = 3;
-        }
-    }
-    Ok(())
 }
 
 /// The results as a Markdown table.

@@ -14,6 +14,7 @@ pub mod bench_replay;
 pub mod bench_round;
 pub mod demo;
 pub mod engine;
+pub mod harness;
 pub mod matrix;
 pub mod npy;
 pub mod quality;

@@ -64,6 +64,9 @@ pub enum WebhookError {
     /// The exchange failed.
     #[error("webhook POST: {0}")]
     Http(#[from] HttpError),
+    /// A blocking outbox operation's thread failed.
+    #[error("alert outbox: blocking task failed: {0}")]
+    Blocking(#[from] tokio::task::JoinError),
 }
 
 /// `[alerts.webhook]` configuration.
@@ -293,6 +296,13 @@ impl Outbox {
         self.tree.flush()?;
         self.counters.depth.set(*len as i64);
         Ok(())
+    }
+
+    /// [`Outbox::remove`] on a blocking thread (it flushes sled), for the
+    /// delivery task.
+    pub async fn remove_blocking(&self, key: sled::IVec) -> Result<(), WebhookError> {
+        let outbox = self.clone();
+        tokio::task::spawn_blocking(move || outbox.remove(&key)).await?
     }
 
     /// Pending alerts.
@@ -539,7 +549,7 @@ pub async fn run_delivery(outbox: Outbox, hook: Webhook, mut shutdown: watch::Re
         };
         match outcome {
             Ok(Delivery::Delivered) => {
-                if let Err(e) = outbox.remove(&key) {
+                if let Err(e) = outbox.remove_blocking(key.clone()).await {
                     warn!(error = %e, alert = %id, "delivered alert could not be removed from the outbox; it will be re-delivered");
                 }
                 outbox.counters.delivered.inc();
@@ -550,7 +560,7 @@ pub async fn run_delivery(outbox: Outbox, hook: Webhook, mut shutdown: watch::Re
             Ok(Delivery::Rejected(status)) => {
                 warn!(alert = %id, status, "webhook refused the alert permanently; removed from the outbox");
                 outbox.counters.rejected.inc();
-                if let Err(e) = outbox.remove(&key) {
+                if let Err(e) = outbox.remove_blocking(key.clone()).await {
                     warn!(error = %e, alert = %id, "refused alert could not be removed from the outbox");
                 }
                 attempt = 0;

@@ -143,18 +143,26 @@ pub(crate) async fn sync_model(
         .map_err(rpc("GetModel"))?
         .into_inner();
     let bytes = prost::Message::encode_to_vec(&signed);
-    let mut a = lock(agent);
-    let have = a.global_version();
-    let g = verify_global_model(
-        &bytes,
-        &fs.verifier,
-        &a.settings().tenant.clone(),
-        have,
-        time::OffsetDateTime::now_utc(),
-    )?;
-    if have.is_some_and(|h| h >= g.version) {
-        return Ok(());
-    }
-    a.install_global(g)?;
-    Ok(())
+    let (agent, verifier) = (agent.clone(), fs.verifier.clone());
+    // Verifying, calibrating on the benign buffer and the store's flush
+    // take milliseconds under the agent lock: a blocking thread, not an
+    // async worker.
+    tokio::task::spawn_blocking(move || -> Result<(), SessionError> {
+        let mut a = lock(&agent);
+        let have = a.global_version();
+        let g = verify_global_model(
+            &bytes,
+            &verifier,
+            &a.settings().tenant.clone(),
+            have,
+            time::OffsetDateTime::now_utc(),
+        )?;
+        if have.is_some_and(|h| h >= g.version) {
+            return Ok(());
+        }
+        a.install_global(g)?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| AgentError::Model(format!("model installation task failed: {e}")))?
 }
