@@ -16,22 +16,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use fedmesh_coordinator::Pki;
-use fedmesh_crypto::secagg::{
-    BucketParams, ClientRound, EncryptedShare, KeyAdvert, QuantConfig, UnmaskRequest,
-};
 use fedmesh_crypto::{CertSigner, CertVerifier, MeshCa, TenantId};
-use fedmesh_proto::v1::{self, SecAggPhase, round_event::Event, sec_agg_request::Message as M};
-use prost::Message;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
-use tonic::transport::Channel;
 
-use crate::harness::{Hooks, TENANT, client_loop, connect_retrying, hidden_for, pki};
-use crate::harness::{CoordinatorProcess, Running, status_kib};
-
-type Client = v1::federation_client::FederationClient<Channel>;
+use crate::harness::{
+    CoordinatorProcess, Hooks, Running, TENANT, client_loop, connect_retrying, hidden_for,
+    status_kib,
+};
 
 /// What to measure.
 #[derive(Debug, Clone)]

@@ -9,8 +9,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use fedmesh_coordinator::Pki;
@@ -19,13 +19,15 @@ use fedmesh_coordinator::{Coordinator, CoordinatorConfig, RoundSummary};
 use fedmesh_crypto::secagg::{
     BucketParams, ClientRound, EncryptedShare, KeyAdvert, QuantConfig, UnmaskRequest,
 };
-use fedmesh_crypto::{CertSigner, CertVerifier, MeshCa, TenantId};
+use fedmesh_crypto::{CertSigner, CertVerifier, MeshCa};
 use fedmesh_proto::v1::{self, SecAggPhase, round_event::Event, sec_agg_request::Message as M};
 use prost::Message;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use serde::Serialize;
 use tonic::transport::Channel;
+
+/// A protocol client of the coordinator.
+pub(crate) type Client = v1::federation_client::FederationClient<Channel>;
 
 /// Where the coordinator runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,7 +300,7 @@ impl Running {
     }
 
     /// Resident memory of the coordinator, KiB.
-    fn rss_kib(&self) -> Result<u64> {
+    pub(crate) fn rss_kib(&self) -> Result<u64> {
         match self {
             Self::InProcess { .. } => rss_kib(),
             Self::Child { pid, .. } => rss_kib_of(Some(*pid)),
@@ -307,7 +309,7 @@ impl Running {
 
     /// Model bodies in the store: counted in process, from `/status`
     /// (version + 1 − oldest kept version) for a child.
-    async fn model_bodies(&self) -> Result<usize> {
+    pub(crate) async fn model_bodies(&self) -> Result<usize> {
         match self {
             Self::InProcess { store, .. } => Ok(store.model_count(TENANT)),
             Self::Child { status_url, .. } => {

@@ -12,20 +12,16 @@
 //! reported beside it. [`CoordinatorProcess::InProcess`] runs both in this
 //! process instead (then the memory is theirs together).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use fedmesh_coordinator::pki::layout;
-use fedmesh_coordinator::{Coordinator, CoordinatorConfig, RoundSummary};
 use fedmesh_crypto::{CertSigner, CertVerifier, MeshCa, TenantId};
 use serde::Serialize;
 use std::sync::Arc;
 
 pub use crate::harness::{CoordinatorProcess, dir_bytes, rss_kib, rss_kib_of, status_kib};
-use crate::harness::{
-    ConfigText, Hooks, Running, TENANT, client_loop, connect_retrying, free_port, hidden_for, pki,
-};
+use crate::harness::{Hooks, Running, TENANT, client_loop, connect_retrying, hidden_for};
 
 /// What to run.
 #[derive(Debug, Clone)]
