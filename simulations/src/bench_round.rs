@@ -557,9 +557,22 @@ async fn run_one(
         let ms = match (in_process_ms, &http) {
             (Some(ms), _) => ms,
             (None, Some(h)) => {
-                let d = round_durations(h).await?;
-                let ms =
-                    (d.0 - durations.0) * 1e3 / (d.1.saturating_sub(durations.1)).max(1) as f64;
+                // A client can hear of the commit before the coordinator
+                // has put the round's duration in its histogram: wait for
+                // the new sample (bounded) rather than read 0 ms.
+                let mut d = round_durations(h).await?;
+                for _ in 0..100 {
+                    if d.1 > durations.1 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    d = round_durations(h).await?;
+                }
+                let ms = if d.1 > durations.1 {
+                    (d.0 - durations.0) * 1e3 / (d.1 - durations.1) as f64
+                } else {
+                    f64::NAN
+                };
                 durations = d;
                 ms
             }
