@@ -13,8 +13,9 @@
 #    benign redis + redis-benchmark, nginx + wrk, postgres + pgbench, an idle
 #    sidecar (load levels change in phases), attack containers that idle
 #    until their attack, and the attack infrastructure (pool, listener, sink).
-# 3. Starts fedmesh-node stand-alone (proc connector, cgroup source on /sys/fs/cgroup and
-#    /proc, Docker API for names, local bootstrap model from the warm-up).
+# 3. Starts fedmesh-node stand-alone (proc connector, cgroup and netns
+#    sources on /sys/fs/cgroup and /proc, Docker API for names, local
+#    bootstrap model from the warm-up).
 # 4. After the warm-up, runs the attacks of the schedule one after another
 #    with `docker exec` (its own containers, and inside benign ones) and
 #    records their real start and stop times (attacks.tsv, the ground truth).
@@ -218,8 +219,9 @@ boot_windows=$(( n_host * (warm_s - 60) * 1000 / window_ms ))
 mkdir -p "$out/node-data"
 cat > "$out/node.toml" <<EOF
 # Written by bench/workload/run.sh: a stand-alone node (no coordinator) with
-# only its built-in collectors (cgroup counters and the kernel's proc
-# connector), as on a host without Falco or Tetragon.
+# only its built-in collectors (cgroup counters, the kernel's proc
+# connector, network-namespace TCP counters and socket tables), as on a host
+# without Falco or Tetragon.
 tenant = "workload"
 node = "bench-host"
 data_dir = "node-data"
@@ -233,6 +235,11 @@ proc_root = "/proc"
 
 [[sources]]
 kind = "process"
+proc_root = "/proc"
+
+[[sources]]
+kind = "netns"
+root = "/sys/fs/cgroup"
 proc_root = "/proc"
 
 [detector]
