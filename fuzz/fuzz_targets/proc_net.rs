@@ -1,13 +1,15 @@
 //! Arbitrary text -> the `netns` source's decoders: `/proc/<pid>/net/snmp`
 //! (`parse_snmp`), `tcp`/`tcp6` rows and tables (`parse_tcp_table`,
-//! `summarize`) and the delta tracker over two readings. Never panics;
+//! `summarize`), `raw`/`raw6`/`packet` tables (`parse_raw_table`,
+//! `parse_packet_table`) and the delta tracker over two readings. Never panics;
 //! every row is decoded or counted; summaries never exceed the rows; a
 //! first reading reports no deltas; a second reading of the same text
 //! reports zero deltas and no new connection.
 #![no_main]
 
 use fedmesh_node::telemetry::netns::{
-    MAX_SOCKETS, NetnsReading, NetnsStats, NetnsTracker, parse_snmp, parse_tcp_table, summarize,
+    MAX_SOCKETS, NetnsReading, NetnsStats, NetnsTracker, RawSockets, parse_packet_table,
+    parse_raw_table, parse_snmp, parse_tcp_table, summarize,
 };
 use fedmesh_node::telemetry::{ContainerId, Event};
 use libfuzzer_sys::fuzz_target;
@@ -26,6 +28,16 @@ fuzz_target!(|data: &[u8]| {
     assert!(sum.listening as usize + sum.syn_sent as usize <= socks.len());
     assert!(sum.remote_endpoints as usize <= socks.len());
     assert!(sum.syn_sent_ports <= sum.syn_sent);
+    let lines = text.lines().count() as u64;
+    let mut raw = RawSockets::default();
+    parse_raw_table(text, &mut raw);
+    assert_eq!(raw.packet, 0);
+    assert!(u64::from(raw.raw) + u64::from(raw.icmp) + u64::from(raw.malformed) <= lines);
+    assert!(raw.raw as usize + raw.icmp as usize <= MAX_SOCKETS);
+    let mut packet = RawSockets::default();
+    parse_packet_table(text, &mut packet);
+    assert_eq!(packet.raw + packet.icmp, 0);
+    assert!(u64::from(packet.packet) + u64::from(packet.malformed) <= lines);
     // The same text as every file of one namespace, read twice.
     let reading = NetnsReading {
         netns: 1,
@@ -33,6 +45,9 @@ fuzz_target!(|data: &[u8]| {
         snmp: text.to_string(),
         tcp: Some(text.to_string()),
         tcp6: Some(text.to_string()),
+        raw: Some(text.to_string()),
+        raw6: Some(text.to_string()),
+        packet: Some(text.to_string()),
     };
     let mut t = NetnsTracker::new();
     let mut stats = NetnsStats::default();

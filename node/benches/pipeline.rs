@@ -289,6 +289,13 @@ fn bench_netns(c: &mut Criterion) {
                 tcp6: Some(String::from(
                     "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n",
                 )),
+                raw: Some(String::from(
+                    "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n",
+                )),
+                raw6: None,
+                packet: Some(String::from(
+                    "sk               RefCnt Type Proto  Iface R Rmem   User   Inode\n",
+                )),
             })
             .collect()
     };

@@ -262,14 +262,24 @@ impl ResponseMemory {
         ))
     }
 
+    /// Makes what [`ResponseMemory::record`] wrote durable (the fsync runs
+    /// on sled's own threads, not on the caller's async worker).
+    pub async fn flush(&self) -> Result<(), sled::Error> {
+        if let Some(tree) = &self.tree {
+            tree.flush_async().await?;
+        }
+        Ok(())
+    }
+
     /// When an action on `id` last succeeded.
     pub fn last(&self, id: &str) -> Option<u64> {
         self.last.get(id).copied()
     }
 
     /// Notes a successful action on `id` at `now_unix_ms`; `persist` writes
-    /// it to the store (dry-run decisions stay in memory). Entries older
-    /// than `forget_ms` are dropped once the memory holds many.
+    /// it to the store (dry-run decisions stay in memory), durable after
+    /// [`ResponseMemory::flush`]. Entries older than `forget_ms` are
+    /// dropped once the memory holds many.
     pub fn record(
         &mut self,
         id: &str,
@@ -280,7 +290,6 @@ impl ResponseMemory {
         self.last.insert(id.to_string(), now_unix_ms);
         if persist && let Some(tree) = &self.tree {
             tree.insert(id.as_bytes(), &now_unix_ms.to_be_bytes())?;
-            tree.flush()?;
         }
         if self.last.len() > MEMORY_CAP {
             let old: Vec<String> = self
@@ -489,10 +498,14 @@ impl Responder {
             Decision::Enforce(a) => match self.enforce(*a, who.as_ref()).await {
                 Ok(nets) => {
                     warn!(alert = %alert.id, container = %alert.container, severity = %alert.severity, action = a.as_str(), networks = ?nets, "response action taken");
-                    if let Some(w) = &who
-                        && let Err(e) = self.memory.record(&w.id, now_unix_ms, true, gap_ms)
-                    {
-                        warn!(error = %e, "response memory not persisted: the rate limit may not survive a restart");
+                    if let Some(w) = &who {
+                        let persisted = match self.memory.record(&w.id, now_unix_ms, true, gap_ms) {
+                            Ok(()) => self.memory.flush().await,
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = persisted {
+                            warn!(error = %e, "response memory not persisted: the rate limit may not survive a restart");
+                        }
                     }
                     ("done", None, nets)
                 }
@@ -519,8 +532,13 @@ impl Responder {
                 networks,
                 at_unix_ms: now_unix_ms,
             });
-            if let Err(e) = sinks.emit(&record) {
-                warn!(error = %e, alert = %alert.id, "response record not written");
+            // The sinks write files and flush the webhook outbox: off the
+            // async workers.
+            let (sinks, id) = (sinks.clone(), alert.id.clone());
+            match tokio::task::spawn_blocking(move || sinks.emit(&record)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, alert = %id, "response record not written"),
+                Err(e) => warn!(error = %e, alert = %id, "response record not written"),
             }
         }
         d

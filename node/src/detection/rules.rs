@@ -21,6 +21,7 @@
 //! | `stratum_port` | high | a connection to a mining-pool port (3333, 4444, 5555, 7777, 14444, 45700, …; configurable), from a connect event or a new outbound connection in the namespace's socket table |
 //! | `module_load` | critical | `init_module`/`finit_module` |
 //! | `reverse_shell` | high | a shell whose standard input is a network socket (the process source), or exec of a shell or netcat **and** a connection to an external address (not loopback, private, link-local, unique-local or CGNAT) by the same container in the same window |
+//! | `raw_socket` | high | a raw IP socket of a protocol other than ICMP/ICMPv6, or a packet (`AF_PACKET`) socket, open in the container's network namespace at a reading (the `netns` source): nmap's SYN scan sends from one and listens on the other, invisible to every TCP counter; sniffers and spoofers hold them too. Ping is not counted (Docker gives containers ping sockets; a raw ICMP socket is a legacy ping) |
 //! | `port_scan` | high | in one window, at least `scan_failed_opens` (50) of the container's outbound TCP connection attempts failed, and they are at least half of its attempts; or one reading shows connections pending (`SYN_SENT`) to at least [`SCAN_SYN_SENT_PORTS`] distinct ports (the `netns` source) |
 //!
 //! `port_scan`'s threshold: the counters say how many attempts failed, not
@@ -124,6 +125,11 @@ pub const RULES: &[Rule] = &[
         id: "port_scan",
         severity: Severity::High,
         description: "many failed outbound TCP connection attempts in one window, or pending connections to many distinct ports (port scan)",
+    },
+    Rule {
+        id: "raw_socket",
+        severity: Severity::High,
+        description: "a raw IP socket (not ICMP) or a packet socket in the container's network namespace (SYN scan, sniffing, spoofing)",
     },
 ];
 
@@ -509,6 +515,15 @@ impl RuleEngine {
                     if self.miner_ports.contains(&r.port()) {
                         hit("stratum_port", format!("connection to {r} (socket table)"));
                     }
+                }
+                if net.raw_sockets > 0 || net.packet_sockets > 0 {
+                    hit(
+                        "raw_socket",
+                        format!(
+                            "{} raw IP and {} packet sockets open in the network namespace",
+                            net.raw_sockets, net.packet_sockets
+                        ),
+                    );
                 }
             }
             Event::Sample { .. } => {}
@@ -920,6 +935,39 @@ mod tests {
             ..RulesConfig::default()
         };
         assert_eq!(zero.problems().len(), 1);
+    }
+
+    #[test]
+    fn raw_socket_fires_on_a_raw_or_packet_socket_only() {
+        let e = RuleEngine::new(&RulesConfig::default());
+        let with = |c: &str, raw: u32, packet: u32| Event::Net {
+            container: ContainerId(c.into()),
+            ts_ms: 7,
+            net: Box::new(crate::telemetry::NetActivity {
+                interval_ms: 10_000,
+                raw_sockets: raw,
+                packet_sockets: packet,
+                ..Default::default()
+            }),
+        };
+        let hits = e.evaluate(&[with("scanner", 1, 2)]);
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!(hits[0].rule.id, "raw_socket");
+        assert_eq!(hits[0].rule.severity, Severity::High);
+        assert_eq!(
+            hits[0].event,
+            "1 raw IP and 2 packet sockets open in the network namespace"
+        );
+        assert_eq!(e.evaluate(&[with("arp", 0, 1)]).len(), 1);
+        assert_eq!(e.evaluate(&[with("spoof", 1, 0)]).len(), 1);
+        // No raw socket, a busy namespace otherwise: nothing.
+        assert!(e.evaluate(&[net("web", 10_000, 0, 3, &[])]).is_empty());
+        assert!(e.evaluate(&[with("web", 0, 0)]).is_empty());
+        let off = RuleEngine::new(&RulesConfig {
+            disable: vec!["raw_socket".into()],
+            ..RulesConfig::default()
+        });
+        assert!(off.evaluate(&[with("scanner", 1, 2)]).is_empty());
     }
 
     #[test]

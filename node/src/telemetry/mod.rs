@@ -214,6 +214,14 @@ pub struct NetActivity {
     /// Other containers in the same namespace (a pod, or `--network
     /// container:`): the namespace's activity is theirs too, attributed once.
     pub shared_with: u32,
+    /// Raw IP sockets other than ICMP/ICMPv6 in the namespace at the
+    /// reading (nmap's SYN scan sends from one).
+    #[serde(default)]
+    pub raw_sockets: u32,
+    /// Packet (`AF_PACKET`) sockets in the namespace at the reading
+    /// (sniffers, ARP tools, nmap's receiver).
+    #[serde(default)]
+    pub packet_sockets: u32,
 }
 
 impl KernelDetail {

@@ -8,9 +8,11 @@
 //! | read | becomes |
 //! |---|---|
 //! | `snmp` `Tcp:` `ActiveOpens`, `PassiveOpens`, `AttemptFails`, `EstabResets`, `OutRsts`, `InErrs` | their growth since the namespace's previous reading |
+//! | `raw` + `raw6` + `packet` | raw IP sockets (other than ICMP) and packet sockets at the reading: a SYN scan's, a sniffer's, a spoofer's |
 //! | `tcp` + `tcp6` | listening sockets, `SYN_SENT` sockets and their distinct remote ports, distinct remote endpoints, and the outbound connections first seen at this reading (a non-listening socket whose local port is no listening port) |
 //!
-//! `snmp` is read every window; the socket tables only when they can hold
+//! `snmp` and the raw and packet tables (small: the namespace's own raw
+//! and packet sockets) are read every window; the TCP socket tables only when they can hold
 //! something new: at a namespace's first reading and when its `ActiveOpens`
 //! moved since they were last read (every new outbound connection is an
 //! active open), at most `max_table_reads` ([`MAX_TABLE_READS`])
@@ -37,7 +39,8 @@
 //!   the namespace: a pod's sandbox). Its event says how many others share
 //!   it (`shared_with`). Nothing is counted twice.
 //!
-//! The parsers ([`parse_snmp`], [`parse_tcp_line`], [`parse_tcp_table`])
+//! The parsers ([`parse_snmp`], [`parse_tcp_line`], [`parse_tcp_table`],
+//! [`parse_raw_table`], [`parse_packet_table`])
 //! take text and return typed errors (fuzzed: `fuzz/fuzz_targets/proc_net.rs`);
 //! the deltas ([`NetnsTracker::step`]) take parsed readings and the time;
 //! only [`NetnsCollector`] touches files. Bounded: at most [`MAX_NETNS`]
@@ -354,6 +357,100 @@ pub fn parse_tcp_table(text: &str, out: &mut Vec<TcpSocket>) -> TableStats {
     st
 }
 
+/// Raw and packet sockets of one namespace at one reading
+/// (`/proc/<pid>/net/raw`, `raw6` and `packet`): what a SYN scan (nmap
+/// sends from a raw IP socket and listens on a packet socket), a sniffer or
+/// a spoofer holds, and what no TCP counter sees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawSockets {
+    /// Raw IP sockets of a protocol other than ICMP and ICMPv6.
+    pub raw: u32,
+    /// Raw ICMP or ICMPv6 sockets (`ping` without ping sockets): not
+    /// counted in `raw`.
+    pub icmp: u32,
+    /// Packet (`AF_PACKET`) sockets.
+    pub packet: u32,
+    /// Rows that did not decode (skipped).
+    pub malformed: u32,
+    /// Rows beyond [`MAX_SOCKETS`] (not looked at).
+    pub truncated: u32,
+}
+
+impl RawSockets {
+    /// Rows looked at so far.
+    fn rows(&self) -> u64 {
+        u64::from(self.raw) + u64::from(self.icmp) + u64::from(self.packet)
+    }
+
+    fn add(n: &mut u32) {
+        *n = n.saturating_add(1);
+    }
+}
+
+fn is_hex(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Adds the rows of a `raw` or `raw6` file to `out`: the header (`sl …`)
+/// and blank lines are skipped; a row is `sl: ADDR:PROTO REMOTE:0 …` with
+/// the local address in hex (8 or 32 digits) and the socket's IP protocol
+/// where a TCP table has the port. Malformed rows are counted and skipped.
+pub fn parse_raw_table(text: &str, out: &mut RawSockets) {
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.is_empty() || t.starts_with("sl ") {
+            continue;
+        }
+        if out.rows() >= MAX_SOCKETS as u64 {
+            RawSockets::add(&mut out.truncated);
+            continue;
+        }
+        let mut f = t.split_ascii_whitespace();
+        let proto = match (f.next(), f.next()) {
+            (Some(sl), Some(local)) if sl.ends_with(':') && is_hex(&sl[..sl.len() - 1]) => local
+                .split_once(':')
+                .filter(|(addr, _)| (addr.len() == 8 || addr.len() == 32) && is_hex(addr))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok().filter(|_| p.len() == 4)),
+            _ => None,
+        };
+        match proto {
+            // IPPROTO_ICMP, IPPROTO_ICMPV6.
+            Some(1 | 58) => RawSockets::add(&mut out.icmp),
+            Some(_) => RawSockets::add(&mut out.raw),
+            None => RawSockets::add(&mut out.malformed),
+        }
+    }
+}
+
+/// Adds the rows of a `packet` file to `out`: the header (`sk RefCnt …`)
+/// and blank lines are skipped; a row is nine fields, the socket pointer
+/// and protocol in hex, the type and reference count in decimal.
+/// Malformed rows are counted and skipped.
+pub fn parse_packet_table(text: &str, out: &mut RawSockets) {
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.is_empty() || t.starts_with("sk ") {
+            continue;
+        }
+        if out.rows() >= MAX_SOCKETS as u64 {
+            RawSockets::add(&mut out.truncated);
+            continue;
+        }
+        let f: Vec<&str> = t.split_ascii_whitespace().take(10).collect();
+        let ok = f.len() == 9
+            && is_hex(f[0])
+            && f[1].parse::<u32>().is_ok()
+            && f[2].parse::<u32>().is_ok()
+            && f[3].len() == 4
+            && is_hex(f[3]);
+        RawSockets::add(if ok {
+            &mut out.packet
+        } else {
+            &mut out.malformed
+        });
+    }
+}
+
 /// A socket table's summary at one reading.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SocketSummary {
@@ -455,6 +552,12 @@ pub struct NetnsReading {
     pub tcp: Option<String>,
     /// `net/tcp6` text, if it could be read (absent without IPv6).
     pub tcp6: Option<String>,
+    /// `net/raw` text, if it could be read.
+    pub raw: Option<String>,
+    /// `net/raw6` text, if it could be read (absent without IPv6).
+    pub raw6: Option<String>,
+    /// `net/packet` text, if it could be read.
+    pub packet: Option<String>,
 }
 
 /// What the tracker and the collector counted, per sample.
@@ -656,6 +759,14 @@ impl NetnsTracker {
                 stats.bad_rows += t.malformed + t.truncated;
             }
             let summary = summarize(&sockets);
+            let mut raw = RawSockets::default();
+            for text in [&r.raw, &r.raw6].into_iter().flatten() {
+                parse_raw_table(text, &mut raw);
+            }
+            if let Some(text) = &r.packet {
+                parse_packet_table(text, &mut raw);
+            }
+            stats.bad_rows += u64::from(raw.malformed) + u64::from(raw.truncated);
             // The same namespace as before: some member stayed, time and
             // counters moved forward.
             let prev = prev.filter(|p| p.continues(&members) && ts_ms >= p.ts_ms);
@@ -731,6 +842,8 @@ impl NetnsTracker {
                     new_remotes,
                     new_remotes_total: new_total,
                     shared_with: count_u32(members.len() - 1),
+                    raw_sockets: raw.raw,
+                    packet_sockets: raw.packet,
                 }),
             });
             next.insert(
@@ -881,12 +994,27 @@ impl NetnsCollector {
                             snmp,
                             tcp: None,
                             tcp6: None,
+                            raw: None,
+                            raw6: None,
+                            packet: None,
                         },
                     );
                 }
             }
         }
         let mut readings: Vec<NetnsReading> = readings.into_values().collect();
+        // Raw and packet sockets every reading: a short SYN scan leaves no
+        // trace in the TCP counters, and these tables are small (the
+        // namespace's own raw and packet sockets).
+        for r in readings.iter_mut() {
+            let Some(pid) = pid_of.get(&r.netns) else {
+                continue;
+            };
+            let dir = self.proc_root.join(pid.to_string()).join("net");
+            r.raw = read_small(&dir.join("raw")).ok();
+            r.raw6 = read_small(&dir.join("raw6")).ok();
+            r.packet = read_small(&dir.join("packet")).ok();
+        }
         let plan = self.tracker.table_plan(&readings);
         for r in readings.iter_mut().filter(|r| plan.contains(&r.netns)) {
             let Some(pid) = pid_of.get(&r.netns) else {
@@ -1114,6 +1242,9 @@ Udp: InDatagrams NoPorts\nUdp: 0 0\n";
             snmp,
             tcp: Some(table(rows)),
             tcp6: None,
+            raw: None,
+            raw6: None,
+            packet: None,
         }
     }
 
@@ -1396,6 +1527,118 @@ Udp: InDatagrams NoPorts\nUdp: 0 0\n";
         assert!(!activity(&ev[0]).1.tables);
     }
 
+    /// What this machine's kernel printed while nmap ran a SYN scan
+    /// (`nmap -sS`), and while busybox `ping` and `arping` ran.
+    const RAW_NMAP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+ 141: 00000000:00FF 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 11747 2 000000000398f2f4 0\n";
+    const RAW_PING: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+ 174: 00000000:0001 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 12723 2 0000000085760eeb 0\n";
+    const RAW6_TCP: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+  6: 00000000000000000000000000000000:0006 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 9 2 0000000000000000 0\n\
+ 58: 00000000000000000000000000000000:003A 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 10 2 0000000000000000 0\n";
+    const PACKET_NMAP: &str = "sk               RefCnt Type Proto  Iface R Rmem   User   Inode\n\
+000000003f62ab42 3      3    0003   0     1 212992 0      11744 \n\
+0000000071016e83 3      3    0003   7     1 0      0      11749 \n";
+    const PACKET_ARPING: &str = "sk               RefCnt Type Proto  Iface R Rmem   User   Inode\n\
+0000000087c8ae04 3      2    0806   7     1 0      0      13460 \n";
+
+    #[test]
+    fn raw_and_packet_tables_count_what_a_syn_scan_holds_and_not_ping() {
+        let mut r = RawSockets::default();
+        parse_raw_table(RAW_NMAP, &mut r);
+        parse_packet_table(PACKET_NMAP, &mut r);
+        assert_eq!((r.raw, r.icmp, r.packet, r.malformed), (1, 0, 2, 0));
+        let mut r = RawSockets::default();
+        parse_raw_table(RAW_PING, &mut r);
+        parse_raw_table(RAW6_TCP, &mut r);
+        parse_packet_table(PACKET_ARPING, &mut r);
+        assert_eq!((r.raw, r.icmp, r.packet, r.malformed), (1, 2, 1, 0));
+        // Empty tables (header only) and malformed rows.
+        let mut r = RawSockets::default();
+        parse_raw_table(RAW_NMAP.lines().next().unwrap(), &mut r);
+        parse_packet_table("sk RefCnt Type Proto Iface R Rmem User Inode\n", &mut r);
+        assert_eq!(r, RawSockets::default());
+        for bad in [
+            " 1: 0000000:00FF 00000000:0000 07",
+            " 1: 00000000:0FF 00000000:0000 07",
+            " x: 00000000:00FF 00000000:0000 07",
+            "1 00000000:00FF",
+            " 1: 0000000g:00FF 00000000:0000 07",
+        ] {
+            let mut r = RawSockets::default();
+            parse_raw_table(bad, &mut r);
+            assert_eq!((r.raw, r.icmp, r.malformed), (0, 0, 1), "{bad}");
+        }
+        for bad in [
+            "00000000 3 3 0003 0 1 0 0",
+            "00000000 3 3 0003 0 1 0 0 1 2",
+            "0000000z 3 3 0003 0 1 0 0 1",
+            "00000000 3 x 0003 0 1 0 0 1",
+            "00000000 3 3 003 0 1 0 0 1",
+        ] {
+            let mut r = RawSockets::default();
+            parse_packet_table(bad, &mut r);
+            assert_eq!((r.packet, r.malformed), (0, 1), "{bad}");
+        }
+        // Bounded.
+        let mut big = String::from("sk RefCnt\n");
+        for _ in 0..MAX_SOCKETS + 5 {
+            big.push_str("0000000087c8ae04 3 2 0806 7 1 0 0 13460\n");
+        }
+        let mut r = RawSockets::default();
+        parse_packet_table(&big, &mut r);
+        assert_eq!((r.packet as usize, r.truncated), (MAX_SOCKETS, 5));
+    }
+
+    #[test]
+    fn raw_and_packet_sockets_reach_the_event_at_every_reading() {
+        let mut t = NetnsTracker::new();
+        let mut stats = NetnsStats::default();
+        let with = |raw: &str, packet: &str| NetnsReading {
+            raw: Some(raw.to_string()),
+            packet: Some(packet.to_string()),
+            ..snmp_only(reading(7, &["s"], snmp(0, 0), &[]))
+        };
+        let ev = t.step(1_000, &[with(RAW_NMAP, PACKET_NMAP)], &mut stats);
+        let n = activity(&ev[0]).1;
+        assert_eq!((n.raw_sockets, n.packet_sockets), (1, 2));
+        // Counters still, no TCP table read: the sockets are seen anyway.
+        let ev = t.step(2_000, &[with(RAW_NMAP, PACKET_NMAP)], &mut stats);
+        let n = activity(&ev[0]).1;
+        assert!(!n.tables);
+        assert_eq!((n.raw_sockets, n.packet_sockets), (1, 2));
+        let ev = t.step(3_000, &[with(RAW_PING, "")], &mut stats);
+        let n = activity(&ev[0]).1;
+        assert_eq!((n.raw_sockets, n.packet_sockets), (0, 0));
+        assert_eq!(stats.bad_rows, 0);
+    }
+
+    #[test]
+    fn the_collector_reads_raw_and_packet_tables_every_sample() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cg = tmp.path().join("cgroup");
+        let proc = tmp.path().join("proc");
+        let id = "a".repeat(64);
+        let d = cg.join("pids/docker").join(&id);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("cgroup.procs"), "11\n").unwrap();
+        for pid in ["1", "11"] {
+            std::fs::create_dir_all(proc.join(pid).join("net")).unwrap();
+        }
+        std::fs::write(proc.join("1/net/snmp"), snmp(1000, 0)).unwrap();
+        let net = proc.join("11/net");
+        std::fs::write(net.join("snmp"), snmp(5, 0)).unwrap();
+        let mut c = NetnsCollector::new(cg, proc.clone()).unwrap();
+        let (ev, _) = c.sample(1_000).unwrap();
+        assert_eq!(activity(&ev[0]).1.raw_sockets, 0);
+        // The scan starts between two readings; no TCP counter moves.
+        std::fs::write(net.join("raw"), RAW_NMAP).unwrap();
+        std::fs::write(net.join("packet"), PACKET_NMAP).unwrap();
+        let (ev, _) = c.sample(2_000).unwrap();
+        let n = activity(&ev[0]).1;
+        assert_eq!((n.raw_sockets, n.packet_sockets, n.tables), (1, 2, false));
+    }
+
     proptest! {
         #[test]
         fn any_text_parses_or_fails_cleanly(s in "\\PC{0,400}") {
@@ -1404,6 +1647,25 @@ Udp: InDatagrams NoPorts\nUdp: 0 0\n";
             let mut out = Vec::new();
             let st = parse_tcp_table(&s, &mut out);
             prop_assert_eq!(st.rows as usize, out.len());
+            let lines = s.lines().count() as u64;
+            let mut r = RawSockets::default();
+            parse_raw_table(&s, &mut r);
+            prop_assert!(r.rows() + u64::from(r.malformed) <= lines);
+            prop_assert_eq!(r.packet, 0);
+            let mut p = RawSockets::default();
+            parse_packet_table(&s, &mut p);
+            prop_assert!(p.rows() + u64::from(p.malformed) <= lines);
+            prop_assert_eq!(p.raw + p.icmp, 0);
+        }
+
+        #[test]
+        fn raw_rows_decode_by_protocol(proto in any::<u16>(), v6 in any::<bool>(), sl in 0u32..10_000) {
+            let addr = if v6 { "0".repeat(32) } else { "0".repeat(8) };
+            let row = format!("{sl:4}: {addr}:{proto:04X} {addr}:0000 07 00000000:00000000 00:00000000 00000000 0 0 1 2 0 0\n");
+            let mut r = RawSockets::default();
+            parse_raw_table(&row, &mut r);
+            let icmp = proto == 1 || proto == 58;
+            prop_assert_eq!((r.raw, r.icmp, r.malformed), (u32::from(!icmp), u32::from(icmp), 0));
         }
 
         #[test]
