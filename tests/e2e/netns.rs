@@ -11,7 +11,8 @@
 //! Checked: the scanner's namespace shows the failed attempts and the
 //! `port_scan` rule opens an incident on the scanner; the miner's
 //! connection, seen in its socket table, opens a `stratum_port` incident on
-//! the miner (and nothing else); the server (which answered 100 probes with
+//! the miner (and nothing else); an ARP tool's packet socket (busybox
+//! `arping`) opens a `raw_socket` incident on its container; the server (which answered 100 probes with
 //! resets), the client (whose fetches the node saw as successful active
 //! opens) and the sidecar open none; the shared namespace is attributed to
 //! one container only (never to the sidecar); the host-network container
@@ -195,12 +196,24 @@ fn run() -> Result<()> {
         &[],
         &format!("while [ ! -f /go ]; do sleep 0.2; done; sleep 60 | nc {ip} 3333"),
     )?;
+    // An ARP tool, as a spoofer or a LAN scanner would run: a packet
+    // socket, which no TCP counter shows.
+    let sniffer = start(
+        "sniffer",
+        &[],
+        &format!(
+            "while [ ! -f /go ]; do sleep 0.2; done; \
+             arping -c 30 {ip} >/dev/null 2>&1; sleep 60"
+        ),
+    )?;
     let host = start("hostnet", &["--network", "host"], "sleep 60")?;
     // The node has read the scanner's and the client's namespaces (a
     // baseline) before the sidecar joins and before anything happens.
     wait_for("baseline readings", Duration::from_secs(15), || {
         let n = net_events(&rec);
-        !of(&n, &scanner).is_empty() && !of(&n, &client).is_empty() && !of(&n, &miner).is_empty()
+        [&scanner, &client, &miner, &sniffer]
+            .iter()
+            .all(|id| !of(&n, id).is_empty())
     })
     .with_context(log)?;
     let sidecar = start(
@@ -214,7 +227,7 @@ fn run() -> Result<()> {
             .any(|(c, n)| scanner.starts_with(c.as_str()) && n.shared_with == 1)
     })
     .with_context(log)?;
-    for role in ["client", "scanner", "miner"] {
+    for role in ["client", "scanner", "miner", "sniffer"] {
         docker_ok(
             &["exec", &name(role), "/bin/busybox", "touch", "/go"],
             Duration::from_secs(20),
@@ -239,6 +252,16 @@ fn run() -> Result<()> {
             on(&alerts(&alerts_path), &miner)
                 .iter()
                 .any(|a| a.rules.iter().any(|r| r.id == "stratum_port"))
+        },
+    )
+    .with_context(|| format!("{:?}\n{}", alerts(&alerts_path), log()))?;
+    wait_for(
+        "a raw_socket incident on the sniffer",
+        Duration::from_secs(20),
+        || {
+            on(&alerts(&alerts_path), &sniffer)
+                .iter()
+                .any(|a| a.rules.iter().any(|r| r.id == "raw_socket"))
         },
     )
     .with_context(|| format!("{:?}\n{}", alerts(&alerts_path), log()))?;
@@ -292,6 +315,31 @@ fn run() -> Result<()> {
             .all(|a| a.rules.iter().all(|r| r.id == "stratum_port")),
         "the miner: {:?}",
         on(&all, &miner)
+    );
+    let raw = on(&all, &sniffer)
+        .iter()
+        .flat_map(|a| &a.rules)
+        .find(|r| r.id == "raw_socket")
+        .cloned()
+        .context("raw_socket rule")?;
+    println!("  {}: {}", raw.id, raw.event);
+    ensure!(
+        raw.event == "0 raw IP and 1 packet sockets open in the network namespace",
+        "{raw:?}"
+    );
+    ensure!(
+        on(&all, &sniffer)
+            .iter()
+            .all(|a| a.rules.iter().all(|r| r.id == "raw_socket")),
+        "the sniffer: {:?}",
+        on(&all, &sniffer)
+    );
+    // Nobody else held a raw or packet socket.
+    ensure!(
+        net.iter()
+            .filter(|(c, _)| !sniffer.starts_with(c.as_str()))
+            .all(|(_, n)| n.raw_sockets == 0 && n.packet_sockets == 0),
+        "raw or packet sockets outside the sniffer"
     );
     ensure!(
         client_opens >= 6 && client_fails == 0,
