@@ -679,6 +679,28 @@ close_after_windows = 0
     }
 
     #[test]
+    fn deployed_configs_are_valid_and_read_the_network_namespaces() {
+        for (name, text) in [
+            ("compose", include_str!("../../deploy/compose/node.toml")),
+            ("k8s base", include_str!("../../deploy/k8s/base/node.toml")),
+            (
+                "k8s edge overlay",
+                include_str!("../../deploy/k8s/overlays/edge-cluster/node.toml"),
+            ),
+        ] {
+            let c = NodeConfig::from_toml(text, Path::new("node.toml"))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            c.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            let kinds: Vec<bool> = c
+                .all_sources()
+                .iter()
+                .map(|s| matches!(s, SourceConfig::Netns { .. }))
+                .collect();
+            assert_eq!(kinds, [false, true], "{name}: cgroup, then netns");
+        }
+    }
+
+    #[test]
     fn several_real_sources_and_their_limits() {
         let text = r#"
 data_dir = "d"
