@@ -25,7 +25,7 @@ use crate::config::DetectorConfig;
 use crate::detection::detector::{Detector, calibrate_threshold, top_features};
 use crate::detection::features::{FeatureWindow, NUM_FEATURES, WindowBuilder, feature_schema_hash};
 use crate::detection::incident::{
-    IncidentConfig, IncidentEvent, IncidentStats, IncidentTracker, WindowVerdict,
+    IncidentConfig, IncidentEvent, IncidentStats, IncidentTracker, TrackerSnapshot, WindowVerdict,
 };
 use crate::detection::model::{Autoencoder, ModelSpec, TrainConfig};
 use crate::detection::rules::RuleHit;
@@ -281,6 +281,8 @@ pub struct AgentStats {
     pub models_refused: u64,
     /// Global models held back as far worse on this node's windows.
     pub models_held_back: u64,
+    /// Windows whose incident state could not be stored.
+    pub incident_store_errors: u64,
 }
 
 /// Static settings of an agent.
@@ -347,6 +349,7 @@ impl Agent {
         let Some(store) = agent.store.clone() else {
             return Ok(agent);
         };
+        agent.restore_incidents(&store);
         if let (Some(bytes), Some(verifier)) = (store.global_model()?, verifier) {
             match verify_global_model(&bytes, verifier, &agent.settings.tenant, None, now) {
                 Ok(g) if g.round > 0 => {
@@ -396,6 +399,61 @@ impl Agent {
             info!("restored local bootstrap model from store");
         }
         Ok(agent)
+    }
+
+    /// Goes on from the stored incident state: open incidents stay open
+    /// (no second page after a restart, and their close is still sent),
+    /// known containers keep their own baseline. A state that does not
+    /// decode or restore is dropped with a warning: the node then starts
+    /// as a new one would, nothing else is lost.
+    fn restore_incidents(&mut self, store: &NodeStore) {
+        let bytes = match store.incidents() {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(error = %e, "stored incident state unreadable; starting without it");
+                return;
+            }
+        };
+        let restored = serde_json::from_slice::<TrackerSnapshot>(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|snap| {
+                IncidentTracker::restore(self.settings.incidents.clone(), snap)
+                    .map_err(|e| e.to_string())
+            });
+        match restored {
+            Ok((tracker, st)) => {
+                info!(
+                    containers = st.restored,
+                    open = tracker.open_count(),
+                    dropped = st.dropped,
+                    repaired = st.repaired,
+                    "restored incident state"
+                );
+                self.incidents = tracker;
+            }
+            Err(error) => {
+                warn!(%error, "stored incident state does not restore; starting without it");
+                if let Err(e) = store.remove_incidents() {
+                    warn!(error = %e, "cannot remove the stored incident state");
+                }
+            }
+        }
+    }
+
+    /// Stores the incident tracker's state (after every tick).
+    fn persist_incidents(&mut self) {
+        let Some(store) = &self.store else { return };
+        let stored = serde_json::to_vec(&self.incidents.snapshot())
+            .map_err(|e| e.to_string())
+            .and_then(|b| store.put_incidents(&b).map_err(|e| e.to_string()));
+        if let Err(error) = stored {
+            self.stats.incident_store_errors += 1;
+            // Once per 1,000 failures: a full disk fails every window.
+            if self.stats.incident_store_errors % 1000 == 1 {
+                warn!(%error, failures = self.stats.incident_store_errors, "incident state not stored: a restart would page again for open incidents");
+            }
+        }
     }
 
     /// Settings.
@@ -544,6 +602,7 @@ impl Agent {
             }
         }
         let events: Vec<IncidentEvent> = self.incidents.step(end_ms, &verdicts, hits);
+        self.persist_incidents();
         let alerts: Vec<Alert> = events
             .iter()
             .map(|e| Alert::incident(e, &self.settings.tenant, &self.settings.node, model_version))
@@ -1374,10 +1433,10 @@ mod tests {
         // restart neither enter the buffer nor recalibrate it away.
         assert_eq!(agent.calibrated_on, calibrated_on);
 
-        // A fresh window builder has no baselines: skip one window. After a
-        // restart every container is new to the incident tracker: attack two
-        // containers once their warm-up is over, while the other two stay
-        // benign. Each attacked container opens exactly one incident within
+        // A fresh window builder has no baselines: skip one window. No
+        // container was scored before the restart (there was no model), so
+        // each still has its warm-up: attack two containers once it is
+        // over, while the other two stay benign. Each attacked container opens exactly one incident within
         // three windows, the benign ones none.
         let (last, _) = step(&mut agent, &mut src);
         let warmup = u64::from(IncidentConfig::default().warmup_windows);
@@ -1456,6 +1515,66 @@ mod tests {
         assert_eq!(restored.scaler, det.scaler);
         assert_eq!(restored.threshold, det.threshold);
         assert_eq!(agent.calibrated_on, rec.calibrated_on);
+    }
+
+    #[test]
+    fn an_incident_open_across_a_restart_pages_once_and_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let mut agent = Agent::new(settings(32, 80), Some(store.clone()), None, now()).unwrap();
+        let mut src = benign_source(5);
+        // Bootstrap (20 windows), then every container's warm-up.
+        run(&mut agent, &mut src, 40);
+        assert!(agent.detector().is_some());
+        let (last, _) = step(&mut agent, &mut src);
+        let (start, duration) = (last + 1, 12);
+        src.inject("batch-1", AttackKind::ForkBomb, start, duration)
+            .unwrap();
+        let mut opened = None;
+        for _ in 0..5 {
+            for a in step(&mut agent, &mut src).1 {
+                if a.container == "batch-1" && a.state == IncidentState::Open {
+                    opened = Some(a.incident.clone());
+                }
+            }
+        }
+        let incident = opened.expect("the fork bomb opens an incident");
+        drop(agent);
+        drop(store);
+
+        // The attack goes on across the restart, then stops.
+        let mut agent =
+            Agent::new(settings(32, 80), Some(open_store(dir.path())), None, now()).unwrap();
+        assert!(agent.incident_open("batch-1"));
+        let mut closed = Vec::new();
+        for _ in 0..duration + 40 {
+            for a in step(&mut agent, &mut src).1 {
+                assert_ne!(
+                    (a.container.as_str(), a.state),
+                    ("batch-1", IncidentState::Open),
+                    "paged again after the restart"
+                );
+                if a.state == IncidentState::Close {
+                    closed.push(a);
+                }
+            }
+        }
+        let close = closed
+            .iter()
+            .find(|a| a.container == "batch-1")
+            .expect("closed after the attack");
+        assert_eq!(close.incident, incident);
+        assert_eq!(agent.stats().incident_store_errors, 0);
+    }
+
+    #[test]
+    fn undecodable_incident_state_is_dropped_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        store.put_incidents(b"{not json").unwrap();
+        let agent = Agent::new(settings(32, 80), Some(store.clone()), None, now()).unwrap();
+        assert_eq!(agent.open_incidents(), 0);
+        assert_eq!(store.incidents().unwrap(), None);
     }
 
     #[test]

@@ -47,6 +47,7 @@ const LOCAL: &[u8] = b"local_model";
 const CALIBRATED_ON: &[u8] = b"calibrated_on";
 const OUTBOX: &[u8] = b"alert_outbox";
 const RESPONSES: &[u8] = b"responses";
+const INCIDENTS: &[u8] = b"incidents";
 
 impl NodeStore {
     /// Opens or creates the store.
@@ -134,6 +135,27 @@ impl NodeStore {
     /// A number larger than every one returned before, across restarts.
     pub fn next_sequence(&self) -> Result<u64, NodeStoreError> {
         Ok(self.db.generate_id()?)
+    }
+
+    /// The incident tracker's state as last stored (JSON of
+    /// [`crate::detection::incident::TrackerSnapshot`]; decoded and checked
+    /// by the caller).
+    pub fn incidents(&self) -> Result<Option<Vec<u8>>, NodeStoreError> {
+        Ok(self.db.get(INCIDENTS)?.map(|v| v.to_vec()))
+    }
+
+    /// Replaces the incident tracker's state. Not flushed here: sled's
+    /// background flush makes it durable within half a second, and the next
+    /// window writes it again.
+    pub fn put_incidents(&self, bytes: &[u8]) -> Result<(), NodeStoreError> {
+        self.db.insert(INCIDENTS, bytes)?;
+        Ok(())
+    }
+
+    /// Forgets the incident tracker's state (it did not decode).
+    pub fn remove_incidents(&self) -> Result<(), NodeStoreError> {
+        self.db.remove(INCIDENTS)?;
+        Ok(())
     }
 
     /// Stores the local bootstrap model.

@@ -267,7 +267,7 @@ pub struct IncidentRule {
 }
 
 /// One incident of one container.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
     /// Container id.
     pub container: String,
@@ -370,8 +370,10 @@ pub fn severity_index(s: Severity) -> usize {
     }
 }
 
-#[derive(Debug, Clone, Default)]
-struct Track {
+/// One container's state. Between ticks the `*_now` flags are false, so a
+/// snapshot (taken between ticks) leaves them out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Track {
     last_tick: u64,
     cusum: f32,
     baseline: Option<f32>,
@@ -380,10 +382,126 @@ struct Track {
     open: Option<Incident>,
     last_record_ms: u64,
     windows_at_record: u32,
+    #[serde(skip)]
     opened_now: bool,
+    #[serde(skip)]
     escalated_now: bool,
     /// A window above both bars or a rule hit this tick.
+    #[serde(skip)]
     evidence_now: bool,
+}
+
+/// Version of [`TrackerSnapshot`]'s layout.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// Longest container id, top-feature name and rule text a restored
+/// snapshot keeps (longer ones are cut).
+const MAX_RESTORED_TEXT: usize = 1024;
+
+/// Top features a restored incident keeps.
+const MAX_RESTORED_FEATURES: usize = 64;
+
+/// What of a tracker survives a restart ([`IncidentTracker::snapshot`],
+/// [`IncidentTracker::restore`]): per container its evidence, own
+/// baseline (so a known container has no second warm-up) and open
+/// incident (so a restart neither pages again for it nor forgets to close
+/// it). The configuration is not part of it: the restarted node's applies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrackerSnapshot {
+    /// [`SNAPSHOT_VERSION`].
+    pub version: u32,
+    /// Ticks so far.
+    pub tick: u64,
+    /// Per container id.
+    pub tracks: BTreeMap<String, Track>,
+}
+
+/// Why a snapshot could not be restored at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// Written by another layout version.
+    #[error("incident snapshot version {0}, this node reads version {SNAPSHOT_VERSION}")]
+    Version(u32),
+}
+
+/// What restoring repaired or dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    /// Containers restored.
+    pub restored: usize,
+    /// Containers dropped: a non-finite value, or beyond `max_containers`
+    /// (the least recently seen go first).
+    pub dropped: usize,
+    /// Containers kept with a field cut or clamped into its bounds.
+    pub repaired: usize,
+}
+
+fn cut(s: &mut String) -> bool {
+    if s.len() <= MAX_RESTORED_TEXT {
+        return false;
+    }
+    let mut end = MAX_RESTORED_TEXT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    true
+}
+
+impl Track {
+    /// Whether every number is finite (a stored NaN must not reach the
+    /// evidence).
+    fn finite(&self) -> bool {
+        let inc_ok = self.open.as_ref().is_none_or(|i| {
+            i.evidence.is_finite()
+                && i.peak
+                    .is_none_or(|(s, t)| s.is_finite() && t.is_finite() && t > 0.0)
+                && i.top_features.iter().all(|(_, v)| v.is_finite())
+        });
+        self.cusum.is_finite() && self.baseline.is_none_or(f32::is_finite) && inc_ok
+    }
+
+    /// Brings the fields into the bounds live tracking keeps; true if
+    /// anything changed.
+    fn repair(&mut self, cfg: &IncidentConfig, tick: u64) -> bool {
+        let mut changed = false;
+        let cap = cfg.open_bound * CUSUM_CAP_FACTOR;
+        let c = self.cusum.clamp(0.0, cap.max(0.0));
+        changed |= c != self.cusum;
+        self.cusum = c;
+        if let Some(b) = self.baseline {
+            let nb = b.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO);
+            changed |= nb != b;
+            self.baseline = Some(nb);
+        }
+        if self.last_tick > tick {
+            self.last_tick = tick;
+            changed = true;
+        }
+        if let Some(inc) = self.open.as_mut() {
+            changed |= cut(&mut inc.container);
+            if inc.rules.len() > MAX_RULES_PER_INCIDENT {
+                inc.rules.truncate(MAX_RULES_PER_INCIDENT);
+                changed = true;
+            }
+            for r in &mut inc.rules {
+                changed |= cut(&mut r.id) | cut(&mut r.description) | cut(&mut r.event);
+            }
+            if inc.top_features.len() > MAX_RESTORED_FEATURES {
+                inc.top_features.truncate(MAX_RESTORED_FEATURES);
+                changed = true;
+            }
+            for (name, _) in &mut inc.top_features {
+                changed |= cut(name);
+            }
+            if inc.closed_ms.is_some() || inc.close_reason.is_some() {
+                inc.closed_ms = None;
+                inc.close_reason = None;
+                changed = true;
+            }
+        }
+        changed
+    }
 }
 
 /// Per-container incident state (see the module documentation).
@@ -434,6 +552,60 @@ impl IncidentTracker {
     /// The open incident of `container`.
     pub fn open_incident(&self, container: &str) -> Option<&Incident> {
         self.tracks.get(container).and_then(|t| t.open.as_ref())
+    }
+
+    /// The state to store between ticks (see [`TrackerSnapshot`]).
+    pub fn snapshot(&self) -> TrackerSnapshot {
+        TrackerSnapshot {
+            version: SNAPSHOT_VERSION,
+            tick: self.tick,
+            tracks: self.tracks.clone(),
+        }
+    }
+
+    /// A tracker with `cfg` that goes on from `snap`: containers with a
+    /// non-finite value are dropped, fields beyond the live bounds cut or
+    /// clamped, and at most `max_containers` kept (the most recently seen).
+    /// The counters start at zero.
+    pub fn restore(
+        cfg: IncidentConfig,
+        snap: TrackerSnapshot,
+    ) -> Result<(Self, RestoreStats), RestoreError> {
+        if snap.version != SNAPSHOT_VERSION {
+            return Err(RestoreError::Version(snap.version));
+        }
+        let mut stats = RestoreStats::default();
+        let mut tracks: Vec<(String, Track)> = Vec::with_capacity(snap.tracks.len());
+        for (mut id, mut t) in snap.tracks {
+            if !t.finite() {
+                stats.dropped += 1;
+                continue;
+            }
+            let mut changed = t.repair(&cfg, snap.tick);
+            if cut(&mut id) {
+                changed = true;
+            }
+            stats.repaired += usize::from(changed);
+            tracks.push((id, t));
+        }
+        if tracks.len() > cfg.max_containers {
+            // The most recently seen first (ties: lowest id, as eviction).
+            tracks.sort_by(|a, b| b.1.last_tick.cmp(&a.1.last_tick).then(a.0.cmp(&b.0)));
+            stats.dropped += tracks.len() - cfg.max_containers;
+            tracks.truncate(cfg.max_containers);
+        }
+        let kept = tracks.len();
+        // Ids cut to the same prefix keep one track.
+        let tracks: BTreeMap<String, Track> = tracks.into_iter().collect();
+        stats.dropped += kept - tracks.len();
+        stats.restored = tracks.len();
+        let me = Self {
+            cfg,
+            tracks,
+            tick: snap.tick,
+            stats: IncidentStats::default(),
+        };
+        Ok((me, stats))
     }
 
     /// One tick at `now_ms`: this tick's windows and rule hits. Returns the
@@ -1055,6 +1227,102 @@ mod tests {
         assert_eq!(a.len(), 5, "{a:?}");
     }
 
+    fn restart(tr: &IncidentTracker) -> (IncidentTracker, RestoreStats) {
+        let bytes = serde_json::to_vec(&tr.snapshot()).unwrap();
+        let snap: TrackerSnapshot = serde_json::from_slice(&bytes).unwrap();
+        IncidentTracker::restore(tr.config().clone(), snap).unwrap()
+    }
+
+    #[test]
+    fn a_restart_neither_pages_again_nor_loses_the_close() {
+        let mut tr = IncidentTracker::new(cfg());
+        let before = feed(&mut tr, "a", &[0.5, 0.5, 0.5, 0.5, 4.0, 4.0]);
+        assert_eq!(states(&before), [(5, IncidentState::Open)]);
+        let opened = before[0].1.incident.clone();
+        let (mut tr, st) = restart(&tr);
+        assert_eq!((st.restored, st.dropped, st.repaired), (1, 0, 0));
+        assert!(tr.is_open("a"));
+        // Still attacked, then quiet: no second open; one close of the
+        // same incident (same opening time, so the same incident id).
+        let after = feed(&mut tr, "a", &[4.0, 4.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]);
+        assert_eq!(states(&after), [(7, IncidentState::Close)]);
+        let closed = &after[0].1.incident;
+        assert_eq!(closed.opened_ms, opened.opened_ms);
+        assert_eq!(closed.windows, 9);
+        assert!(closed.seq > opened.seq);
+        // A known container has no second warm-up: a jump right after a
+        // restart is judged at once (a new tracker would wait 3 windows).
+        let mut tr = IncidentTracker::new(cfg());
+        feed(&mut tr, "b", &[0.5; 5]);
+        let (mut tr, _) = restart(&tr);
+        assert_eq!(
+            states(&feed(&mut tr, "b", &[9.0])),
+            [(0, IncidentState::Open)]
+        );
+        let mut fresh = IncidentTracker::new(cfg());
+        assert!(feed(&mut fresh, "b", &[9.0]).is_empty());
+    }
+
+    #[test]
+    fn restore_drops_what_is_not_finite_and_keeps_the_bounds() {
+        let mut tr = IncidentTracker::new(IncidentConfig {
+            max_containers: 3,
+            ..cfg()
+        });
+        for (i, s) in [0.5, 0.5, 0.5, 0.5, 4.0, 4.0].into_iter().enumerate() {
+            let all = [verdict("a", s), verdict("b", s), verdict("c", s)];
+            tr.step(i as u64 * 10_000, &all, &[]);
+        }
+        assert_eq!(tr.open_count(), 3);
+        let mut snap = tr.snapshot();
+        snap.tracks.get_mut("a").unwrap().cusum = f32::NAN;
+        let b = snap.tracks.get_mut("b").unwrap();
+        b.cusum = 1e9;
+        b.last_tick = u64::MAX;
+        let inc = b.open.as_mut().unwrap();
+        inc.rules = (0..40)
+            .map(|i| IncidentRule {
+                id: format!("r{i}"),
+                severity: Severity::High,
+                description: "x".repeat(5000),
+                event: "é".repeat(3000),
+                first_ms: 0,
+                count: 1,
+            })
+            .collect();
+        inc.closed_ms = Some(1);
+        snap.tracks.insert("d".into(), Track::default());
+        snap.tracks.insert("e".into(), Track::default());
+        let (tr2, st) = IncidentTracker::restore(
+            IncidentConfig {
+                max_containers: 2,
+                ..cfg()
+            },
+            snap.clone(),
+        )
+        .unwrap();
+        // a: NaN; of b, c, d, e the two most recently seen stay (b's tick
+        // clamped to the tracker's).
+        assert_eq!((st.restored, st.dropped, st.repaired), (2, 3, 1));
+        assert_eq!(tr2.tracked(), 2);
+        let b = &tr2.tracks["b"];
+        assert_eq!(b.cusum, cfg().open_bound * CUSUM_CAP_FACTOR);
+        assert_eq!(b.last_tick, snap.tick);
+        let inc = b.open.as_ref().unwrap();
+        assert_eq!(inc.rules.len(), MAX_RULES_PER_INCIDENT);
+        assert!(
+            inc.rules
+                .iter()
+                .all(|r| r.description.len() <= 1024 && r.event.len() <= 1024)
+        );
+        assert_eq!(inc.closed_ms, None);
+        snap.version = 9;
+        assert_eq!(
+            IncidentTracker::restore(cfg(), snap).unwrap_err(),
+            RestoreError::Version(9)
+        );
+    }
+
     #[test]
     fn config_problems_name_the_key() {
         assert!(IncidentConfig::default().problems().is_empty());
@@ -1077,6 +1345,49 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn a_restored_tracker_goes_on_as_if_never_stopped(
+            steps in proptest::collection::vec(
+                (0u8..6, prop_oneof![Just(f32::NAN), 0.0f32..20.0], any::<bool>()),
+                2..300),
+            cut in any::<proptest::sample::Index>(),
+        ) {
+            let cfg = IncidentConfig {
+                warmup_windows: 2,
+                max_containers: 4,
+                forget_after_windows: 20,
+                close_after_windows: 3,
+                update_interval_s: 30,
+                ..IncidentConfig::default()
+            };
+            let at = cut.index(steps.len());
+            let run = |tr: &mut IncidentTracker, range: std::ops::Range<usize>| {
+                let mut out = Vec::new();
+                for (i, (c, s, rule)) in steps[range.clone()].iter().enumerate() {
+                    let now = (range.start + i) as u64 * 10_000;
+                    let id = format!("c{c}");
+                    let hits = if *rule && *c == 0 { vec![rule_hit(&id, "ptrace_attach", now)] } else { vec![] };
+                    out.extend(tr.step(now, &[verdict(&id, *s)], &hits));
+                }
+                out
+            };
+            let mut whole = IncidentTracker::new(cfg.clone());
+            run(&mut whole, 0..at);
+            let expected = run(&mut whole, at..steps.len());
+            let mut first = IncidentTracker::new(cfg.clone());
+            run(&mut first, 0..at);
+            let (mut second, st) = restart(&first);
+            prop_assert_eq!(st.dropped + st.repaired, 0);
+            prop_assert_eq!(run(&mut second, at..steps.len()), expected);
+        }
+
+        #[test]
+        fn any_stored_bytes_restore_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(snap) = serde_json::from_slice::<TrackerSnapshot>(&bytes) {
+                let _ = IncidentTracker::restore(cfg(), snap);
+            }
+        }
+
         #[test]
         fn random_scores_never_panic_and_state_stays_bounded(
             steps in proptest::collection::vec(

@@ -109,6 +109,7 @@ pub struct NodeMetrics {
     held_back: Gauge,
     models_refused: Counter,
     models_held_back: Counter,
+    incident_store_errors: Counter,
     rule_hits: Option<(
         Arc<crate::detection::rules::RuleCounters>,
         Family<RuleLabel, Counter>,
@@ -144,6 +145,7 @@ impl NodeMetrics {
             held_back: Gauge::default(),
             models_refused: Counter::default(),
             models_held_back: Counter::default(),
+            incident_store_errors: Counter::default(),
             rule_hits: None,
             credentials: None,
         };
@@ -237,6 +239,11 @@ impl NodeMetrics {
             "models_held_back",
             "Global models held back as far worse on this node's benign windows",
             m.models_held_back.clone(),
+        );
+        registry.register(
+            "incident_store_errors",
+            "Windows whose incident state could not be stored (a restart would page again for open incidents)",
+            m.incident_store_errors.clone(),
         );
         Self {
             registry: root,
@@ -392,6 +399,9 @@ impl NodeMetrics {
             self.models_held_back
                 .inner()
                 .store(st.models_held_back, Ordering::Relaxed);
+            self.incident_store_errors
+                .inner()
+                .store(st.incident_store_errors, Ordering::Relaxed);
         }
         for (i, name) in SOURCE_NAMES.iter().enumerate() {
             let v = self.sources.parse_errors[i].load(Ordering::Relaxed);
