@@ -22,8 +22,10 @@
 //! the attack runs, and the median time from the attack's start to the end
 //! of the window that opened it; on the benign set: incidents opened per
 //! container-day. Figures are means over nodes (medians pooled over nodes
-//! and containers). A sweep of `open_bound` shows the alert budget each
-//! bound buys on this fleet.
+//! and containers). The **node** column is the node as it runs: the
+//! federated model's scores and the rule layer's hits on the same windows'
+//! events (default `[rules]`) through one tracker. A sweep of
+//! `open_bound` shows the alert budget each bound buys on this fleet.
 
 use std::collections::BTreeMap;
 
@@ -34,8 +36,9 @@ use fedmesh_node::detection::features::FeatureWindow;
 use fedmesh_node::detection::incident::{
     IncidentConfig, IncidentState, IncidentTracker, WindowVerdict,
 };
+use fedmesh_node::detection::rules::{RuleEngine, RuleHit, RulesConfig};
 use fedmesh_node::sim::metrics::roc_auc;
-use fedmesh_node::sim::synthetic::{AttackKind, Profile, labelled_windows};
+use fedmesh_node::sim::synthetic::{AttackKind, HitsByWindow, Profile, labelled_windows_and_hits};
 use serde::Serialize;
 
 use crate::demo::{self, DemoOptions, WINDOW_MS};
@@ -139,6 +142,10 @@ pub struct QualityReport {
     pub pca_components: f32,
     /// Federated global model, node thresholds.
     pub federated: DetectorFigures,
+    /// The node as it runs: the federated model and the rule layer
+    /// (default `[rules]`) on the same windows' events, through one
+    /// incident tracker (AUC and window recall are the model's).
+    pub node: DetectorFigures,
     /// Local-only autoencoders.
     pub local: DetectorFigures,
     /// linfa PCA baseline (local data).
@@ -171,20 +178,26 @@ struct EvalSets {
     /// Per kind: every window of the set (benign first half, then the
     /// attack), with its label, in the order the node would see them.
     episodes: Vec<Vec<(FeatureWindow, bool)>>,
+    /// What the node's rule layer (default `[rules]`) finds in the benign
+    /// set's events, by window end.
+    benign_hits: HitsByWindow,
+    /// The same for each kind's set.
+    episode_hits: Vec<HitsByWindow>,
 }
 
 fn eval_sets(opts: &QualityOptions) -> Result<EvalSets> {
     let containers = eval_containers();
-    let benign: Vec<FeatureWindow> = labelled_windows(
+    let rules = RuleEngine::new(&RulesConfig::default());
+    let (benign, benign_hits) = labelled_windows_and_hits(
         opts.seed ^ 0xB0_0B,
         &containers,
         opts.benign_windows + 1,
         WINDOW_MS,
         &[],
-    )?
-    .into_iter()
-    .map(|(w, _)| w)
-    .collect();
+        &rules,
+    )?;
+    let benign: Vec<FeatureWindow> = benign.into_iter().map(|(w, _)| w).collect();
+    let mut episode_hits = Vec::new();
     let start = opts.attack_set_windows / 2;
     let mut attacks = Vec::new();
     let mut episodes = Vec::new();
@@ -193,13 +206,15 @@ fn eval_sets(opts: &QualityOptions) -> Result<EvalSets> {
             .iter()
             .map(|(id, _)| (id.clone(), *kind, start, opts.attack_set_windows - start))
             .collect();
-        let set = labelled_windows(
+        let (set, hits) = labelled_windows_and_hits(
             opts.seed ^ (0xA7_7A + i as u64),
             &containers,
             opts.attack_set_windows,
             WINDOW_MS,
             &injected,
+            &rules,
         )?;
+        episode_hits.push(hits);
         let attacked: Vec<FeatureWindow> = set
             .iter()
             .filter(|(_, l)| *l == Some(*kind))
@@ -219,6 +234,8 @@ fn eval_sets(opts: &QualityOptions) -> Result<EvalSets> {
         benign,
         attacks,
         episodes,
+        benign_hits,
+        episode_hits,
     })
 }
 
@@ -276,19 +293,23 @@ fn incidents_opened(
     windows: &[FeatureWindow],
     scores: &[f32],
     threshold: f32,
+    hits: Option<&HitsByWindow>,
 ) -> BTreeMap<String, Vec<u64>> {
-    let mut ticks: BTreeMap<u64, Vec<WindowVerdict>> = BTreeMap::new();
+    let mut ticks: BTreeMap<u64, (Vec<WindowVerdict>, &[RuleHit])> = BTreeMap::new();
     for (w, s) in windows.iter().zip(scores) {
-        ticks.entry(w.end_ms).or_default().push(WindowVerdict {
+        ticks.entry(w.end_ms).or_default().0.push(WindowVerdict {
             container: w.container.0.clone(),
             score: Some((*s, threshold)),
             top_features: Vec::new(),
         });
     }
+    for (end, h) in hits.into_iter().flatten() {
+        ticks.entry(*end).or_default().1 = h;
+    }
     let mut tracker = IncidentTracker::new(cfg.clone());
     let mut opened: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for (end, verdicts) in ticks {
-        for e in tracker.step(end, &verdicts, &[]) {
+    for (end, (verdicts, hits)) in ticks {
+        for e in tracker.step(end, &verdicts, hits) {
             if e.state == IncidentState::Open {
                 opened.entry(e.incident.container).or_default().push(end);
             }
@@ -318,13 +339,30 @@ struct NodeIncidents {
     per_kind: Vec<(usize, usize, Vec<f32>)>,
 }
 
-fn node_incidents(cfg: &IncidentConfig, s: &Scored, sets: &EvalSets) -> NodeIncidents {
-    let benign = incidents_opened(cfg, &sets.benign, &s.benign, s.threshold);
+fn node_incidents(
+    cfg: &IncidentConfig,
+    s: &Scored,
+    sets: &EvalSets,
+    with_rules: bool,
+) -> NodeIncidents {
+    let rules = |h| with_rules.then_some(h);
+    let benign = incidents_opened(
+        cfg,
+        &sets.benign,
+        &s.benign,
+        s.threshold,
+        rules(&sets.benign_hits),
+    );
     let false_incidents = benign.values().map(Vec::len).sum();
     let mut per_kind = Vec::new();
-    for (episode, scores) in sets.episodes.iter().zip(&s.episodes) {
+    for ((episode, scores), hits) in sets
+        .episodes
+        .iter()
+        .zip(&s.episodes)
+        .zip(&sets.episode_hits)
+    {
         let windows: Vec<FeatureWindow> = episode.iter().map(|(w, _)| w.clone()).collect();
-        let opened = incidents_opened(cfg, &windows, scores, s.threshold);
+        let opened = incidents_opened(cfg, &windows, scores, s.threshold, rules(hits));
         // Each container's attack span: first and last attacked window end.
         let mut spans: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
         for (w, attacked) in episode {
@@ -360,6 +398,7 @@ fn figures(
     sets: &EvalSets,
     container_hours: f32,
     cfg: &IncidentConfig,
+    with_rules: bool,
 ) -> Result<DetectorFigures> {
     if per_node.is_empty() {
         bail!("no nodes to evaluate");
@@ -367,7 +406,7 @@ fn figures(
     let n = per_node.len() as f32;
     let incidents: Vec<NodeIncidents> = per_node
         .iter()
-        .map(|s| node_incidents(cfg, s, sets))
+        .map(|s| node_incidents(cfg, s, sets, with_rules))
         .collect();
     let mut per_kind = BTreeMap::new();
     for (k, (kind, _)) in sets.attacks.iter().enumerate() {
@@ -463,10 +502,10 @@ pub async fn run(opts: QualityOptions) -> Result<QualityReport> {
             open_bound,
             ..cfg.clone()
         };
-        let f = figures(&fed, &sets, container_hours, &c)?;
+        let f = figures(&fed, &sets, container_hours, &c, false)?;
         let mut delays: Vec<f32> = fed
             .iter()
-            .flat_map(|s| node_incidents(&c, s, &sets).per_kind)
+            .flat_map(|s| node_incidents(&c, s, &sets, false).per_kind)
             .flat_map(|(_, _, d)| d)
             .collect();
         bounds.push(BoundFigures {
@@ -484,9 +523,10 @@ pub async fn run(opts: QualityOptions) -> Result<QualityReport> {
         benign_container_hours: container_hours,
         attack_windows_per_kind: sets.attacks.first().map_or(0, |(_, w)| w.len()),
         pca_components: components as f32 / models.len().max(1) as f32,
-        federated: figures(&fed, &sets, container_hours, cfg)?,
-        local: figures(&local, &sets, container_hours, cfg)?,
-        pca: figures(&pca, &sets, container_hours, cfg)?,
+        federated: figures(&fed, &sets, container_hours, cfg, false)?,
+        node: figures(&fed, &sets, container_hours, cfg, true)?,
+        local: figures(&local, &sets, container_hours, cfg, false)?,
+        pca: figures(&pca, &sets, container_hours, cfg, false)?,
         benign_container_days: container_hours / 24.0,
         bounds,
         seconds: started.elapsed().as_secs_f32(),
@@ -545,8 +585,8 @@ pub fn table(r: &QualityReport) -> String {
          the window that opened it (10 s windows); false incidents over {:.1} benign container-days per node.\n\n",
         r.benign_container_days
     ));
-    out.push_str("| attack kind | incident recall federated | local-only | PCA | time to incident federated | local-only | PCA |\n");
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("| attack kind | incident recall federated | local-only | PCA | node (federated + rules) | time to incident federated | local-only | PCA | node |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let time = |x: Option<&KindFigures>| {
         x.and_then(|v| v.median_windows_to_incident)
             .map_or("-".to_string(), |w| {
@@ -559,25 +599,33 @@ pub fn table(r: &QualityReport) -> String {
     for (kind, f) in &r.federated.per_kind {
         let l = r.local.per_kind.get(kind);
         let p = r.pca.per_kind.get(kind);
+        let nd = r.node.per_kind.get(kind);
         out.push_str(&format!(
-            "| {kind} | {} | {} | {} | {} | {} | {} |\n",
+            "| {kind} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             rec(Some(f)),
             rec(l),
             rec(p),
+            rec(nd),
             time(Some(f)),
             time(l),
-            time(p)
+            time(p),
+            time(nd)
         ));
     }
     out.push_str(&format!(
-        "| **mean** | **{:.3}** | **{:.3}** | **{:.3}** | | | |\n",
-        r.federated.mean_incident_recall, r.local.mean_incident_recall, r.pca.mean_incident_recall
+        "| **mean** | **{:.3}** | **{:.3}** | **{:.3}** | **{:.3}** | | | | |\n",
+        r.federated.mean_incident_recall,
+        r.local.mean_incident_recall,
+        r.pca.mean_incident_recall,
+        r.node.mean_incident_recall
     ));
     out.push_str(&format!(
-        "\nFalse incidents per container-day: federated {:.2}, local-only {:.2}, PCA {:.2}.\n",
+        "\nFalse incidents per container-day: federated {:.2}, local-only {:.2}, PCA {:.2}, \
+         node (federated + rules) {:.2}.\n",
         r.federated.false_incidents_per_container_day,
         r.local.false_incidents_per_container_day,
-        r.pca.false_incidents_per_container_day
+        r.pca.false_incidents_per_container_day,
+        r.node.false_incidents_per_container_day
     ));
     out.push_str("\nAlert budget by `open_bound` (federated model, other [incidents] keys at their defaults):\n\n");
     out.push_str("| open_bound | false incidents per container-day | mean incident recall | median time to incident |\n");

@@ -1,6 +1,7 @@
 //! The quality report on a small fleet: every attack kind gets a finite AUC
-//! for every detector, the federated model beats local-only models, and
-//! the figures by incident are consistent.
+//! for every detector, the federated model beats local-only models, the
+//! figures by incident are consistent, and the node as it runs (model and
+//! rules) catches at least what its model catches.
 
 use fedmesh_sim::quality::{QualityOptions, run, table};
 
@@ -18,7 +19,7 @@ async fn small_fleet_quality_report() {
     .await
     .unwrap();
     println!("{}", table(&report));
-    for figs in [&report.federated, &report.local, &report.pca] {
+    for figs in [&report.federated, &report.node, &report.local, &report.pca] {
         assert_eq!(figs.per_kind.len(), 7, "{:?}", figs.per_kind);
         for (kind, f) in &figs.per_kind {
             assert!(
@@ -55,6 +56,19 @@ async fn small_fleet_quality_report() {
         "{:?}",
         report.federated
     );
+    // The node as it runs (model and rules through one tracker) catches
+    // at least what its model catches, and the synthetic miner (a binary
+    // run from /tmp, a pool connection) at its first window wherever no
+    // incident was open already when it started (a hit then joins it).
+    assert!(
+        report.node.mean_incident_recall >= report.federated.mean_incident_recall,
+        "node {:?}\nmodel {:?}",
+        report.node,
+        report.federated
+    );
+    let miner = &report.node.per_kind["cryptojacking"];
+    assert!(miner.incident_recall >= 0.95, "{miner:?}");
+    assert_eq!(miner.median_windows_to_incident, Some(1.0), "{miner:?}");
     // The sweep covers the default bound.
     assert!(
         report.bounds.iter().any(|b| b.open_bound

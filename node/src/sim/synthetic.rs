@@ -837,6 +837,36 @@ pub fn labelled_windows(
     window_ms: u64,
     attacks: &[(String, AttackKind, u64, u64)],
 ) -> Result<Vec<(FeatureWindow, Option<AttackKind>)>, SyntheticError> {
+    labelled(seed, containers, windows, window_ms, attacks, None).map(|(w, _)| w)
+}
+
+/// Rule hits of each window, by window end (ms).
+pub type HitsByWindow = std::collections::BTreeMap<u64, Vec<crate::detection::rules::RuleHit>>;
+
+/// [`labelled_windows`], and what `rules` finds in each window's events
+/// (every window, the skipped first ones included), as a node's rule layer
+/// would.
+pub fn labelled_windows_and_hits(
+    seed: u64,
+    containers: &[(String, Profile)],
+    windows: u64,
+    window_ms: u64,
+    attacks: &[(String, AttackKind, u64, u64)],
+    rules: &crate::detection::rules::RuleEngine,
+) -> Result<(Vec<(FeatureWindow, Option<AttackKind>)>, HitsByWindow), SyntheticError> {
+    labelled(seed, containers, windows, window_ms, attacks, Some(rules))
+}
+
+type Labelled = (Vec<(FeatureWindow, Option<AttackKind>)>, HitsByWindow);
+
+fn labelled(
+    seed: u64,
+    containers: &[(String, Profile)],
+    windows: u64,
+    window_ms: u64,
+    attacks: &[(String, AttackKind, u64, u64)],
+    rules: Option<&crate::detection::rules::RuleEngine>,
+) -> Result<Labelled, SyntheticError> {
     if window_ms == 0 {
         return Err(SyntheticError::ZeroWindow);
     }
@@ -847,12 +877,19 @@ pub fn labelled_windows(
     let mut builder = WindowBuilder::new();
     let mut seen: HashSet<ContainerId> = HashSet::new();
     let mut out = Vec::new();
+    let mut hits = HitsByWindow::new();
     for _ in 0..windows {
         let (w, events) = src.next_window();
         for e in &events {
             builder.push(e);
         }
         let end = w.saturating_add(1).saturating_mul(window_ms);
+        if let Some(r) = rules {
+            let h = r.evaluate(&events);
+            if !h.is_empty() {
+                hits.insert(end, h);
+            }
+        }
         for fw in builder.close(end) {
             if seen.insert(fw.container.clone()) {
                 continue;
@@ -861,7 +898,7 @@ pub fn labelled_windows(
             out.push((fw, label));
         }
     }
-    Ok(out)
+    Ok((out, hits))
 }
 
 #[cfg(test)]
