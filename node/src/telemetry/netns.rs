@@ -391,35 +391,69 @@ fn is_hex(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Adds the rows of a `raw` or `raw6` file to `out`: the header (`sl …`)
-/// and blank lines are skipped; a row is `sl: ADDR:PROTO REMOTE:0 …` with
-/// the local address in hex (8 or 32 digits) and the socket's IP protocol
-/// where a TCP table has the port. Malformed rows are counted and skipped.
-pub fn parse_raw_table(text: &str, out: &mut RawSockets) {
+fn is_decimal(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// What one row of a raw or packet table is.
+#[derive(Clone, Copy)]
+enum RawRow {
+    Raw,
+    Icmp,
+    Packet,
+}
+
+/// Classifies the rows of a raw or packet table into `out`: the header
+/// (starting with `header`) and blank lines are skipped, rows beyond
+/// [`MAX_SOCKETS`] in `out` counted as truncated, rows `classify` cannot
+/// read as malformed.
+fn classify_rows(
+    text: &str,
+    header: &str,
+    out: &mut RawSockets,
+    classify: impl Fn(&str) -> Option<RawRow>,
+) {
     for line in text.lines() {
         let t = line.trim_start();
-        if t.is_empty() || t.starts_with("sl ") {
+        if t.is_empty() || t.starts_with(header) {
             continue;
         }
         if out.rows() >= MAX_SOCKETS as u64 {
             RawSockets::add(&mut out.truncated);
             continue;
         }
-        let mut f = t.split_ascii_whitespace();
-        let proto = match (f.next(), f.next()) {
-            (Some(sl), Some(local)) if sl.ends_with(':') && is_hex(&sl[..sl.len() - 1]) => local
-                .split_once(':')
-                .filter(|(addr, _)| (addr.len() == 8 || addr.len() == 32) && is_hex(addr))
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok().filter(|_| p.len() == 4)),
-            _ => None,
-        };
-        match proto {
-            // IPPROTO_ICMP, IPPROTO_ICMPV6.
-            Some(1 | 58) => RawSockets::add(&mut out.icmp),
-            Some(_) => RawSockets::add(&mut out.raw),
-            None => RawSockets::add(&mut out.malformed),
-        }
+        RawSockets::add(match classify(t) {
+            Some(RawRow::Raw) => &mut out.raw,
+            Some(RawRow::Icmp) => &mut out.icmp,
+            Some(RawRow::Packet) => &mut out.packet,
+            None => &mut out.malformed,
+        });
     }
+}
+
+/// Adds the rows of a `raw` or `raw6` file to `out`: the header (`sl …`)
+/// and blank lines are skipped; a row is `sl: ADDR:PROTO REMOTE:0 …` with
+/// the local address in hex (8 or 32 digits) and the socket's IP protocol
+/// where a TCP table has the port. Malformed rows are counted and skipped.
+pub fn parse_raw_table(text: &str, out: &mut RawSockets) {
+    classify_rows(text, "sl ", out, |t| {
+        let mut f = t.split_ascii_whitespace();
+        let (sl, local) = (f.next()?, f.next()?);
+        sl.strip_suffix(':').filter(|n| is_hex(n))?;
+        let (addr, proto) = local.split_once(':')?;
+        if !((addr.len() == 8 || addr.len() == 32)
+            && is_hex(addr)
+            && proto.len() == 4
+            && is_hex(proto))
+        {
+            return None;
+        }
+        match u16::from_str_radix(proto, 16).ok()? {
+            // IPPROTO_ICMP, IPPROTO_ICMPV6.
+            1 | 58 => Some(RawRow::Icmp),
+            _ => Some(RawRow::Raw),
+        }
+    });
 }
 
 /// Adds the rows of a `packet` file to `out`: the header (`sk RefCnt …`)
@@ -427,28 +461,16 @@ pub fn parse_raw_table(text: &str, out: &mut RawSockets) {
 /// and protocol in hex, the type and reference count in decimal.
 /// Malformed rows are counted and skipped.
 pub fn parse_packet_table(text: &str, out: &mut RawSockets) {
-    for line in text.lines() {
-        let t = line.trim_start();
-        if t.is_empty() || t.starts_with("sk ") {
-            continue;
-        }
-        if out.rows() >= MAX_SOCKETS as u64 {
-            RawSockets::add(&mut out.truncated);
-            continue;
-        }
+    classify_rows(text, "sk ", out, |t| {
         let f: Vec<&str> = t.split_ascii_whitespace().take(10).collect();
         let ok = f.len() == 9
             && is_hex(f[0])
-            && f[1].parse::<u32>().is_ok()
-            && f[2].parse::<u32>().is_ok()
+            && is_decimal(f[1])
+            && is_decimal(f[2])
             && f[3].len() == 4
             && is_hex(f[3]);
-        RawSockets::add(if ok {
-            &mut out.packet
-        } else {
-            &mut out.malformed
-        });
-    }
+        ok.then_some(RawRow::Packet)
+    });
 }
 
 /// A socket table's summary at one reading.
@@ -1564,6 +1586,7 @@ Udp: InDatagrams NoPorts\nUdp: 0 0\n";
             " x: 00000000:00FF 00000000:0000 07",
             "1 00000000:00FF",
             " 1: 0000000g:00FF 00000000:0000 07",
+            " 1: 00000000:+0FF 00000000:0000 07",
         ] {
             let mut r = RawSockets::default();
             parse_raw_table(bad, &mut r);
@@ -1575,6 +1598,7 @@ Udp: InDatagrams NoPorts\nUdp: 0 0\n";
             "0000000z 3 3 0003 0 1 0 0 1",
             "00000000 3 x 0003 0 1 0 0 1",
             "00000000 3 3 003 0 1 0 0 1",
+            "00000000 +3 3 0003 0 1 0 0 1",
         ] {
             let mut r = RawSockets::default();
             parse_packet_table(bad, &mut r);
