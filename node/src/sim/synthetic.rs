@@ -853,11 +853,12 @@ pub fn labelled_windows_and_hits(
     window_ms: u64,
     attacks: &[(String, AttackKind, u64, u64)],
     rules: &crate::detection::rules::RuleEngine,
-) -> Result<(Vec<(FeatureWindow, Option<AttackKind>)>, HitsByWindow), SyntheticError> {
+) -> Result<Labelled, SyntheticError> {
     labelled(seed, containers, windows, window_ms, attacks, Some(rules))
 }
 
-type Labelled = (Vec<(FeatureWindow, Option<AttackKind>)>, HitsByWindow);
+/// Labelled windows and the rule hits of each window.
+pub type Labelled = (Vec<(FeatureWindow, Option<AttackKind>)>, HitsByWindow);
 
 fn labelled(
     seed: u64,
