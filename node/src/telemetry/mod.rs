@@ -215,7 +215,8 @@ pub struct NetActivity {
     /// container:`): the namespace's activity is theirs too, attributed once.
     pub shared_with: u32,
     /// Raw IP sockets other than ICMP/ICMPv6 in the namespace at the
-    /// reading (nmap's SYN scan sends from one).
+    /// reading (nmap's SYN scan sends from one); rows past the reading's
+    /// cap count too, so a flood of ICMP sockets cannot hide one.
     #[serde(default)]
     pub raw_sockets: u32,
     /// Packet (`AF_PACKET`) sockets in the namespace at the reading

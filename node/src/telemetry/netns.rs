@@ -864,7 +864,9 @@ impl NetnsTracker {
                     new_remotes,
                     new_remotes_total: new_total,
                     shared_with: count_u32(members.len() - 1),
-                    raw_sockets: raw.raw,
+                    // Rows past the cap are unknown: counted as raw, so
+                    // that thousands of ICMP sockets cannot hide one.
+                    raw_sockets: raw.raw.saturating_add(raw.truncated),
                     packet_sockets: raw.packet,
                 }),
             });
@@ -1635,6 +1637,32 @@ Udp: InDatagrams NoPorts\nUdp: 0 0\n";
         let n = activity(&ev[0]).1;
         assert_eq!((n.raw_sockets, n.packet_sockets), (0, 0));
         assert_eq!(stats.bad_rows, 0);
+    }
+
+    #[test]
+    fn icmp_sockets_past_the_cap_cannot_hide_a_raw_socket() {
+        // Enough raw ICMP sockets to fill the cap, the scanner's raw TCP
+        // socket and packet sockets after them: the rows left unread count
+        // as raw, so the namespace still shows a raw socket.
+        let mut raw = String::from(RAW_PING);
+        let row = RAW_PING.lines().nth(1).unwrap_or_default();
+        for _ in 0..MAX_SOCKETS {
+            raw.push_str(row);
+            raw.push('\n');
+        }
+        raw.push_str(RAW_NMAP.lines().nth(1).unwrap_or_default());
+        raw.push('\n');
+        let mut t = NetnsTracker::new();
+        let mut stats = NetnsStats::default();
+        let r = NetnsReading {
+            raw: Some(raw),
+            packet: Some(PACKET_NMAP.to_string()),
+            ..snmp_only(reading(7, &["s"], snmp(0, 0), &[]))
+        };
+        let ev = t.step(1_000, &[r], &mut stats);
+        let n = activity(&ev[0]).1;
+        assert!(n.raw_sockets >= 1, "{n:?}");
+        assert!(stats.bad_rows >= 1);
     }
 
     #[test]
