@@ -281,8 +281,22 @@ pub struct AgentStats {
     pub models_refused: u64,
     /// Global models held back as far worse on this node's windows.
     pub models_held_back: u64,
-    /// Windows whose incident state could not be stored.
+    /// Incident state writes that failed.
     pub incident_store_errors: u64,
+}
+
+/// Ticks between two writes of the incident state when no incident record
+/// was emitted (a record always writes it): a crash loses at most this
+/// many windows of baselines and quiet counts, never an open or a close.
+pub const INCIDENT_PERSIST_EVERY: u32 = 6;
+
+/// What of the incident state is not stored yet.
+#[derive(Debug, Clone, Copy, Default)]
+struct IncidentsUnsaved {
+    /// Ticks since the last write.
+    ticks: u32,
+    /// An incident record was emitted since.
+    records: bool,
 }
 
 /// Static settings of an agent.
@@ -319,6 +333,17 @@ pub struct Agent {
     held_back: Option<HeldBack>,
     /// Incidents per container.
     incidents: IncidentTracker,
+    unsaved: IncidentsUnsaved,
+}
+
+impl Drop for Agent {
+    /// Stores the incident state not stored yet (a clean shutdown loses
+    /// nothing).
+    fn drop(&mut self) {
+        if self.unsaved.ticks > 0 {
+            self.write_incidents();
+        }
+    }
 }
 
 impl Agent {
@@ -333,6 +358,7 @@ impl Agent {
         let incidents = IncidentTracker::new(settings.incidents.clone());
         let mut agent = Self {
             incidents,
+            unsaved: IncidentsUnsaved::default(),
             settings,
             builder: WindowBuilder::new(),
             buffer: VecDeque::new(),
@@ -430,6 +456,12 @@ impl Agent {
                     repaired = st.repaired,
                     "restored incident state"
                 );
+                if st.open_dropped > 0 {
+                    warn!(
+                        lost = st.open_dropped,
+                        "open incidents dropped from the stored state (not finite, or beyond max_containers): their close will not be sent"
+                    );
+                }
                 self.incidents = tracker;
             }
             Err(error) => {
@@ -441,8 +473,21 @@ impl Agent {
         }
     }
 
-    /// Stores the incident tracker's state (after every tick).
-    fn persist_incidents(&mut self) {
+    /// Stores the incident tracker's state if it is due: an incident
+    /// record was emitted since the last write, or
+    /// [`INCIDENT_PERSIST_EVERY`] ticks passed. The live loop calls it
+    /// after dispatching a window's records, so a crash in between pages
+    /// again rather than not at all; `close_window` calls it before the
+    /// next tick for callers that do not.
+    pub fn persist_incidents(&mut self) {
+        let u = self.unsaved;
+        if u.ticks > 0 && (u.records || u.ticks >= INCIDENT_PERSIST_EVERY) {
+            self.write_incidents();
+        }
+    }
+
+    fn write_incidents(&mut self) {
+        self.unsaved = IncidentsUnsaved::default();
         let Some(store) = &self.store else { return };
         let stored = serde_json::to_vec(&self.incidents.snapshot())
             .map_err(|e| e.to_string())
@@ -546,6 +591,7 @@ impl Agent {
         end_ms: u64,
         hits: &[RuleHit],
     ) -> Result<Vec<Alert>, AgentError> {
+        self.persist_incidents();
         let windows = self.builder.close(end_ms);
         self.stats.windows += windows.len() as u64;
         let alerts = self.judge(&windows, end_ms, hits)?;
@@ -602,7 +648,8 @@ impl Agent {
             }
         }
         let events: Vec<IncidentEvent> = self.incidents.step(end_ms, &verdicts, hits);
-        self.persist_incidents();
+        self.unsaved.ticks = self.unsaved.ticks.saturating_add(1);
+        self.unsaved.records |= !events.is_empty();
         let alerts: Vec<Alert> = events
             .iter()
             .map(|e| Alert::incident(e, &self.settings.tenant, &self.settings.node, model_version))

@@ -224,6 +224,11 @@ pub enum CloseReason {
     Quiet,
     /// Dropped to keep at most `max_containers` tracked.
     Evicted,
+    /// The node was down for `close_after_windows` windows or more, or
+    /// its clock went back across the restart: nothing is known of the
+    /// time between, so the incident ends at the restart and new evidence
+    /// opens a new one.
+    Restart,
 }
 
 /// The record kinds of one incident.
@@ -412,6 +417,13 @@ pub struct TrackerSnapshot {
     pub version: u32,
     /// Ticks so far.
     pub tick: u64,
+    /// Time of the last tick (0: unknown, as in snapshots of older nodes).
+    #[serde(default)]
+    pub saved_ms: u64,
+    /// Time between the last two ticks, the window length the node ran
+    /// with (0: unknown).
+    #[serde(default)]
+    pub step_ms: u64,
     /// Per container id.
     pub tracks: BTreeMap<String, Track>,
 }
@@ -434,6 +446,9 @@ pub struct RestoreStats {
     pub dropped: usize,
     /// Containers kept with a field cut or clamped into its bounds.
     pub repaired: usize,
+    /// Open incidents among the dropped containers: their close will not
+    /// be sent.
+    pub open_dropped: usize,
 }
 
 fn cut(s: &mut String) -> bool {
@@ -510,6 +525,12 @@ pub struct IncidentTracker {
     cfg: IncidentConfig,
     tracks: BTreeMap<String, Track>,
     tick: u64,
+    /// Time of the last tick and the interval before it.
+    last_step_ms: u64,
+    step_ms: u64,
+    /// Set by [`IncidentTracker::restore`]: the first tick after it
+    /// accounts for the downtime (see [`IncidentTracker::resume`]).
+    resumed: bool,
     stats: IncidentStats,
 }
 
@@ -520,6 +541,9 @@ impl IncidentTracker {
             cfg,
             tracks: BTreeMap::new(),
             tick: 0,
+            last_step_ms: 0,
+            step_ms: 0,
+            resumed: false,
             stats: IncidentStats::default(),
         }
     }
@@ -559,6 +583,8 @@ impl IncidentTracker {
         TrackerSnapshot {
             version: SNAPSHOT_VERSION,
             tick: self.tick,
+            saved_ms: self.last_step_ms,
+            step_ms: self.step_ms,
             tracks: self.tracks.clone(),
         }
     }
@@ -566,7 +592,8 @@ impl IncidentTracker {
     /// A tracker with `cfg` that goes on from `snap`: containers with a
     /// non-finite value are dropped, fields beyond the live bounds cut or
     /// clamped, and at most `max_containers` kept (the most recently seen).
-    /// The counters start at zero.
+    /// The counters start at zero. The first tick after it accounts for
+    /// the time the node was down.
     pub fn restore(
         cfg: IncidentConfig,
         snap: TrackerSnapshot,
@@ -579,30 +606,47 @@ impl IncidentTracker {
         for (mut id, mut t) in snap.tracks {
             if !t.finite() {
                 stats.dropped += 1;
+                stats.open_dropped += usize::from(t.open.is_some());
                 continue;
             }
             let mut changed = t.repair(&cfg, snap.tick);
             if cut(&mut id) {
                 changed = true;
             }
+            if let Some(inc) = t.open.as_mut()
+                && inc.container != id
+            {
+                inc.container.clone_from(&id);
+                changed = true;
+            }
             stats.repaired += usize::from(changed);
             tracks.push((id, t));
         }
         if tracks.len() > cfg.max_containers {
-            // The most recently seen first (ties: lowest id, as eviction).
-            tracks.sort_by(|a, b| b.1.last_tick.cmp(&a.1.last_tick).then(a.0.cmp(&b.0)));
-            stats.dropped += tracks.len() - cfg.max_containers;
-            tracks.truncate(cfg.max_containers);
+            // The most recently seen first; among equals the lowest id goes,
+            // as in eviction.
+            tracks.sort_by(|a, b| b.1.last_tick.cmp(&a.1.last_tick).then(b.0.cmp(&a.0)));
+            for (_, t) in tracks.drain(cfg.max_containers..) {
+                stats.dropped += 1;
+                stats.open_dropped += usize::from(t.open.is_some());
+            }
         }
-        let kept = tracks.len();
-        // Ids cut to the same prefix keep one track.
-        let tracks: BTreeMap<String, Track> = tracks.into_iter().collect();
-        stats.dropped += kept - tracks.len();
-        stats.restored = tracks.len();
+        // Ids cut to the same prefix keep one track (the last in order).
+        let mut kept: BTreeMap<String, Track> = BTreeMap::new();
+        for (id, t) in tracks {
+            if let Some(old) = kept.insert(id, t) {
+                stats.dropped += 1;
+                stats.open_dropped += usize::from(old.open.is_some());
+            }
+        }
+        stats.restored = kept.len();
         let me = Self {
             cfg,
-            tracks,
+            tracks: kept,
             tick: snap.tick,
+            last_step_ms: snap.saved_ms,
+            step_ms: snap.step_ms,
+            resumed: true,
             stats: IncidentStats::default(),
         };
         Ok((me, stats))
@@ -616,8 +660,14 @@ impl IncidentTracker {
         windows: &[WindowVerdict],
         hits: &[RuleHit],
     ) -> Vec<IncidentEvent> {
-        self.tick += 1;
         let mut out = Vec::new();
+        if std::mem::take(&mut self.resumed) {
+            self.resume(now_ms, &mut out);
+        } else if self.last_step_ms > 0 && now_ms > self.last_step_ms {
+            self.step_ms = now_ms - self.last_step_ms;
+        }
+        self.last_step_ms = now_ms;
+        self.tick = self.tick.saturating_add(1);
         // Rule hits first: an incident they open starts at the event's
         // time and names the rule as its cause; the windows then join it.
         for h in hits {
@@ -628,6 +678,51 @@ impl IncidentTracker {
         }
         self.finish_tick(now_ms, &mut out);
         out
+    }
+
+    /// The first tick after a restore, at `now_ms`: the windows the node
+    /// missed while down count as windows in which no container was seen
+    /// (quiet for open incidents, age for the others), except that an
+    /// incident whose quiet period the downtime covers closes with
+    /// [`CloseReason::Restart`], not as quiet: nobody watched. A clock
+    /// behind the snapshot's closes every open incident the same way.
+    /// Snapshots of older nodes (no times) go on as they were.
+    fn resume(&mut self, now_ms: u64, out: &mut Vec<IncidentEvent>) {
+        let (saved, step) = (self.last_step_ms, self.step_ms);
+        if saved == 0 || step == 0 {
+            return;
+        }
+        let missed = if now_ms < saved {
+            None
+        } else {
+            // The window ending now is a regular one.
+            Some(((now_ms - saved) / step).saturating_sub(1))
+        };
+        let gap = missed.unwrap_or(0);
+        self.tick = self.tick.saturating_add(gap);
+        let close_after = u64::from(self.cfg.close_after_windows);
+        for t in self.tracks.values_mut() {
+            let Some(inc) = t.open.as_mut() else {
+                continue;
+            };
+            let quiet = u64::from(t.quiet).saturating_add(gap);
+            if missed.is_some() && quiet < close_after {
+                t.quiet = u32::try_from(quiet).unwrap_or(u32::MAX);
+                continue;
+            }
+            let mut inc = inc.clone();
+            inc.closed_ms = Some(now_ms);
+            inc.close_reason = Some(CloseReason::Restart);
+            self.stats.closed[severity_index(inc.severity)] += 1;
+            out.push(IncidentEvent {
+                state: IncidentState::Close,
+                update: None,
+                incident: inc,
+            });
+            t.open = None;
+            t.cusum = 0.0;
+            t.quiet = 0;
+        }
     }
 
     fn track_mut(&mut self, container: &str, out: &mut Vec<IncidentEvent>) -> &mut Track {
@@ -824,7 +919,7 @@ impl IncidentTracker {
                     update: None,
                     incident: inc.clone(),
                 });
-                inc.seq += 1;
+                inc.seq = inc.seq.saturating_add(1);
                 continue;
             }
             // Absent this tick, or present and normal by one of the views.
@@ -863,7 +958,7 @@ impl IncidentTracker {
                     }),
                     incident: inc.clone(),
                 });
-                inc.seq += 1;
+                inc.seq = inc.seq.saturating_add(1);
             }
         }
         for id in forget {
@@ -1263,6 +1358,114 @@ mod tests {
         assert!(feed(&mut fresh, "b", &[9.0]).is_empty());
     }
 
+    /// `tr` stopped, then restarted `gap` windows of 10 s later than its
+    /// next window: the first tick after the restart.
+    fn restart_after(
+        tr: &IncidentTracker,
+        gap: u64,
+        c: &str,
+        score: f32,
+    ) -> (IncidentTracker, Vec<IncidentEvent>) {
+        let (mut tr2, _) = restart(tr);
+        let now = tr.last_step_ms + (gap + 1) * 10_000;
+        let out = tr2.step(now, &[verdict(c, score)], &[]);
+        (tr2, out)
+    }
+
+    #[test]
+    fn a_downtime_counts_as_quiet_and_a_long_one_ends_the_incident() {
+        let mut tr = IncidentTracker::new(cfg());
+        let before = feed(&mut tr, "a", &[0.5, 0.5, 0.5, 0.5, 4.0, 4.0]);
+        assert_eq!(states(&before), [(5, IncidentState::Open)]);
+        let close_after = u64::from(cfg().close_after_windows);
+        assert!(close_after >= 3);
+
+        // Down for fewer windows than the quiet period: the incident goes
+        // on and closes after the rest of it, as if the node had seen the
+        // container absent.
+        let (mut short, out) = restart_after(&tr, close_after - 2, "a", 0.5);
+        assert!(out.is_empty(), "{out:?}");
+        assert!(short.is_open("a"));
+        let out = feed(&mut short, "a", &[0.5]);
+        assert_eq!(states(&out), [(0, IncidentState::Close)]);
+        assert_eq!(out[0].1.incident.close_reason, Some(CloseReason::Quiet));
+
+        // Down for the whole quiet period while the container is attacked
+        // again: the old incident ends at the restart and the new attack
+        // opens a new one (a new page) instead of hiding inside it.
+        let (mut long, out) = restart_after(&tr, close_after, "a", 4.0);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].state, IncidentState::Close);
+        assert_eq!(out[0].incident.close_reason, Some(CloseReason::Restart));
+        assert_eq!(out[0].incident.opened_ms, before[0].1.incident.opened_ms);
+        let again = feed(&mut long, "a", &[4.0, 4.0]);
+        let opened: Vec<_> = again
+            .iter()
+            .filter(|(_, e)| e.state == IncidentState::Open)
+            .collect();
+        assert_eq!(opened.len(), 1, "{again:?}");
+        assert!(opened[0].1.incident.opened_ms > before[0].1.incident.last_seen_ms);
+        assert_eq!(long.stats().closed.iter().sum::<u64>(), 1);
+
+        // A clock behind the snapshot's (a synthetic source starts again
+        // at its first window): the restored times mean nothing, so the
+        // incident ends.
+        let (mut back, _) = restart(&tr);
+        let out = back.step(10_000, &[verdict("a", 0.5)], &[]);
+        assert_eq!(
+            states(&out.into_iter().map(|e| (0, e)).collect::<Vec<_>>()),
+            [(0, IncidentState::Close)]
+        );
+        assert!(!back.is_open("a"));
+
+        // A long downtime ages the containers not seen since: they are
+        // forgotten as if the node had kept running.
+        let mut tr = IncidentTracker::new(cfg());
+        feed(&mut tr, "b", &[0.5; 3]);
+        let forget = u64::from(cfg().forget_after_windows);
+        let (tr2, _) = restart_after(&tr, forget + 1, "c", 0.5);
+        assert!(tr2.tracks.contains_key("c"));
+        assert!(!tr2.tracks.contains_key("b"));
+    }
+
+    #[test]
+    fn restore_keeps_the_newest_and_names_each_incident_by_its_key() {
+        let mut tr = IncidentTracker::new(cfg());
+        feed(&mut tr, "a", &[0.5, 0.5, 0.5, 0.5, 4.0, 4.0]);
+        let mut snap = tr.snapshot();
+        // A stored incident whose name disagrees with its key takes the
+        // key's; counters at their end saturate instead of wrapping.
+        let t = snap.tracks.get_mut("a").unwrap();
+        let inc = t.open.as_mut().unwrap();
+        inc.container = "someone-else".into();
+        inc.seq = u32::MAX;
+        inc.windows = u32::MAX;
+        snap.tick = u64::MAX;
+        // Equally recent containers beyond the bound: the lowest ids go,
+        // as eviction would drop them.
+        for id in ["x1", "x2", "x3"] {
+            snap.tracks.insert(
+                id.into(),
+                Track {
+                    last_tick: 1,
+                    ..Track::default()
+                },
+            );
+        }
+        let cfg3 = IncidentConfig {
+            max_containers: 3,
+            ..cfg()
+        };
+        let (mut tr2, st) = IncidentTracker::restore(cfg3, snap).unwrap();
+        assert_eq!((st.restored, st.dropped, st.open_dropped), (3, 1, 0));
+        let kept: Vec<&String> = tr2.tracks.keys().collect();
+        assert_eq!(kept, ["a", "x2", "x3"]);
+        assert_eq!(tr2.open_incident("a").unwrap().container, "a");
+        let out = tr2.step(u64::MAX, &[verdict("a", 4.0)], &[]);
+        assert!(out.iter().all(|e| e.incident.container == "a"));
+        tr2.step(u64::MAX, &[verdict("a", 4.0)], &[]);
+    }
+
     #[test]
     fn restore_drops_what_is_not_finite_and_keeps_the_bounds() {
         let mut tr = IncidentTracker::new(IncidentConfig {
@@ -1302,8 +1505,9 @@ mod tests {
         )
         .unwrap();
         // a: NaN; of b, c, d, e the two most recently seen stay (b's tick
-        // clamped to the tracker's).
+        // clamped to the tracker's). a's open incident is lost and said so.
         assert_eq!((st.restored, st.dropped, st.repaired), (2, 3, 1));
+        assert_eq!(st.open_dropped, 1);
         assert_eq!(tr2.tracked(), 2);
         let b = &tr2.tracks["b"];
         assert_eq!(b.cusum, cfg().open_bound * CUSUM_CAP_FACTOR);
@@ -1382,9 +1586,86 @@ mod tests {
         }
 
         #[test]
-        fn any_stored_bytes_restore_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            if let Ok(snap) = serde_json::from_slice::<TrackerSnapshot>(&bytes) {
-                let _ = IncidentTracker::restore(cfg(), snap);
+        fn any_stored_bytes_restore_or_fail_cleanly(
+            flips in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 0..8),
+        ) {
+            // A real snapshot with a few bytes changed: mostly still JSON.
+            let mut tr = IncidentTracker::new(cfg());
+            feed(&mut tr, "a", &[0.5, 0.5, 0.5, 0.5, 4.0, 4.0]);
+            let mut bytes = serde_json::to_vec(&tr.snapshot()).unwrap();
+            for (at, b) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+            if let Ok(snap) = serde_json::from_slice::<TrackerSnapshot>(&bytes)
+                && let Ok((mut tr2, _)) = IncidentTracker::restore(cfg(), snap)
+            {
+                tr2.step(tr.last_step_ms + 10_000, &[verdict("a", 4.0)], &[]);
+            }
+        }
+
+        #[test]
+        fn any_stored_state_restores_into_the_live_bounds(
+            tick in any::<u64>(),
+            saved_ms in any::<u64>(),
+            step_ms in any::<u64>(),
+            tracks in proptest::collection::vec((
+                0u8..8,
+                any::<u64>(),
+                prop_oneof![Just(f32::NAN), Just(f32::INFINITY), any::<f32>(), -5.0f32..50.0],
+                proptest::option::of(any::<f32>()),
+                any::<u32>(),
+                proptest::option::of((any::<u32>(), any::<u32>(), any::<f32>(), any::<u64>())),
+            ), 0..12),
+            nows in proptest::collection::vec((any::<u64>(), 0.0f32..20.0), 1..6),
+        ) {
+            let mut snap = TrackerSnapshot { version: SNAPSHOT_VERSION, tick, saved_ms, step_ms, tracks: BTreeMap::new() };
+            for (c, last_tick, cusum, baseline, quiet, open) in tracks {
+                let open = open.map(|(seq, windows, evidence, last_seen_ms)| Incident {
+                    container: format!("other{c}"),
+                    opened_ms: 0,
+                    last_seen_ms,
+                    closed_ms: Some(1),
+                    severity: Severity::High,
+                    opened_by: OpenReason::Evidence,
+                    close_reason: None,
+                    windows,
+                    anomalous_windows: windows,
+                    peak: None,
+                    top_features: vec![],
+                    rules: vec![],
+                    evidence,
+                    seq,
+                });
+                snap.tracks.insert(format!("c{c}"), Track { last_tick, cusum, baseline, quiet, open, ..Track::default() });
+            }
+            let cfg4 = IncidentConfig { max_containers: 4, ..cfg() };
+            let (mut tr, _) = IncidentTracker::restore(cfg4, snap).unwrap();
+            let mut open: std::collections::BTreeSet<String> = tr
+                .tracks
+                .iter()
+                .filter(|(_, t)| t.open.is_some())
+                .map(|(k, _)| k.clone())
+                .collect();
+            let cap = cfg().open_bound * CUSUM_CAP_FACTOR;
+            for (now, score) in nows {
+                for e in tr.step(now, &[verdict("c1", score)], &[]) {
+                    match e.state {
+                        IncidentState::Open => prop_assert!(open.insert(e.incident.container.clone())),
+                        IncidentState::Update => prop_assert!(open.contains(&e.incident.container)),
+                        IncidentState::Close => prop_assert!(open.remove(&e.incident.container)),
+                    }
+                }
+                prop_assert!(tr.tracked() <= 4);
+                prop_assert_eq!(tr.open_count(), open.len());
+                for (k, t) in &tr.tracks {
+                    prop_assert!(t.cusum.is_finite() && (0.0..=cap).contains(&t.cusum));
+                    prop_assert!(t.baseline.is_none_or(f32::is_finite));
+                    if let Some(inc) = &t.open {
+                        prop_assert_eq!(&inc.container, k);
+                        prop_assert!(inc.closed_ms.is_none() && inc.evidence.is_finite());
+                    }
+                }
             }
         }
 

@@ -97,7 +97,10 @@ pub fn process_window(
         warn!(error = %e, "window processing failed");
         Vec::new()
     });
-    pipeline.dispatch(records)
+    let sent = pipeline.dispatch(records);
+    // Stored after the records left: a crash in between pages again.
+    lock(agent).persist_incidents();
+    sent
 }
 
 /// The sources the live loop samples itself, once per tick.
@@ -266,6 +269,53 @@ mod tests {
         Arc::new(Mutex::new(
             Agent::new(settings, None, None, time::OffsetDateTime::now_utc()).unwrap(),
         ))
+    }
+
+    #[test]
+    fn the_state_is_stored_once_an_opening_is_dispatched_and_quiet_windows_are_batched() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::NodeStore::open(dir.path()).unwrap();
+        let settings = lock(&agent()).settings().clone();
+        let agent: SharedAgent = Arc::new(Mutex::new(
+            Agent::new(
+                settings,
+                Some(store.clone()),
+                None,
+                time::OffsetDateTime::now_utc(),
+            )
+            .unwrap(),
+        ));
+        let mut src = source();
+        let mut pipeline =
+            AlertPipeline::new(RuleEngine::new(&RulesConfig::default()), AlertSinks::none());
+        let stored_open = |c: &str| -> Option<bool> {
+            let bytes = store.incidents().unwrap()?;
+            let snap: crate::detection::incident::TrackerSnapshot =
+                serde_json::from_slice(&bytes).unwrap();
+            let restored =
+                crate::detection::incident::IncidentTracker::restore(Default::default(), snap)
+                    .unwrap()
+                    .0;
+            Some(restored.is_open(c))
+        };
+        // Quiet windows: nothing written before the sixth.
+        for i in 0..crate::agent::INCIDENT_PERSIST_EVERY {
+            assert_eq!(
+                stored_open("web-1"),
+                None,
+                "written after {i} quiet windows"
+            );
+            let (w, events) = src.next_window();
+            assert!(process_window(&agent, &events, (w + 1) * 10_000, &mut pipeline).is_empty());
+        }
+        assert_eq!(stored_open("web-1"), Some(false));
+        // An opening: stored as soon as process_window returns.
+        let (w, mut events) = src.next_window();
+        events.push(setuid_root("web-1", w * 10_000 + 1));
+        let records = process_window(&agent, &events, (w + 1) * 10_000, &mut pipeline);
+        assert_eq!(records.len(), 1);
+        assert_eq!(stored_open("web-1"), Some(true));
+        assert_eq!(lock(&agent).stats().incident_store_errors, 0);
     }
 
     fn setuid_root(container: &str, ts_ms: u64) -> Event {
