@@ -98,6 +98,103 @@ fn put_len_prefixed(h: &mut Vec<u8>, bytes: &[u8]) {
     h.extend_from_slice(bytes);
 }
 
+/// A committed participant list as a change to an earlier one: what a node
+/// that kept the earlier list needs instead of the whole list (which grows
+/// with the fleet and goes to every node, n² names a round).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListDelta {
+    /// [`participant_list_digest`] of the earlier list.
+    pub base_digest: [u8; 32],
+    /// In the new list and not the earlier one, sorted.
+    pub added: Vec<NodeId>,
+    /// In the earlier list and not the new one, sorted.
+    pub removed: Vec<NodeId>,
+}
+
+impl ListDelta {
+    /// Names it carries.
+    pub fn len(&self) -> usize {
+        self.added.len() + self.removed.len()
+    }
+
+    /// Whether both lists are the same.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The change from `base` to `new` (each sorted here; duplicates are an
+/// error).
+pub fn list_delta(base: &[NodeId], new: &[NodeId]) -> Result<ListDelta, SecAggError> {
+    let base = sorted_unique(base)?;
+    let new = sorted_unique(new)?;
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < base.len() || j < new.len() {
+        match (base.get(i), new.get(j)) {
+            (Some(b), Some(n)) if b == n => {
+                i += 1;
+                j += 1;
+            }
+            (Some(b), Some(n)) if b < n => {
+                removed.push(b.clone());
+                i += 1;
+            }
+            (Some(b), None) => {
+                removed.push(b.clone());
+                i += 1;
+            }
+            (_, Some(n)) => {
+                added.push(n.clone());
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    Ok(ListDelta {
+        base_digest: digest_sorted(&base),
+        added,
+        removed,
+    })
+}
+
+/// The list `delta` describes, from the `base` it was computed against
+/// (sorted). Refused: a base whose digest is not the delta's, an added
+/// name already in the base, a removed name not in it, or a name given
+/// twice.
+pub fn apply_list_delta(base: &[NodeId], delta: &ListDelta) -> Result<Vec<NodeId>, SecAggError> {
+    let base = sorted_unique(base)?;
+    if digest_sorted(&base) != delta.base_digest {
+        return Err(SecAggError::Assignment(
+            "participant list change refers to a list this node does not hold".into(),
+        ));
+    }
+    let added = sorted_unique(&delta.added)?;
+    let removed = sorted_unique(&delta.removed)?;
+    let mut kept = Vec::with_capacity(base.len() + added.len());
+    let mut gone = 0;
+    for id in base {
+        if removed.binary_search(&id).is_ok() {
+            gone += 1;
+        } else {
+            kept.push(id);
+        }
+    }
+    if gone != delta.removed.len() {
+        return Err(SecAggError::Assignment(
+            "participant list change removes a name the list does not hold".into(),
+        ));
+    }
+    kept.extend(added);
+    kept.sort();
+    if kept.windows(2).any(|p| p[0] == p[1]) {
+        return Err(SecAggError::Assignment(
+            "participant list change adds a name the list already holds".into(),
+        ));
+    }
+    Ok(kept)
+}
+
 /// Digest of a participant list (sorted here; duplicates are an error).
 pub fn participant_list_digest(participants: &[NodeId]) -> Result<[u8; 32], SecAggError> {
     let sorted = sorted_unique(participants)?;
@@ -350,5 +447,54 @@ mod tests {
             }
             prop_assert_eq!(assign_buckets(&inp).unwrap(), a);
         }
+
+        #[test]
+        fn a_delta_rebuilds_the_new_list_and_nothing_else(
+            base in proptest::collection::btree_set(0usize..60, 0..40),
+            new in proptest::collection::btree_set(0usize..60, 0..40),
+            other in proptest::collection::btree_set(0usize..60, 0..40),
+        ) {
+            let names = |s: &std::collections::BTreeSet<usize>| -> Vec<NodeId> {
+                s.iter().map(|i| format!("n{i:03}").parse().unwrap()).collect()
+            };
+            let (base, new, other) = (names(&base), names(&new), names(&other));
+            let d = list_delta(&base, &new).unwrap();
+            prop_assert_eq!(d.base_digest, participant_list_digest(&base).unwrap());
+            prop_assert!(d.added.iter().all(|a| !base.contains(a) && new.contains(a)));
+            prop_assert!(d.removed.iter().all(|r| base.contains(r) && !new.contains(r)));
+            prop_assert_eq!(apply_list_delta(&base, &d).unwrap(), new.clone());
+            prop_assert_eq!(d.is_empty(), base == new);
+            // Against another list: refused unless it is the same list.
+            match apply_list_delta(&other, &d) {
+                Ok(l) => {
+                    prop_assert_eq!(&other, &base);
+                    prop_assert_eq!(l, new);
+                }
+                Err(e) => prop_assert!(matches!(e, SecAggError::Assignment(_))),
+            }
+        }
+    }
+
+    #[test]
+    fn an_inconsistent_delta_is_refused() {
+        let base = ids(5);
+        let d = list_delta(&base, &ids(6)).unwrap();
+        assert_eq!(d.added, ids(6)[5..]);
+        assert!(d.removed.is_empty());
+        // Adds a name the list holds.
+        let mut bad = d.clone();
+        bad.added.push(base[0].clone());
+        assert!(apply_list_delta(&base, &bad).is_err());
+        // Removes a name the list does not hold.
+        let mut bad = d.clone();
+        bad.removed.push("zzz".parse().unwrap());
+        assert!(apply_list_delta(&base, &bad).is_err());
+        // Names a name twice.
+        let mut bad = d.clone();
+        bad.added.push(bad.added[0].clone());
+        assert!(apply_list_delta(&base, &bad).is_err());
+        // Another base.
+        assert!(apply_list_delta(&ids(4), &d).is_err());
+        assert_eq!(apply_list_delta(&base, &d).unwrap(), ids(6));
     }
 }

@@ -46,7 +46,10 @@ mod protocol_tests;
 #[cfg(test)]
 mod test_vectors;
 
-pub use bucket::{Assignment, AssignmentInput, Bucket, assign_buckets, verify_own_bucket};
+pub use bucket::{
+    Assignment, AssignmentInput, Bucket, ListDelta, apply_list_delta, assign_buckets, list_delta,
+    participant_list_digest, verify_own_bucket,
+};
 pub use client::{ClientRound, MaskPlan, MaskVector};
 pub use dp::{DiscreteGaussian, Epsilon, epsilon, rdp_sampled_gaussian};
 pub use error::SecAggError;
