@@ -44,7 +44,8 @@ use crate::error::FedError;
 use crate::reputation::{Action, Decision, Evidence, Reputation, plaintext_evidence};
 use crate::round::{OpenInfo, SecureSummary, ValidUpdate};
 use crate::secure_round::{
-    DroppedBucket, Finished, SecureRound, Straggler, Violation, ViolationKind, check_survivors,
+    DroppedBucket, Finished, ListRecord, SecureRound, Straggler, Violation, ViolationKind,
+    check_survivors,
 };
 use crate::server_step::{ServerStep, merged_scaler, server_step};
 use crate::validate::{self, Limits, RoundFacts};
@@ -268,6 +269,8 @@ pub struct RoundMachine {
     centre: Option<Arc<Vec<f32>>>,
     reputation: Reputation,
     round: Option<OpenRound>,
+    /// The last secure round's list (see [`ListRecord`]).
+    last_list: Option<ListRecord>,
     committed_this_run: u64,
     pending_decisions: Vec<Decision>,
     refused_commits: Vec<RefusedCommit>,
@@ -295,6 +298,7 @@ impl RoundMachine {
             centre: None,
             reputation: state.reputation,
             round: None,
+            last_list: None,
             committed_this_run: 0,
             pending_decisions: Vec::new(),
             refused_commits: Vec::new(),
@@ -408,6 +412,7 @@ impl RoundMachine {
             self.cfg.model.input_dim,
             verifier,
             after(now_unix_ms, sc.phase_timeout_ms),
+            self.last_list.as_ref(),
         )?;
         let whole = sc
             .phase_timeout_ms
@@ -565,8 +570,14 @@ impl RoundMachine {
     }
 
     /// Takes the open round out (it closes: later messages find no round).
+    /// A secure round's list becomes the one the next secure round's list
+    /// is sent as a change to.
     pub fn take_round(&mut self) -> Option<OpenRound> {
-        self.round.take()
+        let round = self.round.take();
+        if let Some(s) = round.as_ref().and_then(|r| r.secure.as_ref()) {
+            self.last_list = Some(s.list_record());
+        }
+        round
     }
 
     /// Closes a plaintext round: aborts below the quorum, or aggregates

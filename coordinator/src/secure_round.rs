@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use fedmesh_crypto::secagg::{
     AssignmentInput, BucketParams, BucketSum, BucketUnmasker, EncryptedShare, KeyAdvert,
-    MaskedInput, SecAggError, UnmaskResponse, assign_buckets,
+    MaskedInput, SecAggError, UnmaskResponse, assign_buckets, list_delta,
 };
 use fedmesh_crypto::{CertVerifier, NodeId, TenantId};
 use fedmesh_proto::v1;
@@ -99,6 +99,11 @@ pub struct SecureView {
     member_of: Arc<BTreeMap<NodeId, usize>>,
     /// `participants` as the strings sent on the wire (built once).
     participant_names: Arc<Vec<String>>,
+    /// The list as a change to the previous secure round's, for the nodes
+    /// in `delta_to` (those whose advert that round accepted: they kept
+    /// it); `None` when the change is not smaller than the list.
+    delta: Option<Arc<v1::ParticipantsDelta>>,
+    delta_to: Arc<BTreeSet<NodeId>>,
     /// k.
     pub bucket_size: u32,
     /// Smallest acceptable bucket.
@@ -134,7 +139,16 @@ impl SecureView {
     /// the advert phase alone: a node that has not advertised by then is
     /// out of the round, so later events need not carry the list (this
     /// keeps each event's size and cost at its bucket's, not the fleet's).
+    /// A node that received the previous secure round's list gets the
+    /// change to it instead, when that is smaller: in a steady fleet a few
+    /// names, not the n names that made the advert phase grow as n².
     pub fn for_node(&self, node: &NodeId) -> v1::SecureRound {
+        let delta = match &self.delta {
+            Some(d) if self.phase == Phase::Advertise && self.delta_to.contains(node) => {
+                Some(d.as_ref().clone())
+            }
+            _ => None,
+        };
         let bucket = self.bucket_of(node).map(|b| v1::BucketView {
             id: b.id,
             members: b.members.iter().map(|m| m.to_string()).collect(),
@@ -147,11 +161,12 @@ impl SecureView {
         v1::SecureRound {
             bucket_size: self.bucket_size,
             min_bucket_size: self.min_bucket_size,
-            participants: if self.phase == Phase::Advertise {
+            participants: if self.phase == Phase::Advertise && delta.is_none() {
                 self.participant_names.as_ref().clone()
             } else {
                 Vec::new()
             },
+            participants_delta: delta,
             clip_norm: self.clip_norm,
             quant_scale: self.quant_scale,
             noise_multiplier: self.noise_multiplier,
@@ -194,9 +209,24 @@ pub struct Straggler {
     pub phase: Phase,
 }
 
+/// A secure round's committed list and the nodes whose advert it
+/// accepted (so they hold the list): what the next round's list is sent
+/// as a change to.
+#[derive(Debug, Clone)]
+pub struct ListRecord {
+    /// The round.
+    pub round: u64,
+    /// Its committed participants, sorted.
+    pub list: Arc<Vec<NodeId>>,
+    /// Participants whose advert was accepted.
+    pub received: Arc<BTreeSet<NodeId>>,
+}
+
 /// One open secure round.
 pub struct SecureRound {
     round: u64,
+    /// Nodes whose advert was accepted.
+    advertised: BTreeSet<NodeId>,
     view: SecureView,
     buckets: Vec<BucketState>,
     member_of: Arc<BTreeMap<NodeId, usize>>,
@@ -337,7 +367,9 @@ fn violation(e: SecAggError) -> FedError {
 impl SecureRound {
     /// Assigns `participants` to buckets (seeded by the tenant, the round,
     /// the participant list and the base model's digest) and opens the
-    /// advert phase. `dim` is the model's parameter count.
+    /// advert phase. `dim` is the model's parameter count; `base` the
+    /// previous secure round's list, which the nodes that received it get
+    /// this one's as a change to.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         tenant: &TenantId,
@@ -350,8 +382,22 @@ impl SecureRound {
         input_dim: usize,
         verifier: &CertVerifier,
         phase_deadline_unix_ms: i64,
+        base: Option<&ListRecord>,
     ) -> Result<Self, FedError> {
         let list: Vec<NodeId> = participants.iter().cloned().collect();
+        let (delta, delta_to) = match base.map(|b| (b, list_delta(&b.list, &list))) {
+            Some((b, Ok(d))) if d.len() < list.len() / 2 + 1 && !b.received.is_empty() => {
+                let names = |v: &[NodeId]| v.iter().map(|n| n.to_string()).collect();
+                let d = v1::ParticipantsDelta {
+                    base_round: b.round,
+                    base_digest: d.base_digest.to_vec(),
+                    added: names(&d.added),
+                    removed: names(&d.removed),
+                };
+                (Some(Arc::new(d)), b.received.clone())
+            }
+            _ => (None, Arc::default()),
+        };
         let assignment = assign_buckets(&AssignmentInput {
             tenant,
             round,
@@ -401,6 +447,8 @@ impl SecureRound {
         let view = SecureView {
             member_of: member_of.clone(),
             participant_names: Arc::new(list.iter().map(|p| p.to_string()).collect()),
+            delta,
+            delta_to,
             bucket_size: cfg.bucket_size as u32,
             min_bucket_size: cfg.min_bucket() as u32,
             participants: list,
@@ -414,6 +462,7 @@ impl SecureRound {
         };
         let mut r = Self {
             round,
+            advertised: BTreeSet::new(),
             view,
             buckets,
             member_of,
@@ -429,6 +478,15 @@ impl SecureRound {
 
     fn refresh_view(&mut self) {
         self.view.buckets = self.buckets.iter().map(|b| b.public.clone()).collect();
+    }
+
+    /// This round's list and who received it (see [`ListRecord`]).
+    pub fn list_record(&self) -> ListRecord {
+        ListRecord {
+            round: self.round,
+            list: Arc::new(self.view.participants.clone()),
+            received: Arc::new(self.advertised.clone()),
+        }
     }
 
     /// The current public state.
@@ -593,6 +651,9 @@ impl SecureRound {
         // `node` is expected and had not answered (checked above).
         if b.answered.insert(node.clone()) {
             self.outstanding = self.outstanding.saturating_sub(1);
+        }
+        if phase == Phase::Advertise {
+            self.advertised.insert(node.clone());
         }
         self.bytes_received = self.bytes_received.saturating_add(wire_bytes);
         Ok(v1::SecAggAck {
@@ -769,6 +830,7 @@ mod tests {
             INPUT_DIM,
             &verifier,
             0,
+            None,
         )
         .unwrap();
         (round, nodes, verifier)
@@ -928,6 +990,83 @@ mod tests {
             bucket_size: k,
             ..SecureConfig::default()
         }
+    }
+
+    #[test]
+    fn the_next_list_goes_as_a_change_to_those_who_hold_the_last() {
+        use v1::sec_agg_request::Message as M;
+        let (mut r, nodes, verifier) = setup(12, &cfg(3));
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        // Nodes 0..8 advertise in round 7; 8..12 do not.
+        for n in &nodes[..8] {
+            let b = bucket_of(&r, &n.id);
+            let params = r.buckets[b].unmasker.params().clone();
+            let c = ClientRound::new(params, n.id.clone(), &mut rng).unwrap();
+            let advert = M::Advert(c.advertise(&n.signer).unwrap().encode());
+            r.accept(&n.id, &request(&n.id, b as u32, advert), now(), 1)
+                .unwrap();
+        }
+        let record = r.list_record();
+        assert_eq!(record.received.len(), 8);
+        let old: Vec<NodeId> = record.list.as_ref().clone();
+        // Round 8: node 0 leaves, a newcomer joins.
+        let mut next: BTreeSet<NodeId> = old[1..].iter().cloned().collect();
+        let newcomer: NodeId = "n99".parse().unwrap();
+        next.insert(newcomer.clone());
+        let tenant: TenantId = "acme".parse().unwrap();
+        let open = |list: &BTreeSet<NodeId>, base: Option<&ListRecord>| {
+            SecureRound::new(
+                &tenant,
+                8,
+                7,
+                [4; 32],
+                list,
+                &cfg(3),
+                DIM,
+                INPUT_DIM,
+                &verifier,
+                0,
+                base,
+            )
+            .unwrap()
+            .view()
+        };
+        let view = open(&next, Some(&record));
+        let want: Vec<NodeId> = next.iter().cloned().collect();
+        // An advertiser of round 7 gets two names and rebuilds the list.
+        let ev = view.for_node(&nodes[1].id);
+        assert!(ev.participants.is_empty());
+        let d = ev.participants_delta.clone().expect("a change");
+        assert_eq!((d.base_round, d.added.len(), d.removed.len()), (7, 1, 1));
+        let rebuilt = fedmesh_crypto::secagg::apply_list_delta(
+            &old,
+            &fedmesh_crypto::secagg::ListDelta {
+                base_digest: d.base_digest.as_slice().try_into().unwrap(),
+                added: d.added.iter().map(|a| a.parse().unwrap()).collect(),
+                removed: d.removed.iter().map(|a| a.parse().unwrap()).collect(),
+            },
+        )
+        .unwrap();
+        assert_eq!(rebuilt, want);
+        // A node that did not advertise, and the newcomer, get it whole.
+        for n in [&nodes[9].id, &newcomer] {
+            let ev = view.for_node(n);
+            assert!(ev.participants_delta.is_none());
+            assert_eq!(ev.participants.len(), 12);
+        }
+        // Without a base, or when the change is not smaller, whole lists.
+        assert!(
+            open(&next, None)
+                .for_node(&nodes[1].id)
+                .participants_delta
+                .is_none()
+        );
+        let other: BTreeSet<NodeId> = (0..12)
+            .map(|i| format!("m{i:02}").parse().unwrap())
+            .collect();
+        let ev = open(&other, Some(&record)).for_node(&nodes[1].id);
+        assert!(ev.participants_delta.is_none());
+        assert_eq!(ev.participants.len(), 12);
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub(crate) struct Member {
     verifier: fedmesh_crypto::CertVerifier,
     round: Option<ClientRound>,
     rng: ChaCha20Rng,
+    /// The last committed list this member checked its bucket against.
+    known: Option<Vec<fedmesh_crypto::NodeId>>,
 }
 
 impl Member {
@@ -56,6 +58,7 @@ impl Member {
             verifier: fedmesh_crypto::CertVerifier::new(mesh.ca_pem())?,
             round: None,
             rng: ChaCha20Rng::seed_from_u64(seed),
+            known: None,
         })
     }
 
@@ -115,11 +118,9 @@ impl Member {
         let bv = sr.bucket.as_ref().ok_or_else(|| anyhow!("no bucket"))?;
         let tenant = "acme".parse()?;
         let me = self.name.parse()?;
-        let participants = sr
-            .participants
-            .iter()
-            .map(|p| p.parse())
-            .collect::<Result<Vec<_>, _>>()?;
+        let participants =
+            fedmesh_node::federation::secure::committed_list(sr, self.known.as_deref())
+                .map_err(anyhow::Error::msg)?;
         let announced =
             fedmesh_node::federation::secure::announced_bucket(bv).map_err(anyhow::Error::msg)?;
         let mine = verify_own_bucket(
@@ -134,6 +135,7 @@ impl Member {
             &announced,
             sr.min_bucket_size as usize,
         )?;
+        self.known = Some(participants);
         let params = BucketParams::new(
             tenant,
             open.round,

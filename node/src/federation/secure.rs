@@ -18,8 +18,8 @@
 
 use fedmesh_crypto::NodeId;
 use fedmesh_crypto::secagg::{
-    AssignmentInput, Bucket, BucketParams, ClientRound, EncryptedShare, KeyAdvert, QuantConfig,
-    SecAggError, UnmaskRequest, verify_own_bucket,
+    AssignmentInput, Bucket, BucketParams, ClientRound, EncryptedShare, KeyAdvert, ListDelta,
+    QuantConfig, SecAggError, UnmaskRequest, apply_list_delta, verify_own_bucket,
 };
 use fedmesh_proto::v1::{self, round_event::Event as Ev, sec_agg_request::Message as M};
 use rand::SeedableRng;
@@ -80,6 +80,9 @@ impl Round {
         }
     }
 
+    /// The bucket parameters after checking the announced bucket against
+    /// the committed list (sent whole, or as a change to `known`, which
+    /// then becomes this round's list).
     fn params(
         &self,
         sr: &v1::SecureRound,
@@ -87,6 +90,7 @@ impl Round {
         dim: usize,
         digest: [u8; 32],
         clip_factor: f64,
+        known: &mut Option<Vec<NodeId>>,
     ) -> Result<(BucketParams, NodeId), Abandon> {
         let parse = |s: &String| {
             s.parse::<NodeId>()
@@ -97,11 +101,7 @@ impl Round {
             .parse()
             .map_err(|e| Abandon::Refused(format!("bad tenant: {e}")))?;
         let me: NodeId = parse(&self.node)?;
-        let participants = sr
-            .participants
-            .iter()
-            .map(parse)
-            .collect::<Result<Vec<_>, _>>()?;
+        let participants = committed_list(sr, known.as_deref()).map_err(Abandon::Refused)?;
         let bv = sr
             .bucket
             .as_ref()
@@ -115,6 +115,7 @@ impl Round {
             bucket_size: sr.bucket_size as usize,
         };
         let mine = verify_own_bucket(&input, &me, &announced, sr.min_bucket_size.max(2) as usize)?;
+        *known = Some(participants);
         let extra = fedmesh_proto::secure::extra_words(NUM_FEATURES);
         if sr.extra_words as usize != extra {
             return Err(Abandon::Refused(format!(
@@ -153,6 +154,41 @@ fn extra_words(update: &LocalUpdate) -> Vec<u32> {
     fedmesh_proto::secure::encode_extra(update.train_loss, &mean, &mean_sq)
 }
 
+/// The round's committed participant list from its advert-phase event:
+/// sent whole, or as a change to the list this node checked its bucket
+/// against last (`known`); refused when it is neither, or the change does
+/// not apply to `known`.
+pub fn committed_list(
+    sr: &v1::SecureRound,
+    known: Option<&[NodeId]>,
+) -> Result<Vec<NodeId>, String> {
+    let parse = |s: &String| {
+        s.parse::<NodeId>()
+            .map_err(|e| format!("bad node id {s:?}: {e}"))
+    };
+    let parse_all = |v: &[String]| v.iter().map(parse).collect::<Result<Vec<_>, _>>();
+    match &sr.participants_delta {
+        None => parse_all(&sr.participants),
+        Some(_) if !sr.participants.is_empty() => {
+            Err("both a participant list and a change to one".into())
+        }
+        Some(d) => {
+            let base = known.ok_or("the participant list comes as a change to a list this node does not hold (it will get the whole list next round)")?;
+            let base_digest: [u8; 32] = d
+                .base_digest
+                .as_slice()
+                .try_into()
+                .map_err(|_| "participant list change: digest is not 32 bytes".to_string())?;
+            let delta = ListDelta {
+                base_digest,
+                added: parse_all(&d.added)?,
+                removed: parse_all(&d.removed)?,
+            };
+            apply_list_delta(base, &delta).map_err(|e| e.to_string())
+        }
+    }
+}
+
 /// The bucket the coordinator announced to this node (its id and members),
 /// before any check; a member name that is not a node id is refused.
 pub fn announced_bucket(bv: &v1::BucketView) -> Result<Bucket, String> {
@@ -176,6 +212,7 @@ pub(crate) async fn participate(
     client: &mut Client,
     stream: &mut tonic::Streaming<v1::RoundEvent>,
     open: &v1::RoundOpen,
+    known: &mut Option<Vec<NodeId>>,
 ) -> Result<Option<v1::RoundEvent>, SessionError> {
     if lock(agent).global_version() != Some(open.base_version) {
         sync_model(agent, fs, client, open.base_version).await?;
@@ -237,7 +274,7 @@ pub(crate) async fn participate(
         return Ok(None);
     }
     let clip_factor = fs.clip_factor();
-    let (params, me) = match r.params(sr, open.base_version, dim, digest, clip_factor) {
+    let (params, me) = match r.params(sr, open.base_version, dim, digest, clip_factor, known) {
         Ok(p) => p,
         Err(e) => {
             warn!(error = %e, "refusing the announced bucket");
@@ -417,5 +454,58 @@ impl From<SecAggError> for StepError {
 impl From<AgentError> for StepError {
     fn from(e: AgentError) -> Self {
         StepError::Session(SessionError::Agent(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedmesh_crypto::secagg::list_delta;
+
+    fn ids(names: &[&str]) -> Vec<NodeId> {
+        names.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn names(v: &[NodeId]) -> Vec<String> {
+        v.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn the_committed_list_comes_whole_or_as_a_change_to_the_one_held() {
+        let old = ids(&["a", "b", "c"]);
+        let new = ids(&["b", "c", "d"]);
+        let whole = v1::SecureRound {
+            participants: names(&new),
+            ..Default::default()
+        };
+        assert_eq!(committed_list(&whole, None).unwrap(), new);
+        let d = list_delta(&old, &new).unwrap();
+        let change = v1::SecureRound {
+            participants_delta: Some(v1::ParticipantsDelta {
+                base_round: 3,
+                base_digest: d.base_digest.to_vec(),
+                added: names(&d.added),
+                removed: names(&d.removed),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(committed_list(&change, Some(&old)).unwrap(), new);
+        // Nothing held, another list held, a bad digest, a bad name, or
+        // both forms at once: refused with a reason.
+        assert!(committed_list(&change, None).is_err());
+        assert!(committed_list(&change, Some(&new)).is_err());
+        let mut bad = change.clone();
+        if let Some(d) = bad.participants_delta.as_mut() {
+            d.base_digest.truncate(5);
+        }
+        assert!(committed_list(&bad, Some(&old)).is_err());
+        let mut bad = change.clone();
+        if let Some(d) = bad.participants_delta.as_mut() {
+            d.added.push("not a name!".into());
+        }
+        assert!(committed_list(&bad, Some(&old)).is_err());
+        let mut both = change;
+        both.participants = names(&new);
+        assert!(committed_list(&both, Some(&old)).is_err());
     }
 }

@@ -26,12 +26,15 @@ pub async fn run_federation(
     let span = info_span!("node", tenant = %tenant, node = %node);
     async move {
         let mut backoff = Duration::from_millis(200);
+        // The last committed participant list this node checked its
+        // bucket against: the coordinator may send the next as a change.
+        let mut known = None;
         loop {
             if *shutdown.borrow() {
                 return;
             }
             let result = tokio::select! {
-                r = session(&agent, &fs, &mut backoff) => r,
+                r = session(&agent, &fs, &mut backoff, &mut known) => r,
                 _ = shutdown.changed() => return,
             };
             match result {
@@ -58,6 +61,7 @@ async fn session(
     agent: &SharedAgent,
     fs: &FederationSettings,
     backoff: &mut Duration,
+    known: &mut Option<Vec<fedmesh_crypto::NodeId>>,
 ) -> Result<(), SessionError> {
     let (tenant, node, have) = {
         let a = lock(agent);
@@ -120,10 +124,16 @@ async fn session(
             Some(Ev::Open(o)) if o.selected && o.secure.is_some() => {
                 secure_round = Some(o.round);
                 let span = info_span!("round", tenant = %tenant, round = o.round, node = %node);
-                pending =
-                    crate::federation::secure::participate(agent, fs, &mut client, &mut stream, &o)
-                        .instrument(span)
-                        .await?;
+                pending = crate::federation::secure::participate(
+                    agent,
+                    fs,
+                    &mut client,
+                    &mut stream,
+                    &o,
+                    known,
+                )
+                .instrument(span)
+                .await?;
             }
             Some(Ev::Open(o)) if o.selected => {
                 let span = info_span!("round", tenant = %tenant, round = o.round, node = %node);
