@@ -128,19 +128,57 @@ const ROUND_GAP_MS: u64 = 250;
 /// storming the accept loop.
 const CONNECTING_AT_ONCE: usize = 64;
 
-/// CPU time (ns) of process `pid`'s threads so far (None = this process):
-/// (all, threads named [`CLIENT_THREAD`]). Read from
-/// `/proc/<pid>/task/*/schedstat` (run time in ns, first field); threads
-/// that have exited are lost, so the runtimes keep theirs alive.
-fn cpu_ns(pid: Option<u32>) -> Result<(u64, u64)> {
+/// CPU time (ns) a process's threads used between two samples: (all,
+/// threads named [`CLIENT_THREAD`]). Kept per thread, so a thread that
+/// exits between two samples (a blocking-pool thread gone idle) takes
+/// nothing away from the total; only its time since the last sample is
+/// missed.
+#[derive(Debug, Default)]
+struct CpuMeter {
+    pid: Option<u32>,
+    seen: std::collections::HashMap<String, u64>,
+}
+
+impl CpuMeter {
+    fn new(pid: Option<u32>) -> Result<Self> {
+        let mut m = Self {
+            pid,
+            seen: Default::default(),
+        };
+        m.sample()?;
+        Ok(m)
+    }
+
+    /// CPU used since the previous sample.
+    fn sample(&mut self) -> Result<(u64, u64)> {
+        let mut used = (0u64, 0u64);
+        let mut seen = std::collections::HashMap::with_capacity(self.seen.len());
+        for (tid, ns, client) in thread_cpu_ns(self.pid)? {
+            let d = ns.saturating_sub(self.seen.get(&tid).copied().unwrap_or(0));
+            used.0 += d;
+            if client {
+                used.1 += d;
+            }
+            seen.insert(tid, ns);
+        }
+        self.seen = seen;
+        Ok(used)
+    }
+}
+
+/// CPU time (ns) of each of process `pid`'s threads so far (None = this
+/// process), and whether it is a [`CLIENT_THREAD`]. Read from
+/// `/proc/<pid>/task/*/schedstat` (run time in ns, first field).
+fn thread_cpu_ns(pid: Option<u32>) -> Result<Vec<(String, u64, bool)>> {
     let tasks = match pid {
         Some(p) => format!("/proc/{p}/task"),
         None => "/proc/self/task".to_string(),
     };
-    let mut all = 0u64;
-    let mut clients = 0u64;
+    let mut threads = Vec::new();
     for task in std::fs::read_dir(&tasks).with_context(|| format!("reading {tasks}"))? {
-        let dir = task?.path();
+        let task = task?;
+        let tid = task.file_name().to_string_lossy().into_owned();
+        let dir = task.path();
         let (Ok(stat), Ok(comm)) = (
             std::fs::read_to_string(dir.join("schedstat")),
             std::fs::read_to_string(dir.join("comm")),
@@ -152,13 +190,11 @@ fn cpu_ns(pid: Option<u32>) -> Result<(u64, u64)> {
             .next()
             .and_then(|f| f.parse().ok())
             .ok_or_else(|| anyhow!("unexpected schedstat line {stat:?}"))?;
-        all += ns;
         // `comm` is truncated to 15 bytes.
-        if CLIENT_THREAD.starts_with(comm.trim_end()) && !comm.trim_end().is_empty() {
-            clients += ns;
-        }
+        let client = CLIENT_THREAD.starts_with(comm.trim_end()) && !comm.trim_end().is_empty();
+        threads.push((tid, ns, client));
     }
-    Ok((all, clients))
+    Ok(threads)
 }
 
 /// User and system CPU time (clock ticks) of process `pid`, from
@@ -494,11 +530,8 @@ async fn run_one(
     let mut times = Vec::new();
     let mut coordinator_cpu = Vec::new();
     let mut client_cpu = Vec::new();
-    let mut last = cpu_ns(None)?;
-    let mut last_child = match pid {
-        Some(p) => cpu_ns(Some(p))?.0,
-        None => 0,
-    };
+    let mut own_cpu = CpuMeter::new(None)?;
+    let mut child_cpu = pid.map(|p| CpuMeter::new(Some(p))).transpose()?;
     let mut durations = (0.0f64, 0u64);
     let mut version = 0u64;
     // User and system ticks of the measured rounds (child only).
@@ -540,20 +573,11 @@ async fn run_one(
                 }
             }
         };
-        let now = cpu_ns(None)?;
-        let (coord_ns, client_ns) = match pid {
-            Some(p) => {
-                let c = cpu_ns(Some(p))?.0;
-                let d = c - last_child;
-                last_child = c;
-                (d, now.1 - last.1)
-            }
-            None => {
-                let (all, cl) = (now.0 - last.0, now.1 - last.1);
-                (all.saturating_sub(cl), cl)
-            }
+        let (all, cl) = own_cpu.sample()?;
+        let (coord_ns, client_ns) = match child_cpu.as_mut() {
+            Some(child) => (child.sample()?.0, cl),
+            None => (all.saturating_sub(cl), cl),
         };
-        last = now;
         let ms = match (in_process_ms, &http) {
             (Some(ms), _) => ms,
             (None, Some(h)) => {
