@@ -56,7 +56,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::cgroup::{CgroupCollector, CgroupError};
-use super::proc::{MAX_FILE_BYTES, parse_pids, read_small};
+use super::proc::{MAX_FILE_BYTES, parse_pids, read_limited, read_small};
 use super::{ContainerId, Event, NetActivity};
 
 /// Namespaces tracked at most per reading (more are skipped and counted).
@@ -64,6 +64,12 @@ pub const MAX_NETNS: usize = 1024;
 
 /// Socket rows parsed per namespace reading (`tcp` and `tcp6` together).
 pub const MAX_SOCKETS: usize = 16_384;
+
+/// Bytes read of each raw or packet table: room for [`MAX_SOCKETS`] rows
+/// (every row is shorter than 256 bytes), so a table too long to read
+/// whole reaches the row cap, whose excess counts as raw sockets, before
+/// the byte limit cuts it.
+pub const MAX_RAW_TABLE_BYTES: u64 = (MAX_SOCKETS as u64 + 1) * 256;
 
 /// Outbound connections remembered per namespace to tell new ones; beyond,
 /// connections are not reported as new (counted as untracked).
@@ -1035,9 +1041,10 @@ impl NetnsCollector {
                 continue;
             };
             let dir = self.proc_root.join(pid.to_string()).join("net");
-            r.raw = read_small(&dir.join("raw")).ok();
-            r.raw6 = read_small(&dir.join("raw6")).ok();
-            r.packet = read_small(&dir.join("packet")).ok();
+            let read = |name: &str| read_limited(&dir.join(name), MAX_RAW_TABLE_BYTES).ok();
+            r.raw = read("raw");
+            r.raw6 = read("raw6");
+            r.packet = read("packet");
         }
         let plan = self.tracker.table_plan(&readings);
         for r in readings.iter_mut().filter(|r| plan.contains(&r.netns)) {
@@ -1637,6 +1644,27 @@ Udp: InDatagrams NoPorts\nUdp: 0 0\n";
         let n = activity(&ev[0]).1;
         assert_eq!((n.raw_sockets, n.packet_sockets), (0, 0));
         assert_eq!(stats.bad_rows, 0);
+    }
+
+    #[test]
+    fn a_raw_table_read_from_disk_reaches_the_row_cap_before_the_byte_limit() {
+        // The longest rows (raw6, large inode and pointer), more of them
+        // than the cap: what is read still holds more rows than the cap.
+        let row = " 9999: 00000000000000000000000000000000:003A 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000 4294967295        0 4294967295 2 ffffffffffffffff 4294967295\n";
+        assert!(row.len() < 256);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raw6");
+        let mut text = RAW_PING.lines().next().unwrap_or_default().to_string();
+        text.push('\n');
+        for _ in 0..MAX_SOCKETS + 100 {
+            text.push_str(row);
+        }
+        std::fs::write(&path, &text).unwrap();
+        let read = read_limited(&path, MAX_RAW_TABLE_BYTES).unwrap();
+        let mut r = RawSockets::default();
+        parse_raw_table(&read, &mut r);
+        assert_eq!(r.icmp as usize, MAX_SOCKETS);
+        assert!(r.truncated >= 1, "{r:?}");
     }
 
     #[test]

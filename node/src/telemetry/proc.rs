@@ -93,9 +93,15 @@ pub fn parse_pids(text: &str) -> (Vec<u32>, u64) {
 /// Reads a small text file, at most [`MAX_FILE_BYTES`]; invalid UTF-8 is an
 /// `InvalidData` error.
 pub fn read_small(path: &Path) -> io::Result<String> {
+    read_limited(path, MAX_FILE_BYTES)
+}
+
+/// Reads at most `limit` bytes of a text file; invalid UTF-8 is an
+/// `InvalidData` error.
+pub fn read_limited(path: &Path, limit: u64) -> io::Result<String> {
     let f = std::fs::File::open(path)?;
     let mut buf = Vec::new();
-    f.take(MAX_FILE_BYTES).read_to_end(&mut buf)?;
+    f.take(limit).read_to_end(&mut buf)?;
     String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
