@@ -285,9 +285,10 @@ pub struct AgentStats {
     pub incident_store_errors: u64,
 }
 
-/// Ticks between two writes of the incident state when no incident record
-/// was emitted (a record always writes it): a crash loses at most this
-/// many windows of baselines and quiet counts, never an open or a close.
+/// Ticks between two writes of the incident state while no incident is
+/// open and none was emitted (a record, or any open incident, writes it
+/// every tick): a crash then loses at most this many windows of baselines,
+/// and no window an open incident's quiet count depends on.
 pub const INCIDENT_PERSIST_EVERY: u32 = 6;
 
 /// What of the incident state is not stored yet.
@@ -338,9 +339,11 @@ pub struct Agent {
 
 impl Drop for Agent {
     /// Stores the incident state not stored yet (a clean shutdown loses
-    /// nothing).
+    /// nothing), unless it holds records that may not have been sent (a
+    /// window whose dispatch did not finish): storing it would mark them
+    /// as sent.
     fn drop(&mut self) {
-        if self.unsaved.ticks > 0 {
+        if self.unsaved.ticks > 0 && !self.unsaved.records {
             self.write_incidents();
         }
     }
@@ -474,14 +477,19 @@ impl Agent {
     }
 
     /// Stores the incident tracker's state if it is due: an incident
-    /// record was emitted since the last write, or
+    /// record was emitted since the last write, an incident is open (its
+    /// quiet count must not be taken for downtime after a crash), or
     /// [`INCIDENT_PERSIST_EVERY`] ticks passed. The live loop calls it
     /// after dispatching a window's records, so a crash in between pages
     /// again rather than not at all; `close_window` calls it before the
     /// next tick for callers that do not.
     pub fn persist_incidents(&mut self) {
         let u = self.unsaved;
-        if u.ticks > 0 && (u.records || u.ticks >= INCIDENT_PERSIST_EVERY) {
+        if u.ticks > 0
+            && (u.records
+                || u.ticks >= INCIDENT_PERSIST_EVERY
+                || self.incidents.open_count() > 0)
+        {
             self.write_incidents();
         }
     }

@@ -695,8 +695,9 @@ impl IncidentTracker {
         let missed = if now_ms < saved {
             None
         } else {
-            // The window ending now is a regular one.
-            Some(((now_ms - saved) / step).saturating_sub(1))
+            // The window ending now is a regular one; rounded, so a
+            // window's jitter does not add or take one.
+            Some(((now_ms - saved).saturating_add(step / 2) / step).saturating_sub(1))
         };
         let gap = missed.unwrap_or(0);
         self.tick = self.tick.saturating_add(gap);

@@ -315,6 +315,20 @@ mod tests {
         let records = process_window(&agent, &events, (w + 1) * 10_000, &mut pipeline);
         assert_eq!(records.len(), 1);
         assert_eq!(stored_open("web-1"), Some(true));
+        // While it is open, every window is stored, records or not: a
+        // crash must not turn windows the node saw into downtime.
+        let stored_tick = || -> u64 {
+            let bytes = store.incidents().unwrap().unwrap();
+            serde_json::from_slice::<crate::detection::incident::TrackerSnapshot>(&bytes)
+                .unwrap()
+                .tick
+        };
+        for _ in 0..3 {
+            let before = stored_tick();
+            let (w, events) = src.next_window();
+            assert!(process_window(&agent, &events, (w + 1) * 10_000, &mut pipeline).is_empty());
+            assert_eq!(stored_tick(), before + 1);
+        }
         assert_eq!(lock(&agent).stats().incident_store_errors, 0);
     }
 
