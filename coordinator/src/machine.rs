@@ -384,6 +384,7 @@ impl RoundMachine {
             training: training_of(&self.cfg),
             secure: None,
         });
+        self.retire_round();
         self.round = Some(OpenRound::new(info.clone(), None));
         info
     }
@@ -427,6 +428,7 @@ impl RoundMachine {
             training: training_of(&self.cfg),
             secure: Some(secure.view()),
         });
+        self.retire_round();
         self.round = Some(OpenRound::new(info.clone(), Some(secure)));
         Ok(info)
     }
@@ -573,11 +575,17 @@ impl RoundMachine {
     /// A secure round's list becomes the one the next secure round's list
     /// is sent as a change to.
     pub fn take_round(&mut self) -> Option<OpenRound> {
-        let round = self.round.take();
-        if let Some(s) = round.as_ref().and_then(|r| r.secure.as_ref()) {
+        self.retire_round();
+        self.round.take()
+    }
+
+    /// Keeps the open secure round's list as the base of the next one's
+    /// (also when a round is replaced without being taken, after an
+    /// error).
+    fn retire_round(&mut self) {
+        if let Some(s) = self.round.as_ref().and_then(|r| r.secure.as_ref()) {
             self.last_list = Some(s.list_record());
         }
-        round
     }
 
     /// Closes a plaintext round: aborts below the quorum, or aggregates

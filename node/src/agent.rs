@@ -486,9 +486,7 @@ impl Agent {
     pub fn persist_incidents(&mut self) {
         let u = self.unsaved;
         if u.ticks > 0
-            && (u.records
-                || u.ticks >= INCIDENT_PERSIST_EVERY
-                || self.incidents.open_count() > 0)
+            && (u.records || u.ticks >= INCIDENT_PERSIST_EVERY || self.incidents.open_count() > 0)
         {
             self.write_incidents();
         }

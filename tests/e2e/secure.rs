@@ -39,7 +39,7 @@ pub(crate) struct Member {
     round: Option<ClientRound>,
     rng: ChaCha20Rng,
     /// The last committed list this member checked its bucket against.
-    known: Option<Vec<fedmesh_crypto::NodeId>>,
+    known: Vec<Vec<fedmesh_crypto::NodeId>>,
 }
 
 impl Member {
@@ -58,7 +58,7 @@ impl Member {
             verifier: fedmesh_crypto::CertVerifier::new(mesh.ca_pem())?,
             round: None,
             rng: ChaCha20Rng::seed_from_u64(seed),
-            known: None,
+            known: Vec::new(),
         })
     }
 
@@ -118,9 +118,8 @@ impl Member {
         let bv = sr.bucket.as_ref().ok_or_else(|| anyhow!("no bucket"))?;
         let tenant = "acme".parse()?;
         let me = self.name.parse()?;
-        let participants =
-            fedmesh_node::federation::secure::committed_list(sr, self.known.as_deref())
-                .map_err(anyhow::Error::msg)?;
+        let participants = fedmesh_node::federation::secure::committed_list(sr, &self.known)
+            .map_err(anyhow::Error::msg)?;
         let announced =
             fedmesh_node::federation::secure::announced_bucket(bv).map_err(anyhow::Error::msg)?;
         let mine = verify_own_bucket(
@@ -135,7 +134,7 @@ impl Member {
             &announced,
             sr.min_bucket_size as usize,
         )?;
-        self.known = Some(participants);
+        fedmesh_node::federation::secure::remember_list(&mut self.known, participants);
         let params = BucketParams::new(
             tenant,
             open.round,

@@ -19,7 +19,8 @@
 use fedmesh_crypto::NodeId;
 use fedmesh_crypto::secagg::{
     AssignmentInput, Bucket, BucketParams, ClientRound, EncryptedShare, KeyAdvert, ListDelta,
-    QuantConfig, SecAggError, UnmaskRequest, apply_list_delta, verify_own_bucket,
+    QuantConfig, SecAggError, UnmaskRequest, apply_list_delta, participant_list_digest,
+    verify_own_bucket,
 };
 use fedmesh_proto::v1::{self, round_event::Event as Ev, sec_agg_request::Message as M};
 use rand::SeedableRng;
@@ -90,7 +91,7 @@ impl Round {
         dim: usize,
         digest: [u8; 32],
         clip_factor: f64,
-        known: &mut Option<Vec<NodeId>>,
+        known: &mut Vec<Vec<NodeId>>,
     ) -> Result<(BucketParams, NodeId), Abandon> {
         let parse = |s: &String| {
             s.parse::<NodeId>()
@@ -101,7 +102,7 @@ impl Round {
             .parse()
             .map_err(|e| Abandon::Refused(format!("bad tenant: {e}")))?;
         let me: NodeId = parse(&self.node)?;
-        let participants = committed_list(sr, known.as_deref()).map_err(Abandon::Refused)?;
+        let participants = committed_list(sr, known).map_err(Abandon::Refused)?;
         let bv = sr
             .bucket
             .as_ref()
@@ -115,7 +116,7 @@ impl Round {
             bucket_size: sr.bucket_size as usize,
         };
         let mine = verify_own_bucket(&input, &me, &announced, sr.min_bucket_size.max(2) as usize)?;
-        *known = Some(participants);
+        remember_list(known, participants);
         let extra = fedmesh_proto::secure::extra_words(NUM_FEATURES);
         if sr.extra_words as usize != extra {
             return Err(Abandon::Refused(format!(
@@ -155,13 +156,11 @@ fn extra_words(update: &LocalUpdate) -> Vec<u32> {
 }
 
 /// The round's committed participant list from its advert-phase event:
-/// sent whole, or as a change to the list this node checked its bucket
-/// against last (`known`); refused when it is neither, or the change does
-/// not apply to `known`.
-pub fn committed_list(
-    sr: &v1::SecureRound,
-    known: Option<&[NodeId]>,
-) -> Result<Vec<NodeId>, String> {
+/// sent whole, or as a change to one of the lists this node checked its
+/// bucket against last (`known`, newest first: the last two, so a node
+/// that reconnects during a round's advert phase still holds the base);
+/// refused when it is neither, or the change names no list held.
+pub fn committed_list(sr: &v1::SecureRound, known: &[Vec<NodeId>]) -> Result<Vec<NodeId>, String> {
     let parse = |s: &String| {
         s.parse::<NodeId>()
             .map_err(|e| format!("bad node id {s:?}: {e}"))
@@ -173,12 +172,15 @@ pub fn committed_list(
             Err("both a participant list and a change to one".into())
         }
         Some(d) => {
-            let base = known.ok_or("the participant list comes as a change to a list this node does not hold (it will get the whole list next round)")?;
             let base_digest: [u8; 32] = d
                 .base_digest
                 .as_slice()
                 .try_into()
                 .map_err(|_| "participant list change: digest is not 32 bytes".to_string())?;
+            let base = known
+                .iter()
+                .find(|k| participant_list_digest(k).ok() == Some(base_digest))
+                .ok_or("the participant list comes as a change to a list this node does not hold (it will get the whole list next round)")?;
             let delta = ListDelta {
                 base_digest,
                 added: parse_all(&d.added)?,
@@ -187,6 +189,16 @@ pub fn committed_list(
             apply_list_delta(base, &delta).map_err(|e| e.to_string())
         }
     }
+}
+
+/// Lists a node keeps for [`committed_list`].
+pub const KNOWN_LISTS: usize = 2;
+
+/// Remembers `list` as the newest list held (at most [`KNOWN_LISTS`]).
+pub fn remember_list(known: &mut Vec<Vec<NodeId>>, list: Vec<NodeId>) {
+    known.retain(|k| *k != list);
+    known.insert(0, list);
+    known.truncate(KNOWN_LISTS);
 }
 
 /// The bucket the coordinator announced to this node (its id and members),
@@ -212,7 +224,7 @@ pub(crate) async fn participate(
     client: &mut Client,
     stream: &mut tonic::Streaming<v1::RoundEvent>,
     open: &v1::RoundOpen,
-    known: &mut Option<Vec<NodeId>>,
+    known: &mut Vec<Vec<NodeId>>,
 ) -> Result<Option<v1::RoundEvent>, SessionError> {
     if lock(agent).global_version() != Some(open.base_version) {
         sync_model(agent, fs, client, open.base_version).await?;
@@ -478,7 +490,7 @@ mod tests {
             participants: names(&new),
             ..Default::default()
         };
-        assert_eq!(committed_list(&whole, None).unwrap(), new);
+        assert_eq!(committed_list(&whole, &[]).unwrap(), new);
         let d = list_delta(&old, &new).unwrap();
         let change = v1::SecureRound {
             participants_delta: Some(v1::ParticipantsDelta {
@@ -489,23 +501,34 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(committed_list(&change, Some(&old)).unwrap(), new);
+        assert_eq!(committed_list(&change, &[old.clone()]).unwrap(), new);
         // Nothing held, another list held, a bad digest, a bad name, or
         // both forms at once: refused with a reason.
-        assert!(committed_list(&change, None).is_err());
-        assert!(committed_list(&change, Some(&new)).is_err());
+        assert!(committed_list(&change, &[]).is_err());
+        assert!(committed_list(&change, &[new.clone()]).is_err());
         let mut bad = change.clone();
         if let Some(d) = bad.participants_delta.as_mut() {
             d.base_digest.truncate(5);
         }
-        assert!(committed_list(&bad, Some(&old)).is_err());
+        assert!(committed_list(&bad, &[old.clone()]).is_err());
         let mut bad = change.clone();
         if let Some(d) = bad.participants_delta.as_mut() {
             d.added.push("not a name!".into());
         }
-        assert!(committed_list(&bad, Some(&old)).is_err());
-        let mut both = change;
+        assert!(committed_list(&bad, &[old.clone()]).is_err());
+        let mut both = change.clone();
         both.participants = names(&new);
-        assert!(committed_list(&both, Some(&old)).is_err());
+        assert!(committed_list(&both, &[old.clone()]).is_err());
+        // A node that took the new list already (it reconnected during the
+        // advert phase) still holds the base as its second list.
+        let mut known = Vec::new();
+        remember_list(&mut known, old.clone());
+        remember_list(&mut known, new.clone());
+        remember_list(&mut known, new.clone());
+        assert_eq!(known, [new.clone(), old.clone()]);
+        assert_eq!(committed_list(&change, &known).unwrap(), new);
+        remember_list(&mut known, ids(&["z"]));
+        assert_eq!(known.len(), KNOWN_LISTS);
+        assert!(committed_list(&change, &known).is_err());
     }
 }

@@ -28,7 +28,7 @@ pub async fn run_federation(
         let mut backoff = Duration::from_millis(200);
         // The last committed participant list this node checked its
         // bucket against: the coordinator may send the next as a change.
-        let mut known = None;
+        let mut known = Vec::new();
         loop {
             if *shutdown.borrow() {
                 return;
@@ -61,7 +61,7 @@ async fn session(
     agent: &SharedAgent,
     fs: &FederationSettings,
     backoff: &mut Duration,
-    known: &mut Option<Vec<fedmesh_crypto::NodeId>>,
+    known: &mut Vec<Vec<fedmesh_crypto::NodeId>>,
 ) -> Result<(), SessionError> {
     let (tenant, node, have) = {
         let a = lock(agent);
