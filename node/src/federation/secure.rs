@@ -501,24 +501,27 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(committed_list(&change, &[old.clone()]).unwrap(), new);
+        assert_eq!(
+            committed_list(&change, std::slice::from_ref(&old)).unwrap(),
+            new
+        );
         // Nothing held, another list held, a bad digest, a bad name, or
         // both forms at once: refused with a reason.
         assert!(committed_list(&change, &[]).is_err());
-        assert!(committed_list(&change, &[new.clone()]).is_err());
+        assert!(committed_list(&change, std::slice::from_ref(&new)).is_err());
         let mut bad = change.clone();
         if let Some(d) = bad.participants_delta.as_mut() {
             d.base_digest.truncate(5);
         }
-        assert!(committed_list(&bad, &[old.clone()]).is_err());
+        assert!(committed_list(&bad, std::slice::from_ref(&old)).is_err());
         let mut bad = change.clone();
         if let Some(d) = bad.participants_delta.as_mut() {
             d.added.push("not a name!".into());
         }
-        assert!(committed_list(&bad, &[old.clone()]).is_err());
+        assert!(committed_list(&bad, std::slice::from_ref(&old)).is_err());
         let mut both = change.clone();
         both.participants = names(&new);
-        assert!(committed_list(&both, &[old.clone()]).is_err());
+        assert!(committed_list(&both, std::slice::from_ref(&old)).is_err());
         // A node that took the new list already (it reconnected during the
         // advert phase) still holds the base as its second list.
         let mut known = Vec::new();
