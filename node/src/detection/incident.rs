@@ -702,27 +702,13 @@ impl IncidentTracker {
         let gap = missed.unwrap_or(0);
         self.tick = self.tick.saturating_add(gap);
         let close_after = u64::from(self.cfg.close_after_windows);
-        for t in self.tracks.values_mut() {
-            let Some(inc) = t.open.as_mut() else {
-                continue;
-            };
+        for t in self.tracks.values_mut().filter(|t| t.open.is_some()) {
             let quiet = u64::from(t.quiet).saturating_add(gap);
             if missed.is_some() && quiet < close_after {
                 t.quiet = u32::try_from(quiet).unwrap_or(u32::MAX);
                 continue;
             }
-            let mut inc = inc.clone();
-            inc.closed_ms = Some(now_ms);
-            inc.close_reason = Some(CloseReason::Restart);
-            self.stats.closed[severity_index(inc.severity)] += 1;
-            out.push(IncidentEvent {
-                state: IncidentState::Close,
-                update: None,
-                incident: inc,
-            });
-            t.open = None;
-            t.cusum = 0.0;
-            t.quiet = 0;
+            close_track(t, now_ms, CloseReason::Restart, &mut self.stats, out);
         }
     }
 
@@ -930,18 +916,7 @@ impl IncidentTracker {
                 t.quiet = t.quiet.saturating_add(1);
             }
             if t.quiet >= cfg.close_after_windows {
-                let mut inc = inc.clone();
-                inc.closed_ms = Some(now_ms);
-                inc.close_reason = Some(CloseReason::Quiet);
-                self.stats.closed[severity_index(inc.severity)] += 1;
-                out.push(IncidentEvent {
-                    state: IncidentState::Close,
-                    update: None,
-                    incident: inc,
-                });
-                t.open = None;
-                t.cusum = 0.0;
-                t.quiet = 0;
+                close_track(t, now_ms, CloseReason::Quiet, &mut self.stats, out);
                 continue;
             }
             let periodic = now_ms.saturating_sub(t.last_record_ms) >= interval_ms
@@ -967,6 +942,30 @@ impl IncidentTracker {
             self.stats.forgotten += 1;
         }
     }
+}
+
+/// Closes `t`'s open incident at `now_ms` for `reason` and resets its
+/// evidence.
+fn close_track(
+    t: &mut Track,
+    now_ms: u64,
+    reason: CloseReason,
+    stats: &mut IncidentStats,
+    out: &mut Vec<IncidentEvent>,
+) {
+    let Some(mut inc) = t.open.take() else {
+        return;
+    };
+    inc.closed_ms = Some(now_ms);
+    inc.close_reason = Some(reason);
+    stats.closed[severity_index(inc.severity)] += 1;
+    out.push(IncidentEvent {
+        state: IncidentState::Close,
+        update: None,
+        incident: inc,
+    });
+    t.cusum = 0.0;
+    t.quiet = 0;
 }
 
 fn note_peak(inc: &mut Incident, score: f32, threshold: f32, top: &[(String, f32)]) {
