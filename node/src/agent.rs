@@ -507,6 +507,50 @@ impl Agent {
         }
     }
 
+    /// The committed participant lists this node last checked its secure
+    /// buckets against, as stored (newest first; none without a store or
+    /// when they do not decode), so a restarted node can still rebuild a
+    /// list sent as a change to the last one.
+    pub fn stored_participant_lists(&self) -> Vec<Vec<fedmesh_crypto::NodeId>> {
+        let Some(store) = &self.store else {
+            return Vec::new();
+        };
+        let bytes = match store.participant_lists() {
+            Ok(Some(b)) => b,
+            Ok(None) => return Vec::new(),
+            Err(e) => {
+                warn!(error = %e, "stored participant lists unreadable");
+                return Vec::new();
+            }
+        };
+        match serde_json::from_slice::<Vec<Vec<String>>>(&bytes) {
+            Ok(lists) => lists
+                .iter()
+                .filter_map(|l| l.iter().map(|n| n.parse().ok()).collect())
+                .collect(),
+            Err(e) => {
+                warn!(error = %e, "stored participant lists do not decode; ignoring them");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Stores `lists` (see [`Agent::stored_participant_lists`]); a failure
+    /// is logged (the node then sits one secure round out after a restart).
+    pub fn store_participant_lists(&self, lists: &[Vec<fedmesh_crypto::NodeId>]) {
+        let Some(store) = &self.store else { return };
+        let names: Vec<Vec<&str>> = lists
+            .iter()
+            .map(|l| l.iter().map(|n| n.as_str()).collect())
+            .collect();
+        let stored = serde_json::to_vec(&names)
+            .map_err(|e| e.to_string())
+            .and_then(|b| store.put_participant_lists(&b).map_err(|e| e.to_string()));
+        if let Err(error) = stored {
+            warn!(%error, "participant lists not stored");
+        }
+    }
+
     /// Settings.
     pub fn settings(&self) -> &AgentSettings {
         &self.settings
@@ -1618,6 +1662,32 @@ mod tests {
             .expect("closed after the attack");
         assert_eq!(close.incident, incident);
         assert_eq!(agent.stats().incident_store_errors, 0);
+    }
+
+    #[test]
+    fn participant_lists_survive_a_restart_and_bad_ones_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let lists: Vec<Vec<fedmesh_crypto::NodeId>> = vec![
+            vec!["a".parse().unwrap(), "b".parse().unwrap()],
+            vec!["c".parse().unwrap()],
+        ];
+        {
+            let agent = Agent::new(settings(32, 80), Some(store.clone()), None, now()).unwrap();
+            assert!(agent.stored_participant_lists().is_empty());
+            agent.store_participant_lists(&lists);
+        }
+        let agent = Agent::new(settings(32, 80), Some(store.clone()), None, now()).unwrap();
+        assert_eq!(agent.stored_participant_lists(), lists);
+        store
+            .put_participant_lists(b"[[\"ok\"], [\"not a name!\"]]")
+            .unwrap();
+        assert_eq!(
+            agent.stored_participant_lists(),
+            vec![vec!["ok".parse::<fedmesh_crypto::NodeId>().unwrap()]]
+        );
+        store.put_participant_lists(b"{garbage").unwrap();
+        assert!(agent.stored_participant_lists().is_empty());
     }
 
     #[test]

@@ -48,6 +48,7 @@ const CALIBRATED_ON: &[u8] = b"calibrated_on";
 const OUTBOX: &[u8] = b"alert_outbox";
 const RESPONSES: &[u8] = b"responses";
 const INCIDENTS: &[u8] = b"incidents";
+const PARTICIPANT_LISTS: &[u8] = b"participant_lists";
 
 impl NodeStore {
     /// Opens or creates the store.
@@ -149,6 +150,18 @@ impl NodeStore {
     /// window writes it again.
     pub fn put_incidents(&self, bytes: &[u8]) -> Result<(), NodeStoreError> {
         self.db.insert(INCIDENTS, bytes)?;
+        Ok(())
+    }
+
+    /// The committed participant lists the node last checked its secure
+    /// buckets against (JSON, newest first; decoded by the caller).
+    pub fn participant_lists(&self) -> Result<Option<Vec<u8>>, NodeStoreError> {
+        Ok(self.db.get(PARTICIPANT_LISTS)?.map(|v| v.to_vec()))
+    }
+
+    /// Replaces the participant lists (see [`NodeStore::participant_lists`]).
+    pub fn put_participant_lists(&self, bytes: &[u8]) -> Result<(), NodeStoreError> {
+        self.db.insert(PARTICIPANT_LISTS, bytes)?;
         Ok(())
     }
 

@@ -294,6 +294,7 @@ pub(crate) async fn participate(
         }
     };
     r.bucket = params.bucket();
+    lock(agent).store_participant_lists(known);
     // Mask seeds, keys and rounding come from the OS; simulations that
     // must replay bit for bit pass a seed.
     let mut rng = match fs.secagg_seed() {

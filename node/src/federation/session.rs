@@ -28,7 +28,7 @@ pub async fn run_federation(
         let mut backoff = Duration::from_millis(200);
         // The last committed participant list this node checked its
         // bucket against: the coordinator may send the next as a change.
-        let mut known = Vec::new();
+        let mut known = lock(&agent).stored_participant_lists();
         loop {
             if *shutdown.borrow() {
                 return;
