@@ -101,7 +101,8 @@ pub struct SecureView {
     participant_names: Arc<Vec<String>>,
     /// The list as a change to the previous secure round's, for the nodes
     /// in `delta_to` (those whose advert that round accepted: they kept
-    /// it); `None` when the change is not smaller than the list.
+    /// it); `None` when the change names more than half as many nodes as
+    /// the list.
     delta: Option<Arc<v1::ParticipantsDelta>>,
     delta_to: Arc<BTreeSet<NodeId>>,
     /// k.

@@ -721,19 +721,18 @@ impl IncidentTracker {
                 .min_by_key(|(_, t)| t.last_tick)
                 .map(|(k, _)| k.clone());
             if let Some(v) = victim
-                && let Some(t) = self.tracks.remove(&v)
+                && let Some(mut t) = self.tracks.remove(&v)
             {
                 self.stats.evicted += 1;
-                if let Some(mut inc) = t.open {
-                    inc.close_reason = Some(CloseReason::Evicted);
-                    inc.closed_ms = Some(inc.last_seen_ms);
-                    self.stats.closed[severity_index(inc.severity)] += 1;
-                    out.push(IncidentEvent {
-                        state: IncidentState::Close,
-                        update: None,
-                        incident: inc,
-                    });
-                }
+                // Closed as of its last sighting.
+                let last_seen = t.open.as_ref().map_or(0, |i| i.last_seen_ms);
+                close_track(
+                    &mut t,
+                    last_seen,
+                    CloseReason::Evicted,
+                    &mut self.stats,
+                    out,
+                );
             }
         }
         let tick = self.tick;

@@ -82,8 +82,9 @@ impl Round {
     }
 
     /// The bucket parameters after checking the announced bucket against
-    /// the committed list (sent whole, or as a change to `known`, which
-    /// then becomes this round's list).
+    /// the committed list (sent whole, or as a change to one in `known`,
+    /// where the checked list is then remembered), and whether `known`
+    /// changed.
     fn params(
         &self,
         sr: &v1::SecureRound,
@@ -92,7 +93,7 @@ impl Round {
         digest: [u8; 32],
         clip_factor: f64,
         known: &mut Vec<Vec<NodeId>>,
-    ) -> Result<(BucketParams, NodeId), Abandon> {
+    ) -> Result<(BucketParams, NodeId, bool), Abandon> {
         let parse = |s: &String| {
             s.parse::<NodeId>()
                 .map_err(|e| Abandon::Refused(format!("bad node id {s:?}: {e}")))
@@ -116,7 +117,7 @@ impl Round {
             bucket_size: sr.bucket_size as usize,
         };
         let mine = verify_own_bucket(&input, &me, &announced, sr.min_bucket_size.max(2) as usize)?;
-        remember_list(known, participants);
+        let known_changed = remember_list(known, participants);
         let extra = fedmesh_proto::secure::extra_words(NUM_FEATURES);
         if sr.extra_words as usize != extra {
             return Err(Abandon::Refused(format!(
@@ -144,7 +145,7 @@ impl Round {
                 params.threshold()
             )));
         }
-        Ok((params, me))
+        Ok((params, me, known_changed))
     }
 }
 
@@ -194,11 +195,16 @@ pub fn committed_list(sr: &v1::SecureRound, known: &[Vec<NodeId>]) -> Result<Vec
 /// Lists a node keeps for [`committed_list`].
 pub const KNOWN_LISTS: usize = 2;
 
-/// Remembers `list` as the newest list held (at most [`KNOWN_LISTS`]).
-pub fn remember_list(known: &mut Vec<Vec<NodeId>>, list: Vec<NodeId>) {
+/// Remembers `list` as the newest list held (at most [`KNOWN_LISTS`]);
+/// false if it already was (nothing changed, nothing to store).
+pub fn remember_list(known: &mut Vec<Vec<NodeId>>, list: Vec<NodeId>) -> bool {
+    if known.first() == Some(&list) {
+        return false;
+    }
     known.retain(|k| *k != list);
     known.insert(0, list);
     known.truncate(KNOWN_LISTS);
+    true
 }
 
 /// The bucket the coordinator announced to this node (its id and members),
@@ -286,15 +292,18 @@ pub(crate) async fn participate(
         return Ok(None);
     }
     let clip_factor = fs.clip_factor();
-    let (params, me) = match r.params(sr, open.base_version, dim, digest, clip_factor, known) {
-        Ok(p) => p,
-        Err(e) => {
-            warn!(error = %e, "refusing the announced bucket");
-            return Ok(None);
-        }
-    };
+    let (params, me, known_changed) =
+        match r.params(sr, open.base_version, dim, digest, clip_factor, known) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "refusing the announced bucket");
+                return Ok(None);
+            }
+        };
     r.bucket = params.bucket();
-    lock(agent).store_participant_lists(known);
+    if known_changed {
+        lock(agent).store_participant_lists(known);
+    }
     // Mask seeds, keys and rounding come from the OS; simulations that
     // must replay bit for bit pass a seed.
     let mut rng = match fs.secagg_seed() {
@@ -526,12 +535,16 @@ mod tests {
         // A node that took the new list already (it reconnected during the
         // advert phase) still holds the base as its second list.
         let mut known = Vec::new();
-        remember_list(&mut known, old.clone());
-        remember_list(&mut known, new.clone());
-        remember_list(&mut known, new.clone());
+        assert!(remember_list(&mut known, old.clone()));
+        assert!(remember_list(&mut known, new.clone()));
+        assert!(!remember_list(&mut known, new.clone()));
         assert_eq!(known, [new.clone(), old.clone()]);
+        // The older one again becomes the newer.
+        assert!(remember_list(&mut known, old.clone()));
+        assert_eq!(known, [old.clone(), new.clone()]);
+        assert!(remember_list(&mut known, new.clone()));
         assert_eq!(committed_list(&change, &known).unwrap(), new);
-        remember_list(&mut known, ids(&["z"]));
+        assert!(remember_list(&mut known, ids(&["z"])));
         assert_eq!(known.len(), KNOWN_LISTS);
         assert!(committed_list(&change, &known).is_err());
     }

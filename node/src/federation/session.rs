@@ -26,8 +26,9 @@ pub async fn run_federation(
     let span = info_span!("node", tenant = %tenant, node = %node);
     async move {
         let mut backoff = Duration::from_millis(200);
-        // The last committed participant list this node checked its
-        // bucket against: the coordinator may send the next as a change.
+        // The last committed participant lists this node checked its
+        // bucket against (also kept in its store): the coordinator may
+        // send the next as a change to one of them.
         let mut known = lock(&agent).stored_participant_lists();
         loop {
             if *shutdown.borrow() {
