@@ -237,6 +237,7 @@ fn node_flags_the_attacking_container_and_not_the_benign_one() {
         eprintln!("skipping the Docker test: {reason}");
         return;
     }
+    let _host = crate::host_containers();
     run().unwrap();
 }
 

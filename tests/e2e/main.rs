@@ -9,6 +9,21 @@
 
 mod cli;
 mod credentials;
+
+/// Held by every test that starts containers on this machine's Docker
+/// engine. The node in `docker`, `netns` and `process` watches every
+/// container on the host, so another test's attacker running during its
+/// bootstrap would be learned as normal (seen in CI: a threshold of 10⁶
+/// and the attacker never flagged); these tests run one at a time, the
+/// rest of the suite alongside them.
+fn host_containers() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that panicked while holding it left no containers behind
+    // (each removes its own on drop): the lock is still good.
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 mod docker;
 mod hostile;
 mod mesh;

@@ -52,6 +52,7 @@ fn the_netns_source_catches_a_port_scan_and_not_a_benign_client() {
         eprintln!("skipping the netns test: {reason}");
         return;
     }
+    let _host = crate::host_containers();
     run().unwrap();
 }
 

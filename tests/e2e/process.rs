@@ -47,6 +47,7 @@ fn the_proc_connector_alone_catches_a_setuid_root_exec_in_a_container() {
         eprintln!("skipping the proc connector test: {reason}");
         return;
     }
+    let _host = crate::host_containers();
     run().unwrap();
 }
 

@@ -118,6 +118,7 @@ fn response_acts_on_real_containers_and_refuses_where_it_could_hurt() {
         eprintln!("skipping the Docker response test: {reason}");
         return;
     }
+    let _host = crate::host_containers();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
