@@ -22,8 +22,10 @@ use tracing::{info, warn};
 
 use crate::alerting::alert::Alert;
 use crate::config::DetectorConfig;
-use crate::detection::detector::{Detector, calibrate_threshold, top_features};
-use crate::detection::features::{FeatureWindow, NUM_FEATURES, WindowBuilder, feature_schema_hash};
+use crate::detection::detector::{Detector, alert_threshold, top_features};
+use crate::detection::features::{
+    FeatureWindow, NUM_FEATURES, WindowBuilder, feature_schema_hash, schema_scaler,
+};
 use crate::detection::incident::{
     IncidentConfig, IncidentEvent, IncidentStats, IncidentTracker, TrackerSnapshot, WindowVerdict,
 };
@@ -392,7 +394,7 @@ impl Agent {
                     let scaler = g
                         .scaler
                         .clone()
-                        .unwrap_or_else(|| Scaler::identity(NUM_FEATURES));
+                        .map_or_else(|| Scaler::identity(NUM_FEATURES), schema_scaler);
                     info!(
                         version = g.version,
                         threshold, "restored global model from store"
@@ -418,10 +420,10 @@ impl Agent {
             let model = Autoencoder::from_flat(spec, &rec.params).map_err(model_err)?;
             agent.detector = Some(Detector {
                 model,
-                scaler: Scaler {
+                scaler: schema_scaler(Scaler {
                     mean: rec.mean,
                     std: rec.std,
-                },
+                }),
                 threshold: rec.threshold,
             });
             agent.calibrated_on = rec.calibrated_on;
@@ -795,7 +797,7 @@ impl Agent {
     fn local_scaler(rows: &Array2<f32>) -> Result<(ScalerStats, Scaler), AgentError> {
         let stats = ScalerStats::from_rows(rows.view()).map_err(model_err)?;
         let scaler = Scaler::from_stats(&stats).map_err(model_err)?;
-        Ok((stats, scaler))
+        Ok((stats, schema_scaler(scaler)))
     }
 
     /// The buffer's training split as a raw matrix, its scaler sums and the
@@ -824,7 +826,7 @@ impl Agent {
         round: u64,
     ) -> Result<TrainingJob, AgentError> {
         let (raw, stats, local) = self.training_data()?;
-        let scaler = base.scaler.as_ref().unwrap_or(&local);
+        let scaler = base.scaler.clone().map_or(local, schema_scaler);
         let data = scaler.transform(raw.view()).map_err(model_err)?;
         let cfg = TrainConfig {
             epochs: tp.local_epochs.max(1) as usize,
@@ -887,7 +889,7 @@ impl Agent {
         }
         let model = Autoencoder::from_flat(g.spec.clone(), &g.params).map_err(model_err)?;
         let scaler = match &g.scaler {
-            Some(s) => s.clone(),
+            Some(s) => schema_scaler(s.clone()),
             None if self.buffer.len() >= 2 => {
                 let all: Vec<_> = self.buffer.iter().collect();
                 Self::local_scaler(&Self::matrix(&all))?.1
@@ -989,8 +991,8 @@ impl Agent {
             .transform(Self::matrix(&calib).view())
             .map_err(model_err)?;
         let scores = det.model.scores(m.view()).map_err(model_err)?;
-        let t = calibrate_threshold(&scores, self.settings.detector.false_alarm_rate)
-            .map_err(model_err)?;
+        let t =
+            alert_threshold(&scores, self.settings.detector.false_alarm_rate).map_err(model_err)?;
         Ok((Some(t), calib.len()))
     }
 
@@ -1612,6 +1614,64 @@ mod tests {
         assert_eq!(restored.scaler, det.scaler);
         assert_eq!(restored.threshold, det.threshold);
         assert_eq!(agent.calibrated_on, rec.calibrated_on);
+    }
+
+    /// Two idle shells (a `sleep` loop: 1.5–2.5 ms of CPU a second) on
+    /// 1 s windows, with `extra[c]` µs of CPU added to container `c`.
+    struct IdleShells {
+        cpu: [u64; 2],
+        tick: u64,
+        rng: rand_chacha::ChaCha8Rng,
+    }
+
+    impl IdleShells {
+        const IDS: [&str; 2] = ["shell-a", "shell-b"];
+
+        fn step(&mut self, agent: &mut Agent, extra: [u64; 2]) -> Vec<Alert> {
+            use rand::Rng;
+            let start = self.tick * 1000;
+            for (c, id) in Self::IDS.iter().enumerate() {
+                self.cpu[c] += self.rng.random_range(1_500..2_500) + extra[c];
+                agent.observe(&Event::Sample {
+                    container: crate::telemetry::ContainerId((*id).into()),
+                    ts_ms: start + 500,
+                    counters: crate::telemetry::ResourceCounters {
+                        cpu_usage_usec: self.cpu[c],
+                        memory_bytes: 1 << 20,
+                        pids: 2,
+                        ..Default::default()
+                    },
+                });
+            }
+            self.tick += 1;
+            agent.close_window(self.tick * 1000, &[]).unwrap()
+        }
+    }
+
+    #[test]
+    fn a_cpu_blip_of_an_idle_container_opens_no_incident_and_a_miner_does() {
+        let mut agent = Agent::new(settings(32, 96), None, None, now()).unwrap();
+        let mut shells = IdleShells {
+            cpu: [0; 2],
+            tick: 0,
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(11),
+        };
+        // Bootstrap (48 ticks), warm-up, then quiet.
+        for _ in 0..48 + 30 {
+            assert_eq!(shells.step(&mut agent, [0, 0]), vec![]);
+        }
+        assert!(agent.detector().is_some());
+        // One window with 50 ms of extra CPU (0.05 core): nothing to page.
+        let mut alerts = shells.step(&mut agent, [50_000, 0]);
+        for _ in 0..10 {
+            alerts.extend(shells.step(&mut agent, [0, 0]));
+        }
+        assert_eq!(alerts, vec![], "a 50 ms CPU blip paged");
+        // A miner at a third of a core: an incident within two windows.
+        let opened = (0..2)
+            .flat_map(|_| shells.step(&mut agent, [0, 330_000]))
+            .any(|a| a.container == IdleShells::IDS[1] && a.state == IncidentState::Open);
+        assert!(opened, "a third of a core did not open an incident");
     }
 
     #[test]

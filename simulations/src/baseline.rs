@@ -19,7 +19,7 @@ use linfa_reduction::Pca;
 use ndarray::Array2;
 
 use fedmesh_node::detection::detector::{DetectorError, calibrate_threshold, windows_to_matrix};
-use fedmesh_node::detection::features::{FeatureWindow, NUM_FEATURES};
+use fedmesh_node::detection::features::{FeatureWindow, NUM_FEATURES, schema_scaler};
 use fedmesh_node::detection::scaler::{Scaler, ScalerError, ScalerStats};
 
 /// Errors of the baseline detector.
@@ -109,7 +109,8 @@ impl PcaDetector {
             }
             .into());
         }
-        let scaler = Scaler::from_stats(&ScalerStats::from_rows(x.view())?)?;
+        // The same per-feature floors as the autoencoder's scaler.
+        let scaler = schema_scaler(Scaler::from_stats(&ScalerStats::from_rows(x.view())?)?);
         let z = to_f64(&scaler.transform(x.view())?);
         let data = Dataset::from(z.clone());
         let full = Pca::params(NUM_FEATURES - 1)

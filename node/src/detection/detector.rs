@@ -105,6 +105,23 @@ pub fn top_features(score: &Score, k: usize) -> Vec<(&'static str, f32)> {
     v
 }
 
+/// Lowest alert threshold a node calibrates: the score of one feature one
+/// standard deviation from its reconstruction (scores are mean squared
+/// errors over the features in z-units, and a scaler's deviations are
+/// floored at each feature's resolution,
+/// [`crate::detection::features::STD_FLOORS`]). A node whose benign
+/// windows are all nearly constant (a host of idle sidecars) otherwise
+/// calibrates a threshold near zero, and every measurement-sized wobble is
+/// "thousands of times the threshold". Real fleets calibrate above it (the
+/// recorded real-workload run: 0.074).
+pub const MIN_THRESHOLD: f32 = 1.0 / NUM_FEATURES as f32;
+
+/// [`calibrate_threshold`], raised to at least [`MIN_THRESHOLD`]: the
+/// threshold a node alerts with.
+pub fn alert_threshold(benign_scores: &[f32], false_alarm_rate: f32) -> Result<f32, DetectorError> {
+    Ok(calibrate_threshold(benign_scores, false_alarm_rate)?.max(MIN_THRESHOLD))
+}
+
 /// The `(1 - false_alarm_rate)` quantile of benign scores: the smallest
 /// observed score such that at most `false_alarm_rate` of the benign scores
 /// are strictly above it. `false_alarm_rate` must be in (0, 0.5].

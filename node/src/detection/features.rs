@@ -64,6 +64,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::detection::scaler::{STD_FLOOR, Scaler};
 use crate::telemetry::{ContainerId, Event, KernelEventKind, ResourceCounters};
 
 /// Version of the feature schema; bump on any change of names, order or meaning.
@@ -144,6 +145,32 @@ pub mod idx {
     pub const SENSITIVE_FILE: usize = 20;
     /// `log1p_tx_rx_ratio`
     pub const TX_RX_RATIO: usize = 21;
+}
+
+/// Smallest standard deviation a scaler gives `cpu_cores`: 0.01 core (10 ms
+/// of CPU per second). An idle container's CPU barely varies over its
+/// training windows, so a scaler floored at [`STD_FLOOR`]
+/// (1 ms per second) turned one 50 ms blip of a shell's `sleep` loop into
+/// a z-score of 50 and an incident; below 0.01 core a CPU change says
+/// nothing an operator acts on, while a miner (tenths of a core and more)
+/// stays tens of standard deviations out.
+pub const CPU_CORES_STD_FLOOR: f32 = 0.01;
+
+/// Per-feature floors on a scaler's standard deviation: each feature's
+/// measurement resolution (see [`CPU_CORES_STD_FLOOR`]); the others keep
+/// the scaler's generic floor. Applied by [`schema_scaler`].
+pub const STD_FLOORS: [f32; NUM_FEATURES] = {
+    let mut f = [STD_FLOOR; NUM_FEATURES];
+    f[idx::CPU_CORES] = CPU_CORES_STD_FLOOR;
+    f
+};
+
+/// `scaler` with every standard deviation raised to at least
+/// [`STD_FLOORS`]: the scaler a node trains, calibrates and scores with,
+/// whether it built it locally or received it in a global model (the
+/// coordinator's floor is generic; it does not know the feature schema).
+pub fn schema_scaler(scaler: Scaler) -> Scaler {
+    scaler.with_floors(&STD_FLOORS)
 }
 
 /// Cap on the per-container memory of known binaries and of known destination IPs.

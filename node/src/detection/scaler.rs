@@ -162,6 +162,18 @@ impl Scaler {
         Ok(Scaler { mean, std })
     }
 
+    /// The same transform with `std[i]` raised to at least `floors[i]`
+    /// (features beyond `floors` keep theirs; a non-finite or non-positive
+    /// floor is ignored).
+    pub fn with_floors(mut self, floors: &[f32]) -> Self {
+        for (s, f) in self.std.iter_mut().zip(floors) {
+            if f.is_finite() && *f > 0.0 && *s < *f {
+                *s = *f;
+            }
+        }
+        self
+    }
+
     /// The identity transform of width `dim`.
     pub fn identity(dim: usize) -> Self {
         Self {
@@ -241,6 +253,19 @@ mod tests {
         assert!((t.column(0).sum()).abs() < 1e-5);
         assert_eq!(t.column(1).sum(), 0.0);
         assert_eq!(s.transform_row(&[4.0, 5.0]).unwrap(), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn floors_raise_only_smaller_deviations() {
+        let s = Scaler {
+            mean: vec![0.0, 1.0, 2.0],
+            std: vec![0.001, 0.5, f32::MIN_POSITIVE],
+        };
+        let f = s.clone().with_floors(&[0.01, 0.01]);
+        assert_eq!(f.mean, s.mean);
+        assert_eq!(f.std, vec![0.01, 0.5, f32::MIN_POSITIVE]);
+        let g = s.clone().with_floors(&[f32::NAN, -1.0, 0.0]);
+        assert_eq!(g, s);
     }
 
     #[test]
