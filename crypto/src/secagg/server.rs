@@ -102,7 +102,14 @@ pub struct BucketUnmasker {
     shares: BTreeMap<NodeId, Vec<EncryptedShare>>,
     share_senders: BTreeSet<NodeId>,
     shares_closed: bool,
-    masked: BTreeMap<NodeId, Vec<u32>>,
+    /// Nodes whose masked input was accepted.
+    masked: BTreeSet<NodeId>,
+    /// Their inputs' wrapping sum, added as each arrives (empty before the
+    /// first): the bucket keeps one vector, not one per member (at k = 8
+    /// and 10,000 nodes, 50 MB instead of 400 MB for P = 10⁴). Wrapping
+    /// addition is commutative and associative, so the sum has the same
+    /// bits whatever the arrival order.
+    masked_sum: Vec<u32>,
     request: Option<UnmaskRequest>,
     responses: BTreeMap<NodeId, UnmaskResponse>,
 }
@@ -139,7 +146,8 @@ impl BucketUnmasker {
             shares: BTreeMap::new(),
             share_senders: BTreeSet::new(),
             shares_closed: false,
-            masked: BTreeMap::new(),
+            masked: BTreeSet::new(),
+            masked_sum: Vec::new(),
             request: None,
             responses: BTreeMap::new(),
         }
@@ -325,7 +333,7 @@ impl BucketUnmasker {
                 reason: "masked input without shared keys".into(),
             });
         }
-        if self.masked.contains_key(&input.node) {
+        if self.masked.contains(&input.node) {
             return Err(SecAggError::Protocol {
                 node: input.node.clone(),
                 reason: "sent two masked inputs".into(),
@@ -348,7 +356,14 @@ impl BucketUnmasker {
             .cert_der;
         input.verify(&self.verifier, cert, now)?;
         let MaskedInput { node, words, .. } = input;
-        self.masked.insert(node, words);
+        if self.masked_sum.is_empty() {
+            self.masked_sum = words;
+        } else {
+            for (s, w) in self.masked_sum.iter_mut().zip(&words) {
+                *s = s.wrapping_add(*w);
+            }
+        }
+        self.masked.insert(node);
         Ok(())
     }
 
@@ -369,11 +384,11 @@ impl BucketUnmasker {
             tenant: self.params.tenant().clone(),
             round: self.params.round(),
             bucket: self.params.bucket(),
-            survivors: self.masked.keys().cloned().collect(),
+            survivors: self.masked.iter().cloned().collect(),
             dropped: self
                 .share_senders
                 .iter()
-                .filter(|n| !self.masked.contains_key(*n))
+                .filter(|n| !self.masked.contains(*n))
                 .cloned()
                 .collect(),
         };
@@ -396,7 +411,7 @@ impl BucketUnmasker {
             .ok_or_else(|| state("collecting", "response before unmask_request"))?;
         self.params
             .check_binding(&response.tenant, response.round, response.bucket)?;
-        if !self.masked.contains_key(&response.node) {
+        if !self.masked.contains(&response.node) {
             return Err(SecAggError::Protocol {
                 node: response.node.clone(),
                 reason: "unmask response from a non-survivor".into(),
@@ -409,7 +424,7 @@ impl BucketUnmasker {
             });
         }
         for (owner, _) in &response.key_shares {
-            if self.masked.contains_key(owner) {
+            if self.masked.contains(owner) {
                 return Err(SecAggError::BothSecrets(owner.clone()));
             }
         }
@@ -588,12 +603,11 @@ impl BucketUnmasker {
             .request
             .as_ref()
             .ok_or_else(|| state("collecting", "finish before unmask_request"))?;
-        let mut sum = vec![0u32; self.params.words()];
-        for words in self.masked.values() {
-            for (s, w) in sum.iter_mut().zip(words) {
-                *s = s.wrapping_add(*w);
-            }
-        }
+        let mut sum = if self.masked_sum.is_empty() {
+            vec![0u32; self.params.words()]
+        } else {
+            self.masked_sum.clone()
+        };
         let mut mismatch: BTreeMap<NodeId, BTreeSet<NodeId>> = BTreeMap::new();
         if self.params.masked() {
             if self.responses.len() < self.params.threshold() {
