@@ -93,6 +93,12 @@ for dir in "$here/base" "$here"/overlays/*/; do
       expect "$file" PRESENT "${common[@]}" && expect "$file" ABSENT "${coord[@]}" || fail=1 ;;
     coordinator-cluster)
       expect "$file" PRESENT "${common[@]}" "${coord[@]}" Service/fedmesh-coordinator-external || fail=1 ;;
+    process-events)
+      expect "$file" PRESENT "${common[@]}" "${coord[@]}" || fail=1
+      # The node subscribes to the proc connector: host network, NET_ADMIN.
+      for want in 'kind = "process"' 'hostNetwork: true' '- NET_ADMIN' 'dnsPolicy: ClusterFirstWithHostNet'; do
+        grep -qF -- "$want" "$file" || { echo "error: $file lacks $want" >&2; fail=1; }
+      done ;;
     *)
       expect "$file" PRESENT "${common[@]}" "${coord[@]}" || fail=1 ;;
   esac

@@ -687,6 +687,10 @@ close_after_windows = 0
                 "k8s edge overlay",
                 include_str!("../../deploy/k8s/overlays/edge-cluster/node.toml"),
             ),
+            (
+                "k8s process-events overlay",
+                include_str!("../../deploy/k8s/overlays/process-events/node.toml"),
+            ),
         ] {
             let c = NodeConfig::from_toml(text, Path::new("node.toml"))
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -696,7 +700,15 @@ close_after_windows = 0
                 .iter()
                 .map(|s| matches!(s, SourceConfig::Netns { .. }))
                 .collect();
-            assert_eq!(kinds, [false, true], "{name}: cgroup, then netns");
+            let process = name.contains("process-events");
+            assert_eq!(&kinds[..2], [false, true], "{name}: cgroup, then netns");
+            assert_eq!(kinds.len(), if process { 3 } else { 2 }, "{name}");
+            if process {
+                assert!(
+                    matches!(c.all_sources()[2], SourceConfig::Process { .. }),
+                    "{name}: then process"
+                );
+            }
         }
     }
 

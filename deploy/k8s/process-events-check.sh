@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Checks, against the real Docker engine and kernel, that the privileges
+# overlays/process-events gives the node pods are the ones the kernel's
+# process events need, and that they suffice:
+#
+#   1. the node image, run as overlays/process-events runs it (host network
+#      and PID namespace, uid 0, every capability dropped but NET_ADMIN,
+#      read-only root filesystem, no privilege escalation), subscribes to
+#      the proc connector and raises the `setuid_root` rule on a container
+#      that runs a setuid-root binary as another user;
+#   2. the same without the host network, and as uid 65534 with NET_ADMIN,
+#      cannot subscribe, and the node says so and runs on.
+#
+#   deploy/k8s/process-events-check.sh
+#
+# Needs root, Docker, and the images fedmesh-node and fedmesh-workload
+# (deploy/build-images.sh; tag FEDMESH_TAG, default dev). Every container it
+# starts is removed on exit; every wait is bounded.
+set -euo pipefail
+
+tag="${FEDMESH_TAG:-dev}"
+node_image="fedmesh-node:$tag"
+workload_image="fedmesh-workload:$tag"
+here="$(cd "$(dirname "$0")" && pwd)"
+for image in "$node_image" "$workload_image"; do
+  docker image inspect "$image" >/dev/null 2>&1 || {
+    echo "error: image $image not found: build it with deploy/build-images.sh" >&2
+    exit 1
+  }
+done
+# The overlay must still ask for what this script runs the node with.
+for want in 'hostNetwork: true' 'runAsUser: 0' 'add: ["NET_ADMIN"]' 'drop: ["ALL"]'; do
+  grep -qF -- "$want" "$here/overlays/process-events/kustomization.yaml" || {
+    echo "error: overlays/process-events no longer sets $want; update this check" >&2
+    exit 1
+  }
+done
+
+suffix="$$-$(date +%s)"
+work="$(mktemp -d)"
+names=()
+cleanup() {
+  for n in "${names[@]}"; do docker rm -f "$n" >/dev/null 2>&1 || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cat >"$work/node.toml" <<'EOF'
+tenant = "check"
+node = "process-events"
+data_dir = "/data"
+window_ms = 1000
+[source]
+kind = "process"
+proc_root = "/host/proc"
+[alerts]
+stdout = true
+EOF
+chmod 0755 "$work"
+chmod 0644 "$work/node.toml"
+
+# start_node NAME NETWORK USER CAPS...: the node image with the overlay's
+# security settings, except for the network, the user and the capabilities.
+start_node() {
+  local name="$1" network="$2" user="$3"; shift 3
+  names+=("$name")
+  docker run -d --name "$name" --network "$network" --pid host --user "$user" \
+    --cap-drop ALL "$@" --read-only --security-opt no-new-privileges:true \
+    --tmpfs /data:mode=1777 -v "$work:/etc/check:ro" -v /proc:/host/proc:ro \
+    -e FEDMESH_LOG=info -e NO_COLOR=1 \
+    "$node_image" run --config /etc/check/node.toml >/dev/null
+}
+# wait_log NAME PATTERN SECONDS: succeeds once the container's output matches.
+wait_log() {
+  local i
+  for ((i = 0; i < $3 * 4; i++)); do
+    docker logs "$1" 2>&1 | grep -q -- "$2" && return 0
+    sleep 0.25
+  done
+  return 1
+}
+
+echo "== as overlays/process-events runs it: host network, uid 0, NET_ADMIN only"
+start_node "fedmesh-pe-node-$suffix" host 0 --cap-add NET_ADMIN
+wait_log "fedmesh-pe-node-$suffix" "watching process events" 20 || {
+  echo "FAIL: the node did not subscribe to the proc connector" >&2
+  docker logs "fedmesh-pe-node-$suffix" >&2 || true
+  exit 1
+}
+victim="fedmesh-pe-victim-$suffix"
+names+=("$victim")
+victim_id="$(docker run -d --name "$victim" --user 0 --entrypoint /bin/busybox "$workload_image" sh -c \
+  "echo 'root:x:0:0::/:/bin/sh' > /etc/passwd; echo 'u:x:1000:1000::/:/bin/sh' >> /etc/passwd; \
+   cp /bin/busybox /suid; chmod 4755 /suid; sleep 1; \
+   for i in 1 2 3; do su -s /bin/sh u -c '/suid true'; sleep 1; done; sleep 5")"
+if ! wait_log "fedmesh-pe-node-$suffix" "\"container\":\"${victim_id:0:12}.*setuid_root" 30; then
+  echo "FAIL: no setuid_root incident on ${victim_id:0:12}" >&2
+  docker logs "fedmesh-pe-node-$suffix" >&2 || true
+  exit 1
+fi
+echo "   setuid_root raised on ${victim_id:0:12}"
+
+echo "== without the host network: the node cannot subscribe, says so, runs on"
+start_node "fedmesh-pe-bridge-$suffix" bridge 0 --cap-add NET_ADMIN
+wait_log "fedmesh-pe-bridge-$suffix" "process source unavailable" 20 || {
+  echo "FAIL: no 'process source unavailable' warning on the bridge network" >&2
+  docker logs "fedmesh-pe-bridge-$suffix" >&2 || true
+  exit 1
+}
+echo "== as uid 65534 with NET_ADMIN: the same"
+start_node "fedmesh-pe-user-$suffix" host 65534 --cap-add NET_ADMIN
+wait_log "fedmesh-pe-user-$suffix" "process source unavailable" 20 || {
+  echo "FAIL: no 'process source unavailable' warning as uid 65534" >&2
+  docker logs "fedmesh-pe-user-$suffix" >&2 || true
+  exit 1
+}
+for n in "fedmesh-pe-bridge-$suffix" "fedmesh-pe-user-$suffix"; do
+  [ "$(docker inspect -f '{{.State.Running}}' "$n")" = true ] || {
+    echo "FAIL: $n stopped instead of running on without the source" >&2
+    exit 1
+  }
+done
+echo "process events with the overlay's privileges: OK"
