@@ -70,50 +70,41 @@ start_node() {
     -e FEDMESH_LOG=info -e NO_COLOR=1 \
     "$node_image" run --config /etc/check/node.toml >/dev/null
 }
-# wait_log NAME PATTERN SECONDS: succeeds once the container's output matches.
-wait_log() {
+# expect_log NAME PATTERN SECONDS WHAT: waits (bounded) until the container's
+# output matches; otherwise fails with WHAT and the container's output.
+expect_log() {
   local i
   for ((i = 0; i < $3 * 4; i++)); do
     docker logs "$1" 2>&1 | grep -q -- "$2" && return 0
     sleep 0.25
   done
-  return 1
+  echo "FAIL: $4" >&2
+  docker logs "$1" >&2 || true
+  exit 1
 }
 
 echo "== as overlays/process-events runs it: host network, uid 0, NET_ADMIN only"
 start_node "fedmesh-pe-node-$suffix" host 0 --cap-add NET_ADMIN
-wait_log "fedmesh-pe-node-$suffix" "watching process events" 20 || {
-  echo "FAIL: the node did not subscribe to the proc connector" >&2
-  docker logs "fedmesh-pe-node-$suffix" >&2 || true
-  exit 1
-}
+expect_log "fedmesh-pe-node-$suffix" "watching process events" 20 \
+  "the node did not subscribe to the proc connector"
 victim="fedmesh-pe-victim-$suffix"
 names+=("$victim")
 victim_id="$(docker run -d --name "$victim" --user 0 --entrypoint /bin/busybox "$workload_image" sh -c \
   "echo 'root:x:0:0::/:/bin/sh' > /etc/passwd; echo 'u:x:1000:1000::/:/bin/sh' >> /etc/passwd; \
    cp /bin/busybox /suid; chmod 4755 /suid; sleep 1; \
    for i in 1 2 3; do su -s /bin/sh u -c '/suid true'; sleep 1; done; sleep 5")"
-if ! wait_log "fedmesh-pe-node-$suffix" "\"container\":\"${victim_id:0:12}.*setuid_root" 30; then
-  echo "FAIL: no setuid_root incident on ${victim_id:0:12}" >&2
-  docker logs "fedmesh-pe-node-$suffix" >&2 || true
-  exit 1
-fi
+expect_log "fedmesh-pe-node-$suffix" "\"container\":\"${victim_id:0:12}.*setuid_root" 30 \
+  "no setuid_root incident on ${victim_id:0:12}"
 echo "   setuid_root raised on ${victim_id:0:12}"
 
 echo "== without the host network: the node cannot subscribe, says so, runs on"
 start_node "fedmesh-pe-bridge-$suffix" bridge 0 --cap-add NET_ADMIN
-wait_log "fedmesh-pe-bridge-$suffix" "process source unavailable" 20 || {
-  echo "FAIL: no 'process source unavailable' warning on the bridge network" >&2
-  docker logs "fedmesh-pe-bridge-$suffix" >&2 || true
-  exit 1
-}
+expect_log "fedmesh-pe-bridge-$suffix" "process source unavailable" 20 \
+  "no 'process source unavailable' warning on the bridge network"
 echo "== as uid 65534 with NET_ADMIN: the same"
 start_node "fedmesh-pe-user-$suffix" host 65534 --cap-add NET_ADMIN
-wait_log "fedmesh-pe-user-$suffix" "process source unavailable" 20 || {
-  echo "FAIL: no 'process source unavailable' warning as uid 65534" >&2
-  docker logs "fedmesh-pe-user-$suffix" >&2 || true
-  exit 1
-}
+expect_log "fedmesh-pe-user-$suffix" "process source unavailable" 20 \
+  "no 'process source unavailable' warning as uid 65534"
 for n in "fedmesh-pe-bridge-$suffix" "fedmesh-pe-user-$suffix"; do
   [ "$(docker inspect -f '{{.State.Running}}' "$n")" = true ] || {
     echo "FAIL: $n stopped instead of running on without the source" >&2
