@@ -5,11 +5,13 @@
 #
 #   1. the node image, run as overlays/process-events runs it (host network
 #      and PID namespace, uid 0, every capability dropped but NET_ADMIN,
-#      read-only root filesystem, no privilege escalation), subscribes to
-#      the proc connector and raises the `setuid_root` rule on a container
-#      that runs a setuid-root binary as another user;
-#   2. the same without the host network, and as uid 65534 with NET_ADMIN,
-#      cannot subscribe, and the node says so and runs on.
+#      SYS_PTRACE and DAC_READ_SEARCH, read-only root filesystem, no
+#      privilege escalation), subscribes to the proc connector, raises the
+#      `setuid_root` rule on a container that runs a setuid-root binary as
+#      another user, and `reverse_shell` on bind shells running as root and
+#      as uid 65534 in their containers;
+#   2. the same without the host network, and as uid 65534, cannot
+#      subscribe, and the node says so and runs on.
 #
 #   deploy/k8s/process-events-check.sh
 #
@@ -29,7 +31,8 @@ for image in "$node_image" "$workload_image"; do
   }
 done
 # The overlay must still ask for what this script runs the node with.
-for want in 'hostNetwork: true' 'runAsUser: 0' 'add: ["NET_ADMIN"]' 'drop: ["ALL"]'; do
+caps=(NET_ADMIN SYS_PTRACE DAC_READ_SEARCH)
+for want in 'hostNetwork: true' 'runAsUser: 0' 'add: ["NET_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"]' 'drop: ["ALL"]'; do
   grep -qF -- "$want" "$here/overlays/process-events/kustomization.yaml" || {
     echo "error: overlays/process-events no longer sets $want; update this check" >&2
     exit 1
@@ -40,7 +43,7 @@ suffix="$$-$(date +%s)"
 work="$(mktemp -d)"
 names=()
 cleanup() {
-  for n in "${names[@]}"; do docker rm -f "$n" >/dev/null 2>&1 || true; done
+  for n in ${names[@]+"${names[@]}"}; do docker rm -f "$n" >/dev/null 2>&1 || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -75,7 +78,9 @@ start_node() {
 expect_log() {
   local i
   for ((i = 0; i < $3 * 4; i++)); do
-    docker logs "$1" 2>&1 | grep -q -- "$2" && return 0
+    # Not `grep -q`: with pipefail, grep quitting early makes `docker logs`
+    # die of SIGPIPE and the pipeline fail once the log outgrows a pipe.
+    docker logs "$1" 2>&1 | grep -- "$2" >/dev/null && return 0
     sleep 0.25
   done
   echo "FAIL: $4" >&2
@@ -83,8 +88,10 @@ expect_log() {
   exit 1
 }
 
-echo "== as overlays/process-events runs it: host network, uid 0, NET_ADMIN only"
-start_node "fedmesh-pe-node-$suffix" host 0 --cap-add NET_ADMIN
+cap_flags=()
+for c in "${caps[@]}"; do cap_flags+=(--cap-add "$c"); done
+echo "== as overlays/process-events runs it: host network, uid 0, ${caps[*]}"
+start_node "fedmesh-pe-node-$suffix" host 0 "${cap_flags[@]}"
 expect_log "fedmesh-pe-node-$suffix" "watching process events" 20 \
   "the node did not subscribe to the proc connector"
 victim="fedmesh-pe-victim-$suffix"
@@ -96,15 +103,27 @@ victim_id="$(docker run -d --name "$victim" --user 0 --entrypoint /bin/busybox "
 expect_log "fedmesh-pe-node-$suffix" "\"container\":\"${victim_id:0:12}.*setuid_root" 30 \
   "no setuid_root incident on ${victim_id:0:12}"
 echo "   setuid_root raised on ${victim_id:0:12}"
+# Bind shells: busybox nc hands its socket to /bin/sh as stdin; the client
+# keeps the connection open a few seconds, as an operator's session does.
+for user in 0 65534; do
+  shell="fedmesh-pe-shell-$user-$suffix"
+  names+=("$shell")
+  shell_id="$(docker run -d --name "$shell" --user "$user" --entrypoint /bin/busybox "$workload_image" sh -c \
+    "nc -l -p 4444 -e /bin/sh & sleep 2; (echo id; sleep 6) | nc 127.0.0.1 4444; sleep 2")"
+  expect_log "fedmesh-pe-node-$suffix" "\"container\":\"${shell_id:0:12}.*reverse_shell" 30 \
+    "no reverse_shell incident on ${shell_id:0:12} (shell as uid $user)"
+  echo "   reverse_shell raised on ${shell_id:0:12} (shell as uid $user)"
+done
 
 echo "== without the host network: the node cannot subscribe, says so, runs on"
-start_node "fedmesh-pe-bridge-$suffix" bridge 0 --cap-add NET_ADMIN
+start_node "fedmesh-pe-bridge-$suffix" bridge 0 "${cap_flags[@]}"
 expect_log "fedmesh-pe-bridge-$suffix" "process source unavailable" 20 \
   "no 'process source unavailable' warning on the bridge network"
-echo "== as uid 65534 with NET_ADMIN: the same"
-start_node "fedmesh-pe-user-$suffix" host 65534 --cap-add NET_ADMIN
+echo "== as uid 65534 with the same capabilities: the same"
+start_node "fedmesh-pe-user-$suffix" host 65534 "${cap_flags[@]}"
 expect_log "fedmesh-pe-user-$suffix" "process source unavailable" 20 \
   "no 'process source unavailable' warning as uid 65534"
+sleep 3
 for n in "fedmesh-pe-bridge-$suffix" "fedmesh-pe-user-$suffix"; do
   [ "$(docker inspect -f '{{.State.Running}}' "$n")" = true ] || {
     echo "FAIL: $n stopped instead of running on without the source" >&2

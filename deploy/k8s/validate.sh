@@ -96,7 +96,8 @@ for dir in "$here/base" "$here"/overlays/*/; do
     process-events)
       expect "$file" PRESENT "${common[@]}" "${coord[@]}" || fail=1
       # The node subscribes to the proc connector: host network, NET_ADMIN.
-      for want in 'kind = "process"' 'hostNetwork: true' '- NET_ADMIN' 'dnsPolicy: ClusterFirstWithHostNet'; do
+      for want in 'kind = "process"' 'hostNetwork: true' '- NET_ADMIN' '- SYS_PTRACE' '- DAC_READ_SEARCH' \
+                  'dnsPolicy: ClusterFirstWithHostNet'; do
         grep -qF -- "$want" "$file" || { echo "error: $file lacks $want" >&2; fail=1; }
       done ;;
     *)

@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::alerting::alert::Alert;
 use crate::config::DetectorConfig;
-use crate::detection::detector::{Detector, alert_threshold, top_features};
+use crate::detection::detector::{Detector, MIN_THRESHOLD, alert_threshold, top_features};
 use crate::detection::features::{
     FeatureWindow, NUM_FEATURES, WindowBuilder, feature_schema_hash, schema_scaler,
 };
@@ -384,10 +384,12 @@ impl Agent {
         if let (Some(bytes), Some(verifier)) = (store.global_model()?, verifier) {
             match verify_global_model(&bytes, verifier, &agent.settings.tenant, None, now) {
                 Ok(g) if g.round > 0 => {
-                    let threshold = store.threshold()?.unwrap_or(f32::MAX);
                     // The threshold keeps the trust it had before the
                     // restart; otherwise the first windows after it (attacks
                     // included) would enter the buffer and recalibrate it.
+                    // Raised to the floor a node alerts with (a store
+                    // written before the floor may hold a lower one).
+                    let threshold = store.threshold()?.unwrap_or(f32::MAX).max(MIN_THRESHOLD);
                     agent.calibrated_on = store.calibrated_on()?.unwrap_or(0);
                     let model =
                         Autoencoder::from_flat(g.spec.clone(), &g.params).map_err(model_err)?;
@@ -424,7 +426,7 @@ impl Agent {
                     mean: rec.mean,
                     std: rec.std,
                 }),
-                threshold: rec.threshold,
+                threshold: rec.threshold.max(MIN_THRESHOLD),
             });
             agent.calibrated_on = rec.calibrated_on;
             info!("restored local bootstrap model from store");
@@ -1514,6 +1516,7 @@ mod tests {
         let g1 = verify(&p, &signed, Some(1)).unwrap();
         let threshold = agent.install_global(g1).unwrap();
         assert!(threshold.is_finite() && threshold < f32::MAX);
+        assert!(threshold >= MIN_THRESHOLD);
         let calibrated_on = agent.calibrated_on;
         assert_eq!(calibrated_on, 120, "every fifth of 600 windows");
         drop(agent);
@@ -1527,7 +1530,7 @@ mod tests {
         let det = agent.detector().expect("detector restored");
         assert_eq!(det.threshold, threshold);
         assert_eq!(det.model.to_flat(), params);
-        assert_eq!(det.scaler, scaler);
+        assert_eq!(det.scaler, schema_scaler(scaler));
         // The restored threshold stays trusted: attacks right after the
         // restart neither enter the buffer nor recalibrate it away.
         assert_eq!(agent.calibrated_on, calibrated_on);
@@ -1672,6 +1675,32 @@ mod tests {
             .flat_map(|_| shells.step(&mut agent, [0, 330_000]))
             .any(|a| a.container == IdleShells::IDS[1] && a.state == IncidentState::Open);
         assert!(opened, "a third of a core did not open an incident");
+    }
+
+    #[test]
+    fn a_model_stored_before_the_floors_is_restored_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let mut std = vec![0.5; NUM_FEATURES];
+        std[0] = 0.001;
+        store
+            .put_local(&crate::store::LocalModelRecord {
+                hidden: hidden(),
+                params: genesis_params(),
+                mean: vec![0.0; NUM_FEATURES],
+                std,
+                threshold: 1e-6,
+                calibrated_on: 100,
+            })
+            .unwrap();
+        let agent = Agent::new(settings(32, 80), Some(store), None, now()).unwrap();
+        let det = agent.detector().expect("restored");
+        assert_eq!(det.threshold, MIN_THRESHOLD);
+        assert_eq!(
+            det.scaler.std[0],
+            crate::detection::features::CPU_CORES_STD_FLOOR
+        );
+        assert_eq!(det.scaler.std[1], 0.5);
     }
 
     #[test]

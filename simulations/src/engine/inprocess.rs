@@ -50,8 +50,8 @@ use fedmesh_crypto::NodeId;
 use fedmesh_crypto::secagg::local::Dropout;
 use fedmesh_node::agent::{Agent, AgentSettings, GlobalModel, LocalUpdate};
 use fedmesh_node::config::DetectorConfig;
-use fedmesh_node::detection::detector::{Detector, calibrate_threshold};
-use fedmesh_node::detection::features::{FeatureWindow, NUM_FEATURES};
+use fedmesh_node::detection::detector::{Detector, alert_threshold};
+use fedmesh_node::detection::features::{FeatureWindow, NUM_FEATURES, schema_scaler};
 use fedmesh_node::detection::model::{Autoencoder, ModelSpec};
 use fedmesh_node::detection::scaler::Scaler;
 use fedmesh_node::sim::eval::{evaluate, standard_heldout};
@@ -1198,10 +1198,11 @@ pub(crate) fn evaluate_into(
 ) -> Result<(), EngineError> {
     let e = |x: &dyn std::fmt::Display| EngineError::Eval(x.to_string());
     let model = Autoencoder::from_flat(g.spec.clone(), &g.params).map_err(|x| e(&x))?;
+    // The scaler and the threshold floor a node trains and alerts with.
     let scaler = g
         .scaler
         .clone()
-        .unwrap_or_else(|| Scaler::identity(NUM_FEATURES));
+        .map_or_else(|| Scaler::identity(NUM_FEATURES), schema_scaler);
     let mut det = Detector {
         model,
         scaler,
@@ -1221,7 +1222,7 @@ pub(crate) fn evaluate_into(
         }
         return Ok(());
     }
-    det.threshold = calibrate_threshold(&calib, s.eval.false_alarm_rate).map_err(|x| e(&x))?;
+    det.threshold = alert_threshold(&calib, s.eval.false_alarm_rate).map_err(|x| e(&x))?;
     let benign: Vec<f32> = det
         .score_windows(&held.benign)
         .map_err(|x| e(&x))?
