@@ -32,7 +32,8 @@ for image in "$node_image" "$workload_image"; do
 done
 # The overlay must still ask for what this script runs the node with.
 caps=(NET_ADMIN SYS_PTRACE DAC_READ_SEARCH)
-for want in 'hostNetwork: true' 'runAsUser: 0' 'add: ["NET_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"]' 'drop: ["ALL"]'; do
+caps_yaml="add: [$(printf '"%s", ' "${caps[@]}" | sed 's/, $//')]"
+for want in 'hostNetwork: true' 'runAsUser: 0' "$caps_yaml" 'drop: ["ALL"]'; do
   grep -qF -- "$want" "$here/overlays/process-events/kustomization.yaml" || {
     echo "error: overlays/process-events no longer sets $want; update this check" >&2
     exit 1

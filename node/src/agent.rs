@@ -135,6 +135,15 @@ pub struct GlobalModel {
     pub schema_hash: [u8; 32],
 }
 
+impl GlobalModel {
+    /// The federated scaler as this node trains, calibrates and scores
+    /// with it: raised to the feature schema's floors
+    /// ([`schema_scaler`]; the coordinator's floor is generic).
+    pub fn node_scaler(&self) -> Option<Scaler> {
+        self.scaler.clone().map(schema_scaler)
+    }
+}
+
 /// Decodes and verifies a signed global model: coordinator signature chained
 /// to the mesh CA, tenant, feature schema, architecture, parameter count and
 /// finiteness. `min_version` refuses downgrades.
@@ -394,9 +403,8 @@ impl Agent {
                     let model =
                         Autoencoder::from_flat(g.spec.clone(), &g.params).map_err(model_err)?;
                     let scaler = g
-                        .scaler
-                        .clone()
-                        .map_or_else(|| Scaler::identity(NUM_FEATURES), schema_scaler);
+                        .node_scaler()
+                        .unwrap_or_else(|| Scaler::identity(NUM_FEATURES));
                     info!(
                         version = g.version,
                         threshold, "restored global model from store"
@@ -828,7 +836,7 @@ impl Agent {
         round: u64,
     ) -> Result<TrainingJob, AgentError> {
         let (raw, stats, local) = self.training_data()?;
-        let scaler = base.scaler.clone().map_or(local, schema_scaler);
+        let scaler = base.node_scaler().unwrap_or(local);
         let data = scaler.transform(raw.view()).map_err(model_err)?;
         let cfg = TrainConfig {
             epochs: tp.local_epochs.max(1) as usize,
@@ -890,8 +898,8 @@ impl Agent {
             return Err(refuse(ModelPart::Scaler));
         }
         let model = Autoencoder::from_flat(g.spec.clone(), &g.params).map_err(model_err)?;
-        let scaler = match &g.scaler {
-            Some(s) => schema_scaler(s.clone()),
+        let scaler = match g.node_scaler() {
+            Some(s) => s,
             None if self.buffer.len() >= 2 => {
                 let all: Vec<_> = self.buffer.iter().collect();
                 Self::local_scaler(&Self::matrix(&all))?.1

@@ -51,7 +51,7 @@ use fedmesh_crypto::secagg::local::Dropout;
 use fedmesh_node::agent::{Agent, AgentSettings, GlobalModel, LocalUpdate};
 use fedmesh_node::config::DetectorConfig;
 use fedmesh_node::detection::detector::{Detector, alert_threshold};
-use fedmesh_node::detection::features::{FeatureWindow, NUM_FEATURES, schema_scaler};
+use fedmesh_node::detection::features::{FeatureWindow, NUM_FEATURES};
 use fedmesh_node::detection::model::{Autoencoder, ModelSpec};
 use fedmesh_node::detection::scaler::Scaler;
 use fedmesh_node::sim::eval::{evaluate, standard_heldout};
@@ -1200,9 +1200,8 @@ pub(crate) fn evaluate_into(
     let model = Autoencoder::from_flat(g.spec.clone(), &g.params).map_err(|x| e(&x))?;
     // The scaler and the threshold floor a node trains and alerts with.
     let scaler = g
-        .scaler
-        .clone()
-        .map_or_else(|| Scaler::identity(NUM_FEATURES), schema_scaler);
+        .node_scaler()
+        .unwrap_or_else(|| Scaler::identity(NUM_FEATURES));
     let mut det = Detector {
         model,
         scaler,
