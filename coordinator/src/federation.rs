@@ -33,7 +33,7 @@ use crate::machine::{
 use crate::metrics::Metrics;
 use crate::reputation::Reputation;
 pub use crate::round::{OpenInfo, RoundStatus, RoundSummary, SecureSummary, ValidUpdate};
-use crate::secure_round::Phase;
+use crate::secure_round::{ListRecord, Phase};
 use crate::server_step::genesis_params;
 use crate::store::{AuditEntry, Store};
 pub use crate::validate::validate_fields;
@@ -184,6 +184,18 @@ impl Federation {
                 .map_err(|e| FedError::Corrupt(e.to_string()))?,
             None => Reputation::new(cfg.reputation.clone()),
         };
+        // The last secure round's list: without it the next secure round
+        // sends every node the whole list (n names to each of n nodes).
+        let last_list = match store.secure_list(tenant.as_str())? {
+            Some(b) => match ListRecord::from_bytes(&b) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warn!(tenant = %tenant, error = %e, "stored secure participant list not used; the next secure round sends whole lists");
+                    None
+                }
+            },
+            None => None,
+        };
         let (status, _) = watch::channel(RoundStatus::Idle {
             version,
             reason: "waiting for nodes".into(),
@@ -200,6 +212,7 @@ impl Federation {
                 scaler,
                 momentum,
                 reputation,
+                last_list,
             },
         );
         Ok(Arc::new(Self {
@@ -717,6 +730,23 @@ impl Federation {
     /// participant list, then the four secure-aggregation phases, each
     /// ending when every live member answered or at its deadline, then the
     /// robust stage over bucket sums.
+    /// Stores the last secure round's list, so that a restarted
+    /// coordinator still sends the next one as a change. A failure is
+    /// logged: it costs whole lists once, nothing else.
+    fn save_list(&self) {
+        let record = self.lock().machine.last_list().cloned();
+        let Some(record) = record else { return };
+        let saved = record.to_bytes().map_err(|e| e.to_string()).and_then(|b| {
+            self.store
+                .save_secure_list(self.tenant.as_str(), &b)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = saved {
+            warn!(tenant = %self.tenant, round = record.round, error = %e,
+                "secure participant list not stored; after a restart the next secure round sends whole lists");
+        }
+    }
+
     async fn run_secure_round(
         &self,
         round_no: u64,
@@ -762,6 +792,7 @@ impl Federation {
             .await;
             if *shutdown.borrow() {
                 self.lock().machine.take_round();
+                self.save_list();
                 return Ok(());
             }
             let Some(next) = phase.next() else {
@@ -779,7 +810,9 @@ impl Federation {
             }
             phase = next;
         }
-        let Some(mut round) = self.lock().machine.take_round() else {
+        let taken = self.lock().machine.take_round();
+        self.save_list();
+        let Some(mut round) = taken else {
             return Ok(());
         };
         let Some(secure) = round.secure.take() else {
@@ -906,6 +939,19 @@ mod tests {
     fn federation_of(min_nodes: usize, extra: &str) -> (Arc<Federation>, tempfile::TempDir) {
         let now = time::OffsetDateTime::now_utc();
         let ca = fedmesh_crypto::MeshCa::generate("test CA", now, 30).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        (open_in(dir.path(), &ca, min_nodes, extra), dir)
+    }
+
+    /// Opens tenant `acme` from the store in `dir`, signed by a coordinator
+    /// certificate of `ca` (a restart opens the same directory again).
+    fn open_in(
+        dir: &std::path::Path,
+        ca: &fedmesh_crypto::MeshCa,
+        min_nodes: usize,
+        extra: &str,
+    ) -> Arc<Federation> {
+        let now = time::OffsetDateTime::now_utc();
         let issued = ca
             .issue_coordinator(
                 &"main".parse().unwrap(),
@@ -924,9 +970,8 @@ mod tests {
         );
         let mut cfg: TenantConfig = toml::from_str(&text).unwrap();
         cfg.model.feature_schema_digest = "00".repeat(32);
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let fed = Federation::open(
+        let store = Store::open(dir).unwrap();
+        Federation::open(
             "acme".parse().unwrap(),
             cfg,
             store,
@@ -934,8 +979,7 @@ mod tests {
             verifier,
             Arc::new(Metrics::new()),
         )
-        .unwrap();
-        (fed, dir)
+        .unwrap()
     }
 
     fn node(name: &str) -> NodeId {
@@ -1202,5 +1246,42 @@ mod tests {
         assert!(refused[0].detail.len() <= MAX_REFUSAL_TEXT + 3);
         assert!(fed.lock().machine.refused_commits().is_empty());
         assert_eq!(fed.store.verify_chain("acme").unwrap(), 2);
+    }
+
+    #[test]
+    fn a_restarted_coordinator_keeps_the_last_secure_list() {
+        let now = time::OffsetDateTime::now_utc();
+        let ca = fedmesh_crypto::MeshCa::generate("test CA", now, 30).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let secure = "[secure]\nbucket_size = 3\nclip_norm = 1.0\n";
+        let fed = open_in(dir.path(), &ca, 2, secure);
+        assert!(fed.lock().machine.last_list().is_none());
+        let selected: BTreeSet<NodeId> = (0..9).map(|i| node(&format!("n{i}"))).collect();
+        fed.lock()
+            .machine
+            .open_secure(4, selected.clone(), 0, &fed.verifier)
+            .unwrap();
+        take_round(&fed);
+        fed.save_list();
+        let record = fed.lock().machine.last_list().cloned().unwrap();
+        assert_eq!(record.round, 4);
+        assert_eq!(record.list.len(), 9);
+        drop(fed);
+        // After a restart the next secure round has the same base.
+        let fed = open_in(dir.path(), &ca, 2, secure);
+        assert_eq!(fed.lock().machine.last_list(), Some(&record));
+        drop(fed);
+        // A damaged record is not used (whole lists, as on a first start),
+        // and the coordinator still starts.
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .save_secure_list(
+                "acme",
+                b"{\"v\":1,\"round\":4,\"list\":[\"b\",\"a\"],\"received\":[]}",
+            )
+            .unwrap();
+        drop(store);
+        let fed = open_in(dir.path(), &ca, 2, secure);
+        assert!(fed.lock().machine.last_list().is_none());
     }
 }

@@ -171,6 +171,9 @@ pub struct Restored {
     pub momentum: Option<Vec<f32>>,
     /// Reputation of every node seen.
     pub reputation: Reputation,
+    /// The last secure round's list, so the next one goes out as a change
+    /// to it after a restart too.
+    pub last_list: Option<ListRecord>,
 }
 
 /// What a commit starts from: a snapshot of the committed state (cheap
@@ -298,7 +301,7 @@ impl RoundMachine {
             centre: None,
             reputation: state.reputation,
             round: None,
-            last_list: None,
+            last_list: state.last_list,
             committed_this_run: 0,
             pending_decisions: Vec::new(),
             refused_commits: Vec::new(),
@@ -577,6 +580,12 @@ impl RoundMachine {
     pub fn take_round(&mut self) -> Option<OpenRound> {
         self.retire_round();
         self.round.take()
+    }
+
+    /// The last secure round's list (what the next one is sent as a
+    /// change to), to persist.
+    pub fn last_list(&self) -> Option<&ListRecord> {
+        self.last_list.as_ref()
     }
 
     /// Keeps the open secure round's list as the base of the next one's
@@ -994,6 +1003,7 @@ mod tests {
                 scaler: None,
                 momentum: None,
                 reputation,
+                last_list: None,
             },
         )
     }

@@ -213,7 +213,7 @@ pub struct Straggler {
 /// A secure round's committed list and the nodes whose advert it
 /// accepted (so they hold the list): what the next round's list is sent
 /// as a change to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListRecord {
     /// The round.
     pub round: u64,
@@ -221,6 +221,97 @@ pub struct ListRecord {
     pub list: Arc<Vec<NodeId>>,
     /// Participants whose advert was accepted.
     pub received: Arc<BTreeSet<NodeId>>,
+}
+
+/// Largest stored [`ListRecord`] the coordinator reads back, in bytes
+/// (about a million participants).
+pub const MAX_LIST_RECORD_BYTES: usize = 64 << 20;
+
+/// Format version of [`ListRecord::to_bytes`].
+const LIST_RECORD_VERSION: u32 = 1;
+
+/// Why a stored [`ListRecord`] was not read back (the next secure round
+/// then sends whole lists, as after a first start).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListRecordError {
+    /// Larger than [`MAX_LIST_RECORD_BYTES`].
+    #[error("stored participant list of {0} bytes exceeds the {MAX_LIST_RECORD_BYTES}-byte bound")]
+    TooLarge(usize),
+    /// Not the JSON this module writes.
+    #[error("stored participant list does not decode: {0}")]
+    Decode(String),
+    /// Written by another format version.
+    #[error("stored participant list has format version {0}, expected {LIST_RECORD_VERSION}")]
+    Version(u32),
+    /// A name that is not a valid node name.
+    #[error("stored participant list names an invalid node {0:?}")]
+    BadName(String),
+    /// The list is not strictly ascending.
+    #[error("stored participant list is not sorted without duplicates")]
+    Unsorted,
+    /// A node marked as holding the list that the list does not name.
+    #[error("stored participant list marks {0:?} as holding it but does not name it")]
+    NotListed(String),
+}
+
+/// [`ListRecord`] as stored: names as strings, `received` a subset of
+/// `list`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredList {
+    v: u32,
+    round: u64,
+    list: Vec<String>,
+    received: Vec<String>,
+}
+
+impl ListRecord {
+    /// The record as the coordinator stores it (JSON), so that a restarted
+    /// coordinator still sends the next list as a change to this one.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, ListRecordError> {
+        let stored = StoredList {
+            v: LIST_RECORD_VERSION,
+            round: self.round,
+            list: self.list.iter().map(|n| n.to_string()).collect(),
+            received: self.received.iter().map(|n| n.to_string()).collect(),
+        };
+        serde_json::to_vec(&stored).map_err(|e| ListRecordError::Decode(e.to_string()))
+    }
+
+    /// Reads back [`Self::to_bytes`], checking every name, the order and
+    /// that `received` is part of the list. Bounded by
+    /// [`MAX_LIST_RECORD_BYTES`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ListRecordError> {
+        if bytes.len() > MAX_LIST_RECORD_BYTES {
+            return Err(ListRecordError::TooLarge(bytes.len()));
+        }
+        let stored: StoredList =
+            serde_json::from_slice(bytes).map_err(|e| ListRecordError::Decode(e.to_string()))?;
+        if stored.v != LIST_RECORD_VERSION {
+            return Err(ListRecordError::Version(stored.v));
+        }
+        let name = |s: String| NodeId::try_from(s.clone()).map_err(|_| ListRecordError::BadName(s));
+        let list = stored
+            .list
+            .into_iter()
+            .map(name)
+            .collect::<Result<Vec<NodeId>, _>>()?;
+        if list.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(ListRecordError::Unsorted);
+        }
+        let mut received = BTreeSet::new();
+        for s in stored.received {
+            let n = name(s)?;
+            if list.binary_search(&n).is_err() {
+                return Err(ListRecordError::NotListed(n.to_string()));
+            }
+            received.insert(n);
+        }
+        Ok(Self {
+            round: stored.round,
+            list: Arc::new(list),
+            received: Arc::new(received),
+        })
+    }
 }
 
 /// One open secure round.
@@ -1032,7 +1123,10 @@ mod tests {
             .unwrap()
             .view()
         };
-        let view = open(&next, Some(&record));
+        // What a restarted coordinator reads back is the same base.
+        let restored = ListRecord::from_bytes(&record.to_bytes().unwrap()).unwrap();
+        assert_eq!(restored, record);
+        let view = open(&next, Some(&restored));
         let want: Vec<NodeId> = next.iter().cloned().collect();
         // An advertiser of round 7 gets two names and rebuilds the list.
         let ev = view.for_node(&nodes[1].id);
@@ -1200,5 +1294,62 @@ mod tests {
             check_survivors(&done.sums[..1], &cfg(3), 6),
             Err(Shortfall::Buckets { have: 1, need: 2 })
         );
+    }
+
+    #[test]
+    fn a_stored_list_record_reads_back_only_when_well_formed() {
+        let ids = |v: &[&str]| -> Vec<NodeId> { v.iter().map(|s| s.parse().unwrap()).collect() };
+        let record = ListRecord {
+            round: 9,
+            list: Arc::new(ids(&["a", "b", "c"])),
+            received: Arc::new(ids(&["a", "c"]).into_iter().collect()),
+        };
+        let bytes = record.to_bytes().unwrap();
+        assert_eq!(ListRecord::from_bytes(&bytes).unwrap(), record);
+        let bad = |json: &str| ListRecord::from_bytes(json.as_bytes()).unwrap_err();
+        assert!(matches!(bad("{"), ListRecordError::Decode(_)));
+        assert_eq!(
+            bad(r#"{"v":2,"round":1,"list":[],"received":[]}"#),
+            ListRecordError::Version(2)
+        );
+        assert_eq!(
+            bad(r#"{"v":1,"round":1,"list":["b","a"],"received":[]}"#),
+            ListRecordError::Unsorted
+        );
+        assert_eq!(
+            bad(r#"{"v":1,"round":1,"list":["a","a"],"received":[]}"#),
+            ListRecordError::Unsorted
+        );
+        assert_eq!(
+            bad(r#"{"v":1,"round":1,"list":["a"],"received":["z"]}"#),
+            ListRecordError::NotListed("z".into())
+        );
+        assert!(matches!(
+            bad(r#"{"v":1,"round":1,"list":["no/slash"],"received":[]}"#),
+            ListRecordError::BadName(_)
+        ));
+        let huge = vec![b' '; MAX_LIST_RECORD_BYTES + 1];
+        assert_eq!(
+            ListRecord::from_bytes(&huge).unwrap_err(),
+            ListRecordError::TooLarge(MAX_LIST_RECORD_BYTES + 1)
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn list_records_round_trip_and_arbitrary_bytes_never_panic(
+            names in proptest::collection::btree_set("[a-z][a-z0-9-]{0,10}", 0..20),
+            pick in proptest::collection::vec(proptest::bool::ANY, 20),
+            round in proptest::num::u64::ANY,
+            junk in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+        ) {
+            let list: Vec<NodeId> = names.iter().map(|s| s.parse().unwrap()).collect();
+            let received = list.iter().zip(&pick).filter(|(_, p)| **p).map(|(n, _)| n.clone()).collect();
+            let record = ListRecord { round, list: Arc::new(list), received: Arc::new(received) };
+            let back = ListRecord::from_bytes(&record.to_bytes().unwrap()).unwrap();
+            proptest::prop_assert_eq!(back, record);
+            let _ = ListRecord::from_bytes(&junk);
+        }
     }
 }

@@ -519,6 +519,22 @@ impl Store {
         Ok(())
     }
 
+    /// The last secure round's participant list and who holds it
+    /// ([`crate::secure_round::ListRecord::to_bytes`]), if one was saved.
+    pub fn secure_list(&self, tenant: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .meta
+            .get(meta_key(tenant, b"secure_list"))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Saves the last secure round's participant list (not flushed: losing
+    /// it only means that the next secure round sends whole lists).
+    pub fn save_secure_list(&self, tenant: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.meta.insert(meta_key(tenant, b"secure_list"), bytes)?;
+        Ok(())
+    }
+
     /// Next round number to use for a tenant (rounds never repeat, even
     /// across aborted rounds and restarts).
     pub fn next_round(&self, tenant: &str) -> Result<u64, StoreError> {

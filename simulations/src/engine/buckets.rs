@@ -531,6 +531,7 @@ mod tests {
                 scaler: None,
                 momentum: None,
                 reputation: Reputation::new(cfg.reputation.clone()),
+                last_list: None,
             },
         );
         let selected: BTreeSet<NodeId> = ids.iter().cloned().collect();

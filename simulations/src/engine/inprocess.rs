@@ -684,6 +684,7 @@ fn run_once(
             scaler: None,
             momentum: None,
             reputation: Reputation::new(cfg.reputation.clone()),
+            last_list: None,
         },
     );
     // The protocol clock (deadlines and refusal records only).
