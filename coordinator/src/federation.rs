@@ -771,16 +771,20 @@ impl Federation {
                 .open_secure(round_no, selected.clone(), opened, &self.verifier)
                 .map(|info| {
                     let buckets = info.secure.as_ref().map_or(0, |v| v.buckets.len());
-                    (info, buckets)
+                    let list = match info.secure.as_ref().map(|v| v.list_change_holders()) {
+                        Some(n) if n > 0 => "change",
+                        _ => "whole",
+                    };
+                    (info, buckets, list)
                 })
         };
-        let (info, buckets) = match opening {
+        let (info, buckets, list) = match opening {
             Ok(opened) => opened,
             Err(e) => return self.abort_round(round_no, e.to_string()),
         };
         let started = tokio::time::Instant::now();
         info!(parent: &span, base_version = info.base_version, selected = selected.len(),
-            buckets, k = sc.bucket_size, "secure round open");
+            buckets, k = sc.bucket_size, list, "secure round open");
         self.status.send_replace(RoundStatus::Open(info));
         let mut phase = Phase::Advertise;
         loop {

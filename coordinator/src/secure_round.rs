@@ -128,6 +128,16 @@ pub struct SecureView {
 }
 
 impl SecureView {
+    /// How many nodes get the committed list as a change to the last
+    /// secure round's (0: everyone gets it whole).
+    pub fn list_change_holders(&self) -> usize {
+        if self.delta.is_some() {
+            self.delta_to.len()
+        } else {
+            0
+        }
+    }
+
     /// The public state of `node`'s bucket, if it is a participant: one
     /// look-up in the round's index, whatever the number of buckets.
     pub fn bucket_of(&self, node: &NodeId) -> Option<&BucketPublic> {

@@ -303,6 +303,15 @@ containers = [ {containers} ]
     for p in &mut nodes {
         p.wait_for(&done, Duration::from_secs(120))?;
     }
+    // The restarted coordinator read the last secure round's list back:
+    // its first secure round sends the list as a change, not whole.
+    let first_open = coord
+        .log()
+        .lines()
+        .find(|l| l.contains("secure round open"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(first_open.contains("list=\"change\""), "{first_open}");
     // Secure aggregation (k = 2): every node sent masked updates only, and
     // the coordinator committed from unmasked bucket sums.
     for p in &nodes {
