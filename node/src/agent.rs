@@ -11,7 +11,7 @@
 //! outside the agent's lock. The agent persists its models through
 //! [`NodeStore`] (file I/O under the data directory).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fedmesh_crypto::{CertVerifier, Identity};
@@ -326,11 +326,19 @@ pub struct AgentSettings {
     pub seed: u64,
 }
 
+/// One buffered benign window.
+#[derive(Debug, Clone, Copy)]
+struct Buffered {
+    features: [f32; NUM_FEATURES],
+    /// Outside its container's start-up: may calibrate the threshold.
+    settled: bool,
+}
+
 /// The node agent.
 pub struct Agent {
     settings: AgentSettings,
     builder: WindowBuilder,
-    buffer: VecDeque<[f32; NUM_FEATURES]>,
+    buffer: VecDeque<Buffered>,
     detector: Option<Detector>,
     global: Option<GlobalModel>,
     store: Option<NodeStore>,
@@ -733,22 +741,30 @@ impl Agent {
                 .is_some_and(|i| trusted || !i.rules.is_empty());
             let above = trusted && v.score.is_some_and(|(s, t)| s > t);
             if !(in_incident || above) {
-                self.push_buffer(w.features);
+                let settled = !self.incidents.starting_up(&w.container.0);
+                self.push_buffer(w.features, settled);
             }
         }
         Ok(alerts)
     }
 
     /// Buffers windows for training without scoring them (training data
-    /// loaded in bulk by the simulation engines).
+    /// loaded in bulk by the simulation engines): each container's first
+    /// `warmup_windows` windows in `windows` are its start-up, as in
+    /// [`Self::close_window`].
     pub fn buffer_windows(&mut self, windows: &[FeatureWindow]) {
+        let warmup = self.incidents.config().warmup_windows;
+        let mut seen: BTreeMap<&str, u32> = BTreeMap::new();
         for w in windows {
-            self.push_buffer(w.features);
+            let n = seen.entry(w.container.0.as_str()).or_default();
+            *n = n.saturating_add(1);
+            let settled = *n > warmup;
+            self.push_buffer(w.features, settled);
         }
     }
 
-    fn push_buffer(&mut self, features: [f32; NUM_FEATURES]) {
-        self.buffer.push_back(features);
+    fn push_buffer(&mut self, features: [f32; NUM_FEATURES], settled: bool) {
+        self.buffer.push_back(Buffered { features, settled });
         while self.buffer.len() > self.settings.detector.train_buffer {
             self.buffer.pop_front();
         }
@@ -779,19 +795,28 @@ impl Agent {
     }
 
     /// Splits the buffer: every fifth window calibrates, the rest train.
+    /// Start-up windows only train: the incident tracker never judges them
+    /// (warm-up), and a container's first execs and connections scored
+    /// tens of times above the rest on a real host, which set the
+    /// threshold at a 1 % false-alarm rate by themselves.
     fn split(&self) -> (Vec<&[f32; NUM_FEATURES]>, Vec<&[f32; NUM_FEATURES]>) {
         let (mut train, mut calib) = (Vec::new(), Vec::new());
         for (i, w) in self.buffer.iter().enumerate() {
-            if i % 5 == 4 {
-                calib.push(w)
+            if i % 5 == 4 && w.settled {
+                calib.push(&w.features)
             } else {
-                train.push(w)
+                train.push(&w.features)
             }
         }
         if calib.len() < 10 {
-            calib = self.buffer.iter().collect();
+            calib = self.rows().collect();
         }
         (train, calib)
+    }
+
+    /// The buffered windows' features, oldest first.
+    fn rows(&self) -> impl Iterator<Item = &[f32; NUM_FEATURES]> {
+        self.buffer.iter().map(|b| &b.features)
     }
 
     fn matrix(rows: &[&[f32; NUM_FEATURES]]) -> Array2<f32> {
@@ -901,7 +926,7 @@ impl Agent {
         let scaler = match g.node_scaler() {
             Some(s) => s,
             None if self.buffer.len() >= 2 => {
-                let all: Vec<_> = self.buffer.iter().collect();
+                let all: Vec<_> = self.rows().collect();
                 Self::local_scaler(&Self::matrix(&all))?.1
             }
             None => Scaler::identity(NUM_FEATURES),
@@ -970,7 +995,7 @@ impl Agent {
         if ratio <= 0.0 || take < MIN_LOSS_CHECK_WINDOWS {
             return Ok(None);
         }
-        let rows: Vec<_> = self.buffer.iter().skip(self.buffer.len() - take).collect();
+        let rows: Vec<_> = self.rows().skip(self.buffer.len() - take).collect();
         let raw = Self::matrix(&rows);
         let (_, local) = Self::local_scaler(&raw)?;
         let current_loss = raw_space_loss(cur, &raw, &local)?;
@@ -1526,7 +1551,10 @@ mod tests {
         assert!(threshold.is_finite() && threshold < f32::MAX);
         assert!(threshold >= MIN_THRESHOLD);
         let calibrated_on = agent.calibrated_on;
-        assert_eq!(calibrated_on, 120, "every fifth of 600 windows");
+        assert_eq!(
+            calibrated_on, 116,
+            "every fifth of 600 windows, less the 4 of them in the containers' start-up"
+        );
         drop(agent);
         drop(store);
 

@@ -387,6 +387,10 @@ pub struct Track {
     open: Option<Incident>,
     last_record_ms: u64,
     windows_at_record: u32,
+    /// Windows of the container seen so far, scored or not (saturating;
+    /// 0 in snapshots of older nodes).
+    #[serde(default)]
+    seen: u32,
     #[serde(skip)]
     opened_now: bool,
     #[serde(skip)]
@@ -566,6 +570,16 @@ impl IncidentTracker {
     /// Open incidents.
     pub fn open_count(&self) -> usize {
         self.tracks.values().filter(|t| t.open.is_some()).count()
+    }
+
+    /// Whether `container` is in its start-up: among its first
+    /// `warmup_windows` windows (scored or not) since it appeared. Start-up
+    /// windows (a container's first execs and connections) are learned
+    /// from but do not calibrate the threshold, as they are never judged.
+    pub fn starting_up(&self, container: &str) -> bool {
+        self.tracks
+            .get(container)
+            .is_none_or(|t| t.seen <= self.cfg.warmup_windows)
     }
 
     /// Whether `container` has an open incident.
@@ -759,6 +773,7 @@ impl IncidentTracker {
             self.stats.bad_scores += 1;
         }
         let track = self.track_mut(&w.container, out);
+        track.seen = track.seen.saturating_add(1);
         let Some((score, threshold, x)) = ratio else {
             return;
         };
