@@ -1216,6 +1216,56 @@ mod tests {
         verify_global_model(bytes, &p.verifier, TENANT, min, now())
     }
 
+    #[test]
+    fn start_up_windows_train_but_do_not_set_the_threshold() {
+        use crate::detection::features::idx;
+        use crate::telemetry::ContainerId;
+        // Four containers, 100 windows each; in its first three windows
+        // each one starts its processes (20 new binaries), as real
+        // containers do, and then runs steadily.
+        let mut windows = Vec::new();
+        for t in 0..100u64 {
+            for c in 0..4u64 {
+                let mut f = [0.0f32; NUM_FEATURES];
+                let wobble = ((t * 7 + c * 3) % 11) as f32 / 11.0;
+                f[idx::CPU_CORES] = 0.2 + 0.05 * wobble;
+                f[idx::MEMORY] = 5.0 + 0.02 * wobble;
+                f[idx::NET_RX] = 1.0 + 0.1 * wobble;
+                if t < 3 {
+                    f[idx::EXECS] = 3.0;
+                    f[idx::DISTINCT_BINARIES] = 3.0;
+                    f[idx::NEW_BINARIES] = 3.0;
+                }
+                windows.push(FeatureWindow {
+                    container: ContainerId(format!("c{c}")),
+                    start_ms: t * 10_000,
+                    end_ms: (t + 1) * 10_000,
+                    features: f,
+                });
+            }
+        }
+        let mut agent = Agent::new(settings(64, 0), None, None, now()).unwrap();
+        agent.buffer_windows(&windows);
+        let det = agent
+            .fit_local(&ModelSpec::default_for_features(), 5)
+            .unwrap();
+        let start_up = det.score_windows(&windows[..1]).unwrap()[0].value;
+        let steady = det.score_windows(&windows[40..]).unwrap();
+        let max_steady = steady.iter().map(|s| s.value).fold(0.0f32, f32::max);
+        // The threshold sits among the steady windows, far below a
+        // start-up window (calibrated with them it was the start-up score).
+        assert!(
+            det.threshold <= max_steady.max(MIN_THRESHOLD),
+            "threshold {} above every steady window ({max_steady})",
+            det.threshold
+        );
+        assert!(
+            start_up > 10.0 * det.threshold,
+            "start-up {start_up}, threshold {}",
+            det.threshold
+        );
+    }
+
     fn assert_refused(r: Result<GlobalModel, AgentError>, what: &str) {
         match r {
             Err(AgentError::Refused(_)) => {}

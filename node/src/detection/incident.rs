@@ -1726,4 +1726,24 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_container_starts_up_for_its_first_warmup_windows_scored_or_not() {
+        let mut tr = IncidentTracker::new(cfg());
+        let warmup = tr.config().warmup_windows;
+        assert!(tr.starting_up("a"), "unknown");
+        for i in 1..=warmup + 1 {
+            let score = (i % 2 == 0).then_some((0.1, 1.0));
+            let v = WindowVerdict {
+                container: "a".into(),
+                score,
+                top_features: Vec::new(),
+            };
+            tr.step(u64::from(i) * 1000, &[v], &[]);
+            assert_eq!(tr.starting_up("a"), i <= warmup, "window {i}");
+        }
+        // A snapshot keeps it.
+        let back = IncidentTracker::restore(cfg(), tr.snapshot()).unwrap().0;
+        assert!(!back.starting_up("a"));
+    }
 }
