@@ -48,6 +48,8 @@ struct Inner {
     signed: Arc<Vec<u8>>,
     watchers: BTreeMap<NodeId, usize>,
     joined: BTreeSet<NodeId>,
+    /// Round of the secure list last stored (see [`Federation::save_list`]).
+    saved_list: Option<u64>,
 }
 
 /// A tenant's federation.
@@ -196,6 +198,7 @@ impl Federation {
             },
             None => None,
         };
+        let saved_list = last_list.as_ref().map(|r| r.round);
         let (status, _) = watch::channel(RoundStatus::Idle {
             version,
             reason: "waiting for nodes".into(),
@@ -228,6 +231,7 @@ impl Federation {
                 signed: Arc::new(signed),
                 watchers: BTreeMap::new(),
                 joined: BTreeSet::new(),
+                saved_list,
             }),
             status,
             summaries,
@@ -726,27 +730,40 @@ impl Federation {
         Ok(())
     }
 
-    /// One round with bucket size k > 1: buckets fixed from the committed
-    /// participant list, then the four secure-aggregation phases, each
-    /// ending when every live member answered or at its deadline, then the
-    /// robust stage over bucket sums.
-    /// Stores the last secure round's list, so that a restarted
-    /// coordinator still sends the next one as a change. A failure is
-    /// logged: it costs whole lists once, nothing else.
+    /// Stores the last secure round's list (once per round), so that a
+    /// restarted coordinator still sends the next one as a change. Called
+    /// whenever the machine may have retired a round: after a secure round
+    /// opens (it replaces an open one) and after one is taken. A failed
+    /// write removes the stored list, so a restart never sends a change to
+    /// a list older than the nodes hold; it costs whole lists once.
     fn save_list(&self) {
-        let record = self.lock().machine.last_list().cloned();
-        let Some(record) = record else { return };
+        let record = {
+            let g = self.lock();
+            match g.machine.last_list() {
+                Some(r) if g.saved_list != Some(r.round) => r.clone(),
+                _ => return,
+            }
+        };
         let saved = record.to_bytes().map_err(|e| e.to_string()).and_then(|b| {
             self.store
                 .save_secure_list(self.tenant.as_str(), &b)
                 .map_err(|e| e.to_string())
         });
-        if let Err(e) = saved {
-            warn!(tenant = %self.tenant, round = record.round, error = %e,
-                "secure participant list not stored; after a restart the next secure round sends whole lists");
+        match saved {
+            Ok(()) => self.lock().saved_list = Some(record.round),
+            Err(e) => {
+                let removed = self.store.remove_secure_list(self.tenant.as_str());
+                warn!(tenant = %self.tenant, round = record.round, error = %e,
+                    removed = removed.is_ok(),
+                    "secure participant list not stored; after a restart the next secure round sends whole lists");
+            }
         }
     }
 
+    /// One round with bucket size k > 1: buckets fixed from the committed
+    /// participant list, then the four secure-aggregation phases, each
+    /// ending when every live member answered or at its deadline, then the
+    /// robust stage over bucket sums.
     async fn run_secure_round(
         &self,
         round_no: u64,
@@ -771,9 +788,14 @@ impl Federation {
                 .open_secure(round_no, selected.clone(), opened, &self.verifier)
                 .map(|info| {
                     let buckets = info.secure.as_ref().map_or(0, |v| v.buckets.len());
-                    let list = match info.secure.as_ref().map(|v| v.list_change_holders()) {
-                        Some(n) if n > 0 => "change",
-                        _ => "whole",
+                    let list = if info
+                        .secure
+                        .as_ref()
+                        .is_some_and(|v| v.sends_list_as_change())
+                    {
+                        "change"
+                    } else {
+                        "whole"
                     };
                     (info, buckets, list)
                 })
@@ -782,9 +804,11 @@ impl Federation {
             Ok(opened) => opened,
             Err(e) => return self.abort_round(round_no, e.to_string()),
         };
+        // Opening retired any round left open (after an error).
+        self.save_list();
         let started = tokio::time::Instant::now();
         info!(parent: &span, base_version = info.base_version, selected = selected.len(),
-            buckets, k = sc.bucket_size, list, "secure round open");
+            buckets, k = sc.bucket_size, list_sent = list, "secure round open");
         self.status.send_replace(RoundStatus::Open(info));
         let mut phase = Phase::Advertise;
         loop {
@@ -974,16 +998,27 @@ mod tests {
         );
         let mut cfg: TenantConfig = toml::from_str(&text).unwrap();
         cfg.model.feature_schema_digest = "00".repeat(32);
-        let store = Store::open(dir).unwrap();
         Federation::open(
             "acme".parse().unwrap(),
             cfg,
-            store,
+            open_store(dir),
             signer,
             verifier,
             Arc::new(Metrics::new()),
         )
         .unwrap()
+    }
+
+    /// Opens the store in `dir`, waiting for a dropped handle's flusher to
+    /// let go of it (as the store's own reopen tests do).
+    fn open_store(dir: &std::path::Path) -> Store {
+        for _ in 0..100 {
+            if let Ok(s) = Store::open(dir) {
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Store::open(dir).unwrap()
     }
 
     fn node(name: &str) -> NodeId {

@@ -128,14 +128,10 @@ pub struct SecureView {
 }
 
 impl SecureView {
-    /// How many nodes get the committed list as a change to the last
-    /// secure round's (0: everyone gets it whole).
-    pub fn list_change_holders(&self) -> usize {
-        if self.delta.is_some() {
-            self.delta_to.len()
-        } else {
-            0
-        }
+    /// Whether some participant gets the committed list as a change to
+    /// the last secure round's (else every participant gets it whole).
+    pub fn sends_list_as_change(&self) -> bool {
+        self.delta.is_some() && self.participants.iter().any(|p| self.delta_to.contains(p))
     }
 
     /// The public state of `node`'s bucket, if it is a participant: one
@@ -233,8 +229,8 @@ pub struct ListRecord {
     pub received: Arc<BTreeSet<NodeId>>,
 }
 
-/// Largest stored [`ListRecord`] the coordinator reads back, in bytes
-/// (about a million participants).
+/// Largest stored [`ListRecord`] the coordinator writes or reads back, in
+/// bytes (about 500,000 participants with the longest names).
 pub const MAX_LIST_RECORD_BYTES: usize = 64 << 20;
 
 /// Format version of [`ListRecord::to_bytes`].
@@ -250,6 +246,9 @@ pub enum ListRecordError {
     /// Not the JSON this module writes.
     #[error("stored participant list does not decode: {0}")]
     Decode(String),
+    /// Could not be encoded.
+    #[error("participant list does not encode: {0}")]
+    Encode(String),
     /// Written by another format version.
     #[error("stored participant list has format version {0}, expected {LIST_RECORD_VERSION}")]
     Version(u32),
@@ -284,7 +283,12 @@ impl ListRecord {
             list: self.list.iter().map(|n| n.to_string()).collect(),
             received: self.received.iter().map(|n| n.to_string()).collect(),
         };
-        serde_json::to_vec(&stored).map_err(|e| ListRecordError::Decode(e.to_string()))
+        let bytes =
+            serde_json::to_vec(&stored).map_err(|e| ListRecordError::Encode(e.to_string()))?;
+        if bytes.len() > MAX_LIST_RECORD_BYTES {
+            return Err(ListRecordError::TooLarge(bytes.len()));
+        }
+        Ok(bytes)
     }
 
     /// Reads back [`Self::to_bytes`], checking every name, the order and

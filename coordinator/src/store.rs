@@ -535,6 +535,13 @@ impl Store {
         Ok(())
     }
 
+    /// Removes the stored secure participant list (after a failed save,
+    /// so an older one is not used).
+    pub fn remove_secure_list(&self, tenant: &str) -> Result<(), StoreError> {
+        self.meta.remove(meta_key(tenant, b"secure_list"))?;
+        Ok(())
+    }
+
     /// Next round number to use for a tenant (rounds never repeat, even
     /// across aborted rounds and restarts).
     pub fn next_round(&self, tenant: &str) -> Result<u64, StoreError> {

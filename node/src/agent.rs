@@ -749,9 +749,9 @@ impl Agent {
     }
 
     /// Buffers windows for training without scoring them (training data
-    /// loaded in bulk by the simulation engines): each container's first
-    /// `warmup_windows` windows in `windows` are its start-up, as in
-    /// [`Self::close_window`].
+    /// loaded in bulk by the simulation engines). Counted within this call
+    /// (the incident tracker does not see them): each container's first
+    /// `warmup_windows` windows in `windows` are its start-up.
     pub fn buffer_windows(&mut self, windows: &[FeatureWindow]) {
         let warmup = self.incidents.config().warmup_windows;
         let mut seen: BTreeMap<&str, u32> = BTreeMap::new();
@@ -773,7 +773,7 @@ impl Agent {
     /// Recalibrates the threshold whenever the calibration split has doubled
     /// since the last calibration (thresholds from few windows are noisy).
     fn maybe_recalibrate(&mut self) -> Result<(), AgentError> {
-        let available = self.buffer.len() / 5;
+        let available = self.calibration_count();
         if self.detector.is_none() || available < 2 * self.calibrated_on.max(4) {
             return Ok(());
         }
@@ -798,8 +798,12 @@ impl Agent {
     /// Start-up windows only train: the incident tracker never judges them
     /// (warm-up), and a container's first execs and connections scored
     /// tens of times above the rest on a real host, which set the
-    /// threshold at a 1 % false-alarm rate by themselves.
-    fn split(&self) -> (Vec<&[f32; NUM_FEATURES]>, Vec<&[f32; NUM_FEATURES]>) {
+    /// threshold at a 1 % false-alarm rate by themselves. With fewer than
+    /// 10 such windows, every settled window calibrates (training ones
+    /// too); with fewer than 10 settled windows, every window does. The
+    /// third value is the settled windows among the calibrating ones (what
+    /// [`Self::learning`] and recalibration count).
+    fn split(&self) -> (Vec<&[f32; NUM_FEATURES]>, Vec<&[f32; NUM_FEATURES]>, usize) {
         let (mut train, mut calib) = (Vec::new(), Vec::new());
         for (i, w) in self.buffer.iter().enumerate() {
             if i % 5 == 4 && w.settled {
@@ -808,10 +812,35 @@ impl Agent {
                 train.push(&w.features)
             }
         }
-        if calib.len() < 10 {
-            calib = self.rows().collect();
+        if calib.len() >= MIN_CALIBRATION_WINDOWS {
+            let n = calib.len();
+            return (train, calib, n);
         }
-        (train, calib)
+        let settled: Vec<_> = self
+            .buffer
+            .iter()
+            .filter(|w| w.settled)
+            .map(|w| &w.features)
+            .collect();
+        let n = settled.len();
+        if n >= MIN_CALIBRATION_WINDOWS {
+            return (train, settled, n);
+        }
+        (train, self.rows().collect(), n)
+    }
+
+    /// The third value of [`Self::split`], without building the split.
+    fn calibration_count(&self) -> usize {
+        let primary = self
+            .buffer
+            .iter()
+            .enumerate()
+            .filter(|(i, w)| i % 5 == 4 && w.settled)
+            .count();
+        if primary >= MIN_CALIBRATION_WINDOWS {
+            return primary;
+        }
+        self.buffer.iter().filter(|w| w.settled).count()
     }
 
     /// The buffered windows' features, oldest first.
@@ -845,7 +874,7 @@ impl Agent {
                 need,
             });
         }
-        let (train, _) = self.split();
+        let (train, _, _) = self.split();
         let raw = Self::matrix(&train);
         let (stats, scaler) = Self::local_scaler(&raw)?;
         Ok((raw, stats, scaler))
@@ -1017,7 +1046,7 @@ impl Agent {
     }
 
     fn calibrate(&self, det: &Detector) -> Result<(Option<f32>, usize), AgentError> {
-        let (_, calib) = self.split();
+        let (_, calib, settled) = self.split();
         if calib.is_empty() {
             return Ok((None, 0));
         }
@@ -1028,7 +1057,7 @@ impl Agent {
         let scores = det.model.scores(m.view()).map_err(model_err)?;
         let t =
             alert_threshold(&scores, self.settings.detector.false_alarm_rate).map_err(model_err)?;
-        Ok((Some(t), calib.len()))
+        Ok((Some(t), settled))
     }
 
     /// Trains a model on this node's data alone (no federation): the same
@@ -1058,7 +1087,7 @@ impl Agent {
     fn bootstrap_local(&mut self) -> Result<(), AgentError> {
         let spec = ModelSpec::default_for_features();
         let det = self.fit_local(&spec, 20)?;
-        let calibrated_on = self.split().1.len();
+        let calibrated_on = self.split().2;
         if let Some(store) = &self.store {
             store.put_local(&LocalModelRecord {
                 hidden: spec.hidden.clone(),
@@ -1078,6 +1107,10 @@ impl Agent {
         Ok(())
     }
 }
+
+/// Fewest windows a threshold is calibrated on before [`Agent::split`]
+/// falls back to more of the buffer.
+const MIN_CALIBRATION_WINDOWS: usize = 10;
 
 /// Fewest buffered windows the held-back check runs on.
 pub const MIN_LOSS_CHECK_WINDOWS: usize = 32;
@@ -1923,20 +1956,23 @@ mod tests {
         let mut before = agent.buffered();
         let mut recalibrated = false;
         let mut opened = 0;
+        // Recalibrations on too few settled windows (after the containers'
+        // start-up) do not make the threshold trusted yet.
         for _ in 0..30 {
             let (_, alerts) = step(&mut agent, &mut src);
-            let threshold = agent.detector().unwrap().threshold;
-            if threshold == 1e-12 {
+            if agent.detector().unwrap().threshold == 1e-12 {
                 opened += alerts
                     .iter()
                     .filter(|a| a.state == IncidentState::Open)
                     .count();
-                assert_eq!(agent.buffered(), before + 4, "windows buffered");
             } else {
                 recalibrated = true;
+            }
+            assert_eq!(agent.buffered(), before + 4, "windows buffered");
+            before = agent.buffered();
+            if agent.calibrated_on >= bar {
                 break;
             }
-            before = agent.buffered();
         }
         assert_eq!(
             opened, 4,

@@ -311,7 +311,7 @@ containers = [ {containers} ]
         .find(|l| l.contains("secure round open"))
         .map(str::to_string)
         .unwrap_or_default();
-    assert!(first_open.contains("list=\"change\""), "{first_open}");
+    assert!(first_open.contains("list_sent=\"change\""), "{first_open}");
     // Secure aggregation (k = 2): every node sent masked updates only, and
     // the coordinator committed from unmasked bucket sums.
     for p in &nodes {

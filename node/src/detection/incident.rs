@@ -623,6 +623,9 @@ impl IncidentTracker {
                 stats.open_dropped += usize::from(t.open.is_some());
                 continue;
             }
+            // Snapshots of older nodes have no count: a container with a
+            // baseline has been seen at least that often.
+            t.seen = t.seen.max(t.baseline_n);
             let mut changed = t.repair(&cfg, snap.tick);
             if cut(&mut id) {
                 changed = true;
