@@ -170,6 +170,21 @@ fn eval_containers() -> Vec<(String, Profile)> {
     v
 }
 
+/// `windows` without each container's first `warmup` windows (its
+/// start-up), in order.
+fn settled_windows(windows: &[FeatureWindow], warmup: u32) -> Vec<FeatureWindow> {
+    let mut seen: BTreeMap<&str, u32> = BTreeMap::new();
+    windows
+        .iter()
+        .filter(|w| {
+            let n = seen.entry(w.container.0.as_str()).or_default();
+            *n = n.saturating_add(1);
+            *n > warmup
+        })
+        .cloned()
+        .collect()
+}
+
 /// The evaluation data: benign windows and attacked windows per kind.
 struct EvalSets {
     benign: Vec<FeatureWindow>,
@@ -489,8 +504,15 @@ pub async fn run(opts: QualityOptions) -> Result<QualityReport> {
     for m in &models {
         fed.push(score_ae(&m.federated, &sets)?);
         local.push(score_ae(&m.local, &sets)?);
-        let p = PcaDetector::fit(&m.warmup, &PcaConfig::default())
+        let mut p = PcaDetector::fit(&m.warmup, &PcaConfig::default())
             .with_context(|| format!("PCA baseline of {}", m.node))?;
+        // Calibrated like the node's models: without each container's
+        // start-up windows, which the incident tracker never judges.
+        let settled = settled_windows(&m.warmup, opts.incidents.warmup_windows);
+        if settled.len() >= 10 {
+            p.calibrate(&settled, PcaConfig::default().false_alarm_rate)
+                .with_context(|| format!("PCA threshold of {}", m.node))?;
+        }
         components += p.components();
         pca.push(score_pca(&p, &sets)?);
     }
