@@ -3,7 +3,8 @@
 //!
 //! sled trees: `models` (tenant ‖ 0 ‖ version BE → signed model bytes) and
 //! `meta` (tenant ‖ 0 ‖ name → value: the audit log's head, server state,
-//! reputation, next round, retention mark). The audit log is
+//! reputation, next round, retention mark, the last secure round's
+//! participant list). The audit log is
 //! `<data_dir>/audit/<tenant>.jsonl`, one JSON [`AuditEntry`] per line,
 //! hash-chained. A commit appends the entry to the log and syncs it, then
 //! writes the model body, the log's new head (version, committed length,

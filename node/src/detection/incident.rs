@@ -20,7 +20,9 @@
 //!   warm-up or not.
 //! - **Warm-up**: the first `warmup_windows` scored windows of a container
 //!   (after it appears, or after the node's first model) feed only its
-//!   baseline; no model evidence counts.
+//!   baseline; no model evidence counts. Its first `warmup_windows` windows,
+//!   scored or not, are its start-up ([`IncidentTracker::starting_up`]):
+//!   the agent trains on them but never calibrates the threshold on them.
 //! - **Baseline**: learned from every window outside an open incident,
 //!   each input clipped at `b + ln(baseline_factor)`, so slow growth is
 //!   learned and a sudden jump is not absorbed before it is judged. Frozen
@@ -65,7 +67,9 @@ const CUSUM_CAP_FACTOR: f32 = 4.0;
 #[serde(deny_unknown_fields)]
 pub struct IncidentConfig {
     /// Scored windows of a new container that only teach its baseline (no
-    /// model-based incident; rules still open incidents).
+    /// model-based incident; rules still open incidents). A container's
+    /// first this many windows, scored or not, never calibrate the
+    /// threshold either.
     #[serde(default = "d_warmup")]
     pub warmup_windows: u32,
     /// Evidence (CUSUM of `ln(score/threshold)` beyond `slack`) that opens an
