@@ -788,15 +788,7 @@ impl Federation {
                 .open_secure(round_no, selected.clone(), opened, &self.verifier)
                 .map(|info| {
                     let buckets = info.secure.as_ref().map_or(0, |v| v.buckets.len());
-                    let list = if info
-                        .secure
-                        .as_ref()
-                        .is_some_and(|v| v.sends_list_as_change())
-                    {
-                        "change"
-                    } else {
-                        "whole"
-                    };
+                    let list = info.secure.as_ref().map_or("whole", |v| v.list_sent());
                     (info, buckets, list)
                 })
         };
@@ -1001,24 +993,12 @@ mod tests {
         Federation::open(
             "acme".parse().unwrap(),
             cfg,
-            open_store(dir),
+            crate::store::reopen_retrying(dir),
             signer,
             verifier,
             Arc::new(Metrics::new()),
         )
         .unwrap()
-    }
-
-    /// Opens the store in `dir`, waiting for a dropped handle's flusher to
-    /// let go of it (as the store's own reopen tests do).
-    fn open_store(dir: &std::path::Path) -> Store {
-        for _ in 0..100 {
-            if let Ok(s) = Store::open(dir) {
-                return s;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        Store::open(dir).unwrap()
     }
 
     fn node(name: &str) -> NodeId {
@@ -1312,7 +1292,7 @@ mod tests {
         drop(fed);
         // A damaged record is not used (whole lists, as on a first start),
         // and the coordinator still starts.
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::store::reopen_retrying(dir.path());
         store
             .save_secure_list(
                 "acme",

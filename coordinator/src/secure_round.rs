@@ -128,10 +128,15 @@ pub struct SecureView {
 }
 
 impl SecureView {
-    /// Whether some participant gets the committed list as a change to
-    /// the last secure round's (else every participant gets it whole).
-    pub fn sends_list_as_change(&self) -> bool {
-        self.delta.is_some() && self.participants.iter().any(|p| self.delta_to.contains(p))
+    /// How the committed list goes out in the advert phase: `"change"`
+    /// when some participant gets it as a change to the last secure
+    /// round's, else `"whole"` (the `list_sent` field of the round's log).
+    pub fn list_sent(&self) -> &'static str {
+        if self.delta.is_some() && self.participants.iter().any(|p| self.delta_to.contains(p)) {
+            "change"
+        } else {
+            "whole"
+        }
     }
 
     /// The public state of `node`'s bucket, if it is a participant: one

@@ -497,19 +497,13 @@ impl Store {
 
     /// Optimizer state (server momentum) committed with the latest version.
     pub fn server_state(&self, tenant: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .meta
-            .get(meta_key(tenant, b"server_state"))?
-            .map(|v| v.to_vec()))
+        self.meta_value(tenant, b"server_state")
     }
 
     /// Reputation state committed with the latest version (or saved after
     /// an aborted round).
     pub fn reputation_state(&self, tenant: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .meta
-            .get(meta_key(tenant, b"reputation"))?
-            .map(|v| v.to_vec()))
+        self.meta_value(tenant, b"reputation")
     }
 
     /// Saves the reputation state outside a commit (after an aborted round,
@@ -523,10 +517,12 @@ impl Store {
     /// The last secure round's participant list and who holds it
     /// ([`crate::secure_round::ListRecord::to_bytes`]), if one was saved.
     pub fn secure_list(&self, tenant: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .meta
-            .get(meta_key(tenant, b"secure_list"))?
-            .map(|v| v.to_vec()))
+        self.meta_value(tenant, b"secure_list")
+    }
+
+    /// One tenant's `meta` value `name`, if set.
+    fn meta_value(&self, tenant: &str, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(meta_key(tenant, name))?.map(|v| v.to_vec()))
     }
 
     /// Saves the last secure round's participant list (not flushed: losing
@@ -821,6 +817,22 @@ fn decode_entry(tenant: &str, v: &[u8]) -> Result<AuditEntry, StoreError> {
     })
 }
 
+/// Opens the store in `dir` again in a test, waiting for a dropped
+/// handle's flusher to let go of its lock (it may hold it for a moment).
+#[cfg(test)]
+pub(crate) fn reopen_retrying(dir: &Path) -> Store {
+    for _ in 0..100 {
+        if let Ok(s) = Store::open(dir) {
+            return s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    match Store::open(dir) {
+        Ok(s) => s,
+        Err(e) => panic!("store in {} does not reopen: {e}", dir.display()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -859,15 +871,7 @@ mod tests {
         }
         // sled's flusher of the dropped handle may still hold the lock for
         // a moment in this process; a new process would not wait.
-        let mut reopened = Store::open(dir.path());
-        for _ in 0..100 {
-            if reopened.is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            reopened = Store::open(dir.path());
-        }
-        let s = reopened.unwrap();
+        let s = reopen_retrying(dir.path());
         assert_eq!(s.latest_model("t").unwrap(), Some((1, b"m1".to_vec())));
         assert_eq!(s.verify_chain("t").unwrap(), 2);
         assert_eq!(s.server_state("t").unwrap(), Some(b"state".to_vec()));
@@ -899,20 +903,6 @@ mod tests {
         assert_eq!(s.audit_log("a").unwrap().len(), 1);
     }
 
-    fn reopen(dir: &Path) -> Store {
-        // See commits_chain_and_survive_reopen: the old handle's flusher
-        // may hold the lock for a moment.
-        let mut reopened = Store::open(dir);
-        for _ in 0..100 {
-            if reopened.is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            reopened = Store::open(dir);
-        }
-        reopened.unwrap()
-    }
-
     #[test]
     fn retention_keeps_last_bodies_and_the_whole_chain() {
         let dir = tempfile::tempdir().unwrap();
@@ -940,7 +930,7 @@ mod tests {
             assert_eq!(s.lookup_model("t", 10).unwrap(), ModelLookup::Unknown);
         }
         // A restart resumes from the latest version and keeps pruning.
-        let s = reopen(dir.path()).with_retention(keep);
+        let s = reopen_retrying(dir.path()).with_retention(keep);
         assert_eq!(s.latest_model("t").unwrap(), Some((9, b"m9".to_vec())));
         assert_eq!(s.verify_chain("t").unwrap(), 10);
         s.commit("t", 10, b"m10", entry(10), None, None).unwrap();
@@ -1025,7 +1015,7 @@ mod tests {
         std::io::Write::write_all(&mut f, &serde_json::to_vec(&e).unwrap()).unwrap();
         std::io::Write::write_all(&mut f, b"\n{\"tenant\":").unwrap();
         drop(f);
-        let s = reopen(dir.path());
+        let s = reopen_retrying(dir.path());
         // Readers stop at the committed head.
         assert_eq!(s.verify_chain("t").unwrap(), 2);
         assert_eq!(s.latest_audit("t").unwrap().unwrap().version, 1);
@@ -1090,7 +1080,7 @@ mod tests {
             }
             s.db.flush().unwrap();
         }
-        let s = reopen(dir.path()).with_retention(std::num::NonZeroU64::new(2));
+        let s = reopen_retrying(dir.path()).with_retention(std::num::NonZeroU64::new(2));
         assert_eq!(s.verify_chain("t").unwrap(), 3);
         assert_eq!(s.latest_audit("t").unwrap().unwrap().version, 2);
         s.commit("t", 3, b"m3", entry(3), None, None).unwrap();

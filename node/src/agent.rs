@@ -753,12 +753,8 @@ impl Agent {
     /// (the incident tracker does not see them): each container's first
     /// `warmup_windows` windows in `windows` are its start-up.
     pub fn buffer_windows(&mut self, windows: &[FeatureWindow]) {
-        let warmup = self.incidents.config().warmup_windows;
-        let mut seen: BTreeMap<&str, u32> = BTreeMap::new();
-        for w in windows {
-            let n = seen.entry(w.container.0.as_str()).or_default();
-            *n = n.saturating_add(1);
-            let settled = *n > warmup;
+        let settled = settled_flags(windows, self.incidents.config().warmup_windows);
+        for (w, settled) in windows.iter().zip(settled) {
             self.push_buffer(w.features, settled);
         }
     }
@@ -773,7 +769,7 @@ impl Agent {
     /// Recalibrates the threshold whenever the calibration split has doubled
     /// since the last calibration (thresholds from few windows are noisy).
     fn maybe_recalibrate(&mut self) -> Result<(), AgentError> {
-        let available = self.calibration_count();
+        let available = self.split().2;
         if self.detector.is_none() || available < 2 * self.calibrated_on.max(4) {
             return Ok(());
         }
@@ -827,20 +823,6 @@ impl Agent {
             return (train, settled, n);
         }
         (train, self.rows().collect(), n)
-    }
-
-    /// The third value of [`Self::split`], without building the split.
-    fn calibration_count(&self) -> usize {
-        let primary = self
-            .buffer
-            .iter()
-            .enumerate()
-            .filter(|(i, w)| i % 5 == 4 && w.settled)
-            .count();
-        if primary >= MIN_CALIBRATION_WINDOWS {
-            return primary;
-        }
-        self.buffer.iter().filter(|w| w.settled).count()
     }
 
     /// The buffered windows' features, oldest first.
@@ -1106,6 +1088,22 @@ impl Agent {
         self.detector = Some(det);
         Ok(())
     }
+}
+
+/// For windows in order (several containers interleaved, each from its
+/// start): whether each is past its container's first `warmup` windows,
+/// its start-up (see [`IncidentTracker::starting_up`], which counts the
+/// same way across ticks).
+pub fn settled_flags(windows: &[FeatureWindow], warmup: u32) -> Vec<bool> {
+    let mut seen: BTreeMap<&str, u32> = BTreeMap::new();
+    windows
+        .iter()
+        .map(|w| {
+            let n = seen.entry(w.container.0.as_str()).or_default();
+            *n = n.saturating_add(1);
+            *n > warmup
+        })
+        .collect()
 }
 
 /// Fewest windows a threshold is calibrated on before [`Agent::split`]

@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 
 use crate::baseline::{PcaConfig, PcaDetector};
 use anyhow::{Context, Result, bail};
+use fedmesh_node::agent::settled_flags;
 use fedmesh_node::detection::detector::Detector;
 use fedmesh_node::detection::features::FeatureWindow;
 use fedmesh_node::detection::incident::{
@@ -168,21 +169,6 @@ fn eval_containers() -> Vec<(String, Profile)> {
         }
     }
     v
-}
-
-/// `windows` without each container's first `warmup` windows (its
-/// start-up), in order.
-fn settled_windows(windows: &[FeatureWindow], warmup: u32) -> Vec<FeatureWindow> {
-    let mut seen: BTreeMap<&str, u32> = BTreeMap::new();
-    windows
-        .iter()
-        .filter(|w| {
-            let n = seen.entry(w.container.0.as_str()).or_default();
-            *n = n.saturating_add(1);
-            *n > warmup
-        })
-        .cloned()
-        .collect()
 }
 
 /// The evaluation data: benign windows and attacked windows per kind.
@@ -508,7 +494,13 @@ pub async fn run(opts: QualityOptions) -> Result<QualityReport> {
             .with_context(|| format!("PCA baseline of {}", m.node))?;
         // Calibrated like the node's models: without each container's
         // start-up windows, which the incident tracker never judges.
-        let settled = settled_windows(&m.warmup, opts.incidents.warmup_windows);
+        let settled: Vec<FeatureWindow> = m
+            .warmup
+            .iter()
+            .zip(settled_flags(&m.warmup, opts.incidents.warmup_windows))
+            .filter(|(_, settled)| *settled)
+            .map(|(w, _)| w.clone())
+            .collect();
         if settled.len() >= 10 {
             p.calibrate(&settled, PcaConfig::default().false_alarm_rate)
                 .with_context(|| format!("PCA threshold of {}", m.node))?;
