@@ -699,6 +699,7 @@ impl Agent {
                 container: w.container.0.clone(),
                 score: None,
                 top_features: Vec::new(),
+                features: Some(w.features),
             })
             .collect();
         if let Some(det) = &self.detector

@@ -102,6 +102,16 @@ fn attack_spans() -> Vec<(String, String, u64, u64)> {
         .collect()
 }
 
+/// Short ids of the scenario's attack infrastructure (pool, listener, sink:
+/// the attacker's own servers, which receive what the attacks send).
+fn infrastructure() -> Vec<String> {
+    tsv(&fixture().join("containers.tsv"))
+        .into_iter()
+        .filter(|r| r["class"] == "infra")
+        .map(|r| r["id"][..12].to_string())
+        .collect()
+}
+
 /// Attack kinds with at least one alert on their container between the
 /// attack's start and two windows after its end.
 fn caught(alerts: &[(String, u64)]) -> Vec<String> {
@@ -156,19 +166,24 @@ fn the_recorded_run_replays_deterministically_to_the_expected_alerts() {
         .map(|a| (a.container.clone(), a.ts_ms))
         .collect();
     let caught_now = caught(&seen);
-    for kind in ["exfiltration", "cryptojacking", "fork_bomb"] {
+    for kind in ["port_scan", "exfiltration", "cryptojacking", "fork_bomb"] {
         assert!(
             caught_now.iter().any(|k| k == kind),
             "{kind} no longer caught: {caught_now:?}"
         );
     }
     // No false incident: every incident opens on an attacked container
-    // while its attack runs (or within two windows after).
+    // while its attack runs (or within two windows after), or on the
+    // attacker's infrastructure while an attack sends to it (the sink
+    // receiving an exfiltration).
     let spans = attack_spans();
+    let infra = infrastructure();
     for a in replayed.iter().filter(|a| a.state.as_str() == "open") {
         assert!(
             spans.iter().any(|(_, id, start, stop)| {
-                *id == a.container && a.ts_ms >= *start && a.ts_ms <= stop + 20_000
+                (*id == a.container || infra.contains(&a.container))
+                    && a.ts_ms >= *start
+                    && a.ts_ms <= stop + 20_000
             }),
             "a false incident: {a:?}"
         );

@@ -302,6 +302,7 @@ fn incidents_opened(
             container: w.container.0.clone(),
             score: Some((*s, threshold)),
             top_features: Vec::new(),
+            features: Some(w.features),
         });
     }
     for (end, h) in hits.into_iter().flatten() {

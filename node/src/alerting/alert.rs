@@ -110,7 +110,8 @@ pub struct Alert {
     pub namespace: Option<String>,
     /// Highest severity so far.
     pub severity: Severity,
-    /// What opened it: `evidence` (model scores) or `rule`.
+    /// What opened it: `evidence` (model scores), `own_history` (a rise
+    /// beyond the container's own recent windows) or `rule`.
     pub opened_by: OpenReason,
     /// When it opened.
     pub opened_ms: u64,
@@ -140,6 +141,10 @@ pub struct Alert {
     /// reconstruction error.
     #[serde(default)]
     pub top_features: Vec<(String, f32)>,
+    /// Features that rose beyond the container's own recent windows when
+    /// the incident opened, in the container's own standard deviations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rise: Vec<(String, f32)>,
     /// Rules that fired in the incident, first hit first.
     #[serde(default)]
     pub rules: Vec<RuleMatch>,
@@ -188,6 +193,7 @@ impl Alert {
             threshold: inc.peak.map(|p| p.1),
             model_version,
             top_features: inc.top_features.clone(),
+            rise: inc.rise.clone(),
             rules: inc.rules.iter().map(RuleMatch::from).collect(),
             response: None,
         };
@@ -327,6 +333,7 @@ pub(crate) mod tests {
             anomalous_windows: u32::from(rule.is_none()),
             peak: rule.is_none().then_some((score, 1.0)),
             top_features: vec![("cpu_usage".into(), score)],
+            rise: Vec::new(),
             rules,
             evidence: 2.0,
             seq: 0,

@@ -48,6 +48,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::detection::features::NUM_FEATURES;
+use crate::detection::rise::{MAX_HISTORY, OwnHistory, rise_features};
 use crate::detection::rules::RuleHit;
 use crate::detection::severity::Severity;
 
@@ -101,6 +103,15 @@ pub struct IncidentConfig {
     /// A container not seen for this many windows is forgotten.
     #[serde(default = "d_forget_after")]
     pub forget_after_windows: u32,
+    /// Recent normal windows each container's own history holds (see
+    /// [`crate::detection::rise`]); 0 turns the own-history view off.
+    #[serde(default = "d_history_windows")]
+    pub history_windows: usize,
+    /// A window's rise above its container's recent windows (the sum of
+    /// per-feature excess in own standard deviations) counts as evidence
+    /// above this.
+    #[serde(default = "d_rise_bar")]
+    pub rise_bar: f32,
 }
 
 fn d_warmup() -> u32 {
@@ -130,6 +141,12 @@ fn d_max_containers() -> usize {
 fn d_forget_after() -> u32 {
     360
 }
+fn d_history_windows() -> usize {
+    32
+}
+fn d_rise_bar() -> f32 {
+    3.0
+}
 
 impl Default for IncidentConfig {
     fn default() -> Self {
@@ -143,6 +160,8 @@ impl Default for IncidentConfig {
             update_interval_s: d_update_interval(),
             max_containers: d_max_containers(),
             forget_after_windows: d_forget_after(),
+            history_windows: d_history_windows(),
+            rise_bar: d_rise_bar(),
         }
     }
 }
@@ -190,6 +209,17 @@ impl IncidentConfig {
         if self.max_containers == 0 || self.max_containers > 1_000_000 {
             errs.push("incidents.max_containers must be in 1..=1000000".to_string());
         }
+        if self.history_windows > MAX_HISTORY {
+            errs.push(format!(
+                "incidents.history_windows must be at most {MAX_HISTORY}"
+            ));
+        }
+        if !(self.rise_bar.is_finite() && self.rise_bar > 0.0 && self.rise_bar <= 1000.0) {
+            errs.push(format!(
+                "incidents.rise_bar = {} must be in (0, 1000]",
+                self.rise_bar
+            ));
+        }
         if self.forget_after_windows < self.close_after_windows {
             errs.push(
                 "incidents.forget_after_windows must be at least close_after_windows".to_string(),
@@ -208,6 +238,9 @@ pub struct WindowVerdict {
     pub score: Option<(f32, f32)>,
     /// Top contributing features of this window.
     pub top_features: Vec<(String, f32)>,
+    /// The window's features, for the container's own-history view
+    /// (`None`: judged by its score only).
+    pub features: Option<[f32; NUM_FEATURES]>,
 }
 
 /// What opened an incident.
@@ -216,6 +249,10 @@ pub struct WindowVerdict {
 pub enum OpenReason {
     /// Model evidence crossed `open_bound`.
     Evidence,
+    /// The container's CPU, throttling, memory or processes rose beyond its
+    /// own recent windows (see [`crate::detection::rise`]) and that evidence
+    /// crossed `open_bound`.
+    OwnHistory,
     /// A rule hit.
     Rule,
 }
@@ -300,6 +337,10 @@ pub struct Incident {
     pub peak: Option<(f32, f32)>,
     /// Top features of the peak window.
     pub top_features: Vec<(String, f32)>,
+    /// Features that rose beyond the container's own recent windows when it
+    /// opened, in own standard deviations (empty when none did).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rise: Vec<(String, f32)>,
     /// Rules that fired, first hit first (at most [`MAX_RULES_PER_INCIDENT`]).
     pub rules: Vec<IncidentRule>,
     /// Evidence (CUSUM) when it opened.
@@ -395,6 +436,11 @@ pub struct Track {
     /// 0 in snapshots of older nodes).
     #[serde(default)]
     seen: u32,
+    /// The own-history view's recent windows; not kept across a restart (the
+    /// view is silent until it has seen [`crate::detection::rise::MIN_HISTORY`]
+    /// windows again).
+    #[serde(skip)]
+    history: OwnHistory,
     #[serde(skip)]
     opened_now: bool,
     #[serde(skip)]
@@ -781,14 +827,33 @@ impl IncidentTracker {
         }
         let track = self.track_mut(&w.container, out);
         track.seen = track.seen.saturating_add(1);
+        let usage = w.features.as_ref().and_then(rise_features);
+        let rise = usage.and_then(|u| track.history.judge(&u));
+        let rising = rise.as_ref().is_some_and(|r| r.total >= cfg.rise_bar);
         let Some((score, threshold, x)) = ratio else {
+            if let Some(u) = usage {
+                let keep = track.open.is_some() || !rising;
+                track.history.learn(&u, keep, cfg.history_windows);
+            }
             return;
         };
         let own_bar = cfg.baseline_factor.ln();
         let own = track
             .baseline
             .map_or(x, |b| x - b.min(BASELINE_CAP.ln()) - own_bar);
-        let excess = x.min(own);
+        // The own-history view: at most half the bound (beyond the slack)
+        // per window, so a rise opens an incident after two windows, never
+        // after one.
+        let rise_x = rise
+            .as_ref()
+            .map(|r| {
+                (r.total.max(1e-6) / cfg.rise_bar)
+                    .ln()
+                    .clamp(-MAX_LOG_RATIO, cfg.open_bound / 2.0 + cfg.slack)
+            })
+            .unwrap_or(-MAX_LOG_RATIO);
+        let excess = x.min(own).max(rise_x);
+        let by_rise = rise_x > x.min(own);
         // Warm-up counts scored windows: a container seen before the node
         // had a model is new to the model's scores.
         let warm = track.baseline_n >= cfg.warmup_windows;
@@ -839,16 +904,30 @@ impl IncidentTracker {
                         anomalous_windows: u32::from(x > 0.0),
                         peak: None,
                         top_features: Vec::new(),
+                        rise: rise
+                            .as_ref()
+                            .filter(|_| rising)
+                            .map(|r| r.features.clone())
+                            .unwrap_or_default(),
                         rules: Vec::new(),
                         evidence: track.cusum,
                         seq: 0,
                     };
+                    if by_rise {
+                        inc.opened_by = OpenReason::OwnHistory;
+                    }
                     note_peak(&mut inc, score, threshold, &w.top_features);
                     inc.recompute_severity();
                     track.open = Some(inc);
                     track.opened_now = true;
                 }
             }
+        }
+        // The history learns windows that do not rise and, once reported,
+        // every window of the incident.
+        if let Some(u) = usage {
+            let keep = track.open.is_some() || !rising;
+            track.history.learn(&u, keep, cfg.history_windows);
         }
     }
 
@@ -891,6 +970,7 @@ impl IncidentTracker {
                     anomalous_windows: 0,
                     peak: None,
                     top_features: Vec::new(),
+                    rise: Vec::new(),
                     rules: vec![rule],
                     evidence: track.cusum,
                     seq: 0,
@@ -1012,6 +1092,7 @@ mod tests {
             container: c.into(),
             score: Some((score, T)),
             top_features: vec![("cpu_usage".into(), score)],
+            features: None,
         }
     }
 
@@ -1310,6 +1391,7 @@ mod tests {
                 container: "x".into(),
                 score: Some((1.0, 0.0)),
                 top_features: vec![],
+                features: None,
             }],
             &[],
         ));
@@ -1548,6 +1630,114 @@ mod tests {
         );
     }
 
+    /// One window of a busy container (CPU near its 4-core limit, 40
+    /// processes, 8 GiB), the fleet model's score at 0.3 × the threshold;
+    /// `miner` adds what a miner does to it.
+    fn busy(i: usize, miner: bool) -> WindowVerdict {
+        use crate::detection::features::idx;
+        let wiggle = (i % 5) as f32 / 4.0 - 0.5;
+        let mut f = [0.0f32; NUM_FEATURES];
+        f[idx::CPU_CORES] = 3.3 + 0.1 * wiggle;
+        f[idx::THROTTLE_RATIO] = 0.2 + 0.05 * wiggle;
+        f[idx::MEMORY] = (8192.0f32 + 40.0 * wiggle).ln_1p();
+        f[idx::PIDS] = (40.0f32 + 2.0 * wiggle).ln_1p();
+        if miner {
+            f[idx::CPU_CORES] = 3.95;
+            f[idx::THROTTLE_RATIO] = 0.9;
+            f[idx::MEMORY] = (8192.0f32 + 264.0).ln_1p();
+            f[idx::PIDS] = 45.0f32.ln_1p();
+        }
+        WindowVerdict {
+            container: "ml".into(),
+            score: Some((0.3, T)),
+            top_features: Vec::new(),
+            features: Some(f),
+        }
+    }
+
+    fn feed_busy(tr: &mut IncidentTracker, miner: &[bool]) -> Vec<(usize, IncidentEvent)> {
+        let mut out = Vec::new();
+        for (i, m) in miner.iter().enumerate() {
+            let now = tr.tick * 10_000 + 10_000;
+            for e in tr.step(now, &[busy(i, *m)], &[]) {
+                out.push((i, e));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_rise_beyond_the_containers_own_windows_opens_one_incident() {
+        let mut tr = IncidentTracker::new(IncidentConfig::default());
+        // 40 normal windows, one odd window, 10 normal, then a miner.
+        let mut miner = vec![false; 40];
+        miner.push(true);
+        miner.extend([false; 10]);
+        miner.extend([true; 20]);
+        miner.extend([false; 20]);
+        let evs = feed_busy(&mut tr, &miner);
+        // The fleet model never sees it (0.3 × the threshold); one odd
+        // window alone opens nothing; the miner (from window 51) opens one
+        // incident in its third window, by the container's own history (a
+        // rise counts at most half the bound per window, never all of it).
+        let opened: Vec<&IncidentEvent> = evs
+            .iter()
+            .filter(|(_, e)| e.state == IncidentState::Open)
+            .map(|(_, e)| e)
+            .collect();
+        assert_eq!(opened.len(), 1, "{evs:?}");
+        assert_eq!(evs[0].0, 53, "{evs:?}");
+        let inc = &opened[0].incident;
+        assert_eq!(inc.opened_by, OpenReason::OwnHistory);
+        let names: Vec<&str> = inc.rise.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(
+            names.contains(&"cpu_cores") && names.contains(&"log1p_pids"),
+            "{names:?}"
+        );
+        // Once reported, the new level is the container's own: the incident
+        // closes after close_after_windows and is not opened again.
+        assert!(
+            evs.iter()
+                .any(|(i, e)| e.state == IncidentState::Close && *i < 51 + 20),
+            "{evs:?}"
+        );
+        let json = serde_json::to_string(inc).unwrap();
+        assert!(json.contains("\"opened_by\":\"own_history\""), "{json}");
+        assert!(json.contains("\"rise\":[[\""), "{json}");
+    }
+
+    #[test]
+    fn without_features_or_with_no_history_the_rise_is_not_judged() {
+        let mut miner = vec![false; 40];
+        miner.extend([true; 20]);
+        let mut off = IncidentTracker::new(IncidentConfig {
+            history_windows: 0,
+            ..IncidentConfig::default()
+        });
+        assert!(feed_busy(&mut off, &miner).is_empty());
+        let mut blind = IncidentTracker::new(IncidentConfig::default());
+        for (i, m) in miner.iter().enumerate() {
+            let mut v = busy(i, *m);
+            v.features = None;
+            assert!(blind.step(i as u64 * 10_000 + 10_000, &[v], &[]).is_empty());
+        }
+        // A non-finite feature skips the window's rise, it does not poison
+        // the history.
+        let mut tr = IncidentTracker::new(IncidentConfig::default());
+        for i in 0..40 {
+            let mut v = busy(i, false);
+            if i % 7 == 0 {
+                v.features.as_mut().unwrap()[0] = f32::NAN;
+            }
+            assert!(tr.step(i as u64 * 10_000 + 10_000, &[v], &[]).is_empty());
+        }
+        let evs = feed_busy(&mut tr, &[true; 3]);
+        assert_eq!(
+            evs.first().map(|(i, e)| (*i, e.state)),
+            Some((2, IncidentState::Open))
+        );
+    }
+
     #[test]
     fn config_problems_name_the_key() {
         assert!(IncidentConfig::default().problems().is_empty());
@@ -1556,6 +1746,8 @@ mod tests {
             close_after_windows: 0,
             baseline_alpha: 0.0,
             forget_after_windows: 0,
+            history_windows: MAX_HISTORY + 1,
+            rise_bar: -1.0,
             ..IncidentConfig::default()
         };
         let p = bad.problems().join("\n");
@@ -1563,6 +1755,8 @@ mod tests {
             "incidents.open_bound",
             "incidents.close_after_windows",
             "incidents.baseline_alpha",
+            "incidents.history_windows",
+            "incidents.rise_bar",
         ] {
             assert!(p.contains(key), "{p}");
         }
@@ -1654,6 +1848,7 @@ mod tests {
                     anomalous_windows: windows,
                     peak: None,
                     top_features: vec![],
+                    rise: vec![],
                     rules: vec![],
                     evidence,
                     seq,
@@ -1711,7 +1906,7 @@ mod tests {
             for (c, s, t, rule, now) in steps {
                 let id = format!("c{c}");
                 let hits = if rule { vec![rule_hit(&id, "ptrace_attach", now)] } else { vec![] };
-                let v = WindowVerdict { container: id, score: Some((s, t)), top_features: vec![] };
+                let v = WindowVerdict { container: id, score: Some((s, t)), top_features: vec![], features: None };
                 for e in tr.step(now, &[v], &hits) {
                     match e.state {
                         // Never two opens without a close in between.
@@ -1745,6 +1940,7 @@ mod tests {
                 container: "a".into(),
                 score,
                 top_features: Vec::new(),
+                features: None,
             };
             tr.step(u64::from(i) * 1000, &[v], &[]);
             assert_eq!(tr.starting_up("a"), i <= warmup, "window {i}");

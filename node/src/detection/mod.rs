@@ -5,6 +5,7 @@ pub mod detector;
 pub mod features;
 pub mod incident;
 pub mod model;
+pub mod rise;
 pub mod rules;
 pub mod scaler;
 pub mod severity;
