@@ -125,6 +125,9 @@ pub struct LiveIncident {
     pub peak_ratio: Option<f32>,
     /// Top features of the peak window.
     pub top_features: Vec<String>,
+    /// Features that rose beyond the container's own recent windows when it
+    /// opened.
+    pub rise: Vec<String>,
     /// Rules that fired.
     pub rules: Vec<String>,
     /// Windows while open.
@@ -635,6 +638,7 @@ rule = "{rule}"
                         severity: String::new(),
                         peak_ratio: None,
                         top_features: Vec::new(),
+                        rise: Vec::new(),
                         rules: Vec::new(),
                         windows: 0,
                         closed: false,
@@ -646,6 +650,7 @@ rule = "{rule}"
                 inc.severity = r.severity.to_string();
                 inc.peak_ratio = r.score.zip(r.threshold).map(|(s, t)| s / t);
                 inc.top_features = r.top_features.iter().map(|(f, _)| f.clone()).collect();
+                inc.rise = r.rise.iter().map(|(f, _)| f.clone()).collect();
                 inc.rules = r.rules.iter().map(|m| m.id.clone()).collect();
                 inc.windows = r.windows;
                 inc.closed |= r.state == IncidentState::Close;
@@ -704,6 +709,12 @@ rule = "{rule}"
             None => format!("w{}", inc.opened_window),
         };
         let mut why = format!("top features: {}", inc.top_features.join(", "));
+        if !inc.rise.is_empty() {
+            why.push_str(&format!(
+                "; rose beyond its own recent windows: {}",
+                inc.rise.join(", ")
+            ));
+        }
         if !inc.rules.is_empty() {
             why.push_str(&format!("; rules: {}", inc.rules.join(", ")));
         }
