@@ -171,6 +171,7 @@ fn windows(n: usize) -> Vec<FeatureWindow> {
                 start_ms: 0,
                 end_ms: 10_000,
                 features,
+                restarted: false,
             }
         })
         .collect()

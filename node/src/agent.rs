@@ -700,6 +700,7 @@ impl Agent {
                 score: None,
                 top_features: Vec::new(),
                 features: Some(w.features),
+                restarted: w.restarted,
             })
             .collect();
         if let Some(det) = &self.detector
@@ -1273,6 +1274,7 @@ mod tests {
                     start_ms: t * 10_000,
                     end_ms: (t + 1) * 10_000,
                     features: f,
+                    restarted: false,
                 });
             }
         }

@@ -292,6 +292,7 @@ mod tests {
             start_ms: 0,
             end_ms: 1,
             features: [0.0; NUM_FEATURES],
+            restarted: false,
         };
         nan.features[4] = f32::NAN;
         assert!(det.score_windows(&[nan]).is_err());

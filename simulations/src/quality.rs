@@ -303,6 +303,7 @@ fn incidents_opened(
             score: Some((*s, threshold)),
             top_features: Vec::new(),
             features: Some(w.features),
+            restarted: w.restarted,
         });
     }
     for (end, h) in hits.into_iter().flatten() {

@@ -259,6 +259,7 @@ mod tests {
             start_ms: 0,
             end_ms: 1,
             features: [0.0; NUM_FEATURES],
+            restarted: false,
         };
         assert!(det.score_windows(std::slice::from_ref(&w)).is_err());
         let det = Detector {

@@ -39,7 +39,9 @@
 //!
 //! Notes:
 //! - A counter whose value decreased (reset, e.g. container restart) yields a
-//!   zero rate for that counter in that window; nothing ever underflows.
+//!   zero rate for that counter in that window; nothing ever underflows. A
+//!   CPU counter that went back marks the window
+//!   [`FeatureWindow::restarted`].
 //! - A container's first window has no earlier baseline, so its rates come
 //!   from the samples inside the window only, and every binary / destination
 //!   it uses counts as "new". Consumers that want clean statistics (e.g.
@@ -204,6 +206,11 @@ pub struct FeatureWindow {
     pub end_ms: u64,
     /// Feature values in [`FEATURE_NAMES`] order.
     pub features: [f32; NUM_FEATURES],
+    /// The container's CPU counter went back since its previous sample: its
+    /// cgroup was made anew under the same id (`docker restart`, a restart
+    /// policy), so this window starts a new run of the container.
+    #[serde(default)]
+    pub restarted: bool,
 }
 
 /// Per-window aggregation state of one container.
@@ -358,6 +365,10 @@ impl WindowBuilder {
             st.active = false;
             let acc = std::mem::take(&mut st.acc);
             let features = compute_features(st, &acc);
+            let cpu = |s: Option<(u64, ResourceCounters)>| s.map(|(_, c)| c.cpu_usage_usec);
+            let went_back = |a: Option<u64>, b: Option<u64>| matches!((a, b), (Some(a), Some(b)) if b < a);
+            let restarted = went_back(cpu(st.baseline), cpu(acc.first_sample))
+                || went_back(cpu(acc.first_sample), cpu(acc.last_sample));
             if let Some(last) = acc.last_sample {
                 // Keep the newest sample as the next baseline.
                 match st.baseline {
@@ -370,6 +381,7 @@ impl WindowBuilder {
                 start_ms,
                 end_ms,
                 features,
+                restarted,
             });
         }
         out
@@ -548,6 +560,39 @@ mod tests {
         b.push(&sample("a", 1000, ResourceCounters::default()));
         let w = b.close(2000);
         assert!(w[0].features.iter().all(|v| *v == 0.0));
+        assert!(w[0].restarted);
+    }
+
+    #[test]
+    fn a_cpu_counter_that_goes_back_marks_a_restart() {
+        let at = |cpu| ResourceCounters {
+            cpu_usage_usec: cpu,
+            ..Default::default()
+        };
+        let mut b = WindowBuilder::new();
+        b.push(&sample("a", 0, at(5_000_000)));
+        b.push(&sample("a", 500, at(5_200_000)));
+        assert!(!b.close(1000)[0].restarted);
+        b.push(&sample("a", 1500, at(5_400_000)));
+        assert!(!b.close(2000)[0].restarted);
+        // Across windows: the new cgroup starts from zero.
+        b.push(&sample("a", 2500, at(30_000)));
+        assert!(b.close(3000)[0].restarted);
+        assert!(!b.close(3000).iter().any(|w| w.restarted));
+        b.push(&sample("a", 3500, at(60_000)));
+        assert!(!b.close(4000)[0].restarted);
+        // Within one window.
+        b.push(&sample("a", 4200, at(90_000)));
+        b.push(&sample("a", 4700, at(10_000)));
+        assert!(b.close(5000)[0].restarted);
+        // Events without samples say nothing of a restart.
+        b.push(&Event::Kernel {
+            container: cid("a"),
+            ts_ms: 5500,
+            kind: KernelEventKind::Mount,
+            detail: None,
+        });
+        assert!(!b.close(6000)[0].restarted);
     }
 
     #[test]

@@ -241,6 +241,11 @@ pub struct WindowVerdict {
     /// The window's features, for the container's own-history view
     /// (`None`: judged by its score only).
     pub features: Option<[f32; NUM_FEATURES]>,
+    /// The container was started anew under the same id in this window
+    /// ([`crate::detection::features::FeatureWindow::restarted`]): its
+    /// start-up, warm-up, own baseline and own history begin again (an open
+    /// incident stays open).
+    pub restarted: bool,
 }
 
 /// What opened an incident.
@@ -408,6 +413,9 @@ pub struct IncidentStats {
     pub evicted: u64,
     /// Containers forgotten after `forget_after_windows` unseen.
     pub forgotten: u64,
+    /// Windows that started a container anew under the same id (its start-up
+    /// began again).
+    pub restarts: u64,
 }
 
 /// Index of a severity in [`IncidentStats`] arrays.
@@ -825,7 +833,19 @@ impl IncidentTracker {
         if bad {
             self.stats.bad_scores += 1;
         }
+        if w.restarted {
+            self.stats.restarts += 1;
+        }
         let track = self.track_mut(&w.container, out);
+        if w.restarted {
+            track.seen = 0;
+            track.baseline = None;
+            track.baseline_n = 0;
+            track.history = OwnHistory::default();
+            if track.open.is_none() {
+                track.cusum = 0.0;
+            }
+        }
         track.seen = track.seen.saturating_add(1);
         let usage = w.features.as_ref().and_then(rise_features);
         let rise = usage.and_then(|u| track.history.judge(&u));
@@ -1093,6 +1113,7 @@ mod tests {
             score: Some((score, T)),
             top_features: vec![("cpu_usage".into(), score)],
             features: None,
+            restarted: false,
         }
     }
 
@@ -1392,6 +1413,7 @@ mod tests {
                 score: Some((1.0, 0.0)),
                 top_features: vec![],
                 features: None,
+                restarted: false,
             }],
             &[],
         ));
@@ -1652,6 +1674,7 @@ mod tests {
             score: Some((0.3, T)),
             top_features: Vec::new(),
             features: Some(f),
+            restarted: false,
         }
     }
 
@@ -1736,6 +1759,37 @@ mod tests {
             evs.first().map(|(i, e)| (*i, e.state)),
             Some((2, IncidentState::Open))
         );
+    }
+
+    #[test]
+    fn a_restart_under_the_same_id_starts_the_container_up_again() {
+        // 20 quiet windows, then the container restarts: its first windows
+        // score 40x the threshold (its processes start, its connections
+        // open), as a new container's do.
+        let run = |flag: bool| {
+            let mut tr = IncidentTracker::new(IncidentConfig::default());
+            feed(&mut tr, "a", &[0.2; 20]);
+            let mut evs = Vec::new();
+            let mut starting = Vec::new();
+            for i in 0..10 {
+                let mut v = verdict("a", if i < 2 { 40.0 } else { 0.2 });
+                v.restarted = flag && i == 0;
+                evs.extend(tr.step(tr.tick * 10_000 + 10_000, &[v], &[]));
+                starting.push(tr.starting_up("a"));
+            }
+            (evs, starting, tr.stats().restarts)
+        };
+        let (evs, starting, restarts) = run(true);
+        assert!(evs.is_empty(), "{evs:?}");
+        assert_eq!(restarts, 1);
+        let warmup = IncidentConfig::default().warmup_windows as usize;
+        assert!(starting[..warmup].iter().all(|s| *s), "{starting:?}");
+        assert!(!starting[warmup..].iter().any(|s| *s), "{starting:?}");
+        // Unmarked, the same windows open an incident.
+        let (evs, starting, restarts) = run(false);
+        assert_eq!(evs.first().map(|e| e.state), Some(IncidentState::Open));
+        assert!(!starting.iter().any(|s| *s));
+        assert_eq!(restarts, 0);
     }
 
     #[test]
@@ -1906,7 +1960,7 @@ mod tests {
             for (c, s, t, rule, now) in steps {
                 let id = format!("c{c}");
                 let hits = if rule { vec![rule_hit(&id, "ptrace_attach", now)] } else { vec![] };
-                let v = WindowVerdict { container: id, score: Some((s, t)), top_features: vec![], features: None };
+                let v = WindowVerdict { container: id, score: Some((s, t)), top_features: vec![], features: None, restarted: false };
                 for e in tr.step(now, &[v], &hits) {
                     match e.state {
                         // Never two opens without a close in between.
@@ -1941,6 +1995,7 @@ mod tests {
                 score,
                 top_features: Vec::new(),
                 features: None,
+                restarted: false,
             };
             tr.step(u64::from(i) * 1000, &[v], &[]);
             assert_eq!(tr.starting_up("a"), i <= warmup, "window {i}");

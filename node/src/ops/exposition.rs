@@ -99,6 +99,7 @@ pub struct NodeMetrics {
     incidents_closed: Family<SeverityLabel, Counter>,
     incidents_open: Gauge,
     bad_scores: Counter,
+    container_restarts: Counter,
     rounds: Counter,
     parse_errors: Family<Source, Counter>,
     version: Gauge,
@@ -135,6 +136,7 @@ impl NodeMetrics {
             incidents_closed: Family::default(),
             incidents_open: Gauge::default(),
             bad_scores: Counter::default(),
+            container_restarts: Counter::default(),
             rounds: Counter::default(),
             parse_errors: Family::default(),
             version: Gauge::default(),
@@ -189,6 +191,11 @@ impl NodeMetrics {
             "bad_scores",
             "Windows whose score or threshold was not a finite non-negative number (treated as unscored)",
             m.bad_scores.clone(),
+        );
+        registry.register(
+            "container_restarts",
+            "Containers started anew under the same id (their CPU counter went back); each begins its start-up again",
+            m.container_restarts.clone(),
         );
         registry.register(
             "rounds_trained",
@@ -376,6 +383,9 @@ impl NodeMetrics {
             self.bad_scores
                 .inner()
                 .store(inc.bad_scores, Ordering::Relaxed);
+            self.container_restarts
+                .inner()
+                .store(inc.restarts, Ordering::Relaxed);
             self.rounds
                 .inner()
                 .store(a.trained_rounds(), Ordering::Relaxed);
@@ -533,6 +543,7 @@ mod tests {
             "fedmesh_node_incidents_closed_total{severity=\"critical\"} 0".to_string(),
             "fedmesh_node_incidents_open 1".to_string(),
             "fedmesh_node_bad_scores_total 0".to_string(),
+            "fedmesh_node_container_restarts_total 0".to_string(),
         ] {
             assert!(text.contains(&needle), "missing {needle} in\n{text}");
         }
