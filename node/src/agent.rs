@@ -664,6 +664,12 @@ impl Agent {
         self.persist_incidents();
         let windows = self.builder.close(end_ms);
         self.stats.windows += windows.len() as u64;
+        for w in windows.iter().filter(|w| w.restarted) {
+            info!(
+                container = %w.container.0,
+                "container started anew under the same id; its start-up begins again"
+            );
+        }
         let alerts = self.judge(&windows, end_ms, hits)?;
         self.maybe_recalibrate()?;
         if self.detector.is_none()

@@ -107,8 +107,10 @@ async fn small_fleet_quality_report() {
     );
     // The sweep covers the default bound.
     assert!(
-        report.bounds.iter().any(|b| b.open_bound
-            == IncidentConfig::default().open_bound),
+        report
+            .bounds
+            .iter()
+            .any(|b| b.open_bound == IncidentConfig::default().open_bound),
         "{:?}",
         report.bounds
     );

@@ -366,7 +366,8 @@ impl WindowBuilder {
             let acc = std::mem::take(&mut st.acc);
             let features = compute_features(st, &acc);
             let cpu = |s: Option<(u64, ResourceCounters)>| s.map(|(_, c)| c.cpu_usage_usec);
-            let went_back = |a: Option<u64>, b: Option<u64>| matches!((a, b), (Some(a), Some(b)) if b < a);
+            let went_back =
+                |a: Option<u64>, b: Option<u64>| matches!((a, b), (Some(a), Some(b)) if b < a);
             let restarted = went_back(cpu(st.baseline), cpu(acc.first_sample))
                 || went_back(cpu(acc.first_sample), cpu(acc.last_sample));
             if let Some(last) = acc.last_sample {

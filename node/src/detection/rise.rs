@@ -32,12 +32,8 @@ use std::collections::VecDeque;
 use crate::detection::features::{FEATURE_NAMES, NUM_FEATURES, idx};
 
 /// Features judged against the container's own history.
-pub const RISE_FEATURES: [usize; RISE_DIM] = [
-    idx::CPU_CORES,
-    idx::THROTTLE_RATIO,
-    idx::MEMORY,
-    idx::PIDS,
-];
+pub const RISE_FEATURES: [usize; RISE_DIM] =
+    [idx::CPU_CORES, idx::THROTTLE_RATIO, idx::MEMORY, idx::PIDS];
 
 /// Number of [`RISE_FEATURES`].
 pub const RISE_DIM: usize = 4;
@@ -136,10 +132,10 @@ impl OwnHistory {
         if self.n == 1 {
             self.mean = *x;
         } else {
-            for j in 0..RISE_DIM {
-                let d = x[j] - self.mean[j];
-                self.mean[j] += a * d;
-                self.var[j] = (1.0 - a) * (self.var[j] + a * d * d);
+            for ((m, v), xj) in self.mean.iter_mut().zip(&mut self.var).zip(x) {
+                let d = xj - *m;
+                *m += a * d;
+                *v = (1.0 - a) * (*v + a * d * d);
             }
         }
         if keep && capacity > 0 {
