@@ -10,9 +10,12 @@
 //!   detection changes the expected records; regenerate them with
 //!   `FEDMESH_BLESS=1 cargo test -p fedmesh-node --test replay` and review
 //!   the diff;
-//! - with incidents, cryptojacking, the fork storm and the exfiltration
-//!   stay caught, and no incident opens on a benign container (the live
-//!   node, before incidents, raised 7 window alerts on them).
+//! - with incidents, the port scan, the reverse shell, the exfiltration,
+//!   cryptojacking and the fork storm stay caught (the first two by the
+//!   containers' own history: the cgroup counters alone give the fleet
+//!   model too little), and no incident opens on a benign container (the
+//!   live node, before incidents, raised 7 window alerts on them) nor on
+//!   attack infrastructure but while the attack that uses it runs.
 // Test crate: helpers outside `#[test]` fns may unwrap and panic.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -102,13 +105,22 @@ fn attack_spans() -> Vec<(String, String, u64, u64)> {
         .collect()
 }
 
-/// Short ids of the scenario's attack infrastructure (pool, listener, sink:
-/// the attacker's own servers, which receive what the attacks send).
-fn infrastructure() -> Vec<String> {
+/// The scenario's attack infrastructure, the attacker's own servers, as
+/// (attack kind that sends to it, short id): the mining pool, the
+/// reverse-shell listener, the exfiltration sink.
+fn infrastructure() -> Vec<(String, String)> {
     tsv(&fixture().join("containers.tsv"))
         .into_iter()
         .filter(|r| r["class"] == "infra")
-        .map(|r| r["id"][..12].to_string())
+        .map(|r| {
+            let kind = match r["role"].as_str() {
+                "pool" => "cryptojacking",
+                "listener" => "reverse_shell",
+                "sink" => "exfiltration",
+                other => panic!("unknown infrastructure role {other}"),
+            };
+            (kind.to_string(), r["id"][..12].to_string())
+        })
         .collect()
 }
 
@@ -166,7 +178,13 @@ fn the_recorded_run_replays_deterministically_to_the_expected_alerts() {
         .map(|a| (a.container.clone(), a.ts_ms))
         .collect();
     let caught_now = caught(&seen);
-    for kind in ["port_scan", "exfiltration", "cryptojacking", "fork_bomb"] {
+    for kind in [
+        "port_scan",
+        "reverse_shell",
+        "exfiltration",
+        "cryptojacking",
+        "fork_bomb",
+    ] {
         assert!(
             caught_now.iter().any(|k| k == kind),
             "{kind} no longer caught: {caught_now:?}"
@@ -174,16 +192,15 @@ fn the_recorded_run_replays_deterministically_to_the_expected_alerts() {
     }
     // No false incident: every incident opens on an attacked container
     // while its attack runs (or within two windows after), or on the
-    // attacker's infrastructure while an attack sends to it (the sink
-    // receiving an exfiltration).
+    // attacker's server that attack sends to (the listener receiving the
+    // shell, the pool the miner's sessions, the sink the upload).
     let spans = attack_spans();
     let infra = infrastructure();
     for a in replayed.iter().filter(|a| a.state.as_str() == "open") {
         assert!(
-            spans.iter().any(|(_, id, start, stop)| {
-                (*id == a.container || infra.contains(&a.container))
-                    && a.ts_ms >= *start
-                    && a.ts_ms <= stop + 20_000
+            spans.iter().any(|(kind, id, start, stop)| {
+                let target = infra.iter().any(|(k, i)| k == kind && *i == a.container);
+                (*id == a.container || target) && a.ts_ms >= *start && a.ts_ms <= stop + 20_000
             }),
             "a false incident: {a:?}"
         );

@@ -398,6 +398,30 @@ stdout = true
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+    // `docker restart` keeps the id and makes the cgroup anew: the node
+    // sees the CPU counter go back and starts the container up again, so
+    // its new processes do not page.
+    docker_ok(
+        &["restart", "-t", "1", &benign_name],
+        Duration::from_secs(60),
+    )?;
+    let restarted_at = Instant::now();
+    let deadline = restarted_at + Duration::from_secs(30);
+    let restart_line = |l: &str| l.contains("started anew") && l.contains(&benign_id[..12]);
+    while !log().lines().any(restart_line) {
+        ensure!(
+            Instant::now() < deadline,
+            "the node did not see the benign container's restart within 30 s; node log:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    println!(
+        "benign restart seen {:.1} s after `docker restart` returned",
+        restarted_at.elapsed().as_secs_f32()
+    );
+    // Watch its first windows after the restart.
+    std::thread::sleep(Duration::from_secs(8));
     drop(node);
     let all = alerts(&alerts_path);
     let attacker_alerts = count_for(&all, &attacker_id);

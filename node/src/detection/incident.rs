@@ -49,7 +49,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::detection::features::NUM_FEATURES;
-use crate::detection::rise::{MAX_HISTORY, OwnHistory, rise_features};
+use crate::detection::rise::{MAX_HISTORY, MIN_HISTORY, OwnHistory, rise_features};
 use crate::detection::rules::RuleHit;
 use crate::detection::severity::Severity;
 
@@ -57,6 +57,8 @@ use crate::detection::severity::Severity;
 /// normal is noisier still opens an incident from
 /// `BASELINE_CAP × baseline_factor × e^slack` times the threshold on.
 pub const BASELINE_CAP: f32 = 4.0;
+/// Own-history windows all tracked containers may hold together (256 MiB).
+pub const MAX_HISTORY_WINDOWS_HELD: usize = 1 << 24;
 /// Distinct rules remembered per incident (further hits still count).
 pub const MAX_RULES_PER_INCIDENT: usize = 16;
 /// Largest `|ln(score / threshold)|` one window contributes.
@@ -209,9 +211,19 @@ impl IncidentConfig {
         if self.max_containers == 0 || self.max_containers > 1_000_000 {
             errs.push("incidents.max_containers must be in 1..=1000000".to_string());
         }
-        if self.history_windows > MAX_HISTORY {
+        if self.history_windows != 0 && !(MIN_HISTORY..=MAX_HISTORY).contains(&self.history_windows)
+        {
             errs.push(format!(
-                "incidents.history_windows must be at most {MAX_HISTORY}"
+                "incidents.history_windows = {} must be 0 (off) or in {MIN_HISTORY}..={MAX_HISTORY}",
+                self.history_windows
+            ));
+        } else if self.history_windows.saturating_mul(self.max_containers)
+            > MAX_HISTORY_WINDOWS_HELD
+        {
+            errs.push(format!(
+                "incidents.history_windows × max_containers = {} must be at most {MAX_HISTORY_WINDOWS_HELD} \
+                 (16 bytes a window)",
+                self.history_windows.saturating_mul(self.max_containers)
             ));
         }
         if !(self.rise_bar.is_finite() && self.rise_bar > 0.0 && self.rise_bar <= 1000.0) {
@@ -449,6 +461,9 @@ pub struct Track {
     /// windows again).
     #[serde(skip)]
     history: OwnHistory,
+    /// The part of `cusum` the own-history view added.
+    #[serde(skip)]
+    cusum_rise: f32,
     #[serde(skip)]
     opened_now: bool,
     #[serde(skip)]
@@ -534,6 +549,7 @@ impl Track {
                 && i.peak
                     .is_none_or(|(s, t)| s.is_finite() && t.is_finite() && t > 0.0)
                 && i.top_features.iter().all(|(_, v)| v.is_finite())
+                && i.rise.iter().all(|(_, v)| v.is_finite())
         });
         self.cusum.is_finite() && self.baseline.is_none_or(f32::is_finite) && inc_ok
     }
@@ -569,6 +585,13 @@ impl Track {
                 changed = true;
             }
             for (name, _) in &mut inc.top_features {
+                changed |= cut(name);
+            }
+            if inc.rise.len() > MAX_RESTORED_FEATURES {
+                inc.rise.truncate(MAX_RESTORED_FEATURES);
+                changed = true;
+            }
+            for (name, _) in &mut inc.rise {
                 changed |= cut(name);
             }
             if inc.closed_ms.is_some() || inc.close_reason.is_some() {
@@ -838,22 +861,21 @@ impl IncidentTracker {
         }
         let track = self.track_mut(&w.container, out);
         if w.restarted {
+            // A new run of the container: its start-up, warm-up and own
+            // normal begin again; the evidence so far and an open incident
+            // stay.
             track.seen = 0;
             track.baseline = None;
             track.baseline_n = 0;
             track.history = OwnHistory::default();
-            if track.open.is_none() {
-                track.cusum = 0.0;
-            }
         }
         track.seen = track.seen.saturating_add(1);
+        let starting = track.seen <= cfg.warmup_windows;
         let usage = w.features.as_ref().and_then(rise_features);
-        let rise = usage.and_then(|u| track.history.judge(&u));
-        let rising = rise.as_ref().is_some_and(|r| r.total >= cfg.rise_bar);
         let Some((score, threshold, x)) = ratio else {
+            // Without a score nothing can count: the history learns.
             if let Some(u) = usage {
-                let keep = track.open.is_some() || !rising;
-                track.history.learn(&u, keep, cfg.history_windows);
+                track.history.learn(&u, true, cfg.history_windows);
             }
             return;
         };
@@ -861,25 +883,31 @@ impl IncidentTracker {
         let own = track
             .baseline
             .map_or(x, |b| x - b.min(BASELINE_CAP.ln()) - own_bar);
-        // The own-history view: at most half the bound (beyond the slack)
-        // per window, so a rise opens an incident after two windows, never
-        // after one.
-        let rise_x = rise
-            .as_ref()
-            .map(|r| {
-                (r.total.max(1e-6) / cfg.rise_bar)
-                    .ln()
-                    .clamp(-MAX_LOG_RATIO, cfg.open_bound / 2.0 + cfg.slack)
-            })
-            .unwrap_or(-MAX_LOG_RATIO);
-        let excess = x.min(own).max(rise_x);
-        let by_rise = rise_x > x.min(own);
         // Warm-up counts scored windows: a container seen before the node
         // had a model is new to the model's scores.
         let warm = track.baseline_n >= cfg.warmup_windows;
+        // The own-history view counts once warm and beyond the slack, at
+        // most half the bound (beyond the slack) a window, so a rise opens
+        // an incident after two windows or more, never after one.
+        let rise = usage
+            .and_then(|u| track.history.judge(&u))
+            .map(|r| {
+                let rx = (r.total.max(1e-6) / cfg.rise_bar)
+                    .ln()
+                    .min(cfg.open_bound / 2.0 + cfg.slack);
+                (r, rx)
+            })
+            .filter(|(_, rx)| warm && *rx > cfg.slack);
+        let fleet = x.min(own);
+        let excess = rise.map_or(fleet, |(_, rx)| fleet.max(rx));
         if warm {
             let cap = cfg.open_bound * CUSUM_CAP_FACTOR;
+            let before = track.cusum;
             track.cusum = (track.cusum + excess - cfg.slack).clamp(0.0, cap);
+            if excess > fleet {
+                track.cusum_rise += (track.cusum - before).max(0.0);
+            }
+            track.cusum_rise = track.cusum_rise.min(track.cusum);
         }
         if excess > 0.0 {
             track.evidence_now = true;
@@ -888,14 +916,25 @@ impl IncidentTracker {
             Some(inc) => {
                 inc.windows = inc.windows.saturating_add(1);
                 inc.last_seen_ms = now_ms.max(inc.last_seen_ms);
-                if x > 0.0 {
-                    inc.anomalous_windows = inc.anomalous_windows.saturating_add(1);
+                // A container starting up again (a restart) is not judged
+                // by the model: its windows count, nothing escalates.
+                if !starting {
+                    if x > 0.0 {
+                        inc.anomalous_windows = inc.anomalous_windows.saturating_add(1);
+                    }
+                    note_peak(inc, score, threshold, &w.top_features);
+                    let before = inc.severity;
+                    inc.recompute_severity();
+                    if inc.severity > before && !track.opened_now {
+                        track.escalated_now = true;
+                    }
                 }
-                note_peak(inc, score, threshold, &w.top_features);
-                let before = inc.severity;
-                inc.recompute_severity();
-                if inc.severity > before && !track.opened_now {
-                    track.escalated_now = true;
+                // A rise inside an incident opened otherwise is recorded
+                // (its next record carries it), then learned.
+                if let Some((r, _)) = rise
+                    && inc.rise.is_empty()
+                {
+                    inc.rise = r.features();
                 }
             }
             None => {
@@ -912,30 +951,29 @@ impl IncidentTracker {
                     None => clipped,
                 });
                 if warm && track.cusum >= cfg.open_bound {
+                    // Named after the view that gave most of the evidence.
+                    let opened_by = if 2.0 * track.cusum_rise > track.cusum {
+                        OpenReason::OwnHistory
+                    } else {
+                        OpenReason::Evidence
+                    };
                     let mut inc = Incident {
                         container: w.container.clone(),
                         opened_ms: now_ms,
                         last_seen_ms: now_ms,
                         closed_ms: None,
                         severity: Severity::Medium,
-                        opened_by: OpenReason::Evidence,
+                        opened_by,
                         close_reason: None,
                         windows: 1,
                         anomalous_windows: u32::from(x > 0.0),
                         peak: None,
                         top_features: Vec::new(),
-                        rise: rise
-                            .as_ref()
-                            .filter(|_| rising)
-                            .map(|r| r.features.clone())
-                            .unwrap_or_default(),
+                        rise: rise.map(|(r, _)| r.features()).unwrap_or_default(),
                         rules: Vec::new(),
                         evidence: track.cusum,
                         seq: 0,
                     };
-                    if by_rise {
-                        inc.opened_by = OpenReason::OwnHistory;
-                    }
                     note_peak(&mut inc, score, threshold, &w.top_features);
                     inc.recompute_severity();
                     track.open = Some(inc);
@@ -943,10 +981,12 @@ impl IncidentTracker {
                 }
             }
         }
-        // The history learns windows that do not rise and, once reported,
-        // every window of the incident.
+        // The history learns every window but those whose rise counts as
+        // evidence, until that rise is recorded in an open incident: a
+        // lasting change is reported once, then it is the container's own.
         if let Some(u) = usage {
-            let keep = track.open.is_some() || !rising;
+            let reported = track.open.as_ref().is_some_and(|i| !i.rise.is_empty());
+            let keep = rise.is_none() || reported;
             track.history.learn(&u, keep, cfg.history_windows);
         }
     }
@@ -1701,15 +1741,15 @@ mod tests {
         let evs = feed_busy(&mut tr, &miner);
         // The fleet model never sees it (0.3 × the threshold); one odd
         // window alone opens nothing; the miner (from window 51) opens one
-        // incident in its third window, by the container's own history (a
-        // rise counts at most half the bound per window, never all of it).
+        // incident in its second window, by the container's own history (a
+        // rise counts at most half the bound a window, never all of it).
         let opened: Vec<&IncidentEvent> = evs
             .iter()
             .filter(|(_, e)| e.state == IncidentState::Open)
             .map(|(_, e)| e)
             .collect();
         assert_eq!(opened.len(), 1, "{evs:?}");
-        assert_eq!(evs[0].0, 53, "{evs:?}");
+        assert_eq!(evs[0].0, 52, "{evs:?}");
         let inc = &opened[0].incident;
         assert_eq!(inc.opened_by, OpenReason::OwnHistory);
         let names: Vec<&str> = inc.rise.iter().map(|(n, _)| n.as_str()).collect();
@@ -1757,8 +1797,48 @@ mod tests {
         let evs = feed_busy(&mut tr, &[true; 3]);
         assert_eq!(
             evs.first().map(|(i, e)| (*i, e.state)),
-            Some((2, IncidentState::Open))
+            Some((1, IncidentState::Open))
         );
+    }
+
+    #[test]
+    fn a_rise_inside_an_incident_opened_otherwise_is_recorded() {
+        let mut tr = IncidentTracker::new(IncidentConfig::default());
+        let mut evs = Vec::new();
+        for i in 0..45 {
+            let now = tr.tick * 10_000 + 10_000;
+            let hits = if i == 40 {
+                vec![rule_hit("ml", "shadow_read", now - 1)]
+            } else {
+                Vec::new()
+            };
+            evs.extend(tr.step(now, &[busy(i, i >= 42)], &hits));
+        }
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert_eq!(evs[0].incident.opened_by, OpenReason::Rule);
+        assert!(evs[0].incident.rise.is_empty());
+        let open = tr.open_incident("ml").unwrap();
+        assert!(open.rise.iter().any(|(n, _)| n == "cpu_cores"), "{open:?}");
+    }
+
+    #[test]
+    fn a_restart_inside_an_incident_neither_escalates_nor_ends_it() {
+        // A medium incident (windows under twice the threshold).
+        let mut tr = IncidentTracker::new(IncidentConfig::default());
+        feed(&mut tr, "a", &[0.2; 20]);
+        let evs = feed(&mut tr, "a", &[1.9; 12]);
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert_eq!(evs[0].1.incident.severity, Severity::Medium);
+        // The restart's first windows score 40x: no escalation.
+        let mut out = Vec::new();
+        for i in 0..4 {
+            let mut v = verdict("a", 40.0);
+            v.restarted = i == 0;
+            out.extend(tr.step(tr.tick * 10_000 + 10_000, &[v], &[]));
+        }
+        assert!(out.is_empty(), "{out:?}");
+        assert!(tr.is_open("a"));
+        assert_eq!(tr.open_incident("a").unwrap().severity, Severity::Medium);
     }
 
     #[test]
@@ -1800,7 +1880,7 @@ mod tests {
             close_after_windows: 0,
             baseline_alpha: 0.0,
             forget_after_windows: 0,
-            history_windows: MAX_HISTORY + 1,
+            history_windows: MIN_HISTORY - 1,
             rise_bar: -1.0,
             ..IncidentConfig::default()
         };

@@ -10,7 +10,9 @@
 //! the container did in the last minutes.
 //!
 //! [`OwnHistory`] keeps, per container, its last `capacity` normal windows'
-//! [`RISE_FEATURES`] and an EWMA of their mean and variance. A window's
+//! [`RISE_FEATURES`] and an EWMA of the container's mean and variance (each
+//! window's deviation clipped at [`SCALE_CLIP`] standard deviations, so a
+//! rise widens the scale it is judged on only a little). A window's
 //! **rise** is, over the recent windows, the smallest sum of its per-feature
 //! excess above that window, each in the container's own standard
 //! deviations (at least [`RISE_FLOORS`]). It is 0 when some recent window
@@ -51,18 +53,36 @@ pub const MIN_HISTORY: usize = 12;
 /// 20 windows; `1/n` before that).
 const ALPHA: f32 = 0.05;
 
+/// A window moves the own mean and variance by at most this many own
+/// standard deviations.
+pub const SCALE_CLIP: f32 = 6.0;
+
 /// Largest history a configuration may ask for.
 pub const MAX_HISTORY: usize = 1024;
 
 /// How far a window rises above the container's recent windows.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rise {
     /// The smallest sum, over the recent windows, of the per-feature excess
     /// above that window in own standard deviations.
     pub total: f32,
-    /// Per rise feature, its excess above the recent window that gave
-    /// `total` (positive ones only, largest first).
-    pub features: Vec<(String, f32)>,
+    /// Per rise feature ([`RISE_FEATURES`] order), its excess above the
+    /// recent window that gave `total`.
+    pub excess: [f32; RISE_DIM],
+}
+
+impl Rise {
+    /// The features that rose, with their excess, largest first.
+    pub fn features(&self) -> Vec<(String, f32)> {
+        let mut f: Vec<(String, f32)> = RISE_FEATURES
+            .iter()
+            .zip(self.excess)
+            .filter(|(_, v)| *v > 0.0)
+            .map(|(&i, v)| (FEATURE_NAMES[i].to_string(), v))
+            .collect();
+        f.sort_by(|a, b| b.1.total_cmp(&a.1));
+        f
+    }
 }
 
 /// One container's recent normal windows (see the module docs).
@@ -113,32 +133,31 @@ impl OwnHistory {
                 best = Some((total, e));
             }
         }
-        let (total, e) = best?;
-        let mut features: Vec<(String, f32)> = RISE_FEATURES
-            .iter()
-            .zip(e)
-            .filter(|(_, v)| *v > 0.0)
-            .map(|(&i, v)| (FEATURE_NAMES[i].to_string(), v))
-            .collect();
-        features.sort_by(|a, b| b.1.total_cmp(&a.1));
-        Some(Rise { total, features })
+        best.map(|(total, excess)| Rise { total, excess })
     }
 
-    /// Updates the own mean and variance with `x`, and keeps `x` among the
-    /// recent windows (at most `capacity`) when `keep`.
+    /// Updates the own mean and variance with `x`, its deviation clipped at
+    /// [`SCALE_CLIP`] own standard deviations (so a rise widens the scale
+    /// it is judged on only a little, and leaving rises out does not
+    /// shrink it), and keeps `x` among the recent windows (at most
+    /// `capacity`) when `keep`. Nothing when `capacity` is 0.
     pub fn learn(&mut self, x: &[f32; RISE_DIM], keep: bool, capacity: usize) {
+        if capacity == 0 {
+            return;
+        }
         self.n = self.n.saturating_add(1);
         let a = ALPHA.max(1.0 / self.n as f32);
         if self.n == 1 {
             self.mean = *x;
         } else {
-            for ((m, v), xj) in self.mean.iter_mut().zip(&mut self.var).zip(x) {
-                let d = xj - *m;
+            for (j, ((m, v), xj)) in self.mean.iter_mut().zip(&mut self.var).zip(x).enumerate() {
+                let lim = SCALE_CLIP * v.sqrt().max(RISE_FLOORS[j]);
+                let d = (xj - *m).clamp(-lim, lim);
                 *m += a * d;
                 *v = (1.0 - a) * (*v + a * d * d);
             }
         }
-        if keep && capacity > 0 {
+        if keep {
             while self.recent.len() >= capacity {
                 self.recent.pop_front();
             }
@@ -178,8 +197,8 @@ mod tests {
         // A miner: the CPU to the limit, throttling, memory and processes up.
         let r = h.judge(&[3.9, 0.95, 8.55, 3.8]).unwrap();
         assert!(r.total > 10.0, "{r:?}");
-        let names: Vec<&str> = r.features.iter().map(|(n, _)| n.as_str()).collect();
-        assert!(names.contains(&"cpu_cores") && names.contains(&"log1p_pids"));
+        let names: Vec<String> = r.features().into_iter().map(|(n, _)| n).collect();
+        assert!(names.iter().any(|n| n == "cpu_cores") && names.iter().any(|n| n == "log1p_pids"));
         // The same window as before does not rise.
         assert_eq!(h.judge(&[3.0, 0.5, 8.5, 3.7]).unwrap().total, 0.0);
     }
@@ -203,14 +222,20 @@ mod tests {
     }
 
     #[test]
-    fn only_kept_windows_enter_the_history_and_it_is_bounded() {
+    fn the_history_is_bounded_and_capacity_zero_learns_nothing() {
         let mut h = OwnHistory::default();
         for _ in 0..100 {
             h.learn(&[1.0, 0.0, 5.0, 3.0], true, 16);
         }
         assert_eq!(h.len(), 16);
+        let before = h.judge(&[9.0, 1.0, 9.0, 9.0]).unwrap().total;
+        assert!(before > 0.0);
+        h.learn(&[9.0, 1.0, 9.0, 9.0], true, 0);
+        assert_eq!(h.judge(&[9.0, 1.0, 9.0, 9.0]).unwrap().total, before);
+        // Left out of the history, it moves the scale by at most 3 sd.
         h.learn(&[9.0, 1.0, 9.0, 9.0], false, 16);
-        assert!(h.judge(&[9.0, 1.0, 9.0, 9.0]).unwrap().total > 0.0);
+        let after = h.judge(&[9.0, 1.0, 9.0, 9.0]).unwrap().total;
+        assert!(after > 0.5 * before, "{after} vs {before}");
         h.learn(&[9.0, 1.0, 9.0, 9.0], true, 16);
         assert_eq!(h.len(), 16);
         assert_eq!(h.judge(&[9.0, 1.0, 9.0, 9.0]).unwrap().total, 0.0);
@@ -237,7 +262,7 @@ mod tests {
             for x in &xs {
                 if let Some(r) = h.judge(x) {
                     prop_assert!(r.total.is_finite() && r.total >= 0.0);
-                    prop_assert!(r.features.iter().all(|(_, v)| v.is_finite() && *v > 0.0));
+                    prop_assert!(r.features().iter().all(|(_, v)| v.is_finite() && *v > 0.0));
                 }
                 h.learn(x, true, cap);
                 prop_assert!(h.len() <= cap);
