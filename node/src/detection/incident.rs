@@ -15,6 +15,20 @@
 //!   it; an incident opens when `S ≥ open_bound`. One window just above the
 //!   threshold (`x < slack`) never adds anything; one window at
 //!   `exp(open_bound + slack)` times the threshold opens at once.
+//! - **Own history** ([`crate::detection::rise`]): once warm, a window whose
+//!   CPU, throttling, memory and processes rise beyond every one of the
+//!   container's recent normal windows by `r` (summed own standard
+//!   deviations) has `x_rise = min(ln(r / rise_bar), open_bound/2 + slack)`,
+//!   and counts when `x_rise > slack`: then `e = max(min(x, x_own), x_rise)
+//!   − slack`, so a rise alone opens an incident after two windows or more.
+//!   The incident is `opened_by` [`OpenReason::OwnHistory`] when the rise
+//!   gave most of `S`, and carries the risen features. The history learns
+//!   every window but those whose rise counts, until a rise is recorded in
+//!   an open incident; it is not part of the snapshot.
+//! - **Restart**: a window marked `restarted` (the container made anew
+//!   under the same id) starts the container up again: start-up, warm-up,
+//!   own baseline and own history begin anew; `S` and an open incident
+//!   stay, and the start-up windows do not escalate it.
 //! - **Rule hits** ([`crate::detection::rules`]) open an incident at once,
 //!   or join the open one (escalating its severity if theirs is higher),
 //!   warm-up or not.
@@ -28,8 +42,8 @@
 //!   learned and a sudden jump is not absorbed before it is judged. Frozen
 //!   while an incident is open.
 //! - **Close**: after `close_after_windows` consecutive ticks in which the
-//!   container had no rule hit and was either absent or normal by one of the
-//!   two views (`min(x, x_own) ≤ 0`).
+//!   container had no rule hit and was either absent or gave no evidence
+//!   (`e + slack ≤ 0`).
 //! - **Records**: [`IncidentState::Open`] once, [`IncidentState::Update`] on
 //!   a severity escalation or at most every `update_interval_s` while the
 //!   incident has new windows, [`IncidentState::Close`] once.

@@ -23,9 +23,10 @@
 //! The incident tracker turns a rise into evidence
 //! (`ln(rise / rise_bar)`, at most half the open bound plus the slack per
 //! window, so one window never opens an incident alone) and decides what
-//! the history learns: windows that do not rise, and every window of an
-//! open incident, so a lasting change becomes the container's own normal
-//! once it has been reported and is not reported again.
+//! the history keeps: every window but those whose rise counts as
+//! evidence, until that rise is recorded in an open incident, so a lasting
+//! change becomes the container's own normal once it has been reported and
+//! is not reported again.
 //!
 //! Pure and deterministic; bounded by `capacity`.
 
