@@ -366,8 +366,9 @@ impl WindowBuilder {
             let acc = std::mem::take(&mut st.acc);
             let features = compute_features(st, &acc);
             let cpu = |s: Option<(u64, ResourceCounters)>| s.map(|(_, c)| c.cpu_usage_usec);
-            let went_back =
-                |a: Option<u64>, b: Option<u64>| matches!((a, b), (Some(a), Some(b)) if b < a);
+            // A counter read as 0 is a failed read (a collector reports 0
+            // for a file it could not read), not a new run.
+            let went_back = |a: Option<u64>, b: Option<u64>| matches!((a, b), (Some(a), Some(b)) if 0 < b && b < a);
             let restarted = went_back(cpu(st.baseline), cpu(acc.first_sample))
                 || went_back(cpu(acc.first_sample), cpu(acc.last_sample));
             if let Some(last) = acc.last_sample {
@@ -561,7 +562,8 @@ mod tests {
         b.push(&sample("a", 1000, ResourceCounters::default()));
         let w = b.close(2000);
         assert!(w[0].features.iter().all(|v| *v == 0.0));
-        assert!(w[0].restarted);
+        // A CPU counter of 0 is what a failed read gives: not a restart.
+        assert!(!w[0].restarted);
     }
 
     #[test]
@@ -586,6 +588,9 @@ mod tests {
         b.push(&sample("a", 4200, at(90_000)));
         b.push(&sample("a", 4700, at(10_000)));
         assert!(b.close(5000)[0].restarted);
+        // A failed read (0) is not a restart.
+        b.push(&sample("a", 5200, at(0)));
+        assert!(!b.close(5500)[0].restarted);
         // Events without samples say nothing of a restart.
         b.push(&Event::Kernel {
             container: cid("a"),
