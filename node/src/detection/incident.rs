@@ -594,20 +594,8 @@ impl Track {
             for r in &mut inc.rules {
                 changed |= cut(&mut r.id) | cut(&mut r.description) | cut(&mut r.event);
             }
-            if inc.top_features.len() > MAX_RESTORED_FEATURES {
-                inc.top_features.truncate(MAX_RESTORED_FEATURES);
-                changed = true;
-            }
-            for (name, _) in &mut inc.top_features {
-                changed |= cut(name);
-            }
-            if inc.rise.len() > MAX_RESTORED_FEATURES {
-                inc.rise.truncate(MAX_RESTORED_FEATURES);
-                changed = true;
-            }
-            for (name, _) in &mut inc.rise {
-                changed |= cut(name);
-            }
+            changed |= repair_features(&mut inc.top_features);
+            changed |= repair_features(&mut inc.rise);
             if inc.closed_ms.is_some() || inc.close_reason.is_some() {
                 inc.closed_ms = None;
                 inc.close_reason = None;
@@ -616,6 +604,17 @@ impl Track {
         }
         changed
     }
+}
+
+/// Keeps at most [`MAX_RESTORED_FEATURES`] restored (feature, value) pairs,
+/// names cut; true if anything changed.
+fn repair_features(list: &mut Vec<(String, f32)>) -> bool {
+    let mut changed = list.len() > MAX_RESTORED_FEATURES;
+    list.truncate(MAX_RESTORED_FEATURES);
+    for (name, _) in list.iter_mut() {
+        changed |= cut(name);
+    }
+    changed
 }
 
 /// Per-container incident state (see the module documentation).
@@ -1194,10 +1193,19 @@ mod tests {
     /// Feeds `scores` of one container (one per 10 s tick) and returns
     /// (tick index, record) pairs.
     fn feed(tr: &mut IncidentTracker, c: &str, scores: &[f32]) -> Vec<(usize, IncidentEvent)> {
+        feed_with(tr, scores.len(), |i| verdict(c, scores[i]))
+    }
+
+    /// Feeds `n` windows of one container, the `i`-th made by `window(i)`.
+    fn feed_with(
+        tr: &mut IncidentTracker,
+        n: usize,
+        window: impl Fn(usize) -> WindowVerdict,
+    ) -> Vec<(usize, IncidentEvent)> {
         let mut out = Vec::new();
-        for (i, s) in scores.iter().enumerate() {
+        for i in 0..n {
             let now = tr.tick * 10_000 + 10_000;
-            for e in tr.step(now, &[verdict(c, *s)], &[]) {
+            for e in tr.step(now, &[window(i)], &[]) {
                 out.push((i, e));
             }
         }
@@ -1733,14 +1741,7 @@ mod tests {
     }
 
     fn feed_busy(tr: &mut IncidentTracker, miner: &[bool]) -> Vec<(usize, IncidentEvent)> {
-        let mut out = Vec::new();
-        for (i, m) in miner.iter().enumerate() {
-            let now = tr.tick * 10_000 + 10_000;
-            for e in tr.step(now, &[busy(i, *m)], &[]) {
-                out.push((i, e));
-            }
-        }
-        out
+        feed_with(tr, miner.len(), |i| busy(i, miner[i]))
     }
 
     #[test]

@@ -116,13 +116,18 @@ impl OwnHistory {
         self.recent.is_empty()
     }
 
+    /// The own standard deviations, each at least its [`RISE_FLOORS`].
+    fn scale(&self) -> [f32; RISE_DIM] {
+        std::array::from_fn(|j| self.var[j].sqrt().max(RISE_FLOORS[j]))
+    }
+
     /// How far `x` rises above every recent window; `None` while fewer than
     /// [`MIN_HISTORY`] windows are held.
     pub fn judge(&self, x: &[f32; RISE_DIM]) -> Option<Rise> {
         if self.recent.len() < MIN_HISTORY {
             return None;
         }
-        let sd: [f32; RISE_DIM] = std::array::from_fn(|j| self.var[j].sqrt().max(RISE_FLOORS[j]));
+        let sd = self.scale();
         let excess = |past: &[f32; RISE_DIM]| -> [f32; RISE_DIM] {
             std::array::from_fn(|j| ((x[j] - past[j]) / sd[j]).max(0.0))
         };
@@ -151,8 +156,9 @@ impl OwnHistory {
         if self.n == 1 {
             self.mean = *x;
         } else {
-            for (j, ((m, v), xj)) in self.mean.iter_mut().zip(&mut self.var).zip(x).enumerate() {
-                let lim = SCALE_CLIP * v.sqrt().max(RISE_FLOORS[j]);
+            let sd = self.scale();
+            for (((m, v), xj), sdj) in self.mean.iter_mut().zip(&mut self.var).zip(x).zip(sd) {
+                let lim = SCALE_CLIP * sdj;
                 let d = (xj - *m).clamp(-lim, lim);
                 *m += a * d;
                 *v = (1.0 - a) * (*v + a * d * d);
